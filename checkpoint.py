@@ -1,0 +1,149 @@
+"""Saving and loading out_dir/ckpt.pt in nanoGPT's format, in both directions.
+
+A checkpoint is a dict: model (state dict), optimizer, model_args, iter_num,
+best_val_loss, config. It holds only tensors and plain Python values, so it loads with
+torch.load(weights_only=True) here and in nanoGPT; a file that would need to run code
+to unpickle is refused.
+"""
+import os
+import pickle
+
+import torch
+
+from errors import UserError
+from model import GPT, GPTConfig
+
+CKPT_NAME = 'ckpt.pt'  # nanoGPT's: written at evaluations, when val loss improves or always_save_checkpoint
+LATEST_NAME = 'latest.pt'  # the newest state (every evaluation, interrupt and the end); resume reads it first
+COMPILED_PREFIX = '_orig_mod.'  # what torch.compile puts in front of every parameter name
+NANOGPT_MODEL_ARGS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout')
+
+
+def model_args_of(config):
+    """model_args for a checkpoint: nanoGPT's keys, plus newer GPTConfig fields only where they
+    differ from their defaults, so that ordinary checkpoints stay loadable by nanoGPT's GPTConfig."""
+    defaults = GPTConfig()
+    args = {k: getattr(config, k) for k in NANOGPT_MODEL_ARGS}
+    for field in GPTConfig.__dataclass_fields__:
+        if field not in args and getattr(config, field) != getattr(defaults, field):
+            args[field] = getattr(config, field)
+    return args
+
+
+def save(checkpoint, out_dir, name=CKPT_NAME):
+    """Write atomically: a crash or full disk mid-save leaves the previous file intact."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, name)
+    tmp_path = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp_path, 'wb') as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+    # make the rename itself durable
+    dir_fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def mirror(out_dir, source_name, target_name):
+    """Make target the same checkpoint as source without writing it twice: an atomic hard link
+    where the filesystem has them, a copy otherwise."""
+    source, target = os.path.join(out_dir, source_name), os.path.join(out_dir, target_name)
+    tmp_path = f"{target}.tmp.{os.getpid()}"
+    try:
+        try:
+            os.link(source, tmp_path)
+        except OSError:
+            import shutil
+            shutil.copyfile(source, tmp_path)
+        os.replace(tmp_path, target)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def resume_name(out_dir):
+    """The file resume reads: latest.pt when it exists, else ckpt.pt (all nanoGPT writes)."""
+    return LATEST_NAME if os.path.exists(os.path.join(out_dir, LATEST_NAME)) else CKPT_NAME
+
+
+def load(out_dir, name=CKPT_NAME, map_location='cpu'):
+    """Read a checkpoint dict from out_dir with clear errors for missing, corrupt or unsafe files."""
+    path = os.path.join(out_dir, name)
+    if not os.path.isdir(out_dir):
+        raise UserError(f"out_dir '{out_dir}' does not exist; train a model there first "
+                        f"(python train.py --out_dir={out_dir} ...) or pass the right --out_dir")
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}; train a model into '{out_dir}' first or pass the right --out_dir")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else 'unsafe content'
+        raise UserError(f"{path} was refused: it holds objects that would run code when loaded "
+                        f"({first_line}); only load checkpoints you trust, re-saved as plain tensors")
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise UserError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                        "restore it from a backup or train again")
+    missing = [k for k in ('model', 'model_args') if not isinstance(checkpoint, dict) or k not in checkpoint]
+    if missing:
+        raise UserError(f"{path} is not a training checkpoint: it has no {' or '.join(missing)}")
+    return checkpoint
+
+
+def clean_state_dict(state_dict):
+    """Parameter names without torch.compile's prefix and without the causal-mask buffers
+    that nanoGPT saved when it ran on PyTorch builds without flash attention."""
+    cleaned = {}
+    for k, v in state_dict.items():
+        if k.startswith(COMPILED_PREFIX):
+            k = k[len(COMPILED_PREFIX):]
+        if k.endswith('.attn.bias') and v.dim() == 4:
+            continue
+        cleaned[k] = v
+    return cleaned
+
+
+def model_from_checkpoint(checkpoint, **overrides):
+    """A GPT built from the checkpoint's model_args (plus overrides such as dropout) with its weights."""
+    args = dict(checkpoint['model_args'], **overrides)
+    unknown = set(args) - set(GPTConfig.__dataclass_fields__)
+    if unknown:
+        raise UserError(f"checkpoint model_args has unknown keys {sorted(unknown)}; it was written by a newer version")
+    model = GPT(GPTConfig(**args))
+    model.load_state_dict(clean_state_dict(checkpoint['model']))
+    return model
+
+
+def capture_rng_states():
+    """Every random number generator's state, as tensors and plain values (weights_only-safe)."""
+    import random
+    import numpy as np
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    states = {
+        'python': random.getstate(),
+        'numpy': {'kind': np_kind, 'keys': torch.from_numpy(np_keys.astype(np.int64)), 'pos': int(np_pos),
+                  'has_gauss': int(np_has_gauss), 'cached_gaussian': float(np_gauss)},
+        'torch': torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states['cuda'] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states):
+    import random
+    import numpy as np
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in states['python']))
+    n = states['numpy']
+    np.random.set_state((n['kind'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached_gaussian']))
+    torch.set_rng_state(states['torch'])
+    if 'cuda' in states and torch.cuda.is_available() and len(states['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states['cuda'])

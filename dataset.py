@@ -1,0 +1,87 @@
+"""Reading a prepared dataset: data/<name>/{train.bin, val.bin, meta.pkl}.
+
+The .bin files are flat arrays of token ids, uint16 as in nanoGPT unless meta.pkl says
+otherwise (a character vocabulary above 65,535 symbols is stored as uint32).
+meta.pkl is read with a restricted unpickler: a dataset folder downloaded from
+somewhere must not be able to run code on this machine.
+"""
+import os
+import pickle
+
+import numpy as np
+
+from errors import UserError
+
+DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
+SAFE_META_TYPES = {('builtins', name) for name in
+                   ('dict', 'list', 'tuple', 'set', 'frozenset', 'str', 'bytes', 'int', 'float', 'bool', 'complex')}
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in SAFE_META_TYPES:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
+
+
+def load_meta(path):
+    """meta.pkl as a dict, or a UserError when it holds anything but plain data."""
+    try:
+        with open(path, 'rb') as f:
+            meta = _PlainDataUnpickler(f).load()
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{path} was refused ({e}); meta.pkl may hold only plain data "
+                        "(dict, list, tuple, str, int, float, bool, None): re-create it with the dataset's prepare.py")
+    except (EOFError, ValueError) as e:
+        raise UserError(f"{path} is truncated or corrupt ({e}); re-create it with the dataset's prepare.py")
+    if not isinstance(meta, dict):
+        raise UserError(f"{path} holds a {type(meta).__name__}, not a dict; re-create it with the dataset's prepare.py")
+    return meta
+
+
+def data_dir(dataset):
+    return os.path.join(DATA_ROOT, dataset)
+
+
+def read_meta(dataset):
+    """The dataset's meta.pkl, or None for datasets without one (GPT-2 BPE ones)."""
+    path = os.path.join(data_dir(dataset), 'meta.pkl')
+    return load_meta(path) if os.path.exists(path) else None
+
+
+def token_dtype(meta):
+    return np.dtype((meta or {}).get('dtype', 'uint16'))
+
+
+def prepare_command(dataset):
+    script = os.path.join('data', dataset, 'prepare.py')
+    if os.path.exists(os.path.join(DATA_ROOT, dataset, 'prepare.py')):
+        return f"python {script}"
+    return f"python data/char/prepare.py --input your_text.txt --name {dataset} (or a prepare.py of your own in data/{dataset}/)"
+
+
+def bin_path(dataset, split):
+    """Path to <split>.bin, with an error naming the prepare command when it is missing."""
+    path = os.path.join(data_dir(dataset), f'{split}.bin')
+    if not os.path.isdir(data_dir(dataset)):
+        known = sorted(d for d in os.listdir(DATA_ROOT) if os.path.isdir(os.path.join(DATA_ROOT, d)))
+        raise UserError(f"unknown dataset '{dataset}': there is no folder data/{dataset}/ "
+                        f"(datasets here: {', '.join(known)})")
+    if not os.path.exists(path):
+        raise UserError(f"{path} is missing; prepare the dataset first: {prepare_command(dataset)}")
+    return path
+
+
+def open_tokens(path, dtype):
+    """A read-only memmap over a .bin file. Re-opened for every batch by callers, because a
+    long-lived memmap keeps every page it ever touched resident and memory grows without bound."""
+    return np.memmap(path, dtype=dtype, mode='r')
+
+
+def check_split_length(dataset, split, dtype, block_size):
+    path = bin_path(dataset, split)
+    n_tokens = os.path.getsize(path) // dtype.itemsize
+    if n_tokens < block_size + 1:
+        raise UserError(f"{path} holds {n_tokens} tokens, fewer than block_size+1 = {block_size + 1}; "
+                        f"use a smaller --block_size or more text")
+    return n_tokens

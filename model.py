@@ -1,0 +1,302 @@
+"""
+The GPT-2 language model, in one file.
+
+A decoder-only transformer: token and position embeddings, n_layer pre-LayerNorm
+blocks (causal self-attention then an MLP, each added back to the residual stream),
+a final LayerNorm and a language-model head that shares its weights with the token
+embedding. The parameter names match OpenAI's GPT-2 as published through
+Hugging Face transformers and nanoGPT's checkpoints, so weights move freely between them.
+"""
+import inspect
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+import hardware
+
+# transformers' names for GPT-2's activation, mapped to ours
+HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh', 'gelu_fast': 'gelu_tanh'}
+PRETRAINED_SHAPES = {
+    'gpt2': dict(n_layer=12, n_head=12, n_embd=768),  # 124M params
+    'gpt2-medium': dict(n_layer=24, n_head=16, n_embd=1024),  # 350M params
+    'gpt2-large': dict(n_layer=36, n_head=20, n_embd=1280),  # 774M params
+    'gpt2-xl': dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M params
+}
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linears and LayerNorms, like GPT-2; False is a bit better and faster
+    # 'gelu' is the exact GELU nanoGPT trains with; OpenAI's GPT-2 weights were trained with
+    # the tanh approximation, so from_pretrained sets 'gelu_tanh' to reproduce their logits.
+    activation: str = 'gelu'
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.activation not in ('gelu', 'gelu_tanh'):
+            raise ValueError(f"activation must be 'gelu' or 'gelu_tanh', got {self.activation!r}")
+        for name in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd'):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm whose bias can be switched off (nn.LayerNorm cannot do that in all PyTorch versions)."""
+
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class KVCache:
+    """Keys and values of the positions already seen, per layer, so that generation feeds
+    the model one new position per step instead of the whole context again."""
+
+    def __init__(self, n_layer):
+        self.keys = [None] * n_layer
+        self.values = [None] * n_layer
+        self.length = 0  # positions stored; advanced by GPT.forward once every layer has appended
+
+    def append(self, layer, k, v):
+        """Store this step's k, v (B, n_head, T, head_size) and return all keys and values so far."""
+        if self.keys[layer] is None:
+            self.keys[layer], self.values[layer] = k, v
+        else:
+            self.keys[layer] = torch.cat((self.keys[layer], k), dim=2)
+            self.values[layer] = torch.cat((self.values[layer], v), dim=2)
+        return self.keys[layer], self.values[layer]
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        # scaled_dot_product_attention dispatches to flash/memory-efficient kernels; the explicit
+        # masked softmax below is kept for PyTorch builds without it and as a readable reference
+        self.flash = hasattr(F, 'scaled_dot_product_attention')
+
+    def forward(self, x, kv_cache=None, layer=0):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        # (B, T, C) -> (B, n_head, T, head_size)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        past = 0
+        if kv_cache is not None:
+            past = kv_cache.length
+            k, v = kv_cache.append(layer, k, v)
+        # queries sit at positions past..past+T-1 and may see every key up to their own position
+        mask = None
+        if past > 0 and T > 1:
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.flash:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                               is_causal=(past == 0 and T > 1))
+        else:
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+            if past == 0 and T > 1:
+                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            if mask is not None:
+                att = att.masked_fill(~mask, float('-inf'))
+            att = F.dropout(F.softmax(att, dim=-1), p=dropout_p)
+            y = att @ v
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate='tanh' if config.activation == 'gelu_tanh' else 'none')
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, kv_cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), kv_cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying: the output projection is the token embedding, as in GPT-2
+        self.transformer.wte.weight = self.lm_head.weight
+
+        self.apply(self._init_weights)
+        # GPT-2 scales the init of projections that write into the residual stream by
+        # 1/sqrt(2 * n_layer), so the stream's variance does not grow with depth
+        for name, p in self.named_parameters():
+            if name.endswith('c_proj.weight'):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def get_num_params(self, non_embedding=True):
+        """Parameter count. The token embedding counts (it is also the output layer);
+        the position embedding does not when non_embedding is True."""
+        n_params = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n_params -= self.transformer.wpe.weight.numel()
+        return n_params
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        """Logits (and the mean cross-entropy when targets are given). Without targets only
+        the last position's logits are computed, which is all that sampling needs."""
+        B, T = idx.size()
+        start = kv_cache.length if kv_cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"cannot forward a sequence of length {start + T}: block_size is only "
+                             f"{self.config.block_size}; crop the input to its last {self.config.block_size} tokens")
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, kv_cache, layer)
+        x = self.transformer.ln_f(x)
+        if kv_cache is not None:
+            kv_cache.length += T
+        if targets is not None:
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            return logits, loss
+        return self.lm_head(x[:, [-1], :]), None  # the list index keeps the time dimension
+
+    def crop_block_size(self, block_size):
+        """Shrink the context window, e.g. to finetune GPT-2 (1024) at a smaller block size."""
+        assert 0 < block_size <= self.config.block_size
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+
+    @classmethod
+    def from_pretrained(cls, name, override_args=None):
+        """GPT-2 weights through transformers: a hub name (gpt2, gpt2-medium, gpt2-large,
+        gpt2-xl) or a local directory holding a transformers GPT-2 checkpoint."""
+        override_args = override_args or {}
+        assert all(k == 'dropout' for k in override_args), "only dropout can be overridden"
+        if name not in PRETRAINED_SHAPES and not os.path.isdir(name):
+            raise ValueError(f"unknown pretrained model '{name}': use one of {', '.join(PRETRAINED_SHAPES)} "
+                             "or a directory holding a transformers GPT-2 checkpoint")
+        from transformers import GPT2LMHeadModel
+        print(f"loading weights from pretrained gpt: {name}")
+        hf_model = GPT2LMHeadModel.from_pretrained(name)
+        hf_config = hf_model.config
+        if hf_config.activation_function not in HF_ACTIVATIONS:
+            raise ValueError(f"{name} uses activation '{hf_config.activation_function}', which this GPT does not implement")
+        config = GPTConfig(block_size=hf_config.n_positions, vocab_size=hf_config.vocab_size,
+                           n_layer=hf_config.n_layer, n_head=hf_config.n_head, n_embd=hf_config.n_embd,
+                           bias=True, activation=HF_ACTIVATIONS[hf_config.activation_function],
+                           dropout=override_args.get('dropout', 0.0))
+        model = GPT(config)
+        sd = model.state_dict()
+        sd_hf = {k: v for k, v in hf_model.state_dict().items() if not k.endswith(('.attn.bias', '.attn.masked_bias'))}
+        if set(sd_hf) != set(sd):
+            raise ValueError(f"{name}: parameter names differ from GPT-2's: "
+                             f"{sorted(set(sd_hf) ^ set(sd))[:5]}")
+        # transformers keeps GPT-2's original Conv1D layers, whose weights are the transpose of nn.Linear's
+        transposed = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+        with torch.no_grad():
+            for k, v in sd_hf.items():
+                v = v.t() if k.endswith(transposed) else v
+                assert v.shape == sd[k].shape, f"{k}: {tuple(v.shape)} vs {tuple(sd[k].shape)}"
+                sd[k].copy_(v)
+        return model
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on matrices and embeddings only (not on biases and norm gains)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        print(f"num decayed parameter tensors: {len(decay)}, with {sum(p.numel() for p in decay):,} parameters")
+        print(f"num non-decayed parameter tensors: {len(no_decay)}, with {sum(p.numel() for p in no_decay):,} parameters")
+        groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
+        # the fused kernel does the whole update in a few launches; it exists for CUDA and CPU
+        use_fused = 'fused' in inspect.signature(torch.optim.AdamW).parameters and device_type in ('cuda', 'cpu')
+        print(f"using fused AdamW: {use_fused}")
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if use_fused else {}))
+
+    def estimate_mfu(self, fwdbwd_per_iter, dt):
+        """Model FLOPs utilization: achieved FLOP/s over the bf16 peak of the device the model
+        is on (PaLM paper, appendix B). None where that peak is not known, e.g. on a CPU."""
+        peak = hardware.peak_flops(self.lm_head.weight.device)
+        if peak is None:
+            return None
+        cfg = self.config
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
+        flops_per_token = 6 * self.get_num_params() + 12 * L * H * Q * T
+        flops_per_iter = flops_per_token * T * fwdbwd_per_iter
+        return flops_per_iter / dt / peak
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):
+        """Continue each sequence in idx (B, T) by max_new_tokens sampled tokens.
+
+        With use_cache the prompt is run once and each step feeds only the newest token.
+        The context is the last block_size tokens, as without the cache; once the sequence
+        outgrows block_size every position shifts each step, so the cached keys no longer
+        apply and each step runs the whole cropped window instead, giving the same tokens.
+        """
+        kv_cache = KVCache(self.config.n_layer) if use_cache else None
+        for _ in range(max_new_tokens):
+            if kv_cache is not None and idx.size(1) <= self.config.block_size:
+                new_tokens = idx if kv_cache.length == 0 else idx[:, -1:]
+                logits, _ = self(new_tokens, kv_cache=kv_cache)
+            else:
+                logits, _ = self(idx[:, -self.config.block_size:])
+            logits = logits[:, -1, :] / temperature
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float('Inf')
+            probs = F.softmax(logits, dim=-1)
+            idx_next = torch.multinomial(probs, num_samples=1)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx

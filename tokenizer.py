@@ -1,0 +1,53 @@
+"""Text <-> token ids for sampling: the dataset's character vocabulary from meta.pkl when
+the model was trained on one, GPT-2's BPE (tiktoken) otherwise."""
+import os
+
+import dataset
+from errors import UserError
+
+BPE_VOCAB_SIZE = 50257
+
+
+class CharTokenizer:
+    def __init__(self, meta):
+        self.stoi, self.itos = meta['stoi'], meta['itos']
+
+    def encode(self, text):
+        unknown = sorted({c for c in text if c not in self.stoi})
+        if unknown:
+            raise UserError(f"the prompt has characters outside the model's vocabulary: "
+                            f"{' '.join(repr(c) for c in unknown)}; remove or replace them")
+        return [self.stoi[c] for c in text]
+
+    def decode(self, ids):
+        return ''.join(self.itos[i] for i in ids)
+
+
+class BPETokenizer:
+    def __init__(self):
+        import tiktoken
+        self.enc = tiktoken.get_encoding('gpt2')
+        self.eot_token = self.enc.eot_token
+
+    def encode(self, text):
+        return self.enc.encode(text, allowed_special={'<|endoftext|>'})
+
+    def decode(self, ids):
+        return self.enc.decode(ids)
+
+
+def for_checkpoint(checkpoint):
+    """The tokenizer a checkpoint was trained with: its dataset's meta.pkl if there is one."""
+    name = (checkpoint.get('config') or {}).get('dataset')
+    vocab_size = checkpoint['model_args']['vocab_size']
+    if name and os.path.exists(os.path.join(dataset.data_dir(name), 'meta.pkl')):
+        print(f"Loading meta from {os.path.join('data', name, 'meta.pkl')}...")
+        meta = dataset.read_meta(name)
+        if meta['vocab_size'] != vocab_size:
+            raise UserError(f"data/{name}/meta.pkl has vocab_size {meta['vocab_size']} but the model was trained "
+                            f"with {vocab_size}; the dataset was re-prepared since: restore its meta.pkl")
+        return CharTokenizer(meta)
+    if vocab_size < BPE_VOCAB_SIZE:
+        raise UserError(f"the model has a {vocab_size}-symbol vocabulary but data/{name}/meta.pkl, which maps it "
+                        f"to characters, is missing; prepare the dataset '{name}' again to recreate it")
+    return BPETokenizer()

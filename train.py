@@ -1,0 +1,397 @@
+"""
+Train a GPT: from scratch, from a checkpoint (resume) or from OpenAI's GPT-2 weights.
+
+One process on any device:
+$ python train.py config/train_shakespeare_char.py --batch_size=32
+
+Several GPUs on one node (DDP):
+$ torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
+
+Several nodes, e.g. two with 8 GPUs each:
+- first (master) node, IP 123.456.123.456:
+$ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=123.456.123.456 --master_port=1234 train.py
+- second node:
+$ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=123.456.123.456 --master_port=1234 train.py
+(without Infiniband, prepend NCCL_IB_DISABLE=1)
+
+On a machine without a GPU, DDP runs over gloo:
+$ torchrun --standalone --nproc_per_node=2 train.py config/train_shakespeare_char.py --device=cpu
+"""
+import math
+import os
+import signal
+import time
+
+import numpy as np
+import torch
+from torch.distributed import destroy_process_group, init_process_group
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import checkpoint
+import configurator
+import dataset as datasets
+import hardware
+from errors import UserError
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+# default config values: GPT-2 (124M) on OpenWebText
+# I/O
+out_dir = 'out'
+eval_interval = 2000
+log_interval = 1
+eval_iters = 200
+eval_only = False  # if True, script exits right after the first eval
+always_save_checkpoint = True  # if True, always save ckpt.pt after each eval, not only when val improves
+init_from = 'scratch'  # 'scratch' or 'resume' or 'gpt2*'
+# wandb logging
+wandb_log = False
+wandb_project = 'owt'
+wandb_run_name = 'gpt2'
+# data
+dataset = 'openwebtext'
+gradient_accumulation_steps = 5 * 8  # used to simulate larger batch sizes
+batch_size = 12  # micro-batch size; with gradient accumulation the batch is larger
+block_size = 1024
+# model
+n_layer = 12
+n_head = 12
+n_embd = 768
+dropout = 0.0  # 0 is good for pretraining, try 0.1+ for finetuning
+bias = False  # biases inside LayerNorm and Linear layers
+# AdamW optimizer
+learning_rate = 6e-4  # max learning rate
+max_iters = 600000  # total number of training iterations
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # clip gradients at this norm, or disable if == 0.0
+# learning rate decay settings
+decay_lr = True
+warmup_iters = 2000
+lr_decay_iters = 600000  # should be ~= max_iters per Chinchilla
+min_lr = 6e-5  # should be ~= learning_rate/10 per Chinchilla
+# DDP settings
+backend = 'nccl'  # 'nccl' on GPUs; becomes 'gloo' on CPUs unless set explicitly
+# system
+device = hardware.best_device()  # 'cuda', 'cuda:N', 'mps' or 'cpu'; the best one here by default
+dtype = hardware.default_dtype(device)  # 'float32', 'bfloat16' or 'float16' (the last uses a GradScaler)
+compile = True  # torch.compile the model; off by default where it does not pay (CPU, MPS)
+seed = 1337
+# -----------------------------------------------------------------------------
+config_keys = sorted(configurator.settable_keys(globals()))
+explicit = configurator.configure(globals())
+# settings that follow the device unless the user chose them
+if 'dtype' not in explicit:
+    dtype = hardware.default_dtype(device)
+if 'compile' not in explicit:
+    compile = hardware.default_compile(device)
+if 'backend' not in explicit:
+    backend = hardware.default_backend(device)
+
+# -----------------------------------------------------------------------------
+# check the settings before anything is started or written
+for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'max_iters', 'eval_iters',
+             'eval_interval', 'log_interval', 'n_layer', 'n_head', 'n_embd'):
+    if globals()[name] <= 0:
+        raise UserError(f"{name} must be a positive number, got {globals()[name]}")
+if not 0.0 <= dropout < 1.0:
+    raise UserError(f"dropout must be in [0, 1), got {dropout}")
+if n_embd % n_head != 0:
+    raise UserError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}); e.g. --n_embd={n_head * max(1, round(n_embd / n_head))}")
+if init_from not in ('scratch', 'resume') and not init_from.startswith('gpt2'):
+    raise UserError(f"unknown init_from '{init_from}'; use scratch, resume, or one of gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+device_type = hardware.check_device(device)
+hardware.check_dtype(device, dtype)
+
+# -----------------------------------------------------------------------------
+# processes: one, or one per GPU/CPU slot under torchrun
+ddp = int(os.environ.get('RANK', -1)) != -1
+if ddp:
+    ddp_rank = int(os.environ['RANK'])
+    ddp_local_rank = int(os.environ['LOCAL_RANK'])
+    ddp_world_size = int(os.environ['WORLD_SIZE'])
+    if gradient_accumulation_steps % ddp_world_size != 0:
+        raise UserError(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the number "
+                        f"of processes ({ddp_world_size}); e.g. --gradient_accumulation_steps="
+                        f"{max(1, gradient_accumulation_steps // ddp_world_size) * ddp_world_size}")
+    init_process_group(backend=backend)
+    if device_type == 'cuda':
+        device = f'cuda:{ddp_local_rank}'
+        torch.cuda.set_device(device)
+    master_process = ddp_rank == 0  # logs, evaluates and writes checkpoints
+    seed_offset = ddp_rank  # each process draws different batches
+    gradient_accumulation_steps //= ddp_world_size
+else:
+    master_process = True
+    seed_offset = 0
+    ddp_rank, ddp_world_size = 0, 1
+config = {k: globals()[k] for k in config_keys}  # what the run really uses, stored in checkpoints
+
+torch.manual_seed(seed + seed_offset)
+if device_type == 'cuda':
+    hardware.allow_tf32()
+ctx = hardware.autocast(device, dtype)
+
+# -----------------------------------------------------------------------------
+# data: memory-mapped token files, sampled at random offsets
+meta = datasets.read_meta(dataset)
+token_dtype = datasets.token_dtype(meta)
+bin_paths = {split: datasets.bin_path(dataset, split) for split in ('train', 'val')}
+meta_vocab_size = meta['vocab_size'] if meta else None
+if meta_vocab_size is not None:
+    print(f"found vocab_size = {meta_vocab_size} (inside data/{dataset}/meta.pkl)")
+
+
+def get_batch(split, generator):
+    # a fresh memmap per batch: a long-lived one keeps every page it touched in memory
+    data = datasets.open_tokens(bin_paths[split], token_dtype)
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
+    chunk = torch.from_numpy(data[ix[:, None] + window].astype(np.int64))
+    x, y = chunk[:, :-1], chunk[:, 1:]
+    if device_type == 'cuda':
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.contiguous().to(device), y.contiguous().to(device)
+
+
+# Batches are drawn from generators seeded by (seed, rank, iteration), so a resumed run
+# sees exactly the batches the uninterrupted run would have seen, and evaluation always
+# scores the same fixed batches without disturbing training's random stream.
+train_generator = torch.Generator()
+
+
+def seed_train_batches(iteration):
+    train_generator.manual_seed(((seed * 1_000_003 + seed_offset) * 1_000_003 + iteration) % (2 ** 63))
+
+# -----------------------------------------------------------------------------
+# model
+iter_num = 0
+best_val_loss = 1e9
+model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
+                  vocab_size=None, dropout=dropout)
+resume_state = None
+if init_from == 'scratch':
+    print("Initializing a new model from scratch")
+    if meta_vocab_size is None:
+        print("defaulting to vocab_size of GPT-2 to 50304 (50257 rounded up for efficiency)")
+    model_args['vocab_size'] = meta_vocab_size if meta_vocab_size is not None else 50304
+    model = GPT(GPTConfig(**model_args))
+elif init_from == 'resume':
+    resume_name = checkpoint.resume_name(out_dir)
+    print(f"Resuming training from {os.path.join(out_dir, resume_name)}")
+    resume_state = checkpoint.load(out_dir, resume_name, map_location=device)
+    ckpt_args = resume_state['model_args']
+    asked = {k: globals()[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias') if k in explicit}
+    conflicts = [f"{k}={v!r} (checkpoint has {ckpt_args[k]!r})" for k, v in asked.items() if ckpt_args[k] != v]
+    if conflicts:
+        raise UserError(f"the checkpoint in {out_dir} has another architecture than asked: {', '.join(conflicts)}; "
+                        "drop those settings to resume, or train into a new --out_dir")
+    if meta_vocab_size is not None and meta_vocab_size != ckpt_args['vocab_size']:
+        raise UserError(f"data/{dataset}/meta.pkl has vocab_size {meta_vocab_size} but the checkpoint was trained with "
+                        f"{ckpt_args['vocab_size']}; resume on the dataset it was trained on")
+    model = checkpoint.model_from_checkpoint(resume_state, dropout=dropout)
+    # the architecture is the checkpoint's, whatever the defaults say
+    n_layer, n_head, n_embd, block_size, bias = (ckpt_args[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias'))
+    config.update(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias)
+    iter_num = resume_state['iter_num']
+    best_val_loss = float(resume_state['best_val_loss'])
+else:  # gpt2, gpt2-medium, gpt2-large, gpt2-xl
+    print(f"Initializing from OpenAI GPT-2 weights: {init_from}")
+    if meta_vocab_size is not None:
+        raise UserError(f"data/{dataset} is a character-level dataset ({meta_vocab_size} symbols) and cannot be used "
+                        f"with GPT-2's BPE weights; finetune on a GPT-2 BPE dataset such as shakespeare")
+    try:
+        model = GPT.from_pretrained(init_from, dict(dropout=dropout))
+    except ValueError as e:
+        raise UserError(str(e))
+    if block_size > model.config.block_size:
+        raise UserError(f"block_size {block_size} is larger than {init_from}'s {model.config.block_size}")
+    if block_size < model.config.block_size:
+        model.crop_block_size(block_size)
+model_args = checkpoint.model_args_of(model.config)
+model.to(device)
+for split in bin_paths:
+    datasets.check_split_length(dataset, split, token_dtype, block_size)
+window = np.arange(block_size + 1)  # offsets of one training example (inputs plus the shifted targets)
+tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
+if master_process:
+    print("effective configuration: " + ", ".join(f"{k}={config[k]!r}" for k in config_keys))
+    print(f"tokens per iteration will be: {tokens_per_iter:,}")
+
+# a GradScaler only does something for float16, whose gradients can underflow
+scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+if resume_state is not None:
+    optimizer.load_state_dict(resume_state['optimizer'])
+    if 'scaler' in resume_state:
+        scaler.load_state_dict(resume_state['scaler'])
+    if 'rng_states' in resume_state and master_process:
+        checkpoint.restore_rng_states(resume_state['rng_states'])
+resume_state = None  # free the memory it holds
+
+net = model  # the plain module: its state_dict is what checkpoints hold
+if compile:
+    print("compiling the model... (takes a ~minute)")
+    model = torch.compile(model)
+if ddp:
+    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
+eval_model = model.module if ddp else model  # evaluation runs on rank 0 alone, outside DDP
+
+
+@torch.no_grad()
+def estimate_loss():
+    """Mean loss per split over eval_iters fixed batches (the same ones at every evaluation)."""
+    out = {}
+    eval_model.eval()
+    for split_index, split in enumerate(('train', 'val')):
+        generator = torch.Generator().manual_seed(seed * 7919 + split_index)
+        losses = torch.zeros(eval_iters, device=device)
+        for k in range(eval_iters):
+            X, Y = get_batch(split, generator)
+            with ctx:
+                _, loss = eval_model(X, Y)
+            losses[k] = loss
+        out[split] = losses.mean().item()
+    eval_model.train()
+    return out
+
+
+def get_lr(it):
+    """Linear warmup (never 0, even at iteration 0), cosine decay, then min_lr."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
+    return min_lr + coeff * (learning_rate - min_lr)
+
+
+def save_checkpoint(name):
+    if not all(torch.isfinite(p).all() for p in net.parameters()):
+        raise UserError(f"the weights hold NaN or infinite values at iter {iter_num}; nothing was saved over the "
+                        f"checkpoints in {out_dir}. Lower --learning_rate, or use --dtype=bfloat16 or float32")
+    state = {
+        'model': net.state_dict(),
+        'optimizer': optimizer.state_dict(),
+        'model_args': model_args,
+        'iter_num': iter_num,
+        'best_val_loss': best_val_loss,
+        'config': config,
+        'scaler': scaler.state_dict(),
+        'rng_states': checkpoint.capture_rng_states(),
+    }
+    print(f"saving checkpoint to {checkpoint.save(state, out_dir, name)}")
+
+
+# Ctrl+C or SIGTERM: finish the current iteration, save, and exit cleanly. A second Ctrl+C quits at once.
+stop_signal = None
+
+
+def request_stop(signum, frame):
+    global stop_signal
+    if stop_signal is not None and signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    stop_signal = signal.Signals(signum).name
+    if master_process:
+        print(f"\n{stop_signal} received: finishing iteration {iter_num}, then saving a checkpoint "
+              "(press Ctrl+C again to quit without saving)", flush=True)
+
+
+signal.signal(signal.SIGINT, request_stop)
+signal.signal(signal.SIGTERM, request_stop)
+
+
+def all_ranks_agree_to_stop():
+    if not ddp:
+        return stop_signal is not None
+    flag = torch.tensor([1 if stop_signal is not None else 0], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+if wandb_log and master_process:
+    import wandb
+    wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+
+# -----------------------------------------------------------------------------
+# training loop
+if master_process:
+    os.makedirs(out_dir, exist_ok=True)
+seed_train_batches(iter_num)
+X, Y = get_batch('train', train_generator)  # first batch
+t0 = time.time()
+local_iter_num = 0  # iterations run by this process
+running_mfu = -1.0
+while True:
+
+    lr = get_lr(iter_num) if decay_lr else learning_rate
+    for param_group in optimizer.param_groups:
+        param_group['lr'] = lr
+
+    if iter_num % eval_interval == 0 and master_process:
+        losses = estimate_loss()
+        print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        if not math.isfinite(losses['val']):
+            raise UserError(f"val loss is {losses['val']} at iter {iter_num}; nothing was saved over the checkpoints "
+                            f"in {out_dir}. Lower --learning_rate, or use --dtype=bfloat16 or float32")
+        if wandb_log:
+            wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'], "lr": lr,
+                       "mfu": running_mfu * 100})
+        improved = losses['val'] < best_val_loss
+        best_val_loss = min(best_val_loss, losses['val'])
+        if iter_num > 0:
+            if improved or always_save_checkpoint:
+                save_checkpoint(checkpoint.CKPT_NAME)
+                checkpoint.mirror(out_dir, checkpoint.CKPT_NAME, checkpoint.LATEST_NAME)
+            else:
+                save_checkpoint(checkpoint.LATEST_NAME)
+    if iter_num == 0 and eval_only:
+        break
+
+    # forward and backward over gradient_accumulation_steps micro-batches
+    for micro_step in range(gradient_accumulation_steps):
+        if ddp:
+            # average gradients across processes only once, after the last micro-step
+            model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
+        with ctx:
+            logits, loss = model(X, Y)
+            loss = loss / gradient_accumulation_steps  # the gradients add up over micro-steps
+        if micro_step == gradient_accumulation_steps - 1:
+            seed_train_batches(iter_num + 1)
+        X, Y = get_batch('train', train_generator)  # prefetch while the GPU works on the backward pass
+        scaler.scale(loss).backward()
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+    t1 = time.time()
+    dt = t1 - t0
+    t0 = t1
+    if iter_num % log_interval == 0 and master_process:
+        lossf = loss.item() * gradient_accumulation_steps  # .item() waits for the GPU: only at log steps
+        if not math.isfinite(lossf):
+            raise UserError(f"loss is {lossf} at iter {iter_num}; nothing was saved over the checkpoints in {out_dir}. "
+                            "Lower --learning_rate, or use --dtype=bfloat16 or float32")
+        mfu = net.estimate_mfu(batch_size * gradient_accumulation_steps, dt) if local_iter_num >= 5 else None
+        if mfu is not None:
+            running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
+        mfu_text = f"{running_mfu * 100:.2f}%" if running_mfu != -1.0 else "n/a"
+        print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {mfu_text}")
+    iter_num += 1
+    local_iter_num += 1
+
+    stopping = all_ranks_agree_to_stop()
+    if stopping or iter_num > max_iters:
+        if master_process:
+            save_checkpoint(checkpoint.LATEST_NAME)
+            if stopping:
+                print(f"stopped by {stop_signal or 'another process'} at iter {iter_num}; to continue, run the same "
+                      "command with --init_from=resume")
+        break
+
+if ddp:
+    destroy_process_group()
