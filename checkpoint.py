@@ -75,6 +75,12 @@ def resume_name(out_dir):
     return LATEST_NAME if os.path.exists(os.path.join(out_dir, LATEST_NAME)) else CKPT_NAME
 
 
+def sample_name(out_dir):
+    """The file sampling and export read: ckpt.pt (nanoGPT's), or latest.pt when only it exists."""
+    return CKPT_NAME if os.path.exists(os.path.join(out_dir, CKPT_NAME)) or not os.path.exists(
+        os.path.join(out_dir, LATEST_NAME)) else LATEST_NAME
+
+
 def load(out_dir, name=CKPT_NAME, map_location='cpu'):
     """Read a checkpoint dict from out_dir with clear errors for missing, corrupt or unsafe files."""
     path = os.path.join(out_dir, name)

@@ -9,6 +9,7 @@ import os
 import pickle
 
 import numpy as np
+import torch
 
 from errors import UserError
 
@@ -85,3 +86,16 @@ def check_split_length(dataset, split, dtype, block_size):
         raise UserError(f"{path} holds {n_tokens} tokens, fewer than block_size+1 = {block_size + 1}; "
                         f"use a smaller --block_size or more text")
     return n_tokens
+
+
+def get_batch(path, dtype, batch_size, block_size, device, generator=None):
+    """batch_size random windows of block_size tokens (x) and the same windows shifted by one (y)."""
+    # a fresh memmap per batch: a long-lived one keeps every page it touched in memory
+    data = open_tokens(path, dtype)
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
+    chunk = torch.from_numpy(data[ix[:, None] + np.arange(block_size + 1)].astype(np.int64))
+    x, y = chunk[:, :-1], chunk[:, 1:]
+    if torch.device(device).type == 'cuda':
+        # pinned host memory lets the copy run asynchronously with the GPU's work
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.contiguous().to(device), y.contiguous().to(device)

@@ -277,13 +277,22 @@ class GPT(nn.Module):
         return flops_per_iter / dt / peak
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):
-        """Continue each sequence in idx (B, T) by max_new_tokens sampled tokens.
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generators=None):
+        """Continue each sequence in idx (B, T) by max_new_tokens sampled tokens; returns (B, T + new)."""
+        steps = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, use_cache, generators))
+        return torch.cat([idx, *steps], dim=1)
+
+    @torch.no_grad()
+    def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generators=None):
+        """Yield the next token of every sequence, (B, 1), one step at a time (for streaming).
 
         With use_cache the prompt is run once and each step feeds only the newest token.
-        The context is the last block_size tokens, as without the cache; once the sequence
-        outgrows block_size every position shifts each step, so the cached keys no longer
-        apply and each step runs the whole cropped window instead, giving the same tokens.
+        The context is always the last block_size tokens, as without the cache: once the
+        sequence outgrows block_size every position shifts at each step, the cached keys
+        no longer apply, and each step runs the whole cropped window instead, giving the
+        same tokens. generators, one torch.Generator per row, make each row's samples
+        independent of the others, so a row sampled in a batch equals the same row
+        sampled alone; without them the global random stream is used.
         """
         kv_cache = KVCache(self.config.n_layer) if use_cache else None
         for _ in range(max_new_tokens):
@@ -292,11 +301,15 @@ class GPT(nn.Module):
                 logits, _ = self(new_tokens, kv_cache=kv_cache)
             else:
                 logits, _ = self(idx[:, -self.config.block_size:])
-            logits = logits[:, -1, :] / temperature
+            logits = logits[:, -1, :].float() / temperature
             if top_k is not None:
                 v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                 logits[logits < v[:, [-1]]] = -float('Inf')
             probs = F.softmax(logits, dim=-1)
-            idx_next = torch.multinomial(probs, num_samples=1)
+            if generators is None:
+                idx_next = torch.multinomial(probs, num_samples=1)
+            else:
+                idx_next = torch.cat([torch.multinomial(p, num_samples=1, generator=g).unsqueeze(0)
+                                      for p, g in zip(probs, generators)])
             idx = torch.cat((idx, idx_next), dim=1)
-        return idx
+            yield idx_next

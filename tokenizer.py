@@ -1,5 +1,6 @@
 """Text <-> token ids for sampling: the dataset's character vocabulary from meta.pkl when
 the model was trained on one, GPT-2's BPE (tiktoken) otherwise."""
+import codecs
 import os
 
 import dataset
@@ -22,6 +23,10 @@ class CharTokenizer:
     def decode(self, ids):
         return ''.join(self.itos[i] for i in ids)
 
+    def stream_decoder(self):
+        """A function from one token id to the text it completes (every id is a whole character)."""
+        return lambda token: self.itos[token]
+
 
 class BPETokenizer:
     def __init__(self):
@@ -34,6 +39,12 @@ class BPETokenizer:
 
     def decode(self, ids):
         return self.enc.decode(ids)
+
+    def stream_decoder(self):
+        """A function from one token id to the text it completes. A BPE token can hold part of a
+        multi-byte character, so bytes wait in an incremental UTF-8 decoder until it is whole."""
+        utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
+        return lambda token: utf8.decode(self.enc.decode_single_token_bytes(token))
 
 
 def for_checkpoint(checkpoint):

@@ -22,7 +22,6 @@ import os
 import signal
 import time
 
-import numpy as np
 import torch
 from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -144,14 +143,7 @@ if meta_vocab_size is not None:
 
 
 def get_batch(split, generator):
-    # a fresh memmap per batch: a long-lived one keeps every page it touched in memory
-    data = datasets.open_tokens(bin_paths[split], token_dtype)
-    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
-    chunk = torch.from_numpy(data[ix[:, None] + window].astype(np.int64))
-    x, y = chunk[:, :-1], chunk[:, 1:]
-    if device_type == 'cuda':
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.contiguous().to(device), y.contiguous().to(device)
+    return datasets.get_batch(bin_paths[split], token_dtype, batch_size, block_size, device, generator)
 
 
 # Batches are drawn from generators seeded by (seed, rank, iteration), so a resumed run
@@ -212,7 +204,6 @@ model_args = checkpoint.model_args_of(model.config)
 model.to(device)
 for split in bin_paths:
     datasets.check_split_length(dataset, split, token_dtype, block_size)
-window = np.arange(block_size + 1)  # offsets of one training example (inputs plus the shifted targets)
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
 if master_process:
     print("effective configuration: " + ", ".join(f"{k}={config[k]!r}" for k in config_keys))

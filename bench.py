@@ -1,0 +1,131 @@
+"""
+Time a training iteration (forward, backward, optimizer step) in isolation: ms/iter,
+tokens/s and MFU, after warm-up. Real batches from data/<dataset> or random tokens.
+
+$ python bench.py                                   # GPT-2 124M, batch 12 x 1024, openwebtext
+$ python bench.py --device=cpu --compile=False --real_data=False --n_layer=4 --n_head=4 --n_embd=128 --block_size=64
+$ python bench.py --profile=True                    # also writes a torch.profiler trace to ./bench_log
+"""
+import os
+import time
+
+import torch
+
+import configurator
+import dataset as datasets
+import hardware
+from errors import UserError
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+batch_size = 12
+block_size = 1024
+n_layer = 12
+n_head = 12
+n_embd = 768
+dropout = 0.0
+bias = False
+real_data = True
+dataset = 'openwebtext'
+seed = 1337
+device = hardware.best_device()  # 'cpu', 'cuda', 'cuda:0', 'mps', ...
+dtype = hardware.default_dtype(device)  # 'float32', 'bfloat16' or 'float16'
+compile = True  # use PyTorch 2.0 to compile the model to be faster
+profile = False  # use the pytorch profiler, or just simple benchmarking?
+warmup_iters = 10  # untimed iterations first (compilation, allocator and kernel autotuning settle)
+bench_iters = 20  # timed iterations
+profile_dir = './bench_log'
+# -----------------------------------------------------------------------------
+explicit = configurator.configure(globals())
+if 'dtype' not in explicit:
+    dtype = hardware.default_dtype(device)
+if 'compile' not in explicit:
+    compile = hardware.default_compile(device)
+device_type = hardware.check_device(device)
+hardware.check_dtype(device, dtype)
+for name in ('batch_size', 'block_size', 'bench_iters'):
+    if globals()[name] <= 0:
+        raise UserError(f"{name} must be a positive number, got {globals()[name]}")
+
+torch.manual_seed(seed)
+if device_type == 'cuda':
+    hardware.allow_tf32()
+ctx = hardware.autocast(device, dtype)
+
+# data
+if real_data:
+    meta = datasets.read_meta(dataset)
+    token_dtype = datasets.token_dtype(meta)
+    train_path = datasets.bin_path(dataset, 'train')
+    datasets.check_split_length(dataset, 'train', token_dtype, block_size)
+    vocab_size = meta['vocab_size'] if meta else 50304
+
+    def get_batch():
+        return datasets.get_batch(train_path, token_dtype, batch_size, block_size, device)
+else:
+    vocab_size = 50304
+    x = torch.randint(vocab_size, (batch_size, block_size), device=device)
+    y = torch.randint(vocab_size, (batch_size, block_size), device=device)
+
+    def get_batch():
+        return x, y
+
+# model
+try:
+    model = GPT(GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                          dropout=dropout, bias=bias, vocab_size=vocab_size))
+except ValueError as e:
+    raise UserError(str(e))
+model.to(device)
+optimizer = model.configure_optimizers(weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95), device_type=device_type)
+net = model
+if compile:
+    print("Compiling model...")
+    model = torch.compile(model)
+
+
+def train_step(X, Y):
+    with ctx:
+        _, loss = model(X, Y)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
+if profile:
+    # https://pytorch.org/docs/stable/profiler.html#torch.profiler.profile
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device_type == 'cuda':
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    wait, warmup, active = 5, 5, 5
+    with torch.profiler.profile(
+        activities=activities,
+        schedule=torch.profiler.schedule(wait=wait, warmup=warmup, active=active, repeat=1),
+        on_trace_ready=torch.profiler.tensorboard_trace_handler(profile_dir),
+        record_shapes=False, profile_memory=False, with_stack=False,
+    ) as prof:
+        X, Y = get_batch()
+        for k in range(wait + warmup + active):
+            loss = train_step(X, Y)
+            X, Y = get_batch()
+            print(f"{k}/{wait + warmup + active} loss: {loss.item():.4f}")
+            prof.step()
+    print(f"profiler trace written to {os.path.abspath(profile_dir)}")
+else:
+    X, Y = get_batch()
+    for stage, num_steps in (('warm-up', warmup_iters), ('benchmark', bench_iters)):
+        hardware.sync(device)
+        t0 = time.time()
+        for k in range(num_steps):
+            loss = train_step(X, Y)
+            X, Y = get_batch()
+        lossf = loss.item()  # waits for the device
+        hardware.sync(device)
+        dt = time.time() - t0
+        print(f"{stage}: {num_steps} iters, last loss {lossf:.4f}")
+    ms_per_iter = dt / bench_iters * 1000
+    tokens_per_s = batch_size * block_size * bench_iters / dt
+    mfu = net.estimate_mfu(batch_size, dt / bench_iters)
+    mfu_text = f"{mfu * 100:.2f}%" if mfu is not None else "n/a (peak FLOP/s of this device not known)"
+    print(f"time per iteration: {ms_per_iter:.2f}ms, tokens/s: {tokens_per_s:,.0f}, MFU: {mfu_text}")

@@ -1,0 +1,24 @@
+# Finetune GPT-2 XL on Shakespeare in GPT-2 BPE (prepare it with data/shakespeare/prepare.py).
+import time
+
+out_dir = 'out-shakespeare'
+eval_interval = 5
+eval_iters = 40
+wandb_log = False
+wandb_project = 'shakespeare'
+wandb_run_name = 'ft-' + str(time.time())
+
+dataset = 'shakespeare'
+init_from = 'gpt2-xl'  # the largest GPT-2
+
+always_save_checkpoint = False  # only keep checkpoints whose val loss improved
+
+# 1 sequence x 32 accumulation steps x 1024 tokens = 32,768 tokens per iteration;
+# the dataset holds about 302k tokens, so one epoch is about 9.2 iterations
+batch_size = 1
+gradient_accumulation_steps = 32
+max_iters = 20
+
+# a small constant learning rate
+learning_rate = 3e-5
+decay_lr = False

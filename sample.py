@@ -1,0 +1,119 @@
+"""
+Sample from a trained model, or from OpenAI's GPT-2.
+
+$ python sample.py --out_dir=out-shakespeare-char
+$ python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=5
+
+Sample k is drawn with its own random generator seeded with seed + k, so the text of
+each sample depends only on the seed and its number: streamed one after another
+(the default) or generated together in one batch (--stream=False), the samples are the same.
+"""
+import os
+import sys
+import time
+
+import torch
+
+import checkpoint
+import configurator
+import hardware
+import tokenizer
+from errors import UserError
+from model import GPT
+
+# -----------------------------------------------------------------------------
+init_from = 'resume'  # 'resume' (from out_dir) or a gpt2 variant (e.g. 'gpt2-xl')
+out_dir = 'out'  # ignored if init_from is not 'resume'
+start = "\n"  # or "<|endoftext|>" or etc. Can also specify a file, use as: "FILE:prompt.txt"
+num_samples = 10  # number of samples to draw
+max_new_tokens = 500  # number of tokens generated in each sample
+temperature = 0.8  # 1.0 = no change, < 1.0 = less random, > 1.0 = more random, in predictions
+top_k = 200  # retain only the top_k most likely tokens, clamp others to have 0 probability
+seed = 1337
+device = hardware.best_device()  # 'cpu', 'cuda', 'cuda:0', 'mps', ...
+dtype = hardware.default_dtype(device)  # 'float32', 'bfloat16' or 'float16'
+compile = False  # use PyTorch 2.0 to compile the model to be faster
+use_kv_cache = True  # feed one new position per step instead of the whole context again
+stream = True  # print text as it is generated; False generates all samples in one batch, then prints
+# -----------------------------------------------------------------------------
+explicit = configurator.configure(globals())
+if 'dtype' not in explicit:
+    dtype = hardware.default_dtype(device)
+hardware.check_device(device)
+hardware.check_dtype(device, dtype)
+for name in ('num_samples', 'max_new_tokens'):
+    if globals()[name] <= 0:
+        raise UserError(f"{name} must be a positive number, got {globals()[name]}")
+if temperature <= 0:
+    raise UserError(f"temperature must be positive, got {temperature}; use --top_k=1 for greedy decoding")
+if top_k is not None and (not isinstance(top_k, int) or top_k <= 0):
+    raise UserError(f"top_k must be a positive integer or None, got {top_k!r}")
+
+torch.manual_seed(seed)
+if hardware.device_type(device) == 'cuda':
+    hardware.allow_tf32()
+ctx = hardware.autocast(device, dtype)
+
+# model and tokenizer
+if init_from == 'resume':
+    ckpt = checkpoint.load(out_dir, checkpoint.sample_name(out_dir), map_location='cpu')
+    model = checkpoint.model_from_checkpoint(ckpt, dropout=0.0)
+    tok = tokenizer.for_checkpoint(ckpt)
+    del ckpt
+elif init_from.startswith('gpt2'):
+    try:
+        model = GPT.from_pretrained(init_from, dict(dropout=0.0))
+    except ValueError as e:
+        raise UserError(str(e))
+    tok = tokenizer.BPETokenizer()
+else:
+    raise UserError(f"unknown init_from '{init_from}'; use resume (with --out_dir) or one of gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+model.eval()
+model.to(device)
+if compile:
+    model = torch.compile(model)
+
+# the prompt
+if start.startswith('FILE:'):
+    prompt_path = start[5:]
+    if not os.path.isfile(prompt_path):
+        raise UserError(f"prompt file '{prompt_path}' not found")
+    with open(prompt_path, 'r', encoding='utf-8') as f:
+        start = f.read()
+    if not start:
+        raise UserError(f"prompt file '{prompt_path}' is empty; put the text to continue in it")
+if not start:
+    raise UserError("the prompt is empty; pass some text with --start=... (for GPT-2, --start='<|endoftext|>' starts from nothing)")
+start_ids = tok.encode(start)
+x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]
+
+
+def sample_generators(first, count):
+    return [torch.Generator(device=device).manual_seed(seed + k) for k in range(first, first + count)]
+
+
+# generation
+n_tokens = 0
+t0 = time.time()
+with torch.no_grad(), ctx:
+    if stream:
+        for k in range(num_samples):
+            decode_next = tok.stream_decoder()
+            sys.stdout.write(start)
+            for token in model.generate_tokens(x, max_new_tokens, temperature, top_k, use_kv_cache,
+                                               sample_generators(k, 1)):
+                sys.stdout.write(decode_next(token.item()))
+                sys.stdout.flush()
+                n_tokens += 1
+            print('\n---------------')
+    else:
+        y = model.generate(x.expand(num_samples, -1), max_new_tokens, temperature, top_k, use_kv_cache,
+                           sample_generators(0, num_samples))
+        n_tokens = num_samples * max_new_tokens
+        for row in y.tolist():
+            print(tok.decode(row))
+            print('---------------')
+hardware.sync(device)
+elapsed = time.time() - t0
+print(f"generated {n_tokens} tokens in {elapsed:.2f}s ({n_tokens / elapsed:.1f} tokens/s, "
+      f"kv cache {'on' if use_kv_cache else 'off'})", file=sys.stderr)
