@@ -92,10 +92,17 @@ def load(out_dir, name=CKPT_NAME, map_location='cpu'):
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else 'unsafe content'
+        # torch wraps the unpickler's complaint in boilerplate; keep the part that names it
+        lines = [line.strip().split('WeightsUnpickler error:')[-1].strip() for line in str(e).splitlines()]
+        unsafe = [line for line in lines if 'GLOBAL' in line or 'reduce for' in line or line.startswith('Can only')]
+        if not unsafe:
+            # not a refused object but bytes that are no pickle at all: damage, not danger
+            detail = next((line for line in lines if line and not line.startswith(
+                ('Weights only load failed', 'Please file an issue', 'Check the documentation'))), 'not a pickle')
+            raise UserError(f"{path} is truncated or corrupt ({detail}); restore it from a backup or train again")
         raise UserError(f"{path} was refused: it holds objects that would run code when loaded "
-                        f"({first_line}); only load checkpoints you trust, re-saved as plain tensors")
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+                        f"({unsafe[0].split('. ')[0]}); only load checkpoints you trust, re-saved as plain tensors")
+    except Exception as e:  # whatever else torch.load trips over in a damaged file (KeyError, UnicodeError, ...)
         raise UserError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                         "restore it from a backup or train again")
     missing = [k for k in ('model', 'model_args') if not isinstance(checkpoint, dict) or k not in checkpoint]

@@ -18,11 +18,15 @@ SAFE_META_TYPES = {('builtins', name) for name in
                    ('dict', 'list', 'tuple', 'set', 'frozenset', 'str', 'bytes', 'int', 'float', 'bool', 'complex')}
 
 
+class _NotPlainData(pickle.UnpicklingError):
+    pass
+
+
 class _PlainDataUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in SAFE_META_TYPES:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
+        raise _NotPlainData(f"{module}.{name} is not plain data")
 
 
 def load_meta(path):
@@ -30,11 +34,12 @@ def load_meta(path):
     try:
         with open(path, 'rb') as f:
             meta = _PlainDataUnpickler(f).load()
-    except pickle.UnpicklingError as e:
+    except _NotPlainData as e:
         raise UserError(f"{path} was refused ({e}); meta.pkl may hold only plain data "
                         "(dict, list, tuple, str, int, float, bool, None): re-create it with the dataset's prepare.py")
-    except (EOFError, ValueError) as e:
-        raise UserError(f"{path} is truncated or corrupt ({e}); re-create it with the dataset's prepare.py")
+    except Exception as e:  # anything else the unpickler trips over is a damaged file
+        detail = ' '.join(str(e).split()) or type(e).__name__
+        raise UserError(f"{path} is truncated or corrupt ({detail}); re-create it with the dataset's prepare.py")
     if not isinstance(meta, dict):
         raise UserError(f"{path} holds a {type(meta).__name__}, not a dict; re-create it with the dataset's prepare.py")
     return meta

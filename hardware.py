@@ -31,7 +31,10 @@ def best_device():
 
 
 def device_type(device):
-    return torch.device(device).type
+    try:
+        return torch.device(device).type
+    except RuntimeError:  # reached before check_device when the default dtype follows the device
+        raise UserError(f"unknown device '{device}'; use cpu, cuda, cuda:N or mps (best here: {best_device()})")
 
 
 def check_device(device):

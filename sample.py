@@ -22,7 +22,7 @@ from errors import UserError
 from model import GPT
 
 # -----------------------------------------------------------------------------
-init_from = 'resume'  # 'resume' (from out_dir) or a gpt2 variant (e.g. 'gpt2-xl')
+init_from = 'resume'  # 'resume' (from out_dir), a gpt2 variant (e.g. 'gpt2-xl') or a transformers GPT-2 directory
 out_dir = 'out'  # ignored if init_from is not 'resume'
 start = "\n"  # or "<|endoftext|>" or etc. Can also specify a file, use as: "FILE:prompt.txt"
 num_samples = 10  # number of samples to draw
@@ -60,14 +60,15 @@ if init_from == 'resume':
     model = checkpoint.model_from_checkpoint(ckpt, dropout=0.0)
     tok = tokenizer.for_checkpoint(ckpt)
     del ckpt
-elif init_from.startswith('gpt2'):
+elif init_from.startswith('gpt2') or os.path.isdir(init_from):
     try:
         model = GPT.from_pretrained(init_from, dict(dropout=0.0))
     except ValueError as e:
         raise UserError(str(e))
     tok = tokenizer.BPETokenizer()
 else:
-    raise UserError(f"unknown init_from '{init_from}'; use resume (with --out_dir) or one of gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+    raise UserError(f"unknown init_from '{init_from}'; use resume (with --out_dir), one of gpt2, gpt2-medium, "
+                    "gpt2-large, gpt2-xl, or a directory holding a transformers GPT-2 checkpoint")
 model.eval()
 model.to(device)
 if compile:

@@ -30,6 +30,7 @@ import checkpoint
 import configurator
 import dataset as datasets
 import hardware
+import metrics
 from errors import UserError
 from model import GPT, GPTConfig
 
@@ -98,8 +99,9 @@ if not 0.0 <= dropout < 1.0:
     raise UserError(f"dropout must be in [0, 1), got {dropout}")
 if n_embd % n_head != 0:
     raise UserError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}); e.g. --n_embd={n_head * max(1, round(n_embd / n_head))}")
-if init_from not in ('scratch', 'resume') and not init_from.startswith('gpt2'):
-    raise UserError(f"unknown init_from '{init_from}'; use scratch, resume, or one of gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+if init_from not in ('scratch', 'resume') and not init_from.startswith('gpt2') and not os.path.isdir(init_from):
+    raise UserError(f"unknown init_from '{init_from}'; use scratch, resume, one of gpt2, gpt2-medium, gpt2-large, "
+                    "gpt2-xl, or a directory holding a transformers GPT-2 checkpoint")
 device_type = hardware.check_device(device)
 hardware.check_dtype(device, dtype)
 
@@ -187,7 +189,7 @@ elif init_from == 'resume':
     config.update(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias)
     iter_num = resume_state['iter_num']
     best_val_loss = float(resume_state['best_val_loss'])
-else:  # gpt2, gpt2-medium, gpt2-large, gpt2-xl
+else:  # gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a transformers GPT-2 directory
     print(f"Initializing from OpenAI GPT-2 weights: {init_from}")
     if meta_vocab_size is not None:
         raise UserError(f"data/{dataset} is a character-level dataset ({meta_vocab_size} symbols) and cannot be used "
@@ -308,7 +310,7 @@ if wandb_log and master_process:
 # -----------------------------------------------------------------------------
 # training loop
 if master_process:
-    os.makedirs(out_dir, exist_ok=True)
+    metrics_log = metrics.MetricsLog(out_dir, start_iter=iter_num)  # out_dir/metrics.csv, for plot.py
 seed_train_batches(iter_num)
 X, Y = get_batch('train', train_generator)  # first batch
 t0 = time.time()
@@ -323,6 +325,8 @@ while True:
     if iter_num % eval_interval == 0 and master_process:
         losses = estimate_loss()
         print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        metrics_log.write(iter=iter_num, tokens=iter_num * tokens_per_iter, lr=lr,
+                          train_loss=losses['train'], val_loss=losses['val'])
         if not math.isfinite(losses['val']):
             raise UserError(f"val loss is {losses['val']} at iter {iter_num}; nothing was saved over the checkpoints "
                             f"in {out_dir}. Lower --learning_rate, or use --dtype=bfloat16 or float32")
@@ -372,6 +376,8 @@ while True:
             running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
         mfu_text = f"{running_mfu * 100:.2f}%" if running_mfu != -1.0 else "n/a"
         print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {mfu_text}")
+        metrics_log.write(iter=iter_num, tokens=(iter_num + 1) * tokens_per_iter, lr=lr, train_loss=lossf,
+                          ms_per_iter=dt * 1000, mfu=running_mfu if running_mfu != -1.0 else None)
     iter_num += 1
     local_iter_num += 1
 
@@ -384,5 +390,7 @@ while True:
                       "command with --init_from=resume")
         break
 
+if master_process:
+    metrics_log.close()
 if ddp:
     destroy_process_group()

@@ -40,3 +40,224 @@ def shakespeare_char():
     """data/shakespeare_char prepared once per test session; returns the prepare output."""
     place_tiny_shakespeare('shakespeare_char')
     return run_script('data/shakespeare_char/prepare.py').stdout
+
+
+# -----------------------------------------------------------------------------
+# Core tests (model, training, checkpoints, robustness): a tiny dataset written here,
+# tiny model settings, and runners for the scripts as subprocesses or in this process.
+import contextlib
+import io
+import pickle
+import runpy
+import signal
+import types
+
+# A 2-core machine shared with other jobs: torch's default of one thread per core spins
+# against the other processes and makes tiny models 50x slower. One thread is plenty here.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+os.environ.setdefault('MKL_NUM_THREADS', '1')
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+CORE_DATASET = '_test_core'
+CORE_WORDS = ('the', 'cat', 'sat', 'on', 'a', 'mat', 'dog', 'ran', 'far', 'away', 'and', 'then', 'slept')
+
+
+def write_char_dataset(name, text, val_fraction=0.1, meta_extra=None):
+    """data/<name>/{train,val}.bin (uint16) and a nanoGPT-style meta.pkl for a character vocabulary."""
+    import numpy as np
+    folder = os.path.join(REPO_ROOT, 'data', name)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    chars = sorted(set(text))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    itos = {i: ch for i, ch in enumerate(chars)}
+    ids = np.array([stoi[ch] for ch in text], dtype=np.uint16)
+    n_train = int(len(ids) * (1 - val_fraction))
+    ids[:n_train].tofile(os.path.join(folder, 'train.bin'))
+    ids[n_train:].tofile(os.path.join(folder, 'val.bin'))
+    meta = {'vocab_size': len(chars), 'itos': itos, 'stoi': stoi, **(meta_extra or {})}
+    with open(os.path.join(folder, 'meta.pkl'), 'wb') as f:
+        pickle.dump(meta, f)
+    return folder
+
+
+def core_text(n_words=6000, seed=0):
+    """Words drawn from a small list: learnable quickly, so a few iterations lower the loss."""
+    import random
+    rng = random.Random(seed)
+    return ' '.join(rng.choice(CORE_WORDS) for _ in range(n_words)) + '\n'
+
+
+@pytest.fixture(scope='session')
+def core_dataset():
+    """Name of a tiny character dataset in data/, removed after the session."""
+    folder = write_char_dataset(CORE_DATASET, core_text())
+    yield CORE_DATASET
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def make_dataset():
+    """Factory for throw-away datasets data/_test_core_<suffix>, removed after the test."""
+    made = []
+
+    def make(suffix, text=None, **kwargs):
+        name = f'{CORE_DATASET}_{suffix}'
+        made.append(write_char_dataset(name, core_text() if text is None else text, **kwargs))
+        return name
+    yield make
+    for folder in made:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+CORE_TRAIN_SETTINGS = dict(
+    dataset=CORE_DATASET, device='cpu', dtype='float32', compile=False, wandb_log=False,
+    n_layer=2, n_head=2, n_embd=32, block_size=32, bias=False, dropout=0.0,
+    batch_size=4, gradient_accumulation_steps=1, eval_iters=2, eval_interval=10, log_interval=1,
+    learning_rate=1e-2, decay_lr=False, warmup_iters=0, max_iters=20, seed=1337,
+)
+
+
+def core_train_args(out_dir, **overrides):
+    """train.py arguments for a tiny CPU run into out_dir; overrides replace or add settings
+    (a value of None drops that setting)."""
+    settings = dict(CORE_TRAIN_SETTINGS, out_dir=str(out_dir), **overrides)
+    return [f'--{k}={v}' for k, v in settings.items() if v is not None]
+
+
+def run_inproc(script, *args, check=False):
+    """Run `python <script> <args>` inside this process: no interpreter and torch start-up,
+    which costs seconds per run on a busy 2-core machine. Each run executes the script's
+    source afresh in a new namespace, as a new process would.
+
+    Returns returncode, stdout and stderr the way the interpreter would produce them: a
+    SystemExit with a message (UserError) prints it to stderr and exits 1. Any other
+    exception propagates, failing the test, as it would have printed a traceback."""
+    saved = sys.argv, os.getcwd(), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        os.chdir(REPO_ROOT)
+        sys.argv = [script, *map(str, args)]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(os.path.join(REPO_ROOT, script), run_name='__main__')
+            except SystemExit as e:
+                if e.code is None or isinstance(e.code, int):
+                    code = e.code or 0
+                else:
+                    print(e.code, file=sys.stderr)
+                    code = 1
+    finally:
+        sys.argv = saved[0]
+        os.chdir(saved[1])
+        for s, handler in saved[2].items():
+            signal.signal(s, handler)
+    result = types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"{script} {' '.join(map(str, args))} exited {code}\n--- stdout ---\n"
+                             f"{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}")
+    return result
+
+
+def assert_user_error(result, *fragments):
+    """A bad-input failure: non-zero exit, stderr's last line is one 'error: ...' line naming the
+    problem (each fragment, case-insensitive), and no traceback."""
+    assert result.returncode != 0, f"expected a failure, got exit 0\n{result.stdout[-2000:]}"
+    assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert lines, "nothing on stderr"
+    last = lines[-1]
+    assert last.startswith('error: '), result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment.lower() in last.lower(), f"{fragment!r} not in {last!r}"
+    return last
+
+
+@pytest.fixture(scope='session')
+def tiny_run(core_dataset, tmp_path_factory):
+    """One tiny training run (21 iterations, evaluations at 0, 10, 20): its out_dir and stdout.
+    Tests that write into an out_dir must copy it first (copy_run)."""
+    out_dir = tmp_path_factory.mktemp('tiny_run') / 'out'
+    proc = run_inproc('train.py', *core_train_args(out_dir), check=True)
+    return types.SimpleNamespace(out_dir=out_dir, stdout=proc.stdout)
+
+
+@pytest.fixture
+def copy_run(tiny_run, tmp_path):
+    """A private copy of tiny_run's out_dir."""
+    target = tmp_path / 'out'
+    shutil.copytree(tiny_run.out_dir, target)
+    return target
+
+
+class LiveProcess:
+    """A script started in the background whose output is collected as it comes, so a test can
+    wait for a line (say, an iteration) and then act on the running process (send a signal)."""
+
+    def __init__(self, args, new_session=False):
+        import threading
+        env = dict(os.environ, PYTHONUNBUFFERED='1')
+        self.proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, start_new_session=new_session)
+        self.pid = self.proc.pid
+        self._out, self._err = [], []
+        self._threads = [threading.Thread(target=self._pump, args=(stream, sink), daemon=True)
+                         for stream, sink in ((self.proc.stdout, self._out), (self.proc.stderr, self._err))]
+        for thread in self._threads:
+            thread.start()
+
+    @staticmethod
+    def _pump(stream, sink):
+        for line in stream:
+            sink.append(line)
+
+    @property
+    def stdout(self):
+        return ''.join(self._out)
+
+    @property
+    def stderr(self):
+        return ''.join(self._err)
+
+    def wait_for(self, pattern, count=1, timeout=180):
+        """Block until `pattern` (a regex, multiline) has matched `count` times in stdout."""
+        import re
+        import time
+        deadline = time.time() + timeout
+        while len(re.findall(pattern, self.stdout, re.M)) < count:
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.kill()
+                raise AssertionError(f"{pattern!r} did not appear {count} times (exit {self.proc.poll()}):\n"
+                                     f"{self.stdout[-3000:]}\n--- stderr ---\n{self.stderr[-3000:]}")
+            time.sleep(0.05)
+
+    def kill(self):
+        try:
+            if self.proc.poll() is None and self.proc.pid == os.getpgid(self.proc.pid):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # a session of its own: all its processes
+            elif self.proc.poll() is None:
+                self.proc.kill()
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+    def finish(self, timeout=180):
+        """Wait for the exit; returns the exit status (stdout and stderr are complete after)."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        for thread in self._threads:
+            thread.join(timeout=30)
+        return self.proc.returncode
+
+
+def checkpoint_files(out_dir):
+    """The checkpoints and checkpoint temporaries in out_dir (other outputs, such as a metrics
+    log, are not the concern of the checkpoint tests)."""
+    if not os.path.isdir(out_dir):
+        return []
+    return sorted(n for n in os.listdir(out_dir) if n.endswith('.pt') or '.pt.tmp' in n)

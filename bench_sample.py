@@ -1,0 +1,81 @@
+"""
+Sampling speed with and without the KV cache: a table of tokens/s.
+
+$ python bench_sample.py                          # CPU or the best device here
+$ python bench_sample.py --lengths=200 --device=cuda
+
+Rows: a GPT-2-124M-shaped model with random weights (1-token prompt, each length in
+`lengths`) and the shakespeare_char model (the checkpoint in shakespeare_out_dir when
+there is one, else random weights of its shape). Each row also checks that both paths
+return the same tokens.
+"""
+import os
+import time
+
+import torch
+
+import checkpoint
+import configurator
+import hardware
+from errors import UserError
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+lengths = '200,1000'  # new tokens per run, comma-separated
+shakespeare_out_dir = 'out-shakespeare-char'
+shakespeare_tokens = 500
+device = hardware.best_device()
+dtype = hardware.default_dtype(device)
+temperature = 1.0
+top_k = 200
+seed = 1337
+# -----------------------------------------------------------------------------
+explicit = configurator.configure(globals())
+if 'dtype' not in explicit:
+    dtype = hardware.default_dtype(device)
+hardware.check_device(device)
+hardware.check_dtype(device, dtype)
+try:
+    token_counts = [int(n) for n in lengths.split(',')]
+except ValueError:
+    raise UserError(f"lengths must be comma-separated numbers such as 200,1000, got {lengths!r}")
+ctx = hardware.autocast(device, dtype)
+
+
+def tokens_per_second(model, new_tokens, use_cache):
+    torch.manual_seed(seed)
+    idx = torch.zeros((1, 1), dtype=torch.long, device=device)
+    with torch.no_grad(), ctx:
+        model.generate(idx, 2, temperature, top_k, use_cache=use_cache)  # warm-up
+        hardware.sync(device)
+        torch.manual_seed(seed)
+        t0 = time.time()
+        out = model.generate(idx, new_tokens, temperature, top_k, use_cache=use_cache)
+        hardware.sync(device)
+    return new_tokens / (time.time() - t0), out
+
+
+def shakespeare_model():
+    if os.path.exists(os.path.join(shakespeare_out_dir, checkpoint.CKPT_NAME)):
+        ckpt = checkpoint.load(shakespeare_out_dir)
+        return f"shakespeare_char ({shakespeare_out_dir})", checkpoint.model_from_checkpoint(ckpt, dropout=0.0)
+    torch.manual_seed(seed)
+    shape = GPTConfig(block_size=256, vocab_size=65, n_layer=6, n_head=6, n_embd=384, bias=False)
+    return "shakespeare_char shape (random weights)", GPT(shape)
+
+
+torch.manual_seed(seed)
+models = [("GPT-2 124M shape (random weights)", GPT(GPTConfig(block_size=1024, vocab_size=50257)), token_counts)]
+name, m = shakespeare_model()
+models.append((name, m, [shakespeare_tokens]))
+
+print(f"device: {device}, dtype: {dtype}, torch threads: {torch.get_num_threads()}")
+print(f"| model | new tokens | no cache (tokens/s) | KV cache (tokens/s) | speed-up | same tokens |")
+print(f"|---|---:|---:|---:|---:|---|")
+for name, m, counts in models:
+    m.eval().to(device)
+    for n in counts:
+        slow, out_slow = tokens_per_second(m, n, use_cache=False)
+        fast, out_fast = tokens_per_second(m, n, use_cache=True)
+        same = 'yes' if torch.equal(out_slow, out_fast) else 'NO'
+        print(f"| {name} | {n} | {slow:.1f} | {fast:.1f} | {fast / slow:.1f}x | {same} |", flush=True)

@@ -1,0 +1,18 @@
+"""Tiny shakespeare at character level, in nanoGPT's format.
+
+Reads input.txt beside this file (downloaded when missing) and writes train.bin and val.bin
+(uint16 character ids: first 90% of the characters / last 10%) and meta.pkl
+(vocab_size, itos, stoi). Run from anywhere: python data/shakespeare_char/prepare.py
+"""
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+import dataprep  # noqa: E402
+
+URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
+
+if __name__ == '__main__':
+    text_file = dataprep.download(URL, os.path.join(HERE, 'input.txt'))
+    dataprep.prepare_char_file(text_file, HERE, val_fraction=0.1)

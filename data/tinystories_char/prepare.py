@@ -1,0 +1,20 @@
+"""TinyStories at character level: each story followed by the separator symbol '␃' (meta['separator']).
+
+    python data/tinystories_char/prepare.py                   # Hugging Face roneneldan/TinyStories
+    python data/tinystories_char/prepare.py --train_file TinyStoriesV2-GPT4-train.txt --val_file TinyStoriesV2-GPT4-valid.txt
+
+train.bin from the train split, val.bin from the validation split; the vocabulary covers both.
+"""
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+import dataprep  # noqa: E402
+
+if __name__ == '__main__':
+    parser = dataprep.story_arguments(__doc__.split('\n\n')[0], own='tinystories_char')
+    parser.add_argument('--separator', default=dataprep.STORY_SEPARATOR, help='the character written after each story')
+    args = parser.parse_args()
+    out_dir = dataprep.output_dir(args.name, args.force, own='tinystories_char')
+    dataprep.prepare_char_stories(dataprep.story_sources_from_args(args), out_dir, args.separator)

@@ -1,0 +1,200 @@
+"""
+Export a trained model (out_dir's checkpoint) to ONNX, to run it without PyTorch.
+
+$ python export_onnx.py --out_dir=out-shakespeare-char
+$ python sample_onnx.py --out_dir=out-shakespeare-char --top_k=1   # generate with onnxruntime
+
+The graph maps token ids `idx` (int64, batch x seq) to `logits` (float32, batch x seq x
+vocab_size) for every position; batch is free and seq may be anything from 1 to block_size.
+Longer contexts must be cropped to their last block_size tokens, as sample.py does. There
+is no KV cache in the graph: a generation loop feeds the whole (cropped) context at each step.
+
+The model's settings and, for character-level models, the vocabulary are stored in the
+file's metadata (onnx metadata_props), so a sampler needs nothing but the .onnx file:
+nanogpt.block_size, nanogpt.vocab_size, nanogpt.activation, nanogpt.tokenizer ('char',
+'gpt2' or 'unknown') and nanogpt.itos (a JSON list: token id -> character).
+
+After writing the file the script runs it with onnxruntime on random prompts and prints the
+largest difference from PyTorch's logits; it fails when that exceeds `tolerance`.
+"""
+import json
+import logging
+import math
+import os
+import time
+import warnings
+
+import torch
+import torch.nn as nn
+
+import checkpoint
+import configurator
+import dataset as datasets
+from errors import UserError
+
+# -----------------------------------------------------------------------------
+out_dir = 'out'  # the checkpoint to export: out_dir/ckpt.pt (or latest.pt when it is the only one)
+output = ''  # the .onnx file to write; default out_dir/model.onnx
+opset = 18  # ONNX opset; the dynamo exporter needs >= 18 (onnxruntime >= 1.14 runs it)
+dynamo = True  # torch.export-based exporter; False uses the older TorchScript exporter
+verify = True  # compare onnxruntime's logits with PyTorch's on random prompts after exporting
+tolerance = 1e-4  # largest absolute logit difference accepted by the check
+seed = 1337  # for the check's random prompts
+# -----------------------------------------------------------------------------
+
+ONNX_MAX_INLINE_BYTES = 1_800_000_000  # protobuf files stop at 2 GB; larger weights go to a .data file
+
+
+class AllPositionLogits(nn.Module):
+    """The GPT's forward for inference, returning the logits of every position.
+
+    GPT.forward without targets returns only the last position, and its attention decides
+    between a causal and a masked call with `T > 1`, which torch.export cannot trace for a
+    symbolic sequence length. This wrapper reuses the model's own modules (embeddings,
+    LayerNorms, Linears, MLPs) and spells out only the causal attention, with its mask
+    computed from the positions, so the exported graph has plain, portable ops.
+    The check below compares it with GPT.forward itself, not with this wrapper.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model.eval()
+
+    def attention(self, attn, x, causal):
+        B, T, C = x.shape
+        n_head = attn.n_head
+        q, k, v = attn.c_attn(x).split(C, dim=2)
+        q, k, v = (t.reshape(B, T, n_head, C // n_head).transpose(1, 2) for t in (q, k, v))
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(C // n_head))
+        scores = scores.masked_fill(~causal, float('-inf'))
+        y = scores.softmax(dim=-1) @ v
+        return attn.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+    def forward(self, idx):
+        tf = self.model.transformer
+        pos = torch.arange(idx.shape[1], dtype=torch.long, device=idx.device)
+        causal = pos[:, None] >= pos[None, :]  # (T, T): query i sees keys 0..i
+        x = tf.wte(idx) + tf.wpe(pos)
+        for block in tf.h:
+            x = x + self.attention(block.attn, block.ln_1(x), causal)
+            x = x + block.mlp(block.ln_2(x))
+        return self.model.lm_head(tf.ln_f(x))
+
+
+def model_metadata(ckpt, model):
+    """The key/value strings stored in the .onnx file for samplers outside Python."""
+    cfg = model.config
+    meta_data = {'nanogpt.block_size': cfg.block_size, 'nanogpt.vocab_size': cfg.vocab_size,
+                 'nanogpt.n_layer': cfg.n_layer, 'nanogpt.n_head': cfg.n_head, 'nanogpt.n_embd': cfg.n_embd,
+                 'nanogpt.bias': cfg.bias, 'nanogpt.activation': cfg.activation,
+                 'nanogpt.iter_num': ckpt.get('iter_num', ''), 'nanogpt.tokenizer': 'unknown'}
+    name = (ckpt.get('config') or {}).get('dataset')
+    meta = None
+    if name and os.path.isdir(datasets.data_dir(name)):
+        meta = datasets.read_meta(name)
+    if meta is not None and meta.get('vocab_size') == cfg.vocab_size and 'itos' in meta:
+        meta_data['nanogpt.tokenizer'] = 'char'
+        meta_data['nanogpt.itos'] = json.dumps([meta['itos'][i] for i in range(cfg.vocab_size)], ensure_ascii=False)
+    elif cfg.vocab_size >= 50257:
+        meta_data['nanogpt.tokenizer'] = 'gpt2'
+    meta_data['nanogpt.dataset'] = name or ''
+    return {k: str(v) for k, v in meta_data.items()}
+
+
+def export(model, path, opset=18, dynamo=True, metadata=None):
+    """Write model (a GPT) to path as ONNX with dynamic batch and sequence length.
+    Returns the exporter used ('dynamo' or 'torchscript')."""
+    import onnx
+    wrapper = AllPositionLogits(model).eval()
+    block_size = model.config.block_size
+    # example input: batch 2 and seq >= 2, so that neither dimension is specialised to a constant
+    example = torch.zeros(2, min(block_size, 8), dtype=torch.long)
+    n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    external = n_bytes > ONNX_MAX_INLINE_BYTES
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    used = None
+    logging.getLogger('torch.onnx').setLevel(logging.ERROR)  # e.g. "torchvision is not installed" notes
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter('ignore')  # the exporters' deprecation and tracer chatter
+        if dynamo:
+            try:
+                seq = torch.export.Dim('seq', min=1, max=block_size) if block_size > 1 else None
+                shapes = {'idx': {0: torch.export.Dim('batch'), **({1: seq} if seq is not None else {})}}
+                torch.onnx.export(wrapper, (example,), path, dynamo=True, opset_version=opset,
+                                  input_names=['idx'], output_names=['logits'], dynamic_shapes=shapes,
+                                  external_data=external, verbose=False)
+                used = 'dynamo'
+            except Exception as e:  # any failure of the new exporter: fall back to the TorchScript one
+                print(f"the dynamo exporter failed ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); "
+                      "falling back to dynamo=False")
+        if used is None:
+            torch.onnx.export(wrapper, (example,), path, dynamo=False, opset_version=opset,
+                              input_names=['idx'], output_names=['logits'],
+                              dynamic_axes={'idx': {0: 'batch', 1: 'seq'}, 'logits': {0: 'batch', 1: 'seq'}})
+            used = 'torchscript'
+    # add the metadata; external weights, if any, stay where the exporter put them
+    proto = onnx.load(path, load_external_data=False)
+    for key, value in (metadata or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, path)
+    return used
+
+
+def random_prompts(vocab_size, block_size, seed):
+    """Token batches of several shapes: full windows, a short batch and a single token."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(2, block_size), (3, max(1, min(block_size, 7))), (1, 1)]
+    return [torch.randint(vocab_size, shape, generator=g) for shape in shapes]
+
+
+def max_logit_difference(model, path, prompts):
+    """Largest |onnxruntime - PyTorch| over all positions of all prompts, and the largest |logit|."""
+    import onnxruntime as ort
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    model.eval()
+    worst, scale = 0.0, 0.0
+    for idx in prompts:
+        with torch.no_grad():
+            expected, _ = model(idx, idx)  # with targets, GPT.forward returns every position's logits
+        got = torch.from_numpy(session.run(['logits'], {'idx': idx.numpy()})[0])
+        if got.shape != expected.shape:
+            raise RuntimeError(f"onnxruntime returned logits of shape {tuple(got.shape)}, "
+                               f"expected {tuple(expected.shape)}")
+        worst = max(worst, (got - expected.float()).abs().max().item())
+        scale = max(scale, expected.abs().max().item())
+    return worst, scale
+
+
+def main():
+    ckpt = checkpoint.load(out_dir, checkpoint.sample_name(out_dir))
+    model = checkpoint.model_from_checkpoint(ckpt, dropout=0.0).float().eval()
+    path = output or os.path.join(out_dir, 'model.onnx')
+    metadata = model_metadata(ckpt, model)
+    del ckpt
+    print(f"exporting {model.get_num_params() / 1e6:.2f}M parameters (block_size {model.config.block_size}, "
+          f"activation {model.config.activation}) to {path} ...")
+    t0 = time.time()
+    used = export(model, path, opset, dynamo, metadata)
+    print(f"wrote {path} with the {used} exporter, opset {opset}, in {time.time() - t0:.1f}s")
+    if verify:
+        diff, scale = max_logit_difference(model, path, random_prompts(model.config.vocab_size,
+                                                                       model.config.block_size, seed))
+        print(f"onnxruntime vs PyTorch logits: max abs diff {diff:.3g} (largest |logit| {scale:.3g})")
+        if not diff <= tolerance:
+            raise SystemExit(f"error: the exported model's logits differ from PyTorch's by {diff:.3g}, more than "
+                             f"tolerance {tolerance:g}; please report this with your torch and onnx versions")
+
+
+if __name__ == '__main__':
+    configurator.configure(globals())
+    if dynamo and opset < 18:
+        raise UserError(f"opset {opset} is too old for the dynamo exporter; use --opset=18 or newer "
+                        "(or --dynamo=False for the TorchScript exporter)")
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"ONNX export needs the onnx and onnxruntime packages ({e}); "
+                        "pip install onnx onnxruntime onnxscript")
+    main()

@@ -1,0 +1,154 @@
+"""
+Generate text from a model exported with export_onnx.py, using onnxruntime and numpy only
+(no PyTorch): the loop a program in another language would implement.
+
+$ python sample_onnx.py --out_dir=out-shakespeare-char                  # reads out_dir/model.onnx
+$ python sample_onnx.py --onnx_path=model.onnx --top_k=1 --start="ROMEO:"
+
+The vocabulary comes from the file's metadata: a character-level model carries its own;
+a GPT-2 BPE model uses tiktoken's 'gpt2' encoding. With --top_k=1 decoding is greedy and
+gives the same tokens as `python sample.py --top_k=1`. Otherwise tokens are drawn with
+numpy's generator seeded with seed + sample number, which is not PyTorch's random stream,
+so sampled (non-greedy) text differs from sample.py's.
+"""
+import codecs
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+import configurator
+from errors import UserError
+
+# -----------------------------------------------------------------------------
+out_dir = 'out'  # where export_onnx.py wrote model.onnx
+onnx_path = ''  # the .onnx file; default out_dir/model.onnx
+start = "\n"  # the prompt, or "FILE:prompt.txt"
+num_samples = 10
+max_new_tokens = 500
+temperature = 0.8  # < 1.0 sharper, > 1.0 more random
+top_k = 200  # keep only the top_k most likely tokens; 1 is greedy decoding
+seed = 1337
+# -----------------------------------------------------------------------------
+
+
+class OnnxGPT:
+    """An exported model and the settings stored in its metadata."""
+
+    def __init__(self, path):
+        import onnxruntime as ort
+        if not os.path.isfile(path):
+            raise UserError(f"no ONNX model at {path}; export one first: "
+                            "python export_onnx.py --out_dir=<your out_dir>")
+        self.session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+        self.meta = self.session.get_modelmeta().custom_metadata_map
+        if 'nanogpt.block_size' not in self.meta:
+            raise UserError(f"{path} was not written by export_onnx.py (it has no nanogpt.* metadata)")
+        self.block_size = int(self.meta['nanogpt.block_size'])
+        self.vocab_size = int(self.meta['nanogpt.vocab_size'])
+
+    def logits(self, ids):
+        """Logits of every position for a batch of token ids (B, T) with T <= block_size."""
+        return self.session.run(['logits'], {'idx': np.asarray(ids, dtype=np.int64)})[0]
+
+    def next_token_logits(self, ids):
+        """The last position's logits for one sequence, its context cropped to block_size."""
+        return self.logits([ids[-self.block_size:]])[0, -1].astype(np.float64)
+
+
+def pick_token(logits, temperature, top_k, rng):
+    """Greedy for top_k == 1; otherwise a draw from softmax(logits / temperature) over the top_k."""
+    if top_k == 1:
+        return int(np.argmax(logits))
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size:
+        kth_largest = np.partition(logits, -top_k)[-top_k]
+        logits = np.where(logits < kth_largest, -np.inf, logits)
+    probs = np.exp(logits - logits.max())
+    return int(rng.choice(logits.size, p=probs / probs.sum()))
+
+
+def generate(model, ids, max_new_tokens, temperature=1.0, top_k=None, rng=None):
+    """Yield max_new_tokens tokens continuing ids; each step runs the whole cropped context."""
+    ids = list(ids)
+    rng = rng if rng is not None else np.random.default_rng()
+    for _ in range(max_new_tokens):
+        token = pick_token(model.next_token_logits(ids), temperature, top_k, rng)
+        ids.append(token)
+        yield token
+
+
+class Vocabulary:
+    """Text <-> ids from the model's metadata: its own characters, or GPT-2's BPE."""
+
+    def __init__(self, meta):
+        kind = meta.get('nanogpt.tokenizer')
+        if kind == 'char':
+            self.itos = json.loads(meta['nanogpt.itos'])
+            self.stoi = {c: i for i, c in enumerate(self.itos)}
+            self.enc = None
+        elif kind == 'gpt2':
+            import tiktoken
+            self.enc = tiktoken.get_encoding('gpt2')
+        else:
+            raise UserError("the model's vocabulary is unknown (its dataset had no meta.pkl when it was exported "
+                            "and it is not a GPT-2 BPE model); prepare the dataset and export again")
+
+    def encode(self, text):
+        if self.enc is not None:
+            return self.enc.encode(text, allowed_special={'<|endoftext|>'})
+        unknown = sorted({c for c in text if c not in self.stoi})
+        if unknown:
+            raise UserError(f"the prompt has characters outside the model's vocabulary: "
+                            f"{' '.join(repr(c) for c in unknown)}; remove or replace them")
+        return [self.stoi[c] for c in text]
+
+    def stream_decoder(self):
+        if self.enc is None:
+            return lambda token: self.itos[token]
+        utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
+        return lambda token: utf8.decode(self.enc.decode_single_token_bytes(token))
+
+
+def main():
+    global start
+    model = OnnxGPT(onnx_path or os.path.join(out_dir, 'model.onnx'))
+    vocab = Vocabulary(model.meta)
+    if start.startswith('FILE:'):
+        if not os.path.isfile(start[5:]):
+            raise UserError(f"prompt file '{start[5:]}' not found")
+        with open(start[5:], encoding='utf-8') as f:
+            start = f.read()
+    if not start:
+        raise UserError("the prompt is empty; pass some text with --start=...")
+    start_ids = vocab.encode(start)
+    n_tokens, t0 = 0, time.time()
+    for k in range(num_samples):
+        decode_next = vocab.stream_decoder()
+        sys.stdout.write(start)
+        for token in generate(model, start_ids, max_new_tokens, temperature, top_k, np.random.default_rng(seed + k)):
+            sys.stdout.write(decode_next(token))
+            sys.stdout.flush()
+            n_tokens += 1
+        print('\n---------------')
+    elapsed = time.time() - t0
+    print(f"generated {n_tokens} tokens in {elapsed:.2f}s ({n_tokens / elapsed:.1f} tokens/s, onnxruntime)",
+          file=sys.stderr)
+
+
+if __name__ == '__main__':
+    configurator.configure(globals())
+    for name in ('num_samples', 'max_new_tokens'):
+        if globals()[name] <= 0:
+            raise UserError(f"{name} must be a positive number, got {globals()[name]}")
+    if temperature <= 0:
+        raise UserError(f"temperature must be positive, got {temperature}; use --top_k=1 for greedy decoding")
+    if top_k is not None and (not isinstance(top_k, int) or top_k <= 0):
+        raise UserError(f"top_k must be a positive integer or None, got {top_k!r}")
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise UserError("sample_onnx.py needs onnxruntime: pip install onnxruntime")
+    main()

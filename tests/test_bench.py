@@ -1,0 +1,40 @@
+"""bench.py runs on real batches of the prepared shakespeare_char, on random tokens, and
+under the profiler (which writes a trace)."""
+import os
+import re
+
+from conftest import run_inproc
+
+TINY = ['--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16',
+        '--batch_size=2', '--warmup_iters=2', '--bench_iters=3']
+RESULT = re.compile(r'time per iteration: ([\d.]+)ms, tokens/s: ([\d,]+), MFU: n/a')
+
+
+def test_bench_on_shakespeare_char(shakespeare_char):
+    proc = run_inproc('bench.py', *TINY, '--real_data=True', '--dataset=shakespeare_char', check=True)
+    match = RESULT.search(proc.stdout)
+    assert match, proc.stdout[-2000:]
+    assert float(match[1]) > 0
+    assert re.search(r'benchmark: 3 iters, last loss ([\d.]+)', proc.stdout)
+    # the vocabulary of shakespeare_char (65 characters): the initial loss is near ln(65) = 4.17
+    loss = float(re.search(r'warm-up: 2 iters, last loss ([\d.]+)', proc.stdout)[1])
+    assert 3.5 < loss < 4.8, loss
+
+
+def test_bench_on_random_tokens():
+    result = run_inproc('bench.py', *TINY, '--real_data=False', check=True)
+    assert RESULT.search(result.stdout), result.stdout[-2000:]
+    # GPT-2's padded vocabulary: ln(50304) = 10.8
+    loss = float(re.search(r'warm-up: 2 iters, last loss ([\d.]+)', result.stdout)[1])
+    assert 10.0 < loss < 11.5, loss
+
+
+def test_bench_profile_writes_a_trace(tmp_path):
+    trace_dir = tmp_path / 'bench_log'
+    result = run_inproc('bench.py', *TINY, '--real_data=False', '--profile=True', f'--profile_dir={trace_dir}',
+                        check=True)
+    assert f"profiler trace written to {trace_dir}" in result.stdout
+    traces = [n for n in os.listdir(trace_dir) if n.endswith('.json') or n.endswith('.json.gz')]
+    assert traces, os.listdir(trace_dir)
+    assert os.path.getsize(trace_dir / traces[0]) > 1000
+    assert result.stdout.count(' loss: ') == 15  # wait + warm-up + active steps

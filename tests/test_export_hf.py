@@ -1,0 +1,83 @@
+"""Hugging Face export: the directory loads with transformers' GPT2LMHeadModel.from_pretrained and
+with GPT.from_pretrained, and both give the checkpoint's logits, for either GELU, with or without biases."""
+import json
+import re
+
+import pytest
+import torch
+
+import export_hf
+import tiny_runs
+from conftest import run_script
+from model import GPT
+
+transformers = pytest.importorskip('transformers')
+safetensors_torch = pytest.importorskip('safetensors.torch')
+
+BLOCK = 16
+ONE_THREAD = {'OMP_NUM_THREADS': '1'}
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def prompts(vocab_size):
+    g = torch.Generator().manual_seed(7)
+    return [torch.randint(vocab_size, shape, generator=g) for shape in [(2, BLOCK), (3, 5), (1, 1)]]
+
+
+@pytest.mark.parametrize('activation,hf_activation', [('gelu', 'gelu'), ('gelu_tanh', 'gelu_new')])
+@pytest.mark.parametrize('bias', [False, True])
+def test_export_loads_in_transformers_and_back(tmp_path, activation, hf_activation, bias):
+    model = tiny_runs.make_model(activation, bias=bias, block_size=BLOCK)
+    export_hf.export(model, str(tmp_path))
+
+    config = json.loads((tmp_path / 'config.json').read_text())
+    assert config['activation_function'] == hf_activation
+    assert (config['n_positions'], config['vocab_size'], config['n_layer'], config['n_head'], config['n_embd']) == \
+        (BLOCK, len(tiny_runs.CHARS), 2, 2, 32)
+    assert config['layer_norm_epsilon'] == 1e-5
+    assert config['resid_pdrop'] == config['embd_pdrop'] == config['attn_pdrop'] == 0.0
+    weights = safetensors_torch.load_file(str(tmp_path / 'model.safetensors'))
+    # Conv1D layout: (in, out), the transpose of nn.Linear's
+    assert weights['transformer.h.0.mlp.c_fc.weight'].shape == (32, 128)
+    torch.testing.assert_close(weights['transformer.h.0.mlp.c_fc.weight'],
+                               model.transformer.h[0].mlp.c_fc.weight.detach().t(), rtol=0, atol=0)
+    if not bias:  # GPT-2 always has biases: a bias=False model gets zeros
+        assert not weights['transformer.h.1.attn.c_attn.bias'].any()
+        assert not weights['transformer.ln_f.bias'].any()
+
+    hf_model = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
+    back = GPT.from_pretrained(str(tmp_path)).eval()
+    assert back.config.activation == activation
+    wrong = transformers.GPT2LMHeadModel.from_pretrained(
+        str(tmp_path), activation_function='gelu_new' if activation == 'gelu' else 'gelu').eval()
+    with torch.no_grad():
+        for idx in prompts(model.config.vocab_size):
+            expected = tiny_runs.full_logits(model, idx)
+            assert expected.abs().max() > 3  # large enough for the comparison to mean something
+            torch.testing.assert_close(hf_model(idx).logits, expected, rtol=0, atol=1e-5)
+            torch.testing.assert_close(tiny_runs.full_logits(back, idx), expected, rtol=0, atol=1e-5)
+            if idx.size(1) > 1:
+                # the other GELU is far outside the tolerance: the activation setting matters and is checked
+                assert (wrong(idx).logits - expected).abs().max() > 1e-3
+
+
+def test_cli_export_verifies_itself(tmp_path):
+    name = tiny_runs.make_char_dataset('hf')
+    try:
+        model = tiny_runs.make_model('gelu', bias=False, block_size=BLOCK, seed=4)
+        out = tmp_path / 'run'
+        tiny_runs.save_checkpoint(model, str(out), name)
+        proc = run_script('export_hf.py', f'--out_dir={out}', env=ONE_THREAD)
+    finally:
+        tiny_runs.remove_dataset(name)
+    assert "activation_function='gelu'" in proc.stdout and 'zero biases' in proc.stdout
+    diffs = [float(d) for d in re.findall(r'max abs diff ([0-9.eE+-]+)', proc.stdout)]
+    assert len(diffs) == 2 and max(diffs) <= 1e-5, proc.stdout
+    assert (out / 'hf' / 'config.json').is_file() and (out / 'hf' / 'model.safetensors').is_file()

@@ -1,0 +1,491 @@
+"""Dataset preparation: data/*/prepare.py and dataprep.py, offline.
+
+Every prepare script runs as a user would run it (a subprocess in the repo root); library
+pieces are also tested in-process where a small chunk size makes edge cases reachable.
+Datasets written under data/_test_* are removed again; data/shakespeare* stay (gitignored).
+"""
+import hashlib
+import json
+import os
+import pickle
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, run_script, place_tiny_shakespeare
+
+sys.path.insert(0, REPO_ROOT)
+import dataprep  # noqa: E402
+import dataset  # noqa: E402
+from errors import UserError  # noqa: E402
+
+SEP = dataprep.STORY_SEPARATOR
+OFFLINE = {'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1'}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+@pytest.fixture
+def scratch():
+    """A factory of unique dataset names under data/, all removed at the end of the test."""
+    names = []
+
+    def make(tag='ds'):
+        names.append(f'_test_{tag}_{uuid.uuid4().hex[:8]}')
+        return names[-1]
+    yield make
+    for name in names:
+        shutil.rmtree(os.path.join(REPO_ROOT, 'data', name), ignore_errors=True)
+
+
+@pytest.fixture
+def hf_env(tmp_path):
+    """Environment for scripts that use datasets: offline, with a private cache."""
+    return dict(OFFLINE, HF_HOME=str(tmp_path / 'hf_home'))
+
+
+def folder(name):
+    return os.path.join(REPO_ROOT, 'data', name)
+
+
+def digests(name):
+    return {f: hashlib.sha256(open(os.path.join(folder(name), f), 'rb').read()).hexdigest()
+            for f in sorted(os.listdir(folder(name))) if f.endswith(('.bin', '.pkl'))}
+
+
+def tokens(name, split):
+    meta = dataset.read_meta(name) if os.path.isdir(folder(name)) else None
+    return np.fromfile(os.path.join(folder(name), f'{split}.bin'), dtype=dataset.token_dtype(meta))
+
+
+def decoded(name):
+    """(train text, val text, meta) of a character-level dataset, decoded through meta.pkl's itos."""
+    meta = dataset.load_meta(os.path.join(folder(name), 'meta.pkl'))
+    itos = meta['itos']
+    return (''.join(itos[int(i)] for i in tokens(name, 'train')),
+            ''.join(itos[int(i)] for i in tokens(name, 'val')), meta)
+
+
+def assert_user_error(proc, *fragments):
+    """Exit status 1, and stderr is one line 'error: ...' holding every fragment."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def no_outputs(name):
+    path = folder(name)
+    return not os.path.exists(path) or not any(f.endswith(('.bin', '.pkl', '.tmp')) for f in os.listdir(path))
+
+
+def gpt2_tokens(docs):
+    import tiktoken
+    enc = tiktoken.get_encoding('gpt2')
+    ids = []
+    for doc in docs:
+        ids.extend(enc.encode_ordinary(doc))
+        ids.append(enc.eot_token)
+    return np.array(ids, dtype=np.uint16)
+
+
+def cjk_text(n_lines=400, seed=0):
+    """Text of a Chinese novel's shape: many distinct Han characters, punctuation, some Latin and emoji."""
+    rng = random.Random(seed)
+    han = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)] + list('介绍小医仙萧炎斗气')
+    punct = list('，。！？：“”……、')
+    lines = []
+    for i in range(n_lines):
+        line = ''.join(rng.choice(han) for _ in range(rng.randint(5, 40)))
+        line += rng.choice(punct) + ('介绍小医仙。' if i % 50 == 0 else '')
+        if i % 37 == 0:
+            line += ' Dou Qi 😀 𠀀'   # astral code points too
+        lines.append('\u3000\u3000' + line)
+    return '\n'.join(lines) + '\n'
+
+
+STORIES = [
+    'Once upon a time, there was a little dog.\n\nThe dog liked to run. The end.',
+    'Tom said "hi" to Sue.\nSue smiled — she was happy’s friend.',
+    'A story that mentions <|endoftext|> in the middle of a line stays one story.',
+    'Café naïve 😀 and a\ttab.',
+    'Last story before the validation split.',
+]
+VAL_STORIES = ['Lily had a red ball.', 'Ben found a big box.\n\nIt was empty.']
+
+
+def stories_txt(stories):
+    """TinyStories' text format, with the variations real files have: CRLF and padded separator
+    lines, blank stories, whitespace around stories, no separator after the last story."""
+    out = []
+    for i, story in enumerate(stories):
+        out.append(('\n  ' if i % 2 else '') + story + '\n\n' * (i % 2))
+        out.append(['\n<|endoftext|>\n', '\n<|endoftext|>  \r\n', '\n<|endoftext|>\n<|endoftext|>\n'][i % 3])
+    return ''.join(out[:-1])
+
+
+# ----------------------------------------------------------------------------- shakespeare
+
+def test_shakespeare_char_matches_nanogpt_bytes_and_numbers(shakespeare_char):
+    for line in ("length of dataset in characters: 1,115,394", "vocab size: 65",
+                 "train has 1,003,854 tokens", "val has 111,540 tokens"):
+        assert line in shakespeare_char
+    # the reference: nanoGPT's method, whole text in memory
+    with open(os.path.join(folder('shakespeare_char'), 'input.txt'), 'r') as f:
+        text = f.read()
+    chars = sorted(set(text))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    itos = {i: ch for i, ch in enumerate(chars)}
+    n = len(text)
+    expect = {'train.bin': np.array([stoi[c] for c in text[:int(n * 0.9)]], dtype=np.uint16).tobytes(),
+              'val.bin': np.array([stoi[c] for c in text[int(n * 0.9):]], dtype=np.uint16).tobytes(),
+              'meta.pkl': pickle.dumps({'vocab_size': len(chars), 'itos': itos, 'stoi': stoi})}
+    for name, data in expect.items():
+        with open(os.path.join(folder('shakespeare_char'), name), 'rb') as f:
+            assert f.read() == data, name
+    assert set(dataset.read_meta('shakespeare_char')) == {'vocab_size', 'itos', 'stoi'}
+
+
+def test_shakespeare_char_is_deterministic(shakespeare_char):
+    first = digests('shakespeare_char')
+    run_script('data/shakespeare_char/prepare.py')
+    assert digests('shakespeare_char') == first
+    assert not any(f.endswith('.tmp') for f in os.listdir(folder('shakespeare_char')))
+
+
+def test_shakespeare_bpe_numbers_and_tokens():
+    input_path = place_tiny_shakespeare('shakespeare')
+    out = run_script('data/shakespeare/prepare.py').stdout
+    assert "train has 301,966 tokens" in out and "val has 36,059 tokens" in out
+    import tiktoken
+    enc = tiktoken.get_encoding('gpt2')
+    text = open(input_path, encoding='utf-8').read()
+    split = int(len(text) * 0.9)
+    assert np.array_equal(tokens('shakespeare', 'train'), enc.encode_ordinary(text[:split]))
+    assert np.array_equal(tokens('shakespeare', 'val'), enc.encode_ordinary(text[split:]))
+    assert not os.path.exists(os.path.join(folder('shakespeare'), 'meta.pkl'))
+
+
+# ----------------------------------------------------------------------------- any text, by character
+
+def test_cjk_round_trip_and_split(tmp_path, scratch):
+    text = cjk_text()
+    novel = tmp_path / 'novel.txt'
+    novel.write_text(text, encoding='utf-8')
+    name = scratch('cjk')
+    out = run_script('data/char/prepare.py', '--input', str(novel), '--name', name).stdout
+    train, val, meta = decoded(name)
+    n = len(text)
+    assert train == text[:int(n * 0.9)] and val == text[int(n * 0.9):]
+    assert [meta['itos'][i] for i in range(meta['vocab_size'])] == sorted(set(text))
+    assert all(meta['stoi'][ch] == i for i, ch in meta['itos'].items())
+    assert 'dtype' not in meta and tokens(name, 'train').dtype == np.uint16
+    assert f"length of dataset in characters: {n:,}" in out
+    assert f"vocab size: {len(set(text)):,}" in out
+    assert f"train has {int(n * 0.9):,} tokens" in out
+    vocab = dataprep.CharVocab.from_meta(meta)
+    assert vocab.decode(vocab.encode(text)) == text
+
+
+def test_prepare_twice_gives_identical_files(tmp_path, scratch):
+    novel = tmp_path / 'novel.txt'
+    novel.write_text(cjk_text(200, seed=3), encoding='utf-8')
+    name = scratch('twice')
+    run_script('data/char/prepare.py', '--input', str(novel), '--name', name)
+    first = digests(name)
+    run_script('data/char/prepare.py', '--input', str(novel), '--name', name, '--force')
+    assert digests(name) == first and len(first) == 3
+
+
+def test_uint32_vocabulary_round_trip(tmp_path, scratch):
+    points = [p for p in range(0x21, 0x21 + 70_500) if not 0xD800 <= p <= 0xDFFF]
+    rng = random.Random(1)
+    text = ''.join(chr(p) for p in rng.sample(points, len(points)))
+    text = text + '\n' + ''.join(chr(p) for p in rng.sample(points, len(points)))
+    src = tmp_path / 'wide.txt'
+    src.write_text(text, encoding='utf-8')
+    name = scratch('u32')
+    out = run_script('data/char/prepare.py', '--input', str(src), '--name', name).stdout
+    meta = dataset.read_meta(name)
+    assert meta['dtype'] == 'uint32' and meta['vocab_size'] == len(set(text)) > 65_535
+    assert dataset.token_dtype(meta) == np.uint32
+    n_train = int(len(text) * 0.9)
+    assert os.path.getsize(os.path.join(folder(name), 'train.bin')) == 4 * n_train
+    train, val, _ = decoded(name)
+    assert train + val == text
+    assert "stored as uint32" in out
+
+
+def _train_and_sample(name, out_dir, start):
+    run_script('train.py', f'--dataset={name}', '--device=cpu', '--compile=False', '--max_iters=3',
+               '--eval_iters=1', '--eval_interval=2', '--batch_size=2', '--block_size=16', '--n_layer=1',
+               '--n_head=2', '--n_embd=16', f'--out_dir={out_dir}', timeout=300)
+    assert os.listdir(out_dir), "train.py wrote no checkpoint"
+    return run_script('sample.py', f'--out_dir={out_dir}', '--device=cpu', '--num_samples=1',
+                      '--max_new_tokens=20', f'--start={start}', timeout=300).stdout
+
+
+def test_uint32_dataset_trains_and_samples(tmp_path, scratch):
+    points = [p for p in range(0x4E00, 0x4E00 + 68_000) if not 0xD800 <= p <= 0xDFFF]
+    rng = random.Random(2)
+    text = ''.join(chr(p) for p in rng.sample(points, len(points)) * 2)
+    src = tmp_path / 'wide.txt'
+    src.write_text(text, encoding='utf-8')
+    name = scratch('u32train')
+    run_script('data/char/prepare.py', '--input', str(src), '--name', name)
+    assert dataset.read_meta(name)['dtype'] == 'uint32'
+    out = _train_and_sample(name, str(tmp_path / 'out'), text[:3])
+    assert text[:3] in out
+
+
+def test_chinese_novel_trains_and_samples(tmp_path, scratch):
+    novel = tmp_path / 'doupo.txt'
+    novel.write_text(cjk_text(), encoding='utf-8')
+    name = scratch('doupo')
+    run_script('data/char/prepare.py', '--input', str(novel), '--name', name)
+    out = _train_and_sample(name, str(tmp_path / 'out'), '介绍小医仙')
+    assert '介绍小医仙' in out
+
+
+# ----------------------------------------------------------------------------- reading text
+
+def test_read_text_handles_characters_split_across_chunks(tmp_path):
+    text = 'a中é😀\n' * 50 + cjk_text(5)
+    path = tmp_path / 't.txt'
+    path.write_bytes(text.encode('utf-8'))
+    for chunk in range(1, 9):
+        assert ''.join(dataprep.read_text(str(path), chunk_bytes=chunk)) == text
+
+
+@pytest.mark.parametrize('bad', [b'\xff', b'\xe4\xb8', b'\xc0\xaf', b'\xed\xa0\x80'])
+def test_invalid_utf8_names_the_byte_offset(tmp_path, bad):
+    good = ('héllo 中文 😀 ' * 20).encode('utf-8')
+    path = tmp_path / 'bad.txt'
+    path.write_bytes(good + bad + b'tail')
+    for chunk in (1, 2, 3, 5, 64, 1 << 20):
+        with pytest.raises(UserError) as e:
+            ''.join(dataprep.read_text(str(path), chunk_bytes=chunk))
+        assert f"byte offset {len(good)}" in str(e.value), (chunk, str(e.value))
+    replaced = ''.join(dataprep.read_text(str(path), errors='replace', chunk_bytes=3))
+    assert replaced.startswith(good.decode()) and '\ufffd' in replaced and replaced.endswith('tail')
+
+
+def test_cli_invalid_utf8_error_and_replace_flag(tmp_path, scratch):
+    good = 'first line 中文\n'.encode('utf-8') * 1000
+    path = tmp_path / 'gbk.txt'
+    path.write_bytes(good + '斗破苍穹'.encode('gbk') + b'\nmore text\n' * 100)
+    name = scratch('badutf8')
+    proc = run_script('data/char/prepare.py', '--input', str(path), '--name', name, check=False)
+    assert_user_error(proc, f"byte offset {len(good)}", '--replace_invalid_utf8')
+    assert no_outputs(name)
+    run_script('data/char/prepare.py', '--input', str(path), '--name', name, '--replace_invalid_utf8')
+    assert '\ufffd' in dataset.read_meta(name)['stoi']
+
+
+def test_missing_empty_and_bad_arguments(tmp_path, scratch):
+    name = scratch('errs')
+    missing = run_script('data/char/prepare.py', '--input', str(tmp_path / 'nope.txt'), '--name', name, check=False)
+    assert_user_error(missing, 'nope.txt', 'does not exist')
+    empty = tmp_path / 'empty.txt'
+    empty.write_bytes(b'')
+    assert_user_error(run_script('data/char/prepare.py', '--input', str(empty), '--name', name, check=False),
+                      'empty')
+    text = tmp_path / 'ok.txt'
+    text.write_text('hello world\n' * 10)
+    assert_user_error(run_script('data/char/prepare.py', '--input', str(text), '--name', '../escape', check=False),
+                      '--name')
+    assert_user_error(run_script('data/char/prepare.py', '--input', str(text), '--name', name,
+                                 '--val_fraction=0', check=False), '--val_fraction')
+    assert_user_error(run_script('data/char/prepare.py', '--input', str(text), '--name', name,
+                                 '--val_fraction=0.999', check=False), 'too few')
+    assert no_outputs(name)
+    assert not os.path.exists(os.path.join(REPO_ROOT, 'escape'))
+
+
+def test_name_of_another_dataset_needs_force(tmp_path, scratch, shakespeare_char):
+    text = tmp_path / 'mine.txt'
+    text.write_text('my own words\n' * 100)
+    before = digests('shakespeare_char')
+    proc = run_script('data/char/prepare.py', '--input', str(text), '--name', 'shakespeare_char', check=False)
+    assert_user_error(proc, 'data/shakespeare_char/', '--force')
+    assert digests('shakespeare_char') == before
+    name = scratch('force')
+    run_script('data/char/prepare.py', '--input', str(text), '--name', name)
+    assert_user_error(run_script('data/char/prepare.py', '--input', str(text), '--name', name, check=False), '--force')
+    other = tmp_path / 'other.txt'
+    other.write_text('different words entirely\n' * 100)
+    run_script('data/char/prepare.py', '--input', str(other), '--name', name, '--force')
+    assert ''.join(decoded(name)[:2]) == other.read_text()
+
+
+def test_failed_write_leaves_previous_files_untouched(tmp_path):
+    out_dir = str(tmp_path / 'ds')
+    with dataprep.OutputFolder(out_dir) as out:
+        out.tokens('train', np.uint16).write(np.arange(10))
+        out.set_meta({'vocab_size': 10})
+        out.commit()
+    with pytest.raises(RuntimeError):
+        with dataprep.OutputFolder(out_dir) as out:
+            out.tokens('train', np.uint16).write(np.arange(1000))
+            raise RuntimeError('interrupted')
+    assert sorted(os.listdir(out_dir)) == ['meta.pkl', 'train.bin']
+    assert np.array_equal(np.fromfile(os.path.join(out_dir, 'train.bin'), dtype=np.uint16), np.arange(10))
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_prepare_leaves_no_finished_looking_files(tmp_path, scratch, sig):
+    big = tmp_path / 'big.txt'
+    big.write_bytes(('The quick brown fox 狐狸 jumps.\n' * 2_500_000).encode('utf-8'))   # ~95 MB
+    name = scratch('interrupt')
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    proc = subprocess.Popen([sys.executable, 'data/char/prepare.py', '--input', str(big), '--name', name],
+                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    tmp_train = os.path.join(folder(name), 'train.bin.tmp')
+    deadline = time.time() + 120
+    while not os.path.exists(tmp_train) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "prepare finished before it could be interrupted; use a larger input"
+    proc.send_signal(sig)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    left = os.listdir(folder(name)) if os.path.isdir(folder(name)) else []
+    assert not {'train.bin', 'val.bin', 'meta.pkl'} & set(left), left
+    if sig == signal.SIGINT:   # Ctrl-C also removes the temporary files (and the new folder); kill -9 cannot
+        assert not os.path.exists(folder(name)), left
+
+
+# ----------------------------------------------------------------------------- TinyStories
+
+def write_story_files(tmp_path, kind, train=STORIES, val=VAL_STORIES):
+    paths = []
+    for split, stories in (('train', train), ('valid', val)):
+        path = tmp_path / f'TinyStories-{split}.{kind}'
+        if kind == 'txt':
+            path.write_text(stories_txt(stories), encoding='utf-8')
+        else:
+            path.write_text(''.join(json.dumps({'text': s}) + '\n' for s in stories), encoding='utf-8')
+        paths.append(str(path))
+    return paths
+
+
+def test_txt_story_parsing_is_independent_of_chunk_size(tmp_path):
+    path = tmp_path / 's.txt'
+    path.write_text(stories_txt(STORIES * 3), encoding='utf-8')
+    for chunk in (1, 2, 5, 13, 64, 1 << 20):
+        got = [s for batch in dataprep.txt_story_batches(str(path), chunk_bytes=chunk) for s in batch]
+        assert got == STORIES * 3, chunk
+
+
+def test_tinystories_char_from_txt_files(tmp_path, scratch):
+    train_file, val_file = write_story_files(tmp_path, 'txt')
+    name = scratch('tsc')
+    out = run_script('data/tinystories_char/prepare.py', '--train_file', train_file, '--val_file', val_file,
+                     '--name', name).stdout
+    train, val, meta = decoded(name)
+    assert train == ''.join(s + SEP for s in STORIES)
+    assert val == ''.join(s + SEP for s in VAL_STORIES)
+    assert meta['separator'] == SEP and SEP in meta['stoi']
+    assert [meta['itos'][i] for i in range(meta['vocab_size'])] == sorted(set(train + val))
+    assert f"vocab size: {meta['vocab_size']}" in out and f"train has {len(train):,} tokens" in out
+
+
+def test_tinystories_local_datasets_source_matches_txt(tmp_path, scratch, hf_env):
+    """The .jsonl files go through load_dataset like the hub load and must give the same bytes."""
+    txt_name, json_name = scratch('tsc_txt'), scratch('tsc_json')
+    run_script('data/tinystories_char/prepare.py', *interleave(write_story_files(tmp_path, 'txt')), '--name', txt_name)
+    run_script('data/tinystories_char/prepare.py', *interleave(write_story_files(tmp_path, 'jsonl')), '--name', json_name,
+               env=hf_env)
+    assert digests(txt_name) == digests(json_name)
+
+
+def interleave(files):
+    return ['--train_file', files[0], '--val_file', files[1]]
+
+
+def test_tinystories_bpe_txt_and_jsonl(tmp_path, scratch, hf_env):
+    for kind in ('txt', 'jsonl'):
+        name = scratch('ts_' + kind)
+        out = run_script('data/tinystories/prepare.py', *interleave(write_story_files(tmp_path, kind)), '--name', name,
+                         env=hf_env).stdout
+        assert np.array_equal(tokens(name, 'train'), gpt2_tokens(STORIES))
+        assert np.array_equal(tokens(name, 'val'), gpt2_tokens(VAL_STORIES))
+        assert not os.path.exists(os.path.join(folder(name), 'meta.pkl'))
+        assert f"train has {len(gpt2_tokens(STORIES)):,} tokens" in out
+
+
+def test_tinystories_without_validation_text(tmp_path, scratch, hf_env):
+    train_file, _ = write_story_files(tmp_path, 'txt')
+    only_separators = tmp_path / 'valid.txt'
+    only_separators.write_text('<|endoftext|>\n\n<|endoftext|>\n')
+    for script in ('data/tinystories_char/prepare.py', 'data/tinystories/prepare.py'):
+        name = scratch('noval')
+        proc = run_script(script, '--train_file', train_file, '--val_file', str(only_separators), '--name', name,
+                          check=False)
+        assert_user_error(proc, 'no validation text')
+        assert no_outputs(name)
+    empty_json = tmp_path / 'valid.jsonl'
+    empty_json.write_text(json.dumps({'text': '   '}) + '\n')
+    name = scratch('noval_json')
+    proc = run_script('data/tinystories_char/prepare.py', '--train_file', write_story_files(tmp_path, 'jsonl')[0],
+                      '--val_file', str(empty_json), '--name', name, env=hf_env, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith('error: ')
+    assert 'no validation text' in proc.stderr and no_outputs(name)
+
+
+def test_tinystories_separator_inside_a_story_is_an_error(tmp_path, scratch):
+    train_file, val_file = write_story_files(tmp_path, 'txt', train=STORIES + [f'I contain {SEP} myself.'])
+    name = scratch('sep')
+    proc = run_script('data/tinystories_char/prepare.py', '--train_file', train_file, '--val_file', val_file,
+                      '--name', name, check=False)
+    assert_user_error(proc, '--separator')
+    run_script('data/tinystories_char/prepare.py', '--train_file', train_file, '--val_file', val_file,
+               '--name', name, '--separator', '\x03')
+    train, _, meta = decoded(name)
+    assert meta['separator'] == '\x03' and train.count('\x03') == len(STORIES) + 1
+
+
+def test_encode_documents_equals_one_call_per_document():
+    docs = STORIES + ['', 'x', 'a doc holding the <|endoftext|> text', '\n\n  spaces  \n'] + [cjk_text(3)] * 50
+    expect = gpt2_tokens(docs)
+    for threads in (1, 2):
+        got = dataprep.encode_documents(docs, threads=threads, group_chars=300)
+        assert got.dtype == np.uint16 and np.array_equal(got, expect)
+
+
+# ----------------------------------------------------------------------------- openwebtext, local source
+
+def test_openwebtext_local_source(tmp_path, scratch, hf_env):
+    rng = random.Random(5)
+    words = 'the a web page about cats dogs news sport science 中文 café'.split()
+    docs = [' '.join(rng.choice(words) for _ in range(rng.randint(5, 200))) + f' doc{i}.' for i in range(60)]
+    corpus = tmp_path / 'corpus'
+    corpus.mkdir()
+    for i, doc in enumerate(docs):
+        (corpus / f'{i:03d}.txt').write_text(doc, encoding='utf-8')
+    jsonl = tmp_path / 'corpus.jsonl'
+    jsonl.write_text(''.join(json.dumps({'text': d}) + '\n' for d in docs), encoding='utf-8')
+    results = []
+    for source in (str(corpus), str(jsonl)):
+        name = scratch('owt')
+        out = run_script('data/openwebtext/prepare.py', '--source', source, '--name', name, '--num_proc', '2',
+                         env=hf_env).stdout
+        train, val = tokens(name, 'train'), tokens(name, 'val')
+        assert train.dtype == np.uint16 and len(val) > 0
+        assert "59 train and 1 val documents" in out
+        import tiktoken
+        enc = tiktoken.get_encoding('gpt2')
+        both = np.concatenate([train, val])
+        assert both[-1] == 50256 and len(both) == len(gpt2_tokens(docs))
+        pieces = np.split(both, np.flatnonzero(both == 50256)[:-1] + 1)
+        assert sorted(enc.decode(p[:-1].tolist()) for p in pieces) == sorted(docs)
+        results.append(digests(name))
+    assert results[0] == results[1]

@@ -1,0 +1,168 @@
+"""train.py end to end on a tiny CPU model: the loss falls and checkpoints are written;
+resume continues where training stopped, bit for bit; Ctrl+C and SIGTERM stop cleanly."""
+import os
+import re
+import signal
+import sys
+
+import pytest
+import torch
+
+import checkpoint
+from conftest import LiveProcess, checkpoint_files, core_text, core_train_args, run_inproc, run_script
+
+STEP_LINE = re.compile(r'^step (\d+): train loss ([\d.]+), val loss ([\d.]+)$', re.M)
+ITER_LINE = re.compile(r'^iter (\d+): loss (\S+), time', re.M)
+
+
+def step_losses(stdout):
+    return {int(m[1]): (float(m[2]), float(m[3])) for m in STEP_LINE.finditer(stdout)}
+
+
+def iter_lines(stdout):
+    """{iteration: loss text} from the log, the time dropped."""
+    found = ITER_LINE.findall(stdout)
+    its = [int(i) for i, _ in found]
+    assert len(its) == len(set(its)), "an iteration was logged twice"
+    return {int(i): loss for i, loss in found}
+
+
+def leftovers(out_dir):
+    return [n for n in os.listdir(out_dir) if '.tmp' in n]
+
+
+def test_tiny_run_lowers_the_loss_and_writes_checkpoints(tiny_run):
+    steps = step_losses(tiny_run.stdout)
+    assert sorted(steps) == [0, 10, 20]
+    assert steps[20][0] < steps[0][0] - 0.3, steps  # train loss
+    assert steps[20][1] < steps[0][1] - 0.3, steps  # val loss
+    assert sorted(iter_lines(tiny_run.stdout)) == list(range(21))
+    assert checkpoint_files(tiny_run.out_dir) == ['ckpt.pt', 'latest.pt']
+    ckpt = checkpoint.load(str(tiny_run.out_dir), 'ckpt.pt')
+    latest = checkpoint.load(str(tiny_run.out_dir), 'latest.pt')
+    assert ckpt['iter_num'] == 20  # written at the evaluation of iteration 20
+    assert latest['iter_num'] == 21  # written when the loop ended, after iteration 20
+    assert ckpt['best_val_loss'] == pytest.approx(steps[20][1], abs=1e-4)
+    assert set(ckpt['model_args']) == set(checkpoint.NANOGPT_MODEL_ARGS)
+    assert ckpt['model_args']['vocab_size'] == len(set(core_text()))  # from the dataset's meta.pkl
+    assert ckpt['config']['dataset'] == '_test_core' and ckpt['config']['batch_size'] == 4
+    model = checkpoint.model_from_checkpoint(ckpt)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_resume_continues_from_the_latest_state(copy_run):
+    proc = run_inproc('train.py', *core_train_args(copy_run, init_from='resume', max_iters=24), check=True)
+    assert f"Resuming training from {os.path.join(str(copy_run), 'latest.pt')}" in proc.stdout
+    assert sorted(iter_lines(proc.stdout)) == [21, 22, 23, 24]
+    assert checkpoint.load(str(copy_run), 'latest.pt')['iter_num'] == 25
+    assert checkpoint.load(str(copy_run), 'ckpt.pt')['iter_num'] == 20  # no evaluation since
+    assert not leftovers(copy_run)
+
+
+def test_resume_reads_ckpt_pt_when_there_is_no_latest(copy_run):
+    """An out_dir as nanoGPT leaves it (ckpt.pt only) resumes from ckpt.pt's iteration."""
+    os.remove(copy_run / 'latest.pt')
+    proc = run_inproc('train.py', *core_train_args(copy_run, init_from='resume', max_iters=21), check=True)
+    assert f"Resuming training from {os.path.join(str(copy_run), 'ckpt.pt')}" in proc.stdout
+    assert sorted(iter_lines(proc.stdout)) == [20, 21]
+    assert sorted(step_losses(proc.stdout)) == [20]
+
+
+def test_ckpt_pt_is_only_written_on_improvement_without_always_save(tmp_path, core_dataset):
+    """nanoGPT's rule for ckpt.pt; latest.pt is written at every evaluation regardless. With a
+    learning rate of 0 the val loss never improves on the first evaluation's."""
+    out_dir = tmp_path / 'out'
+    proc = run_inproc('train.py', *core_train_args(out_dir, learning_rate=0.0, always_save_checkpoint=False,
+                                                   max_iters=6, eval_interval=3), check=True)
+    assert sorted(step_losses(proc.stdout)) == [0, 3, 6]
+    assert checkpoint_files(out_dir) == ['latest.pt']
+    assert checkpoint.load(str(out_dir), 'latest.pt')['iter_num'] == 7
+
+
+# -----------------------------------------------------------------------------
+# exact resume: N iterations straight == N/2, stop, resume, the rest; bit for bit
+
+EXACT = dict(dropout=0.1, gradient_accumulation_steps=2, eval_interval=3, always_save_checkpoint=False,
+             learning_rate=3e-3, decay_lr=True, warmup_iters=2, lr_decay_iters=14, min_lr=3e-4)
+EXACT_LAST = 13
+
+
+@pytest.fixture(scope='module')
+def straight_run(core_dataset, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp('straight') / 'out'
+    proc = run_inproc('train.py', *core_train_args(out_dir, max_iters=EXACT_LAST, **EXACT), check=True)
+    lines = iter_lines(proc.stdout)
+    assert sorted(lines) == list(range(EXACT_LAST + 1))
+    return proc.stdout
+
+
+def test_exact_resume(straight_run, tmp_path):
+    """The straight run and the first half run in this process; the second half in a new one,
+    so nothing but the checkpoint carries state across the stop."""
+    out_dir = tmp_path / 'out'
+    first = run_inproc('train.py', *core_train_args(out_dir, max_iters=6, **EXACT), check=True)
+    second = run_script('train.py', *core_train_args(out_dir, max_iters=EXACT_LAST, init_from='resume', **EXACT),
+                        timeout=300)
+    straight = iter_lines(straight_run)
+    a, b = iter_lines(first.stdout), iter_lines(second.stdout)
+    assert sorted(a) == list(range(7)) and sorted(b) == list(range(7, EXACT_LAST + 1))
+    assert {**a, **b} == straight
+    # evaluations agree as well, including the val loss tracking behind ckpt.pt
+    assert {**step_losses(first.stdout), **step_losses(second.stdout)} == step_losses(straight_run)
+    # the losses really move: dropout and the data differ per iteration
+    assert len(set(straight.values())) > EXACT_LAST // 2
+
+
+def test_exact_resume_checkpoint_holds_rng_and_sampler_state(straight_run, tmp_path):
+    out_dir = tmp_path / 'out'
+    run_inproc('train.py', *core_train_args(out_dir, max_iters=2, **EXACT), check=True)
+    state = checkpoint.load(str(out_dir), 'latest.pt')
+    rng = state['rng_states']
+    assert {'python', 'numpy', 'torch'} <= set(rng)
+    assert rng['torch'].dtype == torch.uint8
+    assert state['iter_num'] == 3  # the batch sampler is seeded per iteration: iter_num is its state
+    # restoring what was captured reproduces the same random draws
+    import random
+    import numpy as np
+    before = checkpoint.capture_rng_states()
+    checkpoint.restore_rng_states(rng)
+    draws = (random.random(), np.random.rand(), torch.rand(3))
+    checkpoint.restore_rng_states(rng)
+    assert (random.random(), np.random.rand()) == draws[:2] and torch.equal(torch.rand(3), draws[2])
+    checkpoint.restore_rng_states(before)
+
+
+# -----------------------------------------------------------------------------
+# interrupts
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_cleanly_and_resume_continues(signum, straight_run, tmp_path):
+    out_dir = tmp_path / 'out'
+    run = LiveProcess([sys.executable, 'train.py', *core_train_args(out_dir, max_iters=100000, **EXACT)])
+    run.wait_for(r'^iter 1:')
+    run.proc.send_signal(signum)
+    assert run.finish() == 0, run.stderr[-3000:]
+    stdout, err = run.stdout, run.stderr
+    assert 'Traceback' not in err
+    name = signal.Signals(signum).name
+    match = re.search(rf'stopped by {name} at iter (\d+); to continue, run the same command with --init_from=resume',
+                      stdout)
+    assert match, stdout[-2000:]
+    stopped_at = int(match[1])
+    assert f"{name} received" in stdout
+    state = checkpoint.load(str(out_dir), 'latest.pt')
+    assert state['iter_num'] == stopped_at
+    assert f"saving checkpoint to {os.path.join(str(out_dir), 'latest.pt')}" in stdout
+    assert not leftovers(out_dir)
+    logged = iter_lines(stdout)
+    assert sorted(logged) == list(range(stopped_at))  # the interrupted iteration was finished
+    # resuming continues at the next iteration, with the losses of an uninterrupted run
+    last = max(stopped_at + 1, 8)
+    resumed = run_inproc('train.py', *core_train_args(out_dir, max_iters=last, init_from='resume', **EXACT),
+                         check=True)
+    more = iter_lines(resumed.stdout)
+    assert sorted(more) == list(range(stopped_at, last + 1))
+    straight = iter_lines(straight_run)
+    for it, loss in {**logged, **more}.items():
+        if it in straight:
+            assert loss == straight[it], f"iteration {it}"

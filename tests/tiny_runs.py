@@ -1,0 +1,77 @@
+"""Tiny character datasets and checkpoints for the export, evaluation and plotting tests.
+
+Datasets go to data/_test_<tag>_<pid>/ (the scripts find datasets only under data/) and are
+removed by the fixtures that create them. Checkpoints are written in train.py's format.
+"""
+import os
+import pickle
+import shutil
+
+import numpy as np
+import torch
+
+import checkpoint
+from conftest import REPO_ROOT
+from model import GPT, GPTConfig
+
+CHARS = sorted(set("abcdefghijklmnopqrstuvwxyz ,.;:!?'\nABCDEFGHIJ"))
+
+
+def make_char_dataset(tag, n_train=6000, n_val=1003, seed=0):
+    """A character dataset of random text; returns its name (the folder under data/)."""
+    name = f"_test_{tag}_{os.getpid()}"
+    folder = os.path.join(REPO_ROOT, 'data', name)
+    os.makedirs(folder, exist_ok=True)
+    meta = {'vocab_size': len(CHARS), 'itos': dict(enumerate(CHARS)), 'stoi': {c: i for i, c in enumerate(CHARS)}}
+    with open(os.path.join(folder, 'meta.pkl'), 'wb') as f:
+        pickle.dump(meta, f)
+    rng = np.random.default_rng(seed)
+    # a little structure (runs of repeated letters) so a few training steps lower the loss
+    for split, n in (('train', n_train), ('val', n_val)):
+        ids = rng.integers(0, len(CHARS), n)
+        ids[1::2] = ids[0::2][:len(ids[1::2])]
+        ids.astype(np.uint16).tofile(os.path.join(folder, f'{split}.bin'))
+    return name
+
+
+def remove_dataset(name):
+    assert name.startswith('_test_')
+    shutil.rmtree(os.path.join(REPO_ROOT, 'data', name), ignore_errors=True)
+
+
+def make_model(activation='gelu', bias=True, block_size=16, n_layer=2, n_head=2, n_embd=32, seed=0,
+               vocab_size=len(CHARS)):
+    """A GPT with large random weights: activations of order 1 and logits of order 10, so that
+    a wrong GELU, a missing bias or a transposed matrix shows far above the tolerances
+    (the usual 0.02-std init keeps everything near 0, where such mistakes hide)."""
+    torch.manual_seed(seed)
+    config = GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+                       n_embd=n_embd, bias=bias, activation=activation)
+    model = GPT(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith('ln_1.weight') or name.endswith('ln_2.weight') or name.endswith('ln_f.weight'):
+                p.uniform_(0.5, 1.5)
+            elif p.dim() == 1:
+                p.normal_(0.0, 0.3)  # biases
+            elif 'wte' in name or 'wpe' in name:
+                p.normal_(0.0, 1.0)
+            else:
+                p.normal_(0.0, 1.5 / p.shape[1] ** 0.5)  # unit-ish gain per Linear
+    return model.eval()
+
+
+def save_checkpoint(model, out_dir, dataset_name, iter_num=100):
+    os.makedirs(out_dir, exist_ok=True)
+    ckpt = {'model': model.state_dict(), 'optimizer': {}, 'model_args': checkpoint.model_args_of(model.config),
+            'iter_num': iter_num, 'best_val_loss': 9.9,
+            'config': {'dataset': dataset_name, 'batch_size': 4, 'eval_iters': 3, 'seed': 1337}}
+    torch.save(ckpt, os.path.join(out_dir, 'ckpt.pt'))
+    return os.path.join(out_dir, 'ckpt.pt')
+
+
+def full_logits(model, idx):
+    """Every position's logits from GPT.forward itself (targets make it return them all)."""
+    with torch.no_grad():
+        logits, _ = model(idx, idx)
+    return logits
