@@ -160,3 +160,38 @@ def restore_rng_states(states):
     torch.set_rng_state(states['torch'])
     if 'cuda' in states and torch.cuda.is_available() and len(states['cuda']) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states['cuda'])
+
+
+def gather_sharded_state(model, optimizer):
+    """Full (unsharded) model and optimizer state dicts of an FSDP model, on CPU, in the same
+    format as an unsharded model's state_dict() and optimizer.state_dict(). Collective: every
+    rank must call it; ranks other than 0 get empty dicts."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state = get_model_state_dict(model, options=options)
+    by_name = get_optimizer_state_dict(model, optimizer, options=options)
+    if not by_name:  # with cpu_offload the full state is assembled on rank 0 alone
+        return model_state, by_name
+    # the distributed API keys optimizer state by parameter name; torch.optim numbers parameters
+    # in param-group order, which is what an unsharded run saves and loads
+    number = {}
+    groups = []
+    for group in by_name['param_groups']:
+        numbered = dict(group, params=[number.setdefault(name, len(number)) for name in group['params']])
+        groups.append(numbered)
+    optimizer_state = {'state': {number[name]: s for name, s in by_name['state'].items()}, 'param_groups': groups}
+    return model_state, optimizer_state
+
+
+def load_sharded_optimizer_state(model, optimizer, optimizer_state):
+    """Load a full optimizer.state_dict() (numbered parameters) into the optimizer of an FSDP model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    names = [name_of[id(p)] for group in optimizer.param_groups for p in group['params']]
+    by_name = {
+        'state': {names[i]: s for i, s in optimizer_state['state'].items()},
+        'param_groups': [dict(g, params=[names[i] for i in g['params']]) for g in optimizer_state['param_groups']],
+    }
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=by_name,
+                             options=StateDictOptions(full_state_dict=True))

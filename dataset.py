@@ -104,3 +104,23 @@ def get_batch(path, dtype, batch_size, block_size, device, generator=None):
         # pinned host memory lets the copy run asynchronously with the GPU's work
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.contiguous().to(device), y.contiguous().to(device)
+
+
+def fits_on_device(paths, device, fraction=0.1):
+    """Whether the token files, held as int32, take under `fraction` of the GPU's memory."""
+    if torch.device(device).type != 'cuda':
+        return False
+    needed = sum(os.path.getsize(p) // np.dtype(np.uint16).itemsize * 4 for p in paths)
+    return needed < fraction * torch.cuda.get_device_properties(torch.device(device)).total_memory
+
+
+def load_to_device(path, dtype, device):
+    """A whole .bin file as an int32 tensor on device (int32 holds every uint16 and uint32 id we write)."""
+    return torch.from_numpy(np.fromfile(path, dtype=dtype).astype(np.int32)).to(device)
+
+
+def get_resident_batch(data, batch_size, block_size, generator):
+    """get_batch for tokens already in device memory: offsets drawn and windows gathered there."""
+    ix = torch.randint(len(data) - block_size, (batch_size, 1), device=data.device, generator=generator)
+    chunk = data[ix + torch.arange(block_size + 1, device=data.device)].long()
+    return chunk[:, :-1], chunk[:, 1:]

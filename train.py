@@ -73,11 +73,13 @@ lr_decay_iters = 600000  # should be ~= max_iters per Chinchilla
 min_lr = 6e-5  # should be ~= learning_rate/10 per Chinchilla
 # DDP settings
 backend = 'nccl'  # 'nccl' on GPUs; becomes 'gloo' on CPUs unless set explicitly
+fsdp = False  # under torchrun, shard parameters, gradients and optimizer state (fully_shard) instead of DDP
 # system
 device = hardware.best_device()  # 'cuda', 'cuda:N', 'mps' or 'cpu'; the best one here by default
 dtype = hardware.default_dtype(device)  # 'float32', 'bfloat16' or 'float16' (the last uses a GradScaler)
 compile = True  # torch.compile the model; off by default where it does not pay (CPU, MPS)
 seed = 1337
+data_on_device = True  # on a GPU, keep a dataset that fits easily in its memory there and sample batches on it
 # -----------------------------------------------------------------------------
 config_keys = sorted(configurator.settable_keys(globals()))
 explicit = configurator.configure(globals())
@@ -104,6 +106,11 @@ if init_from not in ('scratch', 'resume') and not init_from.startswith('gpt2') a
                     "gpt2-xl, or a directory holding a transformers GPT-2 checkpoint")
 device_type = hardware.check_device(device)
 hardware.check_dtype(device, dtype)
+if fsdp and int(os.environ.get('RANK', -1)) == -1:
+    raise UserError("fsdp=True shards the model across processes started by torchrun; run "
+                    "torchrun --standalone --nproc_per_node=N train.py ... --fsdp=True, or drop --fsdp")
+if fsdp and dtype == 'float16':
+    raise UserError("fsdp=True does not support float16's gradient scaler; use --dtype=bfloat16 (or float32)")
 
 # -----------------------------------------------------------------------------
 # processes: one, or one per GPU/CPU slot under torchrun
@@ -120,7 +127,7 @@ if ddp:
     if device_type == 'cuda':
         device = f'cuda:{ddp_local_rank}'
         torch.cuda.set_device(device)
-    master_process = ddp_rank == 0  # logs, evaluates and writes checkpoints
+    master_process = ddp_rank == 0  # logs and writes checkpoints (and evaluates, under DDP)
     seed_offset = ddp_rank  # each process draws different batches
     gradient_accumulation_steps //= ddp_world_size
 else:
@@ -129,7 +136,7 @@ else:
     ddp_rank, ddp_world_size = 0, 1
 config = {k: globals()[k] for k in config_keys}  # what the run really uses, stored in checkpoints
 
-torch.manual_seed(seed + seed_offset)
+torch.manual_seed(seed)  # the same initial weights in every process (FSDP shards them as they are)
 if device_type == 'cuda':
     hardware.allow_tf32()
 ctx = hardware.autocast(device, dtype)
@@ -145,12 +152,15 @@ if meta_vocab_size is not None:
 
 
 def get_batch(split, generator):
+    if split in resident_data:
+        return datasets.get_resident_batch(resident_data[split], batch_size, block_size, generator)
     return datasets.get_batch(bin_paths[split], token_dtype, batch_size, block_size, device, generator)
 
 
 # Batches are drawn from generators seeded by (seed, rank, iteration), so a resumed run
 # sees exactly the batches the uninterrupted run would have seen, and evaluation always
 # scores the same fixed batches without disturbing training's random stream.
+resident_data = {}  # split -> tokens in device memory, for datasets small enough (see data_on_device)
 train_generator = torch.Generator()
 
 
@@ -204,18 +214,34 @@ else:  # gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a transformers GPT-2 directo
         model.crop_block_size(block_size)
 model_args = checkpoint.model_args_of(model.config)
 model.to(device)
+torch.manual_seed(seed + seed_offset)  # but different dropout masks
 for split in bin_paths:
     datasets.check_split_length(dataset, split, token_dtype, block_size)
+if data_on_device and device_type == 'cuda' and datasets.fits_on_device(bin_paths.values(), device):
+    # small models are bound by per-step overhead: gathering batches on the GPU removes the host work
+    resident_data = {split: datasets.load_to_device(path, token_dtype, device) for split, path in bin_paths.items()}
+    train_generator = torch.Generator(device=device)
+    print(f"keeping the dataset in {device} memory ({sum(t.numel() for t in resident_data.values()):,} tokens)")
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
 if master_process:
     print("effective configuration: " + ", ".join(f"{k}={config[k]!r}" for k in config_keys))
     print(f"tokens per iteration will be: {tokens_per_iter:,}")
 
+if fsdp:
+    # each block is one unit of sharding: its parameters are gathered just before it runs
+    from torch.distributed.fsdp import fully_shard
+    for block in model.transformer.h:
+        fully_shard(block)
+    fully_shard(model)
+
 # a GradScaler only does something for float16, whose gradients can underflow
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 if resume_state is not None:
-    optimizer.load_state_dict(resume_state['optimizer'])
+    if fsdp:
+        checkpoint.load_sharded_optimizer_state(model, optimizer, resume_state['optimizer'])
+    else:
+        optimizer.load_state_dict(resume_state['optimizer'])
     if 'scaler' in resume_state:
         scaler.load_state_dict(resume_state['scaler'])
     if 'rng_states' in resume_state and master_process:
@@ -226,9 +252,11 @@ net = model  # the plain module: its state_dict is what checkpoints hold
 if compile:
     print("compiling the model... (takes a ~minute)")
     model = torch.compile(model)
-if ddp:
+if ddp and not fsdp:
     model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
-eval_model = model.module if ddp else model  # evaluation runs on rank 0 alone, outside DDP
+# under DDP evaluation runs on rank 0 alone, outside DDP; under FSDP every rank takes part
+eval_model = model.module if ddp and not fsdp else model
+evaluating = master_process or fsdp
 
 
 @torch.no_grad()
@@ -237,14 +265,17 @@ def estimate_loss():
     out = {}
     eval_model.eval()
     for split_index, split in enumerate(('train', 'val')):
-        generator = torch.Generator().manual_seed(seed * 7919 + split_index)
+        generator = torch.Generator(device=train_generator.device).manual_seed(seed * 7919 + split_index)
         losses = torch.zeros(eval_iters, device=device)
         for k in range(eval_iters):
             X, Y = get_batch(split, generator)
             with ctx:
                 _, loss = eval_model(X, Y)
             losses[k] = loss
-        out[split] = losses.mean().item()
+        mean = losses.mean()
+        if fsdp:  # every rank scored the same batches; averaging makes the numbers identical on all of them
+            torch.distributed.all_reduce(mean, op=torch.distributed.ReduceOp.AVG)
+        out[split] = mean.item()
     eval_model.train()
     return out
 
@@ -261,12 +292,20 @@ def get_lr(it):
 
 
 def save_checkpoint(name):
-    if not all(torch.isfinite(p).all() for p in net.parameters()):
+    """Write a full checkpoint from rank 0. Under FSDP every rank must call it: gathering the shards
+    is collective, and the file has the same full-state format as without FSDP."""
+    if fsdp:
+        model_state, optimizer_state = checkpoint.gather_sharded_state(net, optimizer)
+    else:
+        model_state, optimizer_state = net.state_dict(), optimizer.state_dict()
+    if not master_process:
+        return
+    if not all(torch.isfinite(v).all() for v in model_state.values() if v.is_floating_point()):
         raise UserError(f"the weights hold NaN or infinite values at iter {iter_num}; nothing was saved over the "
                         f"checkpoints in {out_dir}. Lower --learning_rate, or use --dtype=bfloat16 or float32")
     state = {
-        'model': net.state_dict(),
-        'optimizer': optimizer.state_dict(),
+        'model': model_state,
+        'optimizer': optimizer_state,
         'model_args': model_args,
         'iter_num': iter_num,
         'best_val_loss': best_val_loss,
@@ -322,15 +361,16 @@ while True:
     for param_group in optimizer.param_groups:
         param_group['lr'] = lr
 
-    if iter_num % eval_interval == 0 and master_process:
+    if iter_num % eval_interval == 0 and evaluating:
         losses = estimate_loss()
-        print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        metrics_log.write(iter=iter_num, tokens=iter_num * tokens_per_iter, lr=lr,
-                          train_loss=losses['train'], val_loss=losses['val'])
+        if master_process:
+            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            metrics_log.write(iter=iter_num, tokens=iter_num * tokens_per_iter, lr=lr,
+                              train_loss=losses['train'], val_loss=losses['val'])
         if not math.isfinite(losses['val']):
             raise UserError(f"val loss is {losses['val']} at iter {iter_num}; nothing was saved over the checkpoints "
                             f"in {out_dir}. Lower --learning_rate, or use --dtype=bfloat16 or float32")
-        if wandb_log:
+        if wandb_log and master_process:
             wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'], "lr": lr,
                        "mfu": running_mfu * 100})
         improved = losses['val'] < best_val_loss
@@ -338,7 +378,8 @@ while True:
         if iter_num > 0:
             if improved or always_save_checkpoint:
                 save_checkpoint(checkpoint.CKPT_NAME)
-                checkpoint.mirror(out_dir, checkpoint.CKPT_NAME, checkpoint.LATEST_NAME)
+                if master_process:
+                    checkpoint.mirror(out_dir, checkpoint.CKPT_NAME, checkpoint.LATEST_NAME)
             else:
                 save_checkpoint(checkpoint.LATEST_NAME)
     if iter_num == 0 and eval_only:
@@ -346,7 +387,10 @@ while True:
 
     # forward and backward over gradient_accumulation_steps micro-batches
     for micro_step in range(gradient_accumulation_steps):
-        if ddp:
+        if fsdp:
+            # reduce-scatter gradients only once, after the last micro-step
+            net.set_requires_gradient_sync(micro_step == gradient_accumulation_steps - 1)
+        elif ddp:
             # average gradients across processes only once, after the last micro-step
             model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
         with ctx:
@@ -383,8 +427,8 @@ while True:
 
     stopping = all_ranks_agree_to_stop()
     if stopping or iter_num > max_iters:
+        save_checkpoint(checkpoint.LATEST_NAME)
         if master_process:
-            save_checkpoint(checkpoint.LATEST_NAME)
             if stopping:
                 print(f"stopped by {stop_signal or 'another process'} at iter {iter_num}; to continue, run the same "
                       "command with --init_from=resume")

@@ -59,7 +59,8 @@ os.environ.setdefault('MKL_NUM_THREADS', '1')
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-CORE_DATASET = '_test_core'
+# one name per test session, so that two sessions running side by side never remove each other's data
+CORE_DATASET = f'_test_core_{os.getpid()}'
 CORE_WORDS = ('the', 'cat', 'sat', 'on', 'a', 'mat', 'dog', 'ran', 'far', 'away', 'and', 'then', 'slept')
 
 

@@ -31,7 +31,7 @@ def leftovers(out_dir):
     return [n for n in os.listdir(out_dir) if '.tmp' in n]
 
 
-def test_tiny_run_lowers_the_loss_and_writes_checkpoints(tiny_run):
+def test_tiny_run_lowers_the_loss_and_writes_checkpoints(tiny_run, core_dataset):
     steps = step_losses(tiny_run.stdout)
     assert sorted(steps) == [0, 10, 20]
     assert steps[20][0] < steps[0][0] - 0.3, steps  # train loss
@@ -45,7 +45,7 @@ def test_tiny_run_lowers_the_loss_and_writes_checkpoints(tiny_run):
     assert ckpt['best_val_loss'] == pytest.approx(steps[20][1], abs=1e-4)
     assert set(ckpt['model_args']) == set(checkpoint.NANOGPT_MODEL_ARGS)
     assert ckpt['model_args']['vocab_size'] == len(set(core_text()))  # from the dataset's meta.pkl
-    assert ckpt['config']['dataset'] == '_test_core' and ckpt['config']['batch_size'] == 4
+    assert ckpt['config']['dataset'] == core_dataset and ckpt['config']['batch_size'] == 4
     model = checkpoint.model_from_checkpoint(ckpt)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
