@@ -31,7 +31,7 @@ from errors import UserError
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 DATA_ROOT = os.path.join(REPO_ROOT, 'data')
 
-CHUNK_BYTES = 16 << 20          # bytes of input decoded at a time
+CHUNK_BYTES = 8 << 20           # bytes of input decoded at a time
 UNICODE_SIZE = 0x110000         # number of Unicode code points: the size of the lookup tables
 UINT16_SYMBOLS = 65535          # vocabularies above this many symbols are stored as uint32
 SLICE = 1 << 20                 # code points per numpy lookup: intermediates stay in the CPU cache
@@ -278,32 +278,52 @@ def code_points(text):
     return np.frombuffer(text.encode('utf-32-le'), dtype=np.uint32)
 
 
-def _story_lines_split(block, partial, at_line_start):
+def _story_lines_split(block, partial, separator=None):
     """Cut a block of whole lines at the lines holding only STORY_LINE.
 
     partial: pieces of the story still open from earlier blocks (extended in place).
-    at_line_start: whether the block starts at the beginning of a line.
-    Returns the stories completed in this block, stripped of surrounding whitespace.
+    Returns the stories completed in this block, stripped of surrounding whitespace, as a
+    list; or, given a separator character, as (text, number of stories): every story
+    followed by the separator.
     """
     markers = block.count(STORY_LINE)
     if markers == 0:
         partial.append(block)
-        return []
+        return [] if separator is None else ('', 0)
     if block.count(PLAIN_SEPARATOR_LINE) == markers:
         # The usual case, and fast: every marker has a newline on both sides, so each is a line of its own.
-        pieces = block.split(PLAIN_SEPARATOR_LINE)
-        partial.append(pieces[0])
-        pieces[0] = ''.join(partial)
+        last = block.rfind(PLAIN_SEPARATOR_LINE)
+        partial.append(block[:last])
+        head = ''.join(partial)
         partial.clear()
-        partial.append(pieces.pop())
-        return [story for story in map(str.strip, pieces) if story]
+        partial.append(block[last + len(PLAIN_SEPARATOR_LINE):])
+        if separator is not None and separator not in head:
+            # Character level needs no story strings when none has whitespace to strip and none is empty.
+            text = head.replace(PLAIN_SEPARATOR_LINE, separator) + separator
+            if _stories_are_clean(text, separator):
+                return text, markers
+        stories = [story for story in map(str.strip, head.split(PLAIN_SEPARATOR_LINE)) if story]
+    else:
+        stories = _split_at_marker_lines(block, partial)
+    return stories if separator is None else join_stories(stories, separator)
+
+
+def _stories_are_clean(text, separator):
+    """Whether no story in text (each followed by separator) is empty or starts or ends with whitespace."""
+    after = re.compile(re.escape(separator) + r'\s')   # a literal first: re scans fast
+    return (not (text[0].isspace() or text[0] == separator or separator * 2 in text)
+            and not after.search(text) and not after.search(text[::-1]))
+
+
+def _split_at_marker_lines(block, partial):
+    """_story_lines_split for any block: markers may have spaces or '\r' around them, or be inside a line."""
     pieces = block.split(STORY_LINE)
     stories = []
-    before, before_at_line_start = pieces[0], at_line_start
+    before = pieces[0]   # starts at the beginning of a line, as every block does
     for i in range(1, len(pieces)):
         after = pieces[i]
         nl = before.rfind('\n')
-        starts_line = (nl >= 0 or before_at_line_start) and not before[nl + 1:].strip()
+        starts_line = not before[nl + 1:].strip()
         nl_after = after.find('\n')
         if nl_after >= 0:
             ends_line = not after[:nl_after].strip()
@@ -315,15 +335,25 @@ def _story_lines_split(block, partial, at_line_start):
             partial.clear()
             if story:
                 stories.append(story)
-            before, before_at_line_start = after[nl_after + 1:] if nl_after >= 0 else '', True
+            before = after[nl_after + 1:] if nl_after >= 0 else ''
         else:   # the marker is part of a longer line: it is story text
             before = before + STORY_LINE + after
     partial.append(before)
     return stories
 
 
-def txt_story_batches(path, errors='strict', chunk_bytes=CHUNK_BYTES, desc=None):
-    """Stories of a TinyStories*.txt file, one list per chunk read.
+def join_stories(stories, separator):
+    """(text, number of stories): each story followed by the separator, which no story may contain."""
+    text = separator.join(stories) + separator if stories else ''
+    if text.count(separator) != len(stories):
+        raise UserError(f"a story contains the separator {separator!r} (U+{ord(separator):04X}) itself; "
+                        "choose another character with --separator")
+    return text, len(stories)
+
+
+def txt_story_batches(path, errors='strict', chunk_bytes=CHUNK_BYTES, desc=None, separator=None):
+    """Stories of a TinyStories*.txt file: a list per chunk read, or with a separator
+    (text, number of stories) per chunk, each story followed by the separator.
 
     Stories are separated by a line holding only '<|endoftext|>' (surrounding spaces and a
     '\\r' allowed). Each story is stripped of surrounding whitespace; empty ones are dropped.
@@ -335,22 +365,23 @@ def txt_story_batches(path, errors='strict', chunk_bytes=CHUNK_BYTES, desc=None)
         cut = text.rfind('\n') + 1
         block, tail = text[:cut], text[cut:]
         if block:
-            stories = _story_lines_split(block, partial, at_line_start=True)
-            if stories:
-                yield stories
+            done = _story_lines_split(block, partial, separator)
+            if done if separator is None else done[1]:
+                yield done
         if len(tail) + sum(map(len, partial)) > MAX_STORY_CHARS:
             raise UserError(f"{path} has over {MAX_STORY_CHARS:,} characters without a line holding {STORY_LINE}: "
                             "it is not in TinyStories' format; for plain text use data/char/prepare.py")
-    stories = _story_lines_split(tail, partial, at_line_start=True) if tail else []
+    stories = _story_lines_split(tail, partial) if tail else []
     last = ''.join(partial).strip()
     if last:
         stories.append(last)
     if stories:
-        yield stories
+        yield stories if separator is None else join_stories(stories, separator)
 
 
-def dataset_story_batches(dset, batch_size=8192, desc=None):
-    """Stories of a Hugging Face datasets split (its 'text' column), one list per batch."""
+def dataset_story_batches(dset, batch_size=8192, desc=None, separator=None):
+    """Stories of a Hugging Face datasets split (its 'text' column), stripped, empty ones dropped:
+    a list per batch, or with a separator (text, number of stories) as txt_story_batches."""
     if 'text' not in dset.column_names:
         raise UserError(f"the source has no 'text' column (columns: {', '.join(dset.column_names)}); "
                         "give it one with the stories")
@@ -360,7 +391,7 @@ def dataset_story_batches(dset, batch_size=8192, desc=None):
             bar.update(len(texts))
             stories = [s for s in (t.strip() for t in texts if t) if s]
             if stories:
-                yield stories
+                yield stories if separator is None else join_stories(stories, separator)
 
 
 # ----------------------------------------------------------------------------- sources of documents
@@ -413,7 +444,8 @@ def load_documents(hub_name=None, data_files=None, num_proc=None):
 
 
 def story_sources(train_file=None, val_file=None, hub_name=TINYSTORIES_HUB, hub_txt=None, errors='strict'):
-    """{'train': f, 'val': f}: each f() yields lists of stories, f can be called again for a second pass.
+    """{'train': f, 'val': f}: f() yields lists of stories, f(separator) yields (text, number of
+    stories) with the separator after each story (see txt_story_batches); f can be called again.
 
     Sources: the Hugging Face datasets load of hub_name (train and validation splits, the
     default); local files given as train_file/val_file: TinyStories*.txt files (stories
@@ -432,8 +464,8 @@ def story_sources(train_file=None, val_file=None, hub_name=TINYSTORIES_HUB, hub_
             check_input_file(f, '--train_file/--val_file')
         exts = {os.path.splitext(f)[1] for f in (train_file, val_file)}
         if exts == {'.txt'}:
-            return {'train': lambda: txt_story_batches(train_file, errors, desc='train stories'),
-                    'val': lambda: txt_story_batches(val_file, errors, desc='val stories')}
+            return {'train': lambda sep=None: txt_story_batches(train_file, errors, desc='train stories', separator=sep),
+                    'val': lambda sep=None: txt_story_batches(val_file, errors, desc='val stories', separator=sep)}
         if not exts <= set(LOCAL_BUILDERS) or len({LOCAL_BUILDERS[e] for e in exts}) > 1:
             raise UserError(f"--train_file/--val_file must both be .txt (TinyStories' format) or both "
                             f".json/.jsonl or .parquet, not {' and '.join(sorted(exts))}")
@@ -443,8 +475,8 @@ def story_sources(train_file=None, val_file=None, hub_name=TINYSTORIES_HUB, hub_
     if 'validation' not in dsets:
         raise UserError(f"the source has no validation split (splits: {', '.join(dsets)}); "
                         "give one with --train_file and --val_file")
-    return {'train': lambda: dataset_story_batches(dsets['train'], desc='train stories'),
-            'val': lambda: dataset_story_batches(dsets['validation'], desc='val stories')}
+    return {'train': lambda sep=None: dataset_story_batches(dsets['train'], desc='train stories', separator=sep),
+            'val': lambda sep=None: dataset_story_batches(dsets['validation'], desc='val stories', separator=sep)}
 
 
 # ----------------------------------------------------------------------------- characters
@@ -517,23 +549,31 @@ def scan_characters(chunks, seen):
     return count
 
 
-def scan_file(path, errors, seen, desc=None):
-    """Pass 1 over a text file: mark its code points in seen, return its character count.
+def mark_utf8_characters(data, seen, decoder=None, final=True):
+    """Mark the code points of UTF-8 bytes in seen, cheaply.
 
-    For valid UTF-8 most of the work is skipped: an ASCII byte is always a whole character,
-    so deleting the bytes of ASCII characters already seen (bytes.translate) leaves a valid
-    UTF-8 stream of just the other characters, usually a tiny fraction of the input.
+    An ASCII byte is always a whole character in UTF-8, so deleting the bytes of the ASCII
+    characters already seen (bytes.translate, a fraction of a second per GB) leaves valid
+    UTF-8 holding only the other characters: usually a tiny remainder to decode and mark.
+    decoder: an incremental UTF-8 decoder when data is one of a series of chunks that may
+    cut characters in two. The data must be valid UTF-8 (checked by the caller).
     """
-    if errors != 'strict':   # replacement characters would not survive the deletion: scan it all
+    known_ascii = np.flatnonzero(seen[:128]).astype(np.uint8).tobytes()
+    rest = data.translate(None, known_ascii)
+    rest = decoder.decode(rest, final) if decoder else rest.decode('utf-8')
+    if rest:
+        mark_characters(code_points(rest), seen)
+
+
+def scan_file(path, errors, seen, desc=None):
+    """Pass 1 over a text file: mark its code points in seen, return its character count."""
+    if errors != 'strict':   # replacement characters would not survive deleting bytes: scan all of it
         return scan_characters(read_text(path, errors, desc=desc), seen)
-    rest_decoder = codecs.getincrementaldecoder('utf-8')()
+    decoder = codecs.getincrementaldecoder('utf-8')()
     count = 0
     for raw, text in read_chunks(path, errors, desc=desc):   # decoding all of it checks that it is UTF-8
         count += len(text)
-        known_ascii = np.flatnonzero(seen[:128]).astype(np.uint8).tobytes()
-        rest = rest_decoder.decode(raw.translate(None, known_ascii), final=not raw)
-        if rest:
-            mark_characters(code_points(rest), seen)
+        mark_utf8_characters(raw, seen, decoder, final=not raw)
     return count
 
 
@@ -610,11 +650,6 @@ def prepare_char_file(input_path, out_dir, val_fraction=0.1, errors='strict'):
     return _summary(out_dir, start, vocab=vocab, train=train.count, val=val.count, characters=n)
 
 
-def stories_as_text(stories, separator):
-    """Character-level text of a batch of stories: each one followed by the separator."""
-    return separator.join(stories) + separator
-
-
 def prepare_char_stories(splits, out_dir, separator=STORY_SEPARATOR):
     """Character-level dataset from story sources (see story_sources): each story is followed
     by the separator symbol, recorded in meta.pkl as 'separator'. The vocabulary covers both splits.
@@ -633,15 +668,11 @@ def prepare_char_stories(splits, out_dir, separator=STORY_SEPARATOR):
             counts[split] = stories[split] = 0
             texts[split] = out.scratch(f'{split}.txt')
             with open(texts[split], 'wb') as f, _Pipeline() as pipeline:
-                for batch in batches():
-                    text = stories_as_text(batch, separator)
-                    if text.count(separator) != len(batch):
-                        raise UserError(f"the {split} stories contain the separator {separator!r} "
-                                        f"(U+{ord(separator):04X}) themselves; choose another with --separator")
-                    pipeline.submit(lambda points, data: (mark_characters(points, seen), f.write(data)),
-                                    code_points(text), text.encode('utf-8'))
+                for text, n_stories in batches(separator):
+                    pipeline.submit(lambda data: (mark_utf8_characters(data, seen), f.write(data)),
+                                    text.encode('utf-8'))
                     counts[split] += len(text)
-                    stories[split] += len(batch)
+                    stories[split] += n_stories
         _check_splits(stories, 'stories')
         print(f"length of dataset in characters: {sum(counts.values()):,} "
               f"({stories['train']:,} train and {stories['val']:,} val stories)")

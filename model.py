@@ -106,17 +106,17 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             past = kv_cache.length
             k, v = kv_cache.append(layer, k, v)
-        # queries sit at positions past..past+T-1 and may see every key up to their own position
+        # queries sit at positions past..past+T-1 and may see every key up to their own position;
+        # a single new query (T == 1) sees them all, so it needs no mask
         mask = None
         if past > 0 and T > 1:
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
         dropout_p = self.dropout if self.training else 0.0
         if self.flash:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                               is_causal=(past == 0 and T > 1))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=(past == 0))
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-            if past == 0 and T > 1:
+            if past == 0:
                 mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             if mask is not None:
                 att = att.masked_fill(~mask, float('-inf'))

@@ -6,9 +6,11 @@ $ python plot.py --out_dir=out-shakespeare-char                         # -> out
 $ python plot.py --out_dirs=out-small,out-big --output=compare.png      # runs side by side
 $ python plot.py --out_dirs=out-small,out-big --overlay=True            # runs in the same panels
 
+Two panels: loss against iterations (left) and against training tokens (right). Several
+runs get one column each (iterations on top, tokens below), or share the two panels with
+--overlay=True; all panels share their y axis so the runs compare at a glance.
 Lines: the evaluations' train and val loss (estimated on fixed batches, markers), and,
 faintly, the loss of each logged training minibatch (noisy; --minibatch=False hides it).
-Side by side, the panels share their y axis so the runs compare at a glance.
 Only this script needs matplotlib (pip install matplotlib).
 """
 import os
@@ -76,19 +78,20 @@ def plot(runs, path, side_by_side=True, show_minibatch=True, log_y=False, fig_ti
         from matplotlib.ticker import EngFormatter
     except ImportError:
         raise UserError("plot.py needs matplotlib: pip install matplotlib")
+    side_by_side = side_by_side and len(runs) > 1
     if side_by_side:  # one column per run: loss against iterations on top, against tokens below
         fig, axes = plt.subplots(2, len(runs), figsize=(5.5 * len(runs), 7.5), sharey=True, squeeze=False)
         panel = lambda run, x_axis: axes[x_axis][run]
-    else:  # every run in the same two panels, side by side
+    else:  # every run (or the only one) in the same two panels, side by side
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True, squeeze=False)
         panel = lambda run, x_axis: axes[0][x_axis]
     colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
     for i, (name, rows) in enumerate(runs):
         color = colors[0] if side_by_side else colors[i % len(colors)]
-        prefix = '' if side_by_side else f"{name}: "
+        prefix = '' if side_by_side or len(runs) == 1 else f"{name}: "
         for x_axis, (x_name, x_label) in enumerate(X_AXES):
             ax = panel(i, x_axis)
-            if not draw(ax, rows, x_name, color, prefix, show_minibatch) and side_by_side:
+            if not draw(ax, rows, x_name, color, prefix, show_minibatch) and (side_by_side or len(runs) == 1):
                 ax.text(0.5, 0.5, f"no {x_label} recorded", ha='center', va='center', transform=ax.transAxes)
             ax.set_xlabel(x_label)
             if x_name == 'tokens':
@@ -105,8 +108,8 @@ def plot(runs, path, side_by_side=True, show_minibatch=True, log_y=False, fig_ti
     for ax in (axes[0] if side_by_side else axes[0][:1]):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize='small')
-    if fig_title:
-        fig.suptitle(fig_title)
+    if fig_title or len(runs) == 1:
+        fig.suptitle(fig_title or runs[0][0])
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=resolution)

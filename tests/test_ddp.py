@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import checkpoint
-from conftest import LiveProcess, assert_user_error, checkpoint_files, core_train_args, run_inproc
+from conftest import REPO_ROOT, LiveProcess, assert_user_error, checkpoint_files, core_train_args, run_inproc
 
 ITER_LINE = re.compile(r'^iter (\d+): loss', re.M)
 
@@ -113,15 +113,16 @@ def test_gradient_accumulation_must_divide_by_world_size(tmp_path, core_dataset,
 
 
 def test_gradient_accumulation_error_under_torchrun(tmp_path, core_dataset):
-    """The same through torchrun: each rank prints the one-line error and exits 1, no rank
-    starts training, nothing is written (torchrun then reports the failed ranks)."""
+    """The same through torchrun: the ranks print the one-line error and exit 1 (torchrun stops
+    the other rank as soon as one has failed, so it may be cut short before printing it), no rank
+    starts training, nothing is written; torchrun then reports the failure in its own words."""
     out_dir = tmp_path / 'out'
     run = torchrun(out_dir, gradient_accumulation_steps=3, max_iters=5)
     stdout, err = finish(run)
     assert run.proc.returncode != 0
     message = ('error: gradient_accumulation_steps (3) must be divisible by the number of processes (2); '
                'e.g. --gradient_accumulation_steps=2')
-    assert err.count(message) == 2, err[-3000:]
-    assert 'Traceback (most recent call last):\n  File "' + os.path.join(os.getcwd(), 'train.py') not in err
+    assert message in err, err[-3000:]
+    assert os.path.join(REPO_ROOT, 'train.py') not in err  # no traceback through train.py
     assert 'iter 0' not in stdout
     assert not out_dir.exists()

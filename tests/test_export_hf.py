@@ -15,15 +15,7 @@ transformers = pytest.importorskip('transformers')
 safetensors_torch = pytest.importorskip('safetensors.torch')
 
 BLOCK = 16
-ONE_THREAD = {'OMP_NUM_THREADS': '1'}
 
-
-@pytest.fixture(scope='module', autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def prompts(vocab_size):
@@ -74,7 +66,7 @@ def test_cli_export_verifies_itself(tmp_path):
         model = tiny_runs.make_model('gelu', bias=False, block_size=BLOCK, seed=4)
         out = tmp_path / 'run'
         tiny_runs.save_checkpoint(model, str(out), name)
-        proc = run_script('export_hf.py', f'--out_dir={out}', env=ONE_THREAD)
+        proc = run_script('export_hf.py', f'--out_dir={out}')
     finally:
         tiny_runs.remove_dataset(name)
     assert "activation_function='gelu'" in proc.stdout and 'zero biases' in proc.stdout

@@ -377,12 +377,23 @@ def write_story_files(tmp_path, kind, train=STORIES, val=VAL_STORIES):
     return paths
 
 
-def test_txt_story_parsing_is_independent_of_chunk_size(tmp_path):
+@pytest.mark.parametrize('layout', ['varied', 'plain', 'plain_with_untidy_stories'])
+def test_txt_story_parsing_is_independent_of_chunk_size(tmp_path, layout):
+    stories = STORIES * 3
+    if layout == 'varied':
+        content = stories_txt(stories)
+    else:   # the usual layout: story, then a line holding only the marker (parsed by the fast path)
+        untidy = ['  leading space', 'trailing newline\n', '', 'tab\t'] if layout == 'plain_with_untidy_stories' else []
+        content = ''.join(s + '\n<|endoftext|>\n' for s in stories + untidy)
+        stories = stories + [s.strip() for s in untidy if s.strip()]
     path = tmp_path / 's.txt'
-    path.write_text(stories_txt(STORIES * 3), encoding='utf-8')
+    path.write_text(content, encoding='utf-8')
     for chunk in (1, 2, 5, 13, 64, 1 << 20):
         got = [s for batch in dataprep.txt_story_batches(str(path), chunk_bytes=chunk) for s in batch]
-        assert got == STORIES * 3, chunk
+        assert got == stories, chunk
+        joined = list(dataprep.txt_story_batches(str(path), chunk_bytes=chunk, separator=SEP))
+        assert ''.join(text for text, _ in joined) == ''.join(s + SEP for s in stories), chunk
+        assert sum(n for _, n in joined) == len(stories)
 
 
 def test_tinystories_char_from_txt_files(tmp_path, scratch):
