@@ -43,9 +43,7 @@ if 'compile' not in explicit:
     compile = hardware.default_compile(device)
 device_type = hardware.check_device(device)
 hardware.check_dtype(device, dtype)
-for name in ('batch_size', 'block_size', 'bench_iters'):
-    if globals()[name] <= 0:
-        raise UserError(f"{name} must be a positive number, got {globals()[name]}")
+configurator.require_positive(globals(), 'batch_size', 'block_size', 'bench_iters')
 
 torch.manual_seed(seed)
 if device_type == 'cuda':

@@ -103,3 +103,17 @@ def configure(namespace, argv=None):
         namespace[key] = value
         explicit.add(key)
     return explicit
+
+
+def require_positive(namespace, *names):
+    """A UserError for the first of these settings that is not a positive number."""
+    for name in names:
+        if namespace[name] <= 0:
+            raise UserError(f"{name} must be a positive number, got {namespace[name]}")
+
+
+def check_sampling(temperature, top_k):
+    if temperature <= 0:
+        raise UserError(f"temperature must be positive, got {temperature}; use --top_k=1 for greedy decoding")
+    if top_k is not None and (not isinstance(top_k, int) or top_k <= 0):
+        raise UserError(f"top_k must be a positive integer or None, got {top_k!r}")

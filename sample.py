@@ -41,13 +41,8 @@ if 'dtype' not in explicit:
     dtype = hardware.default_dtype(device)
 hardware.check_device(device)
 hardware.check_dtype(device, dtype)
-for name in ('num_samples', 'max_new_tokens'):
-    if globals()[name] <= 0:
-        raise UserError(f"{name} must be a positive number, got {globals()[name]}")
-if temperature <= 0:
-    raise UserError(f"temperature must be positive, got {temperature}; use --top_k=1 for greedy decoding")
-if top_k is not None and (not isinstance(top_k, int) or top_k <= 0):
-    raise UserError(f"top_k must be a positive integer or None, got {top_k!r}")
+configurator.require_positive(globals(), 'num_samples', 'max_new_tokens')
+configurator.check_sampling(temperature, top_k)
 
 torch.manual_seed(seed)
 if hardware.device_type(device) == 'cuda':
@@ -75,16 +70,7 @@ if compile:
     model = torch.compile(model)
 
 # the prompt
-if start.startswith('FILE:'):
-    prompt_path = start[5:]
-    if not os.path.isfile(prompt_path):
-        raise UserError(f"prompt file '{prompt_path}' not found")
-    with open(prompt_path, 'r', encoding='utf-8') as f:
-        start = f.read()
-    if not start:
-        raise UserError(f"prompt file '{prompt_path}' is empty; put the text to continue in it")
-if not start:
-    raise UserError("the prompt is empty; pass some text with --start=... (for GPT-2, --start='<|endoftext|>' starts from nothing)")
+start = tokenizer.read_prompt(start)
 start_ids = tok.encode(start)
 x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]
 

@@ -11,7 +11,6 @@ gives the same tokens as `python sample.py --top_k=1`. Otherwise tokens are draw
 numpy's generator seeded with seed + sample number, which is not PyTorch's random stream,
 so sampled (non-greedy) text differs from sample.py's.
 """
-import codecs
 import json
 import os
 import sys
@@ -20,6 +19,7 @@ import time
 import numpy as np
 
 import configurator
+import tokenizer
 from errors import UserError
 
 # -----------------------------------------------------------------------------
@@ -80,54 +80,26 @@ def generate(model, ids, max_new_tokens, temperature=1.0, top_k=None, rng=None):
         yield token
 
 
-class Vocabulary:
-    """Text <-> ids from the model's metadata: its own characters, or GPT-2's BPE."""
-
-    def __init__(self, meta):
-        kind = meta.get('nanogpt.tokenizer')
-        if kind == 'char':
-            self.itos = json.loads(meta['nanogpt.itos'])
-            self.stoi = {c: i for i, c in enumerate(self.itos)}
-            self.enc = None
-        elif kind == 'gpt2':
-            import tiktoken
-            self.enc = tiktoken.get_encoding('gpt2')
-        else:
-            raise UserError("the model's vocabulary is unknown (its dataset had no meta.pkl when it was exported "
-                            "and it is not a GPT-2 BPE model); prepare the dataset and export again")
-
-    def encode(self, text):
-        if self.enc is not None:
-            return self.enc.encode(text, allowed_special={'<|endoftext|>'})
-        unknown = sorted({c for c in text if c not in self.stoi})
-        if unknown:
-            raise UserError(f"the prompt has characters outside the model's vocabulary: "
-                            f"{' '.join(repr(c) for c in unknown)}; remove or replace them")
-        return [self.stoi[c] for c in text]
-
-    def stream_decoder(self):
-        if self.enc is None:
-            return lambda token: self.itos[token]
-        utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
-        return lambda token: utf8.decode(self.enc.decode_single_token_bytes(token))
+def tokenizer_for(meta):
+    """The model's own characters from its metadata, or GPT-2's BPE."""
+    kind = meta.get('nanogpt.tokenizer')
+    if kind == 'char':
+        return tokenizer.CharTokenizer(json.loads(meta['nanogpt.itos']))
+    if kind == 'gpt2':
+        return tokenizer.BPETokenizer()
+    raise UserError("the model's vocabulary is unknown (its dataset had no meta.pkl when it was exported "
+                    "and it is not a GPT-2 BPE model); prepare the dataset and export again")
 
 
 def main():
-    global start
     model = OnnxGPT(onnx_path or os.path.join(out_dir, 'model.onnx'))
-    vocab = Vocabulary(model.meta)
-    if start.startswith('FILE:'):
-        if not os.path.isfile(start[5:]):
-            raise UserError(f"prompt file '{start[5:]}' not found")
-        with open(start[5:], encoding='utf-8') as f:
-            start = f.read()
-    if not start:
-        raise UserError("the prompt is empty; pass some text with --start=...")
-    start_ids = vocab.encode(start)
+    vocab = tokenizer_for(model.meta)
+    prompt = tokenizer.read_prompt(start)
+    start_ids = vocab.encode(prompt)
     n_tokens, t0 = 0, time.time()
     for k in range(num_samples):
         decode_next = vocab.stream_decoder()
-        sys.stdout.write(start)
+        sys.stdout.write(prompt)
         for token in generate(model, start_ids, max_new_tokens, temperature, top_k, np.random.default_rng(seed + k)):
             sys.stdout.write(decode_next(token))
             sys.stdout.flush()
@@ -140,13 +112,8 @@ def main():
 
 if __name__ == '__main__':
     configurator.configure(globals())
-    for name in ('num_samples', 'max_new_tokens'):
-        if globals()[name] <= 0:
-            raise UserError(f"{name} must be a positive number, got {globals()[name]}")
-    if temperature <= 0:
-        raise UserError(f"temperature must be positive, got {temperature}; use --top_k=1 for greedy decoding")
-    if top_k is not None and (not isinstance(top_k, int) or top_k <= 0):
-        raise UserError(f"top_k must be a positive integer or None, got {top_k!r}")
+    configurator.require_positive(globals(), 'num_samples', 'max_new_tokens')
+    configurator.check_sampling(temperature, top_k)
     try:
         import onnxruntime  # noqa: F401
     except ImportError:

@@ -1,17 +1,19 @@
 """Text <-> token ids for sampling: the dataset's character vocabulary from meta.pkl when
-the model was trained on one, GPT-2's BPE (tiktoken) otherwise."""
+the model was trained on one, GPT-2's BPE (tiktoken) otherwise. Free of PyTorch, so that
+sample_onnx.py can run without it."""
 import codecs
 import os
 
-import dataset
 from errors import UserError
 
 BPE_VOCAB_SIZE = 50257
 
 
 class CharTokenizer:
-    def __init__(self, meta):
-        self.stoi, self.itos = meta['stoi'], meta['itos']
+    def __init__(self, itos):
+        """itos: token id -> character, as a dict (meta.pkl's) or a list."""
+        self.itos = itos
+        self.stoi = {c: i for i, c in (itos.items() if isinstance(itos, dict) else enumerate(itos))}
 
     def encode(self, text):
         unknown = sorted({c for c in text if c not in self.stoi})
@@ -49,6 +51,7 @@ class BPETokenizer:
 
 def for_checkpoint(checkpoint):
     """The tokenizer a checkpoint was trained with: its dataset's meta.pkl if there is one."""
+    import dataset
     name = (checkpoint.get('config') or {}).get('dataset')
     vocab_size = checkpoint['model_args']['vocab_size']
     if name and os.path.exists(os.path.join(dataset.data_dir(name), 'meta.pkl')):
@@ -57,8 +60,24 @@ def for_checkpoint(checkpoint):
         if meta['vocab_size'] != vocab_size:
             raise UserError(f"data/{name}/meta.pkl has vocab_size {meta['vocab_size']} but the model was trained "
                             f"with {vocab_size}; the dataset was re-prepared since: restore its meta.pkl")
-        return CharTokenizer(meta)
+        return CharTokenizer(meta['itos'])
     if vocab_size < BPE_VOCAB_SIZE:
         raise UserError(f"the model has a {vocab_size}-symbol vocabulary but data/{name}/meta.pkl, which maps it "
                         f"to characters, is missing; prepare the dataset '{name}' again to recreate it")
     return BPETokenizer()
+
+
+def read_prompt(start):
+    """The prompt text: start itself, or the contents of the file named after 'FILE:'."""
+    if start.startswith('FILE:'):
+        path = start[len('FILE:'):]
+        if not os.path.isfile(path):
+            raise UserError(f"prompt file '{path}' not found")
+        with open(path, 'r', encoding='utf-8') as f:
+            start = f.read()
+        if not start:
+            raise UserError(f"prompt file '{path}' is empty; put the text to continue in it")
+    if not start:
+        raise UserError("the prompt is empty; pass some text with --start=... "
+                        "(for GPT-2, --start='<|endoftext|>' starts from nothing)")
+    return start

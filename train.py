@@ -93,10 +93,8 @@ if 'backend' not in explicit:
 
 # -----------------------------------------------------------------------------
 # check the settings before anything is started or written
-for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'max_iters', 'eval_iters',
-             'eval_interval', 'log_interval', 'n_layer', 'n_head', 'n_embd'):
-    if globals()[name] <= 0:
-        raise UserError(f"{name} must be a positive number, got {globals()[name]}")
+configurator.require_positive(globals(), 'batch_size', 'block_size', 'gradient_accumulation_steps', 'max_iters',
+                             'eval_iters', 'eval_interval', 'log_interval', 'n_layer', 'n_head', 'n_embd')
 if not 0.0 <= dropout < 1.0:
     raise UserError(f"dropout must be in [0, 1), got {dropout}")
 if n_embd % n_head != 0:
