@@ -184,7 +184,7 @@ def bench_bpe(workdir, size_mb):
     ref = measure([__file__, '--reference_bpe', corpus, valid, ref_dir])
     new = measure(['data/tinystories/prepare.py', '--train_file', corpus, '--val_file', valid,
                    '--name', '_bench_tinystories', '--force'])
-    tokens = (os.path.getsize(os.path.join(ref_dir, 'train.bin')) + os.path.getsize(os.path.join(ref_dir, 'val.bin'))) // 2
+    tokens = sum(os.path.getsize(os.path.join(ref_dir, f'{split}.bin')) for split in ('train', 'val')) // 2
     identical = 'yes' if same_files(ref_dir, out_dir) else 'NO'
     shutil.rmtree(out_dir)
     rows = [['reference: one encode_ordinary per story', f'{ref[0]:.1f}', f'{ref[2]:.1f}', f'{tokens / ref[0]:,.0f}',
@@ -211,8 +211,8 @@ def main():
         return reference_char(*args.reference_char)
     if args.reference_bpe:
         return reference_bpe(*args.reference_bpe)
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPU cores ({len(os.sched_getaffinity(0))} usable), {platform.processor() or platform.machine()}, "
-          f"Python {platform.python_version()}, numpy {np.__version__}")
+    print(f"machine: {platform.platform()}, {os.cpu_count()} CPU cores ({len(os.sched_getaffinity(0))} usable), "
+          f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, numpy {np.__version__}")
     workdir = args.workdir or tempfile.mkdtemp(prefix='bench_prepare_')
     os.makedirs(workdir, exist_ok=True)
     print("load average before: %.2f %.2f %.2f (other jobs on this machine slow the wall times; CPU s is the "

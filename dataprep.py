@@ -464,8 +464,9 @@ def story_sources(train_file=None, val_file=None, hub_name=TINYSTORIES_HUB, hub_
             check_input_file(f, '--train_file/--val_file')
         exts = {os.path.splitext(f)[1] for f in (train_file, val_file)}
         if exts == {'.txt'}:
-            return {'train': lambda sep=None: txt_story_batches(train_file, errors, desc='train stories', separator=sep),
-                    'val': lambda sep=None: txt_story_batches(val_file, errors, desc='val stories', separator=sep)}
+            return {split: lambda sep=None, path=path, desc=f'{split} stories':
+                    txt_story_batches(path, errors, desc=desc, separator=sep)
+                    for split, path in (('train', train_file), ('val', val_file))}
         if not exts <= set(LOCAL_BUILDERS) or len({LOCAL_BUILDERS[e] for e in exts}) > 1:
             raise UserError(f"--train_file/--val_file must both be .txt (TinyStories' format) or both "
                             f".json/.jsonl or .parquet, not {' and '.join(sorted(exts))}")
@@ -849,7 +850,8 @@ def story_arguments(description, own):
     parser.add_argument('--train_file', help="local train stories: TinyStories*-train.txt ('<|endoftext|>' lines "
                                              "between stories) or .json/.jsonl/.parquet with a 'text' field")
     parser.add_argument('--val_file', help='local validation stories, same format as --train_file')
-    parser.add_argument('--hub_name', default=TINYSTORIES_HUB, help='Hugging Face dataset loaded when no files are given')
+    parser.add_argument('--hub_name', default=TINYSTORIES_HUB,
+                        help='Hugging Face dataset loaded when no files are given')
     parser.add_argument('--hub_txt', choices=['TinyStories', 'TinyStoriesV2-GPT4'],
                         help="download this .txt pair from the hub dataset's repository and read it")
     parser.add_argument('--name', default=own, help=f'output folder data/<name>/ (default {own})')

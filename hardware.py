@@ -54,10 +54,21 @@ def check_device(device):
     return dev.type
 
 
+def cpu_has_fast_bfloat16():
+    """Whether the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    cpu = getattr(torch, 'cpu', None)
+    checks = ('_is_avx512_bf16_supported', '_is_amx_tile_supported')
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
 def default_dtype(device):
-    """nanoGPT's choice on CUDA (bf16 where supported, else fp16); float32 elsewhere."""
-    if device_type(device) == 'cuda':
+    """nanoGPT's choice on CUDA (bf16 where supported, else fp16); on CPUs bf16 autocast where the
+    hardware has bf16 instructions; float32 elsewhere."""
+    kind = device_type(device)
+    if kind == 'cuda':
         return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+    if kind == 'cpu' and cpu_has_fast_bfloat16():
+        return 'bfloat16'
     return 'float32'
 
 

@@ -78,6 +78,7 @@ fsdp = False  # under torchrun, shard parameters, gradients and optimizer state 
 device = hardware.best_device()  # 'cuda', 'cuda:N', 'mps' or 'cpu'; the best one here by default
 dtype = hardware.default_dtype(device)  # 'float32', 'bfloat16' or 'float16' (the last uses a GradScaler)
 compile = True  # torch.compile the model; off by default where it does not pay (CPU, MPS)
+compile_mode = 'default'  # torch.compile's mode: 'reduce-overhead' (CUDA graphs) helps small models on GPUs
 seed = 1337
 data_on_device = True  # on a GPU, keep a dataset that fits easily in its memory there and sample batches on it
 # -----------------------------------------------------------------------------
@@ -248,8 +249,9 @@ resume_state = None  # free the memory it holds
 
 net = model  # the plain module: its state_dict is what checkpoints hold
 if compile:
-    print("compiling the model... (takes a ~minute)")
-    model = torch.compile(model)
+    print(f"compiling the model (mode {compile_mode})... (takes a ~minute)")
+    torch._dynamo.config.suppress_errors = True  # a graph the compiler cannot handle runs eagerly instead of failing
+    model = torch.compile(model, mode=compile_mode)
 if ddp and not fsdp:
     model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
 # under DDP evaluation runs on rank 0 alone, outside DDP; under FSDP every rank takes part
@@ -332,11 +334,16 @@ signal.signal(signal.SIGINT, request_stop)
 signal.signal(signal.SIGTERM, request_stop)
 
 
+# The ranks agree on stopping through a CPU (gloo) group: a flag on the GPU would make every
+# iteration wait for the GPU to drain, which is what the training loop otherwise avoids.
+stop_group = torch.distributed.new_group(backend='gloo') if ddp and backend != 'gloo' else None
+
+
 def all_ranks_agree_to_stop():
     if not ddp:
         return stop_signal is not None
-    flag = torch.tensor([1 if stop_signal is not None else 0], device=device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    flag = torch.tensor([1 if stop_signal is not None else 0])
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=stop_group)
     return bool(flag.item())
 
 

@@ -413,8 +413,8 @@ def test_tinystories_local_datasets_source_matches_txt(tmp_path, scratch, hf_env
     """The .jsonl files go through load_dataset like the hub load and must give the same bytes."""
     txt_name, json_name = scratch('tsc_txt'), scratch('tsc_json')
     run_script('data/tinystories_char/prepare.py', *interleave(write_story_files(tmp_path, 'txt')), '--name', txt_name)
-    run_script('data/tinystories_char/prepare.py', *interleave(write_story_files(tmp_path, 'jsonl')), '--name', json_name,
-               env=hf_env)
+    run_script('data/tinystories_char/prepare.py', *interleave(write_story_files(tmp_path, 'jsonl')),
+               '--name', json_name, env=hf_env)
     assert digests(txt_name) == digests(json_name)
 
 

@@ -19,13 +19,14 @@ if __name__ == '__main__':
     parser.add_argument('--source', help='local documents instead of the hub: a file, folder or glob of .txt '
                                          "(one document per file), .json/.jsonl or .parquet files (a 'text' field)")
     parser.add_argument('--hub_name', default='Skylion007/openwebtext', help='Hugging Face dataset to load')
-    parser.add_argument('--num_proc', type=int, default=dataprep.cpu_cores(), help='processes for loading and tokenizing')
+    parser.add_argument('--num_proc', type=int, default=dataprep.cpu_cores(),
+                        help='processes for loading and tokenizing')
     parser.add_argument('--name', default='openwebtext', help='output folder data/<name>/')
     parser.add_argument('--force', action='store_true', help='overwrite data/<name>/ when it holds another dataset')
     args = parser.parse_args()
     out_dir = dataprep.output_dir(args.name, args.force, own='openwebtext')
     if args.source:
-        kind, files = dataprep.local_files(args.source)
+        _, files = dataprep.local_files(args.source)
         documents = dataprep.load_documents(data_files={'train': files}, num_proc=args.num_proc)
     else:
         documents = dataprep.load_documents(args.hub_name, num_proc=args.num_proc)

@@ -1,7 +1,8 @@
 """TinyStories in GPT-2 BPE: each story's tiktoken encode_ordinary tokens, then <|endoftext|> (50256); uint16.
 
     python data/tinystories/prepare.py                        # Hugging Face roneneldan/TinyStories
-    python data/tinystories/prepare.py --train_file TinyStoriesV2-GPT4-train.txt --val_file TinyStoriesV2-GPT4-valid.txt
+    python data/tinystories/prepare.py --train_file TinyStoriesV2-GPT4-train.txt \
+                                       --val_file TinyStoriesV2-GPT4-valid.txt
 
 train.bin from the train split, val.bin from the validation split. No meta.pkl (GPT-2 vocabulary).
 """

@@ -1,7 +1,8 @@
 """TinyStories at character level: each story followed by the separator symbol '␃' (meta['separator']).
 
     python data/tinystories_char/prepare.py                   # Hugging Face roneneldan/TinyStories
-    python data/tinystories_char/prepare.py --train_file TinyStoriesV2-GPT4-train.txt --val_file TinyStoriesV2-GPT4-valid.txt
+    python data/tinystories_char/prepare.py --train_file TinyStoriesV2-GPT4-train.txt \
+                                            --val_file TinyStoriesV2-GPT4-valid.txt
 
 train.bin from the train split, val.bin from the validation split; the vocabulary covers both.
 """
