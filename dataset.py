@@ -124,3 +124,9 @@ def get_resident_batch(data, batch_size, block_size, generator):
     ix = torch.randint(len(data) - block_size, (batch_size, 1), device=data.device, generator=generator)
     chunk = data[ix + torch.arange(block_size + 1, device=data.device)].long()
     return chunk[:, :-1], chunk[:, 1:]
+
+
+def eval_batch_seed(seed, split):
+    """Seed of the generator behind the fixed evaluation batches of a split. train.py's
+    evaluation and evaluate.py both use it, so they score the same tokens."""
+    return seed * 7919 + {'train': 0, 'val': 1}.get(split, 2)

@@ -8,8 +8,8 @@ $ python evaluate.py --init_from=gpt2 --dataset=openwebtext --eval_iters=500 --b
 
 Two modes:
 - fixed batches (default): eval_iters batches of batch_size random windows of block_size
-  tokens per split, drawn from a torch.Generator seeded with seed * 7919 + split number
-  (train 0, val 1), the scheme of train.py's evaluation. With the checkpoint's own
+  tokens per split, drawn from a torch.Generator seeded by dataset.eval_batch_seed, as in
+  train.py's evaluation. With the checkpoint's own
   batch_size, eval_iters and seed (the defaults) the numbers are those train.py printed
   when it saved that checkpoint.
 - full pass (--full_pass=True, val only unless --splits says otherwise): the split cut into
@@ -53,12 +53,7 @@ dtype = hardware.default_dtype(device)  # 'float32', 'bfloat16' or 'float16'
 compile = False
 # -----------------------------------------------------------------------------
 
-SPLIT_NUMBERS = {'train': 0, 'val': 1}  # as in train.py's evaluation, so the batches are the same
 GPT2_VOCAB_SIZE = 50257
-
-
-def split_number(split, order):
-    return SPLIT_NUMBERS.get(split, len(SPLIT_NUMBERS) + order)
 
 
 @torch.no_grad()
@@ -187,14 +182,14 @@ def main(explicit):
     else:
         print(f"fixed batches: {eval_iters} batches of {batch_size} x {block_size} tokens per split, seed {seed}")
     results = {}
-    for order, s in enumerate(split_names):
+    for s in split_names:
         t0 = time.time()
         if full_pass:
             loss, n_predicted = full_pass_loss(model, paths[s], token_dtype, batch_size, block_size, device, ctx,
                                                report_every=100)
         else:
             loss = fixed_batch_loss(model, paths[s], token_dtype, batch_size, block_size, eval_iters,
-                                    seed * 7919 + split_number(s, order), device, ctx)
+                                    datasets.eval_batch_seed(seed, s), device, ctx)
             n_predicted = eval_iters * batch_size * block_size
         results[s] = dict(loss=loss, perplexity=perplexity(loss), tokens=n_predicted)
         print(f"{s}: loss {loss:.4f}, perplexity {perplexity(loss):.4f} ({n_predicted:,} tokens, "

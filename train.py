@@ -264,8 +264,8 @@ def estimate_loss():
     """Mean loss per split over eval_iters fixed batches (the same ones at every evaluation)."""
     out = {}
     eval_model.eval()
-    for split_index, split in enumerate(('train', 'val')):
-        generator = torch.Generator(device=train_generator.device).manual_seed(seed * 7919 + split_index)
+    for split in ('train', 'val'):
+        generator = torch.Generator(device=train_generator.device).manual_seed(datasets.eval_batch_seed(seed, split))
         losses = torch.zeros(eval_iters, device=device)
         for k in range(eval_iters):
             X, Y = get_batch(split, generator)
