@@ -113,6 +113,8 @@ if profile:
 else:
     X, Y = get_batch()
     for stage, num_steps in (('warm-up', warmup_iters), ('benchmark', bench_iters)):
+        if num_steps <= 0:
+            continue
         hardware.sync(device)
         t0 = time.time()
         for k in range(num_steps):

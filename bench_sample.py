@@ -70,8 +70,8 @@ name, m = shakespeare_model()
 models.append((name, m, [shakespeare_tokens]))
 
 print(f"device: {device}, dtype: {dtype}, torch threads: {torch.get_num_threads()}")
-print(f"| model | new tokens | no cache (tokens/s) | KV cache (tokens/s) | speed-up | same tokens |")
-print(f"|---|---:|---:|---:|---:|---|")
+print("| model | new tokens | no cache (tokens/s) | KV cache (tokens/s) | speed-up | same tokens |")
+print("|---|---:|---:|---:|---:|---|")
 for name, m, counts in models:
     m.eval().to(device)
     for n in counts:

@@ -19,15 +19,19 @@ COMPILED_PREFIX = '_orig_mod.'  # what torch.compile puts in front of every para
 NANOGPT_MODEL_ARGS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout')
 
 
-def model_args_of(config):
-    """model_args for a checkpoint: nanoGPT's keys, plus newer GPTConfig fields only where they
-    differ from their defaults, so that ordinary checkpoints stay loadable by nanoGPT's GPTConfig."""
+def architecture_entries(config):
+    """The checkpoint entries that describe the model: model_args with exactly nanoGPT's keys, so
+    that nanoGPT's GPTConfig(**model_args) accepts every checkpoint written here, and
+    model_args_extra with newer GPTConfig fields where they differ from their defaults (GPT-2's
+    tanh GELU after from_pretrained). nanoGPT ignores the extra entry and runs such a model with
+    the exact GELU, as it does GPT-2 itself."""
     defaults = GPTConfig()
-    args = {k: getattr(config, k) for k in NANOGPT_MODEL_ARGS}
-    for field in GPTConfig.__dataclass_fields__:
-        if field not in args and getattr(config, field) != getattr(defaults, field):
-            args[field] = getattr(config, field)
-    return args
+    entries = {'model_args': {k: getattr(config, k) for k in NANOGPT_MODEL_ARGS}}
+    extra = {field: getattr(config, field) for field in GPTConfig.__dataclass_fields__
+             if field not in NANOGPT_MODEL_ARGS and getattr(config, field) != getattr(defaults, field)}
+    if extra:
+        entries['model_args_extra'] = extra
+    return entries
 
 
 def save(checkpoint, out_dir, name=CKPT_NAME):
@@ -125,8 +129,9 @@ def clean_state_dict(state_dict):
 
 
 def model_from_checkpoint(checkpoint, **overrides):
-    """A GPT built from the checkpoint's model_args (plus overrides such as dropout) with its weights."""
-    args = dict(checkpoint['model_args'], **overrides)
+    """A GPT built from the checkpoint's model_args and model_args_extra (plus overrides such as
+    dropout) with its weights."""
+    args = {**checkpoint['model_args'], **checkpoint.get('model_args_extra', {}), **overrides}
     unknown = set(args) - set(GPTConfig.__dataclass_fields__)
     if unknown:
         raise UserError(f"checkpoint model_args has unknown keys {sorted(unknown)}; it was written by a newer version")
@@ -195,3 +200,18 @@ def load_sharded_optimizer_state(model, optimizer, optimizer_state):
     }
     set_optimizer_state_dict(model, optimizer, optim_state_dict=by_name,
                              options=StateDictOptions(full_state_dict=True))
+
+
+def load_model(init_from, out_dir):
+    """A model to run rather than train: the checkpoint in out_dir (init_from='resume'), or GPT-2's
+    weights (a gpt2* name or a transformers GPT-2 directory). Returns (model, checkpoint or None)."""
+    if init_from == 'resume':
+        ckpt = load(out_dir, sample_name(out_dir))
+        return model_from_checkpoint(ckpt, dropout=0.0), ckpt
+    if init_from.startswith('gpt2') or os.path.isdir(init_from):
+        try:
+            return GPT.from_pretrained(init_from, dict(dropout=0.0)), None
+        except ValueError as e:
+            raise UserError(str(e))
+    raise UserError(f"unknown init_from '{init_from}'; use resume (with --out_dir), one of gpt2, gpt2-medium, "
+                    "gpt2-large, gpt2-xl, or a directory holding a transformers GPT-2 checkpoint")

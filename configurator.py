@@ -18,7 +18,9 @@ from errors import UserError
 
 
 def settable_keys(namespace):
-    return {k for k, v in namespace.items() if not k.startswith('_') and isinstance(v, (bool, int, float, str, type(None)))}
+    """The script's settings: lower-case globals holding plain values (UPPER_CASE ones are constants)."""
+    return {k for k, v in namespace.items()
+            if not k.startswith('_') and not k.isupper() and isinstance(v, (bool, int, float, str, type(None)))}
 
 
 def _closest(key, known):

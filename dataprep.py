@@ -283,13 +283,12 @@ def _story_lines_split(block, partial, separator=None):
 
     partial: pieces of the story still open from earlier blocks (extended in place).
     Returns the stories completed in this block, stripped of surrounding whitespace, as a
-    list; or, given a separator character, as (text, number of stories): every story
-    followed by the separator.
+    list; or, given a separator character, as join_stories does.
     """
     markers = block.count(STORY_LINE)
     if markers == 0:
         partial.append(block)
-        return [] if separator is None else ('', 0)
+        return [] if separator is None else (b'', 0, 0)
     if block.count(PLAIN_SEPARATOR_LINE) == markers:
         # The usual case, and fast: every marker has a newline on both sides, so each is a line of its own.
         last = block.rfind(PLAIN_SEPARATOR_LINE)
@@ -300,19 +299,39 @@ def _story_lines_split(block, partial, separator=None):
         if separator is not None and separator not in head:
             # Character level needs no story strings when none has whitespace to strip and none is empty.
             text = head.replace(PLAIN_SEPARATOR_LINE, separator) + separator
-            if _stories_are_clean(text, separator):
-                return text, markers
+            data = text.encode('utf-8')
+            if _stories_are_clean(data, separator):
+                return data, len(text), markers
         stories = [story for story in map(str.strip, head.split(PLAIN_SEPARATOR_LINE)) if story]
     else:
         stories = _split_at_marker_lines(block, partial)
     return stories if separator is None else join_stories(stories, separator)
 
 
-def _stories_are_clean(text, separator):
-    """Whether no story in text (each followed by separator) is empty or starts or ends with whitespace."""
-    after = re.compile(re.escape(separator) + r'\s')   # a literal first: re scans fast
-    return (not (text[0].isspace() or text[0] == separator or separator * 2 in text)
-            and not after.search(text) and not after.search(text[::-1]))
+_ASCII_SPACE = np.array([chr(b).isspace() for b in range(128)] + [False] * 128)
+_SPACE_FIRST_BYTES = np.isin(np.arange(256), [ch.encode()[0] for ch in map(chr, range(128, 0x3001)) if ch.isspace()])
+_SPACE_LAST_BYTES = np.isin(np.arange(256), [ch.encode()[-1] for ch in map(chr, range(128, 0x3001)) if ch.isspace()])
+
+
+def _stories_are_clean(data, separator):
+    """Whether no story in data (UTF-8, every story followed by separator) is empty or starts
+    or ends with whitespace, i.e. whether str.strip would leave every story as it is."""
+    sep = separator.encode('utf-8')
+    arr = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(arr == sep[-1]) - (len(sep) - 1)   # where each separator starts (UTF-8 is
+    ends = ends[ends >= 0]                                   # self-synchronizing: a match is a character)
+    for i in range(len(sep) - 1):
+        ends = ends[arr[ends + i] == sep[i]]
+    starts = np.concatenate([[0], ends[:-1] + len(sep)])
+    if len(ends) == 0 or (starts == ends).any():   # an empty story
+        return False
+    first, last = arr[starts], arr[ends - 1]
+    if _ASCII_SPACE[first].any() or _ASCII_SPACE[last].any():
+        return False
+    # Non-ASCII whitespace (U+00A0, U+3000, ...) is rare: decode only characters whose bytes could be one.
+    return not (any(data[p:p + 4].decode('utf-8', 'ignore')[:1].isspace() for p in starts[_SPACE_FIRST_BYTES[first]])
+                or any(data[max(p - 4, 0):p].decode('utf-8', 'ignore')[-1:].isspace()
+                       for p in ends[_SPACE_LAST_BYTES[last]]))
 
 
 def _split_at_marker_lines(block, partial):
@@ -343,17 +362,17 @@ def _split_at_marker_lines(block, partial):
 
 
 def join_stories(stories, separator):
-    """(text, number of stories): each story followed by the separator, which no story may contain."""
+    """(UTF-8 text, characters, stories): each story followed by the separator, which no story may contain."""
     text = separator.join(stories) + separator if stories else ''
     if text.count(separator) != len(stories):
         raise UserError(f"a story contains the separator {separator!r} (U+{ord(separator):04X}) itself; "
                         "choose another character with --separator")
-    return text, len(stories)
+    return text.encode('utf-8'), len(text), len(stories)
 
 
 def txt_story_batches(path, errors='strict', chunk_bytes=CHUNK_BYTES, desc=None, separator=None):
     """Stories of a TinyStories*.txt file: a list per chunk read, or with a separator
-    (text, number of stories) per chunk, each story followed by the separator.
+    (UTF-8 text, characters, stories) per chunk, each story followed by the separator.
 
     Stories are separated by a line holding only '<|endoftext|>' (surrounding spaces and a
     '\\r' allowed). Each story is stripped of surrounding whitespace; empty ones are dropped.
@@ -366,7 +385,7 @@ def txt_story_batches(path, errors='strict', chunk_bytes=CHUNK_BYTES, desc=None,
         block, tail = text[:cut], text[cut:]
         if block:
             done = _story_lines_split(block, partial, separator)
-            if done if separator is None else done[1]:
+            if done if separator is None else done[2]:
                 yield done
         if len(tail) + sum(map(len, partial)) > MAX_STORY_CHARS:
             raise UserError(f"{path} has over {MAX_STORY_CHARS:,} characters without a line holding {STORY_LINE}: "
@@ -381,7 +400,7 @@ def txt_story_batches(path, errors='strict', chunk_bytes=CHUNK_BYTES, desc=None,
 
 def dataset_story_batches(dset, batch_size=8192, desc=None, separator=None):
     """Stories of a Hugging Face datasets split (its 'text' column), stripped, empty ones dropped:
-    a list per batch, or with a separator (text, number of stories) as txt_story_batches."""
+    a list per batch, or with a separator (UTF-8 text, characters, stories) as txt_story_batches."""
     if 'text' not in dset.column_names:
         raise UserError(f"the source has no 'text' column (columns: {', '.join(dset.column_names)}); "
                         "give it one with the stories")
@@ -444,8 +463,9 @@ def load_documents(hub_name=None, data_files=None, num_proc=None):
 
 
 def story_sources(train_file=None, val_file=None, hub_name=TINYSTORIES_HUB, hub_txt=None, errors='strict'):
-    """{'train': f, 'val': f}: f() yields lists of stories, f(separator) yields (text, number of
-    stories) with the separator after each story (see txt_story_batches); f can be called again.
+    """{'train': f, 'val': f}: f() yields lists of stories, f(separator) yields (UTF-8 text,
+    characters, stories) with the separator after each story (see txt_story_batches); f can
+    be called again.
 
     Sources: the Hugging Face datasets load of hub_name (train and validation splits, the
     default); local files given as train_file/val_file: TinyStories*.txt files (stories
@@ -669,10 +689,9 @@ def prepare_char_stories(splits, out_dir, separator=STORY_SEPARATOR):
             counts[split] = stories[split] = 0
             texts[split] = out.scratch(f'{split}.txt')
             with open(texts[split], 'wb') as f, _Pipeline() as pipeline:
-                for text, n_stories in batches(separator):
-                    pipeline.submit(lambda data: (mark_utf8_characters(data, seen), f.write(data)),
-                                    text.encode('utf-8'))
-                    counts[split] += len(text)
+                for data, n_chars, n_stories in batches(separator):
+                    pipeline.submit(lambda data: (mark_utf8_characters(data, seen), f.write(data)), data)
+                    counts[split] += n_chars
                     stories[split] += n_stories
         _check_splits(stories, 'stories')
         print(f"length of dataset in characters: {sum(counts.values()):,} "

@@ -99,11 +99,11 @@ def get_batch(path, dtype, batch_size, block_size, device, generator=None):
     data = open_tokens(path, dtype)
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
     chunk = torch.from_numpy(data[ix[:, None] + np.arange(block_size + 1)].astype(np.int64))
-    x, y = chunk[:, :-1], chunk[:, 1:]
+    x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
     if torch.device(device).type == 'cuda':
         # pinned host memory lets the copy run asynchronously with the GPU's work
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.contiguous().to(device), y.contiguous().to(device)
+    return x.to(device), y.to(device)
 
 
 def fits_on_device(paths, device, fraction=0.1):
@@ -120,10 +120,11 @@ def load_to_device(path, dtype, device):
 
 
 def get_resident_batch(data, batch_size, block_size, generator):
-    """get_batch for tokens already in device memory: offsets drawn and windows gathered there."""
-    ix = torch.randint(len(data) - block_size, (batch_size, 1), device=data.device, generator=generator)
+    """get_batch for tokens already in device memory: windows gathered there. The offsets come from
+    the same CPU generator as get_batch's, so both draw the same batches for the same seed."""
+    ix = torch.randint(len(data) - block_size, (batch_size, 1), generator=generator).to(data.device, non_blocking=True)
     chunk = data[ix + torch.arange(block_size + 1, device=data.device)].long()
-    return chunk[:, :-1], chunk[:, 1:]
+    return chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
 
 
 def eval_batch_seed(seed, split):

@@ -35,10 +35,9 @@ import configurator
 import dataset as datasets
 import hardware
 from errors import UserError
-from model import GPT
 
 # -----------------------------------------------------------------------------
-init_from = 'resume'  # 'resume' (the checkpoint in out_dir) or a GPT-2 model: gpt2, gpt2-medium, gpt2-large, gpt2-xl
+init_from = 'resume'  # 'resume' (the checkpoint in out_dir), gpt2, gpt2-medium, gpt2-large, gpt2-xl or a transformers GPT-2 directory
 out_dir = 'out'
 dataset = ''  # default: the dataset the checkpoint was trained on (openwebtext for GPT-2)
 splits = 'train,val'  # comma-separated; with full_pass the default is val alone
@@ -114,21 +113,11 @@ def perplexity(loss):
 
 def load_model():
     """The model, the dataset it goes with and the training settings that set our defaults."""
-    if init_from == 'resume':
-        name = checkpoint.sample_name(out_dir)
-        ckpt = checkpoint.load(out_dir, name)
-        model = checkpoint.model_from_checkpoint(ckpt, dropout=0.0)
-        trained = dict(ckpt.get('config') or {})
-        where = f"{os.path.join(out_dir, name)} (iter {ckpt.get('iter_num', '?')})"
-        return model, trained, where
-    if init_from.startswith('gpt2'):
-        try:
-            model = GPT.from_pretrained(init_from, dict(dropout=0.0))
-        except ValueError as e:
-            raise UserError(str(e))
-        return model, dict(dataset='openwebtext', eval_iters=200, batch_size=8, seed=1337), init_from
-    raise UserError(f"unknown init_from '{init_from}'; use resume (with --out_dir) or one of gpt2, gpt2-medium, "
-                    "gpt2-large, gpt2-xl")
+    model, ckpt = checkpoint.load_model(init_from, out_dir)
+    if ckpt is not None:
+        where = f"{os.path.join(out_dir, checkpoint.sample_name(out_dir))} (iter {ckpt.get('iter_num', '?')})"
+        return model, dict(ckpt.get('config') or {}), where
+    return model, dict(dataset='openwebtext', eval_iters=200, batch_size=8, seed=1337), init_from
 
 
 def positive_int(name, value):

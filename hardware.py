@@ -16,7 +16,7 @@ DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch
 # torch.cuda.get_device_name(). Order matters: more specific names first.
 GPU_PEAK_BF16_FLOPS = [
     ('H100 PCIe', 756e12), ('H100 NVL', 835e12), ('H100', 989e12), ('H200', 989e12), ('H800', 989e12),
-    ('GH200', 989e12), ('B200', 2250e12), ('A100', 312e12), ('A800', 312e12), ('A10G', 70e12),
+    ('B200', 2250e12), ('A100', 312e12), ('A800', 312e12), ('A10G', 70e12),
     ('A10', 125e12), ('L40S', 362e12), ('L40', 181e12), ('L4', 121e12), ('A6000', 155e12),
     ('RTX 4090', 165e12), ('RTX 3090', 71e12), ('V100', 125e12), ('T4', 65e12),
 ]
@@ -66,7 +66,8 @@ def default_dtype(device):
     hardware has bf16 instructions; float32 elsewhere."""
     kind = device_type(device)
     if kind == 'cuda':
-        return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+        # without including_emulation=False, GPUs that only emulate bf16 (T4, V100) would say yes
+        return 'bfloat16' if torch.cuda.is_bf16_supported(including_emulation=False) else 'float16'
     if kind == 'cpu' and cpu_has_fast_bfloat16():
         return 'bfloat16'
     return 'float32'
@@ -76,7 +77,7 @@ def check_dtype(device, dtype):
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
     kind = device_type(device)
-    if kind == 'cuda' and dtype == 'bfloat16' and not torch.cuda.is_bf16_supported():
+    if kind == 'cuda' and dtype == 'bfloat16' and not torch.cuda.is_bf16_supported(including_emulation=False):
         raise UserError("this GPU cannot run bfloat16; use --dtype=float16 (or float32)")
     if kind == 'cpu' and dtype == 'float16':
         raise UserError("float16 autocast is not supported on CPU; use --dtype=bfloat16 or --dtype=float32")

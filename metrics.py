@@ -25,7 +25,6 @@ import math
 import os
 
 COLUMNS = ('iter', 'kind', 'tokens', 'train_loss', 'val_loss', 'lr', 'ms_per_iter', 'mfu')
-INT_COLUMNS = ('iter', 'tokens')
 FLOAT_COLUMNS = ('train_loss', 'val_loss', 'lr', 'ms_per_iter', 'mfu')
 KINDS = ('train', 'eval')
 FILE_NAME = 'metrics.csv'

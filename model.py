@@ -207,7 +207,7 @@ class GPT(nn.Module):
             kv_cache.length += T
         if targets is not None:
             logits = self.lm_head(x)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
             return logits, loss
         return self.lm_head(x[:, [-1], :]), None  # the list index keeps the time dimension
 
@@ -226,9 +226,12 @@ class GPT(nn.Module):
         if name not in PRETRAINED_SHAPES and not os.path.isdir(name):
             raise ValueError(f"unknown pretrained model '{name}': use one of {', '.join(PRETRAINED_SHAPES)} "
                              "or a directory holding a transformers GPT-2 checkpoint")
-        from transformers import GPT2LMHeadModel
         print(f"loading weights from pretrained gpt: {name}")
-        hf_model = GPT2LMHeadModel.from_pretrained(name)
+        try:
+            from transformers import GPT2LMHeadModel
+            hf_model = GPT2LMHeadModel.from_pretrained(name)
+        except (ImportError, OSError) as e:  # no transformers, no network, or not a GPT-2 checkpoint
+            raise ValueError(f"could not load '{name}' through transformers: {str(e).strip().splitlines()[0]}")
         hf_config = hf_model.config
         if hf_config.activation_function not in HF_ACTIVATIONS:
             raise ValueError(f"{name} uses activation '{hf_config.activation_function}', which this GPT does not implement")

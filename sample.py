@@ -8,7 +8,6 @@ Sample k is drawn with its own random generator seeded with seed + k, so the tex
 each sample depends only on the seed and its number: streamed one after another
 (the default) or generated together in one batch (--stream=False), the samples are the same.
 """
-import os
 import sys
 import time
 
@@ -18,8 +17,6 @@ import checkpoint
 import configurator
 import hardware
 import tokenizer
-from errors import UserError
-from model import GPT
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir), a gpt2 variant (e.g. 'gpt2-xl') or a transformers GPT-2 directory
@@ -50,24 +47,14 @@ if hardware.device_type(device) == 'cuda':
 ctx = hardware.autocast(device, dtype)
 
 # model and tokenizer
-if init_from == 'resume':
-    ckpt = checkpoint.load(out_dir, checkpoint.sample_name(out_dir), map_location='cpu')
-    model = checkpoint.model_from_checkpoint(ckpt, dropout=0.0)
-    tok = tokenizer.for_checkpoint(ckpt)
-    del ckpt
-elif init_from.startswith('gpt2') or os.path.isdir(init_from):
-    try:
-        model = GPT.from_pretrained(init_from, dict(dropout=0.0))
-    except ValueError as e:
-        raise UserError(str(e))
-    tok = tokenizer.BPETokenizer()
-else:
-    raise UserError(f"unknown init_from '{init_from}'; use resume (with --out_dir), one of gpt2, gpt2-medium, "
-                    "gpt2-large, gpt2-xl, or a directory holding a transformers GPT-2 checkpoint")
+model, ckpt = checkpoint.load_model(init_from, out_dir)
+tok = tokenizer.for_checkpoint(ckpt) if ckpt is not None else tokenizer.BPETokenizer()
+del ckpt  # the weights now live in the model
 model.eval()
 model.to(device)
 if compile:
-    model = torch.compile(model)
+    # generate() calls the model's forward directly; compile that, with shapes that vary per step
+    model.forward = torch.compile(model.forward, dynamic=True)
 
 # the prompt
 start = tokenizer.read_prompt(start)

@@ -108,8 +108,15 @@ hardware.check_dtype(device, dtype)
 if fsdp and int(os.environ.get('RANK', -1)) == -1:
     raise UserError("fsdp=True shards the model across processes started by torchrun; run "
                     "torchrun --standalone --nproc_per_node=N train.py ... --fsdp=True, or drop --fsdp")
+if compile_mode not in ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'):
+    raise UserError(f"unknown compile_mode '{compile_mode}'; use default, reduce-overhead, max-autotune "
+                    "or max-autotune-no-cudagraphs")
+if device_type == 'mps' and int(os.environ.get('RANK', -1)) != -1:
+    raise UserError("torchrun with device 'mps' is not supported by PyTorch's DDP; use --device=cpu, or one process")
 if fsdp and dtype == 'float16':
     raise UserError("fsdp=True does not support float16's gradient scaler; use --dtype=bfloat16 (or float32)")
+
+config = {k: globals()[k] for k in config_keys}  # what the run really uses, stored in checkpoints
 
 # -----------------------------------------------------------------------------
 # processes: one, or one per GPU/CPU slot under torchrun
@@ -133,7 +140,6 @@ else:
     master_process = True
     seed_offset = 0
     ddp_rank, ddp_world_size = 0, 1
-config = {k: globals()[k] for k in config_keys}  # what the run really uses, stored in checkpoints
 
 torch.manual_seed(seed)  # the same initial weights in every process (FSDP shards them as they are)
 if device_type == 'cuda':
@@ -182,7 +188,7 @@ if init_from == 'scratch':
 elif init_from == 'resume':
     resume_name = checkpoint.resume_name(out_dir)
     print(f"Resuming training from {os.path.join(out_dir, resume_name)}")
-    resume_state = checkpoint.load(out_dir, resume_name, map_location=device)
+    resume_state = checkpoint.load(out_dir, resume_name, map_location='cpu')  # RNG states must stay on the CPU
     ckpt_args = resume_state['model_args']
     asked = {k: globals()[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias') if k in explicit}
     conflicts = [f"{k}={v!r} (checkpoint has {ckpt_args[k]!r})" for k, v in asked.items() if ckpt_args[k] != v]
@@ -211,7 +217,6 @@ else:  # gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a transformers GPT-2 directo
         raise UserError(f"block_size {block_size} is larger than {init_from}'s {model.config.block_size}")
     if block_size < model.config.block_size:
         model.crop_block_size(block_size)
-model_args = checkpoint.model_args_of(model.config)
 model.to(device)
 torch.manual_seed(seed + seed_offset)  # but different dropout masks
 for split in bin_paths:
@@ -219,7 +224,6 @@ for split in bin_paths:
 if data_on_device and device_type == 'cuda' and datasets.fits_on_device(bin_paths.values(), device):
     # small models are bound by per-step overhead: gathering batches on the GPU removes the host work
     resident_data = {split: datasets.load_to_device(path, token_dtype, device) for split, path in bin_paths.items()}
-    train_generator = torch.Generator(device=device)
     print(f"keeping the dataset in {device} memory ({sum(t.numel() for t in resident_data.values()):,} tokens)")
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
 if master_process:
@@ -241,7 +245,7 @@ if resume_state is not None:
         checkpoint.load_sharded_optimizer_state(model, optimizer, resume_state['optimizer'])
     else:
         optimizer.load_state_dict(resume_state['optimizer'])
-    if 'scaler' in resume_state:
+    if resume_state.get('scaler') and scaler.is_enabled():  # a run without float16 saves an empty scaler
         scaler.load_state_dict(resume_state['scaler'])
     if 'rng_states' in resume_state and master_process:
         checkpoint.restore_rng_states(resume_state['rng_states'])
@@ -265,7 +269,7 @@ def estimate_loss():
     out = {}
     eval_model.eval()
     for split in ('train', 'val'):
-        generator = torch.Generator(device=train_generator.device).manual_seed(datasets.eval_batch_seed(seed, split))
+        generator = torch.Generator().manual_seed(datasets.eval_batch_seed(seed, split))
         losses = torch.zeros(eval_iters, device=device)
         for k in range(eval_iters):
             X, Y = get_batch(split, generator)
@@ -284,7 +288,7 @@ def get_lr(it):
     """Linear warmup (never 0, even at iteration 0), cosine decay, then min_lr."""
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it > lr_decay_iters:
+    if it >= lr_decay_iters:  # (equal: the cosine has reached min_lr; also no division by zero)
         return min_lr
     decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
     coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
@@ -306,7 +310,7 @@ def save_checkpoint(name):
     state = {
         'model': model_state,
         'optimizer': optimizer_state,
-        'model_args': model_args,
+        **checkpoint.architecture_entries(net.config),
         'iter_num': iter_num,
         'best_val_loss': best_val_loss,
         'config': config,
@@ -353,7 +357,8 @@ if wandb_log and master_process:
 
 # -----------------------------------------------------------------------------
 # training loop
-if master_process:
+logging_metrics = master_process and not eval_only  # an evaluation alone leaves a run's log as it is
+if logging_metrics:
     metrics_log = metrics.MetricsLog(out_dir, start_iter=iter_num)  # out_dir/metrics.csv, for plot.py
 seed_train_batches(iter_num)
 X, Y = get_batch('train', train_generator)  # first batch
@@ -370,6 +375,7 @@ while True:
         losses = estimate_loss()
         if master_process:
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        if logging_metrics:
             metrics_log.write(iter=iter_num, tokens=iter_num * tokens_per_iter, lr=lr,
                               train_loss=losses['train'], val_loss=losses['val'])
         if not math.isfinite(losses['val']):
@@ -380,14 +386,14 @@ while True:
                        "mfu": running_mfu * 100})
         improved = losses['val'] < best_val_loss
         best_val_loss = min(best_val_loss, losses['val'])
-        if iter_num > 0:
+        if iter_num > 0 and not eval_only:
             if improved or always_save_checkpoint:
                 save_checkpoint(checkpoint.CKPT_NAME)
                 if master_process:
                     checkpoint.mirror(out_dir, checkpoint.CKPT_NAME, checkpoint.LATEST_NAME)
             else:
                 save_checkpoint(checkpoint.LATEST_NAME)
-    if iter_num == 0 and eval_only:
+    if eval_only:
         break
 
     # forward and backward over gradient_accumulation_steps micro-batches
@@ -415,11 +421,12 @@ while True:
     t1 = time.time()
     dt = t1 - t0
     t0 = t1
-    if iter_num % log_interval == 0 and master_process:
+    if iter_num % log_interval == 0:
         lossf = loss.item() * gradient_accumulation_steps  # .item() waits for the GPU: only at log steps
-        if not math.isfinite(lossf):
+        if not math.isfinite(lossf):  # checked on every rank, so that all of them stop together
             raise UserError(f"loss is {lossf} at iter {iter_num}; nothing was saved over the checkpoints in {out_dir}. "
                             "Lower --learning_rate, or use --dtype=bfloat16 or float32")
+    if iter_num % log_interval == 0 and master_process:
         mfu = net.estimate_mfu(batch_size * gradient_accumulation_steps, dt) if local_iter_num >= 5 else None
         if mfu is not None:
             running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
@@ -439,7 +446,7 @@ while True:
                       "command with --init_from=resume")
         break
 
-if master_process:
+if logging_metrics:
     metrics_log.close()
 if ddp:
     destroy_process_group()

@@ -484,14 +484,18 @@ def test_our_checkpoint_loads_with_nanogpt_steps(tiny_run, name):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_model_args_are_nanogpts_unless_a_newer_field_is_in_use():
-    plain = checkpoint.model_args_of(GPTConfig(block_size=32, vocab_size=17, n_layer=2, n_head=2, n_embd=32))
-    assert set(plain) == set(checkpoint.NANOGPT_MODEL_ARGS)
-    NanoGPTConfig(**plain)
-    # GPT-2's tanh GELU (from_pretrained) must be recorded, or the model would change on reload
-    tanh = checkpoint.model_args_of(GPTConfig(block_size=32, vocab_size=17, n_layer=2, n_head=2, n_embd=32,
-                                              activation='gelu_tanh'))
-    assert tanh['activation'] == 'gelu_tanh'
+def test_model_args_are_always_nanogpts_and_newer_fields_go_beside_them():
+    plain = checkpoint.architecture_entries(GPTConfig(block_size=32, vocab_size=17, n_layer=2, n_head=2, n_embd=32))
+    assert list(plain) == ['model_args'] and set(plain['model_args']) == set(checkpoint.NANOGPT_MODEL_ARGS)
+    NanoGPTConfig(**plain['model_args'])
+    # GPT-2's tanh GELU (from_pretrained) must be recorded, or the model would change on reload,
+    # and nanoGPT's GPTConfig must still accept model_args
+    config = GPTConfig(block_size=32, vocab_size=17, n_layer=2, n_head=2, n_embd=32, activation='gelu_tanh')
+    tanh = checkpoint.architecture_entries(config)
+    NanoGPTConfig(**tanh['model_args'])
+    assert tanh['model_args_extra'] == {'activation': 'gelu_tanh'}
+    ckpt = {'model': GPT(config).state_dict(), **tanh}
+    assert checkpoint.model_from_checkpoint(ckpt).config.activation == 'gelu_tanh'
 
 
 def test_checkpoint_from_a_newer_version_is_refused_clearly(tiny_run):

@@ -392,8 +392,9 @@ def test_txt_story_parsing_is_independent_of_chunk_size(tmp_path, layout):
         got = [s for batch in dataprep.txt_story_batches(str(path), chunk_bytes=chunk) for s in batch]
         assert got == stories, chunk
         joined = list(dataprep.txt_story_batches(str(path), chunk_bytes=chunk, separator=SEP))
-        assert ''.join(text for text, _ in joined) == ''.join(s + SEP for s in stories), chunk
-        assert sum(n for _, n in joined) == len(stories)
+        expect = ''.join(s + SEP for s in stories)
+        assert b''.join(data for data, _, _ in joined).decode() == expect, chunk
+        assert sum(n for _, n, _ in joined) == len(expect) and sum(n for _, _, n in joined) == len(stories)
 
 
 def test_tinystories_char_from_txt_files(tmp_path, scratch):

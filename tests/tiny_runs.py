@@ -63,7 +63,7 @@ def make_model(activation='gelu', bias=True, block_size=16, n_layer=2, n_head=2,
 
 def save_checkpoint(model, out_dir, dataset_name, iter_num=100):
     os.makedirs(out_dir, exist_ok=True)
-    ckpt = {'model': model.state_dict(), 'optimizer': {}, 'model_args': checkpoint.model_args_of(model.config),
+    ckpt = {'model': model.state_dict(), 'optimizer': {}, **checkpoint.architecture_entries(model.config),
             'iter_num': iter_num, 'best_val_loss': 9.9,
             'config': {'dataset': dataset_name, 'batch_size': 4, 'eval_iters': 3, 'seed': 1337}}
     torch.save(ckpt, os.path.join(out_dir, 'ckpt.pt'))
