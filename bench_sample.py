@@ -6,8 +6,9 @@ $ python bench_sample.py --lengths=200 --device=cuda
 
 Rows: a GPT-2-124M-shaped model with random weights (1-token prompt, each length in
 `lengths`) and the shakespeare_char model (the checkpoint in shakespeare_out_dir when
-there is one, else random weights of its shape). Each row also checks that both paths
-return the same tokens.
+there is one, else random weights of its shape), once within its context window and once
+past it (where every step must run the whole window, cache or not). Each row also checks
+that both paths return the same tokens. `models` picks the rows: gpt2, shakespeare or both.
 """
 import os
 import time
@@ -24,6 +25,7 @@ from model import GPT, GPTConfig
 lengths = '200,1000'  # new tokens per run, comma-separated
 shakespeare_out_dir = 'out-shakespeare-char'
 shakespeare_tokens = 500
+models = 'gpt2,shakespeare'
 device = hardware.best_device()
 dtype = hardware.default_dtype(device)
 temperature = 1.0
@@ -65,14 +67,17 @@ def shakespeare_model():
 
 
 torch.manual_seed(seed)
-models = [("GPT-2 124M shape (random weights)", GPT(GPTConfig(block_size=1024, vocab_size=50257)), token_counts)]
-name, m = shakespeare_model()
-models.append((name, m, [shakespeare_tokens]))
+rows = []
+if 'gpt2' in models:
+    rows.append(("GPT-2 124M shape (random weights)", GPT(GPTConfig(block_size=1024, vocab_size=50257)), token_counts))
+if 'shakespeare' in models:
+    name, m = shakespeare_model()
+    rows.append((name, m, sorted({min(shakespeare_tokens, m.config.block_size - 1), shakespeare_tokens})))
 
 print(f"device: {device}, dtype: {dtype}, torch threads: {torch.get_num_threads()}")
 print("| model | new tokens | no cache (tokens/s) | KV cache (tokens/s) | speed-up | same tokens |")
 print("|---|---:|---:|---:|---:|---|")
-for name, m, counts in models:
+for name, m, counts in rows:
     m.eval().to(device)
     for n in counts:
         slow, out_slow = tokens_per_second(m, n, use_cache=False)

@@ -67,21 +67,26 @@ class LayerNorm(nn.Module):
 
 class KVCache:
     """Keys and values of the positions already seen, per layer, so that generation feeds
-    the model one new position per step instead of the whole context again."""
+    the model one new position per step instead of the whole context again. Storage for
+    max_length positions is allocated at the first append, so a step writes in place
+    instead of copying the whole cache."""
 
-    def __init__(self, n_layer):
+    def __init__(self, n_layer, max_length):
         self.keys = [None] * n_layer
         self.values = [None] * n_layer
+        self.max_length = max_length
         self.length = 0  # positions stored; advanced by GPT.forward once every layer has appended
 
     def append(self, layer, k, v):
         """Store this step's k, v (B, n_head, T, head_size) and return all keys and values so far."""
         if self.keys[layer] is None:
-            self.keys[layer], self.values[layer] = k, v
-        else:
-            self.keys[layer] = torch.cat((self.keys[layer], k), dim=2)
-            self.values[layer] = torch.cat((self.values[layer], v), dim=2)
-        return self.keys[layer], self.values[layer]
+            B, H, _, D = k.shape
+            self.keys[layer] = k.new_empty(B, H, self.max_length, D)
+            self.values[layer] = v.new_empty(B, H, self.max_length, D)
+        end = self.length + k.size(2)
+        self.keys[layer][:, :, self.length:end] = k
+        self.values[layer][:, :, self.length:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
 
 class CausalSelfAttention(nn.Module):
@@ -297,7 +302,7 @@ class GPT(nn.Module):
         independent of the others, so a row sampled in a batch equals the same row
         sampled alone; without them the global random stream is used.
         """
-        kv_cache = KVCache(self.config.n_layer) if use_cache else None
+        kv_cache = KVCache(self.config.n_layer, self.config.block_size) if use_cache else None
         for _ in range(max_new_tokens):
             if kv_cache is not None and idx.size(1) <= self.config.block_size:
                 new_tokens = idx if kv_cache.length == 0 else idx[:, -1:]

@@ -47,7 +47,7 @@ def test_cache_matches_reference(tiny, prompt_len, new_tokens, temperature, top_
 
 def test_cached_logits_match_full_forward(tiny):
     idx = torch.randint(53, (2, BLOCK), generator=torch.Generator().manual_seed(3))
-    cache = model_module.KVCache(tiny.config.n_layer)
+    cache = model_module.KVCache(tiny.config.n_layer, tiny.config.block_size)
     with torch.no_grad():
         tiny(idx[:, :4], kv_cache=cache)  # prefill
         for t in range(4, BLOCK):
@@ -67,7 +67,7 @@ def test_chunked_prefill_after_past_positions(tiny):
         for flash in (True, False):
             for block in tiny.transformer.h:
                 block.attn.flash = flash
-            cache = model_module.KVCache(tiny.config.n_layer)
+            cache = model_module.KVCache(tiny.config.n_layer, tiny.config.block_size)
             tiny(idx[:, :5], kv_cache=cache)
             chunk_logits, _ = tiny(idx[:, 5:], targets=torch.zeros_like(idx[:, 5:]), kv_cache=cache)
             torch.testing.assert_close(chunk_logits, full[:, 5:], rtol=0, atol=1e-5)
@@ -95,8 +95,8 @@ def test_cache_memory_released(tiny, monkeypatch):
     caches = []
 
     class TrackedCache(model_module.KVCache):
-        def __init__(self, n_layer):
-            super().__init__(n_layer)
+        def __init__(self, n_layer, max_length):
+            super().__init__(n_layer, max_length)
             caches.append(weakref.ref(self))
 
     monkeypatch.setattr(model_module, 'KVCache', TrackedCache)

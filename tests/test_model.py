@@ -178,7 +178,7 @@ def test_cached_chunks_match_full_forward(flash):
     idx = random_tokens((2, 20), seed=9)
     with torch.no_grad():
         full, _ = model(idx, idx)
-        cache = KVCache(model.config.n_layer)
+        cache = KVCache(model.config.n_layer, model.config.block_size)
         model(idx[:, :7], kv_cache=cache)
         chunk, _ = model(idx[:, 7:13], idx[:, 7:13].contiguous(), kv_cache=cache)
     torch.testing.assert_close(chunk, full[:, 7:13], atol=1e-5, rtol=1e-5)
