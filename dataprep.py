@@ -36,6 +36,9 @@ UNICODE_SIZE = 0x110000         # number of Unicode code points: the size of the
 UINT16_SYMBOLS = 65535          # vocabularies above this many symbols are stored as uint32
 SLICE = 1 << 20                 # code points per numpy lookup: intermediates stay in the CPU cache
 
+# tiny shakespeare, as both shakespeare datasets download it when input.txt is missing
+TINY_SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
+
 STORY_LINE = '<|endoftext|>'    # TinyStories*.txt: a line holding only this ends a story
 PLAIN_SEPARATOR_LINE = f'\n{STORY_LINE}\n'
 STORY_SEPARATOR = '\u2403'      # '␃' (SYMBOL FOR END OF TEXT): written after each story at character level

@@ -56,7 +56,12 @@ def read_meta(dataset):
 
 
 def token_dtype(meta):
-    return np.dtype((meta or {}).get('dtype', 'uint16'))
+    """The dtype of the .bin files: uint16 (nanoGPT's, the default) or uint32 for large vocabularies."""
+    name = (meta or {}).get('dtype', 'uint16')
+    if name not in ('uint16', 'uint32'):
+        raise UserError(f"meta.pkl names token dtype {name!r}; only uint16 and uint32 are written by the "
+                        "prepare scripts: re-create the dataset with its prepare.py")
+    return np.dtype(name)
 
 
 def prepare_command(dataset):

@@ -33,7 +33,7 @@ import torch
 import checkpoint
 import configurator
 from errors import UserError
-from model import GPT
+from model import CONV1D_WEIGHTS, GPT
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the checkpoint to export: out_dir/ckpt.pt (or latest.pt when it is the only one)
@@ -45,8 +45,6 @@ seed = 1337  # for the check's random prompts
 
 # our activation -> transformers' activation_function
 HF_ACTIVATION = {'gelu': 'gelu', 'gelu_tanh': 'gelu_new'}
-# transformers keeps GPT-2's Conv1D layers, whose weight is the transpose of nn.Linear's
-CONV1D_WEIGHTS = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
 GPT2_EOT = 50256  # <|endoftext|> in GPT-2's BPE
 
 

@@ -20,6 +20,8 @@ import hardware
 
 # transformers' names for GPT-2's activation, mapped to ours
 HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh', 'gelu_fast': 'gelu_tanh'}
+# transformers keeps GPT-2's original Conv1D layers, whose weights are the transpose of nn.Linear's
+CONV1D_WEIGHTS = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
 PRETRAINED_SHAPES = {
     'gpt2': dict(n_layer=12, n_head=12, n_embd=768),  # 124M params
     'gpt2-medium': dict(n_layer=24, n_head=16, n_embd=1024),  # 350M params
@@ -250,11 +252,9 @@ class GPT(nn.Module):
         if set(sd_hf) != set(sd):
             raise ValueError(f"{name}: parameter names differ from GPT-2's: "
                              f"{sorted(set(sd_hf) ^ set(sd))[:5]}")
-        # transformers keeps GPT-2's original Conv1D layers, whose weights are the transpose of nn.Linear's
-        transposed = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
         with torch.no_grad():
             for k, v in sd_hf.items():
-                v = v.t() if k.endswith(transposed) else v
+                v = v.t() if k.endswith(CONV1D_WEIGHTS) else v
                 assert v.shape == sd[k].shape, f"{k}: {tuple(v.shape)} vs {tuple(sd[k].shape)}"
                 sd[k].copy_(v)
         return model

@@ -57,6 +57,9 @@ def for_checkpoint(checkpoint):
     if name and os.path.exists(os.path.join(dataset.data_dir(name), 'meta.pkl')):
         print(f"Loading meta from {os.path.join('data', name, 'meta.pkl')}...")
         meta = dataset.read_meta(name)
+        if not isinstance(meta.get('itos'), (dict, list)) or 'vocab_size' not in meta:
+            raise UserError(f"data/{name}/meta.pkl has no character vocabulary (itos, vocab_size); "
+                            "re-create it with the dataset's prepare.py")
         if meta['vocab_size'] != vocab_size:
             raise UserError(f"data/{name}/meta.pkl has vocab_size {meta['vocab_size']} but the model was trained "
                             f"with {vocab_size}; the dataset was re-prepared since: restore its meta.pkl")

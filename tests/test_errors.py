@@ -250,3 +250,22 @@ def test_nan_weights_are_never_saved(tmp_path, core_dataset):
                                                      eval_interval=1000, max_iters=3))
     assert_user_error(result, 'NaN or infinite', 'iter 4', 'nothing was saved')
     assert checkpoint_files(out_dir) == []
+
+
+def test_meta_naming_an_unknown_token_dtype(tmp_path, make_dataset):
+    name = make_dataset('bad_dtype', meta_extra={'dtype': 'float64'})
+    result = run_inproc('train.py', *core_train_args(tmp_path / 'out', dataset=name))
+    assert_user_error(result, 'float64', 'uint16')
+    assert not (tmp_path / 'out').exists()
+
+
+def test_meta_without_a_vocabulary_for_sampling(make_dataset):
+    import pickle
+    import tokenizer
+    name = make_dataset('no_itos')
+    meta_path = os.path.join(datasets.data_dir(name), 'meta.pkl')
+    with open(meta_path, 'wb') as f:
+        pickle.dump({'vocab_size': 13}, f)
+    ckpt = {'config': {'dataset': name}, 'model_args': {'vocab_size': 13}}
+    with pytest.raises(UserError, match='no character vocabulary'):
+        tokenizer.for_checkpoint(ckpt)

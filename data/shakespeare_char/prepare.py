@@ -11,8 +11,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 import dataprep  # noqa: E402
 
-URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
-
 if __name__ == '__main__':
-    text_file = dataprep.download(URL, os.path.join(HERE, 'input.txt'))
+    text_file = dataprep.download(dataprep.TINY_SHAKESPEARE_URL, os.path.join(HERE, 'input.txt'))
     dataprep.prepare_char_file(text_file, HERE, val_fraction=0.1)
