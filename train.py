@@ -147,13 +147,16 @@ if device_type == 'cuda':
 ctx = hardware.autocast(device, dtype)
 
 # -----------------------------------------------------------------------------
-# data: memory-mapped token files, sampled at random offsets
+# data: token files, memory-mapped (or held in GPU memory when small), sampled at random offsets
 meta = datasets.read_meta(dataset)
 token_dtype = datasets.token_dtype(meta)
 bin_paths = {split: datasets.bin_path(dataset, split) for split in ('train', 'val')}
 meta_vocab_size = meta['vocab_size'] if meta else None
 if meta_vocab_size is not None:
     print(f"found vocab_size = {meta_vocab_size} (inside data/{dataset}/meta.pkl)")
+
+
+resident_data = {}  # split -> tokens in device memory, for datasets small enough (see data_on_device)
 
 
 def get_batch(split, generator):
@@ -165,7 +168,6 @@ def get_batch(split, generator):
 # Batches are drawn from generators seeded by (seed, rank, iteration), so a resumed run
 # sees exactly the batches the uninterrupted run would have seen, and evaluation always
 # scores the same fixed batches without disturbing training's random stream.
-resident_data = {}  # split -> tokens in device memory, for datasets small enough (see data_on_device)
 train_generator = torch.Generator()
 
 
