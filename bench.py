@@ -37,18 +37,13 @@ bench_iters = 20  # timed iterations
 profile_dir = './bench_log'
 # -----------------------------------------------------------------------------
 explicit = configurator.configure(globals())
-if 'dtype' not in explicit:
-    dtype = hardware.default_dtype(device)
 if 'compile' not in explicit:
     compile = hardware.default_compile(device)
-device_type = hardware.check_device(device)
-hardware.check_dtype(device, dtype)
+dtype, ctx = hardware.setup(device, dtype if 'dtype' in explicit else None)
+device_type = hardware.device_type(device)
 configurator.require_positive(globals(), 'batch_size', 'block_size', 'bench_iters')
 
 torch.manual_seed(seed)
-if device_type == 'cuda':
-    hardware.allow_tf32()
-ctx = hardware.autocast(device, dtype)
 
 # data
 if real_data:

@@ -33,15 +33,11 @@ top_k = 200
 seed = 1337
 # -----------------------------------------------------------------------------
 explicit = configurator.configure(globals())
-if 'dtype' not in explicit:
-    dtype = hardware.default_dtype(device)
-hardware.check_device(device)
-hardware.check_dtype(device, dtype)
+dtype, ctx = hardware.setup(device, dtype if 'dtype' in explicit else None)
 try:
     token_counts = [int(n) for n in lengths.split(',')]
 except ValueError:
     raise UserError(f"lengths must be comma-separated numbers such as 200,1000, got {lengths!r}")
-ctx = hardware.autocast(device, dtype)
 
 
 def tokens_per_second(model, new_tokens, use_cache):

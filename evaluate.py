@@ -163,7 +163,6 @@ def main(explicit):
     model.eval().to(device)
     if compile:
         model = torch.compile(model)
-    ctx = hardware.autocast(device, dtype)
     print(f"evaluating {where} on data/{dataset}, block_size {block_size}, {dtype} on {device}")
     if full_pass:
         print(f"full pass: consecutive windows of {block_size} tokens, {batch_size} per batch, "
@@ -195,10 +194,5 @@ def main(explicit):
 
 if __name__ == '__main__':
     explicit = configurator.configure(globals())
-    if 'dtype' not in explicit:
-        dtype = hardware.default_dtype(device)
-    hardware.check_device(device)
-    hardware.check_dtype(device, dtype)
-    if hardware.device_type(device) == 'cuda':
-        hardware.allow_tf32()
+    dtype, ctx = hardware.setup(device, dtype if 'dtype' in explicit else None)
     main(explicit)

@@ -33,6 +33,7 @@ import torch
 import checkpoint
 import configurator
 from errors import UserError
+from export_onnx import random_prompts  # the same check prompts for both exports
 from model import CONV1D_WEIGHTS, GPT
 
 # -----------------------------------------------------------------------------
@@ -101,12 +102,6 @@ def export(model, directory):
     os.makedirs(directory, exist_ok=True)
     hf_model.save_pretrained(directory, safe_serialization=True)
     return hf_model
-
-
-def random_prompts(vocab_size, block_size, seed):
-    g = torch.Generator().manual_seed(seed)
-    shapes = [(2, block_size), (3, max(1, min(block_size, 7))), (1, 1)]
-    return [torch.randint(vocab_size, shape, generator=g) for shape in shapes]
 
 
 @torch.no_grad()

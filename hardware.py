@@ -91,6 +91,17 @@ def autocast(device, dtype):
     return torch.autocast(device_type=device_type(device), dtype=DTYPES[dtype])
 
 
+def setup(device, dtype=None):
+    """Check device and dtype (None: the device's default), allow TF32 matmuls on CUDA, and return
+    the dtype with its autocast context: the start every script that runs the model shares."""
+    kind = check_device(device)
+    dtype = dtype or default_dtype(device)
+    check_dtype(device, dtype)
+    if kind == 'cuda':
+        allow_tf32()
+    return dtype, autocast(device, dtype)
+
+
 def default_compile(device):
     """torch.compile pays off on CUDA; elsewhere its start-up cost rarely does."""
     return device_type(device) == 'cuda'

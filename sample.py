@@ -34,17 +34,11 @@ use_kv_cache = True  # feed one new position per step instead of the whole conte
 stream = True  # print text as it is generated; False generates all samples in one batch, then prints
 # -----------------------------------------------------------------------------
 explicit = configurator.configure(globals())
-if 'dtype' not in explicit:
-    dtype = hardware.default_dtype(device)
-hardware.check_device(device)
-hardware.check_dtype(device, dtype)
+dtype, ctx = hardware.setup(device, dtype if 'dtype' in explicit else None)
 configurator.require_positive(globals(), 'num_samples', 'max_new_tokens')
 configurator.check_sampling(temperature, top_k)
 
 torch.manual_seed(seed)
-if hardware.device_type(device) == 'cuda':
-    hardware.allow_tf32()
-ctx = hardware.autocast(device, dtype)
 
 # model and tokenizer
 model, ckpt = checkpoint.load_model(init_from, out_dir)

@@ -84,9 +84,7 @@ data_on_device = True  # on a GPU, keep a dataset that fits easily in its memory
 # -----------------------------------------------------------------------------
 config_keys = sorted(configurator.settable_keys(globals()))
 explicit = configurator.configure(globals())
-# settings that follow the device unless the user chose them
-if 'dtype' not in explicit:
-    dtype = hardware.default_dtype(device)
+# settings that follow the device unless the user chose them (dtype: see hardware.setup below)
 if 'compile' not in explicit:
     compile = hardware.default_compile(device)
 if 'backend' not in explicit:
@@ -103,8 +101,8 @@ if n_embd % n_head != 0:
 if init_from not in ('scratch', 'resume') and not init_from.startswith('gpt2') and not os.path.isdir(init_from):
     raise UserError(f"unknown init_from '{init_from}'; use scratch, resume, one of gpt2, gpt2-medium, gpt2-large, "
                     "gpt2-xl, or a directory holding a transformers GPT-2 checkpoint")
-device_type = hardware.check_device(device)
-hardware.check_dtype(device, dtype)
+dtype, ctx = hardware.setup(device, dtype if 'dtype' in explicit else None)
+device_type = hardware.device_type(device)
 if fsdp and int(os.environ.get('RANK', -1)) == -1:
     raise UserError("fsdp=True shards the model across processes started by torchrun; run "
                     "torchrun --standalone --nproc_per_node=N train.py ... --fsdp=True, or drop --fsdp")
@@ -142,9 +140,6 @@ else:
     ddp_rank, ddp_world_size = 0, 1
 
 torch.manual_seed(seed)  # the same initial weights in every process (FSDP shards them as they are)
-if device_type == 'cuda':
-    hardware.allow_tf32()
-ctx = hardware.autocast(device, dtype)
 
 # -----------------------------------------------------------------------------
 # data: token files, memory-mapped (or held in GPU memory when small), sampled at random offsets
