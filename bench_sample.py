@@ -31,26 +31,34 @@ dtype = hardware.default_dtype(device)
 temperature = 1.0
 top_k = 200
 seed = 1337
+min_seconds = 3.0  # each figure times whole generations, repeated until at least this long
 # -----------------------------------------------------------------------------
 explicit = configurator.configure(globals())
 dtype, ctx = hardware.setup(device, dtype if 'dtype' in explicit else None)
 try:
     token_counts = [int(n) for n in lengths.split(',')]
+    if min(token_counts) <= 0:
+        raise ValueError
 except ValueError:
-    raise UserError(f"lengths must be comma-separated numbers such as 200,1000, got {lengths!r}")
+    raise UserError(f"lengths must be positive whole numbers separated by commas, such as 200,1000, got {lengths!r}")
+chosen_models = models.split(',')
+if not set(chosen_models) <= {'gpt2', 'shakespeare'}:
+    raise UserError(f"models must be gpt2, shakespeare or gpt2,shakespeare, got {models!r}")
 
 
 def tokens_per_second(model, new_tokens, use_cache):
     torch.manual_seed(seed)
     idx = torch.zeros((1, 1), dtype=torch.long, device=device)
     with torch.no_grad(), ctx:
-        model.generate(idx, 2, temperature, top_k, use_cache=use_cache)  # warm-up
+        model.generate(idx, min(new_tokens, 20), temperature, top_k, use_cache=use_cache)  # warm-up
         hardware.sync(device)
-        torch.manual_seed(seed)
-        t0 = time.time()
-        out = model.generate(idx, new_tokens, temperature, top_k, use_cache=use_cache)
+        runs, t0 = 0, time.time()
+        while runs == 0 or time.time() - t0 < min_seconds:  # small models: repeat for a stable figure
+            torch.manual_seed(seed)
+            out = model.generate(idx, new_tokens, temperature, top_k, use_cache=use_cache)
+            runs += 1
         hardware.sync(device)
-    return new_tokens / (time.time() - t0), out
+    return runs * new_tokens / (time.time() - t0), out
 
 
 def shakespeare_model():
@@ -64,9 +72,9 @@ def shakespeare_model():
 
 torch.manual_seed(seed)
 rows = []
-if 'gpt2' in models:
+if 'gpt2' in chosen_models:
     rows.append(("GPT-2 124M shape (random weights)", GPT(GPTConfig(block_size=1024, vocab_size=50257)), token_counts))
-if 'shakespeare' in models:
+if 'shakespeare' in chosen_models:
     name, m = shakespeare_model()
     rows.append((name, m, sorted({min(shakespeare_tokens, m.config.block_size - 1), shakespeare_tokens})))
 

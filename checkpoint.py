@@ -34,10 +34,29 @@ def architecture_entries(config):
     return entries
 
 
+def remove_orphaned_temp_files(path):
+    """Delete path.tmp.<pid> files whose process is gone: a save killed (SIGKILL, power loss)
+    before its rename leaves one behind. They are never read, only take space."""
+    if os.name != 'posix':  # os.kill(pid, 0) only probes a process on POSIX
+        return
+    prefix = os.path.basename(path) + '.tmp.'
+    for entry in os.listdir(os.path.dirname(path) or '.'):
+        pid = entry[len(prefix):]
+        if not entry.startswith(prefix) or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            os.remove(os.path.join(os.path.dirname(path), entry))
+        except PermissionError:  # alive, and someone else's
+            pass
+
+
 def save(checkpoint, out_dir, name=CKPT_NAME):
     """Write atomically: a crash or full disk mid-save leaves the previous file intact."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, name)
+    remove_orphaned_temp_files(path)
     tmp_path = f"{path}.tmp.{os.getpid()}"
     try:
         with open(tmp_path, 'wb') as f:
@@ -61,6 +80,7 @@ def mirror(out_dir, source_name, target_name):
     """Make target the same checkpoint as source without writing it twice: an atomic hard link
     where the filesystem has them, a copy otherwise."""
     source, target = os.path.join(out_dir, source_name), os.path.join(out_dir, target_name)
+    remove_orphaned_temp_files(target)
     tmp_path = f"{target}.tmp.{os.getpid()}"
     try:
         try:

@@ -1,9 +1,9 @@
 """bench.py runs on real batches of the prepared shakespeare_char, on random tokens, and
-under the profiler (which writes a trace)."""
+under the profiler (which writes a trace); bench_sample.py prints its table of tokens/s."""
 import os
 import re
 
-from conftest import run_inproc
+from conftest import assert_user_error, run_inproc
 
 TINY = ['--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16',
         '--batch_size=2', '--warmup_iters=2', '--bench_iters=3']
@@ -38,3 +38,24 @@ def test_bench_profile_writes_a_trace(tmp_path):
     assert traces, os.listdir(trace_dir)
     assert os.path.getsize(trace_dir / traces[0]) > 1000
     assert result.stdout.count(' loss: ') == 15  # wait + warm-up + active steps
+
+
+SAMPLE_ROW = re.compile(r'^\| (.+?) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)x \| (yes|NO) \|$', re.M)
+
+
+def test_bench_sample_table(tiny_run):
+    """GPT-2-sized rows and a trained checkpoint's rows, within its window (block_size 32) and past it."""
+    result = run_inproc('bench_sample.py', '--device=cpu', '--lengths=3', '--min_seconds=0',
+                        f'--shakespeare_out_dir={tiny_run.out_dir}', '--shakespeare_tokens=40', check=True)
+    rows = SAMPLE_ROW.findall(result.stdout)
+    assert [(name.split(' (')[0], int(n)) for name, n, *_ in rows] == [
+        ('GPT-2 124M shape', 3), ('shakespeare_char', 31), ('shakespeare_char', 40)], result.stdout
+    for name, n, slow, fast, speedup, same in rows:
+        assert same == 'yes' and float(slow) > 0 and float(fast) > 0
+        assert abs(float(speedup) - float(fast) / float(slow)) < 0.06
+
+
+def test_bench_sample_rejects_bad_lengths_and_models():
+    for bad in ('200,lots', '0', '200,-5'):
+        assert_user_error(run_inproc('bench_sample.py', f'--lengths={bad}'), 'lengths', '200,1000')
+    assert_user_error(run_inproc('bench_sample.py', '--models=gpt3'), 'models', 'gpt2', "'gpt3'")

@@ -91,9 +91,13 @@ def test_crash_during_save_leaves_the_previous_checkpoint(tmp_path):
     assert read_bytes(tmp_path / 'latest.pt') == before
     assert checkpoint.resume_name(out_dir) == 'latest.pt'
     assert checkpoint.load(out_dir, 'latest.pt')['iter_num'] == 1
-    # the next save still works, beside the dead process's temporary file
+    assert os.path.exists(tmp_path / f'latest.pt.tmp.{pid}')
+    # the next save works and deletes the dead process's temporary file, but not a living one's
+    alive = tmp_path / f'latest.pt.tmp.{os.getppid()}'
+    alive.write_bytes(b'a save in progress')
     checkpoint.save(small_state(3.0), out_dir, checkpoint.LATEST_NAME)
     assert checkpoint.load(out_dir, 'latest.pt')['iter_num'] == 3
+    assert sorted(os.listdir(tmp_path)) == ['latest.pt', alive.name]
 
 
 def test_save_flushes_to_disk_before_the_rename(tmp_path, monkeypatch):

@@ -19,15 +19,28 @@ def tiny():
     return m.eval()
 
 
+@pytest.fixture(params=[None, 8, 128], ids=['f_linear', 'blocks_of_8_rows', 'blocks_of_128_rows'])
+def rows_per_block(request, monkeypatch):
+    """Sampling steps on CPU go through Linear's blocked product when the weight is large;
+    the tiny model's are not, so run them three ways: F.linear, mostly whole blocks (8 rows,
+    as with GPT-2's weights), and only leftover rows (128)."""
+    if request.param is not None:
+        monkeypatch.setattr(model_module.Linear, 'MIN_ELEMENTS', 0)
+        monkeypatch.setattr(model_module.Linear, 'ROWS_PER_BLOCK', request.param)
+    return request.param
+
+
 def reference_generate(m, idx, max_new_tokens, temperature=1.0, top_k=None):
-    """The plain definition: crop to the last block_size tokens, run the whole window, sample."""
+    """The plain definition: crop to the last block_size tokens, run the whole window, draw
+    from the softmax over the top_k tokens."""
     for _ in range(max_new_tokens):
         logits, _ = m(idx[:, -m.config.block_size:])
         logits = logits[:, -1, :] / temperature
-        if top_k is not None:
-            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-            logits[logits < v[:, [-1]]] = -float('inf')
-        idx = torch.cat((idx, torch.multinomial(torch.softmax(logits, dim=-1), 1)), dim=1)
+        candidates = torch.arange(logits.size(-1)).expand_as(logits)
+        if top_k is not None and top_k < logits.size(-1):
+            logits, candidates = torch.topk(logits, top_k)
+        draw = torch.multinomial(torch.softmax(logits, dim=-1), 1)
+        idx = torch.cat((idx, candidates.gather(1, draw)), dim=1)
     return idx
 
 
@@ -35,7 +48,7 @@ def reference_generate(m, idx, max_new_tokens, temperature=1.0, top_k=None):
 # window and generation that runs far past it
 @pytest.mark.parametrize('prompt_len,new_tokens', [(1, 10), (5, 40), (BLOCK, 8), (BLOCK + 7, 12)])
 @pytest.mark.parametrize('temperature,top_k', [(1.0, 1), (0.8, 5), (1.3, None)])
-def test_cache_matches_reference(tiny, prompt_len, new_tokens, temperature, top_k):
+def test_cache_matches_reference(tiny, rows_per_block, prompt_len, new_tokens, temperature, top_k):
     idx = torch.randint(53, (3, prompt_len), generator=torch.Generator().manual_seed(prompt_len))
     torch.manual_seed(11)
     expected = reference_generate(tiny, idx, new_tokens, temperature, top_k)
@@ -45,7 +58,20 @@ def test_cache_matches_reference(tiny, prompt_len, new_tokens, temperature, top_
         assert torch.equal(got, expected), f"use_cache={use_cache}"
 
 
-def test_cached_logits_match_full_forward(tiny):
+def test_top_k_draws_from_the_renormalised_top_k(tiny, monkeypatch):
+    """Tokens come from the top_k only, with softmax(logits / temperature) over them."""
+    logits = torch.full((53,), -2.0)
+    logits[[7, 30, 41, 12]] = torch.tensor([3.0, 2.0, 1.0, 0.5])  # 12 is fourth: outside top_k=3
+    monkeypatch.setattr(tiny, 'forward', lambda idx, kv_cache=None: (logits.expand(idx.size(0), 1, 53), None))
+    torch.manual_seed(0)
+    tokens = tiny.generate(torch.zeros((4000, 1), dtype=torch.long), 1, temperature=2.0, top_k=3)[:, 1]
+    assert set(tokens.tolist()) == {7, 30, 41}
+    expected = torch.softmax(torch.tensor([3.0, 2.0, 1.0]) / 2.0, dim=0)
+    observed = torch.stack([(tokens == t).float().mean() for t in (7, 30, 41)])
+    torch.testing.assert_close(observed, expected, rtol=0, atol=0.03)
+
+
+def test_cached_logits_match_full_forward(tiny, rows_per_block):
     idx = torch.randint(53, (2, BLOCK), generator=torch.Generator().manual_seed(3))
     cache = model_module.KVCache(tiny.config.n_layer, tiny.config.block_size)
     with torch.no_grad():
@@ -76,7 +102,7 @@ def test_chunked_prefill_after_past_positions(tiny):
 
 
 @pytest.mark.parametrize('top_k', [1, 7, None])
-def test_batched_rows_equal_rows_generated_alone(tiny, top_k):
+def test_batched_rows_equal_rows_generated_alone(tiny, rows_per_block, top_k):
     idx = torch.randint(53, (4, 6), generator=torch.Generator().manual_seed(5))
 
     def generators(first, count):
