@@ -84,11 +84,10 @@ class Linear(nn.Linear):
 
     def forward(self, x):
         positions = x.numel() // self.in_features
-        # exporters and compilers trace a single path: they get F.linear
-        if (positions > self.MAX_POSITIONS or self.weight.numel() < self.MIN_ELEMENTS
+        if (torch.compiler.is_compiling() or torch.jit.is_tracing()  # compilers and exporters get one path
+                or positions > self.MAX_POSITIONS or self.weight.numel() < self.MIN_ELEMENTS
                 or x.device.type != 'cpu' or self.weight.dtype != torch.float32
-                or torch.is_grad_enabled() or torch.is_autocast_enabled('cpu')
-                or torch.compiler.is_compiling() or torch.jit.is_tracing()):
+                or torch.is_grad_enabled() or torch.is_autocast_enabled('cpu')):
             return F.linear(x, self.weight, self.bias)
         columns = x.reshape(positions, self.in_features).t()
         n_blocks = self.out_features // self.ROWS_PER_BLOCK
