@@ -5,8 +5,11 @@ best_val_loss, config. It holds only tensors and plain Python values, so it load
 torch.load(weights_only=True) here and in nanoGPT; a file that would need to run code
 to unpickle is refused.
 """
+import contextlib
 import os
 import pickle
+import re
+import socket
 
 import torch
 
@@ -34,22 +37,34 @@ def architecture_entries(config):
     return entries
 
 
+def temp_path(path):
+    """Where path is written before its atomic rename. Named after this host and process, so
+    that the file of a save killed before its rename can be told from a save in progress, on
+    this machine or on another one sharing the folder."""
+    return f"{path}.tmp.{socket.gethostname()}.{os.getpid()}"
+
+
 def remove_orphaned_temp_files(path):
-    """Delete path.tmp.<pid> files whose process is gone: a save killed (SIGKILL, power loss)
-    before its rename leaves one behind. They are never read, only take space."""
+    """Delete the temporary files of path left on this host by saves whose process is gone
+    (SIGKILL or power loss mid-save). They are never read, only take space; tidying them must
+    never stop a save, so any trouble leaves a file where it is."""
     if os.name != 'posix':  # os.kill(pid, 0) only probes a process on POSIX
         return
-    prefix = os.path.basename(path) + '.tmp.'
-    for entry in os.listdir(os.path.dirname(path) or '.'):
+    folder = os.path.dirname(path) or '.'
+    prefix = os.path.basename(temp_path(path)).rsplit('.', 1)[0] + '.'
+    for entry in os.listdir(folder):
         pid = entry[len(prefix):]
-        if not entry.startswith(prefix) or not pid.isdigit():
+        if not entry.startswith(prefix) or not re.fullmatch(r'[0-9]{1,9}', pid):
             continue
         try:
             os.kill(int(pid), 0)
+            continue  # alive
         except ProcessLookupError:
-            os.remove(os.path.join(os.path.dirname(path), entry))
-        except PermissionError:  # alive, and someone else's
             pass
+        except OSError:  # alive but another user's, or not ours to probe
+            continue
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(folder, entry))
 
 
 def save(checkpoint, out_dir, name=CKPT_NAME):
@@ -57,7 +72,7 @@ def save(checkpoint, out_dir, name=CKPT_NAME):
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, name)
     remove_orphaned_temp_files(path)
-    tmp_path = f"{path}.tmp.{os.getpid()}"
+    tmp_path = temp_path(path)
     try:
         with open(tmp_path, 'wb') as f:
             torch.save(checkpoint, f)
@@ -81,7 +96,7 @@ def mirror(out_dir, source_name, target_name):
     where the filesystem has them, a copy otherwise."""
     source, target = os.path.join(out_dir, source_name), os.path.join(out_dir, target_name)
     remove_orphaned_temp_files(target)
-    tmp_path = f"{target}.tmp.{os.getpid()}"
+    tmp_path = temp_path(target)
     try:
         try:
             os.link(source, tmp_path)

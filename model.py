@@ -83,12 +83,13 @@ class Linear(nn.Linear):
     MIN_ELEMENTS = 2**19  # 2 MB of float32; smaller weights stay in the CPU's caches between steps
 
     def forward(self, x):
-        positions = x.numel() // self.in_features
         if (torch.compiler.is_compiling() or torch.jit.is_tracing()  # compilers and exporters get one path
-                or positions > self.MAX_POSITIONS or self.weight.numel() < self.MIN_ELEMENTS
+                or x.size(-1) != self.in_features  # let F.linear name the shape mismatch
+                or x.numel() > self.MAX_POSITIONS * self.in_features or self.weight.numel() < self.MIN_ELEMENTS
                 or x.device.type != 'cpu' or self.weight.dtype != torch.float32
                 or torch.is_grad_enabled() or torch.is_autocast_enabled('cpu')):
             return F.linear(x, self.weight, self.bias)
+        positions = x.numel() // self.in_features
         columns = x.reshape(positions, self.in_features).t()
         n_blocks = self.out_features // self.ROWS_PER_BLOCK
         blocked = n_blocks * self.ROWS_PER_BLOCK
@@ -347,9 +348,14 @@ class GPT(nn.Module):
             logits = logits[:, -1, :].float() / temperature
             candidates = None
             if top_k is not None and top_k < logits.size(-1):
-                # drawing among the top_k alone is the same distribution as giving every other
-                # token probability 0, and costs a tenth as much over GPT-2's 50k tokens
-                logits, candidates = torch.topk(logits, top_k)
+                top_logits, top_ids = torch.topk(logits, top_k)
+                kth = top_logits[:, [-1]]
+                if bool(((logits >= kth).sum(dim=-1) == top_k).all()):
+                    # drawing among the top_k alone is the same distribution as giving every
+                    # other token probability 0, and costs a fifth as much over GPT-2's 50k tokens
+                    logits, candidates = top_logits, top_ids
+                else:  # tokens tied with the k-th are all kept, as top_k has always meant here
+                    logits = logits.masked_fill(logits < kth, -float('inf'))
             probs = F.softmax(logits, dim=-1)
             if generators is None:
                 idx_next = torch.multinomial(probs, num_samples=1)

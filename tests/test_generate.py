@@ -23,11 +23,16 @@ def tiny():
 def rows_per_block(request, monkeypatch):
     """Sampling steps on CPU go through Linear's blocked product when the weight is large;
     the tiny model's are not, so run them three ways: F.linear, mostly whole blocks (8 rows,
-    as with GPT-2's weights), and only leftover rows (128)."""
+    as with GPT-2's weights), and 128-row blocks (whole for the MLP's first layer, leftover
+    rows for the rest)."""
+    bmm_calls = []
     if request.param is not None:
         monkeypatch.setattr(model_module.Linear, 'MIN_ELEMENTS', 0)
         monkeypatch.setattr(model_module.Linear, 'ROWS_PER_BLOCK', request.param)
-    return request.param
+        real_bmm = torch.bmm
+        monkeypatch.setattr(model_module.torch, 'bmm', lambda *a: bmm_calls.append(1) or real_bmm(*a))
+    yield request.param
+    assert bool(bmm_calls) == (request.param is not None), "the blocked path was not taken as intended"
 
 
 def reference_generate(m, idx, max_new_tokens, temperature=1.0, top_k=None):
@@ -69,6 +74,27 @@ def test_top_k_draws_from_the_renormalised_top_k(tiny, monkeypatch):
     expected = torch.softmax(torch.tensor([3.0, 2.0, 1.0]) / 2.0, dim=0)
     observed = torch.stack([(tokens == t).float().mean() for t in (7, 30, 41)])
     torch.testing.assert_close(observed, expected, rtol=0, atol=0.03)
+
+
+def test_top_k_keeps_every_token_tied_with_the_kth(tiny, monkeypatch):
+    logits = torch.full((53,), -4.0)
+    logits[[3, 9, 20, 33]] = torch.tensor([2.0, 1.0, 1.0, 1.0])  # top_k=2: token 3, then a three-way tie
+    monkeypatch.setattr(tiny, 'forward', lambda idx, kv_cache=None: (logits.expand(idx.size(0), 1, 53), None))
+    torch.manual_seed(0)
+    tokens = tiny.generate(torch.zeros((4000, 1), dtype=torch.long), 1, top_k=2)[:, 1]
+    assert set(tokens.tolist()) == {3, 9, 20, 33}
+    expected = torch.softmax(torch.tensor([2.0, 1.0, 1.0, 1.0]), dim=0)
+    observed = torch.stack([(tokens == t).float().mean() for t in (3, 9, 20, 33)])
+    torch.testing.assert_close(observed, expected, rtol=0, atol=0.03)
+
+
+@pytest.mark.parametrize('top_k', [53, 1000])
+def test_top_k_of_the_whole_vocabulary_changes_nothing(tiny, top_k):
+    idx = torch.zeros((2, 1), dtype=torch.long)
+    torch.manual_seed(5)
+    unrestricted = tiny.generate(idx, 20, top_k=None)
+    torch.manual_seed(5)
+    assert torch.equal(tiny.generate(idx, 20, top_k=top_k), unrestricted)
 
 
 def test_cached_logits_match_full_forward(tiny, rows_per_block):

@@ -299,17 +299,34 @@ def test_linear_keeps_f_linear_where_the_blocked_path_does_not_apply(monkeypatch
     torch.manual_seed(0)
     layer = Linear(48, 300)
     few, many = torch.randn(1, 48), torch.randn(1, Linear.MAX_POSITIONS + 1, 48)
+    monkeypatch.setattr(model_module.torch, 'bmm', lambda *a: pytest.fail("blocked path taken"))
     with torch.no_grad():  # a weight small enough to stay in cache
         assert torch.equal(layer(few), torch.nn.functional.linear(few, layer.weight, layer.bias))
     monkeypatch.setattr(Linear, 'MIN_ELEMENTS', 0)
-    monkeypatch.setattr(model_module.torch, 'bmm', lambda *a: pytest.fail("blocked path taken"))
     assert torch.equal(layer(few), torch.nn.functional.linear(few, layer.weight, layer.bias))  # training: grad on
     with torch.no_grad():
         assert torch.equal(layer(many), torch.nn.functional.linear(many, layer.weight, layer.bias))
         with torch.autocast('cpu', dtype=torch.bfloat16):
             layer(few)
+        with pytest.raises(RuntimeError, match='cannot be multiplied'):  # F.linear's own message
+            layer(torch.randn(1, 47))
+        Linear(48, 300, device='meta')(few.to('meta'))  # not a CPU tensor
         layer.double()
         layer(few.double())
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.trace')
+def test_compilers_and_exporters_trace_f_linear(monkeypatch):
+    """Traced graphs must not bake in the blocked path (or a shape guard for it)."""
+    monkeypatch.setattr(Linear, 'MIN_ELEMENTS', 0)
+    layer = Linear(48, 300).eval()
+    x = torch.randn(1, 48)
+    with torch.no_grad():
+        traced = torch.jit.trace(layer, x)
+        exported = torch.export.export(layer, (x,))
+    assert 'bmm' not in str(traced.graph) and 'linear' in str(traced.graph)
+    ops = {str(node.target) for node in exported.graph.nodes if node.op == 'call_function'}
+    assert not any('bmm' in op for op in ops) and any('linear' in op for op in ops), ops
 
 
 def test_gpt2_sized_layers_take_the_blocked_path(monkeypatch):
