@@ -446,4 +446,7 @@ while True:
 if logging_metrics:
     metrics_log.close()
 if ddp:
+    # wait for rank 0's final save, so that every rank tears the process group down together:
+    # a rank that exits while its peers are still busy has been seen to abort inside gloo
+    torch.distributed.barrier()
     destroy_process_group()
