@@ -37,11 +37,11 @@ def architecture_entries(config):
     return entries
 
 
-def temp_path(path):
-    """Where path is written before its atomic rename. Named after this host and process, so
-    that the file of a save killed before its rename can be told from a save in progress, on
-    this machine or on another one sharing the folder."""
-    return f"{path}.tmp.{socket.gethostname()}.{os.getpid()}"
+def temp_path(path, pid=None):
+    """Where path is written before its atomic rename by process pid (this one by default).
+    Named after the host and process, so that the file of a save killed before its rename can
+    be told from a save in progress, on this machine or on another one sharing the folder."""
+    return f"{path}.tmp.{socket.gethostname()}.{os.getpid() if pid is None else pid}"
 
 
 def remove_orphaned_temp_files(path):
@@ -51,7 +51,7 @@ def remove_orphaned_temp_files(path):
     if os.name != 'posix':  # os.kill(pid, 0) only probes a process on POSIX
         return
     folder = os.path.dirname(path) or '.'
-    prefix = os.path.basename(temp_path(path)).rsplit('.', 1)[0] + '.'
+    prefix = os.path.basename(temp_path(path, pid=''))
     for entry in os.listdir(folder):
         pid = entry[len(prefix):]
         if not entry.startswith(prefix) or not re.fullmatch(r'[0-9]{1,9}', pid):

@@ -92,10 +92,9 @@ def test_crash_during_save_leaves_the_previous_checkpoint(tmp_path):
     assert read_bytes(tmp_path / 'latest.pt') == before
     assert checkpoint.resume_name(out_dir) == 'latest.pt'
     assert checkpoint.load(out_dir, 'latest.pt')['iter_num'] == 1
-    orphan = checkpoint.temp_path(str(tmp_path / 'latest.pt')).rsplit('.', 1)[0] + f'.{pid}'
-    assert os.path.exists(orphan)
+    assert os.path.exists(checkpoint.temp_path(str(tmp_path / 'latest.pt'), pid))
     # the next save works and deletes the dead process's temporary file, but not a living one's
-    alive = checkpoint.temp_path(str(tmp_path / 'latest.pt')).rsplit('.', 1)[0] + f'.{os.getppid()}'
+    alive = checkpoint.temp_path(str(tmp_path / 'latest.pt'), os.getppid())
     open(alive, 'wb').write(b'a save in progress')
     checkpoint.save(small_state(3.0), out_dir, checkpoint.LATEST_NAME)
     assert checkpoint.load(out_dir, 'latest.pt')['iter_num'] == 3
@@ -109,17 +108,19 @@ def test_cleaning_up_temp_files_never_stops_a_save(tmp_path):
     if dead_pid == 0:
         os._exit(0)
     os.waitpid(dead_pid, 0)
-    ours = os.path.basename(checkpoint.temp_path(str(tmp_path / 'ckpt.pt'))).rsplit('.', 1)[0]
-    keep = [f'{ours}.99999999999999999999', f'{ours}.\u00b2', f'{ours}.{dead_pid}x',
+    def ours(pid):
+        return os.path.basename(checkpoint.temp_path(str(tmp_path / 'ckpt.pt'), pid))
+
+    keep = [ours('99999999999999999999'), ours('\u00b2'), ours(f'{dead_pid}x'),
             f'ckpt.pt.tmp.another-host.{dead_pid}', f'ckpt.pt.tmp.{dead_pid}']
     for name in keep:
         (tmp_path / name).write_bytes(b'x')
-    (tmp_path / f'{ours}.{dead_pid}').mkdir()  # a folder with an orphan's name cannot be removed as a file
+    (tmp_path / ours(dead_pid)).mkdir()  # a folder with an orphan's name cannot be removed as a file
     (tmp_path / f'latest.pt.tmp.{socket.gethostname()}.{dead_pid}').write_bytes(b'orphan of a mirror')
     checkpoint.save(small_state(4.0), str(tmp_path))
     checkpoint.mirror(str(tmp_path), 'ckpt.pt', 'latest.pt')
     assert checkpoint.load(str(tmp_path), 'latest.pt')['iter_num'] == 4
-    assert sorted(os.listdir(tmp_path)) == sorted(keep + ['ckpt.pt', 'latest.pt', f'{ours}.{dead_pid}'])
+    assert sorted(os.listdir(tmp_path)) == sorted(keep + ['ckpt.pt', 'latest.pt', ours(dead_pid)])
 
 
 def test_save_flushes_to_disk_before_the_rename(tmp_path, monkeypatch):

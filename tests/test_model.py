@@ -1,5 +1,6 @@
 """model.py: shapes, weight tying, initial loss, parity with transformers' GPT-2, the two
-attention paths, the sampling path of Linear, crop_block_size, parameter counting and the optimizer's parameter groups."""
+attention paths, the sampling path of Linear, crop_block_size, parameter counting and the
+optimizer's parameter groups."""
 import math
 
 import pytest
@@ -275,7 +276,7 @@ def test_configure_optimizers_decays_matrices_only(bias):
 
 @pytest.mark.parametrize('bias', [True, False])
 @pytest.mark.parametrize('shape', [(5,), (1, 1), (3, 1), (2, 8), (4, 4)])  # up to MAX_POSITIONS positions
-def test_linear_sampling_path_equals_f_linear(monkeypatch, bias, shape):
+def test_linear_sampling_path_equals_f_linear(monkeypatch, bmm_calls, bias, shape):
     """A few positions on CPU without grad go through the blocked product: whole blocks plus
     leftover rows (out_features 300 = 2 blocks of 128 and 44 rows) give F.linear's result."""
     monkeypatch.setattr(Linear, 'MIN_ELEMENTS', 0)
@@ -286,9 +287,6 @@ def test_linear_sampling_path_equals_f_linear(monkeypatch, bias, shape):
     x = torch.randn(*shape, 48)
     with torch.no_grad():
         expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
-        bmm_calls = []
-        real_bmm = torch.bmm
-        monkeypatch.setattr(model_module.torch, 'bmm', lambda *a: bmm_calls.append(1) or real_bmm(*a))
         got = layer(x)
     assert bmm_calls, "the blocked path was not taken"
     assert got.shape == expected.shape
@@ -329,12 +327,9 @@ def test_compilers_and_exporters_trace_f_linear(monkeypatch):
     assert not any('bmm' in op for op in ops) and any('linear' in op for op in ops), ops
 
 
-def test_gpt2_sized_layers_take_the_blocked_path(monkeypatch):
+def test_gpt2_sized_layers_take_the_blocked_path(bmm_calls):
     """The default threshold sends every GPT-2 124M weight, the smallest being 768 x 768,
     through the blocked product when sampling."""
-    bmm_calls = []
-    real_bmm = torch.bmm
-    monkeypatch.setattr(model_module.torch, 'bmm', lambda *a: bmm_calls.append(1) or real_bmm(*a))
     with torch.no_grad():
         Linear(768, 768)(torch.randn(1, 1, 768))
     assert bmm_calls
