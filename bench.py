@@ -12,9 +12,9 @@ import time
 import torch
 
 import configurator
-import dataset as datasets
-import hardware
-from errors import UserError
+from helpers import data
+from helpers import hardware
+from helpers import UserError
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -47,14 +47,14 @@ torch.manual_seed(seed)
 
 # data
 if real_data:
-    meta = datasets.read_meta(dataset)
-    token_dtype = datasets.token_dtype(meta)
-    train_path = datasets.bin_path(dataset, 'train')
-    datasets.check_split_length(dataset, 'train', token_dtype, block_size)
+    meta = data.read_meta(dataset)
+    token_dtype = data.token_dtype(meta)
+    train_path = data.bin_path(dataset, 'train')
+    data.check_split_length(dataset, 'train', token_dtype, block_size)
     vocab_size = meta['vocab_size'] if meta else 50304
 
     def get_batch():
-        return datasets.get_batch(train_path, token_dtype, batch_size, block_size, device)
+        return data.get_batch(train_path, token_dtype, batch_size, block_size, device)
 else:
     vocab_size = 50304
     x = torch.randint(vocab_size, (batch_size, block_size), device=device)

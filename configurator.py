@@ -14,7 +14,7 @@ import os
 import sys
 import types
 
-from errors import UserError
+from helpers import UserError
 
 
 def settable_keys(namespace):

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-import checkpoint
+from helpers import checkpoint
 import configurator
-import dataset as datasets
-import hardware
-from errors import UserError
+from helpers import data
+from helpers import hardware
+from helpers import UserError
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (the checkpoint in out_dir), gpt2, gpt2-medium, gpt2-large, gpt2-xl or a transformers GPT-2 directory
@@ -61,7 +61,7 @@ def fixed_batch_loss(model, path, token_dtype, batch_size, block_size, eval_iter
     generator = torch.Generator().manual_seed(generator_seed)
     losses = torch.zeros(eval_iters, device=device)
     for k in range(eval_iters):
-        x, y = datasets.get_batch(path, token_dtype, batch_size, block_size, device, generator)
+        x, y = data.get_batch(path, token_dtype, batch_size, block_size, device, generator)
         with ctx:
             _, loss = model(x, y)
         losses[k] = loss
@@ -79,7 +79,7 @@ def full_pass_windows(n_tokens, block_size):
 @torch.no_grad()
 def full_pass_loss(model, path, token_dtype, batch_size, block_size, device, ctx, report_every=None):
     """Mean loss over every predicted token of the file, and the number of tokens predicted."""
-    n_tokens = len(datasets.open_tokens(path, token_dtype))
+    n_tokens = len(data.open_tokens(path, token_dtype))
     if n_tokens < 2:
         raise UserError(f"{path} holds {n_tokens} token(s); a full pass needs at least 2")
     windows = full_pass_windows(n_tokens, block_size)
@@ -90,8 +90,8 @@ def full_pass_loss(model, path, token_dtype, batch_size, block_size, device, ctx
         batches += [(same[i:i + batch_size], length) for i in range(0, len(same), batch_size)]
     total_nll, n_predicted, t0 = 0.0, 0, time.time()
     for b, (starts, length) in enumerate(batches):
-        data = datasets.open_tokens(path, token_dtype)  # fresh memmap per batch, as dataset.get_batch does
-        rows = data[np.asarray(starts)[:, None] + np.arange(length + 1)].astype(np.int64)
+        tokens = data.open_tokens(path, token_dtype)  # fresh memmap per batch, as data.get_batch does
+        rows = tokens[np.asarray(starts)[:, None] + np.arange(length + 1)].astype(np.int64)
         chunk = torch.from_numpy(rows).to(device)
         x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
         with ctx:
@@ -146,8 +146,8 @@ def main(explicit):
     if not split_names:
         raise UserError("splits is empty; use e.g. --splits=val or --splits=train,val")
 
-    meta = datasets.read_meta(dataset)
-    token_dtype = datasets.token_dtype(meta)
+    meta = data.read_meta(dataset)
+    token_dtype = data.token_dtype(meta)
     vocab_size = model.config.vocab_size
     if meta is not None and meta.get('vocab_size') != vocab_size:
         raise UserError(f"data/{dataset} has a {meta.get('vocab_size')}-symbol vocabulary but the model has "
@@ -155,10 +155,10 @@ def main(explicit):
     if meta is None and vocab_size < GPT2_VOCAB_SIZE:
         raise UserError(f"data/{dataset} is a GPT-2 BPE dataset (no meta.pkl) but the model has a {vocab_size}-symbol "
                         "vocabulary; evaluate on the dataset the model was trained on")
-    paths = {s: datasets.bin_path(dataset, s) for s in split_names}
+    paths = {s: data.bin_path(dataset, s) for s in split_names}
     if not full_pass:
         for s in split_names:
-            datasets.check_split_length(dataset, s, token_dtype, block_size)
+            data.check_split_length(dataset, s, token_dtype, block_size)
 
     model.eval().to(device)
     if compile:
@@ -177,7 +177,7 @@ def main(explicit):
                                                report_every=100)
         else:
             loss = fixed_batch_loss(model, paths[s], token_dtype, batch_size, block_size, eval_iters,
-                                    datasets.eval_batch_seed(seed, s), device, ctx)
+                                    data.eval_batch_seed(seed, s), device, ctx)
             n_predicted = eval_iters * batch_size * block_size
         results[s] = dict(loss=loss, perplexity=perplexity(loss), tokens=n_predicted)
         print(f"{s}: loss {loss:.4f}, perplexity {perplexity(loss):.4f} ({n_predicted:,} tokens, "

@@ -30,9 +30,9 @@ import time
 
 import torch
 
-import checkpoint
+from helpers import checkpoint
 import configurator
-from errors import UserError
+from helpers import UserError
 from export_onnx import random_prompts  # the same check prompts for both exports
 from model import CONV1D_WEIGHTS, GPT
 

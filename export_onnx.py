@@ -26,10 +26,10 @@ import warnings
 import torch
 import torch.nn as nn
 
-import checkpoint
+from helpers import checkpoint
 import configurator
-import dataset as datasets
-from errors import UserError
+from helpers import data
+from helpers import UserError
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the checkpoint to export: out_dir/ckpt.pt (or latest.pt when it is the only one)
@@ -70,8 +70,8 @@ def model_metadata(ckpt, model):
                  'nanogpt.iter_num': ckpt.get('iter_num', ''), 'nanogpt.tokenizer': 'unknown'}
     name = (ckpt.get('config') or {}).get('dataset')
     meta = None
-    if name and os.path.isdir(datasets.data_dir(name)):
-        meta = datasets.read_meta(name)
+    if name and os.path.isdir(data.data_dir(name)):
+        meta = data.read_meta(name)
     if meta is not None and meta.get('vocab_size') == cfg.vocab_size and 'itos' in meta:
         meta_data['nanogpt.tokenizer'] = 'char'
         meta_data['nanogpt.itos'] = json.dumps([meta['itos'][i] for i in range(cfg.vocab_size)], ensure_ascii=False)

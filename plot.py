@@ -16,8 +16,8 @@ Only this script needs matplotlib (pip install matplotlib).
 import os
 
 import configurator
-import metrics
-from errors import UserError
+from helpers import metrics
+from helpers import UserError
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the run to plot

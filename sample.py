@@ -13,10 +13,10 @@ import time
 
 import torch
 
-import checkpoint
+from helpers import checkpoint
 import configurator
-import hardware
-import tokenizer
+from helpers import hardware
+from helpers import tokenizer
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir), a gpt2 variant (e.g. 'gpt2-xl') or a transformers GPT-2 directory

@@ -19,8 +19,8 @@ import time
 import numpy as np
 
 import configurator
-import tokenizer
-from errors import UserError
+from helpers import tokenizer
+from helpers import UserError
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # where export_onnx.py wrote model.onnx

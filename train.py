@@ -26,12 +26,12 @@ import torch
 from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import checkpoint
+from helpers import checkpoint
 import configurator
-import dataset as datasets
-import hardware
-import metrics
-from errors import UserError
+from helpers import data
+from helpers import hardware
+from helpers import metrics
+from helpers import UserError
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -143,9 +143,9 @@ torch.manual_seed(seed)  # the same initial weights in every process (FSDP shard
 
 # -----------------------------------------------------------------------------
 # data: token files, memory-mapped (or held in GPU memory when small), sampled at random offsets
-meta = datasets.read_meta(dataset)
-token_dtype = datasets.token_dtype(meta)
-bin_paths = {split: datasets.bin_path(dataset, split) for split in ('train', 'val')}
+meta = data.read_meta(dataset)
+token_dtype = data.token_dtype(meta)
+bin_paths = {split: data.bin_path(dataset, split) for split in ('train', 'val')}
 meta_vocab_size = meta['vocab_size'] if meta else None
 if meta_vocab_size is not None:
     print(f"found vocab_size = {meta_vocab_size} (inside data/{dataset}/meta.pkl)")
@@ -156,8 +156,8 @@ resident_data = {}  # split -> tokens in device memory, for datasets small enoug
 
 def get_batch(split, generator):
     if split in resident_data:
-        return datasets.get_resident_batch(resident_data[split], batch_size, block_size, generator)
-    return datasets.get_batch(bin_paths[split], token_dtype, batch_size, block_size, device, generator)
+        return data.get_resident_batch(resident_data[split], batch_size, block_size, generator)
+    return data.get_batch(bin_paths[split], token_dtype, batch_size, block_size, device, generator)
 
 
 # Batches are drawn from generators seeded by (seed, rank, iteration), so a resumed run
@@ -217,10 +217,10 @@ else:  # gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a transformers GPT-2 directo
 model.to(device)
 torch.manual_seed(seed + seed_offset)  # but different dropout masks
 for split in bin_paths:
-    datasets.check_split_length(dataset, split, token_dtype, block_size)
-if data_on_device and device_type == 'cuda' and datasets.fits_on_device(bin_paths.values(), device):
+    data.check_split_length(dataset, split, token_dtype, block_size)
+if data_on_device and device_type == 'cuda' and data.fits_on_device(bin_paths.values(), device):
     # small models are bound by per-step overhead: gathering batches on the GPU removes the host work
-    resident_data = {split: datasets.load_to_device(path, token_dtype, device) for split, path in bin_paths.items()}
+    resident_data = {split: data.load_to_device(path, token_dtype, device) for split, path in bin_paths.items()}
     print(f"keeping the dataset in {device} memory ({sum(t.numel() for t in resident_data.values()):,} tokens)")
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
 if master_process:
@@ -266,7 +266,7 @@ def estimate_loss():
     out = {}
     eval_model.eval()
     for split in ('train', 'val'):
-        generator = torch.Generator().manual_seed(datasets.eval_batch_seed(seed, split))
+        generator = torch.Generator().manual_seed(data.eval_batch_seed(seed, split))
         losses = torch.zeros(eval_iters, device=device)
         for k in range(eval_iters):
             X, Y = get_batch(split, generator)

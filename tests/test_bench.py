@@ -1,5 +1,5 @@
 """bench.py runs on real batches of the prepared shakespeare_char, on random tokens, and
-under the profiler (which writes a trace); bench_sample.py prints its table of tokens/s."""
+under the profiler (which writes a trace); benchmarks/sampling.py prints its table of tokens/s."""
 import os
 import re
 
@@ -47,7 +47,7 @@ SAMPLE_ROW = re.compile(r'^\| (.+?) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)
 
 def test_bench_sample_table(tiny_run):
     """GPT-2-sized rows and a trained checkpoint's rows, within its window (block_size 32) and past it."""
-    result = run_inproc('bench_sample.py', '--device=cpu', '--lengths=3', '--min_seconds=0',
+    result = run_inproc('benchmarks/sampling.py', '--device=cpu', '--lengths=3', '--min_seconds=0',
                         f'--shakespeare_out_dir={tiny_run.out_dir}', '--shakespeare_tokens=40', check=True)
     rows = SAMPLE_ROW.findall(result.stdout)
     assert [(name.split(' (')[0], int(n)) for name, n, *_ in rows] == [
@@ -60,5 +60,5 @@ def test_bench_sample_table(tiny_run):
 
 def test_bench_sample_rejects_bad_lengths_and_models():
     for bad in ('200,lots', '0', '200,-5'):
-        assert_user_error(run_inproc('bench_sample.py', f'--lengths={bad}'), 'lengths', '200,1000')
-    assert_user_error(run_inproc('bench_sample.py', '--models=gpt3'), 'models', 'gpt2', "'gpt3'")
+        assert_user_error(run_inproc('benchmarks/sampling.py', f'--lengths={bad}'), 'lengths', '200,1000')
+    assert_user_error(run_inproc('benchmarks/sampling.py', '--models=gpt3'), 'models', 'gpt2', "'gpt3'")

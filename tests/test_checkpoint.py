@@ -14,10 +14,10 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-import checkpoint
-import dataset as datasets
+from helpers import checkpoint
+from helpers import data
 from conftest import CORE_DATASET, assert_user_error, core_text, core_train_args, run_inproc, run_script
-from errors import UserError
+from helpers import UserError
 from model import GPT, GPTConfig
 
 
@@ -270,13 +270,13 @@ def test_meta_pkl_with_code_is_refused(tmp_path):
     path = tmp_path / 'meta.pkl'
     path.write_bytes(pickle.dumps({'vocab_size': 3, 'itos': RunsCode(marker)}))
     with pytest.raises(UserError) as info:
-        datasets.load_meta(str(path))
+        data.load_meta(str(path))
     assert 'refused' in str(info.value) and 'plain data' in str(info.value)
     assert not marker.exists()
     # any class at all, even a harmless one, is refused
     path.write_bytes(pickle.dumps({'vocab_size': 3, 'x': CustomObject()}))
     with pytest.raises(UserError, match='refused'):
-        datasets.load_meta(str(path))
+        data.load_meta(str(path))
 
 
 @pytest.mark.parametrize('protocol', range(pickle.HIGHEST_PROTOCOL + 1))
@@ -287,10 +287,10 @@ def test_nanogpt_meta_pkl_loads(tmp_path, protocol):
             'stoi': {ch: i for i, ch in enumerate(chars)}}
     path = tmp_path / 'meta.pkl'
     path.write_bytes(pickle.dumps(meta, protocol=protocol))
-    assert datasets.load_meta(str(path)) == meta
+    assert data.load_meta(str(path)) == meta
     plain = {'a': [1, 2.5, True, None, 'x'], 'b': (1, (2, 3)), 'c': {1: {'d': False}}}
     path.write_bytes(pickle.dumps(plain, protocol=protocol))
-    assert datasets.load_meta(str(path)) == plain
+    assert data.load_meta(str(path)) == plain
 
 
 DAMAGED_META = {
@@ -305,7 +305,7 @@ def test_damaged_meta_pkl_is_one_line_error(tmp_path, content):
     path = tmp_path / 'meta.pkl'
     path.write_bytes(content)
     with pytest.raises(UserError) as info:
-        datasets.load_meta(str(path))
+        data.load_meta(str(path))
     message = str(info.value)
     assert '\n' not in message and 'meta.pkl' in message
     assert 'truncated or corrupt' in message and 'refused' not in message  # damage is not reported as danger
@@ -316,13 +316,13 @@ def test_meta_pkl_that_is_not_a_dict(tmp_path):
     path = tmp_path / 'meta.pkl'
     path.write_bytes(pickle.dumps([1, 2]))
     with pytest.raises(UserError, match='holds a list, not a dict'):
-        datasets.load_meta(str(path))
+        data.load_meta(str(path))
 
 
 def test_train_and_sample_refuse_a_meta_pkl_with_code(make_dataset, tiny_run, tmp_path):
     marker = tmp_path / 'PWNED'
     name = make_dataset('unsafe_meta')
-    meta_path = os.path.join(datasets.data_dir(name), 'meta.pkl')
+    meta_path = os.path.join(data.data_dir(name), 'meta.pkl')
     with open(meta_path, 'rb') as f:
         meta = pickle.load(f)
     meta['itos'] = RunsCode(marker)

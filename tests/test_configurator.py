@@ -6,7 +6,7 @@ import pytest
 
 import configurator
 from conftest import assert_user_error, run_inproc, run_script
-from errors import UserError
+from helpers import UserError
 
 
 def defaults():
@@ -175,7 +175,7 @@ def train_py_defaults():
     source = open(os.path.join(root, 'train.py'), encoding='utf-8').read()
     block = source.split('# default config values')[1].split('config_keys = ')[0]
     namespace = {}
-    exec('import hardware\n' + block.split('\n', 1)[1], namespace)
+    exec('from helpers import hardware\n' + block.split('\n', 1)[1], namespace)
     return namespace
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-import checkpoint
+from helpers import checkpoint
 from conftest import REPO_ROOT, LiveProcess, assert_user_error, checkpoint_files, core_train_args, run_inproc
 
 ITER_LINE = re.compile(r'^iter (\d+): loss', re.M)

@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-import checkpoint
-import dataset as datasets
+from helpers import checkpoint
+from helpers import data
 from conftest import assert_user_error, checkpoint_files, core_train_args, run_inproc, run_script
-from errors import UserError
+from helpers import UserError
 
 
 def snapshot(folder, names=None):
@@ -57,13 +57,13 @@ def test_unknown_dataset(tmp_path, core_dataset):
 
 def test_missing_bin(tmp_path, make_dataset):
     name = make_dataset('nobin')
-    os.remove(os.path.join(datasets.data_dir(name), 'val.bin'))
+    os.remove(os.path.join(data.data_dir(name), 'val.bin'))
     fresh_train(tmp_path, 'val.bin', 'missing', 'prepare', dataset=name)
 
 
 def test_too_short_bin(tmp_path, make_dataset):
     name = make_dataset('short')
-    path = os.path.join(datasets.data_dir(name), 'val.bin')
+    path = os.path.join(data.data_dir(name), 'val.bin')
     with open(path, 'r+b') as f:
         f.truncate(2 * 32)  # 32 uint16 tokens: one fewer than block_size + 1
     fresh_train(tmp_path, 'val.bin', '32 tokens', 'block_size+1 = 33', '--block_size', dataset=name, block_size=32)
@@ -112,7 +112,7 @@ def test_unknown_init_from(tmp_path, core_dataset, make_dataset):
     fresh_train(tmp_path, "unknown init_from 'restart'", 'resume', init_from='restart')
     # a gpt2-like name that is no model: refused before any download is tried
     name = make_dataset('bpe')
-    os.remove(os.path.join(datasets.data_dir(name), 'meta.pkl'))
+    os.remove(os.path.join(data.data_dir(name), 'meta.pkl'))
     fresh_train(tmp_path, 'gpt2-huge', 'gpt2-medium', init_from='gpt2-huge', dataset=name)
 
 
@@ -261,9 +261,9 @@ def test_meta_naming_an_unknown_token_dtype(tmp_path, make_dataset):
 
 def test_meta_without_a_vocabulary_for_sampling(make_dataset):
     import pickle
-    import tokenizer
+    from helpers import tokenizer
     name = make_dataset('no_itos')
-    meta_path = os.path.join(datasets.data_dir(name), 'meta.pkl')
+    meta_path = os.path.join(data.data_dir(name), 'meta.pkl')
     with open(meta_path, 'wb') as f:
         pickle.dump({'vocab_size': 13}, f)
     ckpt = {'config': {'dataset': name}, 'model_args': {'vocab_size': 13}}

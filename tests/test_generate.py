@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import model as model_module
-import tokenizer
+from helpers import tokenizer
 from model import GPT, GPTConfig
 
 BLOCK = 16

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-import dataset as datasets
+from helpers import data
 import evaluate
-import metrics
+from helpers import metrics
 import tiny_runs
 from conftest import REPO_ROOT, run_script
 
@@ -141,7 +141,7 @@ def test_full_pass_matches_a_straightforward_computation(tmp_path, char_dataset)
     model = tiny_runs.make_model('gelu', bias=True, block_size=16)
     expected, n = straightforward_val_loss(model, char_dataset, 16)
     assert n == 1002  # val.bin holds 1003 tokens: the last window is a short one of 10
-    loss, count = evaluate.full_pass_loss(model, datasets.bin_path(char_dataset, 'val'), np.dtype(np.uint16),
+    loss, count = evaluate.full_pass_loss(model, data.bin_path(char_dataset, 'val'), np.dtype(np.uint16),
                                           batch_size=5, block_size=16, device='cpu',
                                           ctx=torch.autocast('cpu', enabled=False))
     assert count == n and loss == pytest.approx(expected, rel=1e-6)
@@ -167,7 +167,7 @@ def test_fixed_batches_are_deterministic(tmp_path, char_dataset):
         assert re.search(r'^val: loss \d+\.\d{4}, perplexity \d+\.\d{4} \(256 tokens', proc.stdout, re.M), proc.stdout
     assert outputs[0] == outputs[1]  # two processes, the same numbers
     assert outputs[0]['settings']['seed'] == 1337 and outputs[0]['settings']['batch_size'] == 4  # the checkpoint's
-    path = datasets.bin_path(char_dataset, 'val')
+    path = data.bin_path(char_dataset, 'val')
     no_autocast = torch.autocast('cpu', enabled=False)
     for split in ('train', 'val'):
         numbers = outputs[0]['splits'][split]

@@ -22,9 +22,9 @@ import pytest
 from conftest import REPO_ROOT, run_script, place_tiny_shakespeare
 
 sys.path.insert(0, REPO_ROOT)
-import dataprep  # noqa: E402
-import dataset  # noqa: E402
-from errors import UserError  # noqa: E402
+from helpers import prepare as dataprep  # noqa: E402
+from helpers import data as dataset  # noqa: E402
+from helpers import UserError  # noqa: E402
 
 SEP = dataprep.STORY_SEPARATOR
 OFFLINE = {'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1'}

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-import checkpoint
+from helpers import checkpoint
 from conftest import LiveProcess, checkpoint_files, core_text, core_train_args, run_inproc, run_script
 
 STEP_LINE = re.compile(r'^step (\d+): train loss ([\d.]+), val loss ([\d.]+)$', re.M)

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import torch
 
-import checkpoint
+from helpers import checkpoint
 from conftest import REPO_ROOT
 from model import GPT, GPTConfig
 

@@ -9,7 +9,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
-import dataprep  # noqa: E402
+from helpers import prepare as dataprep  # noqa: E402
 
 if __name__ == '__main__':
     text_file = dataprep.download(dataprep.TINY_SHAKESPEARE_URL, os.path.join(HERE, 'input.txt'))

@@ -1,8 +1,8 @@
 """
 Sampling speed with and without the KV cache: a table of tokens/s.
 
-$ python bench_sample.py                          # CPU or the best device here
-$ python bench_sample.py --lengths=200 --device=cuda
+$ python benchmarks/sampling.py                    # CPU or the best device here
+$ python benchmarks/sampling.py --lengths=200 --device=cuda
 
 Rows: a GPT-2-124M-shaped model with random weights (1-token prompt, each length in
 `lengths`) and the shakespeare_char model (the checkpoint in shakespeare_out_dir when
@@ -11,15 +11,15 @@ past it (where every step must run the whole window, cache or not). Each row als
 that both paths return the same tokens. `models` picks the rows: gpt2, shakespeare or both.
 """
 import os
+import sys
 import time
 
 import torch
 
-import checkpoint
-import configurator
-import hardware
-from errors import UserError
-from model import GPT, GPTConfig
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import configurator  # noqa: E402
+from helpers import UserError, checkpoint, hardware  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 
 # -----------------------------------------------------------------------------
 lengths = '200,1000'  # new tokens per run, comma-separated

@@ -11,9 +11,9 @@ import pickle
 import numpy as np
 import torch
 
-from errors import UserError
+from helpers import UserError
 
-DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
+DATA_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data')
 SAFE_META_TYPES = {('builtins', name) for name in
                    ('dict', 'list', 'tuple', 'set', 'frozenset', 'str', 'bytes', 'int', 'float', 'bool', 'complex')}
 

@@ -8,7 +8,7 @@ from contextlib import nullcontext
 
 import torch
 
-from errors import UserError
+from helpers import UserError
 
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 

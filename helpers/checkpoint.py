@@ -13,7 +13,7 @@ import socket
 
 import torch
 
-from errors import UserError
+from helpers import UserError
 from model import GPT, GPTConfig
 
 CKPT_NAME = 'ckpt.pt'  # nanoGPT's: written at evaluations, when val loss improves or always_save_checkpoint

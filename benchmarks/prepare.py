@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WORDS = ("once upon a time there was little girl boy named lily tom sue ben who loved to play with "
          "her his ball red blue big small happy sad dog cat bird tree park house mom dad friend day "

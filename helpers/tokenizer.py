@@ -4,7 +4,7 @@ sample_onnx.py can run without it."""
 import codecs
 import os
 
-from errors import UserError
+from helpers import UserError
 
 BPE_VOCAB_SIZE = 50257
 
@@ -51,7 +51,7 @@ class BPETokenizer:
 
 def for_checkpoint(checkpoint):
     """The tokenizer a checkpoint was trained with: its dataset's meta.pkl if there is one."""
-    import dataset
+    from helpers import data as dataset
     name = (checkpoint.get('config') or {}).get('dataset')
     vocab_size = checkpoint['model_args']['vocab_size']
     if name and os.path.exists(os.path.join(dataset.data_dir(name), 'meta.pkl')):
