@@ -12,9 +12,7 @@ import time
 import torch
 
 import configurator
-from helpers import data
-from helpers import hardware
-from helpers import UserError
+from helpers import UserError, data, hardware
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -37,10 +35,10 @@ bench_iters = 20  # timed iterations
 profile_dir = './bench_log'
 # -----------------------------------------------------------------------------
 explicit = configurator.configure(globals())
-if 'compile' not in explicit:
-    compile = hardware.default_compile(device)
 dtype, ctx = hardware.setup(device, dtype if 'dtype' in explicit else None)
-device_type = hardware.device_type(device)
+device_type = torch.device(device).type
+if 'compile' not in explicit:
+    compile = device_type == 'cuda'  # as in train.py: on CPUs compilation rarely pays
 configurator.require_positive(globals(), 'batch_size', 'block_size', 'bench_iters')
 
 torch.manual_seed(seed)
@@ -121,6 +119,6 @@ else:
         print(f"{stage}: {num_steps} iters, last loss {lossf:.4f}")
     ms_per_iter = dt / bench_iters * 1000
     tokens_per_s = batch_size * block_size * bench_iters / dt
-    mfu = net.estimate_mfu(batch_size, dt / bench_iters)
+    mfu = net.estimate_mfu(batch_size, dt / bench_iters, hardware.peak_flops(device))
     mfu_text = f"{mfu * 100:.2f}%" if mfu is not None else "n/a (peak FLOP/s of this device not known)"
     print(f"time per iteration: {ms_per_iter:.2f}ms, tokens/s: {tokens_per_s:,.0f}, MFU: {mfu_text}")

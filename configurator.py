@@ -1,12 +1,12 @@
-"""Command-line configuration for train.py, sample.py and bench.py, nanoGPT style.
+"""Command-line configuration, nanoGPT style:
 
     python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
 
-Each script keeps its settings as plain module-level globals and calls
-`configure(globals())` right after defining them. Arguments are applied in order: a
-bare path runs that Python config file, `--key=value` sets one global, the value read
-as a Python literal (falling back to a plain string). Unknown keys and values of the
-wrong type are refused with a one-line error instead of being silently ignored.
+Each script keeps its settings as plain module-level globals and calls configure(globals())
+right after them. Arguments apply in order: a bare path runs that Python config file,
+--key=value sets one global, the value read as a Python literal (or else taken as a plain
+string). Unknown keys and values of the wrong type stop the script with a one-line error
+instead of being ignored.
 """
 import ast
 import difflib
@@ -28,82 +28,69 @@ def _closest(key, known):
     return f" (did you mean '{match[0]}'?)" if match else ''
 
 
-def _coerce(key, value, current, source):
-    """Return value converted to the type of the current setting, or raise UserError."""
+def _coerce(key, value, current, source, current_source):
+    """value as the type of the current setting (an int is fine for a float), or a UserError."""
     if current is None or value is None:
         return value
-    if isinstance(current, bool):
-        if isinstance(value, bool):
-            return value
-    elif isinstance(current, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(current, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif isinstance(current, str):
-        if isinstance(value, str):
-            return value
-    raise UserError(f"{source}: {key} must be a {type(current).__name__} (default {current!r}), "
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is type(current):
+        return value
+    raise UserError(f"{source}: {key} must be a {type(current).__name__} ({current_source} {current!r}), "
                     f"got {type(value).__name__} {value!r}")
 
 
-def _parse_value(text, current):
-    if isinstance(current, str):
-        # a string setting takes the text as written: --out_dir=123 means the folder "123"
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            return text
-        return value if isinstance(value, str) else text
+def _parse(text, current):
     try:
-        return ast.literal_eval(text)
+        value = ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         return text
-
-
-def apply_config_file(path, namespace, known, explicit):
-    if not os.path.isfile(path):
-        hint = " (arguments other than config files are written --key=value)" if not path.endswith('.py') else ''
-        raise UserError(f"config file '{path}' not found{hint}")
-    print(f"Overriding config with {path}:")
-    with open(path, encoding='utf-8') as f:
-        source = f.read()
-    print(source)
-    scope = {}
-    try:
-        exec(compile(source, path, 'exec'), scope)
-    except Exception as e:  # a broken config file is the user's to fix, reported in one line
-        raise UserError(f"config file '{path}' failed to run: {type(e).__name__}: {e}")
-    for key, value in scope.items():
-        if key.startswith('_') or isinstance(value, (types.ModuleType, types.FunctionType, type)):
-            continue
-        if key not in known:
-            raise UserError(f"config file '{path}' sets unknown key '{key}'{_closest(key, known)}")
-        namespace[key] = _coerce(key, value, namespace[key], path)
-        explicit.add(key)
+    # a string setting takes the text as written: --out_dir=123 means the folder "123"
+    return text if isinstance(current, str) and not isinstance(value, str) else value
 
 
 def configure(namespace, argv=None):
-    """Apply config files and --key=value overrides from argv to namespace (a script's
-    globals()). Returns the set of keys that were set explicitly, so scripts can fill in
-    hardware-dependent defaults for the rest."""
+    """Apply config files and --key=value overrides from argv to namespace (a script's globals()).
+    Returns {key: where it was set} for the keys set explicitly ('the command line' or a config
+    file's path), so that scripts can fill in device-dependent defaults for the rest and name
+    the source of a setting in their messages."""
     argv = sys.argv[1:] if argv is None else argv
     known = settable_keys(namespace)
-    explicit = set()
+    explicit = {}
+
+    def where(key):
+        return f"{explicit[key]} sets" if key in explicit else 'default'
     for arg in argv:
-        if not arg.startswith('--'):
-            apply_config_file(arg, namespace, known, explicit)
+        if arg.startswith('--'):
+            key, sep, text = arg[2:].partition('=')
+            if not sep:
+                raise UserError(f"argument '{arg}' must be written --key=value")
+            if key not in known:
+                raise UserError(f"unknown config key '{key}'{_closest(key, known)}")
+            value = _coerce(key, _parse(text, namespace[key]), namespace[key], f"--{key}", where(key))
+            print(f"Overriding: {key} = {value!r}")
+            namespace[key] = value
+            explicit[key] = 'the command line'
             continue
-        key, sep, text = arg[2:].partition('=')
-        if not sep:
-            raise UserError(f"argument '{arg}' must be written --key=value")
-        if key not in known:
-            raise UserError(f"unknown config key '{key}'{_closest(key, known)}")
-        value = _coerce(key, _parse_value(text, namespace[key]), namespace[key], f"--{key}")
-        print(f"Overriding: {key} = {value!r}")
-        namespace[key] = value
-        explicit.add(key)
+        if not os.path.isfile(arg):
+            hint = " (arguments other than config files are written --key=value)" if not arg.endswith('.py') else ''
+            raise UserError(f"config file '{arg}' not found{hint}")
+        print(f"Overriding config with {arg}:")
+        with open(arg, encoding='utf-8') as f:
+            source = f.read()
+        print(source)
+        scope = {}
+        try:
+            exec(compile(source, arg, 'exec'), scope)
+        except Exception as e:  # a broken config file is the user's to fix, reported in one line
+            raise UserError(f"config file '{arg}' failed to run: {type(e).__name__}: {e}")
+        for key, value in scope.items():
+            if key.startswith('_') or isinstance(value, (types.ModuleType, types.FunctionType, type)):
+                continue
+            if key not in known:
+                raise UserError(f"config file '{arg}' sets unknown key '{key}'{_closest(key, known)}")
+            namespace[key] = _coerce(key, value, namespace[key], arg, where(key))
+            explicit[key] = arg
     return explicit
 
 

@@ -30,11 +30,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from helpers import checkpoint
 import configurator
-from helpers import data
-from helpers import hardware
-from helpers import UserError
+from helpers import UserError, checkpoint, data, hardware
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (the checkpoint in out_dir), gpt2, gpt2-medium, gpt2-large, gpt2-xl or a transformers GPT-2 directory

@@ -30,9 +30,8 @@ import time
 
 import torch
 
-from helpers import checkpoint
 import configurator
-from helpers import UserError
+from helpers import UserError, checkpoint
 from export_onnx import random_prompts  # the same check prompts for both exports
 from model import CONV1D_WEIGHTS, GPT
 

@@ -26,10 +26,8 @@ import warnings
 import torch
 import torch.nn as nn
 
-from helpers import checkpoint
 import configurator
-from helpers import data
-from helpers import UserError
+from helpers import UserError, checkpoint, data
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the checkpoint to export: out_dir/ckpt.pt (or latest.pt when it is the only one)

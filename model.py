@@ -16,18 +16,11 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from helpers import hardware
-
 # transformers' names for GPT-2's activation, mapped to ours
 HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh', 'gelu_fast': 'gelu_tanh'}
 # transformers keeps GPT-2's original Conv1D layers, whose weights are the transpose of nn.Linear's
 CONV1D_WEIGHTS = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
-PRETRAINED_SHAPES = {
-    'gpt2': dict(n_layer=12, n_head=12, n_embd=768),  # 124M params
-    'gpt2-medium': dict(n_layer=24, n_head=16, n_embd=1024),  # 350M params
-    'gpt2-large': dict(n_layer=36, n_head=20, n_embd=1280),  # 774M params
-    'gpt2-xl': dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M params
-}
+PRETRAINED = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # 124M, 350M, 774M and 1558M parameters
 
 
 @dataclass
@@ -67,42 +60,6 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
-class Linear(nn.Linear):
-    """nn.Linear with a faster path for the few positions of a sampling step on a CPU.
-
-    With the KV cache, a sampling step multiplies every weight matrix by one position per
-    sequence, so it runs at the speed the weights stream in from memory. On the README's
-    2-core machine a single matrix-vector product reads them at about 12 GB/s; cutting the
-    weight into blocks of rows and multiplying all blocks in one batched matmul gives each
-    thread its own contiguous stream at about 17 GB/s, near the memory's limit, and a GPT-2
-    124M step takes 34 ms instead of 48. Each output is still one float32 dot product; only
-    the order of its additions may differ from F.linear's.
-    """
-    ROWS_PER_BLOCK = 128
-    MAX_POSITIONS = 16  # more positions make a matmul bound by arithmetic, not memory: F.linear's case
-    MIN_ELEMENTS = 2**19  # 2 MB of float32; smaller weights stay in the CPU's caches between steps
-
-    def forward(self, x):
-        if (torch.compiler.is_compiling() or torch.jit.is_tracing()  # compilers and exporters get one path
-                or x.size(-1) != self.in_features  # let F.linear name the shape mismatch
-                or x.numel() > self.MAX_POSITIONS * self.in_features or self.weight.numel() < self.MIN_ELEMENTS
-                or x.device.type != 'cpu' or self.weight.dtype != torch.float32
-                or torch.is_grad_enabled() or torch.is_autocast_enabled('cpu')):
-            return F.linear(x, self.weight, self.bias)
-        positions = x.numel() // self.in_features
-        columns = x.reshape(positions, self.in_features).t()
-        n_blocks = self.out_features // self.ROWS_PER_BLOCK
-        blocked = n_blocks * self.ROWS_PER_BLOCK
-        blocks = self.weight[:blocked].view(n_blocks, self.ROWS_PER_BLOCK, self.in_features)
-        y = torch.bmm(blocks, columns.expand(n_blocks, -1, -1)).view(blocked, positions)
-        if blocked < self.out_features:  # the rows left over after whole blocks, e.g. 81 of GPT-2's 50257
-            y = torch.cat([y, self.weight[blocked:] @ columns])
-        y = y.t()
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*x.shape[:-1], self.out_features)
-
-
 class KVCache:
     """Keys and values of the positions already seen, per layer, so that generation feeds
     the model one new position per step instead of the whole context again. Storage for
@@ -133,8 +90,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.dropout = config.dropout
-        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
-        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         # scaled_dot_product_attention dispatches to flash/memory-efficient kernels; the explicit
         # masked softmax below is kept for PyTorch builds without it and as a readable reference
@@ -173,9 +130,9 @@ class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU(approximate='tanh' if config.activation == 'gelu_tanh' else 'none')
-        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -208,7 +165,7 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=LayerNorm(config.n_embd, bias=config.bias),
         ))
-        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # weight tying: the output projection is the token embedding, as in GPT-2
         self.transformer.wte.weight = self.lm_head.weight
 
@@ -252,7 +209,7 @@ class GPT(nn.Module):
             logits = self.lm_head(x)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
             return logits, loss
-        return self.lm_head(x[:, [-1], :]), None  # the list index keeps the time dimension
+        return self.lm_head(x[:, -1:, :]), None  # the slice keeps the time dimension
 
     def crop_block_size(self, block_size):
         """Shrink the context window, e.g. to finetune GPT-2 (1024) at a smaller block size."""
@@ -266,8 +223,8 @@ class GPT(nn.Module):
         gpt2-xl) or a local directory holding a transformers GPT-2 checkpoint."""
         override_args = override_args or {}
         assert all(k == 'dropout' for k in override_args), "only dropout can be overridden"
-        if name not in PRETRAINED_SHAPES and not os.path.isdir(name):
-            raise ValueError(f"unknown pretrained model '{name}': use one of {', '.join(PRETRAINED_SHAPES)} "
+        if name not in PRETRAINED and not os.path.isdir(name):
+            raise ValueError(f"unknown pretrained model '{name}': use one of {', '.join(PRETRAINED)} "
                              "or a directory holding a transformers GPT-2 checkpoint")
         print(f"loading weights from pretrained gpt: {name}")
         try:
@@ -308,17 +265,15 @@ class GPT(nn.Module):
         print(f"using fused AdamW: {use_fused}")
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if use_fused else {}))
 
-    def estimate_mfu(self, fwdbwd_per_iter, dt):
-        """Model FLOPs utilization: achieved FLOP/s over the bf16 peak of the device the model
-        is on (PaLM paper, appendix B). None where that peak is not known, e.g. on a CPU."""
-        peak = hardware.peak_flops(self.lm_head.weight.device)
-        if peak is None:
+    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
+        """Model FLOPs utilization: achieved FLOP/s over the device's peak_flops (PaLM paper,
+        appendix B), or None when the peak is not known (e.g. on a CPU)."""
+        if peak_flops is None:
             return None
         cfg = self.config
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
         flops_per_token = 6 * self.get_num_params() + 12 * L * H * Q * T
-        flops_per_iter = flops_per_token * T * fwdbwd_per_iter
-        return flops_per_iter / dt / peak
+        return flops_per_token * T * fwdbwd_per_iter / dt / peak_flops
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generators=None):
@@ -330,39 +285,32 @@ class GPT(nn.Module):
     def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generators=None):
         """Yield the next token of every sequence, (B, 1), one step at a time (for streaming).
 
-        With use_cache the prompt is run once and each step feeds only the newest token.
-        The context is always the last block_size tokens, as without the cache: once the
-        sequence outgrows block_size every position shifts at each step, the cached keys
-        no longer apply, and each step runs the whole cropped window instead, giving the
-        same tokens. generators, one torch.Generator per row, make each row's samples
-        independent of the others, so a row sampled in a batch equals the same row
-        sampled alone; without them the global random stream is used.
+        With use_cache the prompt is run once and each step feeds only the newest token. The
+        context is always the last block_size tokens, as without the cache: once the sequence
+        outgrows block_size every position shifts at each step, the cached keys no longer
+        apply, and each step runs the whole cropped window instead, giving the same tokens.
+        generators, one torch.Generator per row, make each row's draws independent of the
+        others, so a row sampled in a batch equals the same row sampled alone.
         """
         kv_cache = KVCache(self.config.n_layer, self.config.block_size) if use_cache else None
         for _ in range(max_new_tokens):
             if kv_cache is not None and idx.size(1) <= self.config.block_size:
-                new_tokens = idx if kv_cache.length == 0 else idx[:, -1:]
-                logits, _ = self(new_tokens, kv_cache=kv_cache)
+                logits, _ = self(idx[:, kv_cache.length:], kv_cache=kv_cache)  # the positions not cached yet
             else:
                 logits, _ = self(idx[:, -self.config.block_size:])
-            logits = logits[:, -1, :].float() / temperature
-            candidates = None
-            if top_k is not None and top_k < logits.size(-1):
-                top_logits, top_ids = torch.topk(logits, top_k)
-                kth = top_logits[:, [-1]]
-                if bool(((logits >= kth).sum(dim=-1) == top_k).all()):
-                    # drawing among the top_k alone is the same distribution as giving every
-                    # other token probability 0, and costs a fifth as much over GPT-2's 50k tokens
-                    logits, candidates = top_logits, top_ids
-                else:  # tokens tied with the k-th are all kept, as top_k has always meant here
-                    logits = logits.masked_fill(logits < kth, -float('inf'))
-            probs = F.softmax(logits, dim=-1)
-            if generators is None:
-                idx_next = torch.multinomial(probs, num_samples=1)
-            else:
-                idx_next = torch.cat([torch.multinomial(p, num_samples=1, generator=g).unsqueeze(0)
-                                      for p, g in zip(probs, generators)])
-            if candidates is not None:
-                idx_next = candidates.gather(1, idx_next)
-            idx = torch.cat((idx, idx_next), dim=1)
-            yield idx_next
+            next_token = sample_next_token(logits[:, -1, :], temperature, top_k, generators)
+            idx = torch.cat((idx, next_token), dim=1)
+            yield next_token
+
+
+def sample_next_token(logits, temperature=1.0, top_k=None, generators=None):
+    """One token id per row of logits (B, vocab_size), (B, 1): a draw from softmax(logits /
+    temperature) restricted to the top_k largest logits (and every token tied with the k-th)."""
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth_largest = torch.topk(logits, top_k).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_largest, float('-inf'))
+    probs = F.softmax(logits, dim=-1)
+    if generators is None:
+        return torch.multinomial(probs, num_samples=1)
+    return torch.stack([torch.multinomial(p, num_samples=1, generator=g) for p, g in zip(probs, generators)])

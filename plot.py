@@ -16,8 +16,7 @@ Only this script needs matplotlib (pip install matplotlib).
 import os
 
 import configurator
-from helpers import metrics
-from helpers import UserError
+from helpers import UserError, metrics
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the run to plot

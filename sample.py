@@ -13,10 +13,8 @@ import time
 
 import torch
 
-from helpers import checkpoint
 import configurator
-from helpers import hardware
-from helpers import tokenizer
+from helpers import checkpoint, hardware, tokenizer
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir), a gpt2 variant (e.g. 'gpt2-xl') or a transformers GPT-2 directory

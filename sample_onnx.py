@@ -19,8 +19,7 @@ import time
 import numpy as np
 
 import configurator
-from helpers import tokenizer
-from helpers import UserError
+from helpers import UserError, tokenizer
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # where export_onnx.py wrote model.onnx

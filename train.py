@@ -26,12 +26,8 @@ import torch
 from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from helpers import checkpoint
 import configurator
-from helpers import data
-from helpers import hardware
-from helpers import metrics
-from helpers import UserError
+from helpers import UserError, checkpoint, data, hardware, metrics
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -83,12 +79,7 @@ seed = 1337
 data_on_device = True  # on a GPU, keep a dataset that fits easily in its memory there and sample batches on it
 # -----------------------------------------------------------------------------
 config_keys = sorted(configurator.settable_keys(globals()))
-explicit = configurator.configure(globals())
-# settings that follow the device unless the user chose them (dtype: see hardware.setup below)
-if 'compile' not in explicit:
-    compile = hardware.default_compile(device)
-if 'backend' not in explicit:
-    backend = hardware.default_backend(device)
+explicit = configurator.configure(globals())  # {key: where it was set}
 
 # -----------------------------------------------------------------------------
 # check the settings before anything is started or written
@@ -102,7 +93,12 @@ if init_from not in ('scratch', 'resume') and not init_from.startswith('gpt2') a
     raise UserError(f"unknown init_from '{init_from}'; use scratch, resume, one of gpt2, gpt2-medium, gpt2-large, "
                     "gpt2-xl, or a directory holding a transformers GPT-2 checkpoint")
 dtype, ctx = hardware.setup(device, dtype if 'dtype' in explicit else None)
-device_type = hardware.device_type(device)
+device_type = torch.device(device).type
+# settings that follow the device unless the user chose them
+if 'compile' not in explicit:
+    compile = device_type == 'cuda'  # pays off on GPUs; on CPUs its start-up rarely does
+if 'backend' not in explicit:
+    backend = 'nccl' if device_type == 'cuda' else 'gloo'
 if fsdp and int(os.environ.get('RANK', -1)) == -1:
     raise UserError("fsdp=True shards the model across processes started by torchrun; run "
                     "torchrun --standalone --nproc_per_node=N train.py ... --fsdp=True, or drop --fsdp")
@@ -223,6 +219,7 @@ if data_on_device and device_type == 'cuda' and data.fits_on_device(bin_paths.va
     resident_data = {split: data.load_to_device(path, token_dtype, device) for split, path in bin_paths.items()}
     print(f"keeping the dataset in {device} memory ({sum(t.numel() for t in resident_data.values()):,} tokens)")
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
+peak_flops = hardware.peak_flops(device)  # for MFU; None where unknown (CPUs)
 if master_process:
     print("effective configuration: " + ", ".join(f"{k}={config[k]!r}" for k in config_keys))
     print(f"tokens per iteration will be: {tokens_per_iter:,}")
@@ -424,7 +421,7 @@ while True:
             raise UserError(f"loss is {lossf} at iter {iter_num}; nothing was saved over the checkpoints in {out_dir}. "
                             "Lower --learning_rate, or use --dtype=bfloat16 or float32")
     if iter_num % log_interval == 0 and master_process:
-        mfu = net.estimate_mfu(batch_size * gradient_accumulation_steps, dt) if local_iter_num >= 5 else None
+        mfu = net.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak_flops) if local_iter_num >= 5 else None
         if mfu is not None:
             running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
         mfu_text = f"{running_mfu * 100:.2f}%" if running_mfu != -1.0 else "n/a"

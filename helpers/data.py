@@ -1,9 +1,8 @@
-"""Reading a prepared dataset: data/<name>/{train.bin, val.bin, meta.pkl}.
+"""Reading a prepared dataset: data/<name>/{train.bin, val.bin, meta.pkl} (helpers/prepare.py writes them).
 
 The .bin files are flat arrays of token ids, uint16 as in nanoGPT unless meta.pkl says
-otherwise (a character vocabulary above 65,535 symbols is stored as uint32).
-meta.pkl is read with a restricted unpickler: a dataset folder downloaded from
-somewhere must not be able to run code on this machine.
+'uint32' (character vocabularies above 65,535 symbols). meta.pkl is read with an unpickler
+that accepts only plain data: a dataset folder downloaded from somewhere cannot run code.
 """
 import os
 import pickle
@@ -14,34 +13,29 @@ import torch
 from helpers import UserError
 
 DATA_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data')
-SAFE_META_TYPES = {('builtins', name) for name in
-                   ('dict', 'list', 'tuple', 'set', 'frozenset', 'str', 'bytes', 'int', 'float', 'bool', 'complex')}
-
-
-class _NotPlainData(pickle.UnpicklingError):
-    pass
+PLAIN_TYPES = ('dict', 'list', 'tuple', 'set', 'frozenset', 'str', 'bytes', 'int', 'float', 'bool', 'complex')
 
 
 class _PlainDataUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
-        if (module, name) in SAFE_META_TYPES:
+        if module == 'builtins' and name in PLAIN_TYPES:
             return super().find_class(module, name)
-        raise _NotPlainData(f"{module}.{name} is not plain data")
+        raise UserError(f"{module}.{name} is not plain data")
 
 
 def load_meta(path):
     """meta.pkl as a dict, or a UserError when it holds anything but plain data."""
+    fix = "re-create it with the dataset's prepare.py"
     try:
         with open(path, 'rb') as f:
             meta = _PlainDataUnpickler(f).load()
-    except _NotPlainData as e:
+    except UserError as e:
         raise UserError(f"{path} was refused ({e}); meta.pkl may hold only plain data "
-                        "(dict, list, tuple, str, int, float, bool, None): re-create it with the dataset's prepare.py")
+                        f"(dict, list, tuple, str, int, float, bool, None): {fix}")
     except Exception as e:  # anything else the unpickler trips over is a damaged file
-        detail = ' '.join(str(e).split()) or type(e).__name__
-        raise UserError(f"{path} is truncated or corrupt ({detail}); re-create it with the dataset's prepare.py")
+        raise UserError(f"{path} is truncated or corrupt ({' '.join(str(e).split()) or type(e).__name__}); {fix}")
     if not isinstance(meta, dict):
-        raise UserError(f"{path} holds a {type(meta).__name__}, not a dict; re-create it with the dataset's prepare.py")
+        raise UserError(f"{path} holds a {type(meta).__name__}, not a dict; {fix}")
     return meta
 
 
@@ -65,9 +59,8 @@ def token_dtype(meta):
 
 
 def prepare_command(dataset):
-    script = os.path.join('data', dataset, 'prepare.py')
     if os.path.exists(os.path.join(DATA_ROOT, dataset, 'prepare.py')):
-        return f"python {script}"
+        return f"python data/{dataset}/prepare.py"
     return f"python data/char/prepare.py --input your_text.txt --name {dataset} (or a prepare.py of your own in data/{dataset}/)"
 
 
@@ -84,8 +77,8 @@ def bin_path(dataset, split):
 
 
 def open_tokens(path, dtype):
-    """A read-only memmap over a .bin file. Re-opened for every batch by callers, because a
-    long-lived memmap keeps every page it ever touched resident and memory grows without bound."""
+    """A read-only memmap over a .bin file. Callers open a fresh one per batch: a long-lived
+    memmap keeps every page it ever touched resident, and memory grows without bound."""
     return np.memmap(path, dtype=dtype, mode='r')
 
 
@@ -100,10 +93,9 @@ def check_split_length(dataset, split, dtype, block_size):
 
 def get_batch(path, dtype, batch_size, block_size, device, generator=None):
     """batch_size random windows of block_size tokens (x) and the same windows shifted by one (y)."""
-    # a fresh memmap per batch: a long-lived one keeps every page it touched in memory
-    data = open_tokens(path, dtype)
-    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
-    chunk = torch.from_numpy(data[ix[:, None] + np.arange(block_size + 1)].astype(np.int64))
+    tokens = open_tokens(path, dtype)
+    ix = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator).numpy()
+    chunk = torch.from_numpy(tokens[ix[:, None] + np.arange(block_size + 1)].astype(np.int64))
     x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
     if torch.device(device).type == 'cuda':
         # pinned host memory lets the copy run asynchronously with the GPU's work
@@ -113,26 +105,26 @@ def get_batch(path, dtype, batch_size, block_size, device, generator=None):
 
 def fits_on_device(paths, device, fraction=0.1):
     """Whether the token files, held as int32, take under `fraction` of the GPU's memory."""
-    if torch.device(device).type != 'cuda':
-        return False
-    needed = sum(os.path.getsize(p) // np.dtype(np.uint16).itemsize * 4 for p in paths)
+    needed = sum(os.path.getsize(p) // 2 * 4 for p in paths)  # (uint32 files count double: generous)
     return needed < fraction * torch.cuda.get_device_properties(torch.device(device)).total_memory
 
 
 def load_to_device(path, dtype, device):
-    """A whole .bin file as an int32 tensor on device (int32 holds every uint16 and uint32 id we write)."""
+    """A whole .bin file as an int32 tensor on device (int32 holds every id the prepare scripts write)."""
     return torch.from_numpy(np.fromfile(path, dtype=dtype).astype(np.int32)).to(device)
 
 
-def get_resident_batch(data, batch_size, block_size, generator):
-    """get_batch for tokens already in device memory: windows gathered there. The offsets come from
-    the same CPU generator as get_batch's, so both draw the same batches for the same seed."""
-    ix = torch.randint(len(data) - block_size, (batch_size, 1), generator=generator).to(data.device, non_blocking=True)
-    chunk = data[ix + torch.arange(block_size + 1, device=data.device)].long()
+def get_resident_batch(tokens, batch_size, block_size, generator):
+    """get_batch for tokens already in device memory. The offsets come from the same CPU
+    generator as get_batch's, so both draw the same batches for the same seed; they are
+    copied from pinned memory, so the copy does not wait for the GPU."""
+    ix = torch.randint(len(tokens) - block_size, (batch_size, 1), generator=generator)
+    ix = ix.pin_memory().to(tokens.device, non_blocking=True)
+    chunk = tokens[ix + torch.arange(block_size + 1, device=tokens.device)].long()
     return chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
 
 
 def eval_batch_seed(seed, split):
-    """Seed of the generator behind the fixed evaluation batches of a split. train.py's
-    evaluation and evaluate.py both use it, so they score the same tokens."""
+    """Seed of the generator behind a split's fixed evaluation batches: train.py's evaluation and
+    evaluate.py both use it, so they score the same tokens."""
     return seed * 7919 + {'train': 0, 'val': 1}.get(split, 2)

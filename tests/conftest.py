@@ -193,17 +193,6 @@ def copy_run(tiny_run, tmp_path):
     return target
 
 
-@pytest.fixture
-def bmm_calls(monkeypatch):
-    """A list that grows by one at each torch.bmm call: how a test sees whether model.Linear
-    took its blocked path."""
-    import torch
-    calls = []
-    real_bmm = torch.bmm
-    monkeypatch.setattr(torch, 'bmm', lambda *args: calls.append(1) or real_bmm(*args))
-    return calls
-
-
 class LiveProcess:
     """A script started in the background whose output is collected as it comes, so a test can
     wait for a line (say, an iteration) and then act on the running process (send a signal)."""

@@ -42,7 +42,7 @@ def test_overrides_are_parsed_as_python_literals():
     assert ns['learning_rate'] == 1e-3
     assert ns['compile'] is False
     assert ns['top_k'] == 5
-    assert explicit == {'batch_size', 'learning_rate', 'compile', 'top_k'}
+    assert set(explicit) == {'batch_size', 'learning_rate', 'compile', 'top_k'}
     assert ns['out_dir'] == 'out'  # untouched
 
 
@@ -79,7 +79,7 @@ def test_later_arguments_win(tmp_path):
     cfg.write_text("batch_size = 64\nout_dir = 'from-file'\n")
     ns, explicit = configure([str(cfg), '--batch_size=8'])
     assert ns['batch_size'] == 8 and ns['out_dir'] == 'from-file'
-    assert explicit == {'batch_size', 'out_dir'}
+    assert set(explicit) == {'batch_size', 'out_dir'}
     ns, _ = configure(['--batch_size=8', str(cfg)])
     assert ns['batch_size'] == 64
 
@@ -97,7 +97,7 @@ def test_config_file_may_import_and_define_helpers(tmp_path):
     ns, explicit = configure([str(cfg)])
     assert ns['batch_size'] == 32
     assert ns['learning_rate'] == 1.0 and type(ns['learning_rate']) is float
-    assert explicit == {'batch_size', 'learning_rate'}
+    assert set(explicit) == {'batch_size', 'learning_rate'}
 
 
 def test_unknown_key_names_the_closest_known_key():

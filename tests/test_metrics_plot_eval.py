@@ -1,4 +1,5 @@
-"""The metrics log (metrics.py), the loss-curve plot (plot.py) and evaluation (evaluate.py)."""
+"""The metrics log (helpers/metrics.py), the loss-curve plot (plot.py) and evaluation (evaluate.py)."""
+import contextlib
 import json
 import math
 import os
@@ -35,7 +36,7 @@ def png_size(path):
 
 
 def fake_run(out_dir, n_iters=60, eval_interval=20, tokens_per_iter=512, start_loss=4.0):
-    with metrics.MetricsLog(str(out_dir), 0) as log:
+    with contextlib.closing(metrics.MetricsLog(str(out_dir), 0)) as log:
         for it in range(n_iters + 1):
             loss = start_loss * math.exp(-it / 40) + 1.0
             if it % eval_interval == 0:
@@ -47,7 +48,7 @@ def fake_run(out_dir, n_iters=60, eval_interval=20, tokens_per_iter=512, start_l
 # ----------------------------------------------------------------------------- metrics.py
 
 def test_metrics_log_writes_header_rows_and_empty_cells(tmp_path):
-    with metrics.MetricsLog(str(tmp_path), 0) as log:
+    with contextlib.closing(metrics.MetricsLog(str(tmp_path), 0)) as log:
         log.write(0, 0, 6e-4, train_loss=4.25, val_loss=4.5)
         log.write(0, 4096, 6e-4, train_loss=4.3, ms_per_iter=120.5, mfu=-1.0)  # train.py's "not measured"
         log.write(1, 8192, 6.5e-4, train_loss=4.1, ms_per_iter=100.0, mfu=0.123)
@@ -65,7 +66,7 @@ def test_metrics_log_resume_drops_rows_from_the_restart_iteration(tmp_path):
     path = str(tmp_path / 'metrics.csv')
     with open(path, 'a') as f:
         f.write('31,tra')  # a row cut off by a crash mid-write
-    with metrics.MetricsLog(str(tmp_path), 20) as log:  # resumed from the checkpoint of iter 20
+    with contextlib.closing(metrics.MetricsLog(str(tmp_path), 20)) as log:  # resumed from the checkpoint of iter 20
         for it in range(20, 23):
             if it == 20:
                 log.write(it, it * 512, 1e-3, train_loss=1.5, val_loss=1.6)

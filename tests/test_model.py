@@ -1,13 +1,11 @@
 """model.py: shapes, weight tying, initial loss, parity with transformers' GPT-2, the two
-attention paths, the sampling path of Linear, crop_block_size, parameter counting and the
-optimizer's parameter groups."""
+attention paths, crop_block_size, parameter counting and the optimizer's parameter groups."""
 import math
 
 import pytest
 import torch
 
-import model as model_module
-from model import GPT, GPTConfig, Linear
+from model import GPT, GPTConfig
 
 VOCAB = 100
 
@@ -272,64 +270,3 @@ def test_configure_optimizers_decays_matrices_only(bias):
     # one step with the groups works
     model(random_tokens((2, 8)), random_tokens((2, 8), seed=3))[1].backward()
     optimizer.step()
-
-
-@pytest.mark.parametrize('bias', [True, False])
-@pytest.mark.parametrize('shape', [(5,), (1, 1), (3, 1), (2, 8), (4, 4)])  # up to MAX_POSITIONS positions
-def test_linear_sampling_path_equals_f_linear(monkeypatch, bmm_calls, bias, shape):
-    """A few positions on CPU without grad go through the blocked product: whole blocks plus
-    leftover rows (out_features 300 = 2 blocks of 128 and 44 rows) give F.linear's result."""
-    monkeypatch.setattr(Linear, 'MIN_ELEMENTS', 0)
-    torch.manual_seed(0)
-    layer = Linear(48, 300, bias=bias)
-    if bias:
-        torch.nn.init.normal_(layer.bias)
-    x = torch.randn(*shape, 48)
-    with torch.no_grad():
-        expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
-        got = layer(x)
-    assert bmm_calls, "the blocked path was not taken"
-    assert got.shape == expected.shape
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
-
-
-def test_linear_keeps_f_linear_where_the_blocked_path_does_not_apply(monkeypatch):
-    torch.manual_seed(0)
-    layer = Linear(48, 300)
-    few, many = torch.randn(1, 48), torch.randn(1, Linear.MAX_POSITIONS + 1, 48)
-    monkeypatch.setattr(model_module.torch, 'bmm', lambda *a: pytest.fail("blocked path taken"))
-    with torch.no_grad():  # a weight small enough to stay in cache
-        assert torch.equal(layer(few), torch.nn.functional.linear(few, layer.weight, layer.bias))
-    monkeypatch.setattr(Linear, 'MIN_ELEMENTS', 0)
-    assert torch.equal(layer(few), torch.nn.functional.linear(few, layer.weight, layer.bias))  # training: grad on
-    with torch.no_grad():
-        assert torch.equal(layer(many), torch.nn.functional.linear(many, layer.weight, layer.bias))
-        with torch.autocast('cpu', dtype=torch.bfloat16):
-            layer(few)
-        with pytest.raises(RuntimeError, match='cannot be multiplied'):  # F.linear's own message
-            layer(torch.randn(1, 47))
-        Linear(48, 300, device='meta')(few.to('meta'))  # not a CPU tensor
-        layer.double()
-        layer(few.double())
-
-
-@pytest.mark.filterwarnings('ignore:`torch.jit.trace')
-def test_compilers_and_exporters_trace_f_linear(monkeypatch):
-    """Traced graphs must not bake in the blocked path (or a shape guard for it)."""
-    monkeypatch.setattr(Linear, 'MIN_ELEMENTS', 0)
-    layer = Linear(48, 300).eval()
-    x = torch.randn(1, 48)
-    with torch.no_grad():
-        traced = torch.jit.trace(layer, x)
-        exported = torch.export.export(layer, (x,))
-    assert 'bmm' not in str(traced.graph) and 'linear' in str(traced.graph)
-    ops = {str(node.target) for node in exported.graph.nodes if node.op == 'call_function'}
-    assert not any('bmm' in op for op in ops) and any('linear' in op for op in ops), ops
-
-
-def test_gpt2_sized_layers_take_the_blocked_path(bmm_calls):
-    """The default threshold sends every GPT-2 124M weight, the smallest being 768 x 768,
-    through the blocked product when sampling."""
-    with torch.no_grad():
-        Linear(768, 768)(torch.randn(1, 1, 768))
-    assert bmm_calls
