@@ -5,17 +5,13 @@ $ python export_onnx.py --out_dir=out-shakespeare-char
 $ python sample_onnx.py --out_dir=out-shakespeare-char --top_k=1   # generate with onnxruntime
 
 The graph maps token ids `idx` (int64, batch x seq) to `logits` (float32, batch x seq x
-vocab_size) for every position; batch is free and seq may be anything from 1 to block_size.
-Longer contexts must be cropped to their last block_size tokens, as sample.py does. There
-is no KV cache in the graph: a generation loop feeds the whole (cropped) context at each step.
-
-The model's settings and, for character-level models, the vocabulary are stored in the
-file's metadata (onnx metadata_props), so a sampler needs nothing but the .onnx file:
-nanogpt.block_size, nanogpt.vocab_size, nanogpt.activation, nanogpt.tokenizer ('char',
-'gpt2' or 'unknown') and nanogpt.itos (a JSON list: token id -> character).
-
-After writing the file the script runs it with onnxruntime on random prompts and prints the
-largest difference from PyTorch's logits; it fails when that exceeds `tolerance`.
+vocab_size) for every position; batch is free and seq runs from 1 to block_size. It has no KV
+cache: a generation loop feeds the whole context, cropped to its last block_size tokens, at
+each step. The file's metadata (nanogpt.block_size, nanogpt.vocab_size, nanogpt.tokenizer
+'char', 'gpt2' or 'unknown', and nanogpt.itos, a JSON list from token id to character) holds
+what a sampler needs besides the graph. After writing the file the script runs it with
+onnxruntime on random prompts and fails when its logits differ from PyTorch's by more than
+`tolerance`.
 """
 import json
 import logging
@@ -39,12 +35,10 @@ tolerance = 1e-4  # largest absolute logit difference accepted by the check
 seed = 1337  # for the check's random prompts
 # -----------------------------------------------------------------------------
 
-ONNX_MAX_INLINE_BYTES = 1_800_000_000  # protobuf files stop at 2 GB; larger weights go to a .data file
-
 
 class AllPositionLogits(nn.Module):
-    """The GPT's forward for inference, returning the logits of every position (GPT.forward
-    without targets returns only the last one, which is all sample.py needs)."""
+    """GPT.forward for inference, with the logits of every position (GPT.forward without
+    targets returns only the last one, which is all sample.py needs)."""
 
     def __init__(self, model):
         super().__init__()
@@ -52,66 +46,56 @@ class AllPositionLogits(nn.Module):
 
     def forward(self, idx):
         tf = self.model.transformer
-        pos = torch.arange(idx.shape[1], dtype=torch.long, device=idx.device)
-        x = tf.wte(idx) + tf.wpe(pos)
+        x = tf.wte(idx) + tf.wpe(torch.arange(idx.shape[1], dtype=torch.long, device=idx.device))
         for block in tf.h:
             x = block(x)
         return self.model.lm_head(tf.ln_f(x))
 
 
 def model_metadata(ckpt, model):
-    """The key/value strings stored in the .onnx file for samplers outside Python."""
+    """The nanogpt.* strings stored in the .onnx file for samplers outside Python."""
     cfg = model.config
-    meta_data = {'nanogpt.block_size': cfg.block_size, 'nanogpt.vocab_size': cfg.vocab_size,
-                 'nanogpt.n_layer': cfg.n_layer, 'nanogpt.n_head': cfg.n_head, 'nanogpt.n_embd': cfg.n_embd,
-                 'nanogpt.bias': cfg.bias, 'nanogpt.activation': cfg.activation,
-                 'nanogpt.iter_num': ckpt.get('iter_num', ''), 'nanogpt.tokenizer': 'unknown'}
-    name = (ckpt.get('config') or {}).get('dataset')
-    meta = None
-    if name and os.path.isdir(data.data_dir(name)):
-        meta = data.read_meta(name)
+    metadata = {f'nanogpt.{k}': getattr(cfg, k) for k in ('block_size', 'vocab_size', 'n_layer', 'n_head',
+                                                          'n_embd', 'bias', 'activation')}
+    name = (ckpt.get('config') or {}).get('dataset') or ''
+    meta = data.read_meta(name) if name and os.path.isdir(data.data_dir(name)) else None
+    metadata.update({'nanogpt.iter_num': ckpt.get('iter_num', ''), 'nanogpt.dataset': name,
+                     'nanogpt.tokenizer': 'gpt2' if cfg.vocab_size >= 50257 else 'unknown'})
     if meta is not None and meta.get('vocab_size') == cfg.vocab_size and 'itos' in meta:
-        meta_data['nanogpt.tokenizer'] = 'char'
-        meta_data['nanogpt.itos'] = json.dumps([meta['itos'][i] for i in range(cfg.vocab_size)], ensure_ascii=False)
-    elif cfg.vocab_size >= 50257:
-        meta_data['nanogpt.tokenizer'] = 'gpt2'
-    meta_data['nanogpt.dataset'] = name or ''
-    return {k: str(v) for k, v in meta_data.items()}
+        metadata['nanogpt.tokenizer'] = 'char'
+        metadata['nanogpt.itos'] = json.dumps([meta['itos'][i] for i in range(cfg.vocab_size)], ensure_ascii=False)
+    return {k: str(v) for k, v in metadata.items()}
 
 
 def export(model, path, opset=18, dynamo=True, metadata=None):
-    """Write model (a GPT) to path as ONNX with dynamic batch and sequence length.
-    Returns the exporter used ('dynamo' or 'torchscript')."""
+    """Write model (a GPT) to path as ONNX with a dynamic batch and sequence length; returns the
+    exporter used ('dynamo', or 'torchscript' when asked for or when dynamo fails)."""
     import onnx
-    wrapper = AllPositionLogits(model).eval()
     block_size = model.config.block_size
-    # example input: batch 2 and seq >= 2, so that neither dimension is specialised to a constant
-    example = torch.zeros(2, min(block_size, 8), dtype=torch.long)
-    n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    external = n_bytes > ONNX_MAX_INLINE_BYTES
+    example = torch.zeros(2, min(block_size, 8), dtype=torch.long)  # batch and seq >= 2: neither becomes a constant
+    # protobuf files stop at 2 GB: larger models keep their weights in a .data file beside it
+    external = sum(p.numel() * p.element_size() for p in model.parameters()) > 1_800_000_000
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    logging.getLogger('torch.onnx').setLevel(logging.ERROR)  # notes such as "torchvision is not installed"
     used = None
-    logging.getLogger('torch.onnx').setLevel(logging.ERROR)  # e.g. "torchvision is not installed" notes
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter('ignore')  # the exporters' deprecation and tracer chatter
         if dynamo:
             try:
-                seq = torch.export.Dim('seq', min=1, max=block_size) if block_size > 1 else None
-                shapes = {'idx': {0: torch.export.Dim('batch'), **({1: seq} if seq is not None else {})}}
-                torch.onnx.export(wrapper, (example,), path, dynamo=True, opset_version=opset,
-                                  input_names=['idx'], output_names=['logits'], dynamic_shapes=shapes,
-                                  external_data=external, verbose=False)
+                seq = {1: torch.export.Dim('seq', min=1, max=block_size)} if block_size > 1 else {}
+                torch.onnx.export(AllPositionLogits(model), (example,), path, dynamo=True, opset_version=opset,
+                                  input_names=['idx'], output_names=['logits'], external_data=external,
+                                  dynamic_shapes={'idx': {0: torch.export.Dim('batch'), **seq}}, verbose=False)
                 used = 'dynamo'
             except Exception as e:  # any failure of the new exporter: fall back to the TorchScript one
                 print(f"the dynamo exporter failed ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); "
                       "falling back to dynamo=False")
         if used is None:
-            torch.onnx.export(wrapper, (example,), path, dynamo=False, opset_version=opset,
+            torch.onnx.export(AllPositionLogits(model), (example,), path, dynamo=False, opset_version=opset,
                               input_names=['idx'], output_names=['logits'],
                               dynamic_axes={'idx': {0: 'batch', 1: 'seq'}, 'logits': {0: 'batch', 1: 'seq'}})
             used = 'torchscript'
-    # add the metadata; external weights, if any, stay where the exporter put them
-    proto = onnx.load(path, load_external_data=False)
+    proto = onnx.load(path, load_external_data=False)  # external weights stay where the exporter put them
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -120,25 +104,22 @@ def export(model, path, opset=18, dynamo=True, metadata=None):
 
 
 def random_prompts(vocab_size, block_size, seed):
-    """Token batches of several shapes: full windows, a short batch and a single token."""
+    """Token batches of several shapes for the checks: full windows, a short batch, one token."""
     g = torch.Generator().manual_seed(seed)
-    shapes = [(2, block_size), (3, max(1, min(block_size, 7))), (1, 1)]
-    return [torch.randint(vocab_size, shape, generator=g) for shape in shapes]
+    return [torch.randint(vocab_size, shape, generator=g) for shape in [(2, block_size), (3, min(block_size, 7)), (1, 1)]]
 
 
 def max_logit_difference(model, path, prompts):
     """Largest |onnxruntime - PyTorch| over all positions of all prompts, and the largest |logit|."""
     import onnxruntime as ort
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
-    model.eval()
     worst, scale = 0.0, 0.0
     for idx in prompts:
         with torch.no_grad():
-            expected, _ = model(idx, idx)  # with targets, GPT.forward returns every position's logits
+            expected, _ = model.eval()(idx, idx)  # with targets, GPT.forward returns every position's logits
         got = torch.from_numpy(session.run(['logits'], {'idx': idx.numpy()})[0])
         if got.shape != expected.shape:
-            raise RuntimeError(f"onnxruntime returned logits of shape {tuple(got.shape)}, "
-                               f"expected {tuple(expected.shape)}")
+            raise RuntimeError(f"onnxruntime returned logits of shape {tuple(got.shape)}, expected {tuple(expected.shape)}")
         worst = max(worst, (got - expected.float()).abs().max().item())
         scale = max(scale, expected.abs().max().item())
     return worst, scale
@@ -156,12 +137,12 @@ def main():
     used = export(model, path, opset, dynamo, metadata)
     print(f"wrote {path} with the {used} exporter, opset {opset}, in {time.time() - t0:.1f}s")
     if verify:
-        diff, scale = max_logit_difference(model, path, random_prompts(model.config.vocab_size,
-                                                                       model.config.block_size, seed))
+        prompts = random_prompts(model.config.vocab_size, model.config.block_size, seed)
+        diff, scale = max_logit_difference(model, path, prompts)
         print(f"onnxruntime vs PyTorch logits: max abs diff {diff:.3g} (largest |logit| {scale:.3g})")
         if not diff <= tolerance:
-            raise SystemExit(f"error: the exported model's logits differ from PyTorch's by {diff:.3g}, more than "
-                             f"tolerance {tolerance:g}; please report this with your torch and onnx versions")
+            raise UserError(f"the exported model's logits differ from PyTorch's by {diff:.3g}, more than "
+                            f"tolerance {tolerance:g}; please report this with your torch and onnx versions")
 
 
 if __name__ == '__main__':
