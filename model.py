@@ -276,13 +276,14 @@ class GPT(nn.Module):
         return flops_per_token * T * fwdbwd_per_iter / dt / peak_flops
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generators=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0, use_cache=True, generators=None):
         """Continue each sequence in idx (B, T) by max_new_tokens sampled tokens; returns (B, T + new)."""
-        steps = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, use_cache, generators))
+        steps = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generators))
         return torch.cat([idx, *steps], dim=1)
 
     @torch.no_grad()
-    def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generators=None):
+    def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0, use_cache=True,
+                        generators=None):
         """Yield the next token of every sequence, (B, 1), one step at a time (for streaming).
 
         With use_cache the prompt is run once and each step feeds only the newest token. The
@@ -298,19 +299,25 @@ class GPT(nn.Module):
                 logits, _ = self(idx[:, kv_cache.length:], kv_cache=kv_cache)  # the positions not cached yet
             else:
                 logits, _ = self(idx[:, -self.config.block_size:])
-            next_token = sample_next_token(logits[:, -1, :], temperature, top_k, generators)
+            next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generators)
             idx = torch.cat((idx, next_token), dim=1)
             yield next_token
 
 
-def sample_next_token(logits, temperature=1.0, top_k=None, generators=None):
-    """One token id per row of logits (B, vocab_size), (B, 1): a draw from softmax(logits /
-    temperature) restricted to the top_k largest logits (and every token tied with the k-th)."""
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=1.0, generators=None):
+    """One token id per row of logits (B, vocab_size), (B, 1), drawn from softmax(logits /
+    temperature) restricted to the top_k largest logits (and every token tied with the k-th),
+    then to the smallest set of most likely tokens whose probabilities add up to top_p."""
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth_largest = torch.topk(logits, top_k).values[:, -1:]
         logits = logits.masked_fill(logits < kth_largest, float('-inf'))
     probs = F.softmax(logits, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # a token stays while the tokens more likely than it hold less than top_p (the first always does)
+        sorted_probs[sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p] = 0.0
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)  # multinomial renormalises
     if generators is None:
         return torch.multinomial(probs, num_samples=1)
     return torch.stack([torch.multinomial(p, num_samples=1, generator=g) for p, g in zip(probs, generators)])

@@ -3,10 +3,13 @@ Sample from a trained model, or from OpenAI's GPT-2.
 
 $ python sample.py --out_dir=out-shakespeare-char
 $ python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=5
+$ python sample.py --out_dir=out-shakespeare-char --prompts=prompts.txt --stop="'\\n\\n'" --top_p=0.9
 
-Sample k is drawn with its own random generator seeded with seed + k, so the text of
-each sample depends only on the seed and its number: streamed one after another
-(the default) or generated together in one batch (--stream=False), the samples are the same.
+Sample k is drawn with its own random generator seeded with seed + k, so a sample depends
+only on the seed, its number and its prompt: streamed one after another (the default),
+generated in one batch (--stream=False) or among other prompts (--prompts), it is the same.
+A sample ends at the data's end-of-text marker (--stop_at_end) or at a stop string; neither
+is printed.
 """
 import sys
 import time
@@ -14,27 +17,39 @@ import time
 import torch
 
 import configurator
-from helpers import checkpoint, hardware, tokenizer
+from helpers import UserError, checkpoint, hardware, tokenizer
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir), a gpt2 variant (e.g. 'gpt2-xl') or a transformers GPT-2 directory
 out_dir = 'out'  # ignored if init_from is not 'resume'
 start = "\n"  # or "<|endoftext|>" or etc. Can also specify a file, use as: "FILE:prompt.txt"
+prompts = ''  # a file with one prompt per line: num_samples samples of each (instead of start)
 num_samples = 10  # number of samples to draw
 max_new_tokens = 500  # number of tokens generated in each sample
 temperature = 0.8  # 1.0 = no change, < 1.0 = less random, > 1.0 = more random, in predictions
 top_k = 200  # retain only the top_k most likely tokens, clamp others to have 0 probability
+top_p = 1.0  # nucleus sampling: keep the fewest most likely tokens whose probabilities reach top_p (1.0: off)
+stop_at_end = True  # end a sample at <|endoftext|> (GPT-2) or at the dataset's document separator
+stop = None  # a string, or a list of strings, that ends a sample when it appears, e.g. --stop="'\n\n'"
 seed = 1337
 device = hardware.best_device()  # 'cpu', 'cuda', 'cuda:0', 'mps', ...
 dtype = hardware.default_dtype(device)  # 'float32', 'bfloat16' or 'float16'
 compile = False  # use PyTorch 2.0 to compile the model to be faster
 use_kv_cache = True  # feed one new position per step instead of the whole context again
-stream = True  # print text as it is generated; False generates all samples in one batch, then prints
+stream = True  # print text as it is generated; False generates each prompt's samples in one batch, then prints
 # -----------------------------------------------------------------------------
 explicit = configurator.configure(globals())
 dtype, ctx = hardware.setup(device, dtype if 'dtype' in explicit else None)
 configurator.require_positive(globals(), 'num_samples', 'max_new_tokens')
 configurator.check_sampling(temperature, top_k)
+if not 0.0 < top_p <= 1.0:
+    raise UserError(f"top_p must be in (0, 1], got {top_p}; 1.0 keeps every token, 0.9 the most likely 90%")
+stop_strings = [stop] if isinstance(stop, str) else list(stop) if isinstance(stop, (list, tuple)) else []
+if stop is not None and not (stop_strings and all(isinstance(s, str) and s for s in stop_strings)):
+    raise UserError(f"stop must be a non-empty string or a list of them, got {stop!r}; e.g. --stop=THE END "
+                    "or --stop=\"['\\n\\n', 'THE END']\"")
+if prompts and 'start' in explicit:
+    raise UserError("give the prompt with --start or the prompts with --prompts, not both")
 
 torch.manual_seed(seed)
 
@@ -47,38 +62,76 @@ model.to(device)
 if compile:
     # generate() calls the model's forward directly; compile that, with shapes that vary per step
     model.forward = torch.compile(model.forward, dynamic=True)
-
-# the prompt
-start = tokenizer.read_prompt(start)
-start_ids = tok.encode(start)
-x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]
+end_token = tok.end_token if stop_at_end else None
+prompt_texts = tokenizer.read_prompts(prompts) if prompts else [tokenizer.read_prompt(start)]
+prompt_ids = [tok.encode(text) for text in prompt_texts]
 
 
-def sample_generators(first, count):
-    return [torch.Generator(device=device).manual_seed(seed + k) for k in range(first, first + count)]
+class SampleText:
+    """The text of one sample as its tokens arrive. It ends at end_token or at the first stop
+    string, neither of which it keeps, and holds back any tail that could be the start of a stop
+    string, so that nothing after a stop is ever handed out, even when the stop spans tokens."""
+
+    def __init__(self):
+        self.decode_next = tok.stream_decoder()
+        self.pending = ''  # decoded, not yet handed out
+        self.done = False
+
+    def add(self, token):
+        """Take the next token; return the text that is final now (to print)."""
+        if token == end_token:
+            self.done = True
+        else:
+            self.pending += self.decode_next(token)
+            cut = min((i for i in map(self.pending.find, stop_strings) if i >= 0), default=-1)
+            if cut >= 0:
+                self.pending, self.done = self.pending[:cut], True
+        hold = 0 if self.done else max((n for s in stop_strings for n in range(1, len(s))
+                                        if self.pending.endswith(s[:n])), default=0)
+        ready, self.pending = self.pending[:len(self.pending) - hold], self.pending[len(self.pending) - hold:]
+        return ready
+
+    def finish(self):
+        """The held-back tail, when the sample ends at max_new_tokens."""
+        ready, self.pending = self.pending, ''
+        return ready
 
 
-# generation
+def sample_batch(ids, first_sample, count):
+    """count samples of one prompt (its token ids), numbered from first_sample: yields, at each
+    step, one piece of text per sample (empty once that sample has ended) until all have ended."""
+    global n_tokens
+    x = torch.tensor(ids, dtype=torch.long, device=device)[None].expand(count, -1)
+    generators = [torch.Generator(device=device).manual_seed(seed + k) for k in range(first_sample, first_sample + count)]
+    texts = [SampleText() for _ in range(count)]
+    for step in model.generate_tokens(x, max_new_tokens, temperature, top_k, top_p, use_kv_cache, generators):
+        n_tokens += count
+        yield [t.add(token) if not t.done else '' for t, token in zip(texts, step[:, 0].tolist())]
+        if all(t.done for t in texts):
+            return
+    yield [t.finish() for t in texts]  # max_new_tokens reached: what was held back is final too
+
+
 n_tokens = 0
 t0 = time.time()
 with torch.no_grad(), ctx:
-    if stream:
-        for k in range(num_samples):
-            decode_next = tok.stream_decoder()
-            sys.stdout.write(start)
-            for token in model.generate_tokens(x, max_new_tokens, temperature, top_k, use_kv_cache,
-                                               sample_generators(k, 1)):
-                sys.stdout.write(decode_next(token.item()))
-                sys.stdout.flush()
-                n_tokens += 1
-            print('\n---------------')
-    else:
-        y = model.generate(x.expand(num_samples, -1), max_new_tokens, temperature, top_k, use_kv_cache,
-                           sample_generators(0, num_samples))
-        n_tokens = num_samples * max_new_tokens
-        for row in y.tolist():
-            print(tok.decode(row))
-            print('---------------')
+    for p, (text, ids) in enumerate(zip(prompt_texts, prompt_ids)):
+        if prompts:
+            print(f"=== prompt {p + 1}/{len(prompt_texts)}: {text!r} ===")
+        if stream:
+            for k in range(num_samples):
+                sys.stdout.write(text)
+                for [piece] in sample_batch(ids, k, 1):
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+                print('\n---------------')
+        else:
+            samples = [text] * num_samples
+            for pieces in sample_batch(ids, 0, num_samples):
+                samples = [s + piece for s, piece in zip(samples, pieces)]
+            for sample in samples:
+                print(sample)
+                print('---------------')
 hardware.sync(device)
 elapsed = time.time() - t0
 print(f"generated {n_tokens} tokens in {elapsed:.2f}s ({n_tokens / elapsed:.1f} tokens/s, "

@@ -1,6 +1,10 @@
-"""Text <-> token ids for sampling: the dataset's character vocabulary from meta.pkl when
-the model was trained on one, GPT-2's BPE (tiktoken) otherwise. Free of PyTorch, so that
-sample_onnx.py can run without it."""
+"""Text <-> token ids: a character vocabulary (meta.pkl's itos) or GPT-2's BPE (tiktoken).
+
+A checkpoint written here carries its vocabulary (checkpoint['tokenizer'], see
+tokenizer_entry), so that a dataset prepared again from another text can never make a model
+read or write the wrong characters; nanoGPT's checkpoints, which lack it, use the dataset's
+meta.pkl. Free of PyTorch, so that sample_onnx.py runs without it.
+"""
 import codecs
 import os
 
@@ -10,10 +14,12 @@ BPE_VOCAB_SIZE = 50257
 
 
 class CharTokenizer:
-    def __init__(self, itos):
-        """itos: token id -> character, as a dict (meta.pkl's) or a list."""
-        self.itos = itos
-        self.stoi = {c: i for i, c in (itos.items() if isinstance(itos, dict) else enumerate(itos))}
+    def __init__(self, itos, separator=None):
+        """itos: token id -> character, a dict (meta.pkl's) or a list; separator: the character
+        that ends a document (tinystories_char's '␃'), if the data has one."""
+        self.itos = [itos[i] for i in range(len(itos))]
+        self.stoi = {c: i for i, c in enumerate(self.itos)}
+        self.end_token = self.stoi.get(separator) if separator else None
 
     def encode(self, text):
         unknown = sorted({c for c in text if c not in self.stoi})
@@ -27,14 +33,23 @@ class CharTokenizer:
 
     def stream_decoder(self):
         """A function from one token id to the text it completes (every id is a whole character)."""
-        return lambda token: self.itos[token]
+        return self.itos.__getitem__
+
+
+def gpt2_encoding():
+    import tiktoken
+    try:
+        return tiktoken.get_encoding('gpt2')
+    except Exception as e:  # no network and no cache
+        raise UserError(f"could not load tiktoken's GPT-2 encoding ({type(e).__name__}: {e}); connect to the "
+                        "internet once, or set TIKTOKEN_CACHE_DIR to a folder holding its cached files")
 
 
 class BPETokenizer:
+    end_token = 50256  # <|endoftext|>
+
     def __init__(self):
-        import tiktoken
-        self.enc = tiktoken.get_encoding('gpt2')
-        self.eot_token = self.enc.eot_token
+        self.enc = gpt2_encoding()
 
     def encode(self, text):
         return self.enc.encode(text, allowed_special={'<|endoftext|>'})
@@ -49,38 +64,69 @@ class BPETokenizer:
         return lambda token: utf8.decode(self.enc.decode_single_token_bytes(token))
 
 
+def tokenizer_entry(meta):
+    """What a checkpoint stores to name its tokenizer: a dataset's character vocabulary (meta.pkl),
+    or GPT-2's BPE for datasets without meta.pkl. Plain values only, as checkpoints hold."""
+    if meta is None:
+        return {'kind': 'gpt2'}
+    entry = {'kind': 'char', 'itos': [meta['itos'][i] for i in range(meta['vocab_size'])]}
+    if meta.get('separator'):
+        entry['separator'] = meta['separator']
+    return entry
+
+
+def from_entry(entry):
+    if entry['kind'] == 'char':
+        return CharTokenizer(entry['itos'], entry.get('separator'))
+    return BPETokenizer()
+
+
 def for_checkpoint(checkpoint):
-    """The tokenizer a checkpoint was trained with: its dataset's meta.pkl if there is one."""
-    from helpers import data as dataset
+    """The tokenizer a checkpoint was trained with: its own entry, or (nanoGPT's checkpoints) its
+    dataset's meta.pkl, or GPT-2's BPE."""
+    if checkpoint.get('tokenizer'):
+        return from_entry(checkpoint['tokenizer'])
+    from helpers import data
     name = (checkpoint.get('config') or {}).get('dataset')
     vocab_size = checkpoint['model_args']['vocab_size']
-    if name and os.path.exists(os.path.join(dataset.data_dir(name), 'meta.pkl')):
+    if name and os.path.exists(os.path.join(data.data_dir(name), 'meta.pkl')):
         print(f"Loading meta from {os.path.join('data', name, 'meta.pkl')}...")
-        meta = dataset.read_meta(name)
-        if not isinstance(meta.get('itos'), (dict, list)) or 'vocab_size' not in meta:
-            raise UserError(f"data/{name}/meta.pkl has no character vocabulary (itos, vocab_size); "
+        meta = data.read_meta(name)
+        if not isinstance(meta.get('itos'), (dict, list)):
+            raise UserError(f"data/{name}/meta.pkl has no character vocabulary (itos); "
                             "re-create it with the dataset's prepare.py")
         if meta['vocab_size'] != vocab_size:
             raise UserError(f"data/{name}/meta.pkl has vocab_size {meta['vocab_size']} but the model was trained "
                             f"with {vocab_size}; the dataset was re-prepared since: restore its meta.pkl")
-        return CharTokenizer(meta['itos'])
+        return CharTokenizer(meta['itos'], meta.get('separator'))
     if vocab_size < BPE_VOCAB_SIZE:
         raise UserError(f"the model has a {vocab_size}-symbol vocabulary but data/{name}/meta.pkl, which maps it "
                         f"to characters, is missing; prepare the dataset '{name}' again to recreate it")
     return BPETokenizer()
 
 
+def read_text_file(path, what):
+    if not os.path.isfile(path):
+        raise UserError(f"{what} file '{path}' not found")
+    with open(path, 'r', encoding='utf-8') as f:
+        return f.read()
+
+
 def read_prompt(start):
     """The prompt text: start itself, or the contents of the file named after 'FILE:'."""
     if start.startswith('FILE:'):
-        path = start[len('FILE:'):]
-        if not os.path.isfile(path):
-            raise UserError(f"prompt file '{path}' not found")
-        with open(path, 'r', encoding='utf-8') as f:
-            start = f.read()
+        start = read_text_file(start[len('FILE:'):], 'prompt')
         if not start:
-            raise UserError(f"prompt file '{path}' is empty; put the text to continue in it")
+            raise UserError("the prompt file is empty; put the text to continue in it")
     if not start:
         raise UserError("the prompt is empty; pass some text with --start=... "
                         "(for GPT-2, --start='<|endoftext|>' starts from nothing)")
     return start
+
+
+def read_prompts(path):
+    """The prompts of a file holding one per line (blank lines are skipped)."""
+    prompts = [line for line in read_text_file(path, 'prompts').splitlines() if line.strip()]
+    if not prompts:
+        raise UserError(f"prompts file '{path}' holds no prompt; write one prompt per line")
+    return prompts

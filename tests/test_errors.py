@@ -214,9 +214,24 @@ def test_sample_with_changed_meta_vocabulary(copy_run, make_dataset):
     (dict(temperature=0.0), ['temperature', 'top_k=1']),
     (dict(top_k=0), ['top_k']),
     (dict(init_from='scratch'), ["unknown init_from 'scratch'"]),
+    (dict(top_p=0), ['top_p', '(0, 1]']),
+    (dict(top_p=1.5), ['top_p', '(0, 1]']),
+    (dict(stop="''"), ['stop', 'non-empty']),
+    (dict(stop="['END', '']"), ['stop', 'non-empty']),
+    (dict(stop='[]'), ['stop', 'non-empty']),
+    (dict(stop='5'), ['stop', '5']),
+    (dict(prompts='no_such_prompts.txt'), ['prompts file', 'not found']),
+    (dict(prompts='tests/conftest.py', start='x'), ['--start', '--prompts', 'not both']),
 ])
 def test_sample_bad_settings(copy_run, settings, fragments):
     failed_sample(*fragments, out_dir=copy_run, **settings)
+
+
+@pytest.mark.parametrize('content', ['', '\n\n  \n'])
+def test_sample_empty_prompts_file(copy_run, tmp_path, content):
+    prompts = tmp_path / 'prompts.txt'
+    prompts.write_text(content)
+    failed_sample('prompts file', 'no prompt', out_dir=copy_run, prompts=prompts)
 
 
 # -----------------------------------------------------------------------------

@@ -19,31 +19,70 @@ def tiny():
     return m.eval()
 
 
-def reference_generate(m, idx, max_new_tokens, temperature=1.0, top_k=None):
+def nucleus(probs, top_p):
+    """probs with every token outside the nucleus set to 0: going down from the most likely
+    token, a token is kept while the ones before it add up to less than top_p."""
+    kept = torch.zeros_like(probs)
+    for row in range(probs.size(0)):
+        total = 0.0
+        for token in probs[row].argsort(descending=True).tolist():
+            if total >= top_p:
+                break
+            kept[row, token] = probs[row, token]
+            total += probs[row, token].item()
+    return kept
+
+
+def reference_generate(m, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0):
     """The plain definition: crop to the last block_size tokens, run the whole window, give
-    every token below the k-th largest logit probability 0 and draw from the softmax."""
+    every token below the k-th largest logit probability 0, keep the nucleus, draw."""
     for _ in range(max_new_tokens):
         logits, _ = m(idx[:, -m.config.block_size:])
         logits = logits[:, -1, :] / temperature
         if top_k is not None:
             kth = logits.sort(dim=-1, descending=True).values[:, min(top_k, logits.size(-1)) - 1:][:, :1]
             logits = torch.where(logits < kth, float('-inf'), logits)
-        idx = torch.cat((idx, torch.multinomial(torch.softmax(logits, dim=-1), 1)), dim=1)
+        probs = torch.softmax(logits, dim=-1)
+        if top_p < 1.0:
+            probs = nucleus(probs, top_p)
+        idx = torch.cat((idx, torch.multinomial(probs, 1)), dim=1)
     return idx
 
 
 # prompts shorter than, equal to and longer than block_size; generation that stays inside the
 # window and generation that runs far past it
 @pytest.mark.parametrize('prompt_len,new_tokens', [(1, 10), (5, 40), (BLOCK, 8), (BLOCK + 7, 12)])
-@pytest.mark.parametrize('temperature,top_k', [(1.0, 1), (0.8, 5), (1.3, None)])
-def test_cache_matches_reference(tiny, prompt_len, new_tokens, temperature, top_k):
+@pytest.mark.parametrize('temperature,top_k,top_p', [(1.0, 1, 1.0), (0.8, 5, 1.0), (1.3, None, 1.0),
+                                                       (1.0, None, 0.6), (1.2, 20, 0.9)])
+def test_cache_matches_reference(tiny, prompt_len, new_tokens, temperature, top_k, top_p):
     idx = torch.randint(53, (3, prompt_len), generator=torch.Generator().manual_seed(prompt_len))
     torch.manual_seed(11)
-    expected = reference_generate(tiny, idx, new_tokens, temperature, top_k)
+    expected = reference_generate(tiny, idx, new_tokens, temperature, top_k, top_p)
     for use_cache in (True, False):
         torch.manual_seed(11)
-        got = tiny.generate(idx, new_tokens, temperature, top_k, use_cache=use_cache)
+        got = tiny.generate(idx, new_tokens, temperature, top_k, top_p, use_cache=use_cache)
         assert torch.equal(got, expected), f"use_cache={use_cache}"
+
+
+def test_top_p_keeps_the_nucleus_with_renormalised_probabilities(tiny, monkeypatch):
+    """probabilities 0.5, 0.3, 0.15, 0.05: top_p=0.75 keeps the first two (0.5 < 0.75 before the
+    second, 0.8 before the third), drawn 5:3; top_p=0.5 keeps the first alone."""
+    logits = torch.full((53,), -float('inf'))
+    logits[[4, 17, 30, 44]] = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
+    monkeypatch.setattr(tiny, 'forward', lambda idx, kv_cache=None: (logits.expand(idx.size(0), 1, 53), None))
+    torch.manual_seed(0)
+    tokens = tiny.generate(torch.zeros((4000, 1), dtype=torch.long), 1, top_p=0.75)[:, 1]
+    assert set(tokens.tolist()) == {4, 17}
+    torch.testing.assert_close((tokens == 4).float().mean(), torch.tensor(0.625), rtol=0, atol=0.03)
+    assert set(tiny.generate(torch.zeros((50, 1), dtype=torch.long), 1, top_p=0.5)[:, 1].tolist()) == {4}
+
+
+def test_top_p_of_one_changes_nothing(tiny):
+    idx = torch.zeros((2, 1), dtype=torch.long)
+    torch.manual_seed(5)
+    plain = tiny.generate(idx, 20, top_k=10)
+    torch.manual_seed(5)
+    assert torch.equal(tiny.generate(idx, 20, top_k=10, top_p=1.0), plain)
 
 
 def test_top_k_draws_from_the_renormalised_top_k(tiny, monkeypatch):
@@ -110,17 +149,18 @@ def test_chunked_prefill_after_past_positions(tiny):
         block.attn.flash = True
 
 
-@pytest.mark.parametrize('top_k', [1, 7, None])
-def test_batched_rows_equal_rows_generated_alone(tiny, top_k):
+@pytest.mark.parametrize('top_k,top_p', [(1, 1.0), (7, 1.0), (None, 1.0), (None, 0.7)])
+def test_batched_rows_equal_rows_generated_alone(tiny, top_k, top_p):
     idx = torch.randint(53, (4, 6), generator=torch.Generator().manual_seed(5))
 
     def generators(first, count):
         return [torch.Generator().manual_seed(1000 + k) for k in range(first, first + count)]
 
-    batched = tiny.generate(idx, 30, 0.9, top_k, generators=generators(0, 4))
-    alone = torch.cat([tiny.generate(idx[k:k + 1], 30, 0.9, top_k, generators=generators(k, 1)) for k in range(4)])
+    batched = tiny.generate(idx, 30, 0.9, top_k, top_p, generators=generators(0, 4))
+    alone = torch.cat([tiny.generate(idx[k:k + 1], 30, 0.9, top_k, top_p, generators=generators(k, 1))
+                       for k in range(4)])
     assert torch.equal(batched, alone)
-    uncached = tiny.generate(idx, 30, 0.9, top_k, use_cache=False, generators=generators(0, 4))
+    uncached = tiny.generate(idx, 30, 0.9, top_k, top_p, use_cache=False, generators=generators(0, 4))
     assert torch.equal(batched, uncached)
     if top_k != 1:  # different seeds must give different samples, or the check above proves little
         assert not torch.equal(batched[0], batched[1])

@@ -3,6 +3,8 @@ from latest.pt when that is all there is, with prompts given inline or from a fi
 import os
 import re
 
+import pytest
+
 from conftest import core_text, run_inproc, run_script
 
 SEPARATOR = '---------------'
@@ -61,3 +63,95 @@ def test_sample_reads_latest_when_it_is_the_only_checkpoint(copy_run):
     os.remove(copy_run / 'ckpt.pt')
     result = run_inproc('sample.py', *sample_args(copy_run, num_samples=1), check=True)
     assert len(samples_of(result.stdout, 'the')) == 1
+
+
+# ----------------------------------------------------------------------------- ending a sample
+
+def scripted_generation(monkeypatch, tokens):
+    """Make GPT.generate_tokens yield these token ids, in every row, whatever the model says: the
+    tests below see exactly what sample.py prints for a given stream of tokens."""
+    import torch
+    from model import GPT
+
+    def generate_tokens(self, idx, max_new_tokens, *args, **kwargs):
+        for token in tokens[:max_new_tokens]:
+            yield torch.full((idx.size(0), 1), token, dtype=torch.long, device=idx.device)
+    monkeypatch.setattr(GPT, 'generate_tokens', generate_tokens)
+
+
+def char_checkpoint(out_dir, dataset_name, vocab_size):
+    import tiny_runs
+    tiny_runs.save_checkpoint(tiny_runs.make_model(vocab_size=vocab_size, block_size=32), str(out_dir), dataset_name)
+
+
+@pytest.mark.parametrize('stream', [True, False])
+def test_a_sample_ends_at_the_datasets_separator(monkeypatch, make_dataset, tmp_path, stream):
+    text = 'the cat sat|a dog ran far|' * 50
+    name = make_dataset('separator', text=text, meta_extra={'separator': '|'})
+    char_checkpoint(tmp_path, name, len(set(text)))
+    stoi = {c: i for i, c in enumerate(sorted(set(text)))}
+    scripted_generation(monkeypatch, [stoi[c] for c in 'a dog|the cat'])
+    args = sample_args(tmp_path, start='ran', num_samples=2, stream=stream)
+    assert samples_of(run_inproc('sample.py', *args, check=True).stdout, 'ran') == ['rana dog'] * 2
+    kept = run_inproc('sample.py', *args, '--stop_at_end=False', check=True).stdout
+    assert samples_of(kept, 'ran') == ['rana dog|the cat'] * 2  # the old behaviour, separator and all
+
+
+def test_a_gpt2_sample_ends_at_endoftext(monkeypatch, tmp_path):
+    import tiktoken
+    import tiny_runs
+    tiny_runs.save_checkpoint(tiny_runs.make_model(vocab_size=50304, n_embd=16, block_size=32), str(tmp_path),
+                              '_no_such_dataset')
+    enc = tiktoken.get_encoding('gpt2')
+    scripted_generation(monkeypatch, enc.encode(' Hello world.') + [enc.eot_token] + enc.encode(' More text'))
+    out = run_inproc('sample.py', f'--out_dir={tmp_path}', '--device=cpu', '--num_samples=1', '--start=Say:',
+                     check=True).stdout
+    assert out.split('\n---------------')[0].endswith('Say: Hello world.')
+    assert '<|endoftext|>' not in out and 'More' not in out
+
+
+@pytest.mark.parametrize('stream', [True, False])
+def test_a_stop_string_across_tokens_ends_the_sample_and_nothing_after_it_is_printed(
+        monkeypatch, tiny_run, stream):
+    vocab = sorted(set(core_text()))
+    scripted_generation(monkeypatch, [vocab.index(c) for c in ' cat sat on a mat\nthen'])
+    run = run_inproc('sample.py', *sample_args(tiny_run.out_dir, num_samples=2, stream=stream,
+                                               stop="['at o', 'mat']"), check=True)
+    assert samples_of(run.stdout, 'the') == ['the cat s'] * 2  # the earliest stop wins; neither is printed
+    printed = run.stdout.split('Loading meta from')[1]
+    assert 'at o' not in printed and 'mat' not in printed
+    # a stop string that never appears changes nothing; one that is a prefix of the text ends it at once
+    never = run_inproc('sample.py', *sample_args(tiny_run.out_dir, num_samples=1, stream=stream, stop='xyz',
+                                                 max_new_tokens=30), check=True)
+    assert samples_of(never.stdout, 'the') == ['the cat sat on a mat\nthen']
+    at_once = run_inproc('sample.py', *sample_args(tiny_run.out_dir, num_samples=1, stream=stream, stop=' c'),
+                         check=True)
+    assert samples_of(at_once.stdout, 'the') == ['the']
+
+
+@pytest.mark.parametrize('stream', [True, False])
+def test_stopped_samples_are_the_unstopped_ones_cut_at_the_stop(tiny_run, stream):
+    """With the real model and sampling: stopping changes where a sample ends, never what it says."""
+    settings = dict(num_samples=4, max_new_tokens=30, stream=stream)
+    full = samples_of(run_inproc('sample.py', *sample_args(tiny_run.out_dir, **settings), check=True).stdout, 'the')
+    stopped = samples_of(run_inproc('sample.py', *sample_args(tiny_run.out_dir, stop="'a'", **settings),
+                                    check=True).stdout, 'the')
+    expected = ['the' + sample[3:].split('a')[0] for sample in full]
+    assert stopped == expected
+    assert any(len(s) < len(f) for s, f in zip(stopped, full)), "no sample met the stop: the test proves little"
+
+
+def test_many_prompts_each_equal_to_the_prompt_sampled_alone(tiny_run, tmp_path):
+    prompts = tmp_path / 'prompts.txt'
+    prompts.write_text('the cat\n\nthe dog\na mat\n')  # the blank line is skipped; two prompts of equal length
+    for settings in (dict(), dict(stream=False), dict(use_kv_cache=False), dict(top_p=0.8, stream=False)):
+        args = sample_args(tiny_run.out_dir, num_samples=2, **settings)
+        args.remove('--start=the')
+        out = run_inproc('sample.py', *args, f'--prompts={prompts}', check=True).stdout
+        parts = re.split(r"^=== prompt (\d)/3: '([^']*)' ===\n", out, flags=re.M)
+        assert [(parts[i], parts[i + 1]) for i in range(1, len(parts), 3)] == \
+            [('1', 'the cat'), ('2', 'the dog'), ('3', 'a mat')]
+        for i, prompt in zip(range(3, len(parts), 3), ('the cat', 'the dog', 'a mat')):
+            alone = run_inproc('sample.py', *sample_args(tiny_run.out_dir, num_samples=2, start=prompt,
+                                                         **settings), check=True).stdout
+            assert [s.strip('\n') for s in parts[i].split(SEPARATOR) if s.strip()] == samples_of(alone, prompt)
