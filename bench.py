@@ -48,8 +48,8 @@ if real_data:
     meta = data.read_meta(dataset)
     token_dtype = data.token_dtype(meta)
     train_path = data.bin_path(dataset, 'train')
-    data.check_split_length(dataset, 'train', token_dtype, block_size)
     vocab_size = meta['vocab_size'] if meta else 50304
+    data.check_split(dataset, 'train', token_dtype, block_size, meta and vocab_size)
 
     def get_batch():
         return data.get_batch(train_path, token_dtype, batch_size, block_size, device)

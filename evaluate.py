@@ -24,7 +24,7 @@ import torch
 from torch.nn import functional as F
 
 import configurator
-from helpers import UserError, checkpoint, data, hardware
+from helpers import UserError, checkpoint, data, hardware, tokenizer
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (the checkpoint in out_dir), gpt2, gpt2-medium, gpt2-large, gpt2-xl or a transformers GPT-2 directory
@@ -94,8 +94,12 @@ def positive_int(name, value):
 
 
 def main(explicit, ctx):
+    if results_file and (os.path.isdir(results_file) or not os.path.isdir(os.path.dirname(os.path.abspath(results_file)))):
+        raise UserError(f"--results_file={results_file} is a folder or lies in a folder that does not exist; "
+                        "pass the path of a .json file in an existing folder")
     model, ckpt = checkpoint.load_model(init_from, out_dir)
     trained = dict(ckpt.get('config') or {}) if ckpt is not None else GPT2_DEFAULTS
+    vocabulary = ckpt.get('tokenizer') if ckpt is not None else None
     where = init_from if ckpt is None else \
         f"{os.path.join(out_dir, checkpoint.sample_name(out_dir))} (iter {ckpt.get('iter_num', '?')})"
     del ckpt
@@ -118,6 +122,7 @@ def main(explicit, ctx):
     meta = data.read_meta(name)
     token_dtype = data.token_dtype(meta)
     vocab_size = model.config.vocab_size
+    tokenizer.check_dataset(vocabulary, meta, name)
     if meta is not None and meta.get('vocab_size') != vocab_size:
         raise UserError(f"data/{name} has a {meta.get('vocab_size')}-symbol vocabulary but the model has "
                         f"{vocab_size}; evaluate on the dataset the model was trained on")
@@ -127,7 +132,7 @@ def main(explicit, ctx):
     paths = {s: data.bin_path(name, s) for s in split_names}
     if not full_pass:
         for s in split_names:
-            data.check_split_length(name, s, token_dtype, window)
+            data.check_split(name, s, token_dtype, window, meta and vocab_size)
 
     model.eval().to(device)
     if compile:

@@ -7,10 +7,13 @@ $ python export_hf.py --out_dir=out-shakespeare-char          # writes out_dir/h
     hf_model = GPT2LMHeadModel.from_pretrained('out-shakespeare-char/hf')   # in transformers
     model = GPT.from_pretrained('out-shakespeare-char/hf')                  # back into model.py's GPT
 
-The directory holds config.json (a GPT2Config) and model.safetensors, float32. It keeps the
-model's own GELU (activation_function 'gelu', exact, for models trained here; 'gelu_new',
-OpenAI's tanh approximation, for those started from GPT-2), and a model trained with
-bias=False gets zero biases (transformers' GPT-2 always has them): the logits are the same.
+The directory holds config.json (a GPT2Config) and model.safetensors, float32, and for a
+character-level model its vocabulary as a transformers tokenizer (tokenizer.json, one token per
+character: AutoTokenizer.from_pretrained loads it, and sample.py --init_from=<the directory>
+uses it); a GPT-2 BPE model pairs with GPT-2's own tokenizer. The export keeps the model's own
+GELU (activation_function 'gelu', exact, for models trained here; 'gelu_new', OpenAI's tanh
+approximation, for those started from GPT-2), and a model trained with bias=False gets zero
+biases (transformers' GPT-2 always has them): the logits are the same.
 After writing, the script loads the directory back with transformers and with
 GPT.from_pretrained and prints the largest logit difference from the checkpoint's model.
 """
@@ -21,7 +24,7 @@ import torch
 
 import configurator
 from export_onnx import random_prompts  # the same check prompts for both exports
-from helpers import UserError, checkpoint
+from helpers import UserError, checkpoint, tokenizer
 from model import CONV1D_WEIGHTS, GPT
 
 # -----------------------------------------------------------------------------
@@ -36,11 +39,14 @@ HF_ACTIVATION = {'gelu': 'gelu', 'gelu_tanh': 'gelu_new'}  # ours -> transformer
 GPT2_EOT = 50256  # <|endoftext|> in GPT-2's BPE
 
 
-def to_hf(model):
-    """A transformers GPT2LMHeadModel computing the same logits as model (a GPT)."""
+def to_hf(model, vocabulary=None):
+    """A transformers GPT2LMHeadModel computing the same logits as model (a GPT); vocabulary, a
+    checkpoint's tokenizer entry, names the end-of-text token."""
     from transformers import GPT2Config, GPT2LMHeadModel
     cfg = model.config
-    eot = GPT2_EOT if cfg.vocab_size > GPT2_EOT else None  # a character vocabulary has no <|endoftext|>
+    eot = GPT2_EOT if cfg.vocab_size > GPT2_EOT else None
+    if vocabulary and vocabulary['kind'] == 'char':  # the dataset's separator, if it has one
+        eot = vocabulary['itos'].index(vocabulary['separator']) if vocabulary.get('separator') else None
     hf_model = GPT2LMHeadModel(GPT2Config(
         vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
         n_head=cfg.n_head, activation_function=HF_ACTIVATION[cfg.activation], layer_norm_epsilon=1e-5,
@@ -61,13 +67,27 @@ def to_hf(model):
     return hf_model.eval()
 
 
-def export(model, directory):
-    """Write config.json and model.safetensors for model (a GPT) into directory."""
+def char_tokenizer(vocabulary):
+    """A transformers tokenizer with one token per character: a BPE model without merges."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+    tokens = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(vocabulary['itos'])}, merges=[]))
+    tokens.decoder = decoders.Fuse()  # characters join without spaces between them
+    return PreTrainedTokenizerFast(tokenizer_object=tokens, eos_token=vocabulary.get('separator'))
+
+
+def export(model, directory, vocabulary=None):
+    """Write config.json, model.safetensors and, for a character vocabulary (a checkpoint's
+    tokenizer entry), the tokenizer files for model (a GPT) into directory."""
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # the bars of tiny files are noise
-    hf_model = to_hf(model)
+    hf_model = to_hf(model, vocabulary)
     os.makedirs(directory, exist_ok=True)
     hf_model.save_pretrained(directory, safe_serialization=True)
+    if vocabulary and vocabulary['kind'] == 'char':
+        char_tokenizer(vocabulary).save_pretrained(directory)
+    for name in os.listdir(directory):  # readable by others, like every other output (transformers writes 0600)
+        os.chmod(os.path.join(directory, name), 0o644)
     return hf_model
 
 
@@ -84,13 +104,19 @@ def max_logit_difference(model, other, prompts, hf=True):
 
 
 def main():
+    directory = output or os.path.join(out_dir, 'hf')
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise UserError(f"--output '{directory}' is a file; the export is a folder: pass a folder's path")
     ckpt = checkpoint.load(out_dir, checkpoint.sample_name(out_dir))
     model = checkpoint.model_from_checkpoint(ckpt, dropout=0.0).float().eval()
+    try:
+        vocabulary = tokenizer.checkpoint_entry(ckpt)
+    except UserError:  # a nanoGPT checkpoint whose meta.pkl is gone: the weights alone
+        vocabulary = None
     del ckpt
-    directory = output or os.path.join(out_dir, 'hf')
     cfg = model.config
     t0 = time.time()
-    export(model, directory)
+    export(model, directory, vocabulary)
     print(f"wrote {os.path.join(directory, 'config.json')} and model.safetensors in {time.time() - t0:.1f}s: "
           f"GPT-2 with n_layer={cfg.n_layer}, n_head={cfg.n_head}, n_embd={cfg.n_embd}, n_positions={cfg.block_size}, "
           f"vocab_size={cfg.vocab_size}, activation_function='{HF_ACTIVATION[cfg.activation]}'"

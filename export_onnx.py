@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 import configurator
-from helpers import UserError, checkpoint, data
+from helpers import UserError, checkpoint, tokenizer
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the checkpoint to export: out_dir/ckpt.pt (or latest.pt when it is the only one)
@@ -57,13 +57,15 @@ def model_metadata(ckpt, model):
     cfg = model.config
     metadata = {f'nanogpt.{k}': getattr(cfg, k) for k in ('block_size', 'vocab_size', 'n_layer', 'n_head',
                                                           'n_embd', 'bias', 'activation')}
-    name = (ckpt.get('config') or {}).get('dataset') or ''
-    meta = data.read_meta(name) if name and os.path.isdir(data.data_dir(name)) else None
-    metadata.update({'nanogpt.iter_num': ckpt.get('iter_num', ''), 'nanogpt.dataset': name,
-                     'nanogpt.tokenizer': 'gpt2' if cfg.vocab_size >= 50257 else 'unknown'})
-    if meta is not None and meta.get('vocab_size') == cfg.vocab_size and 'itos' in meta:
-        metadata['nanogpt.tokenizer'] = 'char'
-        metadata['nanogpt.itos'] = json.dumps([meta['itos'][i] for i in range(cfg.vocab_size)], ensure_ascii=False)
+    try:
+        vocabulary = tokenizer.checkpoint_entry(ckpt)
+    except UserError:  # a nanoGPT checkpoint whose meta.pkl is gone: the graph is still of use
+        vocabulary = {'kind': 'unknown'}
+    metadata.update({'nanogpt.iter_num': ckpt.get('iter_num', ''), 'nanogpt.tokenizer': vocabulary['kind'],
+                     'nanogpt.dataset': (ckpt.get('config') or {}).get('dataset') or ''})
+    if vocabulary['kind'] == 'char':
+        metadata['nanogpt.itos'] = json.dumps(vocabulary['itos'], ensure_ascii=False)
+        metadata['nanogpt.separator'] = vocabulary.get('separator', '')
     return {k: str(v) for k, v in metadata.items()}
 
 

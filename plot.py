@@ -41,6 +41,11 @@ def load_run(run_dir):
                         "(runs from before the metrics log have none)")
     rows = sorted(metrics.read_metrics(path), key=lambda r: r['iter'])
     if not rows:
+        with open(path, encoding='utf-8', errors='replace') as f:
+            header, *lines = f.read().splitlines() or ['']
+        if header.split(',') != list(metrics.COLUMNS) or any(line.strip() for line in lines):
+            raise UserError(f"{path} is damaged: none of its rows can be read (its header should be "
+                            f"{','.join(metrics.COLUMNS)}); plot another run, or train again")
         raise UserError(f"{path} has no rows yet; wait for the first log line or evaluation")
     return rows
 

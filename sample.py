@@ -55,7 +55,7 @@ torch.manual_seed(seed)
 
 # model and tokenizer
 model, ckpt = checkpoint.load_model(init_from, out_dir)
-tok = tokenizer.for_checkpoint(ckpt) if ckpt is not None else tokenizer.BPETokenizer()
+tok = tokenizer.for_checkpoint(ckpt) if ckpt is not None else tokenizer.for_pretrained(init_from)
 del ckpt  # the weights now live in the model
 model.eval()
 model.to(device)

@@ -41,7 +41,11 @@ class OnnxGPT:
         if not os.path.isfile(path):
             raise UserError(f"no ONNX model at {path}; export one first: "
                             "python export_onnx.py --out_dir=<your out_dir>")
-        self.session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+        try:
+            self.session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+        except Exception as e:  # onnxruntime's errors for damaged or foreign files run over many lines
+            raise UserError(f"{path} is not a readable ONNX model ({' '.join(str(e).split())[:200]}); export it "
+                            "again: python export_onnx.py --out_dir=<your out_dir>")
         self.meta = self.session.get_modelmeta().custom_metadata_map
         if 'nanogpt.block_size' not in self.meta:
             raise UserError(f"{path} was not written by export_onnx.py (it has no nanogpt.* metadata)")
@@ -83,7 +87,7 @@ def tokenizer_for(meta):
     """The model's own characters from its metadata, or GPT-2's BPE."""
     kind = meta.get('nanogpt.tokenizer')
     if kind == 'char':
-        return tokenizer.CharTokenizer(json.loads(meta['nanogpt.itos']))
+        return tokenizer.CharTokenizer(json.loads(meta['nanogpt.itos']), meta.get('nanogpt.separator'))
     if kind == 'gpt2':
         return tokenizer.BPETokenizer()
     raise UserError("the model's vocabulary is unknown (its dataset had no meta.pkl when it was exported "

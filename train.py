@@ -20,15 +20,26 @@ $ torchrun --standalone --nproc_per_node=2 train.py config/train_shakespeare_cha
 import math
 import os
 import signal
+import sys
 import time
 
-import torch
-from torch.distributed import destroy_process_group, init_process_group
-from torch.nn.parallel import DistributedDataParallel as DDP
 
-import configurator
-from helpers import UserError, checkpoint, data, hardware, metrics
-from model import GPT, GPTConfig
+def interrupted_during_start_up(signum, frame):
+    # no checkpoint exists before the training loop, which installs a handler that saves first; exit
+    # at once, as raising could land inside an import half done and print a traceback from there
+    print("interrupted during start-up: no checkpoint was written", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+signal.signal(signal.SIGINT, interrupted_during_start_up)
+
+import torch  # noqa: E402
+from torch.distributed import destroy_process_group, init_process_group  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
+
+import configurator  # noqa: E402
+from helpers import UserError, checkpoint, data, hardware, metrics, tokenizer  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # default config values: GPT-2 (124M) on OpenWebText
@@ -40,6 +51,7 @@ eval_iters = 200
 eval_only = False  # if True, script exits right after the first eval
 always_save_checkpoint = True  # if True, always save ckpt.pt after each eval, not only when val improves
 init_from = 'scratch'  # 'scratch' or 'resume' or 'gpt2*'
+overwrite = False  # let a new run (scratch or gpt2*) replace the run already in out_dir
 # wandb logging
 wandb_log = False
 wandb_project = 'owt'
@@ -85,8 +97,12 @@ explicit = configurator.configure(globals())  # {key: where it was set}
 # check the settings before anything is started or written
 configurator.require_positive(globals(), 'batch_size', 'block_size', 'gradient_accumulation_steps', 'max_iters',
                              'eval_iters', 'eval_interval', 'log_interval', 'n_layer', 'n_head', 'n_embd')
-if not 0.0 <= dropout < 1.0:
-    raise UserError(f"dropout must be in [0, 1), got {dropout}")
+for name in ('learning_rate', 'min_lr', 'warmup_iters', 'lr_decay_iters', 'weight_decay', 'grad_clip'):
+    if globals()[name] < 0:
+        raise UserError(f"{name} must not be negative, got {globals()[name]}")
+for name, value in (('dropout', dropout), ('beta1', beta1), ('beta2', beta2)):
+    if not 0.0 <= value < 1.0:
+        raise UserError(f"{name} must be in [0, 1), got {value}")
 if n_embd % n_head != 0:
     raise UserError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}); e.g. --n_embd={n_head * max(1, round(n_embd / n_head))}")
 if init_from not in ('scratch', 'resume') and not init_from.startswith('gpt2') and not os.path.isdir(init_from):
@@ -145,6 +161,7 @@ bin_paths = {split: data.bin_path(dataset, split) for split in ('train', 'val')}
 meta_vocab_size = meta['vocab_size'] if meta else None
 if meta_vocab_size is not None:
     print(f"found vocab_size = {meta_vocab_size} (inside data/{dataset}/meta.pkl)")
+vocabulary = tokenizer.tokenizer_entry(meta)  # stored in checkpoints: what the token ids mean
 
 
 resident_data = {}  # split -> tokens in device memory, for datasets small enough (see data_on_device)
@@ -183,14 +200,22 @@ elif init_from == 'resume':
     print(f"Resuming training from {os.path.join(out_dir, resume_name)}")
     resume_state = checkpoint.load(out_dir, resume_name, map_location='cpu')  # RNG states must stay on the CPU
     ckpt_args = resume_state['model_args']
-    asked = {k: globals()[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias') if k in explicit}
-    conflicts = [f"{k}={v!r} (checkpoint has {ckpt_args[k]!r})" for k, v in asked.items() if ckpt_args[k] != v]
+    conflicts = [f"{k}={globals()[k]!r} (set by {explicit[k]}; the checkpoint has {ckpt_args[k]!r})"
+                 for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')
+                 if k in explicit and ckpt_args[k] != globals()[k]]
     if conflicts:
         raise UserError(f"the checkpoint in {out_dir} has another architecture than asked: {', '.join(conflicts)}; "
-                        "drop those settings to resume, or train into a new --out_dir")
+                        "resume without those settings (the checkpoint brings its own), or train into a new --out_dir")
+    tokenizer.check_dataset(resume_state.get('tokenizer'), meta, dataset)
     if meta_vocab_size is not None and meta_vocab_size != ckpt_args['vocab_size']:
         raise UserError(f"data/{dataset}/meta.pkl has vocab_size {meta_vocab_size} but the checkpoint was trained with "
                         f"{ckpt_args['vocab_size']}; resume on the dataset it was trained on")
+    if resume_state['iter_num'] > max_iters:
+        print(f"the run in {out_dir} is complete: it ended after iteration {resume_state['iter_num'] - 1} and "
+              f"max_iters is {max_iters}; nothing was changed (to train on, resume with a larger --max_iters)")
+        if ddp:
+            destroy_process_group()
+        sys.exit(0)
     model = checkpoint.model_from_checkpoint(resume_state, dropout=dropout)
     # the architecture is the checkpoint's, whatever the defaults say
     n_layer, n_head, n_embd, block_size, bias = (ckpt_args[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias'))
@@ -210,10 +235,12 @@ else:  # gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a transformers GPT-2 directo
         raise UserError(f"block_size {block_size} is larger than {init_from}'s {model.config.block_size}")
     if block_size < model.config.block_size:
         model.crop_block_size(block_size)
+for split in bin_paths:
+    data.check_split(dataset, split, token_dtype, block_size, meta_vocab_size)
+if master_process and not eval_only:  # the first write: out_dir, and its lock held until this process ends
+    out_dir_lock = checkpoint.claim_out_dir(out_dir, resuming=init_from == 'resume', overwrite=overwrite)
 model.to(device)
 torch.manual_seed(seed + seed_offset)  # but different dropout masks
-for split in bin_paths:
-    data.check_split_length(dataset, split, token_dtype, block_size)
 if data_on_device and device_type == 'cuda' and data.fits_on_device(bin_paths.values(), device):
     # small models are bound by per-step overhead: gathering batches on the GPU removes the host work
     resident_data = {split: data.load_to_device(path, token_dtype, device) for split, path in bin_paths.items()}
@@ -305,6 +332,7 @@ def save_checkpoint(name):
         'model': model_state,
         'optimizer': optimizer_state,
         **checkpoint.architecture_entries(net.config),
+        'tokenizer': vocabulary,
         'iter_num': iter_num,
         'best_val_loss': best_val_loss,
         'config': config,
@@ -442,6 +470,8 @@ while True:
 
 if logging_metrics:
     metrics_log.close()
+if master_process and not eval_only:
+    out_dir_lock.close()
 if ddp:
     # wait for rank 0's final save, so that every rank tears the process group down together:
     # a rank that exits while its peers are still busy has been seen to abort inside gloo

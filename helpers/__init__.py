@@ -9,6 +9,7 @@
 
 and UserError, below: the one exception for mistakes a user can fix.
 """
+import sys
 
 
 class UserError(SystemExit):
@@ -22,3 +23,14 @@ class UserError(SystemExit):
 
     def __str__(self):
         return self.message
+
+
+def _interrupted_in_one_line(kind, value, traceback):
+    """Ctrl+C in any script: one line, not a traceback (train.py saves first, see its handler)."""
+    if issubclass(kind, KeyboardInterrupt):
+        print("interrupted (Ctrl+C)", file=sys.stderr)
+    else:
+        sys.__excepthook__(kind, value, traceback)
+
+
+sys.excepthook = _interrupted_in_one_line

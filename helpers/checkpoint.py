@@ -12,6 +12,11 @@ import re
 import shutil
 import socket
 
+try:
+    import fcntl  # POSIX: the out_dir lock
+except ImportError:
+    fcntl = None
+
 import numpy as np
 import torch
 
@@ -110,6 +115,54 @@ def mirror(out_dir, source_name, target_name):
         except OSError:
             shutil.copyfile(source, tmp)
     _write_atomically(os.path.join(out_dir, target_name), link)
+
+
+def run_summary(out_dir, names):
+    """'iter N, best val loss X' of the newest of the checkpoint files names in out_dir, read
+    without loading the weights; the file names when that fails."""
+    for name in (LATEST_NAME, CKPT_NAME):
+        if name in names:
+            try:
+                state = torch.load(os.path.join(out_dir, name), map_location='cpu', weights_only=True, mmap=True)
+                return f"{name} at iter {state['iter_num']}, best val loss {float(state['best_val_loss']):.4f}"
+            except Exception:
+                break
+    return ', '.join(names)
+
+
+def claim_out_dir(out_dir, resuming, overwrite):
+    """Make out_dir ready for a training run and lock it for as long as this process lives (the
+    kernel drops the lock of a killed process). Refuses, in one line and before writing anything,
+    a path that is a file or cannot be written, a folder another training is writing to, and,
+    unless resuming or overwrite, a folder that holds another run. With overwrite, that run's
+    checkpoints and log are deleted. Returns the open lock file: keep it."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"out_dir '{out_dir}' is a file, not a folder; pass another --out_dir")
+    held = [n for n in (CKPT_NAME, LATEST_NAME, 'metrics.csv') if os.path.exists(os.path.join(out_dir, n))]
+    if held and not resuming and not overwrite:
+        raise UserError(f"{out_dir} already holds a run ({run_summary(out_dir, held)}); continue it with "
+                        "--init_from=resume, replace it with --overwrite=True, or train into another --out_dir")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        lock = open(os.path.join(out_dir, 'train.lock'), 'a+')
+    except OSError as e:
+        raise UserError(f"cannot write to out_dir '{out_dir}' ({e.strerror}); pass a folder you can write to "
+                        "with --out_dir")
+    if fcntl is not None:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            raise UserError(f"another training (pid {lock.read().strip() or '?'}) is writing to {out_dir}; wait for "
+                            "it to end, or train into another --out_dir")
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    if overwrite and not resuming:
+        for name in held:
+            os.remove(os.path.join(out_dir, name))
+    return lock
 
 
 # ----------------------------------------------------------------------------- reading

@@ -44,9 +44,20 @@ def data_dir(dataset):
 
 
 def read_meta(dataset):
-    """The dataset's meta.pkl, or None for datasets without one (GPT-2 BPE ones)."""
+    """The dataset's meta.pkl, checked, or None for datasets without one (GPT-2 BPE ones)."""
     path = os.path.join(data_dir(dataset), 'meta.pkl')
-    return load_meta(path) if os.path.exists(path) else None
+    if not os.path.exists(path):
+        return None
+    meta = load_meta(path)
+    vocab_size, itos = meta.get('vocab_size'), meta.get('itos')
+    if type(vocab_size) is not int or vocab_size <= 0:
+        raise UserError(f"{path} has no valid vocab_size (it holds {vocab_size!r}, not a positive integer); "
+                        "re-create it with the dataset's prepare.py")
+    if itos is not None and not (isinstance(itos, (dict, list)) and len(itos) == vocab_size and all(
+            isinstance(itos[i] if isinstance(itos, list) else itos.get(i), str) for i in range(vocab_size))):
+        raise UserError(f"{path} has an itos that does not map ids 0..{vocab_size - 1} to characters; "
+                        "re-create it with the dataset's prepare.py")
+    return meta
 
 
 def token_dtype(meta):
@@ -59,18 +70,22 @@ def token_dtype(meta):
 
 
 def prepare_command(dataset):
-    if os.path.exists(os.path.join(DATA_ROOT, dataset, 'prepare.py')):
+    if os.path.exists(os.path.join(data_dir(dataset), 'prepare.py')):
         return f"python data/{dataset}/prepare.py"
-    return f"python data/char/prepare.py --input your_text.txt --name {dataset} (or a prepare.py of your own in data/{dataset}/)"
+    return f"python data/char/prepare.py --input your_text.txt --name {dataset} --force"
 
 
 def bin_path(dataset, split):
     """Path to <split>.bin, with an error naming the prepare command when it is missing."""
     path = os.path.join(data_dir(dataset), f'{split}.bin')
-    if not os.path.isdir(data_dir(dataset)):
-        known = sorted(d for d in os.listdir(DATA_ROOT) if os.path.isdir(os.path.join(DATA_ROOT, d)))
-        raise UserError(f"unknown dataset '{dataset}': there is no folder data/{dataset}/ "
-                        f"(datasets here: {', '.join(known)})")
+    if dataset == 'char' or not os.path.isdir(data_dir(dataset)):
+        known = sorted(d for d in os.listdir(DATA_ROOT) if d != 'char' and os.path.isdir(data_dir(d)))
+        raise UserError(f"unknown dataset '{dataset}': there is no dataset data/{dataset}/ (datasets here: "
+                        f"{', '.join(known)}; to prepare your own text: python data/char/prepare.py --input "
+                        "your_text.txt --name NAME, then --dataset=NAME)")
+    if not os.path.exists(path) and split not in ('train', 'val'):
+        raise UserError(f"{path} does not exist: the prepare scripts write train.bin and val.bin only; "
+                        "use --splits=val or --splits=train,val")
     if not os.path.exists(path):
         raise UserError(f"{path} is missing; prepare the dataset first: {prepare_command(dataset)}")
     return path
@@ -82,12 +97,26 @@ def open_tokens(path, dtype):
     return np.memmap(path, dtype=dtype, mode='r')
 
 
-def check_split_length(dataset, split, dtype, block_size):
+def check_split(dataset, split, dtype, block_size, vocab_size=None):
+    """The number of tokens in <split>.bin, after checking that the file is whole, holds more than
+    block_size tokens and, given vocab_size (datasets with meta.pkl), only ids below it."""
     path = bin_path(dataset, split)
-    n_tokens = os.path.getsize(path) // dtype.itemsize
+    size = os.path.getsize(path)
+    again = f"prepare the dataset again: {prepare_command(dataset)}"
+    if size % dtype.itemsize:
+        raise UserError(f"{path} holds {size:,} bytes, not a whole number of {dtype.name} tokens: it is truncated "
+                        f"or is no token file; {again}")
+    n_tokens = size // dtype.itemsize
     if n_tokens < block_size + 1:
         raise UserError(f"{path} holds {n_tokens} tokens, fewer than block_size+1 = {block_size + 1}; "
                         f"use a smaller --block_size or more text")
+    if vocab_size is not None:
+        chunk = 1 << 26  # tokens read at a time: memory stays bounded for any file size
+        largest = max(int(np.fromfile(path, dtype, count=chunk, offset=start * dtype.itemsize).max())
+                      for start in range(0, n_tokens, chunk))
+        if largest >= vocab_size:
+            raise UserError(f"{path} holds token id {largest}, but meta.pkl's vocab_size is {vocab_size}: the "
+                            f"files do not belong together; {again}")
     return n_tokens
 
 

@@ -34,7 +34,7 @@ def _parse_row(raw):
 
 def read_metrics(path):
     """The rows of a metrics.csv, in file order, as dicts keyed by COLUMNS; damaged rows are skipped."""
-    with open(path, newline='', encoding='utf-8') as f:
+    with open(path, newline='', encoding='utf-8', errors='replace') as f:
         return [row for row in map(_parse_row, csv.DictReader(f)) if row is not None]
 
 

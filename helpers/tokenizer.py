@@ -6,6 +6,7 @@ read or write the wrong characters; nanoGPT's checkpoints, which lack it, use th
 meta.pkl. Free of PyTorch, so that sample_onnx.py runs without it.
 """
 import codecs
+import json
 import os
 
 from helpers import UserError
@@ -66,13 +67,26 @@ class BPETokenizer:
 
 def tokenizer_entry(meta):
     """What a checkpoint stores to name its tokenizer: a dataset's character vocabulary (meta.pkl),
-    or GPT-2's BPE for datasets without meta.pkl. Plain values only, as checkpoints hold."""
+    or GPT-2's BPE for datasets without meta.pkl; None for a meta.pkl without itos. Plain values
+    only, as checkpoints hold."""
     if meta is None:
         return {'kind': 'gpt2'}
+    if not isinstance(meta.get('itos'), (dict, list)):
+        return None
     entry = {'kind': 'char', 'itos': [meta['itos'][i] for i in range(meta['vocab_size'])]}
     if meta.get('separator'):
         entry['separator'] = meta['separator']
     return entry
+
+
+def check_dataset(entry, meta, dataset):
+    """A UserError unless data/<dataset> (its meta.pkl, or None) has the vocabulary of entry."""
+    theirs = tokenizer_entry(meta)
+    if entry is not None and (theirs or {}).get('itos') != entry.get('itos'):
+        ours = 'GPT-2 BPE' if entry['kind'] == 'gpt2' else f"a {len(entry['itos'])}-character vocabulary"
+        found = 'GPT-2 BPE (no meta.pkl)' if meta is None else f"another vocabulary ({meta['vocab_size']} symbols)"
+        raise UserError(f"the model was trained with {ours} but data/{dataset} holds {found}; use the dataset it "
+                        "was trained on, prepared again from the same text")
 
 
 def from_entry(entry):
@@ -81,28 +95,50 @@ def from_entry(entry):
     return BPETokenizer()
 
 
-def for_checkpoint(checkpoint):
-    """The tokenizer a checkpoint was trained with: its own entry, or (nanoGPT's checkpoints) its
-    dataset's meta.pkl, or GPT-2's BPE."""
+def checkpoint_entry(checkpoint):
+    """A checkpoint's tokenizer entry: its own, or for nanoGPT's checkpoints, which lack one, that
+    of its dataset's meta.pkl, or GPT-2's BPE."""
     if checkpoint.get('tokenizer'):
-        return from_entry(checkpoint['tokenizer'])
+        return checkpoint['tokenizer']
     from helpers import data
     name = (checkpoint.get('config') or {}).get('dataset')
     vocab_size = checkpoint['model_args']['vocab_size']
     if name and os.path.exists(os.path.join(data.data_dir(name), 'meta.pkl')):
         print(f"Loading meta from {os.path.join('data', name, 'meta.pkl')}...")
         meta = data.read_meta(name)
-        if not isinstance(meta.get('itos'), (dict, list)):
-            raise UserError(f"data/{name}/meta.pkl has no character vocabulary (itos); "
-                            "re-create it with the dataset's prepare.py")
         if meta['vocab_size'] != vocab_size:
             raise UserError(f"data/{name}/meta.pkl has vocab_size {meta['vocab_size']} but the model was trained "
                             f"with {vocab_size}; the dataset was re-prepared since: restore its meta.pkl")
-        return CharTokenizer(meta['itos'], meta.get('separator'))
+        entry = tokenizer_entry(meta)
+        if entry is None:
+            raise UserError(f"data/{name}/meta.pkl has no character vocabulary (itos); "
+                            "re-create it with the dataset's prepare.py")
+        return entry
     if vocab_size < BPE_VOCAB_SIZE:
         raise UserError(f"the model has a {vocab_size}-symbol vocabulary but data/{name}/meta.pkl, which maps it "
                         f"to characters, is missing; prepare the dataset '{name}' again to recreate it")
-    return BPETokenizer()
+    return {'kind': 'gpt2'}
+
+
+def for_checkpoint(checkpoint):
+    """The tokenizer a checkpoint was trained with."""
+    return from_entry(checkpoint_entry(checkpoint))
+
+
+def for_pretrained(name):
+    """The tokenizer of a transformers GPT-2 directory: the characters export_hf.py wrote beside a
+    character model (a tokenizer.json without merges), else GPT-2's BPE."""
+    path = os.path.join(name, 'tokenizer.json')
+    if not os.path.isfile(path):
+        return BPETokenizer()
+    with open(path, encoding='utf-8') as f:
+        spec = json.load(f).get('model') or {}
+    if spec.get('type') != 'BPE' or spec.get('merges') or not spec.get('vocab'):
+        return BPETokenizer()
+    itos = sorted(spec['vocab'], key=spec['vocab'].get)
+    with open(os.path.join(name, 'config.json'), encoding='utf-8') as f:
+        eos = json.load(f).get('eos_token_id')
+    return CharTokenizer(itos, itos[eos] if isinstance(eos, int) and 0 <= eos < len(itos) else None)
 
 
 def read_text_file(path, what):

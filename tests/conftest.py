@@ -46,6 +46,7 @@ def shakespeare_char():
 # Core tests (model, training, checkpoints, robustness): a tiny dataset written here,
 # tiny model settings, and runners for the scripts as subprocesses or in this process.
 import contextlib
+import gc
 import io
 import pickle
 import runpy
@@ -151,6 +152,7 @@ def run_inproc(script, *args, check=False):
                     print(e.code, file=sys.stderr)
                     code = 1
     finally:
+        gc.collect()  # what a process exit would release: files the script left open (train.py's lock)
         sys.argv = saved[0]
         os.chdir(saved[1])
         for s, handler in saved[2].items():

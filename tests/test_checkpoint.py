@@ -331,9 +331,11 @@ def test_train_and_sample_refuse_a_meta_pkl_with_code(make_dataset, tiny_run, tm
     out_dir = tmp_path / 'out'
     assert_user_error(run_inproc('train.py', *core_train_args(out_dir, dataset=name)), 'refused', 'meta.pkl')
     assert not out_dir.exists()
-    # a checkpoint whose dataset folder was swapped for one with a dangerous meta.pkl
+    # a nanoGPT checkpoint (no vocabulary of its own) whose dataset folder was swapped for one with
+    # a dangerous meta.pkl
     state = torch.load(tiny_run.out_dir / 'ckpt.pt', weights_only=True)
     state['config']['dataset'] = name
+    del state['tokenizer']
     sample_dir = tmp_path / 'sample_out'
     checkpoint.save(state, str(sample_dir))
     result = run_inproc('sample.py', f'--out_dir={sample_dir}', '--device=cpu', '--num_samples=1',

@@ -7,7 +7,7 @@ import pytest
 
 from helpers import checkpoint
 from helpers import data
-from conftest import assert_user_error, checkpoint_files, core_train_args, run_inproc, run_script
+from conftest import assert_user_error, checkpoint_files, core_text, core_train_args, run_inproc, run_script
 from helpers import UserError
 
 
@@ -143,7 +143,10 @@ def test_resume_with_another_architecture(copy_run):
 
 def test_resume_with_a_different_vocabulary(copy_run, make_dataset):
     name = make_dataset('vocab', text='other characters entirely: XYZ!?\n' * 200)
-    failed_resume(copy_run, 'vocab_size', 'meta.pkl', dataset=name)
+    failed_resume(copy_run, 'vocabulary', name, dataset=name)
+    # the same number of characters, other characters: only the stored vocabulary can tell
+    same_size = make_dataset('same_size', text=core_text().translate(str.maketrans('abc', 'xyz')))
+    failed_resume(copy_run, '19-character vocabulary', same_size, dataset=same_size)
 
 
 def test_resume_without_a_checkpoint(tmp_path, core_dataset):
@@ -199,9 +202,17 @@ def test_sample_prompt_outside_the_vocabulary(copy_run):
 
 
 def test_sample_with_changed_meta_vocabulary(copy_run, make_dataset):
+    """The dataset prepared again from another text: the checkpoint's own vocabulary is used, and a
+    nanoGPT checkpoint, which has none, is refused rather than decoded with the wrong characters."""
     name = make_dataset('vocab2', text='other characters entirely: XYZ!?\n' * 200)
     state = checkpoint.load(str(copy_run), 'ckpt.pt')
     state['config']['dataset'] = name
+    checkpoint.save(state, str(copy_run))
+    result = run_inproc('sample.py', f'--out_dir={copy_run}', '--device=cpu', '--num_samples=2', '--start=the',
+                        check=True)
+    printed = result.stdout.split("Overriding: start = 'the'\n")[1]
+    assert printed.startswith('the') and set(printed.replace('---------------', '')) <= set(core_text())
+    del state['tokenizer']
     checkpoint.save(state, str(copy_run))
     failed_sample('vocab_size', 'meta.pkl', out_dir=copy_run)
 

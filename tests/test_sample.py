@@ -10,9 +10,17 @@ from conftest import core_text, run_inproc, run_script
 SEPARATOR = '---------------'
 
 
+def printed_text(stdout):
+    """What sample.py printed after its set-up lines."""
+    lines = stdout.split('\n')
+    while lines and lines[0].startswith(('Overriding:', 'Loading meta from', 'loading weights')):
+        lines.pop(0)
+    return '\n'.join(lines)
+
+
 def samples_of(stdout, prompt):
-    """The samples printed, in order (the set-up lines before them dropped)."""
-    text = stdout.split('Loading meta from')[1].split('\n', 1)[1]
+    """The samples printed, in order."""
+    text = printed_text(stdout)
     assert text.startswith(prompt), text[:200]
     return [s.strip('\n') for s in text.split(SEPARATOR) if s.strip()]
 
@@ -118,7 +126,7 @@ def test_a_stop_string_across_tokens_ends_the_sample_and_nothing_after_it_is_pri
     run = run_inproc('sample.py', *sample_args(tiny_run.out_dir, num_samples=2, stream=stream,
                                                stop="['at o', 'mat']"), check=True)
     assert samples_of(run.stdout, 'the') == ['the cat s'] * 2  # the earliest stop wins; neither is printed
-    printed = run.stdout.split('Loading meta from')[1]
+    printed = printed_text(run.stdout)
     assert 'at o' not in printed and 'mat' not in printed
     # a stop string that never appears changes nothing; one that is a prefix of the text ends it at once
     never = run_inproc('sample.py', *sample_args(tiny_run.out_dir, num_samples=1, stream=stream, stop='xyz',
