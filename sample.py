@@ -7,7 +7,9 @@ $ python sample.py --out_dir=out-shakespeare-char --prompts=prompts.txt --stop="
 
 Sample k is drawn with its own random generator seeded with seed + k, so a sample depends
 only on the seed, its number and its prompt: streamed one after another (the default),
-generated in one batch (--stream=False) or among other prompts (--prompts), it is the same.
+generated in one batch (--stream=False) or among other prompts (--prompts), it is the same
+(in float32; in bf16 or fp16 on a GPU, a batch of another size may run other kernels, round
+differently and so, now and then, draw another token).
 A sample ends at the data's end-of-text marker (--stop_at_end) or at a stop string; neither
 is printed.
 """

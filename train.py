@@ -23,6 +23,8 @@ import signal
 import sys
 import time
 
+STARTED_AT = time.time()  # the log's elapsed times count from here: the whole command, start-up included
+
 
 def interrupted_during_start_up(signum, frame):
     # no checkpoint exists before the training loop, which installs a handler that saves first; exit
@@ -124,7 +126,14 @@ if compile_mode not in ('default', 'reduce-overhead', 'max-autotune', 'max-autot
 if device_type == 'mps' and int(os.environ.get('RANK', -1)) != -1:
     raise UserError("torchrun with device 'mps' is not supported by PyTorch's DDP; use --device=cpu, or one process")
 if fsdp and dtype == 'float16':
-    raise UserError("fsdp=True does not support float16's gradient scaler; use --dtype=bfloat16 (or float32)")
+    raise UserError("fsdp=True does not support float16's gradient scaler; use --dtype=float32"
+                    + (" or bfloat16" if device_type != 'cuda' or hardware.gpu_has_bfloat16() else ""))
+micro_steps = gradient_accumulation_steps // int(os.environ.get('WORLD_SIZE', 1))
+if compile and compile_mode in ('reduce-overhead', 'max-autotune') and micro_steps > 1:
+    # a CUDA graph's next replay reuses the memory that holds the gradients accumulated so far (pytorch#169545)
+    raise UserError(f"compile_mode='{compile_mode}' runs CUDA graphs, which corrupt gradients accumulated over "
+                    f"{micro_steps} micro-steps per process; use --compile_mode=max-autotune-no-cudagraphs or default, "
+                    "or one micro-step per process (--gradient_accumulation_steps=<number of processes>)")
 
 config = {k: globals()[k] for k in config_keys}  # what the run really uses, stored in checkpoints
 
@@ -198,7 +207,9 @@ if init_from == 'scratch':
 elif init_from == 'resume':
     resume_name = checkpoint.resume_name(out_dir)
     print(f"Resuming training from {os.path.join(out_dir, resume_name)}")
-    resume_state = checkpoint.load(out_dir, resume_name, map_location='cpu')  # RNG states must stay on the CPU
+    # on the CPU (the RNG states must stay there), and memory-mapped under torchrun, so that every rank
+    # reads the same pages instead of holding a copy of its own
+    resume_state = checkpoint.load(out_dir, resume_name, map_location='cpu', mmap=ddp)
     ckpt_args = resume_state['model_args']
     conflicts = [f"{k}={globals()[k]!r} (set by {explicit[k]}; the checkpoint has {ckpt_args[k]!r})"
                  for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')
@@ -210,7 +221,7 @@ elif init_from == 'resume':
     if meta_vocab_size is not None and meta_vocab_size != ckpt_args['vocab_size']:
         raise UserError(f"data/{dataset}/meta.pkl has vocab_size {meta_vocab_size} but the checkpoint was trained with "
                         f"{ckpt_args['vocab_size']}; resume on the dataset it was trained on")
-    if resume_state['iter_num'] > max_iters:
+    if resume_state['iter_num'] > max_iters and not eval_only:
         print(f"the run in {out_dir} is complete: it ended after iteration {resume_state['iter_num'] - 1} and "
               f"max_iters is {max_iters}; nothing was changed (to train on, resume with a larger --max_iters)")
         if ddp:
@@ -239,7 +250,8 @@ for split in bin_paths:
     data.check_split(dataset, split, token_dtype, block_size, meta_vocab_size)
 if master_process and not eval_only:  # the first write: out_dir, and its lock held until this process ends
     out_dir_lock = checkpoint.claim_out_dir(out_dir, resuming=init_from == 'resume', overwrite=overwrite)
-model.to(device)
+if not fsdp:  # fully_shard moves each block to the GPU itself, one block at a time
+    model.to(device)
 torch.manual_seed(seed + seed_offset)  # but different dropout masks
 if data_on_device and device_type == 'cuda' and data.fits_on_device(bin_paths.values(), device):
     # small models are bound by per-step overhead: gathering batches on the GPU removes the host work
@@ -252,11 +264,14 @@ if master_process:
     print(f"tokens per iteration will be: {tokens_per_iter:,}")
 
 if fsdp:
-    # each block is one unit of sharding: its parameters are gathered just before it runs
-    from torch.distributed.fsdp import fully_shard
+    # each block is one unit of sharding: its parameters are gathered just before it runs, in
+    # bf16 when training in bf16 (half the traffic), and the gradients are reduced in float32
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    precision = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if dtype == 'bfloat16' else MixedPrecisionPolicy()
     for block in model.transformer.h:
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, mp_policy=precision)
+    fully_shard(model, mp_policy=precision)
 
 # a GradScaler only does something for float16, whose gradients can underflow
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
@@ -279,28 +294,27 @@ if compile:
     model = torch.compile(model, mode=compile_mode)
 if ddp and not fsdp:
     model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
-# under DDP evaluation runs on rank 0 alone, outside DDP; under FSDP every rank takes part
-eval_model = model.module if ddp and not fsdp else model
-evaluating = master_process or fsdp
+eval_model = model.module if ddp and not fsdp else model  # evaluation needs no gradient sync
 
 
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss per split over eval_iters fixed batches (the same ones at every evaluation)."""
+    """Mean loss per split over eval_iters fixed batches (the same ones at every evaluation). Under
+    DDP each rank scores its share of the batches; under FSDP every rank runs every batch, as the
+    shards must meet in each forward. Either way every rank gets the numbers of one process."""
     out = {}
     eval_model.eval()
     for split in ('train', 'val'):
         generator = torch.Generator().manual_seed(data.eval_batch_seed(seed, split))
         losses = torch.zeros(eval_iters, device=device)
         for k in range(eval_iters):
-            X, Y = get_batch(split, generator)
-            with ctx:
-                _, loss = eval_model(X, Y)
-            losses[k] = loss
-        mean = losses.mean()
-        if fsdp:  # every rank scored the same batches; averaging makes the numbers identical on all of them
-            torch.distributed.all_reduce(mean, op=torch.distributed.ReduceOp.AVG)
-        out[split] = mean.item()
+            X, Y = get_batch(split, generator)  # drawn by every rank, so that the batches are the same set
+            if fsdp or k % ddp_world_size == ddp_rank:
+                with ctx:
+                    losses[k] = eval_model(X, Y)[1]
+        if ddp and not fsdp:  # each batch's loss was computed by one rank, the others hold 0 there
+            torch.distributed.all_reduce(losses)
+        out[split] = losses.mean().item()
     eval_model.train()
     return out
 
@@ -352,7 +366,8 @@ def request_stop(signum, frame):
         raise KeyboardInterrupt
     stop_signal = signal.Signals(signum).name
     if master_process:
-        print(f"\n{stop_signal} received: finishing iteration {iter_num}, then saving a checkpoint "
+        when = "at the next log step" if ddp else f"after iteration {iter_num}"
+        print(f"\n{stop_signal} received: stopping {when}, then saving a checkpoint "
               "(press Ctrl+C again to quit without saving)", flush=True)
 
 
@@ -360,17 +375,28 @@ signal.signal(signal.SIGINT, request_stop)
 signal.signal(signal.SIGTERM, request_stop)
 
 
-# The ranks agree on stopping through a CPU (gloo) group: a flag on the GPU would make every
-# iteration wait for the GPU to drain, which is what the training loop otherwise avoids.
-stop_group = torch.distributed.new_group(backend='gloo') if ddp and backend != 'gloo' else None
-
-
 def all_ranks_agree_to_stop():
+    """Whether any rank was asked to stop. Under torchrun a collective over the training backend,
+    called only at log steps, where the loop waits for the device anyway."""
     if not ddp:
         return stop_signal is not None
-    flag = torch.tensor([1 if stop_signal is not None else 0])
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=stop_group)
+    flag = torch.tensor([stop_signal is not None], dtype=torch.int32, device=device if backend == 'nccl' else 'cpu')
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
     return bool(flag.item())
+
+
+def duration(seconds):
+    seconds = round(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def progress(it):
+    """How far the run is after iteration it and the time left, from the recent iteration and
+    evaluation times: 'N% done, ... left'."""
+    evals_left = max_iters // eval_interval - it // eval_interval
+    seconds_left = (max_iters - it) * iter_seconds + evals_left * eval_seconds
+    return f"{100 * (it + 1) / (max_iters + 1):.0f}% done, {duration(seconds_left)} left"
 
 
 if wandb_log and master_process:
@@ -384,19 +410,21 @@ if logging_metrics:
     metrics_log = metrics.MetricsLog(out_dir, start_iter=iter_num)  # out_dir/metrics.csv, for plot.py
 seed_train_batches(iter_num)
 X, Y = get_batch('train', train_generator)  # first batch
-t0 = time.time()
+timer, timed_iters = time.time(), 0  # iterations since the last log line or evaluation
 local_iter_num = 0  # iterations run by this process
-running_mfu = -1.0
+iter_seconds, eval_seconds, running_mfu = 0.0, 0.0, -1.0
 while True:
 
     lr = get_lr(iter_num) if decay_lr else learning_rate
     for param_group in optimizer.param_groups:
         param_group['lr'] = lr
 
-    if iter_num % eval_interval == 0 and evaluating:
+    if iter_num % eval_interval == 0 or eval_only:
+        eval_start = time.time()
         losses = estimate_loss()
         if master_process:
-            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
+                  f"(evaluation {time.time() - eval_start:.1f}s, elapsed {duration(time.time() - STARTED_AT)})")
         if logging_metrics:
             metrics_log.write(iter=iter_num, tokens=iter_num * tokens_per_iter, lr=lr,
                               train_loss=losses['train'], val_loss=losses['val'])
@@ -415,6 +443,8 @@ while True:
                     checkpoint.mirror(out_dir, checkpoint.CKPT_NAME, checkpoint.LATEST_NAME)
             else:
                 save_checkpoint(checkpoint.LATEST_NAME)
+        eval_seconds = time.time() - eval_start  # with the saves, for the time left
+        timer, timed_iters = time.time(), 0  # iteration times leave evaluations and saves out
     if eval_only:
         break
 
@@ -439,33 +469,37 @@ while True:
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+    timed_iters += 1
 
-    t1 = time.time()
-    dt = t1 - t0
-    t0 = t1
-    if iter_num % log_interval == 0:
-        lossf = loss.item() * gradient_accumulation_steps  # .item() waits for the GPU: only at log steps
+    log_step = iter_num % log_interval == 0
+    if log_step:
+        lossf = loss.item() * gradient_accumulation_steps  # waits for the device: only at log steps
+        dt = (time.time() - timer) / timed_iters  # after the wait, so the device's time is all in
+        timer, timed_iters = time.time(), 0
+        # recent iterations set the time left; the first ones may include compilation
+        iter_seconds = dt if local_iter_num <= log_interval else 0.9 * iter_seconds + 0.1 * dt
         if not math.isfinite(lossf):  # checked on every rank, so that all of them stop together
             raise UserError(f"loss is {lossf} at iter {iter_num}; nothing was saved over the checkpoints in {out_dir}. "
                             "Lower --learning_rate, or use --dtype=bfloat16 or float32")
-    if iter_num % log_interval == 0 and master_process:
+    if log_step and master_process:
         mfu = net.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak_flops) if local_iter_num >= 5 else None
         if mfu is not None:
             running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
-        mfu_text = f"{running_mfu * 100:.2f}%" if running_mfu != -1.0 else "n/a"
-        print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {mfu_text}")
+        speed = f"mfu {running_mfu * 100:.2f}%" if running_mfu != -1.0 else f"{tokens_per_iter / dt:,.0f} tokens/s"
+        print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, {speed}, {progress(iter_num)}")
         metrics_log.write(iter=iter_num, tokens=(iter_num + 1) * tokens_per_iter, lr=lr, train_loss=lossf,
                           ms_per_iter=dt * 1000, mfu=running_mfu if running_mfu != -1.0 else None)
     iter_num += 1
     local_iter_num += 1
 
-    stopping = all_ranks_agree_to_stop()
+    stopping = all_ranks_agree_to_stop() if log_step or not ddp else False
     if stopping or iter_num > max_iters:
         save_checkpoint(checkpoint.LATEST_NAME)
         if master_process:
             if stopping:
                 print(f"stopped by {stop_signal or 'another process'} at iter {iter_num}; to continue, run the same "
                       "command with --init_from=resume")
+            print(f"finished iteration {iter_num - 1} after {duration(time.time() - STARTED_AT)}")
         break
 
 if logging_metrics:

@@ -179,8 +179,9 @@ def sample_name(out_dir):
     return LATEST_NAME if only_latest else CKPT_NAME
 
 
-def load(out_dir, name=CKPT_NAME, map_location='cpu'):
-    """A checkpoint dict from out_dir, with one-line errors for missing, corrupt or unsafe files."""
+def load(out_dir, name=CKPT_NAME, map_location='cpu', mmap=False):
+    """A checkpoint dict from out_dir, with one-line errors for missing, corrupt or unsafe files;
+    mmap leaves the tensors in the file's pages, shared by every process that maps them."""
     path = os.path.join(out_dir, name)
     if not os.path.isdir(out_dir):
         raise UserError(f"out_dir '{out_dir}' does not exist; train a model there first "
@@ -188,7 +189,7 @@ def load(out_dir, name=CKPT_NAME, map_location='cpu'):
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}; train a model into '{out_dir}' first or pass the right --out_dir")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         # torch wraps the unpickler's complaint in advice; keep the line that names it
         lines = [line.strip().split('WeightsUnpickler error:')[-1].strip() for line in str(e).splitlines()]

@@ -1,5 +1,6 @@
-"""Shared fixtures: the repository root, the offline copies in ../shared, and a runner
-for the project's scripts as a user would call them (a subprocess in the repo root)."""
+"""Shared fixtures: the repository root, the offline copies in ../shared (used when they are
+there; a fresh clone downloads what it needs instead, as the scripts do), and runners for the
+project's scripts as a user would call them."""
 import os
 import shutil
 import subprocess
@@ -10,7 +11,8 @@ import pytest
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get('NANOGPT_SHARED', os.path.join(os.path.dirname(REPO_ROOT), 'shared'))
 TINY_SHAKESPEARE = os.path.join(SHARED, 'data', 'tinyshakespeare', 'input.txt')
-os.environ.setdefault('TIKTOKEN_CACHE_DIR', os.path.join(SHARED, 'tiktoken_cache'))
+if os.path.isdir(os.path.join(SHARED, 'tiktoken_cache')):  # else tiktoken downloads GPT-2's files itself
+    os.environ.setdefault('TIKTOKEN_CACHE_DIR', os.path.join(SHARED, 'tiktoken_cache'))
 
 
 def run_script(*args, cwd=REPO_ROOT, env=None, timeout=600, check=True):
@@ -25,14 +27,21 @@ def run_script(*args, cwd=REPO_ROOT, env=None, timeout=600, check=True):
 
 
 def place_tiny_shakespeare(dataset):
-    """Put the offline copy of tiny shakespeare where data/<dataset>/prepare.py looks for it,
-    so the script's download branch is never taken in tests."""
+    """Put tiny shakespeare where data/<dataset>/prepare.py looks for it: the offline copy when
+    there is one, else the file prepare.py downloads, fetched the way it fetches it."""
     target = os.path.join(REPO_ROOT, 'data', dataset, 'input.txt')
-    if not os.path.exists(target):
-        if not os.path.exists(TINY_SHAKESPEARE):
-            pytest.fail(f"offline tiny shakespeare not found at {TINY_SHAKESPEARE}")
+    if os.path.exists(target):
+        return target
+    if os.path.exists(TINY_SHAKESPEARE):
         shutil.copyfile(TINY_SHAKESPEARE, target)
-    return target
+        return target
+    from helpers import UserError
+    from helpers.prepare import TINY_SHAKESPEARE_URL, download
+    try:
+        return download(TINY_SHAKESPEARE_URL, target)
+    except UserError as e:
+        pytest.fail(f"tiny shakespeare is neither at {TINY_SHAKESPEARE} (the offline copy; NANOGPT_SHARED names its "
+                    f"folder) nor downloadable from {TINY_SHAKESPEARE_URL}: {e}")
 
 
 @pytest.fixture(scope='session')

@@ -532,3 +532,44 @@ def test_checkpoint_from_a_newer_version_is_refused_clearly(tiny_run):
     state['model_args']['rotary'] = True
     with pytest.raises(UserError, match='rotary'):
         checkpoint.model_from_checkpoint(state)
+
+
+def test_save_without_folder_fsync_where_folders_cannot_be_opened(tmp_path, monkeypatch):
+    """On Windows a folder cannot be opened to fsync it: the save must not try."""
+    real_open = os.open
+
+    def no_folders(path, flags, *args):
+        if os.path.isdir(path):
+            raise PermissionError(13, 'Permission denied')
+        return real_open(path, flags, *args)
+    monkeypatch.setattr(os, 'open', no_folders)
+    monkeypatch.setattr(os, 'name', 'nt')
+    checkpoint.save(small_state(5.0), str(tmp_path))
+    monkeypatch.undo()
+    assert checkpoint.load(str(tmp_path))['iter_num'] == 5
+
+
+def mapped_file(tensor):
+    """The file whose mapping holds the tensor's data, from /proc/self/maps (Linux), or None."""
+    with open('/proc/self/maps') as f:
+        for line in f:
+            start, end = (int(x, 16) for x in line.split()[0].split('-'))
+            if start <= tensor.data_ptr() < end:
+                return line.split()[-1] if line.split()[-1].startswith('/') else None
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/self/maps'), reason="reads Linux's /proc/self/maps")
+def test_a_memory_mapped_load_leaves_the_tensors_in_the_file(tmp_path):
+    """What every rank of a resumed torchrun does: one copy of the file's pages, shared."""
+    checkpoint.save(small_state(6.0), str(tmp_path))
+    assert mapped_file(checkpoint.load(str(tmp_path), mmap=True)['model']['w']) == str(tmp_path / 'ckpt.pt')
+    assert mapped_file(checkpoint.load(str(tmp_path))['model']['w']) != str(tmp_path / 'ckpt.pt')
+
+
+def test_device_sync_waits_on_the_device_it_is_given(monkeypatch):
+    from helpers import hardware
+    waited = []
+    monkeypatch.setattr(torch.cuda, 'synchronize', waited.append)
+    hardware.sync('cuda:1')
+    hardware.sync('cpu')
+    assert waited == [torch.device('cuda:1')]

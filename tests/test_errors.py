@@ -295,3 +295,10 @@ def test_meta_without_a_vocabulary_for_sampling(make_dataset):
     ckpt = {'config': {'dataset': name}, 'model_args': {'vocab_size': 13}}
     with pytest.raises(UserError, match='no character vocabulary'):
         tokenizer.for_checkpoint(ckpt)
+
+
+@pytest.mark.parametrize('mode', ['reduce-overhead', 'max-autotune'])
+def test_cuda_graphs_with_gradient_accumulation_are_refused(tmp_path, core_dataset, mode):
+    """CUDA graphs reuse the memory that holds the accumulated gradients (pytorch#169545)."""
+    fresh_train(tmp_path, mode, 'CUDA graphs', '2 micro-steps', 'max-autotune-no-cudagraphs',
+                compile=True, compile_mode=mode, gradient_accumulation_steps=2)

@@ -11,7 +11,7 @@ import torch
 from helpers import checkpoint
 from conftest import LiveProcess, checkpoint_files, core_text, core_train_args, run_inproc, run_script
 
-STEP_LINE = re.compile(r'^step (\d+): train loss ([\d.]+), val loss ([\d.]+)$', re.M)
+STEP_LINE = re.compile(r'^step (\d+): train loss ([\d.]+), val loss ([\d.]+) \(evaluation', re.M)
 ITER_LINE = re.compile(r'^iter (\d+): loss (\S+), time', re.M)
 
 
