@@ -1,4 +1,4 @@
-"""Dataset preparation: data/*/prepare.py and dataprep.py, offline.
+"""Dataset preparation: data/*/prepare.py and helpers/prepare.py, offline.
 
 Every prepare script runs as a user would run it (a subprocess in the repo root); library
 pieces are also tested in-process where a small chunk size makes edge cases reachable.
@@ -22,11 +22,11 @@ import pytest
 from conftest import REPO_ROOT, run_script, place_tiny_shakespeare
 
 sys.path.insert(0, REPO_ROOT)
-from helpers import prepare as dataprep  # noqa: E402
+from helpers import prepare  # noqa: E402
 from helpers import data as dataset  # noqa: E402
 from helpers import UserError  # noqa: E402
 
-SEP = dataprep.STORY_SEPARATOR
+SEP = prepare.STORY_SEPARATOR
 OFFLINE = {'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1'}
 
 
@@ -192,8 +192,23 @@ def test_cjk_round_trip_and_split(tmp_path, scratch):
     assert f"length of dataset in characters: {n:,}" in out
     assert f"vocab size: {len(set(text)):,}" in out
     assert f"train has {int(n * 0.9):,} tokens" in out
-    vocab = dataprep.CharVocab.from_meta(meta)
-    assert vocab.decode(vocab.encode(text)) == text
+    ids = np.concatenate([tokens(name, 'train'), tokens(name, 'val')])
+    assert np.array_equal(ids, [meta['stoi'][ch] for ch in text])
+
+
+def test_write_chars_splits_at_any_character_of_any_piece(tmp_path):
+    text = cjk_text(40)
+    pieces = [text[i:i + 7] for i in range(0, len(text), 7)]   # the split point falls anywhere in a piece
+    seen = np.zeros(prepare.UNICODE_SIZE, dtype=bool)
+    assert prepare.mark_characters(iter(pieces), seen) == len(text)
+    assert ''.join(map(chr, np.flatnonzero(seen))) == ''.join(sorted(set(text)))
+    for n_train in (1, 6, 7, 8, 13, len(text) // 2, len(text) - 1):
+        out_dir = tmp_path / str(n_train)
+        prepare.write_chars(str(out_dir), seen, iter(pieces), n_train, separator='x')
+        meta = dataset.load_meta(str(out_dir / 'meta.pkl'))
+        train, val = (''.join(meta['itos'][int(i)] for i in np.fromfile(out_dir / f'{split}.bin', dtype=np.uint16))
+                      for split in ('train', 'val'))
+        assert (train, val) == (text[:n_train], text[n_train:]) and meta['separator'] == 'x', n_train
 
 
 def test_prepare_twice_gives_identical_files(tmp_path, scratch):
@@ -263,7 +278,7 @@ def test_read_text_handles_characters_split_across_chunks(tmp_path):
     path = tmp_path / 't.txt'
     path.write_bytes(text.encode('utf-8'))
     for chunk in range(1, 9):
-        assert ''.join(dataprep.read_text(str(path), chunk_bytes=chunk)) == text
+        assert ''.join(prepare.read_text(str(path), chunk_bytes=chunk)) == text
 
 
 @pytest.mark.parametrize('bad', [b'\xff', b'\xe4\xb8', b'\xc0\xaf', b'\xed\xa0\x80'])
@@ -273,9 +288,9 @@ def test_invalid_utf8_names_the_byte_offset(tmp_path, bad):
     path.write_bytes(good + bad + b'tail')
     for chunk in (1, 2, 3, 5, 64, 1 << 20):
         with pytest.raises(UserError) as e:
-            ''.join(dataprep.read_text(str(path), chunk_bytes=chunk))
+            ''.join(prepare.read_text(str(path), chunk_bytes=chunk))
         assert f"byte offset {len(good)}" in str(e.value), (chunk, str(e.value))
-    replaced = ''.join(dataprep.read_text(str(path), errors='replace', chunk_bytes=3))
+    replaced = ''.join(prepare.read_text(str(path), errors='replace', chunk_bytes=3))
     assert replaced.startswith(good.decode()) and '\ufffd' in replaced and replaced.endswith('tail')
 
 
@@ -329,19 +344,32 @@ def test_name_of_another_dataset_needs_force(tmp_path, scratch, shakespeare_char
 
 def test_failed_write_leaves_previous_files_untouched(tmp_path):
     out_dir = str(tmp_path / 'ds')
-    with dataprep.OutputFolder(out_dir) as out:
-        out.tokens('train', np.uint16).write(np.arange(10))
-        out.set_meta({'vocab_size': 10})
-        out.commit()
+    with prepare.Output(out_dir) as out:
+        out.write('train', np.arange(10))
+        out.write('val', np.arange(3))
+        out.commit({'vocab_size': 10})
     with pytest.raises(RuntimeError):
-        with dataprep.OutputFolder(out_dir) as out:
-            out.tokens('train', np.uint16).write(np.arange(1000))
+        with prepare.Output(out_dir) as out:
+            out.write('train', np.arange(1000))
             raise RuntimeError('interrupted')
-    assert sorted(os.listdir(out_dir)) == ['meta.pkl', 'train.bin']
+    assert sorted(os.listdir(out_dir)) == ['meta.pkl', 'train.bin', 'val.bin']
     assert np.array_equal(np.fromfile(os.path.join(out_dir, 'train.bin'), dtype=np.uint16), np.arange(10))
+    assert dataset.load_meta(os.path.join(out_dir, 'meta.pkl')) == {'vocab_size': 10}
+    with open(os.path.join(out_dir, 'meta.pkl.tmp'), 'wb') as f:   # as a killed prepare may leave it
+        f.write(b'stale')
+    with prepare.Output(out_dir) as out:   # a dataset without meta.pkl replaces one with it: the old one goes
+        out.write('train', np.arange(5))
+        out.write('val', np.arange(2))
+        out.commit()
+    assert sorted(os.listdir(out_dir)) == ['train.bin', 'val.bin']
+    new_dir = str(tmp_path / 'new')
+    with pytest.raises(KeyboardInterrupt):
+        with prepare.Output(new_dir) as out:
+            raise KeyboardInterrupt
+    assert not os.path.exists(new_dir)
 
 
-@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGKILL])
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_prepare_leaves_no_finished_looking_files(tmp_path, scratch, sig):
     big = tmp_path / 'big.txt'
     big.write_bytes(('The quick brown fox 狐狸 jumps.\n' * 2_500_000).encode('utf-8'))   # ~95 MB
@@ -377,24 +405,34 @@ def write_story_files(tmp_path, kind, train=STORIES, val=VAL_STORIES):
     return paths
 
 
-@pytest.mark.parametrize('layout', ['varied', 'plain', 'plain_with_untidy_stories'])
+@pytest.mark.parametrize('layout', ['varied', 'plain', 'plain_with_untidy_stories', 'no_newline_after_last_marker'])
 def test_txt_story_parsing_is_independent_of_chunk_size(tmp_path, layout):
     stories = STORIES * 3
     if layout == 'varied':
         content = stories_txt(stories)
-    else:   # the usual layout: story, then a line holding only the marker (parsed by the fast path)
+    else:   # the usual layout: story, then a line holding only the marker
         untidy = ['  leading space', 'trailing newline\n', '', 'tab\t'] if layout == 'plain_with_untidy_stories' else []
         content = ''.join(s + '\n<|endoftext|>\n' for s in stories + untidy)
         stories = stories + [s.strip() for s in untidy if s.strip()]
+        if layout == 'no_newline_after_last_marker':
+            content = content.rstrip('\n')
     path = tmp_path / 's.txt'
     path.write_text(content, encoding='utf-8')
     for chunk in (1, 2, 5, 13, 64, 1 << 20):
-        got = [s for batch in dataprep.txt_story_batches(str(path), chunk_bytes=chunk) for s in batch]
+        got = [s for batch in prepare.txt_stories(str(path), chunk_bytes=chunk) for s in batch]
         assert got == stories, chunk
-        joined = list(dataprep.txt_story_batches(str(path), chunk_bytes=chunk, separator=SEP))
-        expect = ''.join(s + SEP for s in stories)
-        assert b''.join(data for data, _, _ in joined).decode() == expect, chunk
-        assert sum(n for _, n, _ in joined) == len(expect) and sum(n for _, _, n in joined) == len(stories)
+        joined = ''.join(prepare.story_text(prepare.txt_stories(str(path), chunk_bytes=chunk), SEP))
+        assert joined == ''.join(s + SEP for s in stories), chunk
+
+
+def test_txt_without_story_ends_stops_before_memory_grows(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, 'MAX_STORY_CHARS', 1000)
+    path = tmp_path / 'novel.txt'
+    path.write_text('A long novel with no story ends.\n' * 100, encoding='utf-8')
+    with pytest.raises(UserError, match="not in TinyStories' format"):
+        list(prepare.txt_stories(str(path), chunk_bytes=64))
+    path.write_text('A short story.\n<|endoftext|>\n' * 100, encoding='utf-8')
+    assert sum(map(len, prepare.txt_stories(str(path), chunk_bytes=64))) == 100
 
 
 def test_tinystories_char_from_txt_files(tmp_path, scratch):
@@ -465,12 +503,10 @@ def test_tinystories_separator_inside_a_story_is_an_error(tmp_path, scratch):
     assert meta['separator'] == '\x03' and train.count('\x03') == len(STORIES) + 1
 
 
-def test_encode_documents_equals_one_call_per_document():
-    docs = STORIES + ['', 'x', 'a doc holding the <|endoftext|> text', '\n\n  spaces  \n'] + [cjk_text(3)] * 50
-    expect = gpt2_tokens(docs)
-    for threads in (1, 2):
-        got = dataprep.encode_documents(docs, threads=threads, group_chars=300)
-        assert got.dtype == np.uint16 and np.array_equal(got, expect)
+def test_gpt2_tokens_equal_one_call_per_document():
+    plain = VAL_STORIES + ['', 'x', '\n\n  spaces  \n'] + [cjk_text(3)] * 50
+    for docs in (plain, plain + ['a doc holding the <|endoftext|> text'], []):
+        assert np.array_equal(prepare.gpt2_tokens(docs), gpt2_tokens(docs))
 
 
 # ----------------------------------------------------------------------------- openwebtext, local source

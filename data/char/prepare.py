@@ -2,16 +2,16 @@
 
     python data/char/prepare.py --input novel.txt --name doupo
 
-writes data/doupo/{train.bin,val.bin,meta.pkl}; then train with --dataset=doupo. Characters
-are Unicode code points. The first 90% of the characters are train, the rest val
-(--val_fraction). Vocabularies above 65,535 symbols are stored as uint32 (meta['dtype']).
+writes data/doupo/{train.bin,val.bin,meta.pkl}; then train with --dataset=doupo. Characters are Unicode
+code points; the first 90% of them are train, the rest val (--val_fraction). Vocabularies above 65,535
+symbols are stored as uint32 (meta['dtype']).
 """
 import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from helpers import prepare as dataprep  # noqa: E402
+from helpers import prepare  # noqa: E402
 
 if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -22,7 +22,6 @@ if __name__ == '__main__':
     parser.add_argument('--replace_invalid_utf8', action='store_true',
                         help='replace bytes that are not UTF-8 with U+FFFD instead of stopping')
     args = parser.parse_args()
-    dataprep.check_input_file(args.input)
-    out_dir = dataprep.output_dir(args.name, args.force)
-    dataprep.prepare_char_file(args.input, out_dir, args.val_fraction,
-                               errors='replace' if args.replace_invalid_utf8 else 'strict')
+    prepare.check_input_file(args.input)
+    prepare.chars_from_file(args.input, prepare.output_dir(args.name, args.force), args.val_fraction,
+                            errors='replace' if args.replace_invalid_utf8 else 'strict')

@@ -1,16 +1,22 @@
-"""Tiny shakespeare at character level, in nanoGPT's format.
+"""Tiny shakespeare at character level, as nanoGPT prepares it. The whole idea:
 
-Reads input.txt beside this file (downloaded when missing) and writes train.bin and val.bin
-(uint16 character ids: first 90% of the characters / last 10%) and meta.pkl
-(vocab_size, itos, stoi). Run from anywhere: python data/shakespeare_char/prepare.py
+  1. read the text: input.txt beside this file, downloaded when missing (1,115,394 characters)
+  2. list the characters it holds, sorted: the vocabulary (65 of them)
+  3. map every character to an integer, its place in that list (stoi; itos maps back)
+  4. split: the first 90% of the characters are train, the last 10% val
+  5. save the integers as uint16 arrays, train.bin and val.bin, and meta.pkl: vocab_size, itos, stoi
+
+chars_from_file in helpers/prepare.py does these steps for any text, reading it in chunks so that a file
+of any size fits in memory: pass 1 lists the characters, write_chars maps them through a lookup array.
+Run from anywhere: python data/shakespeare_char/prepare.py
 """
 import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
-from helpers import prepare as dataprep  # noqa: E402
+from helpers import prepare  # noqa: E402
 
 if __name__ == '__main__':
-    text_file = dataprep.download(dataprep.TINY_SHAKESPEARE_URL, os.path.join(HERE, 'input.txt'))
-    dataprep.prepare_char_file(text_file, HERE, val_fraction=0.1)
+    text_file = prepare.download(prepare.TINY_SHAKESPEARE_URL, os.path.join(HERE, 'input.txt'))
+    prepare.chars_from_file(text_file, HERE, val_fraction=0.1)

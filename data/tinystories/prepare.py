@@ -9,11 +9,10 @@ train.bin from the train split, val.bin from the validation split. No meta.pkl (
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
-from helpers import prepare as dataprep  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from helpers import prepare  # noqa: E402
 
 if __name__ == '__main__':
-    args = dataprep.story_arguments(__doc__.split('\n\n')[0], own='tinystories').parse_args()
-    out_dir = dataprep.output_dir(args.name, args.force, own='tinystories')
-    dataprep.prepare_bpe_stories(dataprep.story_sources_from_args(args), out_dir)
+    args = prepare.story_arguments(__doc__.split('\n\n')[0], own='tinystories').parse_args()
+    out_dir = prepare.output_dir(args.name, args.force, own='tinystories')
+    prepare.gpt2_from_stories(prepare.story_sources(args), out_dir)

@@ -9,13 +9,12 @@ train.bin from the train split, val.bin from the validation split; the vocabular
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
-from helpers import prepare as dataprep  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from helpers import prepare  # noqa: E402
 
 if __name__ == '__main__':
-    parser = dataprep.story_arguments(__doc__.split('\n\n')[0], own='tinystories_char')
-    parser.add_argument('--separator', default=dataprep.STORY_SEPARATOR, help='the character written after each story')
+    parser = prepare.story_arguments(__doc__.split('\n\n')[0], own='tinystories_char')
+    parser.add_argument('--separator', default=prepare.STORY_SEPARATOR, help='the character written after each story')
     args = parser.parse_args()
-    out_dir = dataprep.output_dir(args.name, args.force, own='tinystories_char')
-    dataprep.prepare_char_stories(dataprep.story_sources_from_args(args), out_dir, args.separator)
+    out_dir = prepare.output_dir(args.name, args.force, own='tinystories_char')
+    prepare.chars_from_stories(prepare.story_sources(args), out_dir, args.separator)
