@@ -1,5 +1,5 @@
 # A small character-level Shakespeare model: trains in minutes on one GPU.
-# On a laptop without a GPU, see the README's CPU recipe (smaller model, shorter context).
+# On a laptop without a GPU: config/train_shakespeare_char_cpu.py.
 
 out_dir = 'out-shakespeare-char'
 eval_interval = 250  # the model overfits quickly on 1 MB of text, so evaluate often

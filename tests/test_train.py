@@ -166,3 +166,28 @@ def test_signal_stops_cleanly_and_resume_continues(signum, straight_run, tmp_pat
     for it, loss in {**logged, **more}.items():
         if it in straight:
             assert loss == straight[it], f"iteration {it}"
+
+
+def test_the_log_says_how_far_the_run_is_and_how_long_is_left(tiny_run):
+    lines = re.findall(r'^iter (\d+): loss [\d.]+, time [\d.]+ms, ([\d,]+) tokens/s, (\d+)% done, (\S+) left$',
+                       tiny_run.stdout, re.M)
+    assert [int(it) for it, *_ in lines] == list(range(21))  # every log line, with nanoGPT's start kept as it was
+    assert [int(done) for _, _, done, _ in lines] == [round(100 * (it + 1) / 21) for it in range(21)]
+    assert lines[-1][3] == '0s' and all(re.fullmatch(r'(\d+h)?(\d+m)?\d+s|\d+h\d+m', left) for *_, left in lines)
+    assert all(int(tokens.replace(',', '')) > 0 for _, tokens, _, _ in lines)  # on a CPU: tokens/s, not "mfu n/a"
+    # evaluations report their own time and the time since the command started; the last line says it all
+    assert len(re.findall(r'^step \d+: train loss [\d.]+, val loss [\d.]+ \(evaluation [\d.]+s, elapsed \d+s\)$',
+                          tiny_run.stdout, re.M)) == 3
+    assert re.search(r'^finished iteration 20 after \d+s$', tiny_run.stdout, re.M)
+
+
+def test_time_left_counts_the_iterations_and_evaluations_to_come(monkeypatch):
+    """progress() from train.py, on its own: 100 iterations of 0.5 s and 4 evaluations of 10 s are left
+    after iteration 399 of 0..499 with evaluations every 25."""
+    source = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'train.py')).read()
+    namespace = {}
+    for name in ('duration', 'progress'):
+        exec(re.search(rf'^def {name}\(.*?(?=^\S)', source, re.M | re.S).group(0), namespace)
+    namespace.update(max_iters=499, eval_interval=25, iter_seconds=0.5, eval_seconds=10.0)
+    assert namespace['progress'](399) == '80% done, 1m30s left'  # 100 x 0.5 s + evaluations at 400, 425, 450, 475
+    assert namespace['duration'](3725) == '1h02m' and namespace['duration'](59.6) == '1m00s'

@@ -1,0 +1,107 @@
+"""The README's performance tables, measured on whatever machine runs this, in one command.
+
+    python benchmarks/performance.py                 # every row this machine can run (CPU: ~15 minutes)
+    python benchmarks/performance.py --only=laptop   # nanoGPT's CPU recipe against the laptop config
+
+Rows, each with its command:
+  training iteration   bench.py: ms/iter, tokens/s and MFU, for the models of the CPU recipe (CPU only),
+                       config/train_shakespeare_char.py and GPT-2 124M (fewer timed iterations on a CPU)
+  time to a model      train.py, wall time of the whole command and its final val loss: on a CPU nanoGPT's
+                       CPU recipe and config/train_shakespeare_char_cpu.py side by side, with the ratio;
+                       on a GPU the 5000 iterations of config/train_shakespeare_char.py
+  sampling             benchmarks/sampling.py: tokens/s with and without the KV cache
+Training runs write to a temporary out_dir; data/shakespeare_char is prepared first if it is missing.
+"""
+import argparse
+import datetime
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU_RECIPE = ('config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=20 --log_interval=1 '
+              '--block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 '
+              '--lr_decay_iters=2000 --dropout=0.0')  # nanoGPT's README, as it stands there
+CHAR_MODEL = '--dataset=shakespeare_char --n_layer=6 --n_head=6 --n_embd=384 --block_size=256 --batch_size=64'
+RECIPE_MODEL = '--dataset=shakespeare_char --n_layer=4 --n_head=4 --n_embd=128 --block_size=64 --batch_size=12'
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists('/proc/cpuinfo'):
+        cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')),
+                   cpu)
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ''
+    return f"{cpu}, {len(os.sched_getaffinity(0))} cores{gpu}, torch {torch.__version__}"
+
+
+def run(command, out_dir=None):
+    """Run `python <command>` in the repo root; (its stdout, wall seconds). Stops on failure."""
+    args = command.split() + ([f'--out_dir={out_dir}', '--overwrite=True'] if out_dir else [])
+    start = time.time()
+    proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"python {command} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return proc.stdout, time.time() - start
+
+
+def bench_row(label, command):
+    out, _ = run(command)
+    ms, tokens, mfu = re.search(r'time per iteration: ([\d.]+)ms, tokens/s: ([\d,]+), MFU: (\S+)', out).groups()
+    return f"| {label} | `python {command}` | {ms} | {tokens} | {mfu.rstrip(',')} |"
+
+
+def train_row(label, command, out_dir):
+    out, seconds = run(command, out_dir)
+    val = re.findall(r'^step (\d+): train loss [\d.]+, val loss ([\d.]+)', out, re.M)[-1]
+    return seconds, float(val[1]), f"| {label} | `python train.py {command}` | {seconds:.0f} s | {val[1]} (step {val[0]}) |"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--only', choices=['training', 'laptop', 'sampling'], help='one group of rows')
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    if not os.path.exists(os.path.join(REPO_ROOT, 'data', 'shakespeare_char', 'train.bin')):
+        run('data/shakespeare_char/prepare.py')
+    print(f"machine: {machine()}; date: {datetime.date.today()}; load average before: "
+          f"{os.getloadavg()[0]:.2f}\n")
+
+    if args.only in (None, 'training'):
+        print("| model | command | ms/iter | tokens/s | MFU |\n|---|---|---:|---:|---:|")
+        if not cuda:
+            print(bench_row('CPU recipe (4 x 128, 64 characters, batch 12)',
+                            f'bench.py --device=cpu {RECIPE_MODEL} --bench_iters=100'))
+        print(bench_row('shakespeare_char config (10.7M)', f'bench.py {CHAR_MODEL}' + ('' if cuda else ' --bench_iters=5')))
+        print(bench_row('GPT-2 124M, batch 12 x 1024', 'bench.py --real_data=False' +
+                        ('' if cuda else ' --bench_iters=2 --warmup_iters=1')))
+        print()
+
+    if args.only in (None, 'laptop'):
+        print("| run | command | wall time | final val loss |\n|---|---|---:|---:|")
+        with tempfile.TemporaryDirectory() as tmp:
+            if cuda:
+                print(train_row('shakespeare_char, 5000 iterations', 'config/train_shakespeare_char.py', tmp)[2])
+            else:
+                reference = train_row("nanoGPT's CPU recipe (the reference)", CPU_RECIPE, tmp)
+                print(reference[2])
+                laptop = train_row('the laptop config', 'config/train_shakespeare_char_cpu.py', tmp)
+                print(laptop[2])
+                print(f"\nlaptop config / nanoGPT's recipe: {laptop[0] / reference[0]:.2f}x the wall time, val loss "
+                      f"{laptop[1]:.4f} against {reference[1]:.4f}")
+        print()
+
+    if args.only in (None, 'sampling'):
+        out, _ = run('benchmarks/sampling.py' + ('' if cuda else ' --device=cpu'))
+        print('\n'.join(line for line in out.splitlines() if line.startswith(('|', 'device'))))
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == '__main__':
+    main()
