@@ -45,6 +45,10 @@ torch.manual_seed(seed)
 
 # data
 if real_data:
+    if os.path.isdir(data.data_dir(dataset)) and not os.path.exists(os.path.join(data.data_dir(dataset), 'train.bin')):
+        size = ' (about 54 GB of download)' if dataset == 'openwebtext' else ''
+        raise UserError(f"data/{dataset}/train.bin is missing; prepare it with {data.prepare_command(dataset)}{size}, "
+                        "or time random tokens with --real_data=False")
     meta = data.read_meta(dataset)
     token_dtype = data.token_dtype(meta)
     train_path = data.bin_path(dataset, 'train')
@@ -68,7 +72,8 @@ try:
 except ValueError as e:
     raise UserError(str(e))
 model.to(device)
-optimizer = model.configure_optimizers(weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95), device_type=device_type)
+optimizer = model.configure_optimizers(weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95),
+                                       device_type=device_type)
 net = model
 if compile:
     print("Compiling model...")

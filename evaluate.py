@@ -22,12 +22,13 @@ import time
 import numpy as np
 import torch
 from torch.nn import functional as F
+from tqdm import tqdm
 
 import configurator
 from helpers import UserError, checkpoint, data, hardware, tokenizer
 
 # -----------------------------------------------------------------------------
-init_from = 'resume'  # 'resume' (the checkpoint in out_dir), gpt2, gpt2-medium, gpt2-large, gpt2-xl or a transformers GPT-2 directory
+init_from = 'resume'  # 'resume' (out_dir's checkpoint), a gpt2 variant or a transformers GPT-2 directory
 out_dir = 'out'
 dataset = ''  # default: the dataset the checkpoint was trained on (openwebtext for GPT-2)
 splits = 'train,val'  # comma-separated; with full_pass the default is val alone
@@ -76,7 +77,7 @@ def full_pass_loss(model, path, token_dtype, batch_size, block_size, device, ctx
         starts = [start for start, n in windows if n == length]
         batches += [(starts[i:i + batch_size], length) for i in range(0, len(starts), batch_size)]
     total_nll, n_predicted = 0.0, 0
-    for starts, length in batches:
+    for starts, length in tqdm(batches, desc=f'full pass over {os.path.basename(path)}', unit=' batches', disable=None):
         tokens = data.open_tokens(path, token_dtype)  # a fresh memmap per batch, as data.get_batch does
         chunk = torch.from_numpy(tokens[np.asarray(starts)[:, None] + np.arange(length + 1)].astype(np.int64))
         x, y = chunk[:, :-1].to(device), chunk[:, 1:].to(device)
@@ -94,7 +95,8 @@ def positive_int(name, value):
 
 
 def main(explicit, ctx):
-    if results_file and (os.path.isdir(results_file) or not os.path.isdir(os.path.dirname(os.path.abspath(results_file)))):
+    folder = os.path.dirname(os.path.abspath(results_file))
+    if results_file and (not os.path.isdir(folder) or os.path.isdir(results_file)):
         raise UserError(f"--results_file={results_file} is a folder or lies in a folder that does not exist; "
                         "pass the path of a .json file in an existing folder")
     model, ckpt = checkpoint.load_model(init_from, out_dir)

@@ -87,7 +87,7 @@ def export(model, path, opset=18, dynamo=True, metadata=None):
                 seq = {1: torch.export.Dim('seq', min=1, max=block_size)} if block_size > 1 else {}
                 torch.onnx.export(AllPositionLogits(model), (example,), path, dynamo=True, opset_version=opset,
                                   input_names=['idx'], output_names=['logits'], external_data=external,
-                                  dynamic_shapes={'idx': {0: torch.export.Dim('batch'), **seq}}, verbose=False)
+                                  dynamic_shapes={'idx': {0: torch.export.Dim('batch'), **seq}})  # prints its stages
                 used = 'dynamo'
             except Exception as e:  # any failure of the new exporter: fall back to the TorchScript one
                 print(f"the dynamo exporter failed ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); "
@@ -108,7 +108,8 @@ def export(model, path, opset=18, dynamo=True, metadata=None):
 def random_prompts(vocab_size, block_size, seed):
     """Token batches of several shapes for the checks: full windows, a short batch, one token."""
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(vocab_size, shape, generator=g) for shape in [(2, block_size), (3, min(block_size, 7)), (1, 1)]]
+    shapes = [(2, block_size), (3, min(block_size, 7)), (1, 1)]
+    return [torch.randint(vocab_size, shape, generator=g) for shape in shapes]
 
 
 def max_logit_difference(model, path, prompts):
@@ -121,7 +122,7 @@ def max_logit_difference(model, path, prompts):
             expected, _ = model.eval()(idx, idx)  # with targets, GPT.forward returns every position's logits
         got = torch.from_numpy(session.run(['logits'], {'idx': idx.numpy()})[0])
         if got.shape != expected.shape:
-            raise RuntimeError(f"onnxruntime returned logits of shape {tuple(got.shape)}, expected {tuple(expected.shape)}")
+            raise RuntimeError(f"onnxruntime returned logits of shape {tuple(got.shape)}, not {tuple(expected.shape)}")
         worst = max(worst, (got - expected.float()).abs().max().item())
         scale = max(scale, expected.abs().max().item())
     return worst, scale
@@ -139,6 +140,7 @@ def main():
     used = export(model, path, opset, dynamo, metadata)
     print(f"wrote {path} with the {used} exporter, opset {opset}, in {time.time() - t0:.1f}s")
     if verify:
+        print("checking the file with onnxruntime ...", flush=True)
         prompts = random_prompts(model.config.vocab_size, model.config.block_size, seed)
         diff, scale = max_logit_difference(model, path, prompts)
         print(f"onnxruntime vs PyTorch logits: max abs diff {diff:.3g} (largest |logit| {scale:.3g})")

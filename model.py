@@ -234,7 +234,7 @@ class GPT(nn.Module):
             raise ValueError(f"could not load '{name}' through transformers: {str(e).strip().splitlines()[0]}")
         hf_config = hf_model.config
         if hf_config.activation_function not in HF_ACTIVATIONS:
-            raise ValueError(f"{name} uses activation '{hf_config.activation_function}', which this GPT does not implement")
+            raise ValueError(f"{name} uses activation '{hf_config.activation_function}', which this GPT lacks")
         config = GPTConfig(block_size=hf_config.n_positions, vocab_size=hf_config.vocab_size,
                            n_layer=hf_config.n_layer, n_head=hf_config.n_head, n_embd=hf_config.n_embd,
                            bias=True, activation=HF_ACTIVATIONS[hf_config.activation_function],
@@ -258,7 +258,8 @@ class GPT(nn.Module):
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         print(f"num decayed parameter tensors: {len(decay)}, with {sum(p.numel() for p in decay):,} parameters")
-        print(f"num non-decayed parameter tensors: {len(no_decay)}, with {sum(p.numel() for p in no_decay):,} parameters")
+        print(f"num non-decayed parameter tensors: {len(no_decay)}, "
+              f"with {sum(p.numel() for p in no_decay):,} parameters")
         groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
         # the fused kernel does the whole update in a few launches; it exists for CUDA and CPU
         use_fused = 'fused' in inspect.signature(torch.optim.AdamW).parameters and device_type in ('cuda', 'cpu')

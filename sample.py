@@ -104,7 +104,8 @@ def sample_batch(ids, first_sample, count):
     step, one piece of text per sample (empty once that sample has ended) until all have ended."""
     global n_tokens
     x = torch.tensor(ids, dtype=torch.long, device=device)[None].expand(count, -1)
-    generators = [torch.Generator(device=device).manual_seed(seed + k) for k in range(first_sample, first_sample + count)]
+    generators = [torch.Generator(device=device).manual_seed(seed + k)
+                  for k in range(first_sample, first_sample + count)]
     texts = [SampleText() for _ in range(count)]
     for step in model.generate_tokens(x, max_new_tokens, temperature, top_k, top_p, use_kv_cache, generators):
         n_tokens += count

@@ -94,6 +94,7 @@ data_on_device = True  # on a GPU, keep a dataset that fits easily in its memory
 # -----------------------------------------------------------------------------
 config_keys = sorted(configurator.settable_keys(globals()))
 explicit = configurator.configure(globals())  # {key: where it was set}
+ddp = int(os.environ.get('RANK', -1)) != -1  # started by torchrun: one process per GPU (or CPU slot)
 
 # -----------------------------------------------------------------------------
 # check the settings before anything is started or written
@@ -106,7 +107,8 @@ for name, value in (('dropout', dropout), ('beta1', beta1), ('beta2', beta2)):
     if not 0.0 <= value < 1.0:
         raise UserError(f"{name} must be in [0, 1), got {value}")
 if n_embd % n_head != 0:
-    raise UserError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}); e.g. --n_embd={n_head * max(1, round(n_embd / n_head))}")
+    raise UserError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}); "
+                    f"e.g. --n_embd={n_head * max(1, round(n_embd / n_head))}")
 if init_from not in ('scratch', 'resume') and not init_from.startswith('gpt2') and not os.path.isdir(init_from):
     raise UserError(f"unknown init_from '{init_from}'; use scratch, resume, one of gpt2, gpt2-medium, gpt2-large, "
                     "gpt2-xl, or a directory holding a transformers GPT-2 checkpoint")
@@ -117,18 +119,18 @@ if 'compile' not in explicit:
     compile = device_type == 'cuda'  # pays off on GPUs; on CPUs its start-up rarely does
 if 'backend' not in explicit:
     backend = 'nccl' if device_type == 'cuda' else 'gloo'
-if fsdp and int(os.environ.get('RANK', -1)) == -1:
+if fsdp and not ddp:
     raise UserError("fsdp=True shards the model across processes started by torchrun; run "
                     "torchrun --standalone --nproc_per_node=N train.py ... --fsdp=True, or drop --fsdp")
 if compile_mode not in ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'):
     raise UserError(f"unknown compile_mode '{compile_mode}'; use default, reduce-overhead, max-autotune "
                     "or max-autotune-no-cudagraphs")
-if device_type == 'mps' and int(os.environ.get('RANK', -1)) != -1:
+if device_type == 'mps' and ddp:
     raise UserError("torchrun with device 'mps' is not supported by PyTorch's DDP; use --device=cpu, or one process")
 if fsdp and dtype == 'float16':
     raise UserError("fsdp=True does not support float16's gradient scaler; use --dtype=float32"
                     + (" or bfloat16" if device_type != 'cuda' or hardware.gpu_has_bfloat16() else ""))
-micro_steps = gradient_accumulation_steps // int(os.environ.get('WORLD_SIZE', 1))
+micro_steps = gradient_accumulation_steps // int(os.environ.get('WORLD_SIZE', 1))  # per process
 if compile and compile_mode in ('reduce-overhead', 'max-autotune') and micro_steps > 1:
     # a CUDA graph's next replay reuses the memory that holds the gradients accumulated so far (pytorch#169545)
     raise UserError(f"compile_mode='{compile_mode}' runs CUDA graphs, which corrupt gradients accumulated over "
@@ -139,7 +141,6 @@ config = {k: globals()[k] for k in config_keys}  # what the run really uses, sto
 
 # -----------------------------------------------------------------------------
 # processes: one, or one per GPU/CPU slot under torchrun
-ddp = int(os.environ.get('RANK', -1)) != -1
 if ddp:
     ddp_rank = int(os.environ['RANK'])
     ddp_local_rank = int(os.environ['LOCAL_RANK'])
@@ -229,7 +230,8 @@ elif init_from == 'resume':
         sys.exit(0)
     model = checkpoint.model_from_checkpoint(resume_state, dropout=dropout)
     # the architecture is the checkpoint's, whatever the defaults say
-    n_layer, n_head, n_embd, block_size, bias = (ckpt_args[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias'))
+    n_layer, n_head, n_embd, block_size, bias = (ckpt_args[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size',
+                                                                        'bias'))
     config.update(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias)
     iter_num = resume_state['iter_num']
     best_val_loss = float(resume_state['best_val_loss'])
@@ -482,7 +484,8 @@ while True:
             raise UserError(f"loss is {lossf} at iter {iter_num}; nothing was saved over the checkpoints in {out_dir}. "
                             "Lower --learning_rate, or use --dtype=bfloat16 or float32")
     if log_step and master_process:
-        mfu = net.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak_flops) if local_iter_num >= 5 else None
+        mfu = net.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak_flops) if local_iter_num >= 5 \
+            else None  # the first iterations warm up
         if mfu is not None:
             running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
         speed = f"mfu {running_mfu * 100:.2f}%" if running_mfu != -1.0 else f"{tokens_per_iter / dt:,.0f} tokens/s"

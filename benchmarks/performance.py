@@ -38,7 +38,7 @@ def machine():
         cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')),
                    cpu)
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ''
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores{gpu}, torch {torch.__version__}"
+    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
 
 
 def run(command, out_dir=None):
@@ -60,7 +60,8 @@ def bench_row(label, command):
 def train_row(label, command, out_dir):
     out, seconds = run(command, out_dir)
     val = re.findall(r'^step (\d+): train loss [\d.]+, val loss ([\d.]+)', out, re.M)[-1]
-    return seconds, float(val[1]), f"| {label} | `python train.py {command}` | {seconds:.0f} s | {val[1]} (step {val[0]}) |"
+    row = f"| {label} | `python train.py {command}` | {seconds:.0f} s | {val[1]} (step {val[0]}) |"
+    return seconds, float(val[1]), row
 
 
 def main():
@@ -78,9 +79,11 @@ def main():
         if not cuda:
             print(bench_row('CPU recipe (4 x 128, 64 characters, batch 12)',
                             f'bench.py --device=cpu {RECIPE_MODEL} --bench_iters=100'))
-        print(bench_row('shakespeare_char config (10.7M)', f'bench.py {CHAR_MODEL}' + ('' if cuda else ' --bench_iters=5')))
-        print(bench_row('GPT-2 124M, batch 12 x 1024', 'bench.py --real_data=False' +
-                        ('' if cuda else ' --bench_iters=2 --warmup_iters=1')))
+        print(bench_row('shakespeare_char config (10.7M)',
+                        f'bench.py {CHAR_MODEL}' + ('' if cuda else ' --warmup_iters=2 --bench_iters=3')))
+        print(bench_row('GPT-2 124M, batch 12 x 1024' if cuda else 'GPT-2 124M, batch 1 x 1024',
+                        'bench.py --real_data=False' + ('' if cuda else ' --batch_size=1 --warmup_iters=1 '
+                                                                        '--bench_iters=3')))
         print()
 
     if args.only in (None, 'laptop'):

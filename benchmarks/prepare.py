@@ -128,7 +128,7 @@ def main():
     args = parser.parse_args()
     if args.reference_char or args.reference_bpe:
         return reference_char(*args.reference_char) if args.reference_char else reference_bpe(*args.reference_bpe)
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPU cores ({len(os.sched_getaffinity(0))} usable), "
+    print(f"machine: {platform.platform()}, {os.cpu_count()} CPU cores, "
           f"Python {platform.python_version()}, numpy {np.__version__}")
     print("load average before: %.2f %.2f %.2f (other jobs slow wall times more than CPU times)" % os.getloadavg())
     workdir = args.workdir or tempfile.mkdtemp(prefix='bench_prepare_')
@@ -147,7 +147,7 @@ def main():
                  '-'), run('tinystories', ['--train_file', train, '--val_file', val], ref_dir)]
         tokens = sum(os.path.getsize(os.path.join(ref_dir, f)) for f in ('train.bin', 'val.bin')) // 2
         table(f"GPT-2 BPE, {(os.path.getsize(train) + os.path.getsize(val)) / 2**20:,.0f} MiB of TinyStories-format "
-              f"text, {tokens:,} tokens, {len(os.sched_getaffinity(0))} usable cores", 'tokens/s', tokens, rows)
+              f"text, {tokens:,} tokens, {os.cpu_count()} cores", 'tokens/s', tokens, rows)
         shutil.rmtree(ref_dir)
         print("\nload average after: %.2f %.2f %.2f" % os.getloadavg())
     finally:

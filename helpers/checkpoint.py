@@ -255,7 +255,8 @@ def capture_rng_states():
 def restore_rng_states(states):
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in states['python']))
     n = states['numpy']
-    np.random.set_state((n['kind'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached_gaussian']))
+    np.random.set_state((n['kind'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
+                         n['cached_gaussian']))
     torch.set_rng_state(states['torch'])
     if 'cuda' in states and torch.cuda.is_available() and len(states['cuda']) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states['cuda'])
@@ -287,5 +288,6 @@ def load_sharded_optimizer_state(model, optimizer, optimizer_state):
     name_of = {id(p): name for name, p in model.named_parameters()}
     names = [name_of[id(p)] for group in optimizer.param_groups for p in group['params']]
     by_name = {'state': {names[i]: s for i, s in optimizer_state['state'].items()},
-               'param_groups': [dict(g, params=[names[i] for i in g['params']]) for g in optimizer_state['param_groups']]}
+               'param_groups': [dict(g, params=[names[i] for i in g['params']])
+                                for g in optimizer_state['param_groups']]}
     set_optimizer_state_dict(model, optimizer, optim_state_dict=by_name, options=StateDictOptions(full_state_dict=True))

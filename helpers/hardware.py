@@ -39,7 +39,8 @@ def check_device(device):
     if dev.type == 'cuda' and not torch.cuda.is_available():
         raise UserError(f"device '{device}' asked for but CUDA is not available here; use --device={best_device()}")
     if dev.type == 'cuda' and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UserError(f"device '{device}' does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise UserError(f"device '{device}' does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                        "device(s)")
     if dev.type == 'mps' and not mps_available():
         raise UserError(f"device 'mps' asked for but no Apple GPU is available here; use --device={best_device()}")
     if dev.type not in ('cuda', 'mps', 'cpu'):

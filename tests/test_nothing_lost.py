@@ -149,6 +149,13 @@ case('sample_onnx.py on a text file')(lambda s: (
     'sample_onnx.py', [f'--onnx_path={REPO_ROOT}/README.md', '--num_samples=1'], ['not a readable ONNX model']))
 
 
+@case('bench.py on a dataset that is not prepared')
+def bench_without_data(s):
+    name = s.dataset('nobench')
+    os.remove(os.path.join(data.data_dir(name), 'train.bin'))
+    return 'bench.py', [f'--dataset={name}', *BENCH], ['train.bin is missing', '--real_data=False']
+
+
 @case('plot.py on a damaged metrics.csv')
 def damaged_metrics(s):
     (s.tmp / 'metrics.csv').write_bytes(b'\x00\xff garbage\n1,2,3\n')
