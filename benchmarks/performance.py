@@ -58,7 +58,7 @@ def bench_row(label, command):
 
 
 def train_row(label, command, out_dir):
-    out, seconds = run(command, out_dir)
+    out, seconds = run(f'train.py {command}', out_dir)
     val = re.findall(r'^step (\d+): train loss [\d.]+, val loss ([\d.]+)', out, re.M)[-1]
     row = f"| {label} | `python train.py {command}` | {seconds:.0f} s | {val[1]} (step {val[0]}) |"
     return seconds, float(val[1]), row

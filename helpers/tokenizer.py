@@ -144,8 +144,11 @@ def for_pretrained(name):
 def read_text_file(path, what):
     if not os.path.isfile(path):
         raise UserError(f"{what} file '{path}' not found")
-    with open(path, 'r', encoding='utf-8') as f:
-        return f.read()
+    try:
+        with open(path, 'r', encoding='utf-8') as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} file '{path}' is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8")
 
 
 def read_prompt(start):

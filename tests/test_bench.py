@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import assert_user_error, run_inproc
+from conftest import REPO_ROOT, assert_user_error, run_inproc
 
 TINY = ['--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16',
         '--batch_size=2', '--warmup_iters=2', '--bench_iters=3']
@@ -62,3 +62,18 @@ def test_bench_sample_rejects_bad_lengths_and_models():
     for bad in ('200,lots', '0', '200,-5'):
         assert_user_error(run_inproc('benchmarks/sampling.py', f'--lengths={bad}'), 'lengths', '200,1000')
     assert_user_error(run_inproc('benchmarks/sampling.py', '--models=gpt3'), 'models', 'gpt2', "'gpt3'")
+
+
+def test_performance_rows_parse_what_bench_and_train_print(tmp_path, shakespeare_char):
+    """benchmarks/performance.py's rows, on commands small enough for a test: the figures it reads
+    from bench.py's and train.py's output are there."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('performance', os.path.join(REPO_ROOT, 'benchmarks', 'performance.py'))
+    performance = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(performance)
+    row = performance.bench_row('tiny', 'bench.py --device=cpu --dataset=shakespeare_char --n_layer=1 --n_head=2 '
+                                        '--n_embd=16 --block_size=16 --batch_size=2 --warmup_iters=1 --bench_iters=2')
+    assert re.fullmatch(r'\| tiny \| `python bench\.py [^`]+` \| [\d.]+ \| [\d,]+ \| n/a \|', row), row
+    seconds, val, row = performance.train_row('tiny', 'config/train_shakespeare_char_cpu.py --max_iters=4 '
+                                                      '--eval_interval=2 --eval_iters=2', tmp_path / 'out')
+    assert seconds > 0 and 3.0 < val < 4.5 and '(step 4)' in row
