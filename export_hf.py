@@ -115,6 +115,7 @@ def main():
         vocabulary = None
     del ckpt
     cfg = model.config
+    print(f"exporting {model.get_num_params() / 1e6:.2f}M parameters to {directory} ...", flush=True)
     t0 = time.time()
     export(model, directory, vocabulary)
     print(f"wrote {os.path.join(directory, 'config.json')} and model.safetensors in {time.time() - t0:.1f}s: "
