@@ -7,7 +7,7 @@
 # at a high learning rate beats nanoGPT's four layers at 1e-3, iteration for iteration and in wall time.
 
 out_dir = 'out-shakespeare-char'
-eval_interval = 500
+eval_interval = 250
 eval_iters = 20
 log_interval = 50
 always_save_checkpoint = False  # keep the best model by val loss
