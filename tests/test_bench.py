@@ -68,7 +68,8 @@ def test_performance_rows_parse_what_bench_and_train_print(tmp_path, shakespeare
     """benchmarks/performance.py's rows, on commands small enough for a test: the figures it reads
     from bench.py's and train.py's output are there."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location('performance', os.path.join(REPO_ROOT, 'benchmarks', 'performance.py'))
+    path = os.path.join(REPO_ROOT, 'benchmarks', 'performance.py')
+    spec = importlib.util.spec_from_file_location('performance', path)
     performance = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(performance)
     row = performance.bench_row('tiny', 'bench.py --device=cpu --dataset=shakespeare_char --n_layer=1 --n_head=2 '

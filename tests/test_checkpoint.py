@@ -452,9 +452,11 @@ class NanoGPTNames(nn.Module):
         def block():
             return nn.ModuleDict(dict(
                 ln_1=NanoNorm(C, cfg.bias),
-                attn=nn.ModuleDict(dict(c_attn=nn.Linear(C, 3 * C, bias=cfg.bias), c_proj=nn.Linear(C, C, bias=cfg.bias))),
+                attn=nn.ModuleDict(dict(c_attn=nn.Linear(C, 3 * C, bias=cfg.bias),
+                                        c_proj=nn.Linear(C, C, bias=cfg.bias))),
                 ln_2=NanoNorm(C, cfg.bias),
-                mlp=nn.ModuleDict(dict(c_fc=nn.Linear(C, 4 * C, bias=cfg.bias), c_proj=nn.Linear(4 * C, C, bias=cfg.bias))),
+                mlp=nn.ModuleDict(dict(c_fc=nn.Linear(C, 4 * C, bias=cfg.bias),
+                                       c_proj=nn.Linear(4 * C, C, bias=cfg.bias))),
             ))
         self.cfg = cfg
         self.transformer = nn.ModuleDict(dict(

@@ -141,15 +141,15 @@ def test_ranks_agree_to_stop_at_a_log_step(tmp_path, core_dataset):
     assert (stopped_at - 1) % 4 == 0 and stopped_at > 4, stdout[-2000:]
 
 
-def test_eval_only_under_torchrun_shares_the_batches_and_gives_one_process_numbers(tiny_run):
+def test_eval_only_under_torchrun_shares_the_batches_and_gives_one_process_numbers(copy_run):
     """Every rank scores its share of the evaluation batches (none waits alone for rank 0 in a
     collective), and the numbers are the single process's."""
     step = re.compile(r'^step (\d+): train loss ([\d.]+), val loss ([\d.]+)', re.M)
     settings = dict(init_from='resume', eval_only=True, eval_iters=6, n_layer=None, n_embd=None, block_size=None,
                     batch_size=4, gradient_accumulation_steps=2)
-    single = run_inproc('train.py', *core_train_args(tiny_run.out_dir, **settings), check=True).stdout
+    single = run_inproc('train.py', *core_train_args(copy_run, **settings), check=True).stdout
     run = LiveProcess([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                       'train.py', *core_train_args(tiny_run.out_dir, **settings)], new_session=True)
+                       'train.py', *core_train_args(copy_run, **settings)], new_session=True)
     stdout, err = finish(run)
     assert run.proc.returncode == 0, err[-3000:]
-    assert step.findall(stdout) == step.findall(single) and len(step.findall(single)) == 1
+    assert step.findall(stdout) == step.findall(single) and len(step.findall(single)) == 1, (stdout, single)

@@ -148,8 +148,9 @@ def test_full_pass_matches_a_straightforward_computation(tmp_path, char_dataset)
     assert count == n and loss == pytest.approx(expected, rel=1e-6)
 
     tiny_runs.save_checkpoint(model, str(tmp_path), char_dataset)
+    # float32 as above: on a CPU with bf16 instructions evaluate.py would otherwise autocast to bf16
     run_script('evaluate.py', f'--out_dir={tmp_path}', '--full_pass=True', '--batch_size=7', '--device=cpu',
-               f'--results_file={tmp_path / "full.json"}')
+               '--dtype=float32', f'--results_file={tmp_path / "full.json"}')
     result = json.loads((tmp_path / 'full.json').read_text())
     assert list(result['splits']) == ['val']  # a full pass is over val unless --splits says otherwise
     val = result['splits']['val']
@@ -162,7 +163,7 @@ def test_fixed_batches_are_deterministic(tmp_path, char_dataset):
     tiny_runs.save_checkpoint(model, str(tmp_path), char_dataset)
     outputs = []
     for k in range(2):
-        proc = run_script('evaluate.py', f'--out_dir={tmp_path}', '--device=cpu', '--eval_iters=4',
+        proc = run_script('evaluate.py', f'--out_dir={tmp_path}', '--device=cpu', '--dtype=float32', '--eval_iters=4',
                           f'--results_file={tmp_path / f"{k}.json"}')
         outputs.append(json.loads((tmp_path / f'{k}.json').read_text()))
         assert re.search(r'^val: loss \d+\.\d{4}, perplexity \d+\.\d{4} \(256 tokens', proc.stdout, re.M), proc.stdout
