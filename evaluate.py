@@ -43,8 +43,8 @@ dtype = hardware.default_dtype(device)  # 'float32', 'bfloat16' or 'float16'
 compile = False
 # -----------------------------------------------------------------------------
 
-GPT2_VOCAB_SIZE = 50257
-GPT2_DEFAULTS = dict(dataset='openwebtext', eval_iters=200, batch_size=8, seed=1337)  # config/eval_gpt2*.py
+# for GPT-2's own weights: train.py's eval_iters and seed, the batch_size of config/eval_gpt2*.py
+GPT2_DEFAULTS = dict(dataset='openwebtext', eval_iters=200, batch_size=8, seed=1337)
 
 
 @torch.no_grad()
@@ -128,13 +128,12 @@ def main(explicit, ctx):
     if meta is not None and meta.get('vocab_size') != vocab_size:
         raise UserError(f"data/{name} has a {meta.get('vocab_size')}-symbol vocabulary but the model has "
                         f"{vocab_size}; evaluate on the dataset the model was trained on")
-    if meta is None and vocab_size < GPT2_VOCAB_SIZE:
+    if meta is None and vocab_size < tokenizer.BPE_VOCAB_SIZE:
         raise UserError(f"data/{name} is a GPT-2 BPE dataset (no meta.pkl) but the model has a {vocab_size}-symbol "
                         "vocabulary; evaluate on the dataset the model was trained on")
     paths = {s: data.bin_path(name, s) for s in split_names}
-    if not full_pass:
-        for s in split_names:
-            data.check_split(name, s, token_dtype, window, meta and vocab_size)
+    for s in split_names:  # a full pass takes files shorter than a window too
+        data.check_split(name, s, token_dtype, 1 if full_pass else window, meta and vocab_size)
 
     model.eval().to(device)
     if compile:
@@ -154,7 +153,7 @@ def main(explicit, ctx):
             loss = fixed_batch_loss(model, paths[s], token_dtype, rows, window, n_batches,
                                     data.eval_batch_seed(batch_seed, s), device, ctx)
             n_predicted = n_batches * rows * window
-        perplexity = math.exp(loss) if loss < 700 else math.inf
+        perplexity = math.inf if loss > 700 else math.exp(loss)  # exp overflows past 709; a NaN stays NaN
         results[s] = dict(loss=loss, perplexity=perplexity, tokens=n_predicted)
         print(f"{s}: loss {loss:.4f}, perplexity {perplexity:.4f} ({n_predicted:,} tokens, {time.time() - t0:.1f}s)")
     if results_file:

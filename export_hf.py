@@ -36,7 +36,6 @@ seed = 1337  # for the check's random prompts
 # -----------------------------------------------------------------------------
 
 HF_ACTIVATION = {'gelu': 'gelu', 'gelu_tanh': 'gelu_new'}  # ours -> transformers' activation_function
-GPT2_EOT = 50256  # <|endoftext|> in GPT-2's BPE
 
 
 def to_hf(model, vocabulary=None):
@@ -44,7 +43,7 @@ def to_hf(model, vocabulary=None):
     checkpoint's tokenizer entry, names the end-of-text token."""
     from transformers import GPT2Config, GPT2LMHeadModel
     cfg = model.config
-    eot = GPT2_EOT if cfg.vocab_size > GPT2_EOT else None
+    eot = tokenizer.GPT2_EOT if cfg.vocab_size > tokenizer.GPT2_EOT else None
     if vocabulary and vocabulary['kind'] == 'char':  # the dataset's separator, if it has one
         eot = vocabulary['itos'].index(vocabulary['separator']) if vocabulary.get('separator') else None
     hf_model = GPT2LMHeadModel(GPT2Config(

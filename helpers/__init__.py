@@ -9,7 +9,10 @@
 
 and UserError, below: the one exception for mistakes a user can fix.
 """
+import os
 import sys
+
+DATA_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data')  # data/<name>/
 
 
 class UserError(SystemExit):

@@ -10,9 +10,7 @@ import pickle
 import numpy as np
 import torch
 
-from helpers import UserError
-
-DATA_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data')
+from helpers import DATA_ROOT, UserError
 PLAIN_TYPES = ('dict', 'list', 'tuple', 'set', 'frozenset', 'str', 'bytes', 'int', 'float', 'bool', 'complex')
 
 

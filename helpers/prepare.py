@@ -19,16 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from helpers import UserError
-from helpers.tokenizer import gpt2_encoding
+from helpers import DATA_ROOT, UserError
+from helpers.tokenizer import GPT2_EOT, gpt2_encoding
 
 STARTED = time.time()
-DATA_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data')
 CHUNK_BYTES = 1 << 20       # measured 2-3x faster to decode and encode than chunks of 2-8 MB
 UNICODE_SIZE = 0x110000     # code points: the length of the lookup arrays
 UINT16_SYMBOLS = 65535      # larger vocabularies are stored as uint32, and meta.pkl says 'dtype': 'uint32'
 TINY_SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
-EOT, GPT2_EOT = '<|endoftext|>', 50256   # GPT-2's end of text, and its token id
+EOT = '<|endoftext|>'   # GPT-2's end of text (token GPT2_EOT)
 STORY_END = re.compile(r'\n[^\S\n]*<\|endoftext\|>[^\S\n]*(?=\n)')   # TinyStories*.txt: a line holding only EOT
 STORY_SEPARATOR = '\u2403'  # '␃' (SYMBOL FOR END OF TEXT), written after each story at character level
 MAX_STORY_CHARS = 1 << 26   # a longer "story" means the file is not in TinyStories' format
@@ -322,11 +321,16 @@ def gpt2_tokens(docs):
     return gpt2_encoding().encode_to_numpy(joined, allowed_special={EOT})
 
 
+def usable_cores():
+    """The cores this process may run on (a cpuset or taskset can allow fewer than the machine has)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+
+
 def gpt2_from_stories(sources, out_dir):
     """GPT-2 BPE from story_sources, GPT2_EOT after each story; uint16, no meta.pkl. A batch of stories per
     core is encoded at a time, in threads: tiktoken lets go of the GIL (measured 1.8x on 2 cores)."""
     stories = {'train': 0, 'val': 0}
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     with Output(out_dir) as out, ThreadPoolExecutor(cores) as pool:
         for split in ('train', 'val'):
             batches = sources[split]()

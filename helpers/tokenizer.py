@@ -12,6 +12,7 @@ import os
 from helpers import UserError
 
 BPE_VOCAB_SIZE = 50257
+GPT2_EOT = 50256  # <|endoftext|>
 
 
 class CharTokenizer:
@@ -47,7 +48,7 @@ def gpt2_encoding():
 
 
 class BPETokenizer:
-    end_token = 50256  # <|endoftext|>
+    end_token = GPT2_EOT
 
     def __init__(self):
         self.enc = gpt2_encoding()
@@ -154,9 +155,10 @@ def read_text_file(path, what):
 def read_prompt(start):
     """The prompt text: start itself, or the contents of the file named after 'FILE:'."""
     if start.startswith('FILE:'):
-        start = read_text_file(start[len('FILE:'):], 'prompt')
+        path = start[len('FILE:'):]
+        start = read_text_file(path, 'prompt')
         if not start:
-            raise UserError("the prompt file is empty; put the text to continue in it")
+            raise UserError(f"prompt file '{path}' is empty; put the text to continue in it")
     if not start:
         raise UserError("the prompt is empty; pass some text with --start=... "
                         "(for GPT-2, --start='<|endoftext|>' starts from nothing)")

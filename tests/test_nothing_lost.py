@@ -8,6 +8,7 @@ import shutil
 import signal
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,6 +136,18 @@ case('evaluate.py --splits=test')(lambda s: (
 case('evaluate.py --results_file in a missing folder')(lambda s: (
     'evaluate.py', [f'--out_dir={s.run()}', '--device=cpu', f'--results_file={s.tmp / "no" / "r.json"}'],
     ['results_file', 'does not exist']))
+
+
+@case('evaluate.py --full_pass on a val.bin with ids past the vocabulary')
+def full_pass_past_vocabulary(s):
+    name = s.dataset('ids')  # the run's own text and vocabulary
+    vocab_size = data.read_meta(name)['vocab_size']
+    with open(os.path.join(data.data_dir(name), 'val.bin'), 'ab') as f:
+        f.write(np.array([vocab_size], dtype=np.uint16).tobytes())
+    return 'evaluate.py', [f'--out_dir={s.run()}', f'--dataset={name}', '--device=cpu', '--full_pass=True'], \
+        ['val.bin', f'token id {vocab_size}', f'vocab_size is {vocab_size}']
+
+
 case('export_hf.py --output that is a file')(lambda s: (
     'export_hf.py', [f'--out_dir={s.run()}', f'--output={s.tmp / "out" / "ckpt.pt"}'], ['--output', 'is a file']))
 

@@ -34,7 +34,7 @@ if __name__ == '__main__':
     parser.add_argument('--source', help='local documents instead of the hub: a file, folder or glob of .txt '
                                          "(one document per file), .json/.jsonl or .parquet files (a 'text' field)")
     parser.add_argument('--hub_name', default='Skylion007/openwebtext', help='Hugging Face dataset to load')
-    parser.add_argument('--num_proc', type=int, default=os.cpu_count(),
+    parser.add_argument('--num_proc', type=int, default=prepare.usable_cores(),
                         help='processes for loading and tokenizing')
     parser.add_argument('--name', default='openwebtext', help='output folder data/<name>/')
     parser.add_argument('--force', action='store_true', help='overwrite data/<name>/ when it holds another dataset')
