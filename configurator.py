@@ -101,8 +101,10 @@ def require_positive(namespace, *names):
             raise UserError(f"{name} must be a positive number, got {namespace[name]}")
 
 
-def check_sampling(temperature, top_k):
+def check_sampling(temperature, top_k, top_p=1.0):
     if temperature <= 0:
         raise UserError(f"temperature must be positive, got {temperature}; use --top_k=1 for greedy decoding")
     if top_k is not None and (not isinstance(top_k, int) or top_k <= 0):
         raise UserError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if not 0.0 < top_p <= 1.0:
+        raise UserError(f"top_p must be in (0, 1], got {top_p}; 1.0 keeps every token, 0.9 the most likely 90%")

@@ -93,9 +93,9 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
-        # scaled_dot_product_attention dispatches to flash/memory-efficient kernels; the explicit
-        # masked softmax below is kept for PyTorch builds without it and as a readable reference
-        self.flash = hasattr(F, 'scaled_dot_product_attention')
+        # scaled_dot_product_attention dispatches to flash/memory-efficient kernels; flash = False runs
+        # the explicit masked softmax below instead: the same attention, written out to be read
+        self.flash = True
 
     def forward(self, x, kv_cache=None, layer=0):
         B, T, C = x.size()
@@ -277,13 +277,14 @@ class GPT(nn.Module):
         return flops_per_token * T * fwdbwd_per_iter / dt / peak_flops
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0, use_cache=True, generators=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, *, top_p=1.0, use_cache=True, generators=None):
         """Continue each sequence in idx (B, T) by max_new_tokens sampled tokens; returns (B, T + new)."""
-        steps = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generators))
+        steps = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p=top_p, use_cache=use_cache,
+                                          generators=generators))
         return torch.cat([idx, *steps], dim=1)
 
     @torch.no_grad()
-    def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0, use_cache=True,
+    def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, *, top_p=1.0, use_cache=True,
                         generators=None):
         """Yield the next token of every sequence, (B, 1), one step at a time (for streaming).
 

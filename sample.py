@@ -43,9 +43,7 @@ stream = True  # print text as it is generated; False generates each prompt's sa
 explicit = configurator.configure(globals())
 dtype, ctx = hardware.setup(device, dtype if 'dtype' in explicit else None)
 configurator.require_positive(globals(), 'num_samples', 'max_new_tokens')
-configurator.check_sampling(temperature, top_k)
-if not 0.0 < top_p <= 1.0:
-    raise UserError(f"top_p must be in (0, 1], got {top_p}; 1.0 keeps every token, 0.9 the most likely 90%")
+configurator.check_sampling(temperature, top_k, top_p)
 stop_strings = [stop] if isinstance(stop, str) else list(stop) if isinstance(stop, (list, tuple)) else []
 if stop is not None and not (stop_strings and all(isinstance(s, str) and s for s in stop_strings)):
     raise UserError(f"stop must be a non-empty string or a list of them, got {stop!r}; e.g. --stop=THE END "
@@ -107,7 +105,8 @@ def sample_batch(ids, first_sample, count):
     generators = [torch.Generator(device=device).manual_seed(seed + k)
                   for k in range(first_sample, first_sample + count)]
     texts = [SampleText() for _ in range(count)]
-    for step in model.generate_tokens(x, max_new_tokens, temperature, top_k, top_p, use_kv_cache, generators):
+    for step in model.generate_tokens(x, max_new_tokens, temperature, top_k, top_p=top_p, use_cache=use_kv_cache,
+                                      generators=generators):
         n_tokens += count
         yield [t.add(token) if not t.done else '' for t, token in zip(texts, step[:, 0].tolist())]
         if all(t.done for t in texts):

@@ -153,7 +153,7 @@ if ddp:
     if device_type == 'cuda':
         device = f'cuda:{ddp_local_rank}'
         torch.cuda.set_device(device)
-    master_process = ddp_rank == 0  # logs and writes checkpoints (and evaluates, under DDP)
+    master_process = ddp_rank == 0  # logs and writes checkpoints
     seed_offset = ddp_rank  # each process draws different batches
     gradient_accumulation_steps //= ddp_world_size
 else:
@@ -358,7 +358,8 @@ def save_checkpoint(name):
     print(f"saving checkpoint to {checkpoint.save(state, out_dir, name)}")
 
 
-# Ctrl+C or SIGTERM: finish the current iteration, save, and exit cleanly. A second Ctrl+C quits at once.
+# Ctrl+C or SIGTERM: finish the current iteration (under torchrun: up to the next log step), save, and exit
+# cleanly. A second Ctrl+C quits at once.
 stop_signal = None
 
 
@@ -413,7 +414,7 @@ if logging_metrics:
 seed_train_batches(iter_num)
 X, Y = get_batch('train', train_generator)  # first batch
 timer, timed_iters = time.time(), 0  # iterations since the last log line or evaluation
-local_iter_num = 0  # iterations run by this process
+local_iter_num, log_lines = 0, 0  # iterations run and log lines printed by this process
 iter_seconds, eval_seconds, running_mfu = 0.0, 0.0, -1.0
 while True:
 
@@ -478,8 +479,10 @@ while True:
         lossf = loss.item() * gradient_accumulation_steps  # waits for the device: only at log steps
         dt = (time.time() - timer) / timed_iters  # after the wait, so the device's time is all in
         timer, timed_iters = time.time(), 0
-        # recent iterations set the time left; the first ones may include compilation
-        iter_seconds = dt if local_iter_num <= log_interval else 0.9 * iter_seconds + 0.1 * dt
+        # recent iterations set the time left; the first log line's may include compilation, so the
+        # second one starts the average afresh
+        log_lines += 1
+        iter_seconds = dt if log_lines <= 2 else 0.9 * iter_seconds + 0.1 * dt
         if not math.isfinite(lossf):  # checked on every rank, so that all of them stop together
             raise UserError(f"loss is {lossf} at iter {iter_num}; nothing was saved over the checkpoints in {out_dir}. "
                             "Lower --learning_rate, or use --dtype=bfloat16 or float32")

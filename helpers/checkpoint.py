@@ -1,7 +1,8 @@
 """out_dir/ckpt.pt and out_dir/latest.pt: nanoGPT's checkpoint format, both ways.
 
-A checkpoint is a dict: model (state dict), optimizer, model_args, iter_num, best_val_loss,
-config. It holds only tensors and plain Python values, so it loads with
+A checkpoint is a dict: nanoGPT's model (state dict), optimizer, model_args, iter_num,
+best_val_loss and config, and this project's tokenizer, model_args_extra, scaler and
+rng_states, which nanoGPT ignores. It holds only tensors and plain Python values, so it loads with
 torch.load(weights_only=True) here and in nanoGPT; a file that would need to run code to
 unpickle is refused. Saves are atomic: a crash or a full disk mid-save leaves the old file.
 """
@@ -20,7 +21,7 @@ except ImportError:
 import numpy as np
 import torch
 
-from helpers import UserError
+from helpers import UserError, metrics
 from model import GPT, GPTConfig
 
 CKPT_NAME = 'ckpt.pt'  # nanoGPT's: written at evaluations, when val loss improves or always_save_checkpoint
@@ -138,7 +139,7 @@ def claim_out_dir(out_dir, resuming, overwrite):
     checkpoints and log are deleted. Returns the open lock file: keep it."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"out_dir '{out_dir}' is a file, not a folder; pass another --out_dir")
-    held = [n for n in (CKPT_NAME, LATEST_NAME, 'metrics.csv') if os.path.exists(os.path.join(out_dir, n))]
+    held = [n for n in (CKPT_NAME, LATEST_NAME, metrics.FILE_NAME) if os.path.exists(os.path.join(out_dir, n))]
     if held and not resuming and not overwrite:
         raise UserError(f"{out_dir} already holds a run ({run_summary(out_dir, held)}); continue it with "
                         "--init_from=resume, replace it with --overwrite=True, or train into another --out_dir")

@@ -1,8 +1,7 @@
 """Device, dtype and autocast: the start every script that runs the model shares.
 
-The scripts keep nanoGPT's globals (device, dtype, compile, backend); these helpers fill in
-what the user did not set, so that the same command runs on an NVIDIA GPU, an Apple GPU or
-a plain CPU.
+The scripts keep nanoGPT's globals (device, dtype); these helpers choose them when the user
+did not, so that the same command runs on an NVIDIA GPU, an Apple GPU or a plain CPU.
 """
 from contextlib import nullcontext
 

@@ -17,9 +17,9 @@ GPT2_EOT = 50256  # <|endoftext|>
 
 class CharTokenizer:
     def __init__(self, itos, separator=None):
-        """itos: token id -> character, a dict (meta.pkl's) or a list; separator: the character
-        that ends a document (tinystories_char's '␃'), if the data has one."""
-        self.itos = [itos[i] for i in range(len(itos))]
+        """itos: the character of each token id, a list; separator: the character that ends a
+        document (tinystories_char's '␃'), if the data has one."""
+        self.itos = list(itos)
         self.stoi = {c: i for i, c in enumerate(self.itos)}
         self.end_token = self.stoi.get(separator) if separator else None
 
@@ -29,9 +29,6 @@ class CharTokenizer:
             raise UserError(f"the prompt has characters outside the model's vocabulary: "
                             f"{' '.join(repr(c) for c in unknown)}; remove or replace them")
         return [self.stoi[c] for c in text]
-
-    def decode(self, ids):
-        return ''.join(self.itos[i] for i in ids)
 
     def stream_decoder(self):
         """A function from one token id to the text it completes (every id is a whole character)."""
@@ -55,9 +52,6 @@ class BPETokenizer:
 
     def encode(self, text):
         return self.enc.encode(text, allowed_special={'<|endoftext|>'})
-
-    def decode(self, ids):
-        return self.enc.decode(ids)
 
     def stream_decoder(self):
         """A function from one token id to the text it completes. A BPE token can hold part of a

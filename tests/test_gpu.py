@@ -118,7 +118,8 @@ def test_kv_cache_in_half_precision_reports_the_share_of_equal_tokens(dtype, rec
     share = (cached == full).float().mean().item()
     record_property(f'equal_greedy_tokens_{dtype}', share)
     print(f"{dtype} on {DEVICE}: {share:.1%} of greedy tokens equal with and without the KV cache")
-    assert cached.shape == full.shape and 0.0 <= share <= 1.0
+    # the first token comes from the same whole-prompt forward on both paths; later ones may part
+    assert cached.shape == full.shape and torch.equal(cached[:, 0], full[:, 0])
 
 
 def test_per_sample_generators_on_the_device():
