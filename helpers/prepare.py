@@ -23,7 +23,7 @@ from helpers import DATA_ROOT, UserError
 from helpers.tokenizer import GPT2_EOT, gpt2_encoding
 
 STARTED = time.time()
-CHUNK_BYTES = 1 << 20       # measured 2-3x faster to decode and encode than chunks of 2-8 MB
+CHUNK_BYTES = 1 << 20       # 2-3x faster (measured on the 2-core dev VM) to decode and encode than chunks of 2-8 MB
 UNICODE_SIZE = 0x110000     # code points: the length of the lookup arrays
 UINT16_SYMBOLS = 65535      # larger vocabularies are stored as uint32, and meta.pkl says 'dtype': 'uint32'
 TINY_SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
@@ -313,7 +313,8 @@ def story_sources(args):
 
 def gpt2_tokens(docs):
     """Each document's encode_ordinary tokens, then GPT2_EOT: one tiktoken call on the documents joined by the
-    EOT text, which it cuts at, encoding each piece ordinarily (measured 1.3x one call per document)."""
+    EOT text, which it cuts at, encoding each piece ordinarily (1.3x one call per document on the 2-core
+    dev VM)."""
     joined = EOT.join(docs + [''])
     if joined.count(EOT) != len(docs):   # a document holds that text itself, which must stay ordinary text
         encoding = gpt2_encoding()
@@ -328,7 +329,7 @@ def usable_cores():
 
 def gpt2_from_stories(sources, out_dir):
     """GPT-2 BPE from story_sources, GPT2_EOT after each story; uint16, no meta.pkl. A batch of stories per
-    core is encoded at a time, in threads: tiktoken lets go of the GIL (measured 1.8x on 2 cores)."""
+    core is encoded at a time, in threads: tiktoken lets go of the GIL (1.8x on the 2-core dev VM)."""
     stories = {'train': 0, 'val': 0}
     cores = usable_cores()
     with Output(out_dir) as out, ThreadPoolExecutor(cores) as pool:
