@@ -23,6 +23,7 @@ n_head = 12
 n_embd = 768
 dropout = 0.0
 bias = False
+activation_checkpointing = False  # recompute each block in the backward pass (see train.py)
 real_data = True
 dataset = 'openwebtext'
 seed = 1337
@@ -40,6 +41,7 @@ device_type = torch.device(device).type
 if 'compile' not in explicit:
     compile = device_type == 'cuda'  # as in train.py: on CPUs compilation rarely pays
 configurator.require_positive(globals(), 'batch_size', 'block_size', 'bench_iters')
+configurator.check_seed(seed)
 
 torch.manual_seed(seed)
 
@@ -71,6 +73,7 @@ try:
                           dropout=dropout, bias=bias, vocab_size=vocab_size))
 except ValueError as e:
     raise UserError(str(e))
+model.activation_checkpointing = activation_checkpointing
 model.to(device)
 optimizer = model.configure_optimizers(weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95),
                                        device_type=device_type)
@@ -124,6 +127,6 @@ else:
         print(f"{stage}: {num_steps} iters, last loss {lossf:.4f}")
     ms_per_iter = dt / bench_iters * 1000
     tokens_per_s = batch_size * block_size * bench_iters / dt
-    mfu = net.estimate_mfu(batch_size, dt / bench_iters, hardware.peak_flops(device))
+    mfu = net.estimate_mfu(batch_size, dt / bench_iters, hardware.peak_flops(device, dtype))
     mfu_text = f"{mfu * 100:.2f}%" if mfu is not None else "n/a (peak FLOP/s of this device not known)"
     print(f"time per iteration: {ms_per_iter:.2f}ms, tokens/s: {tokens_per_s:,.0f}, MFU: {mfu_text}")

@@ -102,9 +102,17 @@ def require_positive(namespace, *names):
 
 
 def check_sampling(temperature, top_k, top_p=1.0):
-    if temperature <= 0:
-        raise UserError(f"temperature must be positive, got {temperature}; use --top_k=1 for greedy decoding")
+    if not 0 < temperature < float('inf'):
+        raise UserError(f"temperature must be a positive finite number, got {temperature}; use --top_k=1 for greedy "
+                        "decoding, a large temperature for nearly uniform draws")
     if top_k is not None and (not isinstance(top_k, int) or top_k <= 0):
         raise UserError(f"top_k must be a positive integer or None, got {top_k!r}")
     if not 0.0 < top_p <= 1.0:
         raise UserError(f"top_p must be in (0, 1], got {top_p}; 1.0 keeps every token, 0.9 the most likely 90%")
+
+
+def check_seed(seed):
+    """Seeds are integers from 0 to 2**63 - 1: torch.manual_seed takes them, and the seeds derived
+    from them (seed + sample number, seed + rank) stay within what it takes."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
+        raise UserError(f"seed must be an integer from 0 to 2**63-1, got {seed!r}")

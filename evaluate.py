@@ -13,11 +13,18 @@ Full pass (--full_pass=True, val only unless --splits says otherwise): consecuti
 block_size tokens, each starting with an empty context as in training, the last one shorter,
 so that every token but the file's first is predicted exactly once.
 Perplexity is exp(loss), per token (per character for character-level data).
+
+HellaSwag (--hellaswag=True, GPT-2 BPE models): accuracy on the 10,042 validation examples, scored
+as helpers/hellaswag.py describes; the file is downloaded into data/hellaswag/ on first use. It runs
+alone unless --splits, --full_pass or --dataset asks for the losses too.
+$ python evaluate.py --init_from=gpt2 --hellaswag=True
+$ python evaluate.py --out_dir=out --hellaswag=True --hellaswag_examples=500   # the first 500: a quick look
 """
 import json
 import math
 import os
 import time
+import types
 
 import numpy as np
 import torch
@@ -26,6 +33,7 @@ from tqdm import tqdm
 
 import configurator
 from helpers import UserError, checkpoint, data, hardware, tokenizer
+from helpers import hellaswag as hellaswag_scoring
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir's checkpoint), a gpt2 variant or a transformers GPT-2 directory
@@ -38,6 +46,9 @@ batch_size = None  # sequences per batch; default: the checkpoint's training set
 block_size = None  # tokens per sequence; default and maximum: the model's block_size
 seed = None  # for the fixed batches; default: the checkpoint's training seed (1337 for GPT-2)
 results_file = ''  # also write the numbers to this JSON file
+hellaswag = False  # HellaSwag accuracy (GPT-2 BPE models), instead of the losses unless --splits asks for them
+hellaswag_examples = None  # score the first N examples only; default all 10,042
+hellaswag_file = ''  # default data/hellaswag/hellaswag_val.jsonl, downloaded on first use
 device = hardware.best_device()
 dtype = hardware.default_dtype(device)  # 'float32', 'bfloat16' or 'float16'
 compile = False
@@ -94,25 +105,17 @@ def positive_int(name, value):
     return value
 
 
-def main(explicit, ctx):
-    folder = os.path.dirname(os.path.abspath(results_file))
-    if results_file and (not os.path.isdir(folder) or os.path.isdir(results_file)):
-        raise UserError(f"--results_file={results_file} is a folder or lies in a folder that does not exist; "
-                        "pass the path of a .json file in an existing folder")
-    model, ckpt = checkpoint.load_model(init_from, out_dir)
+def plan_splits(explicit, model, ckpt):
+    """The loss evaluation's dataset, splits and batches, checked before anything runs."""
     trained = dict(ckpt.get('config') or {}) if ckpt is not None else GPT2_DEFAULTS
     vocabulary = ckpt.get('tokenizer') if ckpt is not None else None
-    where = init_from if ckpt is None else \
-        f"{os.path.join(out_dir, checkpoint.sample_name(out_dir))} (iter {ckpt.get('iter_num', '?')})"
-    del ckpt
     name = dataset or trained.get('dataset')
     if not name:
         raise UserError("the checkpoint does not say which dataset it was trained on; pass --dataset=...")
     n_batches = positive_int('eval_iters', eval_iters if eval_iters is not None else trained.get('eval_iters', 200))
     rows = positive_int('batch_size', batch_size if batch_size is not None else trained.get('batch_size', 8))
     batch_seed = seed if seed is not None else trained.get('seed', 1337)
-    if not isinstance(batch_seed, int) or isinstance(batch_seed, bool):
-        raise UserError(f"seed must be an integer, got {batch_seed!r}")
+    configurator.check_seed(batch_seed)
     window = positive_int('block_size', block_size if block_size is not None else model.config.block_size)
     if window > model.config.block_size:
         raise UserError(f"block_size {window} is larger than the model's {model.config.block_size}")
@@ -122,48 +125,84 @@ def main(explicit, ctx):
                         f"got {splits!r}")
 
     meta = data.read_meta(name)
-    token_dtype = data.token_dtype(meta)
-    vocab_size = model.config.vocab_size
-    tokenizer.check_dataset(vocabulary, meta, name)
-    if meta is not None and meta.get('vocab_size') != vocab_size:
-        raise UserError(f"data/{name} has a {meta.get('vocab_size')}-symbol vocabulary but the model has "
-                        f"{vocab_size}; evaluate on the dataset the model was trained on")
-    if meta is None and vocab_size < tokenizer.BPE_VOCAB_SIZE:
-        raise UserError(f"data/{name} is a GPT-2 BPE dataset (no meta.pkl) but the model has a {vocab_size}-symbol "
-                        "vocabulary; evaluate on the dataset the model was trained on")
+    # a full pass takes files shorter than a window too
+    data.check_fits(name, meta, model.config.vocab_size, 1 if full_pass else window, vocabulary, split_names)
     paths = {s: data.bin_path(name, s) for s in split_names}
-    for s in split_names:  # a full pass takes files shorter than a window too
-        data.check_split(name, s, token_dtype, 1 if full_pass else window, meta and vocab_size)
+    token_dtype = data.token_dtype(meta)
+    settings = dict(dataset=name, full_pass=full_pass, block_size=window, batch_size=rows,
+                    eval_iters=None if full_pass else n_batches, seed=None if full_pass else batch_seed)
+    return types.SimpleNamespace(settings=settings, paths=paths, token_dtype=token_dtype)
 
-    model.eval().to(device)
-    if compile:
-        model = torch.compile(model)
-    print(f"evaluating {where} on data/{name}, block_size {window}, {dtype} on {device}")
+
+def evaluate_splits(model, plan, where, ctx):
+    """{split: {loss, perplexity, tokens}} of the planned splits, printed as they come."""
+    window, rows, n_batches = (plan.settings[k] for k in ('block_size', 'batch_size', 'eval_iters'))
+    print(f"evaluating {where} on data/{plan.settings['dataset']}, block_size {window}, {dtype} on {device}")
     if full_pass:
         print(f"full pass: consecutive windows of {window} tokens, {rows} per batch, every token but the first "
               "predicted once")
     else:
-        print(f"fixed batches: {n_batches} batches of {rows} x {window} tokens per split, seed {batch_seed}")
+        print(f"fixed batches: {n_batches} batches of {rows} x {window} tokens per split, seed {plan.settings['seed']}")
     results = {}
-    for s in split_names:
+    for s, path in plan.paths.items():
         t0 = time.time()
         if full_pass:
-            loss, n_predicted = full_pass_loss(model, paths[s], token_dtype, rows, window, device, ctx)
+            loss, n_predicted = full_pass_loss(model, path, plan.token_dtype, rows, window, device, ctx)
         else:
-            loss = fixed_batch_loss(model, paths[s], token_dtype, rows, window, n_batches,
-                                    data.eval_batch_seed(batch_seed, s), device, ctx)
+            loss = fixed_batch_loss(model, path, plan.token_dtype, rows, window, n_batches,
+                                    data.eval_batch_seed(plan.settings['seed'], s), device, ctx)
             n_predicted = n_batches * rows * window
         perplexity = math.inf if loss > 700 else math.exp(loss)  # exp overflows past 709; a NaN stays NaN
         results[s] = dict(loss=loss, perplexity=perplexity, tokens=n_predicted)
         print(f"{s}: loss {loss:.4f}, perplexity {perplexity:.4f} ({n_predicted:,} tokens, {time.time() - t0:.1f}s)")
-    if results_file:
-        settings = dict(model=where, dataset=name, full_pass=full_pass, block_size=window, batch_size=rows,
-                        eval_iters=None if full_pass else n_batches, seed=None if full_pass else batch_seed,
-                        dtype=dtype)
-        with open(results_file, 'w', encoding='utf-8') as f:
-            json.dump(dict(settings=settings, splits=results), f, indent=2)
-        print(f"wrote {results_file}")
     return results
+
+
+def evaluate_hellaswag(model, examples, where, ctx):
+    """HellaSwag's acc and acc_norm over the examples, with a progress bar and a result line."""
+    print(f"evaluating {where} on HellaSwag: {len(examples):,} examples, {dtype} on {device}")
+    t0 = time.time()
+    correct, correct_norm, count = hellaswag_scoring.score(model, examples, device, ctx, progress=True)
+    seconds = time.time() - t0
+    print(f"hellaswag: acc {correct / count:.4f}, acc_norm {correct_norm / count:.4f} ({count:,} examples, "
+          f"{seconds:.1f}s, {count / seconds:.2f} examples/s)")
+    return dict(hellaswag_acc=correct / count, hellaswag_acc_norm=correct_norm / count, hellaswag_examples=count)
+
+
+def main(explicit, ctx):
+    folder = os.path.dirname(os.path.abspath(results_file))
+    if results_file and (not os.path.isdir(folder) or os.path.isdir(results_file)):
+        raise UserError(f"--results_file={results_file} is a folder or lies in a folder that does not exist; "
+                        "pass the path of a .json file in an existing folder")
+    if hellaswag_examples is not None:
+        positive_int('hellaswag_examples', hellaswag_examples)
+    model, ckpt = checkpoint.load_model(init_from, out_dir)
+    where = init_from if ckpt is None else \
+        f"{os.path.join(out_dir, checkpoint.sample_name(out_dir))} (iter {ckpt.get('iter_num', '?')})"
+    losses = not hellaswag or any(k in explicit for k in ('splits', 'full_pass', 'dataset'))
+    plan = plan_splits(explicit, model, ckpt) if losses else None
+    if hellaswag:
+        is_bpe = tokenizer.checkpoint_entry(ckpt)['kind'] == 'gpt2' if ckpt is not None else \
+            isinstance(tokenizer.for_pretrained(init_from), tokenizer.BPETokenizer)
+        hellaswag_scoring.require_bpe(is_bpe, where)
+        examples = hellaswag_scoring.load(hellaswag_file or None, hellaswag_examples)
+    del ckpt
+
+    model.eval().to(device)
+    if compile:
+        model = torch.compile(model)
+    output = dict(settings=dict(model=where, dtype=dtype))
+    if plan is not None:
+        output['settings'].update(plan.settings)
+        output['splits'] = evaluate_splits(model, plan, where, ctx)
+    if hellaswag:
+        output['settings']['hellaswag_file'] = hellaswag_file or hellaswag_scoring.default_path()
+        output.update(evaluate_hellaswag(model, examples, where, ctx))
+    if results_file:
+        with open(results_file, 'w', encoding='utf-8') as f:
+            json.dump(output, f, indent=2)
+        print(f"wrote {results_file}")
+    return output
 
 
 if __name__ == '__main__':

@@ -13,17 +13,24 @@ character: AutoTokenizer.from_pretrained loads it, and sample.py --init_from=<th
 uses it); a GPT-2 BPE model pairs with GPT-2's own tokenizer. The export keeps the model's own
 GELU (activation_function 'gelu', exact, for models trained here; 'gelu_new', OpenAI's tanh
 approximation, for those started from GPT-2), and a model trained with bias=False gets zero
-biases (transformers' GPT-2 always has them): the logits are the same.
-After writing, the script loads the directory back with transformers and with
-GPT.from_pretrained and prints the largest logit difference from the checkpoint's model.
+biases (transformers' GPT-2 always has them): the logits are the same. export_hf.json lists the
+files the export wrote.
+
+The directory is written beside its place, loaded back with transformers and with
+GPT.from_pretrained (the script prints the largest logit difference from the checkpoint's model),
+and only then renamed into place: an earlier export there goes only once a whole and checked one
+replaces it, and it is the only thing the script replaces (a folder holding anything else is
+refused).
 """
+import json
 import os
+import shutil
 import time
 
 import torch
 
 import configurator
-from export_onnx import random_prompts  # the same check prompts for both exports
+from export_onnx import random_prompts, replace_with, writable  # the same checks and safe replacement for both
 from helpers import UserError, checkpoint, tokenizer
 from model import CONV1D_WEIGHTS, GPT
 
@@ -36,6 +43,7 @@ seed = 1337  # for the check's random prompts
 # -----------------------------------------------------------------------------
 
 HF_ACTIVATION = {'gelu': 'gelu', 'gelu_tanh': 'gelu_new'}  # ours -> transformers' activation_function
+MARKER = 'export_hf.json'  # the files an export wrote: a folder with it and only those is an earlier export
 
 
 def to_hf(model, vocabulary=None):
@@ -85,9 +93,31 @@ def export(model, directory, vocabulary=None):
     hf_model.save_pretrained(directory, safe_serialization=True)
     if vocabulary and vocabulary['kind'] == 'char':
         char_tokenizer(vocabulary).save_pretrained(directory)
+    files = sorted(set(os.listdir(directory)) | {MARKER})
+    with open(os.path.join(directory, MARKER), 'w') as f:
+        json.dump({'written_by': 'export_hf.py', 'files': files}, f, indent=1)
     for name in os.listdir(directory):  # readable by others, like every other output (transformers writes 0600)
         os.chmod(os.path.join(directory, name), 0o644)
     return hf_model
+
+
+def check_output(directory):
+    """A UserError, before any work, unless directory is free for the export: absent, empty, or an
+    earlier export and nothing else, in a place that can be written."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise UserError(f"--output '{directory}' is a file; the export is a folder: pass a folder's path")
+    if os.path.isdir(directory):
+        try:
+            with open(os.path.join(directory, MARKER)) as f:
+                ours = set(json.load(f)['files'])
+        except (OSError, ValueError, KeyError, TypeError):
+            ours = set()
+        foreign = sorted(set(os.listdir(directory)) - ours)
+        if foreign:
+            raise UserError(f"--output {directory} holds files that no export_hf.py export wrote "
+                            f"({', '.join(foreign[:4])}{', ...' if len(foreign) > 4 else ''}); pass a new or empty "
+                            "folder, or move those files away")
+    writable(directory)
 
 
 @torch.no_grad()
@@ -104,8 +134,7 @@ def max_logit_difference(model, other, prompts, hf=True):
 
 def main():
     directory = output or os.path.join(out_dir, 'hf')
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise UserError(f"--output '{directory}' is a file; the export is a folder: pass a folder's path")
+    check_output(directory)
     ckpt = checkpoint.load(out_dir, checkpoint.sample_name(out_dir))
     model = checkpoint.model_from_checkpoint(ckpt, dropout=0.0).float().eval()
     try:
@@ -116,26 +145,37 @@ def main():
     cfg = model.config
     print(f"exporting {model.get_num_params() / 1e6:.2f}M parameters to {directory} ...", flush=True)
     t0 = time.time()
-    export(model, directory, vocabulary)
-    print(f"wrote {os.path.join(directory, 'config.json')} and model.safetensors in {time.time() - t0:.1f}s: "
-          f"GPT-2 with n_layer={cfg.n_layer}, n_head={cfg.n_head}, n_embd={cfg.n_embd}, n_positions={cfg.block_size}, "
-          f"vocab_size={cfg.vocab_size}, activation_function='{HF_ACTIVATION[cfg.activation]}'"
-          + ("" if cfg.bias else " (zero biases: the model was trained with bias=False)"))
-    if verify:
-        from transformers import GPT2LMHeadModel
-        prompts = random_prompts(cfg.vocab_size, cfg.block_size, seed)
-        diff_hf, scale = max_logit_difference(model, GPT2LMHeadModel.from_pretrained(directory), prompts)
-        print(f"transformers GPT2LMHeadModel vs checkpoint logits: max abs diff {diff_hf:.3g} "
-              f"(largest |logit| {scale:.3g})")
-        diff_back, _ = max_logit_difference(model, GPT.from_pretrained(directory).eval(), prompts, hf=False)
-        print(f"GPT.from_pretrained round trip vs checkpoint logits: max abs diff {diff_back:.3g}")
-        if not max(diff_hf, diff_back) <= tolerance:
-            raise UserError(f"the exported model's logits differ by {max(diff_hf, diff_back):.3g}, more than "
-                            f"tolerance {tolerance:g}; please report this with your torch and transformers versions")
+    tmp = checkpoint.temp_path(directory)
+    os.makedirs(os.path.dirname(os.path.abspath(directory)), exist_ok=True)
+    checkpoint.remove_orphaned_temp_files(directory)
+    try:
+        export(model, tmp, vocabulary)
+        print(f"exported config.json and model.safetensors in {time.time() - t0:.1f}s: "
+              f"GPT-2 with n_layer={cfg.n_layer}, n_head={cfg.n_head}, n_embd={cfg.n_embd}, "
+              f"n_positions={cfg.block_size}, vocab_size={cfg.vocab_size}, "
+              f"activation_function='{HF_ACTIVATION[cfg.activation]}'"
+              + ("" if cfg.bias else " (zero biases: the model was trained with bias=False)"))
+        if verify:
+            from transformers import GPT2LMHeadModel
+            prompts = random_prompts(cfg.vocab_size, cfg.block_size, seed)
+            diff_hf, scale = max_logit_difference(model, GPT2LMHeadModel.from_pretrained(tmp), prompts)
+            print(f"transformers GPT2LMHeadModel vs checkpoint logits: max abs diff {diff_hf:.3g} "
+                  f"(largest |logit| {scale:.3g})")
+            diff_back, _ = max_logit_difference(model, GPT.from_pretrained(tmp).eval(), prompts, hf=False)
+            print(f"GPT.from_pretrained round trip vs checkpoint logits: max abs diff {diff_back:.3g}")
+            if not max(diff_hf, diff_back) <= tolerance:
+                raise UserError(f"the exported model's logits differ by {max(diff_hf, diff_back):.3g}, more than "
+                                f"tolerance {tolerance:g}, so it was not kept; please report this with your torch "
+                                "and transformers versions")
+        replace_with(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # what is left of an export that failed or was stopped
+    print(f"wrote {directory}")
 
 
 if __name__ == '__main__':
     configurator.configure(globals())
+    configurator.check_seed(seed)
     try:
         import safetensors  # noqa: F401
         import transformers  # noqa: F401

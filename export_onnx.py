@@ -9,13 +9,21 @@ vocab_size) for every position; batch is free and seq runs from 1 to block_size.
 cache: a generation loop feeds the whole context, cropped to its last block_size tokens, at
 each step. The file's metadata (nanogpt.block_size, nanogpt.vocab_size, nanogpt.tokenizer
 'char', 'gpt2' or 'unknown', and nanogpt.itos, a JSON list from token id to character) holds
-what a sampler needs besides the graph. After writing the file the script runs it with
-onnxruntime on random prompts and fails when its logits differ from PyTorch's by more than
-`tolerance`.
+what a sampler needs besides the graph. A model over 1.8 GB keeps its weights beside the file,
+in model.onnx.<id>.data, which the file names. Before the file takes the place of an earlier
+export, the script runs it with onnxruntime on random prompts and fails when its logits differ
+from PyTorch's by more than `tolerance`: the earlier export goes only once a whole and checked
+one replaces it, and only an earlier export_onnx.py file is ever replaced.
 """
 import json
 import logging
 import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import tempfile
 import time
 import warnings
 
@@ -34,6 +42,7 @@ verify = True  # compare onnxruntime's logits with PyTorch's on random prompts a
 tolerance = 1e-4  # largest absolute logit difference accepted by the check
 seed = 1337  # for the check's random prompts
 # -----------------------------------------------------------------------------
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf files stop at 2 GB: larger models keep their weights beside the file
 
 
 class AllPositionLogits(nn.Module):
@@ -69,14 +78,14 @@ def model_metadata(ckpt, model):
     return {k: str(v) for k, v in metadata.items()}
 
 
-def export(model, path, opset=18, dynamo=True, metadata=None):
-    """Write model (a GPT) to path as ONNX with a dynamic batch and sequence length; returns the
+def export(model, path, opset=18, dynamo=True, metadata=None, data_name=None):
+    """Write model (a GPT) to path as ONNX with a dynamic batch and sequence length; weights over
+    EXTERNAL_DATA_BYTES go to data_name beside it (default: path's name + '.data'). Returns the
     exporter used ('dynamo', or 'torchscript' when asked for or when dynamo fails)."""
     import onnx
     block_size = model.config.block_size
     example = torch.zeros(2, min(block_size, 8), dtype=torch.long)  # batch and seq >= 2: neither becomes a constant
-    # protobuf files stop at 2 GB: larger models keep their weights in a .data file beside it
-    external = sum(p.numel() * p.element_size() for p in model.parameters()) > 1_800_000_000
+    external = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     logging.getLogger('torch.onnx').setLevel(logging.ERROR)  # notes such as "torchvision is not installed"
     used = None
@@ -101,8 +110,33 @@ def export(model, path, opset=18, dynamo=True, metadata=None):
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
+    if weight_files(proto):
+        gather_weights(proto, os.path.dirname(os.path.abspath(path)), data_name or os.path.basename(path) + '.data')
     onnx.save(proto, path)
     return used
+
+
+def weight_files(proto):
+    """The files beside an ONNX model that hold its weights."""
+    return {e.value for t in proto.graph.initializer for e in t.external_data if e.key == 'location'}
+
+
+def gather_weights(proto, folder, data_name):
+    """Point proto's external weights at one file, folder/data_name: the dynamo exporter's file
+    renamed, or the TorchScript exporter's file per tensor gathered into one."""
+    from onnx.external_data_helper import convert_model_to_external_data, load_external_data_for_model
+    files = weight_files(proto)
+    if len(files) == 1:
+        os.replace(os.path.join(folder, files.pop()), os.path.join(folder, data_name))
+        for tensor in proto.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == 'location':
+                    entry.value = data_name
+        return
+    load_external_data_for_model(proto, folder)  # the weights in memory once, for onnx.save to write them anew
+    convert_model_to_external_data(proto, all_tensors_to_one_file=True, location=data_name)
+    for name in files:
+        os.remove(os.path.join(folder, name))
 
 
 def random_prompts(vocab_size, block_size, seed):
@@ -128,29 +162,107 @@ def max_logit_difference(model, path, prompts):
     return worst, scale
 
 
+def writable(path):
+    """A UserError unless path can be created: a folder made and removed in the nearest folder
+    above it that exists says so (permissions alone do not: root, read-only filesystems)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=folder, prefix='.write-test-'))
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror}: {folder}); pass another --output")
+
+
+def replace_with(new, target):
+    """Put new (a file or a folder beside target) at target; the old one goes only once the new one
+    is there. A folder cannot be renamed over another, so the old folder steps aside first, and
+    Ctrl+C waits until both renames are done."""
+    interrupted = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    try:
+        if os.path.isdir(target) and not os.path.islink(target):
+            old = f"{target}.old.{socket.gethostname()}.{os.getpid()}"  # not a temp_path: never tidied away
+            os.rename(target, old)
+            try:
+                os.rename(new, target)
+            except OSError:
+                os.rename(old, target)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(new, target)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise KeyboardInterrupt
+
+
+def earlier_export(path):
+    """The weight files of the export_onnx.py file at path (none when path is free); a UserError,
+    before any work, for an output this script must not write: a folder, a file it did not write,
+    a place that cannot be written."""
+    import onnx
+    if os.path.isdir(path):
+        raise UserError(f"--output '{path}' is a folder, and the ONNX export is one file: pass a file's path, "
+                        f"e.g. --output={os.path.join(path, 'model.onnx')}")
+    writable(path)
+    if not os.path.exists(path):
+        return set()
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception:  # not ONNX at all
+        proto = None
+    if proto is None or not any(p.key == 'nanogpt.block_size' for p in proto.metadata_props):
+        raise UserError(f"{path} exists and export_onnx.py did not write it; pass another --output, or move it away")
+    return {name for name in weight_files(proto) if os.path.basename(name) == name}
+
+
 def main():
+    path = output or os.path.join(out_dir, 'model.onnx')
+    earlier = earlier_export(path)
     ckpt = checkpoint.load(out_dir, checkpoint.sample_name(out_dir))
     model = checkpoint.model_from_checkpoint(ckpt, dropout=0.0).float().eval()
-    path = output or os.path.join(out_dir, 'model.onnx')
     metadata = model_metadata(ckpt, model)
     del ckpt
     print(f"exporting {model.get_num_params() / 1e6:.2f}M parameters (block_size {model.config.block_size}, "
           f"activation {model.config.activation}) to {path} ...")
+    # written beside path and renamed over it once checked; large weights get a name of their own, so
+    # that the earlier export's stay whole until then
+    folder, tmp = os.path.dirname(os.path.abspath(path)), checkpoint.temp_path(path)
+    data = os.path.join(folder, f"{os.path.basename(path)}.{secrets.token_hex(4)}.data")
+    os.makedirs(folder, exist_ok=True)
+    checkpoint.remove_orphaned_temp_files(path)
     t0 = time.time()
-    used = export(model, path, opset, dynamo, metadata)
-    print(f"wrote {path} with the {used} exporter, opset {opset}, in {time.time() - t0:.1f}s")
-    if verify:
-        print("checking the file with onnxruntime ...", flush=True)
-        prompts = random_prompts(model.config.vocab_size, model.config.block_size, seed)
-        diff, scale = max_logit_difference(model, path, prompts)
-        print(f"onnxruntime vs PyTorch logits: max abs diff {diff:.3g} (largest |logit| {scale:.3g})")
-        if not diff <= tolerance:
-            raise UserError(f"the exported model's logits differ from PyTorch's by {diff:.3g}, more than "
-                            f"tolerance {tolerance:g}; please report this with your torch and onnx versions")
+    try:
+        used = export(model, tmp, opset, dynamo, metadata, os.path.basename(data))
+        print(f"exported with the {used} exporter, opset {opset}, in {time.time() - t0:.1f}s")
+        if verify:
+            print("checking the export with onnxruntime ...", flush=True)
+            prompts = random_prompts(model.config.vocab_size, model.config.block_size, seed)
+            diff, scale = max_logit_difference(model, tmp, prompts)
+            print(f"onnxruntime vs PyTorch logits: max abs diff {diff:.3g} (largest |logit| {scale:.3g})")
+            if not diff <= tolerance:
+                raise UserError(f"the exported model's logits differ from PyTorch's by {diff:.3g}, more than "
+                                f"tolerance {tolerance:g}, so it was not kept; please report this with your torch "
+                                "and onnx versions")
+        replace_with(tmp, path)
+    except BaseException:  # the earlier export stays as it was, and this one goes (unless it is in place: tmp gone)
+        for name in [tmp + '.data'] + ([tmp, data] if os.path.exists(tmp) else []):
+            if os.path.exists(name):
+                os.remove(name)
+        raise
+    # the earlier export's weights, and those of exports killed before they were renamed into place
+    stale = re.compile(re.escape(os.path.basename(path)) + r'\.[0-9a-f]{8}\.data')
+    for name in earlier | {n for n in os.listdir(folder) if stale.fullmatch(n)}:
+        if os.path.join(folder, name) != data and os.path.isfile(os.path.join(folder, name)):
+            os.remove(os.path.join(folder, name))
+    print(f"wrote {path}" + (f" and its weights, {data}" if os.path.exists(data) else ""))
 
 
 if __name__ == '__main__':
     configurator.configure(globals())
+    configurator.check_seed(seed)
     if dynamo and opset < 18:
         raise UserError(f"opset {opset} is too old for the dynamo exporter; use --opset=18 or newer "
                         "(or --dynamo=False for the TorchScript exporter)")

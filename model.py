@@ -10,10 +10,13 @@ Hugging Face transformers and nanoGPT's checkpoints, so weights move freely betw
 import inspect
 import math
 import os
+import pickle
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 from torch.nn import functional as F
 
 # transformers' names for GPT-2's activation, mapped to ours
@@ -168,6 +171,9 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # weight tying: the output projection is the token embedding, as in GPT-2
         self.transformer.wte.weight = self.lm_head.weight
+        # True: keep only each block's input for the backward pass and run the block again there,
+        # trading a third more compute for most of the activations' memory (see train.py)
+        self.activation_checkpointing = False
 
         self.apply(self._init_weights)
         # GPT-2 scales the init of projections that write into the residual stream by
@@ -201,7 +207,11 @@ class GPT(nn.Module):
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, kv_cache, layer)
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                # the recomputation draws the same dropout masks: checkpoint restores the random state
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, kv_cache, layer)
         x = self.transformer.ln_f(x)
         if kv_cache is not None:
             kv_cache.length += T
@@ -228,10 +238,18 @@ class GPT(nn.Module):
                              "or a directory holding a transformers GPT-2 checkpoint")
         print(f"loading weights from pretrained gpt: {name}")
         try:
+            from safetensors import SafetensorError
             from transformers import GPT2LMHeadModel
             hf_model = GPT2LMHeadModel.from_pretrained(name)
         except (ImportError, OSError) as e:  # no transformers, no network, or not a GPT-2 checkpoint
             raise ValueError(f"could not load '{name}' through transformers: {str(e).strip().splitlines()[0]}")
+        except SafetensorError as e:
+            raise ValueError(f"{name}: model.safetensors is truncated or corrupt ({e}); save or download it again")
+        except pickle.UnpicklingError as e:  # torch.load(weights_only=True) stopped before running anything
+            found = re.search(r'GLOBAL (\S+)|reduce for \S+', str(e))
+            raise ValueError(f"{name} was refused: its pytorch_model.bin would run code when loaded"
+                             f"{f' ({found.group(0)})' if found else ''}; load only models you trust, re-saved as "
+                             "safetensors (model.save_pretrained(folder) writes model.safetensors)")
         hf_config = hf_model.config
         if hf_config.activation_function not in HF_ACTIVATIONS:
             raise ValueError(f"{name} uses activation '{hf_config.activation_function}', which this GPT lacks")
@@ -310,7 +328,11 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=1.0, generators
     """One token id per row of logits (B, vocab_size), (B, 1), drawn from softmax(logits /
     temperature) restricted to the top_k largest logits (and every token tied with the k-th),
     then to the smallest set of most likely tokens whose probabilities add up to top_p."""
-    logits = logits.float() / temperature
+    # the largest logit is made 0 before the division, so that no temperature overflows the logits
+    # into NaN: a tiny one is greedy, ties kept (one below float32's smallest normal number, which
+    # would round to 0, draws as that number does)
+    logits = logits.float()
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / max(temperature, torch.finfo(torch.float32).tiny)
     if top_k is not None and top_k < logits.size(-1):
         kth_largest = torch.topk(logits, top_k).values[:, -1:]
         logits = logits.masked_fill(logits < kth_largest, float('-inf'))

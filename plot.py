@@ -1,17 +1,19 @@
 """
 Plot train and val loss from the metrics.csv that train.py writes into out_dir, against
-iterations and against training tokens, to a PNG.
+iterations, training tokens or wall-clock time, to a PNG; and HellaSwag accuracy where a run
+measured it.
 
-$ python plot.py --out_dir=out-shakespeare-char                         # -> out-shakespeare-char/loss.png
-$ python plot.py --out_dirs=out-small,out-big --output=compare.png      # runs side by side
-$ python plot.py --out_dirs=out-small,out-big --overlay=True            # runs in the same panels
+$ python plot.py --out_dir=out-shakespeare-char                    # -> out-shakespeare-char/loss.png
+$ python plot.py --out_dirs=out-small,out-big                      # -> out-small/loss_comparison.png
+$ python plot.py --out_dirs=out-small,out-big --overlay=True --x=seconds   # val loss against time, one panel
 
-Two panels: loss against iterations (left) and against training tokens (right). Several
-runs get one column each (iterations on top, tokens below), or share the two panels with
---overlay=True; all panels share their y axis so the runs compare at a glance.
-Lines: the evaluations' train and val loss (estimated on fixed batches, markers), and,
-faintly, the loss of each logged training minibatch (noisy; --minibatch=False hides it).
-Only this script needs matplotlib (pip install matplotlib).
+One panel per x axis (--x: iterations and tokens by default; seconds is the wall-clock time of
+training, resumes included). Several runs get one column each (a row per x axis), or share the
+panels with --overlay=True; panels of one quantity share their y axis, so runs compare at a glance.
+Lines: the evaluations' train and val loss (estimated on fixed batches, markers), and, faintly,
+the loss of each logged training minibatch (noisy; --minibatch=False hides it). When a run's
+evaluations scored HellaSwag, a smaller panel beneath each loss panel shows acc_norm, with chance
+(0.25) dotted. Only this script needs matplotlib (pip install matplotlib).
 """
 import os
 
@@ -21,15 +23,18 @@ from helpers import UserError, metrics
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the run to plot
 out_dirs = ''  # several runs, comma-separated; replaces out_dir
-output = ''  # the PNG to write; default out_dir/loss.png, or loss_comparison.png here for several runs
-overlay = False  # several runs in the same two panels instead of one column each
+output = ''  # the PNG to write; default out_dir/loss.png, or loss_comparison.png in the first run's folder
+x = 'iter,tokens'  # the x axes, comma-separated: iter, tokens, seconds (wall-clock time of training)
+overlay = False  # several runs in the same panels instead of one column each
 minibatch = True  # also draw the per-iteration minibatch loss of the log lines
 logy = False  # logarithmic loss axis
 title = ''
 dpi = 120
 # -----------------------------------------------------------------------------
 
-X_AXES = (('iter', 'iterations'), ('tokens', 'training tokens'))
+X_AXES = {'iter': 'iterations', 'tokens': 'training tokens', 'seconds': 'wall-clock time'}
+HELLASWAG = 'hellaswag_acc_norm'
+CHANCE = 0.25  # HellaSwag has four endings
 
 
 def load_run(run_dir):
@@ -43,29 +48,43 @@ def load_run(run_dir):
     if not rows:
         with open(path, encoding='utf-8', errors='replace') as f:
             header, *lines = f.read().splitlines() or ['']
-        if header.split(',') != list(metrics.COLUMNS) or any(line.strip() for line in lines):
+        names = header.split(',')
+        # older versions wrote fewer columns: any header of known names holding iter is one of ours
+        if 'iter' not in names or not set(names) <= set(metrics.COLUMNS) or any(line.strip() for line in lines):
             raise UserError(f"{path} is damaged: none of its rows can be read (its header should be "
                             f"{','.join(metrics.COLUMNS)}); plot another run, or train again")
         raise UserError(f"{path} has no rows yet; wait for the first log line or evaluation")
     return rows
 
 
-def series(rows, kind, x_name, y_name):
-    points = [(r[x_name], r[y_name]) for r in rows
+def series(rows, kind, x_name, y_name, x_scale=1):
+    """The points (xs, ys) of one line: the rows of that kind holding both values, x divided by x_scale."""
+    points = [(r[x_name] / x_scale, r[y_name]) for r in rows
               if r['kind'] == kind and r[x_name] is not None and r[y_name] is not None]
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def draw(ax, rows, x_name, color, label_prefix, show_minibatch):
-    """One run's curves in one panel; returns whether anything was drawn."""
+def has_hellaswag(rows):
+    return any(r[HELLASWAG] is not None for r in rows)
+
+
+def time_unit(runs):
+    """(seconds per unit, unit name) that keeps the longest run's wall-clock time readable."""
+    longest = max((r['seconds'] for _, rows in runs for r in rows if r['seconds'] is not None), default=0)
+    return next((size, name) for size, name in ((3600, 'hours'), (60, 'minutes'), (1, 'seconds'))
+                if longest >= 2 * size or size == 1)
+
+
+def draw_loss(ax, rows, x_name, x_scale, color, label_prefix, show_minibatch):
+    """One run's loss curves in one panel; returns whether anything was drawn."""
     drawn = False
     if show_minibatch:
-        xs, ys = series(rows, 'train', x_name, 'train_loss')
+        xs, ys = series(rows, 'train', x_name, 'train_loss', x_scale)
         if xs:
             ax.plot(xs, ys, color=color, alpha=0.35, linewidth=0.8, label=f"{label_prefix}train (minibatch)")
             drawn = True
     for y_name, style, marker in (('train_loss', '--', 'o'), ('val_loss', '-', 's')):
-        xs, ys = series(rows, 'eval', x_name, y_name)
+        xs, ys = series(rows, 'eval', x_name, y_name, x_scale)
         if xs:
             ax.plot(xs, ys, linestyle=style, marker=marker, markersize=3, color=color, linewidth=1.5,
                     label=f"{label_prefix}{y_name.split('_')[0]} (eval)")
@@ -73,51 +92,88 @@ def draw(ax, rows, x_name, color, label_prefix, show_minibatch):
     return drawn
 
 
-def plot(runs, path, side_by_side=True, show_minibatch=True, log_y=False, fig_title='', resolution=120):
-    """runs: a list of (name, rows). Writes a PNG to path."""
+def draw_hellaswag(ax, rows, x_name, x_scale, color, label_prefix):
+    xs, ys = series(rows, 'eval', x_name, HELLASWAG, x_scale)
+    if xs:
+        ax.plot(xs, ys, marker='^', markersize=3, color=color, linewidth=1.5, label=f"{label_prefix}HellaSwag")
+    return bool(xs)
+
+
+def pyplot():
     try:
         import matplotlib
         matplotlib.use('Agg')  # files only, no window
         import matplotlib.pyplot as plt
-        from matplotlib.ticker import EngFormatter
     except ImportError:
         raise UserError("plot.py needs matplotlib: pip install matplotlib")
+    return plt
+
+
+def figure(runs, x_names=('iter', 'tokens'), side_by_side=True, show_minibatch=True, log_y=False, fig_title=''):
+    """The matplotlib figure of runs, a list of (name, rows)."""
+    plt = pyplot()
+    from matplotlib.ticker import EngFormatter
+    quantities = ['loss'] + (['hellaswag'] if any(has_hellaswag(rows) for _, rows in runs) else [])
     side_by_side = side_by_side and len(runs) > 1
-    if side_by_side:  # one column per run: loss against iterations on top, against tokens below
-        fig, axes = plt.subplots(2, len(runs), figsize=(5.5 * len(runs), 7.5), sharey=True, squeeze=False)
-        panel = lambda run, x_axis: axes[x_axis][run]
-    else:  # every run (or the only one) in the same two panels, side by side
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True, squeeze=False)
-        panel = lambda run, x_axis: axes[0][x_axis]
+    if side_by_side:  # a column per run; a row per x axis and quantity, HellaSwag beneath its loss
+        row_keys = [(x_name, q) for x_name in x_names for q in quantities]
+        n_columns, width, loss_height = len(runs), 5.5 * len(runs), 3.75
+        cell = lambda run, x_name, q: (row_keys.index((x_name, q)), run)
+    else:  # every run (or the only one) in the same panels: a column per x axis, a row per quantity
+        row_keys = [(None, q) for q in quantities]
+        n_columns, width, loss_height = len(x_names), 6 * len(x_names), 4.8
+        cell = lambda run, x_name, q: (quantities.index(q), x_names.index(x_name))
+    heights = [loss_height if q == 'loss' else 0.6 * loss_height for _, q in row_keys]
+    fig, axes = plt.subplots(len(row_keys), n_columns, figsize=(width, sum(heights)), sharey='row', squeeze=False,
+                             gridspec_kw=dict(height_ratios=heights))
     colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    seconds_per_unit, time_name = time_unit(runs)
     for i, (name, rows) in enumerate(runs):
         color = colors[0] if side_by_side else colors[i % len(colors)]
         prefix = '' if side_by_side or len(runs) == 1 else f"{name}: "
-        for x_axis, (x_name, x_label) in enumerate(X_AXES):
-            ax = panel(i, x_axis)
-            if not draw(ax, rows, x_name, color, prefix, show_minibatch) and (side_by_side or len(runs) == 1):
-                ax.text(0.5, 0.5, f"no {x_label} recorded", ha='center', va='center', transform=ax.transAxes)
-            ax.set_xlabel(x_label)
-            if x_name == 'tokens':
-                ax.xaxis.set_major_formatter(EngFormatter())
-            if side_by_side and x_axis == 0:
-                ax.set_title(name)
-    for ax_row in axes:
+        for x_name in x_names:
+            x_scale = seconds_per_unit if x_name == 'seconds' else 1
+            x_label = f"wall-clock time ({time_name})" if x_name == 'seconds' else X_AXES[x_name]
+            for q in quantities:
+                row, column = cell(i, x_name, q)
+                ax = axes[row][column]
+                if q == 'loss':
+                    drawn = draw_loss(ax, rows, x_name, x_scale, color, prefix, show_minibatch)
+                else:
+                    drawn = draw_hellaswag(ax, rows, x_name, x_scale, color, prefix)
+                if not drawn and (side_by_side or len(runs) == 1):  # the panel is this run's alone: say why
+                    missing = x_label if q == 'loss' or has_hellaswag(rows) else 'HellaSwag scores'
+                    ax.text(0.5, 0.5, f"no {missing} recorded", ha='center', va='center', transform=ax.transAxes)
+                ax.set_xlabel(x_label)
+                if x_name == 'tokens':
+                    ax.xaxis.set_major_formatter(EngFormatter())
+                if side_by_side and row == 0:
+                    ax.set_title(name)
+    for ax_row, (_, q) in zip(axes, row_keys):
         for ax in ax_row:
             ax.grid(True, alpha=0.3)
-            if log_y:
+            if q == 'loss' and log_y:
                 ax.set_yscale('log')
-        ax_row[0].set_ylabel('loss')
-    # one legend per run column (side by side), or one for all runs (overlay)
+            if q == 'hellaswag':
+                ax.axhline(CHANCE, color='gray', linestyle=':', linewidth=1)
+        ax_row[0].set_ylabel('loss' if q == 'loss' else 'HellaSwag acc_norm')
+    # one legend per run column (side by side), or one for all runs (overlay), in the top row
     for ax in (axes[0] if side_by_side else axes[0][:1]):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize='small')
     if fig_title or len(runs) == 1:
         fig.suptitle(fig_title or runs[0][0])
     fig.tight_layout()
+    return fig
+
+
+def plot(runs, path, x_names=('iter', 'tokens'), side_by_side=True, show_minibatch=True, log_y=False, fig_title='',
+         resolution=120):
+    """runs: a list of (name, rows). Writes a PNG to path."""
+    fig = figure(runs, x_names, side_by_side, show_minibatch, log_y, fig_title)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=resolution)
-    plt.close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -125,19 +181,29 @@ def run_name(run_dir):
     return os.path.basename(os.path.normpath(run_dir)) or run_dir
 
 
+def x_axes(text):
+    names = [name.strip() for name in text.split(',')]
+    if not all(name in X_AXES for name in names) or len(set(names)) != len(names):
+        raise UserError(f"x must name x axes separated by commas, each once, out of {', '.join(X_AXES)}; "
+                        f"e.g. --x=iter,tokens or --x=seconds; got {text!r}")
+    return names
+
+
 def main():
     run_dirs = [d.strip() for d in out_dirs.split(',') if d.strip()] if out_dirs else [out_dir]
     if len(set(map(os.path.normpath, run_dirs))) != len(run_dirs):
         raise UserError(f"out_dirs lists a folder twice: {out_dirs}")
-    runs = [(run_name(d), load_run(d)) for d in run_dirs]
-    path = output or (os.path.join(run_dirs[0], 'loss.png') if len(run_dirs) == 1 else 'loss_comparison.png')
+    x_names = x_axes(x)
+    # a comparison goes beside the runs, not wherever the command ran (the repository, say)
+    path = output or os.path.join(run_dirs[0], 'loss.png' if len(run_dirs) == 1 else 'loss_comparison.png')
     if not path.lower().endswith('.png'):
         raise UserError(f"output must be a .png file, got '{path}'")
     if dpi <= 0:
         raise UserError(f"dpi must be positive, got {dpi}")
-    plot(runs, path, side_by_side=not overlay, show_minibatch=minibatch, log_y=logy, fig_title=title,
+    runs = [(run_name(d), load_run(d)) for d in run_dirs]
+    plot(runs, path, x_names, side_by_side=not overlay, show_minibatch=minibatch, log_y=logy, fig_title=title,
          resolution=dpi)
-    print(f"wrote {path} ({', '.join(f'{name}: {len(rows)} rows' for name, rows in runs)})")
+    print(f"wrote {os.path.abspath(path)} ({', '.join(f'{name}: {len(rows)} rows' for name, rows in runs)})")
 
 
 if __name__ == '__main__':

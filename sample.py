@@ -44,6 +44,7 @@ explicit = configurator.configure(globals())
 dtype, ctx = hardware.setup(device, dtype if 'dtype' in explicit else None)
 configurator.require_positive(globals(), 'num_samples', 'max_new_tokens')
 configurator.check_sampling(temperature, top_k, top_p)
+configurator.check_seed(seed)
 stop_strings = [stop] if isinstance(stop, str) else list(stop) if isinstance(stop, (list, tuple)) else []
 if stop is not None and not (stop_strings and all(isinstance(s, str) and s for s in stop_strings)):
     raise UserError(f"stop must be a non-empty string or a list of them, got {stop!r}; e.g. --stop=THE END "
@@ -55,7 +56,8 @@ torch.manual_seed(seed)
 
 # model and tokenizer
 model, ckpt = checkpoint.load_model(init_from, out_dir)
-tok = tokenizer.for_checkpoint(ckpt) if ckpt is not None else tokenizer.for_pretrained(init_from)
+tok = tokenizer.for_checkpoint(ckpt) if ckpt is not None else \
+    tokenizer.for_pretrained(init_from, model.config.vocab_size)
 del ckpt  # the weights now live in the model
 model.eval()
 model.to(device)

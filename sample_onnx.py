@@ -38,6 +38,8 @@ class OnnxGPT:
 
     def __init__(self, path):
         import onnxruntime as ort
+        if os.path.isdir(path):
+            raise UserError(f"{path} is a folder; pass the .onnx file that export_onnx.py wrote with --onnx_path")
         if not os.path.isfile(path):
             raise UserError(f"no ONNX model at {path}; export one first: "
                             "python export_onnx.py --out_dir=<your out_dir>")
@@ -65,11 +67,12 @@ def pick_token(logits, temperature, top_k, rng):
     """Greedy for top_k == 1; otherwise a draw from softmax(logits / temperature) over the top_k."""
     if top_k == 1:
         return int(np.argmax(logits))
-    logits = logits / temperature
+    with np.errstate(over='ignore'):  # the largest is 0 first, so a tiny temperature sends the rest to -inf: greedy
+        logits = (logits - logits.max()) / temperature
     if top_k is not None and top_k < logits.size:
         kth_largest = np.partition(logits, -top_k)[-top_k]
         logits = np.where(logits < kth_largest, -np.inf, logits)
-    probs = np.exp(logits - logits.max())
+    probs = np.exp(logits)
     return int(rng.choice(logits.size, p=probs / probs.sum()))
 
 
@@ -117,6 +120,7 @@ if __name__ == '__main__':
     configurator.configure(globals())
     configurator.require_positive(globals(), 'num_samples', 'max_new_tokens')
     configurator.check_sampling(temperature, top_k)
+    configurator.check_seed(seed)
     try:
         import onnxruntime  # noqa: F401
     except ImportError:

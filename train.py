@@ -17,30 +17,26 @@ $ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=123.456.123
 On a machine without a GPU, DDP runs over gloo:
 $ torchrun --standalone --nproc_per_node=2 train.py config/train_shakespeare_char.py --device=cpu
 """
+import functools
 import math
 import os
+import shlex
 import signal
 import sys
 import time
 
-STARTED_AT = time.time()  # the log's elapsed times count from here: the whole command, start-up included
+from helpers import quit_during_start_up  # free of torch: in place before the slow imports below
 
-
-def interrupted_during_start_up(signum, frame):
-    # no checkpoint exists before the training loop, which installs a handler that saves first; exit
-    # at once, as raising could land inside an import half done and print a traceback from there
-    print("interrupted during start-up: no checkpoint was written", file=sys.stderr, flush=True)
-    os._exit(130)
-
-
-signal.signal(signal.SIGINT, interrupted_during_start_up)
+STARTED_AT = time.time()  # the run's time counts from here: the whole command, start-up included
+# no checkpoint exists before the training loop, which installs a handler that saves first
+signal.signal(signal.SIGINT, quit_during_start_up)
+signal.signal(signal.SIGTERM, quit_during_start_up)
 
 import torch  # noqa: E402
-from torch.distributed import destroy_process_group, init_process_group  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
 import configurator  # noqa: E402
-from helpers import UserError, checkpoint, data, hardware, metrics, tokenizer  # noqa: E402
+from helpers import UserError, checkpoint, data, hardware, metrics, parallel, tokenizer  # noqa: E402
+from helpers import hellaswag as hellaswag_eval  # noqa: E402  (the setting below is named hellaswag)
 from model import GPT, GPTConfig  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -51,6 +47,8 @@ eval_interval = 2000
 log_interval = 1
 eval_iters = 200
 eval_only = False  # if True, script exits right after the first eval
+hellaswag = False  # also score HellaSwag (acc_norm) at each evaluation: GPT-2 BPE datasets only
+hellaswag_examples = 0  # score the first N of its 10,042 examples (0: all of them)
 always_save_checkpoint = True  # if True, always save ckpt.pt after each eval, not only when val improves
 init_from = 'scratch'  # 'scratch' or 'resume' or 'gpt2*'
 overwrite = False  # let a new run (scratch or gpt2*) replace the run already in out_dir
@@ -69,6 +67,7 @@ n_head = 12
 n_embd = 768
 dropout = 0.0  # 0 is good for pretraining, try 0.1+ for finetuning
 bias = False  # biases inside LayerNorm and Linear layers
+activation_checkpointing = False  # recompute each block in the backward pass: far less memory, ~1/3 more compute
 # AdamW optimizer
 learning_rate = 6e-4  # max learning rate
 max_iters = 600000  # total number of training iterations
@@ -94,93 +93,79 @@ data_on_device = True  # on a GPU, keep a dataset that fits easily in its memory
 # -----------------------------------------------------------------------------
 config_keys = sorted(configurator.settable_keys(globals()))
 explicit = configurator.configure(globals())  # {key: where it was set}
-ddp = int(os.environ.get('RANK', -1)) != -1  # started by torchrun: one process per GPU (or CPU slot)
+# settings of the machine and of this command; resuming takes every other one from the run itself
+COMMAND_SETTINGS = ('init_from', 'out_dir', 'overwrite', 'eval_only', 'device', 'compile', 'compile_mode', 'backend',
+                    'fsdp', 'data_on_device')
+resume_state = None
+if init_from == 'resume':
+    # memory-mapped: the tensors stay in the file's pages, which all processes of the run share
+    resume_state = checkpoint.load(out_dir, checkpoint.resume_name(out_dir), map_location='cpu', mmap=True)
+    run_config = {k: v for k, v in (resume_state.get('config') or {}).items()
+                  if k in config_keys and k not in COMMAND_SETTINGS and v is not None and v != globals()[k]}
+    print("resuming with the run's settings" + ''.join(
+        f"; {k}={globals()[k]!r} from {explicit[k]} (the run had {v!r})" for k, v in run_config.items() if k in explicit))
+    for k, v in run_config.items():
+        if k not in explicit:
+            globals()[k], explicit[k] = v, 'the checkpoint'
 
 # -----------------------------------------------------------------------------
 # check the settings before anything is started or written
 configurator.require_positive(globals(), 'batch_size', 'block_size', 'gradient_accumulation_steps', 'max_iters',
                              'eval_iters', 'eval_interval', 'log_interval', 'n_layer', 'n_head', 'n_embd')
 for name in ('learning_rate', 'min_lr', 'warmup_iters', 'lr_decay_iters', 'weight_decay', 'grad_clip'):
-    if globals()[name] < 0:
-        raise UserError(f"{name} must not be negative, got {globals()[name]}")
-for name, value in (('dropout', dropout), ('beta1', beta1), ('beta2', beta2)):
-    if not 0.0 <= value < 1.0:
-        raise UserError(f"{name} must be in [0, 1), got {value}")
+    if not 0 <= globals()[name] < math.inf:
+        raise UserError(f"{name} must be a finite number of at least 0, got {globals()[name]}")
+for name in ('dropout', 'beta1', 'beta2'):
+    if not 0.0 <= globals()[name] < 1.0:
+        raise UserError(f"{name} must be in [0, 1), got {globals()[name]}")
 if n_embd % n_head != 0:
     raise UserError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}); "
                     f"e.g. --n_embd={n_head * max(1, round(n_embd / n_head))}")
 if init_from not in ('scratch', 'resume') and not init_from.startswith('gpt2') and not os.path.isdir(init_from):
     raise UserError(f"unknown init_from '{init_from}'; use scratch, resume, one of gpt2, gpt2-medium, gpt2-large, "
                     "gpt2-xl, or a directory holding a transformers GPT-2 checkpoint")
+configurator.check_seed(seed)
+
+# the device, and the processes: one, or one per GPU (or CPU slot) under torchrun
 dtype, ctx = hardware.setup(device, dtype if 'dtype' in explicit else None)
 device_type = torch.device(device).type
-# settings that follow the device unless the user chose them
 if 'compile' not in explicit:
     compile = device_type == 'cuda'  # pays off on GPUs; on CPUs its start-up rarely does
 if 'backend' not in explicit:
     backend = 'nccl' if device_type == 'cuda' else 'gloo'
-if fsdp and not ddp:
-    raise UserError("fsdp=True shards the model across processes started by torchrun; run "
-                    "torchrun --standalone --nproc_per_node=N train.py ... --fsdp=True, or drop --fsdp")
-if compile_mode not in ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'):
-    raise UserError(f"unknown compile_mode '{compile_mode}'; use default, reduce-overhead, max-autotune "
-                    "or max-autotune-no-cudagraphs")
-if device_type == 'mps' and ddp:
-    raise UserError("torchrun with device 'mps' is not supported by PyTorch's DDP; use --device=cpu, or one process")
-if fsdp and dtype == 'float16':
-    raise UserError("fsdp=True does not support float16's gradient scaler; use --dtype=float32"
-                    + (" or bfloat16" if device_type != 'cuda' or hardware.gpu_has_bfloat16() else ""))
-micro_steps = gradient_accumulation_steps // int(os.environ.get('WORLD_SIZE', 1))  # per process
-if compile and compile_mode in ('reduce-overhead', 'max-autotune') and micro_steps > 1:
-    # a CUDA graph's next replay reuses the memory that holds the gradients accumulated so far (pytorch#169545)
-    raise UserError(f"compile_mode='{compile_mode}' runs CUDA graphs, which corrupt gradients accumulated over "
-                    f"{micro_steps} micro-steps per process; use --compile_mode=max-autotune-no-cudagraphs or default, "
-                    "or one micro-step per process (--gradient_accumulation_steps=<number of processes>)")
-
+parallel.check(device_type, dtype, backend, fsdp, compile, compile_mode, gradient_accumulation_steps)
 config = {k: globals()[k] for k in config_keys}  # what the run really uses, stored in checkpoints
-
-# -----------------------------------------------------------------------------
-# processes: one, or one per GPU/CPU slot under torchrun
+ddp = 'RANK' in os.environ  # started by torchrun
+rank, local_rank, world_size = parallel.world()
+master_process = rank == 0  # logs and writes checkpoints
 if ddp:
-    ddp_rank = int(os.environ['RANK'])
-    ddp_local_rank = int(os.environ['LOCAL_RANK'])
-    ddp_world_size = int(os.environ['WORLD_SIZE'])
-    if gradient_accumulation_steps % ddp_world_size != 0:
-        raise UserError(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the number "
-                        f"of processes ({ddp_world_size}); e.g. --gradient_accumulation_steps="
-                        f"{max(1, gradient_accumulation_steps // ddp_world_size) * ddp_world_size}")
-    init_process_group(backend=backend)
-    if device_type == 'cuda':
-        device = f'cuda:{ddp_local_rank}'
-        torch.cuda.set_device(device)
-    master_process = ddp_rank == 0  # logs and writes checkpoints
-    seed_offset = ddp_rank  # each process draws different batches
-    gradient_accumulation_steps //= ddp_world_size
-else:
-    master_process = True
-    seed_offset = 0
-    ddp_rank, ddp_world_size = 0, 1
-
+    device = parallel.start(backend, device)
+gradient_accumulation_steps //= world_size  # per process
 torch.manual_seed(seed)  # the same initial weights in every process (FSDP shards them as they are)
 
 # -----------------------------------------------------------------------------
-# data: token files, memory-mapped (or held in GPU memory when small), sampled at random offsets
+# data: token files, memory-mapped (or held in device memory when small), sampled at random offsets
 meta = data.read_meta(dataset)
 token_dtype = data.token_dtype(meta)
-bin_paths = {split: data.bin_path(dataset, split) for split in ('train', 'val')}
-meta_vocab_size = meta['vocab_size'] if meta else None
-if meta_vocab_size is not None:
-    print(f"found vocab_size = {meta_vocab_size} (inside data/{dataset}/meta.pkl)")
-vocabulary = tokenizer.tokenizer_entry(meta)  # stored in checkpoints: what the token ids mean
-
-
+if meta is not None:
+    print(f"found vocab_size = {meta['vocab_size']} (inside data/{dataset}/meta.pkl)")
+# opened once: a dataset prepared again during the run replaces these files, and the run goes on
+# reading the ones it started with, which its checkpoints' vocabulary describes
+token_files = {split: open(data.bin_path(dataset, split), 'rb') for split in ('train', 'val')}
 resident_data = {}  # split -> tokens in device memory, for datasets small enough (see data_on_device)
+if hellaswag:
+    hellaswag_eval.require_bpe(meta is None, f"data/{dataset}")
+    for turn in ('download', 'read'):  # one process per machine downloads the file, once
+        if (local_rank == 0) == (turn == 'download'):
+            hellaswag_set = hellaswag_eval.load(limit=hellaswag_examples or None)
+        if ddp:
+            torch.distributed.barrier()
 
 
 def get_batch(split, generator):
     if split in resident_data:
         return data.get_resident_batch(resident_data[split], batch_size, block_size, generator)
-    return data.get_batch(bin_paths[split], token_dtype, batch_size, block_size, device, generator)
+    return data.get_batch(token_files[split], token_dtype, batch_size, block_size, device, generator)
 
 
 # Batches are drawn from generators seeded by (seed, rank, iteration), so a resumed run
@@ -190,27 +175,21 @@ train_generator = torch.Generator()
 
 
 def seed_train_batches(iteration):
-    train_generator.manual_seed(((seed * 1_000_003 + seed_offset) * 1_000_003 + iteration) % (2 ** 63))
+    train_generator.manual_seed(((seed * 1_000_003 + rank) * 1_000_003 + iteration) % (2 ** 63))
+
 
 # -----------------------------------------------------------------------------
 # model
-iter_num = 0
-best_val_loss = 1e9
-model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
-                  vocab_size=None, dropout=dropout)
-resume_state = None
+iter_num, best_val_loss, earlier_seconds = 0, 1e9, 0.0  # earlier: the run's time before this command
+model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias, dropout=dropout)
 if init_from == 'scratch':
     print("Initializing a new model from scratch")
-    if meta_vocab_size is None:
+    if meta is None:
         print("defaulting to vocab_size of GPT-2 to 50304 (50257 rounded up for efficiency)")
-    model_args['vocab_size'] = meta_vocab_size if meta_vocab_size is not None else 50304
-    model = GPT(GPTConfig(**model_args))
+    model = GPT(GPTConfig(**model_args, vocab_size=meta['vocab_size'] if meta else 50304))
 elif init_from == 'resume':
-    resume_name = checkpoint.resume_name(out_dir)
-    print(f"Resuming training from {os.path.join(out_dir, resume_name)}")
-    # on the CPU (the RNG states must stay there), and memory-mapped under torchrun, so that every rank
-    # reads the same pages instead of holding a copy of its own
-    resume_state = checkpoint.load(out_dir, resume_name, map_location='cpu', mmap=ddp)
+    print(f"Resuming training from {os.path.join(out_dir, checkpoint.resume_name(out_dir))} after iteration "
+          f"{resume_state['iter_num'] - 1}")
     ckpt_args = resume_state['model_args']
     conflicts = [f"{k}={globals()[k]!r} (set by {explicit[k]}; the checkpoint has {ckpt_args[k]!r})"
                  for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')
@@ -218,28 +197,15 @@ elif init_from == 'resume':
     if conflicts:
         raise UserError(f"the checkpoint in {out_dir} has another architecture than asked: {', '.join(conflicts)}; "
                         "resume without those settings (the checkpoint brings its own), or train into a new --out_dir")
-    tokenizer.check_dataset(resume_state.get('tokenizer'), meta, dataset)
-    if meta_vocab_size is not None and meta_vocab_size != ckpt_args['vocab_size']:
-        raise UserError(f"data/{dataset}/meta.pkl has vocab_size {meta_vocab_size} but the checkpoint was trained with "
-                        f"{ckpt_args['vocab_size']}; resume on the dataset it was trained on")
-    if resume_state['iter_num'] > max_iters and not eval_only:
-        print(f"the run in {out_dir} is complete: it ended after iteration {resume_state['iter_num'] - 1} and "
-              f"max_iters is {max_iters}; nothing was changed (to train on, resume with a larger --max_iters)")
-        if ddp:
-            destroy_process_group()
-        sys.exit(0)
     model = checkpoint.model_from_checkpoint(resume_state, dropout=dropout)
     # the architecture is the checkpoint's, whatever the defaults say
     n_layer, n_head, n_embd, block_size, bias = (ckpt_args[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size',
                                                                         'bias'))
     config.update(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias)
-    iter_num = resume_state['iter_num']
-    best_val_loss = float(resume_state['best_val_loss'])
+    iter_num, best_val_loss = resume_state['iter_num'], float(resume_state['best_val_loss'])
+    earlier_seconds = float(resume_state.get('elapsed_seconds', 0.0))
 else:  # gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a transformers GPT-2 directory
     print(f"Initializing from OpenAI GPT-2 weights: {init_from}")
-    if meta_vocab_size is not None:
-        raise UserError(f"data/{dataset} is a character-level dataset ({meta_vocab_size} symbols) and cannot be used "
-                        f"with GPT-2's BPE weights; finetune on a GPT-2 BPE dataset such as shakespeare")
     try:
         model = GPT.from_pretrained(init_from, dict(dropout=dropout))
     except ValueError as e:
@@ -248,77 +214,93 @@ else:  # gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a transformers GPT-2 directo
         raise UserError(f"block_size {block_size} is larger than {init_from}'s {model.config.block_size}")
     if block_size < model.config.block_size:
         model.crop_block_size(block_size)
-for split in bin_paths:
-    data.check_split(dataset, split, token_dtype, block_size, meta_vocab_size)
+data.check_fits(dataset, meta, model.config.vocab_size, block_size, resume_state and resume_state.get('tokenizer'))
+if init_from == 'resume' and iter_num > max_iters and not eval_only:
+    print(f"the run in {out_dir} is complete: it ended after iteration {iter_num - 1} and max_iters is {max_iters}; "
+          "nothing was changed (to train on, resume with a larger --max_iters)")
+    parallel.leave(0) if ddp else sys.exit(0)
+vocabulary = tokenizer.tokenizer_entry(meta)  # stored in checkpoints: what the token ids mean
 if master_process and not eval_only:  # the first write: out_dir, and its lock held until this process ends
     out_dir_lock = checkpoint.claim_out_dir(out_dir, resuming=init_from == 'resume', overwrite=overwrite)
+    note = checkpoint.replaced_run_note(out_dir)  # where --overwrite=True moved the run that was there
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, functools.partial(quit_during_start_up, note=note))
+
+net = model  # the plain module (sharded in place under FSDP): its state_dict is what checkpoints hold
+net.activation_checkpointing = activation_checkpointing
 if not fsdp:  # fully_shard moves each block to the GPU itself, one block at a time
-    model.to(device)
-torch.manual_seed(seed + seed_offset)  # but different dropout masks
-if data_on_device and device_type == 'cuda' and data.fits_on_device(bin_paths.values(), device):
+    net.to(device)
+if ddp:
+    model = parallel.wrap(net, fsdp, device)
+torch.manual_seed(seed + rank)  # but different dropout masks
+if data_on_device and (device_type == 'cuda' or 'data_on_device' in explicit) and \
+        data.fits_on_device([f.name for f in token_files.values()], token_dtype, device):
     # small models are bound by per-step overhead: gathering batches on the GPU removes the host work
-    resident_data = {split: data.load_to_device(path, token_dtype, device) for split, path in bin_paths.items()}
+    resident_data = {split: data.load_to_device(f.name, token_dtype, device) for split, f in token_files.items()}
     print(f"keeping the dataset in {device} memory ({sum(t.numel() for t in resident_data.values()):,} tokens)")
-tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
-peak_flops = hardware.peak_flops(device)  # for MFU; None where unknown (CPUs)
+tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_size
+peak_flops = hardware.peak_flops(device, dtype)  # for MFU; None where unknown (CPUs)
 if master_process:
     print("effective configuration: " + ", ".join(f"{k}={config[k]!r}" for k in config_keys))
     print(f"tokens per iteration will be: {tokens_per_iter:,}")
 
-if fsdp:
-    # each block is one unit of sharding: its parameters are gathered just before it runs, in
-    # bf16 when training in bf16 (half the traffic), and the gradients are reduced in float32
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    precision = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-        if dtype == 'bfloat16' else MixedPrecisionPolicy()
-    for block in model.transformer.h:
-        fully_shard(block, mp_policy=precision)
-    fully_shard(model, mp_policy=precision)
-
 # a GradScaler only does something for float16, whose gradients can underflow
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+optimizer = net.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 if resume_state is not None:
-    if fsdp:
-        checkpoint.load_sharded_optimizer_state(model, optimizer, resume_state['optimizer'])
-    else:
-        optimizer.load_state_dict(resume_state['optimizer'])
+    parallel.load_optimizer_state(net, optimizer, resume_state['optimizer'], fsdp)
     if resume_state.get('scaler') and scaler.is_enabled():  # a run without float16 saves an empty scaler
         scaler.load_state_dict(resume_state['scaler'])
-    if 'rng_states' in resume_state and master_process:
-        checkpoint.restore_rng_states(resume_state['rng_states'])
+    # each rank's own generators, when the run had as many processes (else rank 0's alone)
+    rng_states = resume_state.get('rng_states_by_rank') or [resume_state.get('rng_states')]
+    if rank < len(rng_states) and rng_states[rank] and (len(rng_states) == world_size or rank == 0):
+        checkpoint.restore_rng_states(rng_states[rank], device)
 resume_state = None  # free the memory it holds
-
-net = model  # the plain module: its state_dict is what checkpoints hold
-if compile:
-    print(f"compiling the model (mode {compile_mode})... (takes a ~minute)")
-    torch._dynamo.config.suppress_errors = True  # a graph the compiler cannot handle runs eagerly instead of failing
-    model = torch.compile(model, mode=compile_mode)
-if ddp and not fsdp:
-    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
-eval_model = model.module if ddp and not fsdp else model  # evaluation needs no gradient sync
 
 
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss per split over eval_iters fixed batches (the same ones at every evaluation). Under
-    DDP each rank scores its share of the batches; under FSDP every rank runs every batch, as the
-    shards must meet in each forward. Either way every rank gets the numbers of one process."""
-    out = {}
-    eval_model.eval()
+    """Mean loss per split over eval_iters fixed batches (the same ones at every evaluation), or
+    None when a stop was asked for meanwhile. Each rank scores every world_size-th batch (under
+    FSDP all ranks run the same number of forwards, as the shards meet in each) and every rank
+    gets the numbers of one process. Slow evaluations say how far they are."""
+    out, said = {}, time.time()
+    net.eval()
     for split in ('train', 'val'):
         generator = torch.Generator().manual_seed(data.eval_batch_seed(seed, split))
         losses = torch.zeros(eval_iters, device=device)
-        for k in range(eval_iters):
-            X, Y = get_batch(split, generator)  # drawn by every rank, so that the batches are the same set
-            if fsdp or k % ddp_world_size == ddp_rank:
+        for k in range(-(-eval_iters // world_size) * world_size):
+            if k < eval_iters:  # drawn by every rank, so that the batches are the same set
+                X, Y = get_batch(split, generator)
+            if k % world_size == rank:
                 with ctx:
-                    losses[k] = eval_model(X, Y)[1]
-        if ddp and not fsdp:  # each batch's loss was computed by one rank, the others hold 0 there
+                    loss = net(X, Y)[1]
+                if k < eval_iters:
+                    losses[k] = loss
+            if k % world_size == world_size - 1 and parallel.any_rank(stop_signal is not None, device):
+                net.train()
+                return None
+            if master_process and time.time() - said > 10:
+                print(f"evaluating {split}: {min(k + 1, eval_iters)}/{eval_iters} batches", flush=True)
+                said = time.time()
+        if ddp:  # each batch's loss was computed by one rank, the others hold 0 there
             torch.distributed.all_reduce(losses)
         out[split] = losses.mean().item()
-    eval_model.train()
+    net.train()
     return out
+
+
+def estimate_hellaswag():
+    """HellaSwag's acc_norm, each rank scoring every world_size-th example (under FSDP the ranks with
+    one example less run one more forward, as the shards meet in each)."""
+    counts = hellaswag_eval.score(net, hellaswag_set, device, ctx, rank, world_size)
+    if fsdp and counts[2] < -(-len(hellaswag_set) // world_size):
+        hellaswag_eval.score(net, hellaswag_set[:1], device, ctx)
+    if ddp:
+        counts = torch.tensor(counts, device=device)
+        torch.distributed.all_reduce(counts)
+        counts = counts.tolist()
+    return counts[1] / counts[2]
 
 
 def get_lr(it):
@@ -332,34 +314,48 @@ def get_lr(it):
     return min_lr + coeff * (learning_rate - min_lr)
 
 
-def save_checkpoint(name):
-    """Write a full checkpoint from rank 0. Under FSDP every rank must call it: gathering the shards
-    is collective, and the file has the same full-state format as without FSDP."""
-    if fsdp:
-        model_state, optimizer_state = checkpoint.gather_sharded_state(net, optimizer)
-    else:
-        model_state, optimizer_state = net.state_dict(), optimizer.state_dict()
-    if not master_process:
+def stop_together(problem):
+    """Stop every process at once, with one error line, when any of them has a problem (a message;
+    None when all is well). A process that stopped alone would leave the others waiting in their
+    next collective until torchrun kills them."""
+    if not ddp and problem:
+        raise UserError(problem)
+    if not ddp or not parallel.any_rank(problem is not None, device):
         return
-    if not all(torch.isfinite(v).all() for v in model_state.values() if v.is_floating_point()):
-        raise UserError(f"the weights hold NaN or infinite values at iter {iter_num}; nothing was saved over the "
-                        f"checkpoints in {out_dir}. Lower --learning_rate, or use --dtype=bfloat16 or float32")
-    state = {
-        'model': model_state,
-        'optimizer': optimizer_state,
-        **checkpoint.architecture_entries(net.config),
-        'tokenizer': vocabulary,
-        'iter_num': iter_num,
-        'best_val_loss': best_val_loss,
-        'config': config,
-        'scaler': scaler.state_dict(),
-        'rng_states': checkpoint.capture_rng_states(),
-    }
-    print(f"saving checkpoint to {checkpoint.save(state, out_dir, name)}")
+    message = next(p for p in parallel.all_objects(problem) if p)
+    if master_process:
+        print(f"error: {message}", file=sys.stderr)
+    parallel.leave(1)
 
 
-# Ctrl+C or SIGTERM: finish the current iteration (under torchrun: up to the next log step), save, and exit
-# cleanly. A second Ctrl+C quits at once.
+def save_checkpoint(name):
+    """Write a full checkpoint from rank 0 (ckpt.pt is nanoGPT's best one, and latest.pt then too);
+    every rank calls it (under FSDP, gathering the shards is collective) and learns whether it worked."""
+    model_state, optimizer_state = parallel.full_state(net, optimizer, fsdp)
+    rng_states = parallel.all_objects(checkpoint.capture_rng_states(device))
+    problem = None
+    if master_process and not all(torch.isfinite(v).all() for v in model_state.values() if v.is_floating_point()):
+        problem = (f"the weights hold NaN or infinite values after iteration {iter_num - 1}; nothing was saved over the "
+                   f"checkpoints in {out_dir}. Lower --learning_rate, or use --dtype=bfloat16 or float32")
+    elif master_process:
+        state = {'model': model_state, 'optimizer': optimizer_state, **checkpoint.architecture_entries(net.config),
+                 'tokenizer': vocabulary, 'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
+                 'scaler': scaler.state_dict(), 'rng_states': rng_states[0],
+                 'elapsed_seconds': run_seconds()}
+        if ddp:
+            state['rng_states_by_rank'] = rng_states
+        try:
+            print(f"saving checkpoint to {checkpoint.save(state, out_dir, name)}")
+            if name == checkpoint.CKPT_NAME:  # the newest state too, for resume
+                checkpoint.mirror(out_dir, checkpoint.CKPT_NAME, checkpoint.LATEST_NAME)
+            checkpoint.discard_replaced(out_dir)  # the run --overwrite=True moved aside, now replaced
+        except UserError as e:  # a full disk: the checkpoints that were there are whole
+            problem = str(e)
+    stop_together(problem)
+
+
+# Ctrl+C or SIGTERM: finish the current iteration (under torchrun: up to the next log step) or
+# leave the evaluation, save, and exit cleanly. A second Ctrl+C quits at once.
 stop_signal = None
 
 
@@ -374,18 +370,20 @@ def request_stop(signum, frame):
               "(press Ctrl+C again to quit without saving)", flush=True)
 
 
-signal.signal(signal.SIGINT, request_stop)
-signal.signal(signal.SIGTERM, request_stop)
-
-
-def all_ranks_agree_to_stop():
-    """Whether any rank was asked to stop. Under torchrun a collective over the training backend,
-    called only at log steps, where the loop waits for the device anyway."""
+def resume_command():
+    """This very command with --init_from=resume, to paste."""
+    args = shlex.join([a for a in sys.argv if not a.startswith(('--init_from=', '--overwrite='))])
     if not ddp:
-        return stop_signal is not None
-    flag = torch.tensor([stop_signal is not None], dtype=torch.int32, device=device if backend == 'nccl' else 'cpu')
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return bool(flag.item())
+        return f"python {args} --init_from=resume"
+    if int(os.environ.get('LOCAL_WORLD_SIZE', world_size)) == world_size:
+        return f"torchrun --standalone --nproc_per_node={world_size} {args} --init_from=resume"
+    return f"the same torchrun command on every node, ending {args} --init_from=resume"
+
+
+def run_seconds():
+    """The run's time so far: this command's and, resumed, that of the commands before it up to the
+    checkpoint they left ('elapsed' in the log, 'seconds' in metrics.csv)."""
+    return earlier_seconds + time.time() - STARTED_AT
 
 
 def duration(seconds):
@@ -402,20 +400,49 @@ def progress(it):
     return f"{100 * (it + 1) / (max_iters + 1):.0f}% done, {duration(seconds_left)} left"
 
 
+def forward_seconds():
+    """One forward pass of a micro-batch, timed before the first evaluation (and before compiling)
+    so that the log says up front what the run will cost; the second of two, the first warms up."""
+    net.eval()
+    X, Y = get_batch('train', torch.Generator().manual_seed(seed))
+    with torch.no_grad(), ctx:
+        for _ in range(2):
+            hardware.sync(device)
+            start = time.time()
+            net(X, Y)
+            hardware.sync(device)
+    net.train()
+    return time.time() - start
+
+
+# what the run will cost, before its first evaluation: a backward pass costs about two forwards
+iter_seconds = 3 * forward_seconds() * gradient_accumulation_steps
+eval_seconds = iter_seconds / 3 / gradient_accumulation_steps * 2 * -(-eval_iters // world_size)
+if master_process:
+    left = progress(iter_num - 1).split(', ')[1] if not eval_only else duration(eval_seconds) + ' left'
+    print(f"estimate on {device}: {iter_seconds:.2f}s per iteration, {duration(eval_seconds)} per evaluation, "
+          f"{left} (from one forward pass; the log lines refine it)")
+    if device_type == 'cpu' and iter_seconds * (max_iters - iter_num) > 3600 and not eval_only:
+        print("this run is long for a CPU: for a first run, python train.py config/train_shakespeare_char_cpu.py "
+              "trains in about a minute (README: 'Your own text on a laptop')")
+if compile:
+    print(f"compiling the model (mode {compile_mode})... (takes a ~minute)")
+    net.compile(mode=compile_mode)  # in place: the state_dict keeps its names
 if wandb_log and master_process:
     import wandb
     wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 
 # -----------------------------------------------------------------------------
 # training loop
+signal.signal(signal.SIGINT, request_stop)
+signal.signal(signal.SIGTERM, request_stop)
 logging_metrics = master_process and not eval_only  # an evaluation alone leaves a run's log as it is
 if logging_metrics:
     metrics_log = metrics.MetricsLog(out_dir, start_iter=iter_num)  # out_dir/metrics.csv, for plot.py
 seed_train_batches(iter_num)
 X, Y = get_batch('train', train_generator)  # first batch
 timer, timed_iters = time.time(), 0  # iterations since the last log line or evaluation
-local_iter_num, log_lines = 0, 0  # iterations run and log lines printed by this process
-iter_seconds, eval_seconds, running_mfu = 0.0, 0.0, -1.0
+local_iter_num, log_lines, running_mfu, stopping = 0, 0, -1.0, False
 while True:
 
     lr = get_lr(iter_num) if decay_lr else learning_rate
@@ -425,27 +452,27 @@ while True:
     if iter_num % eval_interval == 0 or eval_only:
         eval_start = time.time()
         losses = estimate_loss()
+        if losses is None:  # a stop was asked for: the last finished iteration is saved below
+            stopping = True
+            break
+        acc_norm = estimate_hellaswag() if hellaswag else None
         if master_process:
-            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
-                  f"(evaluation {time.time() - eval_start:.1f}s, elapsed {duration(time.time() - STARTED_AT)})")
+            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                  + (f", hellaswag acc_norm {acc_norm:.4f}" if hellaswag else '')
+                  + f" (evaluation {time.time() - eval_start:.1f}s, elapsed {duration(run_seconds())})")
         if logging_metrics:
-            metrics_log.write(iter=iter_num, tokens=iter_num * tokens_per_iter, lr=lr,
-                              train_loss=losses['train'], val_loss=losses['val'])
-        if not math.isfinite(losses['val']):
-            raise UserError(f"val loss is {losses['val']} at iter {iter_num}; nothing was saved over the checkpoints "
-                            f"in {out_dir}. Lower --learning_rate, or use --dtype=bfloat16 or float32")
+            metrics_log.write(iter=iter_num, tokens=iter_num * tokens_per_iter, seconds=run_seconds(), lr=lr,
+                              train_loss=losses['train'], val_loss=losses['val'], hellaswag_acc_norm=acc_norm)
+        stop_together(None if math.isfinite(losses['val']) else f"val loss is {losses['val']} at iter {iter_num}; "
+                      f"nothing was saved over the checkpoints in {out_dir}. Lower --learning_rate, or use "
+                      "--dtype=bfloat16 or float32")
         if wandb_log and master_process:
             wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'], "lr": lr,
-                       "mfu": running_mfu * 100})
+                       "mfu": running_mfu * 100, **({"hellaswag/acc_norm": acc_norm} if hellaswag else {})})
         improved = losses['val'] < best_val_loss
         best_val_loss = min(best_val_loss, losses['val'])
         if iter_num > 0 and not eval_only:
-            if improved or always_save_checkpoint:
-                save_checkpoint(checkpoint.CKPT_NAME)
-                if master_process:
-                    checkpoint.mirror(out_dir, checkpoint.CKPT_NAME, checkpoint.LATEST_NAME)
-            else:
-                save_checkpoint(checkpoint.LATEST_NAME)
+            save_checkpoint(checkpoint.CKPT_NAME if improved or always_save_checkpoint else checkpoint.LATEST_NAME)
         eval_seconds = time.time() - eval_start  # with the saves, for the time left
         timer, timed_iters = time.time(), 0  # iteration times leave evaluations and saves out
     if eval_only:
@@ -453,14 +480,10 @@ while True:
 
     # forward and backward over gradient_accumulation_steps micro-batches
     for micro_step in range(gradient_accumulation_steps):
-        if fsdp:
-            # reduce-scatter gradients only once, after the last micro-step
-            net.set_requires_gradient_sync(micro_step == gradient_accumulation_steps - 1)
-        elif ddp:
-            # average gradients across processes only once, after the last micro-step
-            model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
+        if ddp:  # gradients are averaged across processes only once, after the last micro-step
+            parallel.sync_gradients(model, micro_step == gradient_accumulation_steps - 1)
         with ctx:
-            logits, loss = model(X, Y)
+            loss = model(X, Y)[1]  # the logits are not kept: at GPT-2's size they hold over a GB
             loss = loss / gradient_accumulation_steps  # the gradients add up over micro-steps
         if micro_step == gradient_accumulation_steps - 1:
             seed_train_batches(iter_num + 1)
@@ -483,9 +506,8 @@ while True:
         # second one starts the average afresh
         log_lines += 1
         iter_seconds = dt if log_lines <= 2 else 0.9 * iter_seconds + 0.1 * dt
-        if not math.isfinite(lossf):  # checked on every rank, so that all of them stop together
-            raise UserError(f"loss is {lossf} at iter {iter_num}; nothing was saved over the checkpoints in {out_dir}. "
-                            "Lower --learning_rate, or use --dtype=bfloat16 or float32")
+        stop_together(None if math.isfinite(lossf) else f"loss is {lossf} at iteration {iter_num}; nothing was saved "
+                      f"over the checkpoints in {out_dir}. Lower --learning_rate, or use --dtype=bfloat16 or float32")
     if log_step and master_process:
         mfu = net.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak_flops) if local_iter_num >= 5 \
             else None  # the first iterations warm up
@@ -493,27 +515,27 @@ while True:
             running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
         speed = f"mfu {running_mfu * 100:.2f}%" if running_mfu != -1.0 else f"{tokens_per_iter / dt:,.0f} tokens/s"
         print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, {speed}, {progress(iter_num)}")
-        metrics_log.write(iter=iter_num, tokens=(iter_num + 1) * tokens_per_iter, lr=lr, train_loss=lossf,
-                          ms_per_iter=dt * 1000, mfu=running_mfu if running_mfu != -1.0 else None)
+        metrics_log.write(iter=iter_num, tokens=(iter_num + 1) * tokens_per_iter, seconds=run_seconds(), lr=lr,
+                          train_loss=lossf, ms_per_iter=dt * 1000, mfu=running_mfu if running_mfu != -1.0 else None)
     iter_num += 1
     local_iter_num += 1
-
-    stopping = all_ranks_agree_to_stop() if log_step or not ddp else False
+    # under torchrun the processes agree at log steps only, where the loop waits for the device anyway
+    stopping = parallel.any_rank(stop_signal is not None, device) if log_step or not ddp else False
     if stopping or iter_num > max_iters:
-        save_checkpoint(checkpoint.LATEST_NAME)
-        if master_process:
-            if stopping:
-                print(f"stopped by {stop_signal or 'another process'} at iter {iter_num}; to continue, run the same "
-                      "command with --init_from=resume")
-            print(f"finished iteration {iter_num - 1} after {duration(time.time() - STARTED_AT)}")
         break
 
+if not eval_only:
+    save_checkpoint(checkpoint.LATEST_NAME)
+    if master_process and stopping:
+        print(f"stopped by {stop_signal or 'another process'} after iteration {iter_num - 1}; to continue:\n"
+              f"{resume_command()}")
+    elif master_process:
+        print(f"finished iteration {iter_num - 1} after {duration(run_seconds())}")
 if logging_metrics:
     metrics_log.close()
 if master_process and not eval_only:
     out_dir_lock.close()
+if wandb_log and master_process:
+    wandb.finish()
 if ddp:
-    # wait for rank 0's final save, so that every rank tears the process group down together:
-    # a rank that exits while its peers are still busy has been seen to abort inside gloo
-    torch.distributed.barrier()
-    destroy_process_group()
+    parallel.leave(0)

@@ -24,6 +24,9 @@ import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from helpers import data  # noqa: E402
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_RECIPE = ('config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=20 --log_interval=1 '
               '--block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 '
@@ -69,7 +72,7 @@ def main():
     parser.add_argument('--only', choices=['training', 'laptop', 'sampling'], help='one group of rows')
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
-    if not os.path.exists(os.path.join(REPO_ROOT, 'data', 'shakespeare_char', 'train.bin')):
+    if not os.path.exists(os.path.join(data.data_dir('shakespeare_char'), 'train.bin')):
         run('data/shakespeare_char/prepare.py')
     print(f"machine: {machine()}; date: {datetime.date.today()}; load average before: "
           f"{os.getloadavg()[0]:.2f}\n")

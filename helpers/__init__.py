@@ -6,13 +6,26 @@
     prepare.py     writing a prepared dataset: the streaming text -> uint16 code behind data/*/prepare.py
     tokenizer.py   text <-> token ids: a character vocabulary or GPT-2's BPE
     metrics.py     out_dir/metrics.csv, the training log that plot.py draws
+    parallel.py    several processes under torchrun: DDP or FSDP, and the collectives train.py needs
+    hellaswag.py   the HellaSwag benchmark: its examples, scored as GPT-2's published figures are
 
 and UserError, below: the one exception for mistakes a user can fix.
 """
 import os
+import signal
 import sys
 
-DATA_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data')  # data/<name>/
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS_ROOT = os.path.join(REPO_ROOT, 'data')   # data/<name>/prepare.py, always in the repository
+# the datasets, data/<name>/{train.bin, val.bin, meta.pkl}: beside their scripts unless NANOGPT_DATA_DIR moves
+# them (a larger disk; the tests' temporary folder, so that they never touch yours)
+DATA_ROOT = os.path.abspath(os.path.expanduser(os.environ.get('NANOGPT_DATA_DIR') or SCRIPTS_ROOT))
+
+
+def shown(path):
+    """A path as messages write it: from the repository root when inside it (data/shakespeare_char), else whole."""
+    path = os.path.abspath(path)
+    return os.path.relpath(path, REPO_ROOT) if path.startswith(REPO_ROOT + os.sep) else path
 
 
 class UserError(SystemExit):
@@ -28,12 +41,28 @@ class UserError(SystemExit):
         return self.message
 
 
-def _interrupted_in_one_line(kind, value, traceback):
-    """Ctrl+C in any script: one line, not a traceback (train.py saves first, see its handler)."""
+def _in_one_line(kind, value, traceback):
+    """Ctrl+C in any script, and torch.compile failing (no C compiler, an unsupported operation),
+    in one line, not a traceback (train.py saves first on Ctrl+C, see its handler); a closed pipe
+    on stdout in none."""
     if issubclass(kind, KeyboardInterrupt):
         print("interrupted (Ctrl+C)", file=sys.stderr)
+    elif issubclass(kind, BrokenPipeError):  # the reader has gone (python sample.py | head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+    elif kind.__module__.startswith(('torch._dynamo', 'torch._inductor')):
+        reason = next((line for line in str(value).splitlines() if line.strip()), '')
+        print(f"error: torch.compile failed ({kind.__name__}: {reason[:300]}); run with --compile=False",
+              file=sys.stderr)
     else:
         sys.__excepthook__(kind, value, traceback)
 
 
-sys.excepthook = _interrupted_in_one_line
+def quit_during_start_up(signum, frame, note=''):
+    """Ctrl+C or SIGTERM before a script has anything to save: one line (and the note, if any), and
+    exit at once, as raising could land inside an import half done and print a traceback from there."""
+    print(f"{signal.Signals(signum).name} during start-up: no checkpoint was written" + (f"; {note}" if note else ''),
+          file=sys.stderr, flush=True)
+    os._exit(128 + signum)
+
+
+sys.excepthook = _in_one_line

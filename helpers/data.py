@@ -1,4 +1,5 @@
-"""Reading a prepared dataset: data/<name>/{train.bin, val.bin, meta.pkl} (helpers/prepare.py writes them).
+"""Reading a prepared dataset: data/<name>/{train.bin, val.bin, meta.pkl} (helpers/prepare.py writes them),
+under DATA_ROOT: the repository's data/ folder, or the one NANOGPT_DATA_DIR names.
 
 The .bin files are flat arrays of token ids, uint16 as in nanoGPT unless meta.pkl says
 'uint32' (character vocabularies above 65,535 symbols). meta.pkl is read with an unpickler
@@ -10,7 +11,7 @@ import pickle
 import numpy as np
 import torch
 
-from helpers import DATA_ROOT, UserError
+from helpers import DATA_ROOT, SCRIPTS_ROOT, UserError, shown
 PLAIN_TYPES = ('dict', 'list', 'tuple', 'set', 'frozenset', 'str', 'bytes', 'int', 'float', 'bool', 'complex')
 
 
@@ -67,8 +68,13 @@ def token_dtype(meta):
     return np.dtype(name)
 
 
+def has_script(dataset):
+    """Whether the repository has a data/<dataset>/prepare.py (the scripts stay there wherever DATA_ROOT is)."""
+    return os.path.isfile(os.path.join(SCRIPTS_ROOT, dataset, 'prepare.py'))
+
+
 def prepare_command(dataset):
-    if os.path.exists(os.path.join(data_dir(dataset), 'prepare.py')):
+    if has_script(dataset):
         return f"python data/{dataset}/prepare.py"
     return f"python data/char/prepare.py --input your_text.txt --name {dataset} --force"
 
@@ -76,10 +82,13 @@ def prepare_command(dataset):
 def bin_path(dataset, split):
     """Path to <split>.bin, with an error naming the prepare command when it is missing."""
     path = os.path.join(data_dir(dataset), f'{split}.bin')
-    if dataset == 'char' or not os.path.isdir(data_dir(dataset)):
-        known = sorted(d for d in os.listdir(DATA_ROOT) if d != 'char' and os.path.isdir(data_dir(d)))
-        raise UserError(f"unknown dataset '{dataset}': there is no dataset data/{dataset}/ (datasets here: "
-                        f"{', '.join(known)}; to prepare your own text: python data/char/prepare.py --input "
+    # data/char holds the tool for your own text, never a dataset
+    if dataset == 'char' or not (os.path.isdir(data_dir(dataset)) or has_script(dataset)):
+        folders = set(os.listdir(DATA_ROOT)) if os.path.isdir(DATA_ROOT) else set()
+        known = sorted(d for d in folders | set(os.listdir(SCRIPTS_ROOT))
+                       if d != 'char' and (os.path.isdir(data_dir(d)) or has_script(d)))
+        raise UserError(f"unknown dataset '{dataset}': there is no dataset {shown(data_dir(dataset))}/ (datasets "
+                        f"here: {', '.join(known)}; to prepare your own text: python data/char/prepare.py --input "
                         "your_text.txt --name NAME, then --dataset=NAME)")
     if not os.path.exists(path) and split not in ('train', 'val'):
         raise UserError(f"{path} does not exist: the prepare scripts write train.bin and val.bin only; "
@@ -118,6 +127,23 @@ def check_split(dataset, split, dtype, block_size, vocab_size=None):
     return n_tokens
 
 
+def check_fits(dataset, meta, vocab_size, block_size, vocabulary=None, splits=('train', 'val')):
+    """The one answer to "can a model of vocab_size tokens and block_size context use data/<dataset>
+    (whose meta.pkl is meta, or None)?": the same number of symbols, the model's own vocabulary when
+    it is known (vocabulary, a checkpoint's tokenizer entry), and whole token files longer than
+    block_size. Returns {split: number of tokens}."""
+    from helpers import tokenizer
+    symbols = meta['vocab_size'] if meta else tokenizer.BPE_VOCAB_SIZE
+    if (meta and symbols != vocab_size) or vocab_size < symbols:
+        held = f"a {symbols}-character vocabulary" if meta else "GPT-2 BPE tokens (no meta.pkl)"
+        kind = "GPT-2's BPE" if vocab_size >= tokenizer.BPE_VOCAB_SIZE else "a character vocabulary"
+        raise UserError(f"data/{dataset} holds {held} but the model has {vocab_size} tokens ({kind}); use a dataset "
+                        "of the model's vocabulary (the one it was trained on; for GPT-2's weights a BPE dataset "
+                        "such as shakespeare)")
+    tokenizer.check_dataset(vocabulary, meta, dataset)
+    return {split: check_split(dataset, split, token_dtype(meta), block_size, meta and symbols) for split in splits}
+
+
 def get_batch(path, dtype, batch_size, block_size, device, generator=None):
     """batch_size random windows of block_size tokens (x) and the same windows shifted by one (y)."""
     tokens = open_tokens(path, dtype)
@@ -130,28 +156,40 @@ def get_batch(path, dtype, batch_size, block_size, device, generator=None):
     return x.to(device), y.to(device)
 
 
-def fits_on_device(paths, device, fraction=0.1):
-    """Whether the token files, held as int32, take under `fraction` of the GPU's memory."""
-    needed = sum(os.path.getsize(p) // 2 * 4 for p in paths)  # (uint32 files count double: generous)
-    return needed < fraction * torch.cuda.get_device_properties(torch.device(device)).total_memory
+RESIDENT_BYTES = 2 << 30  # at most this much of int32 tokens is kept in device memory
 
 
-def load_to_device(path, dtype, device):
-    """A whole .bin file as an int32 tensor on device (int32 holds every id the prepare scripts write)."""
-    return torch.from_numpy(np.fromfile(path, dtype=dtype).astype(np.int32)).to(device)
+def fits_on_device(paths, dtype, device):
+    """Whether the token files, as int32, take under 2 GiB and (on a GPU) a tenth of its memory. Only
+    small models, bound by per-step overhead, gain from resident batches; they train on small data."""
+    needed = sum(os.path.getsize(p) // dtype.itemsize * 4 for p in paths)
+    if torch.device(device).type == 'cuda':
+        return needed < min(RESIDENT_BYTES, 0.1 * torch.cuda.get_device_properties(torch.device(device)).total_memory)
+    return needed < RESIDENT_BYTES
+
+
+def load_to_device(path, dtype, device, chunk_tokens=1 << 24):
+    """A whole .bin file as an int32 tensor on device (int32 holds every id the prepare scripts
+    write), read a chunk at a time so that host memory stays bounded whatever the file's size."""
+    tokens = torch.empty(os.path.getsize(path) // dtype.itemsize, dtype=torch.int32, device=device)
+    for start in range(0, len(tokens), chunk_tokens):
+        part = np.fromfile(path, dtype, count=chunk_tokens, offset=start * dtype.itemsize)
+        tokens[start:start + len(part)] = torch.from_numpy(part.astype(np.int32))
+    return tokens
 
 
 def get_resident_batch(tokens, batch_size, block_size, generator):
     """get_batch for tokens already in device memory. The offsets come from the same CPU
-    generator as get_batch's, so both draw the same batches for the same seed; they are
-    copied from pinned memory, so the copy does not wait for the GPU."""
+    generator as get_batch's, so both draw the same batches for the same seed; on a GPU they are
+    copied from pinned memory, so the copy does not wait for the GPU's queued work."""
     ix = torch.randint(len(tokens) - block_size, (batch_size, 1), generator=generator)
-    ix = ix.pin_memory().to(tokens.device, non_blocking=True)
-    chunk = tokens[ix + torch.arange(block_size + 1, device=tokens.device)].long()
+    if tokens.device.type == 'cuda':
+        ix = ix.pin_memory().to(tokens.device, non_blocking=True)
+    chunk = tokens[ix.to(tokens.device) + torch.arange(block_size + 1, device=tokens.device)].long()
     return chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
 
 
 def eval_batch_seed(seed, split):
     """Seed of the generator behind a split's fixed evaluation batches: train.py's evaluation and
     evaluate.py both use it, so they score the same tokens."""
-    return seed * 7919 + {'train': 0, 'val': 1}.get(split, 2)
+    return (seed * 7919 + {'train': 0, 'val': 1}.get(split, 2)) % 2 ** 63

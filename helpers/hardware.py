@@ -11,13 +11,16 @@ from helpers import UserError
 
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
-# Dense bf16 tensor-core peaks from the vendors' data sheets, matched against
-# torch.cuda.get_device_name(), for MFU. More specific names first.
-GPU_PEAK_BF16_FLOPS = [
-    ('H100 PCIe', 756e12), ('H100 NVL', 835e12), ('H100', 989e12), ('H200', 989e12), ('H800', 989e12),
-    ('B200', 2250e12), ('A100', 312e12), ('A800', 312e12), ('A10G', 70e12),
-    ('A10', 125e12), ('L40S', 362e12), ('L40', 181e12), ('L4', 121e12), ('A6000', 155e12),
-    ('RTX 4090', 165e12), ('RTX 3090', 71e12), ('V100', 125e12), ('T4', 65e12),
+# Dense tensor-core peaks from the vendors' data sheets, matched against torch.cuda.get_device_name()
+# for MFU, in FLOP/s: (16-bit: bf16 or fp16, float32: TF32 where the GPU has it, plain fp32 on V100
+# and T4). More specific names first.
+GPU_PEAK_FLOPS = [
+    ('H100 PCIe', 756e12, 378e12), ('H100 NVL', 835e12, 418e12), ('H100', 989e12, 495e12),
+    ('H200 NVL', 835e12, 418e12), ('H200', 989e12, 495e12), ('H800 PCIe', 756e12, 378e12), ('H800', 989e12, 495e12),
+    ('B200', 2250e12, 1100e12), ('A100', 312e12, 156e12), ('A800', 312e12, 156e12), ('A10G', 70e12, 35e12),
+    ('A10', 125e12, 62.5e12), ('L40S', 362e12, 183e12), ('L40', 181e12, 90.5e12), ('L4', 121e12, 60e12),
+    ('A6000', 155e12, 77.4e12), ('RTX 4090', 165e12, 82.6e12), ('RTX 3090', 71e12, 35.6e12),
+    ('V100', 125e12, 15.7e12), ('T4', 65e12, 8.1e12),
 ]
 
 
@@ -52,19 +55,13 @@ def gpu_has_bfloat16():
     return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
-def cpu_has_fast_bfloat16():
-    """Whether the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
-    cpu = getattr(torch, 'cpu', None)
-    return any(getattr(cpu, name, lambda: False)() for name in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'))
-
-
 def default_dtype(device):
-    """nanoGPT's choice on CUDA (bf16 where the GPU has it, else fp16 with a gradient scaler);
-    bf16 autocast on CPUs with bf16 instructions; float32 elsewhere."""
-    kind = torch.device(device).type
-    if kind == 'cuda':
+    """nanoGPT's choice: on CUDA bf16 where the GPU has it, else fp16 with a gradient scaler; float32
+    elsewhere. CPUs with bf16 instructions run bf16 autocast faster only for larger models, and it
+    changes the numbers (see the README), so there it is an opt-in: --dtype=bfloat16."""
+    if torch.device(device).type == 'cuda':
         return 'bfloat16' if gpu_has_bfloat16() else 'float16'
-    return 'bfloat16' if kind == 'cpu' and cpu_has_fast_bfloat16() else 'float32'
+    return 'float32'
 
 
 def setup(device, dtype=None):
@@ -76,8 +73,6 @@ def setup(device, dtype=None):
         raise UserError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
     if kind == 'cuda' and dtype == 'bfloat16' and not gpu_has_bfloat16():
         raise UserError("this GPU cannot run bfloat16; use --dtype=float16 (or float32)")
-    if kind == 'cpu' and dtype == 'float16':
-        raise UserError("float16 autocast is not supported on CPU; use --dtype=bfloat16 or --dtype=float32")
     if kind == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -85,12 +80,13 @@ def setup(device, dtype=None):
     return dtype, ctx
 
 
-def peak_flops(device):
-    """Peak dense bf16 FLOP/s of the device, or None where it is not known (CPUs, unlisted GPUs)."""
+def peak_flops(device, dtype):
+    """Peak dense FLOP/s of the device for dtype's matmuls, or None where it is not known (CPUs,
+    unlisted GPUs): float32 runs on CUDA use TF32, half the 16-bit rate on the GPUs that have it."""
     if torch.device(device).type != 'cuda':
         return None
     name = torch.cuda.get_device_name(torch.device(device))
-    return next((flops for key, flops in GPU_PEAK_BF16_FLOPS if key in name), None)
+    return next((half if dtype != 'float32' else single for key, half, single in GPU_PEAK_FLOPS if key in name), None)
 
 
 def sync(device):

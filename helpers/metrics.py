@@ -1,21 +1,26 @@
 """out_dir/metrics.csv: train.py's log, one row per log line and per evaluation, for plot.py.
 
-    iter, kind, tokens, train_loss, val_loss, lr, ms_per_iter, mfu
+    iter, kind, tokens, seconds, train_loss, val_loss, hellaswag_acc, hellaswag_acc_norm, lr, ms_per_iter, mfu
 
 kind 'train' is a log line: train_loss is that iteration's minibatch loss (noisy), with
 ms_per_iter and mfu. kind 'eval' is an evaluation: train_loss and val_loss estimated on the
-fixed evaluation batches. tokens counts the training tokens consumed so far; mfu is a
-fraction of the device's peak (0.42 is 42%); missing values are empty cells.
+fixed evaluation batches, and HellaSwag's acc and acc_norm where the run scores it. tokens
+counts the training tokens consumed so far; seconds the wall-clock time of training so far
+(start-up, evaluations and saves included), summed over the runs a resumed run continues (the
+time between a stop and its resume is not counted); mfu is a fraction of the device's peak
+(0.42 is 42%). Missing values are empty cells.
 
 A resumed run restarts at the checkpoint's iteration and logs the rows from there on again,
 so MetricsLog first drops the rows the interrupted run wrote from that iteration on: the file
-never holds an iteration twice.
+never holds an iteration twice. Files of older versions, without some of the columns, read
+with those values None, and a run resumed on one rewrites it with all the columns.
 """
 import csv
 import math
 import os
 
-COLUMNS = ('iter', 'kind', 'tokens', 'train_loss', 'val_loss', 'lr', 'ms_per_iter', 'mfu')
+COLUMNS = ('iter', 'kind', 'tokens', 'seconds', 'train_loss', 'val_loss', 'hellaswag_acc', 'hellaswag_acc_norm',
+           'lr', 'ms_per_iter', 'mfu')
 FILE_NAME = 'metrics.csv'
 
 
@@ -44,6 +49,12 @@ def _cells(row):
             str(row[name]) if isinstance(row[name], int) else repr(float(row[name])) for name in COLUMNS]
 
 
+def _rounded(value, digits):
+    # for a readable file: a clock's hundredths are noise already, and 6 decimals still tell every
+    # count of HellaSwag's 10,042 examples apart
+    return None if value is None else round(value, digits)
+
+
 class MetricsLog:
     """Appends rows to out_dir/metrics.csv. Created once, on rank 0, when the start iteration is
     known (0 for a new run, the checkpoint's iter_num when resuming)."""
@@ -65,12 +76,15 @@ class MetricsLog:
         self._file = open(self.path, 'a', newline='', encoding='utf-8')
         self._writer = csv.writer(self._file)
 
-    def write(self, iter, tokens, lr, train_loss=None, val_loss=None, ms_per_iter=None, mfu=None):
+    def write(self, iter, tokens, lr, train_loss=None, val_loss=None, ms_per_iter=None, mfu=None, seconds=None,
+              hellaswag_acc=None, hellaswag_acc_norm=None):
         """Append one row and flush it: an evaluation when val_loss is given, else a log line."""
         if mfu is not None and not (math.isfinite(mfu) and mfu >= 0):
             mfu = None
-        row = dict(iter=int(iter), kind='eval' if val_loss is not None else 'train', tokens=tokens, lr=lr,
-                   train_loss=train_loss, val_loss=val_loss, ms_per_iter=ms_per_iter, mfu=mfu)
+        row = dict(iter=int(iter), kind='eval' if val_loss is not None else 'train', tokens=tokens,
+                   seconds=_rounded(seconds, 2), train_loss=train_loss, val_loss=val_loss,
+                   hellaswag_acc=_rounded(hellaswag_acc, 6), hellaswag_acc_norm=_rounded(hellaswag_acc_norm, 6),
+                   lr=lr, ms_per_iter=ms_per_iter, mfu=mfu)
         self._writer.writerow(_cells(row))
         self._file.flush()
 

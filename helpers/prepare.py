@@ -2,11 +2,12 @@
 
 A dataset is a folder data/<name>/ holding train.bin and val.bin, flat arrays of token ids (uint16, or
 uint32 where meta.pkl says so), and for character-level data meta.pkl: nanoGPT's vocab_size, itos and
-stoi, and extra keys only where needed. Text is read CHUNK_BYTES at a time, so memory stays flat however
-large the input. Character level takes two passes over it: mark_characters marks which code points
-occur (their sorted list is the vocabulary, nanoGPT's sorted(set(text))), then write_chars maps each
-chunk through one lookup array indexed by code point and appends the ids to the .bin files. Output writes
-the files under temporary names and renames them into place once all are whole.
+stoi, and extra keys only where needed; the folders live under DATA_ROOT (see helpers/__init__.py).
+Text is read CHUNK_BYTES at a time, so memory stays flat however large the input. Character level takes
+two passes over it: mark_characters marks which code points occur (their sorted list is the vocabulary,
+nanoGPT's sorted(set(text))), then write_chars maps each chunk through one lookup array indexed by code
+point and appends the ids to the .bin files. Output writes the files under temporary names and renames
+them into place once all are whole.
 """
 import codecs
 import itertools
@@ -14,12 +15,13 @@ import os
 import pickle
 import re
 import time
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from tqdm import tqdm
 
-from helpers import DATA_ROOT, UserError
+from helpers import DATA_ROOT, SCRIPTS_ROOT, UserError, shown
 from helpers.tokenizer import GPT2_EOT, gpt2_encoding
 
 STARTED = time.time()
@@ -32,6 +34,7 @@ STORY_END = re.compile(r'\n[^\S\n]*<\|endoftext\|>[^\S\n]*(?=\n)')   # TinyStori
 STORY_SEPARATOR = '\u2403'  # '␃' (SYMBOL FOR END OF TEXT), written after each story at character level
 MAX_STORY_CHARS = 1 << 26   # a longer "story" means the file is not in TinyStories' format
 LOCAL_BUILDERS = {'.txt': 'text', '.json': 'json', '.jsonl': 'json', '.parquet': 'parquet'}
+WINDOWS_DEVICES = {'con', 'prn', 'aux', 'nul', *(f'{port}{i}' for port in ('com', 'lpt') for i in range(10))}
 
 
 def check_input_file(path, flag='--input'):
@@ -43,26 +46,57 @@ def check_input_file(path, flag='--input'):
     return path
 
 
+def name_problem(name):
+    """What keeps name from being a dataset folder on Linux, macOS and Windows alike, or None. Letters and digits
+    of any script count, with their combining marks (é written as e + U+0301, Devanagari vowel signs)."""
+    if not name:
+        return "is empty"
+    odd = sorted({c for c in name if not (c.isalnum() or c in '_-.' or unicodedata.category(c).startswith('M'))})
+    if odd:
+        return f"holds {' '.join(map(repr, odd))}"
+    if not (name[0].isalnum() or name[0] == '_'):
+        return f"starts with {name[0]!r}"   # hidden files, command-line options, a mark without its letter
+    if name.endswith('.'):
+        return "ends with '.', which Windows drops"
+    if name.split('.')[0].lower() in WINDOWS_DEVICES:
+        return "is a device name on Windows"
+    if len(name.encode('utf-8')) > 255:
+        return "is longer than the 255 bytes a folder name may take"
+    return None
+
+
 def output_dir(name, force=False, own=None):
-    """data/<name>/, where only the dataset's own prepare.py (own == name) or --force may overwrite a dataset."""
-    if not re.fullmatch(r'[A-Za-z0-9_][A-Za-z0-9_.-]*', name or ''):
-        raise UserError(f"--name={name!r} is not a plain folder name; use letters, digits, '_', '-' or '.', "
-                        "e.g. --name=my_novel")
+    """DATA_ROOT/<name>/, where only the dataset's own prepare.py (own == name) or --force may overwrite a dataset.
+    The names of the repository's script folders belong to their scripts' datasets (data/char's to none): another
+    dataset under that name would be read with the wrong prepare command's advice, or not at all."""
+    problem = name_problem(name)
+    if problem:
+        raise UserError(f"--name={name!r} cannot be a folder name: it {problem}; use letters, digits, '_', '-' "
+                        "or '.', e.g. --name=my_novel")
+    script = [d for d in os.listdir(SCRIPTS_ROOT) if d.casefold() == name.casefold()   # as macOS and Windows compare
+              and os.path.isfile(os.path.join(SCRIPTS_ROOT, d, 'prepare.py'))]
+    if script and name != own:
+        raise UserError(f"--name={name} is the name of the repository's data/{script[0]}/prepare.py and its folder; "
+                        f"choose another, e.g. --name=my_{name}")
     path = os.path.join(DATA_ROOT, name)
-    held = [f for f in ('train.bin', 'val.bin', 'meta.pkl', 'prepare.py') if os.path.exists(os.path.join(path, f))]
+    held = [f for f in ('train.bin', 'val.bin', 'meta.pkl') if os.path.exists(os.path.join(path, f))]
     if held and name != own and not force:
-        raise UserError(f"data/{name}/ already holds a dataset ({', '.join(held)}); "
+        raise UserError(f"{shown(path)}/ already holds a dataset ({', '.join(held)}); "
                         "choose another --name or pass --force to overwrite it")
     return path
 
 
 def download(url, path):
+    """The file at url saved as path, and path's folder made, unless path is there already."""
     if not os.path.exists(path):
         import urllib.request
-        print(f"downloading {url}")
+        print(f"downloading {url} to {shown(path)}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         try:
             urllib.request.urlretrieve(url, path + '.tmp')
         except OSError as e:
+            if os.path.exists(path + '.tmp'):
+                os.remove(path + '.tmp')
             raise UserError(f"could not download {url} ({e}); download it yourself and save it as {path}")
         os.replace(path + '.tmp', path)
     return path
@@ -103,7 +137,7 @@ class Output:
             os.replace(self.path(name + '.tmp'), self.path(name))
         for split, n in self.tokens.items():
             print(f"{split} has {n:,} tokens")
-        print(f"wrote {os.path.relpath(self.dir, os.path.dirname(DATA_ROOT))}/ in {time.time() - STARTED:.1f} s")
+        print(f"wrote {shown(self.dir)}/ in {time.time() - STARTED:.1f} s")
 
     def __enter__(self):
         return self
@@ -354,23 +388,3 @@ def gpt2_from_file(path, out_dir, val_fraction=0.1):
         out.write('val', gpt2_encoding().encode_ordinary(text[n_train:]))
         out.commit()
 
-
-def gpt2_rows(batch):
-    return {'ids': [gpt2_encoding().encode_ordinary(text or '') + [GPT2_EOT] for text in batch['text']]}
-
-
-def gpt2_from_documents(splits, out_dir, num_proc):
-    """GPT-2 BPE from a datasets.DatasetDict with 'train' and 'val' (openwebtext), GPT2_EOT after each document:
-    tokenized by map() on num_proc processes, then written in batches."""
-    if 'text' not in splits['train'].column_names:
-        raise UserError(f"the source has no 'text' column (columns: {', '.join(splits['train'].column_names)})")
-    tokenized = splits.map(gpt2_rows, batched=True, remove_columns=splits['train'].column_names,
-                           desc='tokenizing the splits', num_proc=num_proc)
-    with Output(out_dir) as out:
-        for split in ('train', 'val'):
-            rows = tokenized[split].with_format('arrow')
-            for table in tqdm(rows.iter(batch_size=1024), total=-(-len(rows) // 1024), desc=f'writing {split}.bin',
-                              disable=None):
-                out.write(split, table.column('ids').combine_chunks().flatten().to_numpy())
-        print(f"{len(splits['train']):,} train and {len(splits['val']):,} val documents")
-        out.commit()

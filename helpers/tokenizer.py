@@ -120,30 +120,55 @@ def for_checkpoint(checkpoint):
     return from_entry(checkpoint_entry(checkpoint))
 
 
-def for_pretrained(name):
+def for_pretrained(name, vocab_size=None):
     """The tokenizer of a transformers GPT-2 directory: the characters export_hf.py wrote beside a
-    character model (a tokenizer.json without merges), else GPT-2's BPE."""
+    character model (a tokenizer.json without merges), else GPT-2's BPE; with the model's
+    vocab_size, a UserError when it does not fit them."""
     path = os.path.join(name, 'tokenizer.json')
-    if not os.path.isfile(path):
-        return BPETokenizer()
-    with open(path, encoding='utf-8') as f:
-        spec = json.load(f).get('model') or {}
+    spec = {}
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding='utf-8') as f:
+                spec = json.load(f).get('model') or {}
+        except (ValueError, AttributeError) as e:
+            raise UserError(f"{path} is not a tokenizer's JSON ({e}); export the model again with export_hf.py")
     if spec.get('type') != 'BPE' or spec.get('merges') or not spec.get('vocab'):
+        if vocab_size is not None and vocab_size < BPE_VOCAB_SIZE:
+            raise UserError(f"the model in {name} has {vocab_size} tokens, too few for GPT-2's BPE, and no "
+                            "tokenizer.json of characters beside it: export it again with export_hf.py from a "
+                            "checkpoint whose dataset still has its meta.pkl")
         return BPETokenizer()
     itos = sorted(spec['vocab'], key=spec['vocab'].get)
+    if vocab_size is not None and len(itos) > vocab_size:
+        raise UserError(f"{path} has {len(itos)} characters but the model in {name} only {vocab_size} tokens; "
+                        "export the model again with export_hf.py")
     with open(os.path.join(name, 'config.json'), encoding='utf-8') as f:
         eos = json.load(f).get('eos_token_id')
     return CharTokenizer(itos, itos[eos] if isinstance(eos, int) and 0 <= eos < len(itos) else None)
 
 
 def read_text_file(path, what):
+    """The text of a UTF-8 file, read 1 MiB at a time, so that a binary file named by mistake, however
+    large, stops at its first byte that is no text."""
     if not os.path.isfile(path):
-        raise UserError(f"{what} file '{path}' not found")
-    try:
-        with open(path, 'r', encoding='utf-8') as f:
-            return f.read()
-    except UnicodeDecodeError as e:
-        raise UserError(f"{what} file '{path}' is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8")
+        raise UserError(f"{what} file '{path}' {'is a folder' if os.path.isdir(path) else 'not found'}; "
+                        "name a UTF-8 text file")
+    utf8, parts, offset = codecs.getincrementaldecoder('utf-8')(), [], 0
+    with open(path, 'rb') as f:
+        while True:
+            chunk = f.read(1 << 20)
+            pending = len(utf8.getstate()[0])
+            try:
+                parts.append(utf8.decode(chunk, final=not chunk))
+            except UnicodeDecodeError as e:
+                raise UserError(f"{what} file '{path}' is not UTF-8 text ({e.reason} at byte "
+                                f"{offset - pending + e.start}); save it as UTF-8")
+            if '\0' in parts[-1]:
+                raise UserError(f"{what} file '{path}' holds NUL bytes: it is a binary file, not text; name a UTF-8 "
+                                "text file")
+            if not chunk:
+                return ''.join(parts).replace('\r\n', '\n').replace('\r', '\n')  # as text mode reads it
+            offset += len(chunk)
 
 
 def read_prompt(start):

@@ -1,10 +1,16 @@
 """Shared fixtures: the repository root, the offline copies in ../shared (used when they are
 there; a fresh clone downloads what it needs instead, as the scripts do), and runners for the
-project's scripts as a user would call them."""
+project's scripts as a user would call them.
+
+The tests never touch your data. Before anything imports helpers or starts a script, this file
+points NANOGPT_DATA_DIR at a temporary folder, so every dataset the session prepares, writes or
+reads is there; and the session fails if anything under the repository's data/ changed anyway."""
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -13,6 +19,65 @@ SHARED = os.environ.get('NANOGPT_SHARED', os.path.join(os.path.dirname(REPO_ROOT
 TINY_SHAKESPEARE = os.path.join(SHARED, 'data', 'tinyshakespeare', 'input.txt')
 if os.path.isdir(os.path.join(SHARED, 'tiktoken_cache')):  # else tiktoken downloads GPT-2's files itself
     os.environ.setdefault('TIKTOKEN_CACHE_DIR', os.path.join(SHARED, 'tiktoken_cache'))
+
+# This session's datasets, and nobody else's: set even when the user has set it, since theirs is theirs too.
+# The folder is called data/ so that messages naming data/<name>/ read as they do for a user.
+TEST_ROOT = tempfile.mkdtemp(prefix='nanogpt-tests-')
+DATA_ROOT = os.path.join(TEST_ROOT, 'data')
+os.mkdir(DATA_ROOT)
+os.environ['NANOGPT_DATA_DIR'] = DATA_ROOT
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+import helpers  # noqa: E402
+
+if helpers.DATA_ROOT != DATA_ROOT:
+    raise RuntimeError(f"helpers was imported before tests/conftest.py set NANOGPT_DATA_DIR; its datasets are in "
+                       f"{helpers.DATA_ROOT}, which the tests must not touch")
+
+
+def data_files(top):
+    """Every file under top (the repository's data/): its size, modification time and, up to 4 MiB, a hash of
+    its bytes (larger ones, a user's own corpus, are not read through: a write changes their time)."""
+    files = {}
+    for root, folders, names in os.walk(top):
+        folders[:] = [f for f in folders if f != '__pycache__']
+        for name in names:
+            path = os.path.join(root, name)
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:   # removed while we looked: the next look sees it gone
+                continue
+            digest = None
+            if stat.st_size <= 4 << 20:
+                with open(path, 'rb') as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+            files[os.path.relpath(path, os.path.dirname(top))] = (stat.st_size, stat.st_mtime_ns, digest)
+    return files
+
+
+def data_changes(before, after):
+    """'<path> created', 'removed' or 'changed' for every file that differs between two data_files()."""
+    return [f"{path} {'created' if path not in before else 'removed' if path not in after else 'changed'}"
+            for path in sorted(before.keys() | after.keys()) if before.get(path) != after.get(path)]
+
+
+DATA_BEFORE = data_files(helpers.SCRIPTS_ROOT)
+DATA_CHANGED = []
+
+
+def pytest_sessionfinish(session):
+    shutil.rmtree(TEST_ROOT, ignore_errors=True)
+    DATA_CHANGED.extend(data_changes(DATA_BEFORE, data_files(helpers.SCRIPTS_ROOT)))
+    if DATA_CHANGED:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    if DATA_CHANGED:
+        terminalreporter.section("files under the repository's data/ changed during the tests, which must never "
+                                 "touch it", sep='=', red=True)
+        for line in DATA_CHANGED:
+            terminalreporter.write_line(line)
 
 
 def run_script(*args, cwd=REPO_ROOT, env=None, timeout=600, check=True):
@@ -27,26 +92,28 @@ def run_script(*args, cwd=REPO_ROOT, env=None, timeout=600, check=True):
 
 
 def place_tiny_shakespeare(dataset):
-    """Put tiny shakespeare where data/<dataset>/prepare.py looks for it: the offline copy when
-    there is one, else the file prepare.py downloads, fetched the way it fetches it."""
-    target = os.path.join(REPO_ROOT, 'data', dataset, 'input.txt')
+    """Put tiny shakespeare where data/<dataset>/prepare.py reads it, in this session's data folder:
+    the offline copy when there is one, else the file prepare.py downloads, fetched once as it fetches it."""
+    target = os.path.join(DATA_ROOT, dataset, 'input.txt')
     if os.path.exists(target):
         return target
-    if os.path.exists(TINY_SHAKESPEARE):
-        shutil.copyfile(TINY_SHAKESPEARE, target)
-        return target
-    from helpers import UserError
-    from helpers.prepare import TINY_SHAKESPEARE_URL, download
-    try:
-        return download(TINY_SHAKESPEARE_URL, target)
-    except UserError as e:
-        pytest.fail(f"tiny shakespeare is neither at {TINY_SHAKESPEARE} (the offline copy; NANOGPT_SHARED names its "
-                    f"folder) nor downloadable from {TINY_SHAKESPEARE_URL}: {e}")
+    source = TINY_SHAKESPEARE
+    if not os.path.exists(source):
+        from helpers import UserError
+        from helpers.prepare import TINY_SHAKESPEARE_URL, download
+        try:
+            source = download(TINY_SHAKESPEARE_URL, os.path.join(TEST_ROOT, 'tinyshakespeare', 'input.txt'))
+        except UserError as e:
+            pytest.fail(f"tiny shakespeare is neither at {TINY_SHAKESPEARE} (the offline copy; NANOGPT_SHARED names "
+                        f"its folder) nor downloadable from {TINY_SHAKESPEARE_URL}: {e}")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.copyfile(source, target)
+    return target
 
 
 @pytest.fixture(scope='session')
 def shakespeare_char():
-    """data/shakespeare_char prepared once per test session; returns the prepare output."""
+    """data/shakespeare_char prepared once per test session (in its data folder); returns the prepare output."""
     place_tiny_shakespeare('shakespeare_char')
     return run_script('data/shakespeare_char/prepare.py').stdout
 
@@ -66,18 +133,16 @@ import types
 # against the other processes and makes tiny models 50x slower. One thread is plenty here.
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 os.environ.setdefault('MKL_NUM_THREADS', '1')
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
-# one name per test session, so that two sessions running side by side never remove each other's data
-CORE_DATASET = f'_test_core_{os.getpid()}'
+CORE_DATASET = '_test_core'
 CORE_WORDS = ('the', 'cat', 'sat', 'on', 'a', 'mat', 'dog', 'ran', 'far', 'away', 'and', 'then', 'slept')
 
 
 def write_char_dataset(name, text, val_fraction=0.1, meta_extra=None):
-    """data/<name>/{train,val}.bin (uint16) and a nanoGPT-style meta.pkl for a character vocabulary."""
+    """data/<name>/{train,val}.bin (uint16) and a nanoGPT-style meta.pkl for a character vocabulary,
+    in this session's data folder."""
     import numpy as np
-    folder = os.path.join(REPO_ROOT, 'data', name)
+    folder = os.path.join(DATA_ROOT, name)
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
     chars = sorted(set(text))
@@ -161,7 +226,8 @@ def run_inproc(script, *args, check=False):
                     print(e.code, file=sys.stderr)
                     code = 1
     finally:
-        gc.collect()  # what a process exit would release: files the script left open (train.py's lock)
+        gc.collect()  # what a process exit would release: files the script left open (train.py's lock),
+        gc.collect()  # some only once the first collection has broken the cycles that held them
         sys.argv = saved[0]
         os.chdir(saved[1])
         for s, handler in saved[2].items():
@@ -171,6 +237,16 @@ def run_inproc(script, *args, check=False):
         raise AssertionError(f"{script} {' '.join(map(str, args))} exited {code}\n--- stdout ---\n"
                              f"{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}")
     return result
+
+
+def compiled_graphs(script, *args):
+    """Run script in this process (check=True); (its result, the number of graphs torch.compile built
+    for it), which tells a compiled run from one that quietly ran eagerly."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    result = run_inproc(script, *args, check=True)
+    return result, torch._dynamo.utils.counters['stats']['unique_graphs']
 
 
 def assert_user_error(result, *fragments):

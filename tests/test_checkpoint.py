@@ -5,8 +5,10 @@ import errno
 import math
 import os
 import pickle
+import re
 import signal
 import socket
+import subprocess
 from dataclasses import dataclass
 
 import pytest
@@ -16,8 +18,9 @@ from torch.nn import functional as F
 
 from helpers import checkpoint
 from helpers import data
-from conftest import CORE_DATASET, assert_user_error, core_text, core_train_args, run_inproc, run_script
-from helpers import UserError
+from conftest import (CORE_DATASET, assert_user_error, checkpoint_files, core_text, core_train_args, run_inproc,
+                      run_script)
+from helpers import UserError, metrics
 from model import GPT, GPTConfig
 
 
@@ -61,13 +64,52 @@ def test_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch, failu
         monkeypatch.setattr(os, 'fsync', disk_full)
     else:
         monkeypatch.setattr(os, 'replace', disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError) as info:  # one line, not torch's chained traceback
         checkpoint.save(small_state(2.0), out_dir)
     monkeypatch.undo()
+    assert str(info.value) == (f"could not save {tmp_path / 'ckpt.pt'} (No space left on device); the checkpoints "
+                               "already there (ckpt.pt) are intact: free some space on that disk, then continue "
+                               "with --init_from=resume")
     assert torch.save is real_save
     assert os.listdir(out_dir) == ['ckpt.pt']
     assert read_bytes(tmp_path / 'ckpt.pt') == before
     assert checkpoint.load(out_dir)['iter_num'] == 1
+
+
+def test_a_mirror_that_cannot_be_copied_is_one_line(tmp_path, monkeypatch):
+    checkpoint.save(small_state(1.0), str(tmp_path))
+
+    def no_links(*args):
+        raise OSError(errno.EPERM, 'links not supported')
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(os, 'link', no_links)
+    monkeypatch.setattr(checkpoint.shutil, 'copyfile', disk_full)
+    with pytest.raises(UserError, match=r'could not save .*latest\.pt \(No space left on device\); the checkpoints '
+                                        r'already there \(ckpt\.pt\) are intact'):
+        checkpoint.mirror(str(tmp_path), 'ckpt.pt', 'latest.pt')
+    assert os.listdir(tmp_path) == ['ckpt.pt']
+
+
+def with_file_size_limit(limit, script, *args):
+    """python script args in a process whose writes past limit bytes fail (EFBIG, SIGXFSZ ignored),
+    as they would on a full disk."""
+    code = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    return run_script('-c', code, script, *args, check=False, timeout=300)
+
+
+def test_a_save_past_a_real_file_size_limit_is_one_line_and_keeps_the_checkpoints(copy_run):
+    before = {name: read_bytes(copy_run / name) for name in ('ckpt.pt', 'latest.pt')}
+    assert min(map(len, before.values())) > 100_000
+    proc = with_file_size_limit(100_000, 'train.py', *core_train_args(copy_run, init_from='resume', max_iters=22))
+    assert_user_error(proc, f"could not save {copy_run / 'latest.pt'} (File too large)",
+                      '(latest.pt and ckpt.pt) are intact', 'ulimit -f', '--init_from=resume')
+    assert proc.stderr.count('\n') == 1, proc.stderr
+    assert {name: read_bytes(copy_run / name) for name in before} == before
+    assert checkpoint_files(copy_run) == ['ckpt.pt', 'latest.pt']  # and no temporary file
 
 
 def test_crash_during_save_leaves_the_previous_checkpoint(tmp_path):
@@ -102,8 +144,8 @@ def test_crash_during_save_leaves_the_previous_checkpoint(tmp_path):
 
 
 def test_cleaning_up_temp_files_never_stops_a_save(tmp_path):
-    """Names that only look like orphans, other hosts' files and a folder in the way are left
-    alone; ckpt.pt and its mirror latest.pt are still written."""
+    """Names that only look like orphans and other hosts' files are left alone, a dead writer's
+    temporary folder (an export's) goes; ckpt.pt and its mirror latest.pt are still written."""
     dead_pid = os.fork()
     if dead_pid == 0:
         os._exit(0)
@@ -115,12 +157,13 @@ def test_cleaning_up_temp_files_never_stops_a_save(tmp_path):
             f'ckpt.pt.tmp.another-host.{dead_pid}', f'ckpt.pt.tmp.{dead_pid}']
     for name in keep:
         (tmp_path / name).write_bytes(b'x')
-    (tmp_path / ours(dead_pid)).mkdir()  # a folder with an orphan's name cannot be removed as a file
+    (tmp_path / ours(dead_pid)).mkdir()
+    (tmp_path / ours(dead_pid) / 'config.json').write_text('{}')
     (tmp_path / f'latest.pt.tmp.{socket.gethostname()}.{dead_pid}').write_bytes(b'orphan of a mirror')
     checkpoint.save(small_state(4.0), str(tmp_path))
     checkpoint.mirror(str(tmp_path), 'ckpt.pt', 'latest.pt')
     assert checkpoint.load(str(tmp_path), 'latest.pt')['iter_num'] == 4
-    assert sorted(os.listdir(tmp_path)) == sorted(keep + ['ckpt.pt', 'latest.pt', ours(dead_pid)])
+    assert sorted(os.listdir(tmp_path)) == sorted(keep + ['ckpt.pt', 'latest.pt'])
 
 
 def test_save_flushes_to_disk_before_the_rename(tmp_path, monkeypatch):
@@ -255,11 +298,109 @@ def test_damaged_checkpoint_is_reported_as_corrupt(tiny_run, tmp_path, kind):
     assert 'run code' not in message  # damage is not reported as danger
 
 
+def test_a_plain_pickle_is_not_loaded_and_said_to_be_no_checkpoint(tmp_path):
+    """Through a real interpreter, where torch's warnings would show: one line, no warning."""
+    import numpy as np
+    for content in ({'a': 1}, np.zeros(3)):
+        for protocol in (2, pickle.HIGHEST_PROTOCOL):
+            (tmp_path / 'ckpt.pt').write_bytes(pickle.dumps(content, protocol=protocol))
+            proc = run_script('sample.py', f'--out_dir={tmp_path}', '--device=cpu', check=False, timeout=120)
+            assert_user_error(proc, 'not a checkpoint that this project or nanoGPT wrote', 'plain pickle', 'not loaded')
+            assert proc.stderr.count('\n') == 1, proc.stderr
+    # torch.save's format before PyTorch 1.6 is a pickle too, and still loads
+    torch.save(small_state(7.0), tmp_path / 'ckpt.pt', _use_new_zipfile_serialization=False)
+    assert checkpoint.load(str(tmp_path))['iter_num'] == 7
+
+
 def test_other_pickles_are_not_training_checkpoints(tmp_path):
     for content in ([1, 2, 3], {'model': {}}, {'weights': torch.zeros(2)}):
         torch.save(content, tmp_path / 'ckpt.pt')
         with pytest.raises(UserError, match='not a training checkpoint'):
             checkpoint.load(str(tmp_path))
+
+
+def test_a_damaged_file_names_the_whole_one_beside_it(tiny_run, tmp_path):
+    for name in ('ckpt.pt', 'latest.pt'):
+        (tmp_path / name).write_bytes(read_bytes(tiny_run.out_dir / name))
+    (tmp_path / 'latest.pt').write_bytes(b'\0' * 100)
+    with pytest.raises(UserError) as info:
+        checkpoint.load(str(tmp_path), checkpoint.resume_name(str(tmp_path)))
+    command = re.search(r'\((mv [^)]*)\) and run the same command again$', str(info.value)).group(1)
+    assert 'ckpt.pt beside it loads (ckpt.pt at iter 20, best val loss' in str(info.value)
+    subprocess.run(command, shell=True, check=True)  # the command as given: resume then reads ckpt.pt
+    assert checkpoint.load(str(tmp_path), checkpoint.resume_name(str(tmp_path)))['iter_num'] == 20
+    # nothing whole beside it: the old advice
+    os.remove(tmp_path / 'ckpt.pt')
+    with pytest.raises(UserError, match='restore it from a backup or train again'):
+        checkpoint.load(str(tmp_path), 'latest.pt.damaged')
+
+
+# -----------------------------------------------------------------------------
+# out_dir: a run is its checkpoints; --overwrite=True keeps the old one in replaced/ until the new one saved
+
+def files(folder):
+    return {name: read_bytes(os.path.join(folder, name)) for name in sorted(os.listdir(folder))
+            if os.path.isfile(os.path.join(folder, name)) and name != 'train.lock'}
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_saved(copy_run, capsys):
+    out, old = str(copy_run), files(copy_run)
+    lock = checkpoint.claim_out_dir(out, resuming=False, overwrite=True)
+    assert re.search(r"the run that was here \(latest\.pt at iter 21, best val loss \d\.\d{4}\) was moved to "
+                     rf"{re.escape(out)}/replaced/; it is deleted once this run saves its first checkpoint",
+                     capsys.readouterr().out)
+    assert files(copy_run) == {} and files(copy_run / 'replaced') == old
+    checkpoint.discard_replaced(out)  # the new run has no checkpoint yet: the old one stays
+    assert files(copy_run / 'replaced') == old
+    lock.close()
+    # a second overwrite before the new run saved keeps the run moved aside by the first
+    (copy_run / 'metrics.csv').write_text('the log of a run that never saved\n')
+    checkpoint.claim_out_dir(out, resuming=False, overwrite=True).close()
+    assert 'stays there' in capsys.readouterr().out
+    assert files(copy_run / 'replaced') == old
+    checkpoint.save(small_state(), out, 'latest.pt')
+    checkpoint.discard_replaced(out)
+    assert not (copy_run / 'replaced').exists() and 'deleted the run in' in capsys.readouterr().out
+
+
+def test_the_run_in_replaced_is_named_with_the_command_that_restores_it(copy_run):
+    out, old = str(copy_run), files(copy_run)
+    checkpoint.claim_out_dir(out, resuming=False, overwrite=True).close()
+    (copy_run / 'metrics.csv').write_text('the log of a run that never saved\n')
+    with pytest.raises(UserError) as info:  # resume, sample and export
+        checkpoint.load(out, checkpoint.resume_name(out))
+    assert f'no checkpoint at {out}/ckpt.pt: the run that was in {out} (latest.pt at iter 21' in str(info.value)
+    with pytest.raises(UserError, match='holds no checkpoint, but the run that was in'):  # a new run without overwrite
+        checkpoint.claim_out_dir(out, resuming=False, overwrite=False)
+    note = checkpoint.replaced_run_note(out)
+    subprocess.run(note.split('to restore it: ')[1], shell=True, check=True)
+    assert files(copy_run) == old and not (copy_run / 'replaced').exists()
+    assert checkpoint.replaced_run_note(out) == ''
+
+
+def test_overwrite_after_a_move_cut_short_or_a_save_not_followed_by_the_deletion(copy_run):
+    out, old = str(copy_run), files(copy_run)
+    # stopped between two renames: each file is in one place, and the next overwrite completes the move
+    os.mkdir(copy_run / 'replaced')
+    os.rename(copy_run / 'latest.pt', copy_run / 'replaced' / 'latest.pt')
+    checkpoint.claim_out_dir(out, resuming=False, overwrite=True).close()
+    assert files(copy_run / 'replaced') == old
+    # the new run saved but was stopped before it deleted replaced/: that run is the one to move aside now
+    checkpoint.save(small_state(9.0), out, 'latest.pt')
+    (copy_run / 'metrics.csv').write_text('the new run\n')
+    checkpoint.claim_out_dir(out, resuming=False, overwrite=True).close()
+    assert checkpoint.load(os.path.join(out, 'replaced'), 'latest.pt')['iter_num'] == 9
+    assert sorted(os.listdir(copy_run / 'replaced')) == ['latest.pt', 'metrics.csv']
+
+
+def test_a_log_without_a_checkpoint_is_no_run(tmp_path, core_dataset):
+    """What a first run that failed at its first save leaves: the same command runs, with a log of its own."""
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'metrics.csv').write_text(','.join(metrics.COLUMNS) + '\n50,train,1,2.0,,0.1,1.0,\n')
+    (out / 'train.lock').write_text('12345\n')
+    run_inproc('train.py', *core_train_args(out, max_iters=2, eval_interval=100), check=True)
+    assert [r['iter'] for r in metrics.read_metrics(str(out / 'metrics.csv'))] == [0, 0, 1, 2]
 
 
 # -----------------------------------------------------------------------------
@@ -347,12 +488,13 @@ def test_train_and_sample_refuse_a_meta_pkl_with_code(make_dataset, tiny_run, tm
 # -----------------------------------------------------------------------------
 # nanoGPT's checkpoints here
 
-NANOGPT_CONFIG_KEYS = (
-    'out_dir', 'eval_interval', 'log_interval', 'eval_iters', 'eval_only', 'always_save_checkpoint', 'init_from',
-    'wandb_log', 'wandb_project', 'wandb_run_name', 'dataset', 'gradient_accumulation_steps', 'batch_size',
-    'block_size', 'n_layer', 'n_head', 'n_embd', 'dropout', 'bias', 'learning_rate', 'max_iters', 'weight_decay',
-    'beta1', 'beta2', 'grad_clip', 'decay_lr', 'warmup_iters', 'lr_decay_iters', 'min_lr', 'backend', 'device',
-    'dtype', 'compile',
+NANOGPT_CONFIG = dict(  # nanoGPT's train.py settings, with its defaults: the config its checkpoints hold
+    out_dir='out', eval_interval=2000, log_interval=1, eval_iters=200, eval_only=False, always_save_checkpoint=True,
+    init_from='scratch', wandb_log=False, wandb_project='owt', wandb_run_name='gpt2', dataset='openwebtext',
+    gradient_accumulation_steps=40, batch_size=12, block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0,
+    bias=False, learning_rate=6e-4, max_iters=600000, weight_decay=1e-1, beta1=0.9, beta2=0.95, grad_clip=1.0,
+    decay_lr=True, warmup_iters=2000, lr_decay_iters=600000, min_lr=6e-5, backend='nccl', device='cuda',
+    dtype='bfloat16', compile=True,
 )
 
 
@@ -379,9 +521,8 @@ def nanogpt_style_checkpoint(out_dir, compiled=True, mask_buffers=False, iter_nu
             state_dict[f'transformer.h.{i}.attn.bias'] = torch.tril(torch.ones(32, 32)).view(1, 1, 32, 32)
     if compiled:
         state_dict = {f'_orig_mod.{k}': v for k, v in state_dict.items()}
-    config = {k: None for k in NANOGPT_CONFIG_KEYS}
-    config.update(dataset=CORE_DATASET, out_dir=str(out_dir), device='cuda', dtype='bfloat16', compile=True,
-                  backend='nccl', init_from='scratch', batch_size=4, block_size=32)
+    config = dict(NANOGPT_CONFIG, dataset=CORE_DATASET, out_dir=str(out_dir), batch_size=4,
+                  **{k: v for k, v in model_args.items() if k != 'vocab_size'})
     ckpt = {'model': state_dict, 'optimizer': optimizer.state_dict(), 'model_args': model_args,
             'iter_num': iter_num, 'best_val_loss': torch.tensor(2.25), 'config': config}
     os.makedirs(out_dir, exist_ok=True)

@@ -58,10 +58,10 @@ def test_ctrl_c_stops_every_rank_then_resume_finishes(tmp_path, core_dataset):
     # rank in a session of its own and forwards the signal to them.
     os.killpg(run.pid, signal.SIGINT)
     stdout, err = finish(run)
-    stops = re.findall(r'stopped by SIGINT at iter (\d+); to continue, run the same command with '
-                       r'--init_from=resume', stdout)
+    stops = re.findall(r'^stopped by SIGINT after iteration (\d+); to continue:\ntorchrun --standalone '
+                       r'--nproc_per_node=2 train.py .* --init_from=resume$', stdout, re.M)
     assert len(stops) == 1, stdout[-3000:] + err[-3000:]  # printed by rank 0 only
-    stopped_at = int(stops[0])
+    stopped_at = int(stops[0]) + 1  # the checkpoint's iter_num: the iterations done
     assert stdout.count('saving checkpoint to') == 1  # one checkpoint, written by rank 0
     assert checkpoint_files(out_dir) == ['latest.pt']
     assert checkpoint.load(str(out_dir), 'latest.pt')['iter_num'] == stopped_at
@@ -96,9 +96,9 @@ def test_sigterm_to_the_workers_lets_torchrun_exit_0(tmp_path, core_dataset):
         os.kill(pid, signal.SIGTERM)
     stdout, err = finish(run)
     assert run.proc.returncode == 0, stdout[-2000:] + err[-3000:]
-    stops = re.findall(r'stopped by SIGTERM at iter (\d+)', stdout)
+    stops = re.findall(r'stopped by SIGTERM after iteration (\d+)', stdout)
     assert len(stops) == 1, stdout[-3000:]
-    assert checkpoint.load(str(out_dir), 'latest.pt')['iter_num'] == int(stops[0])
+    assert checkpoint.load(str(out_dir), 'latest.pt')['iter_num'] == int(stops[0]) + 1
     assert 'Traceback' not in err
 
 

@@ -1,6 +1,7 @@
 """Hugging Face export: the directory loads with transformers' GPT2LMHeadModel.from_pretrained and
 with GPT.from_pretrained, and both give the checkpoint's logits, for either GELU, with or without biases."""
 import json
+import os
 import re
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 import export_hf
 import tiny_runs
 from conftest import run_script
+from helpers import UserError
 from model import GPT
 
 transformers = pytest.importorskip('transformers')
@@ -73,3 +75,49 @@ def test_cli_export_verifies_itself(tmp_path):
     diffs = [float(d) for d in re.findall(r'max abs diff ([0-9.eE+-]+)', proc.stdout)]
     assert len(diffs) == 2 and max(diffs) <= 1e-5, proc.stdout
     assert (out / 'hf' / 'config.json').is_file() and (out / 'hf' / 'model.safetensors').is_file()
+
+
+def test_only_an_earlier_export_is_ever_replaced(tmp_path):
+    """export_hf.json lists what an export wrote; a folder holding anything else is refused, in one line."""
+    folder = tmp_path / 'hf'
+    export_hf.check_output(str(folder))  # absent
+    folder.mkdir()
+    export_hf.check_output(str(folder))  # empty
+    export_hf.export(tiny_runs.make_model(block_size=BLOCK), str(folder))
+    assert json.loads((folder / 'export_hf.json').read_text())['files'] == sorted(os.listdir(folder))
+    export_hf.check_output(str(folder))  # an earlier export
+    (folder / 'README.md').write_text('my notes on this model')
+    with pytest.raises(UserError, match=r'holds files that no export_hf.py export wrote \(README.md\)'):
+        export_hf.check_output(str(folder))
+    os.remove(folder / 'README.md')
+    os.remove(folder / 'export_hf.json')  # an export of an earlier version, or someone's own model
+    with pytest.raises(UserError, match=r'\(config.json, generation_config.json, model.safetensors\)'):
+        export_hf.check_output(str(folder))
+
+
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}',))
+
+
+def test_weights_that_would_run_code_are_never_loaded(tmp_path):
+    """Beside model.safetensors, transformers never opens pytorch_model.bin; alone, it is refused
+    without running anything, in one line."""
+    model = tiny_runs.make_model(block_size=BLOCK)
+    export_hf.export(model, str(tmp_path))
+    marker = tmp_path / 'PWNED'
+    hf_model = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path))
+    torch.save(dict(hf_model.state_dict(), note=RunsCode(marker)), tmp_path / 'pytorch_model.bin')
+    idx = prompts(model.config.vocab_size)[0]
+    torch.testing.assert_close(tiny_runs.full_logits(GPT.from_pretrained(str(tmp_path)), idx),
+                               tiny_runs.full_logits(model, idx), rtol=0, atol=1e-5)
+    os.remove(tmp_path / 'model.safetensors')
+    with pytest.raises(ValueError) as info:
+        GPT.from_pretrained(str(tmp_path))
+    assert str(info.value) == (f"{tmp_path} was refused: its pytorch_model.bin would run code when loaded (GLOBAL "
+                               "posix.system); load only models you trust, re-saved as safetensors "
+                               "(model.save_pretrained(folder) writes model.safetensors)")
+    assert not marker.exists()

@@ -1,6 +1,7 @@
 """ONNX export: onnxruntime gives PyTorch's logits for every position, any batch and any length
 up to block_size, and greedy decoding on onnxruntime writes the same text as sample.py --top_k=1."""
 import json
+import os
 import re
 
 import numpy as np
@@ -109,3 +110,57 @@ def test_sampler_draws_from_top_k_only():
     assert sample_onnx.pick_token(logits, 1.0, 1, rng) == 1
     drawn = {sample_onnx.pick_token(logits, 1.0, 2, rng) for _ in range(200)}
     assert drawn == {1, 2}
+
+
+def test_sampler_with_a_tiny_temperature_is_greedy_and_keeps_ties():
+    import sample_onnx
+    rng = np.random.default_rng(0)
+    logits = np.array([0.5, 3.0, 3.0, -1.0, 2.999])
+    for temperature in (1e-39, 1e-300, 5e-324):
+        assert {sample_onnx.pick_token(logits, temperature, None, rng) for _ in range(200)} == {1, 2}
+
+
+def test_weights_beside_the_file_are_replaced_with_it_and_only_whole(tmp_path, char_dataset, monkeypatch):
+    """A model over 2 GB keeps its weights beside the .onnx file (here any model: the threshold is 0).
+    Each export's weights have a name of their own, so the earlier pair stays whole until the new
+    .onnx file is renamed over the old one; then the old weights go."""
+    monkeypatch.setattr(export_onnx, 'EXTERNAL_DATA_BYTES', 0)
+    model = tiny_runs.make_model('gelu', bias=False, block_size=BLOCK)
+    out = tmp_path / 'run'
+    tiny_runs.save_checkpoint(model, str(out), char_dataset)
+    monkeypatch.setattr(export_onnx, 'out_dir', str(out))
+    export_onnx.main()
+    first = sorted(os.listdir(out))
+    assert len(first) == 3 and re.fullmatch(r'model\.onnx\.[0-9a-f]{8}\.data', first[2]), first
+    with monkeypatch.context() as m:  # Ctrl+C while the new export is checked
+        def interrupted(*args, **kwargs):
+            raise KeyboardInterrupt
+        m.setattr(ort, 'InferenceSession', interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            export_onnx.main()
+    assert sorted(os.listdir(out)) == first
+    export_onnx.main()
+    second = sorted(os.listdir(out))
+    assert len(second) == 3 and second[2] != first[2]
+    session = ort.InferenceSession(str(out / 'model.onnx'), providers=['CPUExecutionProvider'])
+    idx = torch.randint(len(tiny_runs.CHARS), (2, BLOCK), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(ort_logits(session, idx), tiny_runs.full_logits(model, idx), rtol=0, atol=1e-4)
+
+
+def test_weights_in_a_file_per_tensor_are_gathered_into_one(tmp_path):
+    """What the TorchScript exporter writes for models over 2 GB."""
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+    model = tiny_runs.make_model('gelu', bias=True, block_size=BLOCK)
+    path = str(tmp_path / 'model.onnx')
+    export_onnx.export(model, path, dynamo=False)
+    proto = onnx.load(path)
+    convert_model_to_external_data(proto, all_tensors_to_one_file=False, size_threshold=0)
+    onnx.save(proto, path)
+    assert len(os.listdir(tmp_path)) > 10
+    proto = onnx.load(path, load_external_data=False)
+    export_onnx.gather_weights(proto, str(tmp_path), 'model.onnx.0123abcd.data')
+    onnx.save(proto, path)
+    assert sorted(os.listdir(tmp_path)) == ['model.onnx', 'model.onnx.0123abcd.data']
+    diff, _ = export_onnx.max_logit_difference(model, path, export_onnx.random_prompts(len(tiny_runs.CHARS), BLOCK, 3))
+    assert diff <= 1e-4

@@ -112,6 +112,17 @@ def test_top_k_of_the_whole_vocabulary_changes_nothing(tiny, top_k):
     assert torch.equal(tiny.generate(idx, 20, top_k=top_k), unrestricted)
 
 
+@pytest.mark.parametrize('temperature', [1e-39, 1e-300, 5e-324])
+def test_a_tiny_temperature_is_greedy_and_keeps_ties(temperature):
+    """Dividing first would overflow to inf and NaN; the largest logit is 0 before the division."""
+    logits = torch.tensor([[0.5, 3.0, 3.0, -1.0, 2.999]]).expand(2000, 5)
+    torch.manual_seed(0)
+    tokens = model_module.sample_next_token(logits, temperature)[:, 0]
+    assert set(tokens.tolist()) == {1, 2}
+    torch.testing.assert_close((tokens == 1).float().mean(), torch.tensor(0.5), rtol=0, atol=0.05)
+    assert set(model_module.sample_next_token(logits[:50], temperature, top_k=3, top_p=0.9)[:, 0].tolist()) <= {1, 2}
+
+
 def test_cached_logits_match_full_forward(tiny):
     idx = torch.randint(53, (2, BLOCK), generator=torch.Generator().manual_seed(3))
     cache = model_module.KVCache(tiny.config.n_layer, tiny.config.block_size)

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from helpers import data
+from helpers import UserError, data
 import evaluate
 from helpers import metrics
 import tiny_runs
-from conftest import REPO_ROOT, run_script
+from conftest import DATA_ROOT, REPO_ROOT, assert_user_error, run_inproc, run_script
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
@@ -35,30 +35,73 @@ def png_size(path):
     return struct.unpack('>II', head[16:24])
 
 
-def fake_run(out_dir, n_iters=60, eval_interval=20, tokens_per_iter=512, start_loss=4.0):
+def fake_run(out_dir, n_iters=60, eval_interval=20, tokens_per_iter=512, start_loss=4.0, seconds_per_iter=None,
+             hellaswag=False):
+    """A metrics.csv as train.py writes it; seconds and HellaSwag scores only when asked for."""
     with contextlib.closing(metrics.MetricsLog(str(out_dir), 0)) as log:
         for it in range(n_iters + 1):
             loss = start_loss * math.exp(-it / 40) + 1.0
+            seconds = None if seconds_per_iter is None else it * seconds_per_iter
             if it % eval_interval == 0:
-                log.write(it, it * tokens_per_iter, 1e-3, train_loss=loss - 0.1, val_loss=loss + 0.1)
+                scores = dict(hellaswag_acc=0.25 + it / 1000, hellaswag_acc_norm=0.26 + it / 1000) if hellaswag else {}
+                log.write(it, it * tokens_per_iter, 1e-3, train_loss=loss - 0.1, val_loss=loss + 0.1,
+                          seconds=seconds, **scores)
             log.write(it, (it + 1) * tokens_per_iter, 1e-3, train_loss=loss + 0.05 * math.sin(it),
-                      ms_per_iter=12.5, mfu=None if it < 5 else 0.25)
+                      ms_per_iter=12.5, mfu=None if it < 5 else 0.25,
+                      seconds=None if seconds is None else seconds + seconds_per_iter)
 
 
 # ----------------------------------------------------------------------------- metrics.py
 
 def test_metrics_log_writes_header_rows_and_empty_cells(tmp_path):
     with contextlib.closing(metrics.MetricsLog(str(tmp_path), 0)) as log:
-        log.write(0, 0, 6e-4, train_loss=4.25, val_loss=4.5)
+        log.write(0, 0, 6e-4, train_loss=4.25, val_loss=4.5, seconds=3.14159,
+                  hellaswag_acc=2861 / 10042, hellaswag_acc_norm=0.3)
         log.write(0, 4096, 6e-4, train_loss=4.3, ms_per_iter=120.5, mfu=-1.0)  # train.py's "not measured"
-        log.write(1, 8192, 6.5e-4, train_loss=4.1, ms_per_iter=100.0, mfu=0.123)
+        log.write(1, 8192, 6.5e-4, train_loss=4.1, ms_per_iter=100.0, mfu=0.123, seconds=12.0)
     lines = (tmp_path / 'metrics.csv').read_text().splitlines()
-    assert lines[0] == 'iter,kind,tokens,train_loss,val_loss,lr,ms_per_iter,mfu'
-    assert lines[1] == '0,eval,0,4.25,4.5,0.0006,,'
-    assert lines[2] == '0,train,4096,4.3,,0.0006,120.5,'
+    assert lines[0] == ('iter,kind,tokens,seconds,train_loss,val_loss,hellaswag_acc,hellaswag_acc_norm,lr,'
+                        'ms_per_iter,mfu')
+    assert lines[1] == '0,eval,0,3.14,4.25,4.5,0.284903,0.3,0.0006,,'  # rounded: readable, counts still exact
+    assert lines[2] == '0,train,4096,,4.3,,,,0.0006,120.5,'
     rows = metrics.read_metrics(str(tmp_path / 'metrics.csv'))
-    assert rows[2] == dict(iter=1, kind='train', tokens=8192, train_loss=4.1, val_loss=None, lr=6.5e-4,
-                           ms_per_iter=100.0, mfu=0.123)
+    assert rows[2] == dict(iter=1, kind='train', tokens=8192, seconds=12.0, train_loss=4.1, val_loss=None,
+                           hellaswag_acc=None, hellaswag_acc_norm=None, lr=6.5e-4, ms_per_iter=100.0, mfu=0.123)
+    assert round(rows[0]['hellaswag_acc'] * 10042) == 2861
+
+
+OLD_FORMAT = """iter,kind,tokens,train_loss,val_loss,lr,ms_per_iter,mfu
+0,eval,0,4.25,4.5,0.0006,,
+0,train,4096,4.3,,0.0006,120.5,
+1,train,8192,4.1,,0.00065,100.0,0.123
+2,eval,8192,3.9,4.0,0.0007,,
+2,train,12288,3.8,,0.0007,99.0,0.125
+"""
+
+
+def test_an_old_metrics_file_reads_plots_and_resumes(tmp_path):
+    import plot
+    (tmp_path / 'metrics.csv').write_text(OLD_FORMAT)
+    rows = metrics.read_metrics(str(tmp_path / 'metrics.csv'))
+    assert [(r['iter'], r['kind'], r['val_loss']) for r in rows] == \
+        [(0, 'eval', 4.5), (0, 'train', None), (1, 'train', None), (2, 'eval', 4.0), (2, 'train', None)]
+    assert all(r['seconds'] is None and r['hellaswag_acc_norm'] is None for r in rows)
+    fig = plot.figure([('old', plot.load_run(str(tmp_path)))], x_names=('iter', 'seconds'))
+    loss_iter, loss_seconds = fig.axes  # no HellaSwag panel; the seconds panel says why it is empty
+    assert [t.get_text() for t in loss_seconds.texts] == ['no wall-clock time (seconds) recorded']
+    assert list(loss_iter.get_lines()[-1].get_xdata()) == [0, 2]  # val loss at the evaluations
+    plot.pyplot().close(fig)
+    # a run resumed on the old file keeps its rows before the restart and writes every column
+    with contextlib.closing(metrics.MetricsLog(str(tmp_path), 2)) as log:
+        log.write(2, 8192, 7e-4, train_loss=3.9, val_loss=4.01, seconds=30.0)
+    lines = (tmp_path / 'metrics.csv').read_text().splitlines()
+    assert lines[0].split(',') == list(metrics.COLUMNS)
+    assert lines[1:] == ['0,eval,0,,4.25,4.5,,,0.0006,,', '0,train,4096,,4.3,,,,0.0006,120.5,',
+                         '1,train,8192,,4.1,,,,0.00065,100.0,0.123', '2,eval,8192,30.0,3.9,4.01,,,0.0007,,']
+    # and an old file with a header but no rows yet is no damage
+    (tmp_path / 'metrics.csv').write_text(OLD_FORMAT.splitlines()[0] + '\n')
+    with pytest.raises(UserError, match='has no rows yet'):
+        plot.load_run(str(tmp_path))
 
 
 def test_metrics_log_resume_drops_rows_from_the_restart_iteration(tmp_path):
@@ -114,6 +157,65 @@ def test_plot_overlay_and_errors(tmp_path):
     assert proc.returncode == 1 and 'no metrics.csv' in proc.stderr
 
 
+def test_plot_against_wall_clock_time(tmp_path):
+    import plot
+    fake_run(tmp_path / 'slow', seconds_per_iter=6.0)  # 61 iterations: 366 s, drawn in minutes
+    fake_run(tmp_path / 'fast', seconds_per_iter=1.5, start_loss=3.0)
+    runs = [(name, plot.load_run(str(tmp_path / name))) for name in ('slow', 'fast')]
+    assert plot.time_unit(runs) == (60, 'minutes')
+    assert plot.time_unit(runs[1:]) == (1, 'seconds')  # 91.5 s
+    assert plot.series(runs[0][1], 'eval', 'seconds', 'val_loss', 60)[0] == [0.0, 2.0, 4.0, 6.0]
+    fig = plot.figure(runs, x_names=('seconds',), side_by_side=False)
+    (ax,) = fig.axes
+    assert ax.get_xlabel() == 'wall-clock time (minutes)'
+    val_lines = {line.get_label(): list(line.get_xdata()) for line in ax.get_lines()
+                 if line.get_label().endswith(': val (eval)')}
+    assert val_lines == {'slow: val (eval)': [0.0, 2.0, 4.0, 6.0], 'fast: val (eval)': [0.0, 0.5, 1.0, 1.5]}
+    plot.pyplot().close(fig)
+    result = run_inproc('plot.py', f'--out_dirs={tmp_path / "slow"},{tmp_path / "fast"}', '--overlay=True',
+                        '--x=seconds', check=True)
+    written = tmp_path / 'slow' / 'loss_comparison.png'  # beside the first run, not in the current folder
+    assert result.stdout.splitlines()[-1].startswith(f"wrote {written} (slow: ") and png_size(written)[0] > 300
+    assert not os.path.exists(os.path.join(REPO_ROOT, 'loss_comparison.png'))
+
+
+def test_plot_draws_hellaswag_beneath_the_loss_when_a_run_has_it(tmp_path):
+    import plot
+    fake_run(tmp_path / 'scored', hellaswag=True)
+    fake_run(tmp_path / 'plain')
+    scored, plain = (plot.load_run(str(tmp_path / name)) for name in ('scored', 'plain'))
+    assert plot.has_hellaswag(scored) and not plot.has_hellaswag(plain)
+    fig = plot.figure([('plain', plain)])
+    assert [ax.get_ylabel() for ax in fig.axes] == ['loss', '']  # no panel for what was not measured
+    plot.pyplot().close(fig)
+    fig = plot.figure([('scored', scored)])
+    loss_iter, loss_tokens, hellaswag_iter, hellaswag_tokens = fig.axes
+    assert hellaswag_iter.get_ylabel() == 'HellaSwag acc_norm'
+    line, = [line for line in hellaswag_iter.get_lines() if line.get_label() == 'HellaSwag']
+    assert list(line.get_xdata()) == [0, 20, 40, 60] and list(line.get_ydata()) == [0.26, 0.28, 0.30, 0.32]
+    assert list(hellaswag_tokens.get_lines()[0].get_xdata()) == [0, 20 * 512, 40 * 512, 60 * 512]
+    plot.pyplot().close(fig)
+    # side by side: the run without scores says so in its HellaSwag panels
+    fig = plot.figure([('scored', scored), ('plain', plain)])
+    axes = fig.axes  # row by row: loss and HellaSwag against iterations, then against tokens
+    assert len(axes) == 8 and [t.get_text() for t in axes[3].texts] == ['no HellaSwag scores recorded']
+    plot.pyplot().close(fig)
+    run_inproc('plot.py', f'--out_dirs={tmp_path / "scored"},{tmp_path / "plain"}', check=True)
+    run_inproc('plot.py', f'--out_dir={tmp_path / "plain"}', check=True)
+    run_inproc('plot.py', f'--out_dir={tmp_path / "scored"}', check=True)
+    scored_size, plain_size = png_size(tmp_path / 'scored' / 'loss.png'), png_size(tmp_path / 'plain' / 'loss.png')
+    assert scored_size[0] == plain_size[0] and scored_size[1] > 1.4 * plain_size[1]  # the extra row of panels
+    assert png_size(tmp_path / 'scored' / 'loss_comparison.png')[1] > 1.4 * scored_size[1]
+
+
+@pytest.mark.parametrize('axes', ['time', 'iter,iter', '', 'iter,,tokens'])
+def test_plot_x_axes_errors_are_one_line(tmp_path, axes):
+    fake_run(tmp_path / 'run')
+    result = run_inproc('plot.py', f'--out_dir={tmp_path / "run"}', f'--x={axes}')
+    assert_user_error(result, 'iter, tokens, seconds', '--x=seconds')
+    assert os.listdir(tmp_path / 'run') == ['metrics.csv']
+
+
 # ----------------------------------------------------------------------------- evaluate.py
 
 @pytest.mark.parametrize('n_tokens', [2, 16, 17, 18, 100, 1003])
@@ -127,7 +229,7 @@ def test_full_pass_windows_predict_every_token_but_the_first_once(n_tokens, bloc
 
 def straightforward_val_loss(model, dataset_name, block_size):
     """Slide over val.bin window by window, one at a time, and average every prediction."""
-    data = np.fromfile(os.path.join(REPO_ROOT, 'data', dataset_name, 'val.bin'), dtype=np.uint16).astype(np.int64)
+    data = np.fromfile(os.path.join(DATA_ROOT, dataset_name, 'val.bin'), dtype=np.uint16).astype(np.int64)
     total, count = 0.0, 0
     for start in range(0, len(data) - 1, block_size):
         y = torch.from_numpy(data[start + 1:start + 1 + block_size])

@@ -1,6 +1,9 @@
 """Nothing is lost: a second run never destroys the first, two runs never share an out_dir, a
-finished run stays finished, checkpoints carry their vocabulary, and every bad input follows
-one rule: a non-zero exit, one `error:` line on stderr, no traceback, no file created or changed."""
+finished run stays finished, checkpoints carry their vocabulary, and two rules hold. Every bad
+input: a non-zero exit, one `error:` line on stderr, no traceback, no file created or changed.
+Whatever an export or --overwrite=True replaces is gone only once its replacement is whole."""
+import collections
+import gc
 import os
 import pickle
 import re
@@ -15,6 +18,7 @@ import torch
 from conftest import (REPO_ROOT, LiveProcess, assert_user_error, core_text, core_train_args, run_inproc,
                       run_script)
 from helpers import checkpoint, data, metrics
+import tiny_runs
 
 
 def tree(*folders):
@@ -26,6 +30,28 @@ def tree(*folders):
                 with open(os.path.join(root, name), 'rb') as f:
                     files[os.path.join(root, name)] = f.read()
     return files
+
+
+class RunsCode:
+    """Unpickling this runs a shell command that creates a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}',))
+
+
+def transformers_folder(folder, vocab_size=50257, runs_code=None):
+    """A tiny transformers GPT-2 folder (model.safetensors); with runs_code, its weights instead in a
+    pytorch_model.bin whose unpickling would create the file runs_code."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32, vocab_size=vocab_size,
+                                       bos_token_id=None, eos_token_id=None))
+    model.save_pretrained(folder)
+    if runs_code:
+        torch.save(dict(model.state_dict(), note=RunsCode(runs_code)), folder / 'pytorch_model.bin')
+        os.remove(folder / 'model.safetensors')
 
 
 def rewrite_meta(name, **changes):
@@ -47,10 +73,25 @@ class Setup:
         self.make_dataset, self.tiny_run = make_dataset, tiny_run
         self.datasets = []
 
-    def dataset(self, suffix):
+    def dataset(self, suffix, meta=True):
         name = self.make_dataset(suffix)
         self.datasets.append(data.data_dir(name))
+        if not meta:  # a GPT-2 BPE dataset, as far as the scripts can tell
+            os.remove(os.path.join(data.data_dir(name), 'meta.pkl'))
         return name
+
+    def folder(self, name, *files):
+        """A folder in tmp holding these (empty) files."""
+        (self.tmp / name).mkdir()
+        for file in files:
+            (self.tmp / name / file).write_text('')
+        return self.tmp / name
+
+    def binary_file(self, zeros=False):
+        """4 MiB of bytes, valid UTF-8 (zeros) or, from 3 MiB on, not."""
+        path = self.tmp / 'binary.dat'
+        path.write_bytes(bytes(4 << 20) if zeros else b'a' * (3 << 20) + bytes(range(128, 256)) * 8192)
+        return path
 
     def run(self):
         shutil.copytree(self.tiny_run.out_dir, self.out)
@@ -175,6 +216,110 @@ def damaged_metrics(s):
     return 'plot.py', [f'--out_dir={s.tmp}'], ['metrics.csv', 'damaged']
 
 
+# exports write only where nothing but an earlier export of their own would be replaced
+case('export_hf.py --output a folder holding other files')(lambda s: (
+    'export_hf.py', [f'--out_dir={s.run()}', f'--output={s.folder("mine", "notes.txt")}'],
+    ['mine', 'notes.txt', 'no export_hf.py export wrote', 'new or empty folder']))
+case('export_hf.py --output the out_dir itself')(lambda s: (
+    'export_hf.py', [f'--out_dir={s.run()}', f'--output={s.out}'], ['ckpt.pt', 'latest.pt', 'move those files away']))
+case('export_hf.py --output where nothing can be written')(lambda s: (
+    'export_hf.py', [f'--out_dir={s.run()}', '--output=/sys/nanogpt_test_hf'], ['cannot write', '/sys']))
+case('export_onnx.py --output an existing folder')(lambda s: (
+    'export_onnx.py', [f'--out_dir={s.run()}', f'--output={s.tmp}'], ['is a folder', f'--output={s.tmp}/model.onnx']))
+case('export_onnx.py --output over a checkpoint')(lambda s: (
+    'export_onnx.py', [f'--out_dir={s.run()}', f'--output={s.out / "ckpt.pt"}'],
+    ['ckpt.pt exists', 'export_onnx.py did not write it', '--output']))
+case('export_onnx.py --output where nothing can be written')(lambda s: (
+    'export_onnx.py', [f'--out_dir={s.run()}', '--output=/sys/nanogpt_test.onnx'], ['cannot write', '/sys']))
+case('export_onnx.py --seed=-1')(lambda s: ('export_onnx.py', [f'--out_dir={s.run()}', '--seed=-1'], ['seed', '-1']))
+
+
+# checkpoints that are not what they seem
+def sample_from_file(s, content, fragments):
+    s.out.mkdir()
+    (s.out / 'ckpt.pt').write_bytes(content)
+    return 'sample.py', [f'--out_dir={s.out}', '--device=cpu'], fragments
+
+
+NOT_OURS = ['ckpt.pt', 'not a checkpoint that this project or nanoGPT wrote', 'not loaded']
+case('sample.py on a pickled dict')(lambda s: sample_from_file(s, pickle.dumps({'a': 1}), NOT_OURS))
+case('sample.py on a pickled numpy array')(lambda s: sample_from_file(s, pickle.dumps(np.zeros(3)), NOT_OURS))
+
+
+def damaged_beside_whole(s, damaged, script):
+    out = s.run()
+    (out / damaged).write_bytes((out / damaged).read_bytes()[:5000])
+    other = 'ckpt.pt' if damaged == 'latest.pt' else 'latest.pt'
+    args = core_train_args(out, init_from='resume') if script == 'train.py' else [f'--out_dir={out}', '--device=cpu']
+    return script, args, [f'{damaged} is truncated or corrupt', f'{other} beside it loads', 'iter',
+                          f'mv {out / damaged} {out / damaged}.damaged']
+
+
+case('resume with a damaged latest.pt beside a whole ckpt.pt')(lambda s: damaged_beside_whole(
+    s, 'latest.pt', 'train.py'))
+case('sample.py with a damaged ckpt.pt beside a whole latest.pt')(lambda s: damaged_beside_whole(
+    s, 'ckpt.pt', 'sample.py'))
+
+
+# the run that --overwrite=True moved aside, before the new run saved
+def only_replaced(s):
+    s.run()
+    os.mkdir(s.out / 'replaced')
+    for name in ('ckpt.pt', 'latest.pt', 'metrics.csv'):
+        os.rename(s.out / name, s.out / 'replaced' / name)
+    return s.out
+
+
+RESTORE = ['replaced/', 'latest.pt at iter 21', 'where --overwrite=True moved it', 'to restore it: mv ']
+case('sample.py on an out_dir whose run is in replaced/')(lambda s: (
+    'sample.py', [f'--out_dir={only_replaced(s)}', '--device=cpu'], ['no checkpoint', *RESTORE]))
+case('resume of an out_dir whose run is in replaced/')(lambda s: (
+    'train.py', core_train_args(only_replaced(s), init_from='resume'), ['no checkpoint', *RESTORE]))
+case('a new run into an out_dir whose run is in replaced/')(lambda s: (
+    'train.py', core_train_args(only_replaced(s)), ['holds no checkpoint', *RESTORE, '--overwrite=True']))
+
+
+# transformers folders whose weights would run code: refused before anything runs (the marker would be a new file)
+def code_in_weights(s, script):
+    folder = s.tmp / 'hf'
+    transformers_folder(folder, runs_code=s.tmp / 'PWNED')
+    args = core_train_args(s.out, init_from=folder, dataset=s.dataset('bpe', meta=False)) if script == 'train.py' \
+        else [f'--init_from={folder}', '--device=cpu']
+    return script, args, [f'{folder} was refused', 'would run code', 'GLOBAL', 'safetensors']
+
+
+case('sample.py --init_from a folder whose weights run code')(lambda s: code_in_weights(s, 'sample.py'))
+case('train.py --init_from a folder whose weights run code')(lambda s: code_in_weights(s, 'train.py'))
+
+
+@case('sample.py --init_from a folder whose model.safetensors was cut short')
+def cut_safetensors(s):
+    transformers_folder(s.tmp / 'hf')
+    weights = s.tmp / 'hf' / 'model.safetensors'
+    weights.write_bytes(weights.read_bytes()[:1000])
+    return 'sample.py', [f'--init_from={s.tmp / "hf"}', '--device=cpu'], ['model.safetensors is truncated or corrupt']
+
+
+# numbers at the edges, and files that are not what the flag wants
+case('sample.py --seed=2**64')(lambda s: (
+    'sample.py', [f'--out_dir={s.run()}', '--device=cpu', f'--seed={2 ** 64}'], ['seed', str(2 ** 64)]))
+case('sample_onnx.py --seed=-1')(lambda s: ('sample_onnx.py', [f'--onnx_path={s.tmp}', '--seed=-1'], ['seed', '-1']))
+case('sample.py --temperature=1e999')(lambda s: (
+    'sample.py', [f'--out_dir={s.run()}', '--device=cpu', '--temperature=1e999'], ['temperature', 'finite', 'inf']))
+case('sample.py --start=FILE:<a folder>')(lambda s: (
+    'sample.py', [f'--out_dir={s.run()}', '--device=cpu', f'--start=FILE:{s.tmp}'], ['prompt file', 'is a folder']))
+case('sample.py --prompts=<a large binary file>')(lambda s: (
+    'sample.py', [f'--out_dir={s.run()}', '--device=cpu', f'--prompts={s.binary_file()}'],
+    ['prompts file', 'not UTF-8 text', 'at byte 3145728']))
+case('sample.py --prompts=<a file of zeros>')(lambda s: (
+    'sample.py', [f'--out_dir={s.run()}', '--device=cpu', f'--prompts={s.binary_file(zeros=True)}'],
+    ['prompts file', 'NUL bytes', 'binary']))
+case('sample.py --out_dir=<a transformers folder>')(lambda s: (
+    'sample.py', [f'--out_dir={s.folder("hf", "config.json")}', '--device=cpu'],
+    ['no checkpoint', 'holds a transformers model', f'--init_from={s.tmp / "hf"}']))
+case('sample_onnx.py --onnx_path=<a folder>')(lambda s: (
+    'sample_onnx.py', [f'--onnx_path={s.tmp}'], ['is a folder', '--onnx_path']))
+
 WRONG_ADVICE = {'evaluate.py --splits=test': 'prepare.py', '--batch_size=four after a config file': 'default'}
 
 
@@ -197,6 +342,181 @@ def test_the_rule_holds_through_a_real_interpreter(tmp_path, make_dataset):
     proc = run_script('train.py', *core_train_args(tmp_path / 'out', dataset=name), check=False, timeout=120)
     assert proc.returncode == 1 and proc.stderr.count('\n') == 1 and proc.stderr.startswith('error: ')
     assert not (tmp_path / 'out').exists()
+
+
+# ----------------------------------------------------------------------------- safe replacement
+# Each case makes an old output under tmp, then replaces it twice: once stopped or failing half-way
+# (interrupted), after which every old file is still there byte for byte (a run moved aside: in
+# replaced/), and once whole, after which the replacement is in place, checked by check(old, new)
+# with both trees, and nothing temporary is left beside it.
+
+Replacement = collections.namedtuple('Replacement', 'interrupted whole check moved', defaults=(lambda path: path,))
+REPLACEMENTS = {}
+
+
+def replacement(title, *marks):
+    def register(fn):
+        REPLACEMENTS[title] = (fn, marks)
+        return fn
+    return register
+
+
+def bpe_checkpoint(s):
+    """An out_dir whose checkpoint is a GPT-2 BPE model (no tokenizer files in its export)."""
+    out = s.tmp / 'bpe_run'
+    tiny_runs.save_checkpoint(tiny_runs.make_model(vocab_size=50304, n_embd=16, block_size=16), str(out), '_no_meta')
+    return out
+
+
+def ctrl_c_after(monkeypatch, owner, name):
+    """Make owner.name do its work, then raise KeyboardInterrupt, as a Ctrl+C right after it would."""
+    real = getattr(owner, name)
+
+    def then_interrupted(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(owner, name, then_interrupted)
+
+
+def stopped(script, *args):
+    with pytest.raises(KeyboardInterrupt):
+        run_inproc(script, *args)
+
+
+def killed_after(owner, name, script, *args):
+    """script run in a new interpreter that dies (SIGKILL: no cleanup at all) right after owner.name,
+    e.g. 'transformers.GPT2LMHeadModel', 'save_pretrained'."""
+    code = (f"import os, runpy, signal, sys; import {owner.split('.')[0]}; real = {owner}.{name}\n"
+            f"def dying(*a, **k): real(*a, **k); os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"{owner}.{name} = dying; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    assert run_script('-c', code, script, *args, check=False, timeout=300).returncode == -signal.SIGKILL
+
+
+def hf_export(s, out_dir):
+    return ['export_hf.py', f'--out_dir={out_dir}', f'--output={s.tmp / "hf"}']
+
+
+def hf_replaced_whole(old, new):
+    """The character export (with its tokenizer.json) replaced by the BPE one: no file of the old kind left."""
+    names = {os.path.basename(p) for p in new if os.path.dirname(p).endswith('hf')}
+    assert 'tokenizer.json' not in names and {'config.json', 'model.safetensors', 'export_hf.json'} <= names
+    config = [p for p in new if p.endswith(os.path.join('hf', 'config.json'))][0]
+    assert b'"vocab_size": 50304' in new[config]
+
+
+def old_hf_export(s):
+    run_inproc(*hf_export(s, s.run()), check=True)
+    assert (s.tmp / 'hf' / 'tokenizer.json').exists()
+    return bpe_checkpoint(s)
+
+
+@replacement('export_hf.py stopped by Ctrl+C after writing the weights')
+def hf_ctrl_c(s):
+    import transformers
+    bpe = old_hf_export(s)
+    return Replacement(
+        lambda m: (ctrl_c_after(m, transformers.GPT2LMHeadModel, 'save_pretrained'), stopped(*hf_export(s, bpe))),
+        lambda: run_inproc(*hf_export(s, bpe), check=True), hf_replaced_whole)
+
+
+@replacement('export_hf.py killed after writing the weights')
+def hf_killed(s):
+    bpe = old_hf_export(s)
+    return Replacement(lambda m: killed_after('transformers.GPT2LMHeadModel', 'save_pretrained', *hf_export(s, bpe)),
+                       lambda: run_inproc(*hf_export(s, bpe), check=True), hf_replaced_whole)
+
+
+@replacement('export_hf.py whose check fails')
+def hf_check_fails(s):
+    bpe = old_hf_export(s)
+    return Replacement(
+        lambda m: assert_user_error(run_inproc(*hf_export(s, bpe), '--tolerance=-1'), 'so it was not kept'),
+        lambda: run_inproc(*hf_export(s, bpe), check=True), hf_replaced_whole)
+
+
+def onnx_export(s, out_dir):
+    return ['export_onnx.py', f'--out_dir={out_dir}', f'--output={s.tmp / "model.onnx"}', '--dynamo=False']
+
+
+def onnx_replaced_whole(old, new):
+    import onnx
+    path = [p for p in new if p.endswith('model.onnx')][0]
+    meta = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert meta['nanogpt.tokenizer'] == 'gpt2' and old[path] != new[path]
+
+
+@replacement('export_onnx.py stopped by Ctrl+C during its check')
+def onnx_ctrl_c(s):
+    import onnxruntime
+    run_inproc(*onnx_export(s, s.run()), check=True)
+    bpe = bpe_checkpoint(s)
+    return Replacement(lambda m: (ctrl_c_after(m, onnxruntime, 'InferenceSession'), stopped(*onnx_export(s, bpe))),
+                       lambda: run_inproc(*onnx_export(s, bpe), check=True), onnx_replaced_whole)
+
+
+@replacement('export_onnx.py whose check fails')
+def onnx_check_fails(s):
+    run_inproc(*onnx_export(s, s.run()), check=True)
+    bpe = bpe_checkpoint(s)
+    return Replacement(
+        lambda m: assert_user_error(run_inproc(*onnx_export(s, bpe), '--tolerance=-1'), 'so it was not kept'),
+        lambda: run_inproc(*onnx_export(s, bpe), check=True), onnx_replaced_whole)
+
+
+def moved_aside(s):
+    """Where --overwrite=True keeps the old run's files until the new run has saved (the lock is no run's)."""
+    return lambda path: None if path.endswith('train.lock') else \
+        os.path.join(os.path.dirname(path), 'replaced', os.path.basename(path))
+
+
+def overwritten_whole(old, new):
+    assert not [p for p in new if f'{os.sep}replaced{os.sep}' in p], "the old run outlived the new run's first save"
+    assert [p for p in new if p.endswith('latest.pt')]
+
+
+FAILS_AT_FIRST_EVAL = dict(overwrite=True, learning_rate=1e30, eval_interval=2, max_iters=10)
+DISCARDS = pytest.mark.skipif('discard_replaced' not in open(os.path.join(REPO_ROOT, 'train.py')).read(),
+                              reason="train.py does not call checkpoint.discard_replaced after its saves yet")
+
+
+@replacement('--overwrite=True whose new run fails before its first save', DISCARDS)
+def overwrite_fails(s):
+    s.run()
+    return Replacement(
+        lambda m: assert_user_error(run_inproc('train.py', *core_train_args(s.out, **FAILS_AT_FIRST_EVAL)), 'nan'),
+        lambda: run_inproc('train.py', *core_train_args(s.out, overwrite=True, max_iters=3), check=True),
+        overwritten_whole, moved_aside(s))
+
+
+@replacement('--overwrite=True failing twice before a first save', DISCARDS)
+def overwrite_fails_twice(s):
+    s.run()
+
+    def twice(m):
+        for _ in range(2):
+            assert_user_error(run_inproc('train.py', *core_train_args(s.out, **FAILS_AT_FIRST_EVAL)), 'nan')
+            gc.collect()  # the failed run's lock, held by objects run_inproc's one collection leaves for the next
+    return Replacement(
+        twice, lambda: run_inproc('train.py', *core_train_args(s.out, overwrite=True, max_iters=3), check=True),
+        overwritten_whole, moved_aside(s))
+
+
+@pytest.mark.parametrize('case', [pytest.param(title, marks=marks)
+                                  for title, (_, marks) in sorted(REPLACEMENTS.items())])
+def test_what_is_replaced_goes_only_once_its_replacement_is_whole(case, tmp_path, make_dataset, tiny_run, monkeypatch):
+    s = Setup(tmp_path, make_dataset, tiny_run)
+    r = REPLACEMENTS[case][0](s)
+    old = tree(tmp_path)
+    with monkeypatch.context() as m:
+        r.interrupted(m)
+    after = tree(tmp_path)
+    lost = [path for path, content in old.items() if r.moved(path) and after.get(r.moved(path)) != content]
+    assert not lost, f"lost before the replacement was whole: {lost}"
+    gc.collect()  # a failed run's lock, held by objects run_inproc's one collection leaves for the next
+    r.whole()
+    new = tree(tmp_path)
+    assert not [p for p in new if re.search(r'\.(tmp|old)\.', p)], "temporary files were left"
+    r.check(old, new)
 
 
 # ----------------------------------------------------------------------------- a second run
@@ -242,7 +562,7 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path, core_dataset):
     time.sleep(0.5)  # still importing torch
     run.proc.send_signal(signal.SIGINT)
     assert run.finish() == 130
-    assert run.stderr == "interrupted during start-up: no checkpoint was written\n"
+    assert run.stderr == "SIGINT during start-up: no checkpoint was written\n"
     assert not (tmp_path / 'out').exists()
 
 

@@ -2,7 +2,7 @@
 
 Every prepare script runs as a user would run it (a subprocess in the repo root); library
 pieces are also tested in-process where a small chunk size makes edge cases reachable.
-Datasets written under data/_test_* are removed again; data/shakespeare* stay (gitignored).
+Every dataset goes to the session's temporary data folder (conftest.DATA_ROOT), never to data/.
 """
 import hashlib
 import json
@@ -19,7 +19,7 @@ import uuid
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, run_script, place_tiny_shakespeare
+from conftest import DATA_ROOT, REPO_ROOT, data_changes, data_files, run_script, place_tiny_shakespeare
 
 sys.path.insert(0, REPO_ROOT)
 from helpers import prepare  # noqa: E402
@@ -34,7 +34,7 @@ OFFLINE = {'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1'}
 
 @pytest.fixture
 def scratch():
-    """A factory of unique dataset names under data/, all removed at the end of the test."""
+    """A factory of unique dataset names under DATA_ROOT, all removed at the end of the test."""
     names = []
 
     def make(tag='ds'):
@@ -42,7 +42,7 @@ def scratch():
         return names[-1]
     yield make
     for name in names:
-        shutil.rmtree(os.path.join(REPO_ROOT, 'data', name), ignore_errors=True)
+        shutil.rmtree(os.path.join(DATA_ROOT, name), ignore_errors=True)
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def hf_env(tmp_path):
 
 
 def folder(name):
-    return os.path.join(REPO_ROOT, 'data', name)
+    return os.path.join(DATA_ROOT, name)
 
 
 def digests(name):
@@ -323,16 +323,12 @@ def test_missing_empty_and_bad_arguments(tmp_path, scratch):
     assert_user_error(run_script('data/char/prepare.py', '--input', str(text), '--name', name,
                                  '--val_fraction=0.999', check=False), 'too few')
     assert no_outputs(name)
-    assert not os.path.exists(os.path.join(REPO_ROOT, 'escape'))
+    assert not os.path.exists(os.path.join(os.path.dirname(DATA_ROOT), 'escape'))
 
 
-def test_name_of_another_dataset_needs_force(tmp_path, scratch, shakespeare_char):
+def test_name_of_another_dataset_needs_force(tmp_path, scratch):
     text = tmp_path / 'mine.txt'
     text.write_text('my own words\n' * 100)
-    before = digests('shakespeare_char')
-    proc = run_script('data/char/prepare.py', '--input', str(text), '--name', 'shakespeare_char', check=False)
-    assert_user_error(proc, 'data/shakespeare_char/', '--force')
-    assert digests('shakespeare_char') == before
     name = scratch('force')
     run_script('data/char/prepare.py', '--input', str(text), '--name', name)
     assert_user_error(run_script('data/char/prepare.py', '--input', str(text), '--name', name, check=False), '--force')
@@ -340,6 +336,113 @@ def test_name_of_another_dataset_needs_force(tmp_path, scratch, shakespeare_char
     other.write_text('different words entirely\n' * 100)
     run_script('data/char/prepare.py', '--input', str(other), '--name', name, '--force')
     assert ''.join(decoded(name)[:2]) == other.read_text()
+
+
+NAMES_TAKEN = ['données', 'doupo', '斗破苍穹', 'हिन्दी', 'cafe\u0301', 'Ελληνικά', 'my_novel-2.v1', '_x', 'a' * 255]
+NAMES_REFUSED = {'': 'is empty', '.hidden': "starts with '.'", '..': "starts with '.'", '-x': "starts with '-'",
+                 'a/b': "'/'", 'a\\b': "'\\\\'", 'two words': "' '", 'a:b': "':'", '\u0301x': 'starts with',
+                 'con': 'device name', 'NUL.txt': 'device name', 'com1': 'device name', 'novel.': "ends with '.'",
+                 'é' * 128: '255 bytes'}
+
+
+def test_names_in_any_language_and_none_a_filesystem_refuses(tmp_path, scratch):
+    for name in NAMES_TAKEN:
+        assert prepare.output_dir(name) == os.path.join(DATA_ROOT, name), name
+    for name, why in NAMES_REFUSED.items():
+        with pytest.raises(UserError) as e:
+            prepare.output_dir(name)
+        assert why in str(e.value) and f'--name={name!r}' in str(e.value), (name, str(e.value))
+    text = tmp_path / 'roman.txt'
+    text.write_text('Il était une fois des données.\n' * 50, encoding='utf-8')
+    name = scratch('données')
+    run_script('data/char/prepare.py', '--input', str(text), '--name', name)
+    assert ''.join(decoded(name)[:2]) == text.read_text(encoding='utf-8')
+
+
+def test_script_folder_names_are_no_dataset_names(tmp_path, shakespeare_char):
+    """data/char holds the tool for your own text, and data/shakespeare_char's name is its script's dataset:
+    no other prepare takes such a name, with --force or without, and the message offers another."""
+    text = tmp_path / 'mine.txt'
+    text.write_text('my own words\n' * 100)
+    before = digests('shakespeare_char')
+    for name in ('char', 'shakespeare_char'):
+        proc = run_script('data/char/prepare.py', '--input', str(text), '--name', name, '--force', check=False)
+        assert_user_error(proc, f'--name={name} ', f'data/{name}/prepare.py', f'--name=my_{name}')
+    assert digests('shakespeare_char') == before and not os.path.exists(folder('char'))
+    with pytest.raises(UserError, match='data/char/prepare.py'):   # the same folder where case does not count
+        prepare.output_dir('Char', force=True)
+    with pytest.raises(UserError, match='data/tinystories_char/prepare.py'):
+        prepare.output_dir('tinystories_char', force=True, own='tinystories')
+    assert prepare.output_dir('tinystories', own='tinystories') == folder('tinystories')
+
+
+def test_nanogpt_data_dir_moves_every_dataset(tmp_path):
+    """The shakespeare scripts read input.txt from <NANOGPT_DATA_DIR>/<name>/ and write there, data/char/prepare.py
+    writes --name there, and train.py looks there; the scripts stay in the repository."""
+    elsewhere = tmp_path / 'big disk'
+    env = {'NANOGPT_DATA_DIR': str(elsewhere)}
+    text = 'To be, or not to be: that is the question.\n' * 20
+    for name in ('shakespeare_char', 'shakespeare'):
+        (elsewhere / name).mkdir(parents=True)
+        (elsewhere / name / 'input.txt').write_text(text)
+        out = run_script(f'data/{name}/prepare.py', env=env).stdout
+        assert f'length of dataset in characters: {len(text):,}' in out and 'downloading' not in out
+        assert f'wrote {elsewhere / name}/' in out
+        assert {'train.bin', 'val.bin'} <= set(os.listdir(elsewhere / name))
+    meta = dataset.load_meta(str(elsewhere / 'shakespeare_char' / 'meta.pkl'))
+    ids = np.concatenate([np.fromfile(elsewhere / 'shakespeare_char' / f'{split}.bin', dtype=np.uint16)
+                          for split in ('train', 'val')])
+    assert ''.join(meta['itos'][int(i)] for i in ids) == text
+    (tmp_path / 'mine.txt').write_text(text)
+    run_script('data/char/prepare.py', '--input', str(tmp_path / 'mine.txt'), '--name', 'mine', env=env)
+    assert os.path.isfile(elsewhere / 'mine' / 'train.bin')
+    proc = run_script('train.py', '--dataset=nope', '--device=cpu', f'--out_dir={tmp_path / "out"}', env=env,
+                      check=False)
+    assert_user_error(proc, f"{elsewhere / 'nope'}/", 'mine', 'shakespeare_char')
+
+
+def test_unknown_dataset_lists_the_prepared_and_the_preparable():
+    with pytest.raises(UserError) as e:
+        dataset.bin_path('_test_nope', 'train')
+    assert f"there is no dataset {os.path.join(DATA_ROOT, '_test_nope')}/" in str(e.value)
+    listed = str(e.value).split('datasets here: ')[1].split(';')[0].split(', ')
+    assert {'openwebtext', 'shakespeare', 'tinystories'} <= set(listed) and 'char' not in listed
+    with pytest.raises(UserError, match='prepare the dataset first: python data/openwebtext/prepare.py'):
+        dataset.bin_path('openwebtext', 'train')   # its script is in the repository, its folder not yet made
+
+
+def test_download_makes_the_folder_and_leaves_nothing_when_it_fails(tmp_path):
+    source = tmp_path / 'source.txt'
+    source.write_text('a tiny text\n')
+    target = tmp_path / 'root' / 'shakespeare_char' / 'input.txt'
+    assert prepare.download(source.as_uri(), str(target)) == str(target)
+    assert target.read_text() == 'a tiny text\n'
+    source.unlink()
+    assert prepare.download(source.as_uri(), str(target)) == str(target)   # there already: not fetched again
+    missing = tmp_path / 'root' / 'shakespeare' / 'input.txt'
+    with pytest.raises(UserError, match='could not download'):
+        prepare.download(source.as_uri(), str(missing))
+    assert os.listdir(missing.parent) == []
+
+
+def test_the_data_guard_sees_files_created_removed_and_rewritten(tmp_path):
+    """conftest's check of the repository's data/ at the end of every session, on a folder of its own."""
+    top = tmp_path / 'data'
+    (top / 'mine').mkdir(parents=True)
+    for name in ('train.bin', 'val.bin', 'input.txt'):
+        (top / 'mine' / name).write_bytes(b'12345678')
+    before = data_files(str(top))
+    assert data_changes(before, data_files(str(top))) == []
+    (top / 'mine' / 'val.bin').unlink()
+    (top / 'new').mkdir()
+    (top / 'new' / 'train.bin').write_bytes(b'')
+    stat = os.stat(top / 'mine' / 'train.bin')
+    (top / 'mine' / 'train.bin').write_bytes(b'87654321')
+    os.utime(top / 'mine' / 'train.bin', ns=(stat.st_atime_ns, stat.st_mtime_ns))   # only the bytes differ
+    os.utime(top / 'mine' / 'input.txt', ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))   # only the time
+    assert data_changes(before, data_files(str(top))) == [
+        os.path.join('data', 'mine', 'input.txt') + ' changed', os.path.join('data', 'mine', 'train.bin') + ' changed',
+        os.path.join('data', 'mine', 'val.bin') + ' removed', os.path.join('data', 'new', 'train.bin') + ' created']
 
 
 def test_failed_write_leaves_previous_files_untouched(tmp_path):

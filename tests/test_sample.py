@@ -2,10 +2,12 @@
 from latest.pt when that is all there is, with prompts given inline or from a file."""
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
-from conftest import core_text, run_inproc, run_script
+from conftest import REPO_ROOT, assert_user_error, core_text, run_inproc, run_script
 
 SEPARATOR = '---------------'
 
@@ -163,3 +165,38 @@ def test_many_prompts_each_equal_to_the_prompt_sampled_alone(tiny_run, tmp_path)
             alone = run_inproc('sample.py', *sample_args(tiny_run.out_dir, num_samples=2, start=prompt,
                                                          **settings), check=True).stdout
             assert [s.strip('\n') for s in parts[i].split(SEPARATOR) if s.strip()] == samples_of(alone, prompt)
+
+
+def test_a_tiny_temperature_samples_the_greedy_text(tiny_run):
+    greedy = samples_of(run_inproc('sample.py', *sample_args(tiny_run.out_dir, top_k=1), check=True).stdout, 'the')
+    tiny = samples_of(run_inproc('sample.py', *sample_args(tiny_run.out_dir, temperature=1e-39, top_k=None),
+                                 check=True).stdout, 'the')
+    assert tiny == greedy and len(set(greedy)) == 1
+
+
+def test_a_prompt_file_with_windows_line_ends_reads_as_text(tiny_run, tmp_path):
+    prompt = tmp_path / 'prompt.txt'
+    prompt.write_bytes(b'the cat\r\nsat')
+    result = run_inproc('sample.py', *sample_args(tiny_run.out_dir, start=f'FILE:{prompt}', num_samples=1),
+                        check=True)
+    assert samples_of(result.stdout, 'the cat\nsat')[0].startswith('the cat\nsat')
+
+
+def test_a_reader_that_leaves_ends_sampling_without_a_traceback(tiny_run):
+    """python sample.py | head -30: the reader goes in the middle of the samples."""
+    proc = subprocess.Popen([sys.executable, 'sample.py', *sample_args(tiny_run.out_dir, num_samples=200)],
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while proc.stdout.readline() != SEPARATOR + '\n':
+        pass
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1
+    assert stderr == '', stderr
+
+
+def test_a_transformers_folder_too_small_for_gpt2s_tokens_and_without_its_own(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32, vocab_size=19, bos_token_id=None,
+                               eos_token_id=None)).save_pretrained(tmp_path)
+    assert_user_error(run_inproc('sample.py', f'--init_from={tmp_path}', '--device=cpu'),
+                      'has 19 tokens', "too few for GPT-2's BPE", 'no tokenizer.json', 'export_hf.py')

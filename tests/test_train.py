@@ -2,6 +2,7 @@
 resume continues where training stopped, bit for bit; Ctrl+C and SIGTERM stop cleanly."""
 import os
 import re
+import shlex
 import signal
 import sys
 
@@ -124,12 +125,12 @@ def test_exact_resume_checkpoint_holds_rng_and_sampler_state(straight_run, tmp_p
     # restoring what was captured reproduces the same random draws
     import random
     import numpy as np
-    before = checkpoint.capture_rng_states()
-    checkpoint.restore_rng_states(rng)
+    before = checkpoint.capture_rng_states('cpu')
+    checkpoint.restore_rng_states(rng, 'cpu')
     draws = (random.random(), np.random.rand(), torch.rand(3))
-    checkpoint.restore_rng_states(rng)
+    checkpoint.restore_rng_states(rng, 'cpu')
     assert (random.random(), np.random.rand()) == draws[:2] and torch.equal(torch.rand(3), draws[2])
-    checkpoint.restore_rng_states(before)
+    checkpoint.restore_rng_states(before, 'cpu')
 
 
 # -----------------------------------------------------------------------------
@@ -145,23 +146,27 @@ def test_signal_stops_cleanly_and_resume_continues(signum, straight_run, tmp_pat
     stdout, err = run.stdout, run.stderr
     assert 'Traceback' not in err
     name = signal.Signals(signum).name
-    match = re.search(rf'stopped by {name} at iter (\d+); to continue, run the same command with --init_from=resume',
-                      stdout)
+    match = re.search(rf'^stopped by {name} after iteration (\d+); to continue:\n(.+)$', stdout, re.M)
     assert match, stdout[-2000:]
-    stopped_at = int(match[1])
+    last_done, command = int(match[1]), shlex.split(match[2])
+    assert command[:2] == ['python', 'train.py'] and command[-1] == '--init_from=resume', command
     assert f"{name} received" in stdout
     state = checkpoint.load(str(out_dir), 'latest.pt')
-    assert state['iter_num'] == stopped_at
+    assert state['iter_num'] == last_done + 1  # nanoGPT's iter_num: the iterations done
     assert f"saving checkpoint to {os.path.join(str(out_dir), 'latest.pt')}" in stdout
     assert not leftovers(out_dir)
     logged = iter_lines(stdout)
-    assert sorted(logged) == list(range(stopped_at))  # the interrupted iteration was finished
-    # resuming continues at the next iteration, with the losses of an uninterrupted run
-    last = max(stopped_at + 1, 8)
-    resumed = run_inproc('train.py', *core_train_args(out_dir, max_iters=last, init_from='resume', **EXACT),
-                         check=True)
+    assert sorted(logged) == list(range(last_done + 1))  # the interrupted iteration was finished
+    # resuming continues at the next iteration, with the losses of an uninterrupted run: by the
+    # printed command as it is, or by the short one, the checkpoint bringing the run's settings
+    last = max(last_done + 2, 8)
+    if signum == signal.SIGINT:
+        args = command[2:]
+    else:
+        args = ['--init_from=resume', f'--out_dir={out_dir}', '--device=cpu']
+    resumed = run_inproc('train.py', *args, f'--max_iters={last}', check=True)
     more = iter_lines(resumed.stdout)
-    assert sorted(more) == list(range(stopped_at, last + 1))
+    assert sorted(more) == list(range(last_done + 1, last + 1))
     straight = iter_lines(straight_run)
     for it, loss in {**logged, **more}.items():
         if it in straight:

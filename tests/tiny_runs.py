@@ -1,7 +1,7 @@
 """Tiny character datasets and checkpoints for the export, evaluation and plotting tests.
 
-Datasets go to data/_test_<tag>_<pid>/ (the scripts find datasets only under data/) and are
-removed by the fixtures that create them. Checkpoints are written in train.py's format.
+Datasets go to data/_test_<tag>/ in the test session's data folder (conftest.DATA_ROOT, where the
+scripts look for them) and are removed by the fixtures that create them. Checkpoints are written in train.py's format.
 """
 import os
 import pickle
@@ -11,16 +11,16 @@ import numpy as np
 import torch
 
 from helpers import checkpoint
-from conftest import REPO_ROOT
+from conftest import DATA_ROOT
 from model import GPT, GPTConfig
 
 CHARS = sorted(set("abcdefghijklmnopqrstuvwxyz ,.;:!?'\nABCDEFGHIJ"))
 
 
 def make_char_dataset(tag, n_train=6000, n_val=1003, seed=0):
-    """A character dataset of random text; returns its name (the folder under data/)."""
-    name = f"_test_{tag}_{os.getpid()}"
-    folder = os.path.join(REPO_ROOT, 'data', name)
+    """A character dataset of random text; returns its name (the folder under DATA_ROOT)."""
+    name = f"_test_{tag}"
+    folder = os.path.join(DATA_ROOT, name)
     os.makedirs(folder, exist_ok=True)
     meta = {'vocab_size': len(CHARS), 'itos': dict(enumerate(CHARS)), 'stoi': {c: i for i, c in enumerate(CHARS)}}
     with open(os.path.join(folder, 'meta.pkl'), 'wb') as f:
@@ -36,7 +36,7 @@ def make_char_dataset(tag, n_train=6000, n_val=1003, seed=0):
 
 def remove_dataset(name):
     assert name.startswith('_test_')
-    shutil.rmtree(os.path.join(REPO_ROOT, 'data', name), ignore_errors=True)
+    shutil.rmtree(os.path.join(DATA_ROOT, name), ignore_errors=True)
 
 
 def make_model(activation='gelu', bias=True, block_size=16, n_layer=2, n_head=2, n_embd=32, seed=0,

@@ -2,8 +2,9 @@
 
     python data/char/prepare.py --input novel.txt --name doupo
 
-writes data/doupo/{train.bin,val.bin,meta.pkl}; then train with --dataset=doupo. Characters are Unicode
-code points; the first 90% of them are train, the rest val (--val_fraction). Vocabularies above 65,535
+writes data/doupo/{train.bin,val.bin,meta.pkl} (doupo/ in the folder NANOGPT_DATA_DIR names, if set); then
+train with --dataset=doupo. A name is letters and digits of any language, '_', '-' and '.'. Characters are
+Unicode code points; the first 90% of them are train, the rest val (--val_fraction). Vocabularies above 65,535
 symbols are stored as uint32 (meta['dtype']).
 """
 import argparse

@@ -1,6 +1,6 @@
 """Tiny shakespeare at character level, as nanoGPT prepares it. The whole idea:
 
-  1. read the text: input.txt beside this file, downloaded when missing (1,115,394 characters)
+  1. read the text: input.txt in the dataset's folder, downloaded when missing (1,115,394 characters)
   2. list the characters it holds, sorted: the vocabulary (65 of them)
   3. map every character to an integer, its place in that list (stoi; itos maps back)
   4. split: the first 90% of the characters are train, the last 10% val
@@ -8,15 +8,16 @@
 
 chars_from_file in helpers/prepare.py does these steps for any text, reading it in chunks so that a file
 of any size fits in memory: pass 1 lists the characters, write_chars maps them through a lookup array.
+The dataset's folder is this one, or shakespeare_char/ in the folder NANOGPT_DATA_DIR names.
 Run from anywhere: python data/shakespeare_char/prepare.py
 """
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from helpers import prepare  # noqa: E402
 
 if __name__ == '__main__':
-    text_file = prepare.download(prepare.TINY_SHAKESPEARE_URL, os.path.join(HERE, 'input.txt'))
-    prepare.chars_from_file(text_file, HERE, val_fraction=0.1)
+    out_dir = prepare.output_dir('shakespeare_char', own='shakespeare_char')
+    text_file = prepare.download(prepare.TINY_SHAKESPEARE_URL, os.path.join(out_dir, 'input.txt'))
+    prepare.chars_from_file(text_file, out_dir, val_fraction=0.1)

@@ -1,0 +1,37 @@
+"""torch.compile on the CPU (inductor, with the machine's C++ compiler): training and sampling
+compiled give eager's losses and greedy tokens, and really compiled; a compiler that fails says so
+in one line instead of running eagerly in silence."""
+import re
+
+import pytest
+
+from conftest import assert_user_error, compiled_graphs, core_train_args, run_inproc, run_script
+
+ITER_LINE = re.compile(r'^iter (\d+): loss ([\d.]+),', re.M)
+
+
+def losses(stdout):
+    return {int(i): float(loss) for i, loss in ITER_LINE.findall(stdout)}
+
+
+def test_compiled_training_and_sampling_equal_eager(tiny_run, tmp_path):
+    compiled, graphs = compiled_graphs('train.py', *core_train_args(tmp_path / 'out', compile=True))
+    assert graphs >= 2, graphs  # training, and evaluation without dropout's graph
+    eager, ours = losses(tiny_run.stdout), losses(compiled.stdout)
+    assert sorted(ours) == sorted(eager) == list(range(21))
+    # inductor fuses kernels and so rounds differently: the same losses to float32 noise
+    assert all(ours[i] == pytest.approx(eager[i], abs=2e-3) for i in eager), (eager, ours)
+    assert ours[20] < ours[0] - 0.3
+
+    greedy = ['--device=cpu', '--num_samples=2', '--max_new_tokens=40', '--top_k=1', '--start=the cat']
+    plain = run_inproc('sample.py', f'--out_dir={tmp_path / "out"}', *greedy, check=True).stdout
+    fast, graphs = compiled_graphs('sample.py', f'--out_dir={tmp_path / "out"}', *greedy, '--compile=True')
+    assert graphs >= 1
+    assert fast.stdout.split('Overriding: compile = True')[1] == plain.split("Overriding: start = 'the cat'")[1]
+
+
+def test_a_compiler_that_fails_is_one_line(tmp_path, core_dataset):
+    result = run_script('train.py', *core_train_args(tmp_path / 'out', compile=True, max_iters=1), check=False,
+                        env={'CXX': '/nonexistent/c++', 'TORCHINDUCTOR_CACHE_DIR': str(tmp_path / 'cache')})
+    assert_user_error(result, 'torch.compile failed', '--compile=False')
+    assert 'iter 0:' not in result.stdout  # it never went on eagerly

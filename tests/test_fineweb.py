@@ -1,0 +1,376 @@
+"""data/fineweb_edu/prepare.py and helpers/documents.py: GPT-2 BPE of document collections, resumable.
+
+The expected tokens are computed here independently (one tiktoken encode_ordinary per document, then 50256,
+split by the documented rule: document i is val when i is a multiple of --val_every). The scripts run with
+a user's arguments, in this process (run_inproc: no interpreter start-up) or, where a test kills them or
+presses Ctrl+C, as processes of their own; always offline, with a private Hugging Face cache. The resume
+machinery is also driven directly on datasets built in memory, where an interruption can be placed exactly.
+"""
+import errno
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, assert_user_error, run_inproc
+from helpers import UserError, data, documents, prepare
+
+EOT = 50256
+WORDS = ('the a school lesson about cells energy history 中文 café naïve 😀 — "quoted" 1,234 and\nnew\tline'
+         .split(' '))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+@pytest.fixture
+def names():
+    """A factory of unique dataset names, their folders (under data.data_dir) removed at the end."""
+    made = []
+
+    def make():
+        made.append(f'_test_fw_{uuid.uuid4().hex[:8]}')
+        return made[-1]
+    yield make
+    for name in made:
+        shutil.rmtree(data.data_dir(name), ignore_errors=True)
+
+
+@pytest.fixture
+def hf_env(tmp_path, monkeypatch):
+    """A private, offline Hugging Face cache: the environment of a script started here, and the cache of
+    datasets in this process (what streaming a local file writes there: lock files)."""
+    import datasets
+    import huggingface_hub
+    monkeypatch.setattr(datasets.config, 'HF_DATASETS_CACHE', str(tmp_path / 'hf_home' / 'datasets'))
+    monkeypatch.setattr(datasets.config, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    return {'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'HF_HOME': str(tmp_path / 'hf_home')}
+
+
+def make_docs(n, seed=0, words=(5, 120)):
+    """n documents of varied length, with the awkward ones real corpora hold: empty, missing (None), only
+    whitespace, and one holding the <|endoftext|> text, which must stay ordinary text."""
+    rng = random.Random(seed)
+    docs = [' '.join(rng.choice(WORDS) for _ in range(rng.randint(*words))) + f' doc{i}.' for i in range(n)]
+    for i, odd in ((3, ''), (10, None), (17, ' \n '), (25, 'a doc holding <|endoftext|> in its text')):
+        if i < n:
+            docs[i] = odd
+    return docs
+
+
+def tokens_of(docs):
+    """The tokens of docs, computed without the code under test: each one's encode_ordinary, then 50256."""
+    import tiktoken
+    enc = tiktoken.get_encoding('gpt2')
+    return np.array([t for doc in docs for t in enc.encode_ordinary(doc or '') + [EOT]], dtype=np.uint16)
+
+
+def expected(docs, val_every):
+    """(train, val) tokens by the documented rule: document i is val when i is a multiple of val_every."""
+    return (tokens_of([doc for i, doc in enumerate(docs) if i % val_every]),
+            tokens_of([doc for i, doc in enumerate(docs) if i % val_every == 0]))
+
+
+def bins(name):
+    return tuple(np.fromfile(os.path.join(data.data_dir(name), f'{split}.bin'), dtype=np.uint16)
+                 for split in ('train', 'val'))
+
+
+def digests(name):
+    return [hashlib.sha256(open(os.path.join(data.data_dir(name), f'{split}.bin'), 'rb').read()).hexdigest()
+            for split in ('train', 'val')]
+
+
+def left(name):
+    """The files in the dataset's folder, or None without one."""
+    folder = data.data_dir(name)
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else None
+
+
+def write_jsonl(path, docs):
+    with open(path, 'w', encoding='utf-8') as f:
+        f.writelines(json.dumps({'id': i, 'text': doc}) + '\n' for i, doc in enumerate(docs))
+    return str(path)
+
+
+def write_parquet(folder, docs, files=3):
+    """docs in `files` parquet files (small row groups), named so that sorting keeps their order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    os.makedirs(folder, exist_ok=True)
+    cuts = np.linspace(0, len(docs), files + 1).astype(int)
+    for k in range(files):
+        part = docs[cuts[k]:cuts[k + 1]]
+        pq.write_table(pa.table({'text': part, 'score': [float(i) for i in range(len(part))]}),
+                       os.path.join(folder, f'{k:03d}_00000.parquet'), row_group_size=37)
+    return str(folder)
+
+
+def prepare_fw(*args, check=True):
+    """data/fineweb_edu/prepare.py with args, in this process (use the hf_env fixture)."""
+    return run_inproc('data/fineweb_edu/prepare.py', *args, check=check)
+
+
+def in_memory(docs, shards):
+    """A streamed source of shards built in memory (no files, no cache), as stream() would give."""
+    from datasets import Dataset
+    return Dataset.from_dict({'text': docs}).to_iterable_dataset(num_shards=shards)
+
+
+def run_in_process(name, docs, parts, val_every=None, **kwargs):
+    """gpt2_from_documents on parts made of docs, whose identity for a resume is their hash (and the split)."""
+    source = {'documents': hashlib.sha256(json.dumps(docs).encode()).hexdigest(), 'val_every': val_every}
+    documents.gpt2_from_documents(parts, prepare.output_dir(name), source, val_every=val_every, **kwargs)
+
+
+# ----------------------------------------------------------------------------- exact tokens
+
+def test_jsonl_and_parquet_give_exactly_the_tokens_of_one_call_per_document(tmp_path, names, hf_env):
+    docs = make_docs(300, seed=1)
+    train, val = expected(docs, val_every=7)
+    jsonl = write_jsonl(tmp_path / 'docs.jsonl', docs)
+    parquet = write_parquet(tmp_path / 'sample' / '10BT', docs)
+    outputs = []
+    for source in (jsonl, parquet, str(tmp_path / 'sample' / '10BT' / '*.parquet')):
+        name = names()
+        out = prepare_fw('--source', source, '--name', name, '--val_every=7', '--chunk_docs=40').stdout
+        got_train, got_val = bins(name)
+        assert np.array_equal(got_train, train) and np.array_equal(got_val, val), source
+        assert "257 train and 43 val documents" in out and f"train has {len(train):,} tokens" in out
+        assert left(name) == ['train.bin', 'val.bin']   # no .tmp files, no progress record
+        outputs.append(digests(name))
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_same_bytes_whatever_the_threads_chunks_and_shards(names):
+    docs = make_docs(250, seed=2)
+    train, val = expected(docs, val_every=10)
+    runs = [dict(threads=1, chunk_docs=1000, shards=1), dict(threads=3, chunk_docs=7, shards=4),
+            dict(threads=2, chunk_docs=3, shards=3), dict(threads=2, chunk_docs=64, shards=4)]
+    for run in runs:
+        name = names()
+        run_in_process(name, docs, [(None, in_memory(docs, run.pop('shards')))], val_every=10, **run)
+        got_train, got_val = bins(name)
+        assert np.array_equal(got_train, train) and np.array_equal(got_val, val), run
+
+
+def test_openwebtext_keeps_its_split_and_order(tmp_path, names, hf_env):
+    """openwebtext goes through the same path: its val is datasets' train_test_split(0.0005, seed 2357), and
+    both files hold the documents in that split's order."""
+    from datasets import Dataset
+    docs = [d or '' for d in make_docs(2100, seed=3, words=(1, 12))]
+    split = Dataset.from_dict({'text': docs}).train_test_split(test_size=0.0005, seed=2357, shuffle=True)
+    name = names()
+    out = run_inproc('data/openwebtext/prepare.py', '--source', write_jsonl(tmp_path / 'owt.jsonl', docs),
+                     '--name', name, '--num_proc', '1', check=True).stdout
+    assert "2,098 train and 2 val documents" in out
+    got_train, got_val = bins(name)
+    assert np.array_equal(got_train, tokens_of(split['train']['text']))
+    assert np.array_equal(got_val, tokens_of(split['test']['text']))
+
+
+# ----------------------------------------------------------------------------- interruptions
+
+class Interrupt:
+    """Counts the calls of documents.encode, and makes call number `at` raise `error`."""
+
+    def __init__(self, monkeypatch, at=None, error=None):
+        self.calls, self.at, self.error, self.encode = 0, at, error, documents.encode
+        monkeypatch.setattr(documents, 'encode', self)
+
+    def __call__(self, *args):
+        self.calls += 1
+        if self.calls == self.at:
+            raise self.error
+        return self.encode(*args)
+
+
+def progress(name):
+    with open(os.path.join(data.data_dir(name), documents.PROGRESS)) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize('error', [KeyboardInterrupt(), OSError(errno.ENOSPC, 'No space left on device')])
+def test_resume_after_an_interruption_inside_a_chunk(names, monkeypatch, capsys, error):
+    """Chunk 4's train tokens are written, then its val part fails: the re-run cuts train.bin.tmp back to 3
+    chunks (whatever follows them), says so, and ends with the bytes of an uninterrupted run, without encoding
+    chunks 1-3 again."""
+    docs = make_docs(200, seed=4)
+    source = in_memory(docs, shards=2)
+    name = names()
+    Interrupt(monkeypatch, at=8, error=error)   # train and val of chunks 1-3, then chunk 4's train, then its val
+    with pytest.raises(type(error) if isinstance(error, KeyboardInterrupt) else UserError) as raised:
+        run_in_process(name, docs, [(None, source)], val_every=5, chunk_docs=30)
+    if isinstance(error, OSError):
+        assert 'disk is full' in str(raised.value) and 'resumes after chunk 3' in str(raised.value)
+    at = progress(name)
+    assert at['chunks'] == 3 and at['documents'] == 90 and at['shard'] == 0 and at['shard_docs'] == 90
+    tmp_train = os.path.join(data.data_dir(name), 'train.bin.tmp')
+    assert os.path.getsize(tmp_train) > at['bytes']['train'] and 'train.bin' not in left(name)
+    with open(tmp_train, 'ab') as f:   # and then some bytes a torn write left, more than all the tokens to come
+        f.write(b'\xff' * 2 * len(expected(docs, val_every=5)[0]))
+    monkeypatch.undo()
+    rerun = Interrupt(monkeypatch)
+    capsys.readouterr()
+    run_in_process(name, docs, [(None, source)], val_every=5, chunk_docs=30)
+    assert "resuming after chunk 3: 90 documents" in capsys.readouterr().out
+    assert rerun.calls == 2 * 5   # train and val of 90-99 (shard 0), 100-129, 130-159, 160-189, 190-199
+    got_train, got_val = bins(name)
+    train, val = expected(docs, val_every=5)
+    assert np.array_equal(got_train, train) and np.array_equal(got_val, val)
+    assert left(name) == ['train.bin', 'val.bin']
+
+
+def test_resume_of_fixed_splits_and_a_finished_shard(names, monkeypatch, capsys):
+    """openwebtext's shape: a train and a val Dataset (memory-mapped, no shards). Stopped right after the train
+    part's last chunk, the re-run starts with val and never reads train again."""
+    from datasets import Dataset
+    docs = make_docs(120, seed=5)
+    parts = [('train', Dataset.from_dict({'text': docs[:100]})), ('val', Dataset.from_dict({'text': docs[100:]}))]
+    name = names()
+    Interrupt(monkeypatch, at=5, error=KeyboardInterrupt())   # 4 train chunks of 25, then the first val chunk
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process(name, docs, parts, chunk_docs=25)
+    assert progress(name)['shard'] == 1 and progress(name)['shard_docs'] == 0
+    monkeypatch.undo()
+    rerun = Interrupt(monkeypatch)
+    capsys.readouterr()
+    run_in_process(name, docs, parts, chunk_docs=25)
+    assert "resuming after chunk 4: 100 documents" in capsys.readouterr().out and rerun.calls == 1
+    got_train, got_val = bins(name)
+    assert np.array_equal(got_train, tokens_of(docs[:100])) and np.array_equal(got_val, tokens_of(docs[100:]))
+
+
+@pytest.mark.parametrize('change', ['source', 'split'])
+def test_a_changed_source_or_split_starts_over(names, monkeypatch, capsys, change):
+    docs = make_docs(120, seed=6)
+    name = names()
+    Interrupt(monkeypatch, at=3, error=KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process(name, docs, [(None, in_memory(docs, 2))], val_every=4, chunk_docs=20)
+    monkeypatch.undo()
+    capsys.readouterr()
+    val_every = 3 if change == 'split' else 4
+    if change == 'source':
+        docs = docs[:60] + ['an edited document'] + docs[61:]
+    run_in_process(name, docs, [(None, in_memory(docs, 2))], val_every=val_every, chunk_docs=20)
+    assert "another source or split: starting over" in capsys.readouterr().out
+    got_train, got_val = bins(name)
+    train, val = expected(docs, val_every)
+    assert np.array_equal(got_train, train) and np.array_equal(got_val, val)
+
+
+def test_identity_of_local_files_changes_with_their_content(tmp_path):
+    path = write_jsonl(tmp_path / 'a.jsonl', ['one', 'two'])
+    before = documents.identity([path])
+    os.utime(path, ns=(1, 1))
+    touched = documents.identity([path])
+    write_jsonl(tmp_path / 'a.jsonl', ['one', 'two!'])
+    os.utime(path, ns=(1, 1))
+    assert before != touched != documents.identity([path]) and touched[0][0] == os.path.abspath(path)
+
+
+def start(tmp_path, name, docs, hf_env):
+    """The prepare of docs (a parquet source) started in the background, once it has finished 2 chunks."""
+    source = write_parquet(tmp_path / 'big', docs, files=2)
+    proc = subprocess.Popen([sys.executable, 'data/fineweb_edu/prepare.py', '--source', source, '--name', name,
+                             '--val_every=9', '--chunk_docs=20'], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED='1', **hf_env))
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            if progress(name)['chunks'] >= 2:
+                break
+        except (FileNotFoundError, ValueError):
+            pass
+        time.sleep(0.01)
+    assert proc.poll() is None, "the prepare finished before it could be interrupted; use more documents"
+    return source, proc
+
+
+def test_killed_prepare_resumes_where_it_stopped(tmp_path, names, hf_env):
+    """kill -9 at any moment: the re-run resumes after the chunks the progress record names, leaves the bytes
+    already there as they are (marked here, to tell), and ends with the tokens of an uninterrupted run."""
+    docs = make_docs(3000, seed=7, words=(20, 200))
+    name = names()
+    source, proc = start(tmp_path, name, docs, hf_env)
+    proc.kill()
+    proc.communicate(timeout=60)
+    at = progress(name)
+    done = at['bytes']['train']
+    with open(os.path.join(data.data_dir(name), 'train.bin.tmp'), 'r+b') as f:
+        f.write(b'\xff\xff' * (done // 2))   # token 65535, which no chunk writes
+    out = prepare_fw('--source', source, '--name', name, '--val_every=9', '--chunk_docs=20').stdout
+    assert f"resuming after chunk {at['chunks']:,}: {at['documents']:,} documents" in out
+    train, val = expected(docs, val_every=9)
+    got_train, got_val = bins(name)
+    assert np.all(got_train[:done // 2] == 65535)   # not written again
+    assert np.array_equal(got_train[done // 2:], train[done // 2:]) and np.array_equal(got_val, val)
+    assert left(name) == ['train.bin', 'val.bin']
+
+
+def test_ctrl_c_keeps_the_chunks_and_the_rerun_finishes_them(tmp_path, names, hf_env):
+    docs = make_docs(3000, seed=8, words=(20, 200))
+    name = names()
+    source, proc = start(tmp_path, name, docs, hf_env)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and 'run the same command again to resume' in err and 'Traceback' not in err
+    assert {'train.bin.tmp', 'val.bin.tmp', documents.PROGRESS} <= set(left(name)) and 'train.bin' not in left(name)
+    chunks = progress(name)['chunks']
+    out = prepare_fw('--source', source, '--name', name, '--val_every=9', '--chunk_docs=20').stdout
+    assert f"resuming after chunk {chunks:,}:" in out and chunks >= 2
+    train, val = expected(docs, val_every=9)
+    got_train, got_val = bins(name)
+    assert np.array_equal(got_train, train) and np.array_equal(got_val, val)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, names, hf_env):
+    name = names()
+    notes = tmp_path / 'notes.txt'
+    notes.write_text('plain text\n')
+    (tmp_path / 'empty.jsonl').write_bytes(b'')
+    (tmp_path / 'nothing_here').mkdir()
+    no_text = tmp_path / 'no_text.jsonl'
+    no_text.write_text(json.dumps({'body': 'a document under another name'}) + '\n')
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({'text': pa.array([], pa.string())}), tmp_path / 'empty.parquet')
+    pq.write_table(pa.table({'text': [1, 2]}), tmp_path / 'numbers.parquet')
+    (tmp_path / 'damaged.parquet').write_bytes(b'PAR1 not really')
+    for args, fragments in (
+            (['--source', tmp_path / 'missing.parquet'], ['missing.parquet', 'does not exist']),
+            (['--source', notes], ['notes.txt', '.parquet']),
+            (['--source', tmp_path / 'nothing_here'], ['names no files', '.jsonl']),
+            (['--source', tmp_path / 'empty.jsonl'], ['empty.jsonl', 'empty']),
+            (['--source', notes, '--val_every=1'], ['--val_every=1', 'at least 2']),
+            (['--source', notes, '--threads=0'], ['--threads=0']),
+            (['--source', no_text], ["no 'text' column", 'body']),
+            (['--source', tmp_path / 'empty.parquet'], ['empty.parquet', 'no documents']),
+            (['--source', tmp_path / 'numbers.parquet'], ["'text' column of int64"]),
+            (['--source', tmp_path / 'damaged.parquet'], ['damaged.parquet', 'not a readable parquet file']),
+            (['--source', tmp_path / '*.parquet'], ['damaged.parquet']),
+            (['--hub_name', 'nanogpt-tests/no-such-dataset'], ['could not open nanogpt-tests/no-such-dataset'])):
+        assert_user_error(prepare_fw(*args, '--name', name, check=False), *fragments)
+    assert left(name) is None
+
+
+def test_another_dataset_is_replaced_only_with_force(tmp_path, names, hf_env):
+    name = names()
+    os.makedirs(data.data_dir(name))
+    np.arange(10, dtype=np.uint16).tofile(os.path.join(data.data_dir(name), 'train.bin'))
+    source = write_jsonl(tmp_path / 'd.jsonl', make_docs(30))
+    assert_user_error(prepare_fw('--source', source, '--name', name, check=False), '--force')
+    prepare_fw('--source', source, '--name', name, '--val_every=3', '--force')
+    assert np.array_equal(bins(name)[0], expected(make_docs(30), val_every=3)[0])

@@ -1,0 +1,287 @@
+"""HellaSwag scoring (helpers/hellaswag.py, evaluate.py --hellaswag=True) against an independent
+computation with transformers' GPT2LMHeadModel on the same random weights, on a small file in the
+official format written here (no download)."""
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import UserError, checkpoint, data, metrics
+from helpers import hellaswag
+from conftest import assert_user_error, run_inproc
+from model import GPT
+import tiny_runs
+
+NO_AUTOCAST = torch.autocast('cpu', enabled=False)
+
+# The official file's fields, with texts written for these tests. Endings of very different lengths
+# make the lowest sum (which favours short endings) and the lowest mean part ways.
+EXAMPLES = [
+    ("Roof repair", "A man is kneeling on a roof with a hammer. he",
+     ["pulls the old shingles off one by one.", "sings.", "is holding a blue umbrella over a cat.",
+      "throws the hammer into a pond and swims after it while a crowd of neighbours cheers him on."], 0),
+    ("Washing the dog", "A girl fills a tub with warm water and lifts a small dog into it. She",
+     ["rubs shampoo into its fur.", "drives to the airport.", "closes the piano.", "reads."], 0),
+    ("Making coffee", "[header] How to brew coffee in a french press [title] Boil the water. [step] Let it cool "
+                      "for about thirty seconds before pouring.",
+     ["[title] Add the ground coffee to the press. [step] Use about two tablespoons per cup.",
+      "[title] Paint the kettle green.", "[title] Plant the beans in the garden and wait a year.",
+      "[title] Call a friend."], 0),
+    ("Café", "Two friends sit at a café table in Zürich — one of them",
+     ["orders two espressos.", "lifts the table above her head and spins.", "is a lamp.",
+      "writes a letter to the moon, folds it into a boat and sets it on the lake outside."], 0),
+    ("Skiing", "A skier rides the lift to the top of the slope. the skier",
+     ["skis down the hill carefully.", "eats the lift.", "turns into a bird.", "plays chess."], 2),
+    ("Cooking pasta", "A cook drops pasta into a pot of boiling water and",
+     ["stirs it.", "stirs it with a wooden spoon so that it does not stick to the bottom of the pot.",
+      "sends it by mail.", "waters the plants."], 1),
+    ("Running", "[header] How to start running [title] Buy shoes that fit. [step] Go to a running store",
+     [", and ask to try several pairs.", "and buy a hat.", ". Then sleep for a week.",
+      "and sell your bicycle to a stranger you meet outside the shop on a rainy Tuesday afternoon."], 3),
+]
+
+
+def write_file(path, examples):
+    with open(path, 'w', encoding='utf-8') as f:
+        for i, (activity, ctx, endings, label) in enumerate(examples):
+            ctx_a, _, ctx_b = ctx.rpartition('. ')
+            f.write(json.dumps(dict(ind=i, activity_label=activity, ctx_a=ctx_a + '.', ctx_b=ctx_b, ctx=ctx,
+                                    split='val', split_type='indomain', label=label, endings=endings,
+                                    source_id=f'test~{i}')) + '\n')
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def examples_file(tmp_path_factory):
+    return write_file(tmp_path_factory.mktemp('hellaswag') / 'hellaswag_val.jsonl', EXAMPLES)
+
+
+def hf_model(n_positions, folder):
+    """A GPT-2-shaped transformers model (GPT-2's vocabulary) with random weights large enough that
+    the four endings' losses differ clearly, saved to folder."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=50257, n_positions=n_positions, n_embd=32, n_layer=2, n_head=2,
+                        initializer_range=0.3)
+    model = GPT2LMHeadModel(config).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def reference_choices(model, path):
+    """(label, ending of lowest summed loss, ending of lowest mean loss) per example, one ending at a
+    time, unpadded, through transformers; sequences longer than the window lose their first tokens."""
+    import tiktoken
+    encoding = tiktoken.get_encoding('gpt2')
+    window = model.config.n_positions
+    out = []
+    for line in open(path, encoding='utf-8'):
+        item = json.loads(line)
+        sums, means = [], []
+        for ending in item['endings']:
+            ending_tokens = encoding.encode(' ' + ending)
+            tokens = torch.tensor(encoding.encode(item['ctx']) + ending_tokens)[-(window + 1):]
+            with torch.no_grad():
+                logprobs = model(tokens[None, :-1]).logits[0].log_softmax(-1)
+            n = min(len(ending_tokens), len(tokens) - 1)
+            nll = -logprobs[-n:].gather(1, tokens[-n:, None]).sum().item()
+            sums.append(nll)
+            means.append(nll / n)
+        out.append((item['label'], sums.index(min(sums)), means.index(min(means))))
+    return out
+
+
+def accuracies(choices):
+    return (sum(label == best for label, best, _ in choices) / len(choices),
+            sum(label == best for label, _, best in choices) / len(choices))
+
+
+@pytest.fixture(scope='module', params=[128, 12], ids=['whole', 'cropped'])
+def models(request, tmp_path_factory, examples_file):
+    """(our GPT loaded from a transformers folder, the folder, the reference choices); with 12 positions
+    every example is cropped and some endings are longer than the window."""
+    folder = str(tmp_path_factory.mktemp('hf') / 'model')
+    reference = reference_choices(hf_model(request.param, folder), examples_file)
+    return GPT.from_pretrained(folder).eval(), folder, reference
+
+
+def test_choices_match_transformers(models, examples_file):
+    model, _, reference = models
+    examples = hellaswag.load(examples_file)
+    assert len(examples) == len(EXAMPLES)
+    ours = [(e.label, *hellaswag.choose(model, e, 'cpu', NO_AUTOCAST)) for e in examples]
+    assert ours == reference
+    # the fixture can tell the two rules apart, and a scorer that always picks one ending fails
+    assert any(best != best_norm for _, best, best_norm in reference)
+    assert len({best for _, best, _ in reference}) > 1 and len({best for _, _, best in reference}) > 1
+    correct, correct_norm, count = hellaswag.score(model, examples, 'cpu', NO_AUTOCAST)
+    assert (correct / count, correct_norm / count) == accuracies(reference) and count == len(EXAMPLES)
+
+
+def test_ranks_share_the_examples(models, examples_file):
+    model, _, reference = models
+    examples = hellaswag.load(examples_file)
+    world = 3  # 7 examples: ranks get 3, 2 and 2
+    for rank in range(world):
+        mine = reference[rank::world]
+        expected = (sum(label == best for label, best, _ in mine), sum(label == best for label, _, best in mine),
+                    len(mine))
+        assert hellaswag.score(model, examples, 'cpu', NO_AUTOCAST, rank, world) == expected
+
+
+def test_score_leaves_the_training_mode_as_it_was(models, examples_file):
+    model, _, _ = models
+    model.train()
+    hellaswag.score(model, hellaswag.load(examples_file, limit=1), 'cpu', NO_AUTOCAST)
+    assert model.training
+    model.eval()
+
+
+def test_batch_scores_only_the_ending_and_crops_from_the_left():
+    example = hellaswag.Example(context=[1, 2, 3, 4], endings=[[5], [6, 7], [8, 9, 10, 11, 12, 13], [14]], label=0)
+    x, y = hellaswag.batch(example, block_size=5)
+    assert x.tolist() == [[1, 2, 3, 4, 0], [1, 2, 3, 4, 6], [8, 9, 10, 11, 12], [1, 2, 3, 4, 0]]
+    assert y.tolist() == [[-1, -1, -1, 5, -1], [-1, -1, -1, 6, 7], [9, 10, 11, 12, 13], [-1, -1, -1, 14, -1]]
+
+
+# ----------------------------------------------------------------------------- evaluate.py
+
+def test_evaluate_py_scores_a_transformers_folder_and_a_checkpoint(models, examples_file, tmp_path):
+    model, folder, reference = models
+    acc, acc_norm = accuracies(reference)
+    results = tmp_path / 'results.json'
+    proc = run_inproc('evaluate.py', f'--init_from={folder}', '--hellaswag=True', f'--hellaswag_file={examples_file}',
+                      '--device=cpu', '--dtype=float32', f'--results_file={results}', check=True)
+    output = json.loads(results.read_text())
+    assert (output['hellaswag_acc'], output['hellaswag_acc_norm'], output['hellaswag_examples']) == \
+        (acc, acc_norm, len(EXAMPLES))
+    assert 'splits' not in output  # HellaSwag alone unless the losses are asked for
+    assert f"hellaswag: acc {acc:.4f}, acc_norm {acc_norm:.4f} (7 examples" in proc.stdout
+
+    # the same weights as a checkpoint of a BPE run, with the loss on its dataset asked for as well
+    name = '_test_hellaswag_bpe'
+    os.makedirs(data.data_dir(name))
+    try:
+        for split in ('train', 'val'):
+            ids = np.random.default_rng(0).integers(0, 50257, 1000).astype(np.uint16)
+            ids.tofile(os.path.join(data.data_dir(name), f'{split}.bin'))
+        tiny_runs.save_checkpoint(model, str(tmp_path / 'out'), name)
+        run_inproc('evaluate.py', f'--out_dir={tmp_path / "out"}', '--hellaswag=True', '--splits=val',
+                   f'--hellaswag_file={examples_file}', '--device=cpu', '--dtype=float32',
+                   f'--results_file={results}', check=True)
+    finally:
+        tiny_runs.remove_dataset(name)
+    output = json.loads(results.read_text())
+    assert (output['hellaswag_acc'], output['hellaswag_acc_norm'], output['hellaswag_examples']) == \
+        (acc, acc_norm, len(EXAMPLES))
+    assert list(output['splits']) == ['val'] and output['settings']['dataset'] == name
+
+    run_inproc('evaluate.py', f'--init_from={folder}', '--hellaswag=True', '--hellaswag_examples=3',
+               f'--hellaswag_file={examples_file}', '--device=cpu', '--dtype=float32',
+               f'--results_file={results}', check=True)
+    output = json.loads(results.read_text())
+    assert (output['hellaswag_acc'], output['hellaswag_acc_norm'], output['hellaswag_examples']) == \
+        (*accuracies(reference[:3]), 3)
+
+
+def test_evaluate_py_refuses_a_character_model(tmp_path, examples_file):
+    model = tiny_runs.make_model()
+    path = tiny_runs.save_checkpoint(model, str(tmp_path), 'shakespeare_char')
+    ckpt = torch.load(path, weights_only=True)
+    ckpt['tokenizer'] = {'kind': 'char', 'itos': tiny_runs.CHARS}
+    torch.save(ckpt, path)
+    result = run_inproc('evaluate.py', f'--out_dir={tmp_path}', '--hellaswag=True', f'--hellaswag_file={examples_file}',
+                        '--device=cpu', f'--results_file={tmp_path / "r.json"}')
+    assert_user_error(result, 'character-level', 'GPT-2 BPE', '--hellaswag=True')
+    assert not (tmp_path / 'r.json').exists()
+
+
+# ----------------------------------------------------------------------------- the file
+
+@pytest.mark.parametrize('line, why', [
+    ('{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 1', 'line 2 is not JSON'),
+    ('{"ctx": "A man", "endings": ["a", "b", "c"], "label": 1}', "line 2 has no 'endings' list of 4 texts"),
+    ('{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 4}', "line 2 has 'label' 4"),
+    ('{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": "1"}', "line 2 has 'label' '1'"),
+    ('{"endings": ["a", "b", "c", "d"], "label": 1}', "line 2 has no 'ctx' text"),
+    ('[1, 2, 3]', 'line 2 is not a JSON object'),
+])
+def test_a_damaged_file_is_one_line_naming_file_and_line(tmp_path, line, why, examples_file):
+    path = tmp_path / 'damaged.jsonl'
+    path.write_text(open(examples_file, encoding='utf-8').readline() + line + '\n', encoding='utf-8')
+    with pytest.raises(UserError) as e:
+        hellaswag.load(str(path))
+    assert str(e.value).startswith(f"{path} is damaged: {why}") and hellaswag.URL in str(e.value)
+
+
+def test_the_official_file_is_downloaded_once_and_checked(tmp_path, monkeypatch, examples_file):
+    import urllib.request
+    downloads = []
+
+    def fake_urlretrieve(url, target):  # no network in tests: the "download" copies the test file
+        downloads.append(url)
+        shutil.copyfile(examples_file, target)
+    monkeypatch.setattr(urllib.request, 'urlretrieve', fake_urlretrieve)
+    monkeypatch.setattr(data, 'data_dir', lambda name: str(tmp_path / name))
+    assert [len(e.endings) for e in hellaswag.load(limit=2)] == [4, 4]
+    assert downloads == [hellaswag.URL] and os.listdir(tmp_path / 'hellaswag') == ['hellaswag_val.jsonl']
+    # the whole official file must hold its 10,042 examples; the fix for a damaged one is to fetch it again
+    with pytest.raises(UserError, match=r'hellaswag_val\.jsonl is damaged: it holds 7 examples, not 10,042; '
+                                        r'delete it to download it again'):
+        hellaswag.load()
+    (tmp_path / 'hellaswag' / 'hellaswag_val.jsonl').write_bytes(b'\xff\xfe not text\n')
+    with pytest.raises(UserError, match='not UTF-8 text; delete it to download it again'):
+        hellaswag.load()
+    assert downloads == [hellaswag.URL]
+
+
+def test_example_limits(examples_file, tmp_path):
+    assert [e.label for e in hellaswag.load(examples_file, limit=3)] == [label for *_, label in EXAMPLES[:3]]
+    with pytest.raises(UserError, match='holds 7 examples, fewer than the 8 asked for'):
+        hellaswag.load(examples_file, limit=8)
+    result = run_inproc('evaluate.py', '--init_from=gpt2', '--hellaswag=True', '--hellaswag_examples=0',
+                        f'--hellaswag_file={examples_file}', '--device=cpu')
+    assert_user_error(result, 'hellaswag_examples must be a positive integer')
+    (tmp_path / 'empty.jsonl').write_text('')
+    with pytest.raises(UserError, match='holds 0 examples'):
+        hellaswag.load(str(tmp_path / 'empty.jsonl'))
+
+
+def test_train_py_scores_at_each_evaluation_shared_by_ddp_and_fsdp_ranks(tmp_path):
+    """train.py --hellaswag=True: acc_norm at each evaluation, in the log and metrics.csv, equal to
+    scoring the checkpoint saved there; under torchrun, DDP's and FSDP's ranks share the examples
+    and print the numbers of one process."""
+    from conftest import core_train_args, run_script
+    name, out_dir = '_test_hellaswag_train', tmp_path / 'out'
+    os.makedirs(data.data_dir(name))
+    os.makedirs(data.data_dir('hellaswag'), exist_ok=True)
+    write_file(hellaswag.default_path(), EXAMPLES)  # where train.py reads it (the tests' data folder)
+    try:
+        for split in ('train', 'val'):
+            np.random.default_rng(0).integers(0, 50257, 2000).astype(np.uint16).tofile(
+                os.path.join(data.data_dir(name), f'{split}.bin'))
+        settings = dict(dataset=name, hellaswag=True, hellaswag_examples=len(EXAMPLES), max_iters=4, eval_interval=4)
+        log = run_inproc('train.py', *core_train_args(out_dir, **settings), check=True).stdout
+        scores = [float(x) for x in re.findall(r'^step \d+: .*, hellaswag acc_norm ([\d.]+) \(', log, re.M)]
+        assert len(scores) == 2
+        model = checkpoint.model_from_checkpoint(checkpoint.load(str(out_dir), 'ckpt.pt'))
+        _, correct_norm, count = hellaswag.score(model, hellaswag.load(limit=len(EXAMPLES)), 'cpu', NO_AUTOCAST)
+        assert scores[1] == round(correct_norm / count, 4)
+        logged = [r['hellaswag_acc_norm'] for r in metrics.read_metrics(out_dir / 'metrics.csv') if r['kind'] == 'eval']
+        assert logged == [pytest.approx(s, abs=5e-5) for s in scores]
+
+        single = run_inproc('train.py', *core_train_args(out_dir, init_from='resume', eval_only=True, **settings),
+                            check=True).stdout
+        step = re.compile(r'^step 5: .*hellaswag acc_norm [\d.]+', re.M)
+        torchrun = ('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py')
+        for fsdp in (False, True):
+            shared = run_script(*torchrun, *core_train_args(out_dir, init_from='resume', eval_only=True, fsdp=fsdp,
+                                                             **dict(settings, gradient_accumulation_steps=2))).stdout
+            assert step.findall(shared) == step.findall(single) and len(step.findall(single)) == 1, (shared, single)
+    finally:
+        shutil.rmtree(data.data_dir(name))
+        shutil.rmtree(data.data_dir('hellaswag'))
