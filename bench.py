@@ -12,7 +12,7 @@ import time
 import torch
 
 import configurator
-from helpers import UserError, data, hardware
+from helpers import UserError, data, hardware, shown
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -24,6 +24,7 @@ n_embd = 768
 dropout = 0.0
 bias = False
 activation_checkpointing = False  # recompute each block in the backward pass (see train.py)
+optimizer = 'adamw'  # or 'muon' (see train.py)
 real_data = True
 dataset = 'openwebtext'
 seed = 1337
@@ -49,7 +50,7 @@ torch.manual_seed(seed)
 if real_data:
     if os.path.isdir(data.data_dir(dataset)) and not os.path.exists(os.path.join(data.data_dir(dataset), 'train.bin')):
         size = ' (about 54 GB of download)' if dataset == 'openwebtext' else ''
-        raise UserError(f"data/{dataset}/train.bin is missing; prepare it with {data.prepare_command(dataset)}{size}, "
+        raise UserError(f"{shown(data.data_dir(dataset))}/train.bin is missing; prepare it with {data.prepare_command(dataset)}{size}, "
                         "or time random tokens with --real_data=False")
     meta = data.read_meta(dataset)
     token_dtype = data.token_dtype(meta)
@@ -76,7 +77,7 @@ except ValueError as e:
 model.activation_checkpointing = activation_checkpointing
 model.to(device)
 optimizer = model.configure_optimizers(weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95),
-                                       device_type=device_type)
+                                       device_type=device_type, optimizer=optimizer)
 net = model
 if compile:
     print("Compiling model...")

@@ -101,6 +101,32 @@ def require_positive(namespace, *names):
             raise UserError(f"{name} must be a positive number, got {namespace[name]}")
 
 
+def require_range(namespace, low, high, *names):
+    """A UserError for the first of these settings outside [low, high)."""
+    for name in names:
+        if not low <= namespace[name] < high:
+            raise UserError(f"{name} must be in [{low}, {high}), got {namespace[name]}")
+
+
+def continue_run(namespace, explicit, run_settings, keep=(), fixed=None):
+    """Resuming: take the run's own settings (a checkpoint's config) for every setting this command
+    does not set, except those in keep (the machine's and the command's own), so that a short
+    resume command trains the same recipe; say which settings given now differ from the run's.
+    fixed (the checkpoint's architecture) cannot differ: a UserError names the ones set otherwise."""
+    conflicts = [f"{k}={namespace[k]!r} (set by {explicit[k]}; the checkpoint has {v!r})"
+                 for k, v in (fixed or {}).items() if k in explicit and namespace[k] != v]
+    if conflicts:
+        raise UserError(f"the checkpoint has another architecture than asked: {', '.join(conflicts)}; resume without "
+                        "those settings (the checkpoint brings its own), or train into a new --out_dir")
+    differ = {k: v for k, v in {**(run_settings or {}), **(fixed or {})}.items()
+              if k in settable_keys(namespace) and k not in keep and v is not None and v != namespace[k]}
+    print("resuming with the run's settings" + ''.join(
+        f"; {k}={namespace[k]!r} from {explicit[k]} (the run had {v!r})" for k, v in differ.items() if k in explicit))
+    for k, v in differ.items():
+        if k not in explicit:
+            namespace[k], explicit[k] = v, 'the checkpoint'
+
+
 def check_sampling(temperature, top_k, top_p=1.0):
     if not 0 < temperature < float('inf'):
         raise UserError(f"temperature must be a positive finite number, got {temperature}; use --top_k=1 for greedy "

@@ -270,10 +270,12 @@ class GPT(nn.Module):
                 sd[k].copy_(v)
         return model
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW with weight decay on matrices and embeddings only (not on biases and norm gains)."""
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer='adamw'):
+        """AdamW with weight decay on matrices and embeddings only (not on biases and norm gains); or,
+        with optimizer='muon', Muon for the blocks' matrices and AdamW for the rest."""
         params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
+        matrices = [p for p in self.transformer.h.parameters() if p.requires_grad and p.dim() == 2]
+        decay = [p for p in params if p.dim() >= 2 and (optimizer != 'muon' or all(p is not m for m in matrices))]
         no_decay = [p for p in params if p.dim() < 2]
         print(f"num decayed parameter tensors: {len(decay)}, with {sum(p.numel() for p in decay):,} parameters")
         print(f"num non-decayed parameter tensors: {len(no_decay)}, "
@@ -282,7 +284,13 @@ class GPT(nn.Module):
         # the fused kernel does the whole update in a few launches; it exists for CUDA and CPU
         use_fused = 'fused' in inspect.signature(torch.optim.AdamW).parameters and device_type in ('cuda', 'cpu')
         print(f"using fused AdamW: {use_fused}")
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if use_fused else {}))
+        adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if use_fused else {}))
+        if optimizer != 'muon':
+            return adamw
+        print(f"Muon for the blocks' {len(matrices)} matrices, {sum(p.numel() for p in matrices):,} parameters")
+        # 'match_rms_adamw' scales Muon's updates to AdamW's size, so the same learning rate serves both
+        return MuonWithAdamW(torch.optim.Muon(matrices, lr=learning_rate, weight_decay=weight_decay,
+                                              adjust_lr_fn='match_rms_adamw'), adamw)
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
         """Model FLOPs utilization: achieved FLOP/s over the device's peak_flops (PaLM paper,
@@ -322,6 +330,33 @@ class GPT(nn.Module):
             next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generators)
             idx = torch.cat((idx, next_token), dim=1)
             yield next_token
+
+
+class MuonWithAdamW:
+    """Muon and AdamW over two sets of parameters, stepping together: one optimizer to the training
+    loop, the GradScaler and the checkpoints (whose 'optimizer' then holds both states)."""
+
+    def __init__(self, muon, adamw):
+        self.muon, self.adamw = muon, adamw
+
+    @property
+    def param_groups(self):
+        return self.muon.param_groups + self.adamw.param_groups
+
+    def step(self):
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none=True):
+        self.muon.zero_grad(set_to_none)
+        self.adamw.zero_grad(set_to_none)
+
+    def state_dict(self):
+        return {'muon': self.muon.state_dict(), 'adamw': self.adamw.state_dict()}
+
+    def load_state_dict(self, state):
+        self.muon.load_state_dict(state['muon'])
+        self.adamw.load_state_dict(state['adamw'])
 
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=1.0, generators=None):

@@ -20,7 +20,6 @@ $ torchrun --standalone --nproc_per_node=2 train.py config/train_shakespeare_cha
 import functools
 import math
 import os
-import shlex
 import signal
 import sys
 import time
@@ -35,7 +34,7 @@ signal.signal(signal.SIGTERM, quit_during_start_up)
 import torch  # noqa: E402
 
 import configurator  # noqa: E402
-from helpers import UserError, checkpoint, data, hardware, metrics, parallel, tokenizer  # noqa: E402
+from helpers import UserError, checkpoint, data, hardware, metrics, parallel, shown, tokenizer  # noqa: E402
 from helpers import hellaswag as hellaswag_eval  # noqa: E402  (the setting below is named hellaswag)
 from model import GPT, GPTConfig  # noqa: E402
 
@@ -69,6 +68,7 @@ dropout = 0.0  # 0 is good for pretraining, try 0.1+ for finetuning
 bias = False  # biases inside LayerNorm and Linear layers
 activation_checkpointing = False  # recompute each block in the backward pass: far less memory, ~1/3 more compute
 # AdamW optimizer
+optimizer = 'adamw'  # or 'muon': Muon for the blocks' matrices, AdamW for the rest
 learning_rate = 6e-4  # max learning rate
 max_iters = 600000  # total number of training iterations
 weight_decay = 1e-1
@@ -100,24 +100,16 @@ resume_state = None
 if init_from == 'resume':
     # memory-mapped: the tensors stay in the file's pages, which all processes of the run share
     resume_state = checkpoint.load(out_dir, checkpoint.resume_name(out_dir), map_location='cpu', mmap=True)
-    run_config = {k: v for k, v in (resume_state.get('config') or {}).items()
-                  if k in config_keys and k not in COMMAND_SETTINGS and v is not None and v != globals()[k]}
-    print("resuming with the run's settings" + ''.join(
-        f"; {k}={globals()[k]!r} from {explicit[k]} (the run had {v!r})" for k, v in run_config.items() if k in explicit))
-    for k, v in run_config.items():
-        if k not in explicit:
-            globals()[k], explicit[k] = v, 'the checkpoint'
+    configurator.continue_run(globals(), explicit, resume_state.get('config'), keep=COMMAND_SETTINGS, fixed={
+        k: resume_state['model_args'][k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')})
 
 # -----------------------------------------------------------------------------
 # check the settings before anything is started or written
 configurator.require_positive(globals(), 'batch_size', 'block_size', 'gradient_accumulation_steps', 'max_iters',
                              'eval_iters', 'eval_interval', 'log_interval', 'n_layer', 'n_head', 'n_embd')
-for name in ('learning_rate', 'min_lr', 'warmup_iters', 'lr_decay_iters', 'weight_decay', 'grad_clip'):
-    if not 0 <= globals()[name] < math.inf:
-        raise UserError(f"{name} must be a finite number of at least 0, got {globals()[name]}")
-for name in ('dropout', 'beta1', 'beta2'):
-    if not 0.0 <= globals()[name] < 1.0:
-        raise UserError(f"{name} must be in [0, 1), got {globals()[name]}")
+configurator.require_range(globals(), 0, math.inf, 'learning_rate', 'min_lr', 'warmup_iters', 'lr_decay_iters',
+                           'weight_decay', 'grad_clip')
+configurator.require_range(globals(), 0, 1, 'dropout', 'beta1', 'beta2')
 if n_embd % n_head != 0:
     raise UserError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}); "
                     f"e.g. --n_embd={n_head * max(1, round(n_embd / n_head))}")
@@ -133,10 +125,10 @@ if 'compile' not in explicit:
     compile = device_type == 'cuda'  # pays off on GPUs; on CPUs its start-up rarely does
 if 'backend' not in explicit:
     backend = 'nccl' if device_type == 'cuda' else 'gloo'
-parallel.check(device_type, dtype, backend, fsdp, compile, compile_mode, gradient_accumulation_steps)
+parallel.check(device_type, backend, fsdp, compile, compile_mode, gradient_accumulation_steps, optimizer)
 config = {k: globals()[k] for k in config_keys}  # what the run really uses, stored in checkpoints
 ddp = 'RANK' in os.environ  # started by torchrun
-rank, local_rank, world_size = parallel.world()
+rank, _, world_size = parallel.world()
 master_process = rank == 0  # logs and writes checkpoints
 if ddp:
     device = parallel.start(backend, device)
@@ -148,18 +140,14 @@ torch.manual_seed(seed)  # the same initial weights in every process (FSDP shard
 meta = data.read_meta(dataset)
 token_dtype = data.token_dtype(meta)
 if meta is not None:
-    print(f"found vocab_size = {meta['vocab_size']} (inside data/{dataset}/meta.pkl)")
+    print(f"found vocab_size = {meta['vocab_size']} (inside {shown(data.data_dir(dataset))}/meta.pkl)")
 # opened once: a dataset prepared again during the run replaces these files, and the run goes on
 # reading the ones it started with, which its checkpoints' vocabulary describes
 token_files = {split: open(data.bin_path(dataset, split), 'rb') for split in ('train', 'val')}
 resident_data = {}  # split -> tokens in device memory, for datasets small enough (see data_on_device)
 if hellaswag:
-    hellaswag_eval.require_bpe(meta is None, f"data/{dataset}")
-    for turn in ('download', 'read'):  # one process per machine downloads the file, once
-        if (local_rank == 0) == (turn == 'download'):
-            hellaswag_set = hellaswag_eval.load(limit=hellaswag_examples or None)
-        if ddp:
-            torch.distributed.barrier()
+    hellaswag_eval.require_bpe(meta is None, shown(data.data_dir(dataset)))
+    hellaswag_set = hellaswag_eval.load(limit=hellaswag_examples or None)  # downloaded on first use
 
 
 def get_batch(split, generator):
@@ -190,18 +178,7 @@ if init_from == 'scratch':
 elif init_from == 'resume':
     print(f"Resuming training from {os.path.join(out_dir, checkpoint.resume_name(out_dir))} after iteration "
           f"{resume_state['iter_num'] - 1}")
-    ckpt_args = resume_state['model_args']
-    conflicts = [f"{k}={globals()[k]!r} (set by {explicit[k]}; the checkpoint has {ckpt_args[k]!r})"
-                 for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')
-                 if k in explicit and ckpt_args[k] != globals()[k]]
-    if conflicts:
-        raise UserError(f"the checkpoint in {out_dir} has another architecture than asked: {', '.join(conflicts)}; "
-                        "resume without those settings (the checkpoint brings its own), or train into a new --out_dir")
     model = checkpoint.model_from_checkpoint(resume_state, dropout=dropout)
-    # the architecture is the checkpoint's, whatever the defaults say
-    n_layer, n_head, n_embd, block_size, bias = (ckpt_args[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size',
-                                                                        'bias'))
-    config.update(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias)
     iter_num, best_val_loss = resume_state['iter_num'], float(resume_state['best_val_loss'])
     earlier_seconds = float(resume_state.get('elapsed_seconds', 0.0))
 else:  # gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a transformers GPT-2 directory
@@ -246,7 +223,7 @@ if master_process:
 
 # a GradScaler only does something for float16, whose gradients can underflow
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
-optimizer = net.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+optimizer = net.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, optimizer)
 if resume_state is not None:
     parallel.load_optimizer_state(net, optimizer, resume_state['optimizer'], fsdp)
     if resume_state.get('scaler') and scaler.is_enabled():  # a run without float16 saves an empty scaler
@@ -290,19 +267,6 @@ def estimate_loss():
     return out
 
 
-def estimate_hellaswag():
-    """HellaSwag's acc_norm, each rank scoring every world_size-th example (under FSDP the ranks with
-    one example less run one more forward, as the shards meet in each)."""
-    counts = hellaswag_eval.score(net, hellaswag_set, device, ctx, rank, world_size)
-    if fsdp and counts[2] < -(-len(hellaswag_set) // world_size):
-        hellaswag_eval.score(net, hellaswag_set[:1], device, ctx)
-    if ddp:
-        counts = torch.tensor(counts, device=device)
-        torch.distributed.all_reduce(counts)
-        counts = counts.tolist()
-    return counts[1] / counts[2]
-
-
 def get_lr(it):
     """Linear warmup (never 0, even at iteration 0), cosine decay, then min_lr."""
     if it < warmup_iters:
@@ -314,18 +278,9 @@ def get_lr(it):
     return min_lr + coeff * (learning_rate - min_lr)
 
 
-def stop_together(problem):
-    """Stop every process at once, with one error line, when any of them has a problem (a message;
-    None when all is well). A process that stopped alone would leave the others waiting in their
-    next collective until torchrun kills them."""
-    if not ddp and problem:
-        raise UserError(problem)
-    if not ddp or not parallel.any_rank(problem is not None, device):
-        return
-    message = next(p for p in parallel.all_objects(problem) if p)
-    if master_process:
-        print(f"error: {message}", file=sys.stderr)
-    parallel.leave(1)
+def diverged(what):
+    return (f"{what}; nothing was saved over the checkpoints in {out_dir}. Lower --learning_rate, or use "
+            "--dtype=bfloat16 or float32")
 
 
 def save_checkpoint(name):
@@ -335,8 +290,7 @@ def save_checkpoint(name):
     rng_states = parallel.all_objects(checkpoint.capture_rng_states(device))
     problem = None
     if master_process and not all(torch.isfinite(v).all() for v in model_state.values() if v.is_floating_point()):
-        problem = (f"the weights hold NaN or infinite values after iteration {iter_num - 1}; nothing was saved over the "
-                   f"checkpoints in {out_dir}. Lower --learning_rate, or use --dtype=bfloat16 or float32")
+        problem = diverged(f"the weights hold NaN or infinite values after iteration {iter_num - 1}")
     elif master_process:
         state = {'model': model_state, 'optimizer': optimizer_state, **checkpoint.architecture_entries(net.config),
                  'tokenizer': vocabulary, 'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
@@ -351,7 +305,7 @@ def save_checkpoint(name):
             checkpoint.discard_replaced(out_dir)  # the run --overwrite=True moved aside, now replaced
         except UserError as e:  # a full disk: the checkpoints that were there are whole
             problem = str(e)
-    stop_together(problem)
+    parallel.stop_together(problem, device)
 
 
 # Ctrl+C or SIGTERM: finish the current iteration (under torchrun: up to the next log step) or
@@ -370,26 +324,10 @@ def request_stop(signum, frame):
               "(press Ctrl+C again to quit without saving)", flush=True)
 
 
-def resume_command():
-    """This very command with --init_from=resume, to paste."""
-    args = shlex.join([a for a in sys.argv if not a.startswith(('--init_from=', '--overwrite='))])
-    if not ddp:
-        return f"python {args} --init_from=resume"
-    if int(os.environ.get('LOCAL_WORLD_SIZE', world_size)) == world_size:
-        return f"torchrun --standalone --nproc_per_node={world_size} {args} --init_from=resume"
-    return f"the same torchrun command on every node, ending {args} --init_from=resume"
-
-
 def run_seconds():
     """The run's time so far: this command's and, resumed, that of the commands before it up to the
     checkpoint they left ('elapsed' in the log, 'seconds' in metrics.csv)."""
     return earlier_seconds + time.time() - STARTED_AT
-
-
-def duration(seconds):
-    seconds = round(seconds)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def progress(it):
@@ -397,31 +335,16 @@ def progress(it):
     evaluation times: 'N% done, ... left'."""
     evals_left = max_iters // eval_interval - it // eval_interval
     seconds_left = (max_iters - it) * iter_seconds + evals_left * eval_seconds
-    return f"{100 * (it + 1) / (max_iters + 1):.0f}% done, {duration(seconds_left)} left"
+    return f"{100 * (it + 1) / (max_iters + 1):.0f}% done, {metrics.duration(seconds_left)} left"
 
 
-def forward_seconds():
-    """One forward pass of a micro-batch, timed before the first evaluation (and before compiling)
-    so that the log says up front what the run will cost; the second of two, the first warms up."""
-    net.eval()
-    X, Y = get_batch('train', torch.Generator().manual_seed(seed))
-    with torch.no_grad(), ctx:
-        for _ in range(2):
-            hardware.sync(device)
-            start = time.time()
-            net(X, Y)
-            hardware.sync(device)
-    net.train()
-    return time.time() - start
-
-
-# what the run will cost, before its first evaluation: a backward pass costs about two forwards
-iter_seconds = 3 * forward_seconds() * gradient_accumulation_steps
-eval_seconds = iter_seconds / 3 / gradient_accumulation_steps * 2 * -(-eval_iters // world_size)
+# what the run will cost, said before its first evaluation (and timed before compiling): a backward
+# pass costs about two forwards
+forward = hardware.forward_seconds(net, *get_batch('train', torch.Generator().manual_seed(seed)), ctx, device)
+iter_seconds, eval_seconds = 3 * forward * gradient_accumulation_steps, forward * 2 * -(-eval_iters // world_size)
 if master_process:
-    left = progress(iter_num - 1).split(', ')[1] if not eval_only else duration(eval_seconds) + ' left'
-    print(f"estimate on {device}: {iter_seconds:.2f}s per iteration, {duration(eval_seconds)} per evaluation, "
-          f"{left} (from one forward pass; the log lines refine it)")
+    print(f"estimate on {device}: {iter_seconds:.2f}s per iteration, {metrics.duration(eval_seconds)} per evaluation"
+          + ('' if eval_only else f"; {progress(iter_num - 1)}") + " (the log lines refine it)")
     if device_type == 'cpu' and iter_seconds * (max_iters - iter_num) > 3600 and not eval_only:
         print("this run is long for a CPU: for a first run, python train.py config/train_shakespeare_char_cpu.py "
               "trains in about a minute (README: 'Your own text on a laptop')")
@@ -455,17 +378,16 @@ while True:
         if losses is None:  # a stop was asked for: the last finished iteration is saved below
             stopping = True
             break
-        acc_norm = estimate_hellaswag() if hellaswag else None
+        acc_norm = hellaswag_eval.acc_norm(net, hellaswag_set, device, ctx, fsdp) if hellaswag else None
         if master_process:
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
                   + (f", hellaswag acc_norm {acc_norm:.4f}" if hellaswag else '')
-                  + f" (evaluation {time.time() - eval_start:.1f}s, elapsed {duration(run_seconds())})")
+                  + f" (evaluation {time.time() - eval_start:.1f}s, elapsed {metrics.duration(run_seconds())})")
         if logging_metrics:
             metrics_log.write(iter=iter_num, tokens=iter_num * tokens_per_iter, seconds=run_seconds(), lr=lr,
                               train_loss=losses['train'], val_loss=losses['val'], hellaswag_acc_norm=acc_norm)
-        stop_together(None if math.isfinite(losses['val']) else f"val loss is {losses['val']} at iter {iter_num}; "
-                      f"nothing was saved over the checkpoints in {out_dir}. Lower --learning_rate, or use "
-                      "--dtype=bfloat16 or float32")
+        parallel.stop_together(None if math.isfinite(losses['val']) else
+                               diverged(f"val loss is {losses['val']} at iteration {iter_num}"), device)
         if wandb_log and master_process:
             wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'], "lr": lr,
                        "mfu": running_mfu * 100, **({"hellaswag/acc_norm": acc_norm} if hellaswag else {})})
@@ -506,8 +428,8 @@ while True:
         # second one starts the average afresh
         log_lines += 1
         iter_seconds = dt if log_lines <= 2 else 0.9 * iter_seconds + 0.1 * dt
-        stop_together(None if math.isfinite(lossf) else f"loss is {lossf} at iteration {iter_num}; nothing was saved "
-                      f"over the checkpoints in {out_dir}. Lower --learning_rate, or use --dtype=bfloat16 or float32")
+        parallel.stop_together(None if math.isfinite(lossf) else diverged(f"loss is {lossf} at iteration {iter_num}"),
+                               device)
     if log_step and master_process:
         mfu = net.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak_flops) if local_iter_num >= 5 \
             else None  # the first iterations warm up
@@ -528,9 +450,9 @@ if not eval_only:
     save_checkpoint(checkpoint.LATEST_NAME)
     if master_process and stopping:
         print(f"stopped by {stop_signal or 'another process'} after iteration {iter_num - 1}; to continue:\n"
-              f"{resume_command()}")
+              f"{parallel.launch_command(sys.argv, '--init_from=resume')}")
     elif master_process:
-        print(f"finished iteration {iter_num - 1} after {duration(run_seconds())}")
+        print(f"finished iteration {iter_num - 1} after {metrics.duration(run_seconds())}")
 if logging_metrics:
     metrics_log.close()
 if master_process and not eval_only:

@@ -3,6 +3,7 @@
 The scripts keep nanoGPT's globals (device, dtype); these helpers choose them when the user
 did not, so that the same command runs on an NVIDIA GPU, an Apple GPU or a plain CPU.
 """
+import time
 from contextlib import nullcontext
 
 import torch
@@ -96,3 +97,17 @@ def sync(device):
         torch.cuda.synchronize(torch.device(device))
     elif kind == 'mps':
         torch.mps.synchronize()
+
+
+def forward_seconds(model, x, y, ctx, device):
+    """Seconds of one forward pass of model on a batch, without gradients or dropout: the second of
+    two, as the first warms up. Leaves the model in training mode."""
+    model.eval()
+    with torch.no_grad(), ctx:
+        for _ in range(2):
+            sync(device)
+            start = time.time()
+            model(x, y)
+            sync(device)
+    model.train()
+    return time.time() - start

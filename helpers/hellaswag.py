@@ -20,6 +20,7 @@ import os
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 from torch.nn import functional as F
 from tqdm import tqdm
 
@@ -132,9 +133,8 @@ def choose(model, example, device, ctx):
 
 
 def score(model, examples, device, ctx, rank=0, world_size=1, progress=False):
-    """(correct, correct_norm, count) over examples rank, rank + world_size, ...: under DDP every rank
-    scores its share and the caller sums the three counts over the ranks. (Under FSDP every rank must
-    run every forward: call it with rank=0, world_size=1 everywhere and sum nothing.)"""
+    """(correct, correct_norm, count) over examples rank, rank + world_size, ...: under torchrun every
+    rank scores its share and the caller sums the three counts over the ranks (see acc_norm)."""
     was_training = model.training
     model.eval()
     correct = correct_norm = count = 0
@@ -146,3 +146,18 @@ def score(model, examples, device, ctx, rank=0, world_size=1, progress=False):
         count += 1
     model.train(was_training)
     return correct, correct_norm, count
+
+
+def acc_norm(model, examples, device, ctx, fsdp=False):
+    """acc_norm over examples as train.py scores it at its evaluations: under torchrun each rank scores
+    every world_size-th example and the counts are summed (under FSDP the ranks with one example
+    less run one more forward, as the shards meet in each)."""
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    counts = score(model, examples, device, ctx, rank, world_size)
+    if fsdp and counts[2] < -(-len(examples) // world_size):
+        score(model, examples[:1], device, ctx)
+    if dist.is_initialized():
+        counts = torch.tensor(counts, device=device)
+        dist.all_reduce(counts)
+        counts = counts.tolist()
+    return counts[1] / counts[2]

@@ -55,6 +55,13 @@ def _rounded(value, digits):
     return None if value is None else round(value, digits)
 
 
+def duration(seconds):
+    """Seconds as the log writes them: 42s, 3m05s, 2h10m."""
+    seconds = round(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
 class MetricsLog:
     """Appends rows to out_dir/metrics.csv. Created once, on rank 0, when the start iteration is
     known (0 for a new run, the checkpoint's iter_num when resuming)."""

@@ -7,6 +7,7 @@ alone (stop, fail) reaches the others through any_rank() at the points where the
 that no rank waits in a collective for a peer that has left.
 """
 import os
+import shlex
 import sys
 from datetime import timedelta
 
@@ -30,10 +31,14 @@ def world():
     return int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
 
 
-def check(device_type, dtype, backend, fsdp, compile, compile_mode, gradient_accumulation_steps):
-    """Refuse, before anything starts, the combinations of device, processes and compilation that
-    cannot work; each in one line with the fix."""
+def check(device_type, backend, fsdp, compile, compile_mode, gradient_accumulation_steps, optimizer='adamw'):
+    """Refuse, before anything starts, the combinations of device, processes, compilation and
+    optimizer that cannot work; each in one line with the fix."""
     _, _, world_size = world()
+    if optimizer not in ('adamw', 'muon'):
+        raise UserError(f"unknown optimizer '{optimizer}'; use adamw or muon")
+    if optimizer == 'muon' and fsdp:  # Newton-Schulz works on whole matrices, FSDP holds shards of them
+        raise UserError("optimizer='muon' does not work with fsdp=True; use --optimizer=adamw or DDP (drop --fsdp)")
     if fsdp and 'RANK' not in os.environ:
         raise UserError("fsdp=True shards the model across processes started by torchrun; run "
                         "torchrun --standalone --nproc_per_node=N train.py ... --fsdp=True, or drop --fsdp")
@@ -119,6 +124,35 @@ def leave(status):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+def stop_together(problem, device):
+    """Stop every process at once, with one error line, when any of them has a problem (a message;
+    None when all is well). A process that stopped alone would leave the others waiting in their
+    next collective until torchrun kills them."""
+    if not dist.is_initialized():
+        if problem:
+            raise UserError(problem)
+        return
+    if not any_rank(problem is not None, device):
+        return
+    message = next(p for p in all_objects(problem) if p)
+    if dist.get_rank() == 0:
+        print(f"error: {message}", file=sys.stderr)
+    leave(1)
+
+
+def launch_command(argv, *extra):
+    """The command that started this process (python, or torchrun on one machine), with extra arguments
+    that replace those of the same settings: to paste."""
+    names = tuple(arg.partition('=')[0] + '=' for arg in extra)
+    args = shlex.join([arg for arg in argv if not arg.startswith(names + ('--overwrite=',))] + list(extra))
+    _, _, world_size = world()
+    if 'RANK' not in os.environ:
+        return f"python {args}"
+    if int(os.environ.get('LOCAL_WORLD_SIZE', world_size)) == world_size:
+        return f"torchrun --standalone --nproc_per_node={world_size} {args}"
+    return f"the same torchrun command on every machine, ending {args}"
 
 
 def all_objects(obj):

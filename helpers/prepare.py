@@ -92,13 +92,15 @@ def download(url, path):
         import urllib.request
         print(f"downloading {url} to {shown(path)}")
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp.{os.getpid()}"  # one per process: the ranks of a run may download at once
         try:
-            urllib.request.urlretrieve(url, path + '.tmp')
+            urllib.request.urlretrieve(url, tmp)
+            os.replace(tmp, path)
         except OSError as e:
-            if os.path.exists(path + '.tmp'):
-                os.remove(path + '.tmp')
             raise UserError(f"could not download {url} ({e}); download it yourself and save it as {path}")
-        os.replace(path + '.tmp', path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     return path
 
 

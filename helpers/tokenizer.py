@@ -9,7 +9,7 @@ import codecs
 import json
 import os
 
-from helpers import UserError
+from helpers import DATA_ROOT, UserError, shown
 
 BPE_VOCAB_SIZE = 50257
 GPT2_EOT = 50256  # <|endoftext|>
@@ -80,7 +80,7 @@ def check_dataset(entry, meta, dataset):
     if entry is not None and (theirs or {}).get('itos') != entry.get('itos'):
         ours = 'GPT-2 BPE' if entry['kind'] == 'gpt2' else f"a {len(entry['itos'])}-character vocabulary"
         found = 'GPT-2 BPE (no meta.pkl)' if meta is None else f"another vocabulary ({meta['vocab_size']} symbols)"
-        raise UserError(f"the model was trained with {ours} but data/{dataset} holds {found}; use the dataset it "
+        raise UserError(f"the model was trained with {ours} but {shown(os.path.join(DATA_ROOT, dataset))} holds {found}; use the dataset it "
                         "was trained on, prepared again from the same text")
 
 
@@ -102,15 +102,15 @@ def checkpoint_entry(checkpoint):
         print(f"Loading meta from {os.path.join('data', name, 'meta.pkl')}...")
         meta = data.read_meta(name)
         if meta['vocab_size'] != vocab_size:
-            raise UserError(f"data/{name}/meta.pkl has vocab_size {meta['vocab_size']} but the model was trained "
+            raise UserError(f"{shown(os.path.join(DATA_ROOT, name))}/meta.pkl has vocab_size {meta['vocab_size']} but the model was trained "
                             f"with {vocab_size}; the dataset was re-prepared since: restore its meta.pkl")
         entry = tokenizer_entry(meta)
         if entry is None:
-            raise UserError(f"data/{name}/meta.pkl has no character vocabulary (itos); "
+            raise UserError(f"{shown(os.path.join(DATA_ROOT, name))}/meta.pkl has no character vocabulary (itos); "
                             "re-create it with the dataset's prepare.py")
         return entry
     if vocab_size < BPE_VOCAB_SIZE:
-        raise UserError(f"the model has a {vocab_size}-symbol vocabulary but data/{name}/meta.pkl, which maps it "
+        raise UserError(f"the model has a {vocab_size}-symbol vocabulary but {shown(os.path.join(DATA_ROOT, name))}/meta.pkl, which maps it "
                         f"to characters, is missing; prepare the dataset '{name}' again to recreate it")
     return {'kind': 'gpt2'}
 

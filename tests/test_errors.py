@@ -272,7 +272,7 @@ def test_nan_at_evaluation_names_the_iteration(tmp_path, core_dataset):
     out_dir = tmp_path / 'out'
     result = run_inproc('train.py', *core_train_args(out_dir, learning_rate=1e30, log_interval=1000,
                                                      eval_interval=2, max_iters=40))
-    assert_user_error(result, 'val loss is nan at iter 2')
+    assert_user_error(result, 'val loss is nan at iteration 2')
     assert checkpoint_files(out_dir) == []
 
 

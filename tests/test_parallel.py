@@ -38,12 +38,14 @@ def torchrun(out_dir, **settings):
     (dict(backend='mpi'), ["unknown backend 'mpi'"]),
     (dict(compile_mode='fast'), ["unknown compile_mode 'fast'"]),
     (dict(gradient_accumulation_steps=3), ['gradient_accumulation_steps (3)', '--gradient_accumulation_steps=2']),
+    (dict(optimizer='sgd'), ["unknown optimizer 'sgd'", 'adamw or muon']),
+    (dict(optimizer='muon', fsdp=True), ["optimizer='muon'", 'fsdp=True', '--optimizer=adamw']),
 ])
 def test_what_cannot_work_under_torchrun_is_refused_up_front(monkeypatch, settings, fragments):
     for name, value in dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='2').items():
         monkeypatch.setenv(name, value)
-    args = dict(device_type='cuda', dtype='bfloat16', backend='nccl', fsdp=False, compile=False,
-                compile_mode='default', gradient_accumulation_steps=2)
+    args = dict(device_type='cuda', backend='nccl', fsdp=False, compile=False, compile_mode='default',
+                gradient_accumulation_steps=2)
     args.update(settings)
     with pytest.raises(UserError) as refusal:
         parallel.check(**args)
@@ -58,13 +60,14 @@ def test_what_cannot_work_under_torchrun_is_refused_up_front(monkeypatch, settin
         parallel.check(**{**args, 'backend': 'nccl' if args['device_type'] == 'cuda' else 'gloo'})
 
 
-def test_fsdp_float16_and_the_cpu_are_allowed(monkeypatch):
-    """FSDP2 reduces the GradScaler's inf checks across shards, so float16 works with it; a CPU run
-    of a GPU machine gets its own mesh (see parallel.wrap)."""
+def test_what_can_work_passes_the_checks(monkeypatch):
+    """FSDP on GPUs with a compile mode without CUDA graphs, FSDP on the CPU (its own mesh, see
+    parallel.wrap; float16 included, see the torchrun tests), Muon under DDP."""
     for name, value in dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='2').items():
         monkeypatch.setenv(name, value)
-    parallel.check('cuda', 'float16', 'nccl', True, True, 'max-autotune-no-cudagraphs', 2)
-    parallel.check('cpu', 'float16', 'gloo', True, False, 'default', 2)
+    parallel.check('cuda', 'nccl', True, True, 'max-autotune-no-cudagraphs', 2)
+    parallel.check('cpu', 'gloo', True, False, 'default', 2)
+    parallel.check('cuda', 'nccl', False, True, 'reduce-overhead', 2, optimizer='muon')
 
 
 @pytest.mark.parametrize('name,dtype,peak', [

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from helpers import checkpoint
+from helpers import checkpoint, metrics
 from conftest import LiveProcess, checkpoint_files, core_text, core_train_args, run_inproc, run_script
 
 STEP_LINE = re.compile(r'^step (\d+): train loss ([\d.]+), val loss ([\d.]+) \(evaluation', re.M)
@@ -190,9 +190,8 @@ def test_time_left_counts_the_iterations_and_evaluations_to_come(monkeypatch):
     """progress() from train.py, on its own: 100 iterations of 0.5 s and 4 evaluations of 10 s are left
     after iteration 399 of 0..499 with evaluations every 25."""
     source = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'train.py')).read()
-    namespace = {}
-    for name in ('duration', 'progress'):
-        exec(re.search(rf'^def {name}\(.*?(?=^\S)', source, re.M | re.S).group(0), namespace)
+    namespace = {'metrics': metrics}
+    exec(re.search(r'^def progress\(.*?(?=^\S)', source, re.M | re.S).group(0), namespace)
     namespace.update(max_iters=499, eval_interval=25, iter_seconds=0.5, eval_seconds=10.0)
     assert namespace['progress'](399) == '80% done, 1m30s left'  # 100 x 0.5 s + evaluations at 400, 425, 450, 475
-    assert namespace['duration'](3725) == '1h02m' and namespace['duration'](59.6) == '1m00s'
+    assert metrics.duration(3725) == '1h02m' and metrics.duration(59.6) == '1m00s'
