@@ -348,9 +348,11 @@ if master_process:
     if device_type == 'cpu' and iter_seconds * (max_iters - iter_num) > 3600 and not eval_only:
         print("this run is long for a CPU: for a first run, python train.py config/train_shakespeare_char_cpu.py "
               "trains in about a minute (README: 'Your own text on a laptop')")
-if compile:
+if compile:  # in place: the state_dict keeps its names
     print(f"compiling the model (mode {compile_mode})... (takes a ~minute)")
-    net.compile(mode=compile_mode)  # in place: the state_dict keeps its names
+    # FSDP gathers each block's shards in hooks the compiler leaves out: it compiles the blocks
+    for module in net.transformer.h if fsdp else [net]:
+        module.compile(mode=compile_mode)
 if wandb_log and master_process:
     import wandb
     wandb.init(project=wandb_project, name=wandb_run_name, config=config)
@@ -446,7 +448,10 @@ while True:
     if stopping or iter_num > max_iters:
         break
 
-if not eval_only:
+if iter_num == 0 and not eval_only:  # stopped in the first evaluation: nothing trained, nothing to save
+    if master_process:
+        print(f"stopped by {stop_signal or 'another process'} before the first iteration; nothing to save")
+elif not eval_only:
     save_checkpoint(checkpoint.LATEST_NAME)
     if master_process and stopping:
         print(f"stopped by {stop_signal or 'another process'} after iteration {iter_num - 1}; to continue:\n"
@@ -457,7 +462,5 @@ if logging_metrics:
     metrics_log.close()
 if master_process and not eval_only:
     out_dir_lock.close()
-if wandb_log and master_process:
-    wandb.finish()
 if ddp:
-    parallel.leave(0)
+    parallel.leave(0)  # with wandb's finish

@@ -4,6 +4,7 @@
     checkpoint.py  ckpt.pt / latest.pt: atomic saves, safe loads, nanoGPT's format both ways
     data.py        reading a prepared dataset: train.bin / val.bin batches, meta.pkl
     prepare.py     writing a prepared dataset: the streaming text -> uint16 code behind data/*/prepare.py
+    documents.py   GPT-2 BPE of large document collections (fineweb_edu, openwebtext), in resumable chunks
     tokenizer.py   text <-> token ids: a character vocabulary or GPT-2's BPE
     metrics.py     out_dir/metrics.csv, the training log that plot.py draws
     parallel.py    several processes under torchrun: DDP or FSDP, and the collectives train.py needs

@@ -152,12 +152,13 @@ def _checkpoints(folder):
 
 
 def _summary(folder, name):
-    """'name at iter N, best val loss X', read without loading the weights; None when the file does not load."""
+    """'name after iteration N, best val loss X' (iterations counted as the log counts them: iter_num is
+    the number done), read without loading the weights; None when the file does not load."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             state = torch.load(os.path.join(folder, name), map_location='cpu', weights_only=True, mmap=True)
-        return f"{name} at iter {state['iter_num']}, best val loss {float(state['best_val_loss']):.4f}"
+        return f"{name} after iteration {state['iter_num'] - 1}, best val loss {float(state['best_val_loss']):.4f}"
     except Exception:
         return None
 

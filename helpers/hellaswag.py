@@ -153,9 +153,10 @@ def acc_norm(model, examples, device, ctx, fsdp=False):
     every world_size-th example and the counts are summed (under FSDP the ranks with one example
     less run one more forward, as the shards meet in each)."""
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    counts = score(model, examples, device, ctx, rank, world_size)
-    if fsdp and counts[2] < -(-len(examples) // world_size):
-        score(model, examples[:1], device, ctx)
+    with torch.compiler.set_stance('force_eager'):  # a compiled model would compile again for every length
+        counts = score(model, examples, device, ctx, rank, world_size)
+        if fsdp and counts[2] < -(-len(examples) // world_size):
+            score(model, examples[:1], device, ctx)
     if dist.is_initialized():
         counts = torch.tensor(counts, device=device)
         dist.all_reduce(counts)

@@ -120,6 +120,9 @@ def leave(status):
     """End this process together with the others: wait for every rank (rank 0's last save, its last
     line), then exit at once. Python's own shutdown would tear the process group down while DDP or
     FSDP still hold it, and gloo has been seen to abort there when a peer is already gone."""
+    wandb = sys.modules.get('wandb')
+    if wandb is not None and wandb.run is not None:  # its run ends as it does: finished, or failed
+        wandb.finish(exit_code=status)
     dist.barrier()
     sys.stdout.flush()
     sys.stderr.flush()

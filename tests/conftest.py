@@ -210,6 +210,8 @@ def run_inproc(script, *args, check=False):
     Returns returncode, stdout and stderr the way the interpreter would produce them: a
     SystemExit with a message (UserError) prints it to stderr and exits 1. Any other
     exception propagates, failing the test, as it would have printed a traceback."""
+    if 'torch._dynamo' in sys.modules:  # no compiled graph of an earlier run serves this one
+        sys.modules['torch._dynamo'].reset()
     saved = sys.argv, os.getcwd(), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     out, err = io.StringIO(), io.StringIO()
     code = 0

@@ -326,7 +326,7 @@ def test_a_damaged_file_names_the_whole_one_beside_it(tiny_run, tmp_path):
     with pytest.raises(UserError) as info:
         checkpoint.load(str(tmp_path), checkpoint.resume_name(str(tmp_path)))
     command = re.search(r'\((mv [^)]*)\) and run the same command again$', str(info.value)).group(1)
-    assert 'ckpt.pt beside it loads (ckpt.pt at iter 20, best val loss' in str(info.value)
+    assert 'ckpt.pt beside it loads (ckpt.pt after iteration 19, best val loss' in str(info.value)
     subprocess.run(command, shell=True, check=True)  # the command as given: resume then reads ckpt.pt
     assert checkpoint.load(str(tmp_path), checkpoint.resume_name(str(tmp_path)))['iter_num'] == 20
     # nothing whole beside it: the old advice
@@ -346,7 +346,7 @@ def files(folder):
 def test_overwrite_keeps_the_old_run_until_the_new_one_has_saved(copy_run, capsys):
     out, old = str(copy_run), files(copy_run)
     lock = checkpoint.claim_out_dir(out, resuming=False, overwrite=True)
-    assert re.search(r"the run that was here \(latest\.pt at iter 21, best val loss \d\.\d{4}\) was moved to "
+    assert re.search(r"the run that was here \(latest\.pt after iteration 20, best val loss \d\.\d{4}\) was moved to "
                      rf"{re.escape(out)}/replaced/; it is deleted once this run saves its first checkpoint",
                      capsys.readouterr().out)
     assert files(copy_run) == {} and files(copy_run / 'replaced') == old
@@ -369,7 +369,7 @@ def test_the_run_in_replaced_is_named_with_the_command_that_restores_it(copy_run
     (copy_run / 'metrics.csv').write_text('the log of a run that never saved\n')
     with pytest.raises(UserError) as info:  # resume, sample and export
         checkpoint.load(out, checkpoint.resume_name(out))
-    assert f'no checkpoint at {out}/ckpt.pt: the run that was in {out} (latest.pt at iter 21' in str(info.value)
+    assert f'no checkpoint at {out}/ckpt.pt: the run that was in {out} (latest.pt after iteration 20' in str(info.value)
     with pytest.raises(UserError, match='holds no checkpoint, but the run that was in'):  # a new run without overwrite
         checkpoint.claim_out_dir(out, resuming=False, overwrite=False)
     note = checkpoint.replaced_run_note(out)

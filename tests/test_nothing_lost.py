@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (REPO_ROOT, LiveProcess, assert_user_error, core_text, core_train_args, run_inproc,
-                      run_script)
+from conftest import (REPO_ROOT, LiveProcess, assert_user_error, checkpoint_files, core_text, core_train_args,
+                      run_inproc, run_script)
 from helpers import checkpoint, data, metrics
 import tiny_runs
 
@@ -152,11 +152,13 @@ case('out_dir that cannot be written')(lambda s: (  # even root may not create f
     ['cannot write', '/sys/nanogpt_test_out', '--out_dir']))
 case('negative learning_rate')(lambda s: (
     'train.py', core_train_args(s.out, dataset=s.dataset('lr'), learning_rate=-1), ['learning_rate', '-1']))
+case('learning_rate of 1e999 (inf)')(lambda s: (
+    'train.py', core_train_args(s.out, dataset=s.dataset('lri'), learning_rate='1e999'), ['learning_rate', 'inf']))
 case('negative warmup_iters')(lambda s: (
     'train.py', core_train_args(s.out, dataset=s.dataset('wu'), warmup_iters=-5), ['warmup_iters', '-5']))
 case('a new run into an out_dir that holds one')(lambda s: (
     'train.py', core_train_args(s.run()),
-    ['already holds a run', 'latest.pt at iter 21', '--init_from=resume', '--overwrite=True', '--out_dir']))
+    ['already holds a run', 'latest.pt after iteration 20', '--init_from=resume', '--overwrite=True', '--out_dir']))
 
 
 @case('architecture from a config file on resume')
@@ -270,7 +272,7 @@ def only_replaced(s):
     return s.out
 
 
-RESTORE = ['replaced/', 'latest.pt at iter 21', 'where --overwrite=True moved it', 'to restore it: mv ']
+RESTORE = ['replaced/', 'latest.pt after iteration 20', 'where --overwrite=True moved it', 'to restore it: mv ']
 case('sample.py on an out_dir whose run is in replaced/')(lambda s: (
     'sample.py', [f'--out_dir={only_replaced(s)}', '--device=cpu'], ['no checkpoint', *RESTORE]))
 case('resume of an out_dir whose run is in replaced/')(lambda s: (
@@ -556,14 +558,67 @@ def test_resuming_a_finished_run_changes_nothing(copy_run):
     assert checkpoint.load(str(copy_run), 'latest.pt')['iter_num'] == 23
 
 
-def test_ctrl_c_during_start_up_is_one_line(tmp_path, core_dataset):
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_start_up_is_one_line(tmp_path, core_dataset, signum):
     run = LiveProcess([sys.executable, 'train.py', *core_train_args(tmp_path / 'out')])
     import time
     time.sleep(0.5)  # still importing torch
-    run.proc.send_signal(signal.SIGINT)
-    assert run.finish() == 130
-    assert run.stderr == "SIGINT during start-up: no checkpoint was written\n"
+    run.proc.send_signal(signum)
+    assert run.finish() == 128 + signum
+    assert run.stderr == f"{signal.Signals(signum).name} during start-up: no checkpoint was written\n"
     assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_a_long_evaluation_saves_within_seconds(copy_run, signum):
+    """Schedulers send SIGKILL some seconds after SIGTERM: the evaluation is left at once and the
+    last finished iteration saved. Resumed at 21 with evaluations every 7, the first thing the run
+    does is an evaluation of a million batches."""
+    import time
+    before = checkpoint.load(str(copy_run), 'latest.pt')
+    run = LiveProcess([sys.executable, 'train.py', *core_train_args(copy_run, init_from='resume', max_iters=40,
+                                                                    eval_interval=7, eval_iters=10 ** 6)])
+    run.wait_for(r'^estimate on cpu')
+    time.sleep(1)  # well into the evaluation
+    sent = time.time()
+    run.proc.send_signal(signum)
+    assert run.finish() == 0 and time.time() - sent < 20, run.stderr[-2000:]
+    name = signal.Signals(signum).name
+    assert re.search(rf'^stopped by {name} after iteration 20; to continue:\npython train.py .*--init_from=resume$',
+                     run.stdout, re.M), run.stdout[-2000:]
+    assert 'step 21:' not in run.stdout and 'Traceback' not in run.stderr
+    after = checkpoint.load(str(copy_run), 'latest.pt')
+    assert after['iter_num'] == 21 and all(torch.equal(after['model'][k], v) for k, v in before['model'].items())
+
+
+def test_a_signal_in_the_first_evaluation_leaves_no_checkpoint(tmp_path, core_dataset):
+    import time
+    run = LiveProcess([sys.executable, 'train.py', *core_train_args(tmp_path / 'out', eval_iters=10 ** 6)])
+    run.wait_for(r'^estimate on cpu')
+    time.sleep(1)
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.finish() == 0, run.stderr[-2000:]
+    assert 'stopped by SIGTERM before the first iteration; nothing to save' in run.stdout
+    assert checkpoint_files(tmp_path / 'out') == []
+
+
+def test_a_dataset_prepared_again_during_a_run_does_not_reach_it(tmp_path, make_dataset, tiny_run):
+    """The run keeps reading the token files it opened: the text prepared over them meanwhile (other
+    characters, another vocabulary) changes neither its losses nor the vocabulary its checkpoints
+    carry."""
+    name = make_dataset('moving')
+    run = LiveProcess([sys.executable, 'train.py', *core_train_args(tmp_path / 'out', dataset=name, eval_iters=200)])
+    run.wait_for(r'^iter 2:')  # before the evaluation at 10, which reads val.bin again
+    folder = data.data_dir(name)
+    other = make_dataset('other', text='ZYXWVUTSRQPONMLKJIHGFEDCBA 0123456789\n' * 400)
+    for file in ('train.bin', 'val.bin', 'meta.pkl'):  # the way a prepare replaces them: renamed over
+        shutil.copyfile(os.path.join(data.data_dir(other), file), os.path.join(folder, file + '.new'))
+        os.replace(os.path.join(folder, file + '.new'), os.path.join(folder, file))
+    assert run.finish() == 0, run.stderr[-2000:]
+    straight = run_inproc('train.py', *core_train_args(tmp_path / 'straight', eval_iters=200), check=True).stdout
+    assert re.findall(r'^(?:iter|step) \d+: .*?loss [\d.]+', run.stdout, re.M) == \
+        re.findall(r'^(?:iter|step) \d+: .*?loss [\d.]+', straight, re.M)
+    assert checkpoint.load(str(tmp_path / 'out'))['tokenizer']['itos'] == sorted(set(core_text()))
 
 
 # ----------------------------------------------------------------------------- the vocabulary travels

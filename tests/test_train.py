@@ -195,3 +195,46 @@ def test_time_left_counts_the_iterations_and_evaluations_to_come(monkeypatch):
     namespace.update(max_iters=499, eval_interval=25, iter_seconds=0.5, eval_seconds=10.0)
     assert namespace['progress'](399) == '80% done, 1m30s left'  # 100 x 0.5 s + evaluations at 400, 425, 450, 475
     assert metrics.duration(3725) == '1h02m' and metrics.duration(59.6) == '1m00s'
+
+
+def test_the_run_says_up_front_what_it_will_cost(tiny_run):
+    estimate = re.search(r'^estimate on cpu: ([\d.]+)s per iteration, \S+ per evaluation; 0% done, \S+ left', tiny_run.stdout,
+                         re.M)
+    assert estimate and tiny_run.stdout.index('estimate on cpu') < tiny_run.stdout.index('step 0:')
+    assert 'this run is long for a CPU' not in tiny_run.stdout
+
+
+def test_a_config_far_too_heavy_for_the_cpu_names_the_laptop_config(tmp_path, core_dataset):
+    """nanoGPT's GPU config on a CPU: said before its first evaluation, which alone takes minutes."""
+    run = LiveProcess([sys.executable, 'train.py', 'config/train_shakespeare_char.py', f'--dataset={core_dataset}',
+                       '--device=cpu', f'--out_dir={tmp_path / "out"}', '--block_size=64'])
+    try:
+        run.wait_for(r'^this run is long for a CPU: .*config/train_shakespeare_char_cpu\.py', timeout=300)
+        assert 'step 0:' not in run.stdout
+    finally:
+        run.kill()
+
+
+def test_elapsed_counts_the_run_across_resumes(copy_run):
+    before = checkpoint.load(str(copy_run), 'latest.pt')['elapsed_seconds']
+    resumed = run_inproc('train.py', *core_train_args(copy_run, init_from='resume', max_iters=30), check=True).stdout
+    elapsed = re.search(r'^step 30: .*elapsed (\d+)s\)$', resumed, re.M)
+    after = checkpoint.load(str(copy_run), 'latest.pt')['elapsed_seconds']
+    assert elapsed and int(elapsed[1]) >= round(before) and after > before
+    seconds = [r['seconds'] for r in metrics.read_metrics(copy_run / 'metrics.csv')]
+    assert seconds == sorted(seconds) and seconds[-1] == pytest.approx(after, abs=2)
+
+
+def test_muon_resumes_exactly_and_keeps_both_states(straight_run, tmp_path):
+    settings = dict(EXACT, optimizer='muon')
+    straight = iter_lines(run_inproc('train.py', *core_train_args(tmp_path / 'a', max_iters=8, **settings),
+                                     check=True).stdout)
+    first = iter_lines(run_inproc('train.py', *core_train_args(tmp_path / 'b', max_iters=4, **settings),
+                                  check=True).stdout)
+    state = checkpoint.load(str(tmp_path / 'b'), 'latest.pt')['optimizer']
+    assert set(state) == {'muon', 'adamw'} and state['muon']['state'] and state['adamw']['state']
+    resumed = run_script('train.py', '--init_from=resume', f'--out_dir={tmp_path / "b"}', '--device=cpu',
+                         '--max_iters=8')
+    assert {**first, **iter_lines(resumed.stdout)} == straight
+    adamw = iter_lines(straight_run)
+    assert any(straight[i] != adamw[i] for i in straight)  # Muon really stepped
