@@ -2,6 +2,7 @@
 
     python benchmarks/performance.py                 # every row this machine can run (CPU: ~15 minutes)
     python benchmarks/performance.py --only=laptop   # nanoGPT's CPU recipe against the two laptop configs
+    python benchmarks/performance.py --only=laptop --runs_dir=runs   # keep the runs, for plot.py
 
 Rows, each with its command:
   training iteration   bench.py: ms/iter, tokens/s and MFU, for the models of the CPU recipe (CPU only),
@@ -11,7 +12,8 @@ Rows, each with its command:
                        side by side, each with its time over the recipe's; on a GPU the 5000 iterations of
                        config/train_shakespeare_char.py
   sampling             benchmarks/sampling.py: tokens/s with and without the KV cache
-Training runs write to a temporary out_dir; data/shakespeare_char is prepared first if it is missing.
+Training runs write to a temporary folder, or to --runs_dir (one out_dir per run, named in the table, replaced
+each time); data/shakespeare_char is prepared first if it is missing.
 """
 import argparse
 import datetime
@@ -34,8 +36,8 @@ CPU_RECIPE = ('config/train_shakespeare_char.py --device=cpu --compile=False --e
               '--lr_decay_iters=2000 --dropout=0.0')  # nanoGPT's README, as it stands there
 CHAR_MODEL = '--dataset=shakespeare_char --n_layer=6 --n_head=6 --n_embd=384 --block_size=256 --batch_size=64'
 RECIPE_MODEL = '--dataset=shakespeare_char --n_layer=4 --n_head=4 --n_embd=128 --block_size=64 --batch_size=12'
-LAPTOP_CONFIGS = (('the laptop config', 'config/train_shakespeare_char_cpu.py'),
-                  ('the long laptop config', 'config/train_shakespeare_char_cpu_long.py'))
+LAPTOP_CONFIGS = (('the laptop config', 'config/train_shakespeare_char_cpu.py', 'laptop'),
+                  ('the long laptop config', 'config/train_shakespeare_char_cpu_long.py', 'laptop-long'))
 
 
 def machine():
@@ -66,13 +68,15 @@ def bench_row(label, command):
 def train_row(label, command, out_dir):
     out, seconds = run(f'train.py {command}', out_dir)
     val = re.findall(r'^step (\d+): train loss [\d.]+, val loss ([\d.]+)', out, re.M)[-1]
-    row = f"| {label} | `python train.py {command}` | {seconds:.0f} s | {val[1]} (step {val[0]}) |"
+    row = f"| {label} (`{os.path.basename(out_dir)}`) | `python train.py {command}` | {seconds:.0f} s | " \
+          f"{val[1]} (step {val[0]}) |"
     return seconds, float(val[1]), row
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--only', choices=['training', 'laptop', 'sampling'], help='one group of rows')
+    parser.add_argument('--runs_dir', help="keep the training runs here, one out_dir each (plot.py reads them)")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     if not os.path.exists(os.path.join(data.data_dir('shakespeare_char'), 'train.bin')):
@@ -94,15 +98,18 @@ def main():
 
     if args.only in (None, 'laptop'):
         with tempfile.TemporaryDirectory() as tmp:
+            runs = args.runs_dir or tmp
             if cuda:
                 print("| run | command | wall time | final val loss |\n|---|---|---:|---:|")
-                print(train_row('shakespeare_char, 5000 iterations', 'config/train_shakespeare_char.py', tmp)[2])
+                print(train_row('shakespeare_char, 5000 iterations', 'config/train_shakespeare_char.py',
+                                os.path.join(runs, 'shakespeare-char'))[2])
             else:  # the last column: the wall time over the recipe's
                 print("| run | command | wall time | final val loss | time / recipe |\n|---|---|---:|---:|---:|")
-                reference = train_row("nanoGPT's CPU recipe (the reference)", CPU_RECIPE, tmp)
+                reference = train_row("nanoGPT's CPU recipe (the reference)", CPU_RECIPE,
+                                      os.path.join(runs, 'nanogpt-cpu-recipe'))
                 print(f"{reference[2]} 1.00x |")
-                for label, config in LAPTOP_CONFIGS:
-                    seconds, _, row = train_row(label, config, tmp)
+                for label, config, name in LAPTOP_CONFIGS:
+                    seconds, _, row = train_row(label, config, os.path.join(runs, name))
                     print(f"{row} {seconds / reference[0]:.2f}x |")
         print()
 

@@ -77,4 +77,5 @@ def test_performance_rows_parse_what_bench_and_train_print(tmp_path, shakespeare
     assert re.fullmatch(r'\| tiny \| `python bench\.py [^`]+` \| [\d.]+ \| [\d,]+ \| n/a \|', row), row
     seconds, val, row = performance.train_row('tiny', 'config/train_shakespeare_char_cpu.py --max_iters=4 '
                                                       '--eval_interval=2 --eval_iters=2', tmp_path / 'out')
-    assert seconds > 0 and 3.0 < val < 4.5 and '(step 4)' in row
+    assert seconds > 0 and 3.0 < val < 4.5 and '(step 4)' in row and row.startswith('| tiny (`out`) |')
+    assert (tmp_path / 'out' / 'metrics.csv').exists()  # kept, for plot.py (--runs_dir)
