@@ -78,6 +78,8 @@ def main():
     parser.add_argument('--only', choices=['training', 'laptop', 'sampling'], help='one group of rows')
     parser.add_argument('--runs_dir', help="keep the training runs here, one out_dir each (plot.py reads them)")
     args = parser.parse_args()
+    if args.runs_dir and os.path.exists(args.runs_dir) and not os.path.isdir(args.runs_dir):
+        parser.error(f"--runs_dir={args.runs_dir} is a file; name a folder (it is created if missing)")
     cuda = torch.cuda.is_available()
     if not os.path.exists(os.path.join(data.data_dir('shakespeare_char'), 'train.bin')):
         run('data/shakespeare_char/prepare.py')
