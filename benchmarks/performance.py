@@ -28,7 +28,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from helpers import data  # noqa: E402
+from helpers import UserError, data  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_RECIPE = ('config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=20 --log_interval=1 '
@@ -79,7 +79,7 @@ def main():
     parser.add_argument('--runs_dir', help="keep the training runs here, one out_dir each (plot.py reads them)")
     args = parser.parse_args()
     if args.runs_dir and os.path.exists(args.runs_dir) and not os.path.isdir(args.runs_dir):
-        parser.error(f"--runs_dir={args.runs_dir} is a file; name a folder (it is created if missing)")
+        raise UserError(f"--runs_dir={args.runs_dir} is a file; name a folder (it is created if missing)")
     cuda = torch.cuda.is_available()
     if not os.path.exists(os.path.join(data.data_dir('shakespeare_char'), 'train.bin')):
         run('data/shakespeare_char/prepare.py')

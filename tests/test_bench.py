@@ -64,6 +64,12 @@ def test_bench_sample_rejects_bad_lengths_and_models():
     assert_user_error(run_inproc('benchmarks/sampling.py', '--models=gpt3'), 'models', 'gpt2', "'gpt3'")
 
 
+def test_performance_refuses_a_runs_dir_that_is_a_file(tmp_path):
+    (tmp_path / 'runs').write_text('not a folder')
+    assert_user_error(run_inproc('benchmarks/performance.py', '--only=laptop', f'--runs_dir={tmp_path / "runs"}'),
+                      'runs_dir', 'is a file')
+
+
 def test_performance_rows_parse_what_bench_and_train_print(tmp_path, shakespeare_char):
     """benchmarks/performance.py's rows, on commands small enough for a test: the figures it reads
     from bench.py's and train.py's output are there."""
