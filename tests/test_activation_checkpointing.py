@@ -45,11 +45,14 @@ def test_same_loss_and_gradients_with_far_less_kept():
     assert kept_ac < kept / 3, (kept_ac, kept)  # the blocks' activations are gone, the head's remain
 
 
-def test_evaluation_and_sampling_do_not_recompute():
+def test_evaluation_and_sampling_do_not_recompute(monkeypatch):
     model = GPT(GPTConfig(block_size=16, vocab_size=32, n_layer=2, n_head=2, n_embd=16))
     model.activation_checkpointing = True
-    with torch.no_grad():
-        out = model.generate(torch.zeros(1, 1, dtype=torch.long), 20, top_k=1)  # the KV cache still works
+    with monkeypatch.context() as m:
+        m.setattr(torch.utils.checkpoint, 'checkpoint', lambda *a, **k: pytest.fail('recomputed without gradients'))
+        with torch.no_grad():
+            model(torch.zeros(2, 8, dtype=torch.long), torch.zeros(2, 8, dtype=torch.long))  # an evaluation
+            out = model.generate(torch.zeros(1, 1, dtype=torch.long), 20, top_k=1)  # the KV cache still works
     model.activation_checkpointing = False
     with torch.no_grad():
         assert torch.equal(out, model.generate(torch.zeros(1, 1, dtype=torch.long), 20, top_k=1))

@@ -128,6 +128,8 @@ def test_16_bit_autocast_on_cpu_is_allowed(tmp_path, core_dataset, dtype):
     out = run_inproc('train.py', *core_train_args(tmp_path / 'out', dtype=dtype, max_iters=1, eval_interval=100),
                      check=True).stdout
     assert f"dtype='{dtype}'" in out
+    scaler = torch.load(tmp_path / 'out' / 'latest.pt', weights_only=True)['scaler']
+    assert bool(scaler) == (dtype == 'float16')  # the scaler ran, and saved its scale, for float16 only
 
 
 # -----------------------------------------------------------------------------

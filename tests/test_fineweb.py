@@ -269,7 +269,7 @@ def test_a_changed_source_or_split_starts_over(names, monkeypatch, capsys, chang
     assert np.array_equal(got_train, train) and np.array_equal(got_val, val)
 
 
-def test_identity_of_local_files_changes_with_their_content(tmp_path):
+def test_identity_of_local_files_changes_with_their_size_or_time(tmp_path):
     path = write_jsonl(tmp_path / 'a.jsonl', ['one', 'two'])
     before = documents.identity([path])
     os.utime(path, ns=(1, 1))

@@ -477,11 +477,9 @@ def overwritten_whole(old, new):
 
 
 FAILS_AT_FIRST_EVAL = dict(overwrite=True, learning_rate=1e30, eval_interval=2, max_iters=10)
-DISCARDS = pytest.mark.skipif('discard_replaced' not in open(os.path.join(REPO_ROOT, 'train.py')).read(),
-                              reason="train.py does not call checkpoint.discard_replaced after its saves yet")
 
 
-@replacement('--overwrite=True whose new run fails before its first save', DISCARDS)
+@replacement('--overwrite=True whose new run fails before its first save')
 def overwrite_fails(s):
     s.run()
     return Replacement(
@@ -490,7 +488,7 @@ def overwrite_fails(s):
         overwritten_whole, moved_aside(s))
 
 
-@replacement('--overwrite=True failing twice before a first save', DISCARDS)
+@replacement('--overwrite=True failing twice before a first save')
 def overwrite_fails_twice(s):
     s.run()
 
