@@ -212,7 +212,7 @@ def test_plot_draws_hellaswag_beneath_the_loss_when_a_run_has_it(tmp_path):
 def test_plot_x_axes_errors_are_one_line(tmp_path, axes):
     fake_run(tmp_path / 'run')
     result = run_inproc('plot.py', f'--out_dir={tmp_path / "run"}', f'--x={axes}')
-    assert_user_error(result, 'iter, tokens, seconds', '--x=seconds')
+    assert_user_error(result, 'iter, tokens, seconds', '--x=seconds', f'got {axes!r}')
     assert os.listdir(tmp_path / 'run') == ['metrics.csv']
 
 
