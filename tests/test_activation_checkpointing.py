@@ -2,19 +2,11 @@
 activations. The same losses and gradients (the recomputation draws the same dropout masks), far
 fewer bytes kept for the backward pass, and the same training in train.py, compiled, and under
 FSDP over gloo."""
-import re
-
 import pytest
 import torch
 
-from conftest import compiled_graphs, core_train_args, run_inproc, run_script
+from conftest import compiled_graphs, core_train_args, iteration_losses, run_inproc, run_script
 from model import GPT, GPTConfig
-
-ITER_LINE = re.compile(r'^iter (\d+): loss ([\d.]+),', re.M)
-
-
-def losses(stdout):
-    return {int(i): float(loss) for i, loss in ITER_LINE.findall(stdout)}
 
 
 def loss_gradients_and_kept_bytes(checkpointing):
@@ -61,17 +53,18 @@ def test_evaluation_and_sampling_do_not_recompute(monkeypatch):
 def test_train_py_with_activation_checkpointing_trains_alike(tiny_run, tmp_path):
     checkpointed = run_inproc('train.py', *core_train_args(tmp_path / 'out', activation_checkpointing=True),
                               check=True).stdout
-    plain = losses(tiny_run.stdout)
-    assert all(losses(checkpointed)[i] == pytest.approx(plain[i], abs=1e-4) for i in plain)
-    compiled, graphs = compiled_graphs('train.py', *core_train_args(tmp_path / 'compiled', activation_checkpointing=True,
-                                                                    compile=True, max_iters=5))
-    assert graphs > 0 and all(losses(compiled.stdout)[i] == pytest.approx(plain[i], abs=2e-3) for i in range(6))
+    plain = iteration_losses(tiny_run.stdout)
+    assert all(iteration_losses(checkpointed)[i] == pytest.approx(plain[i], abs=1e-4) for i in plain)
+    compiled, graphs = compiled_graphs('train.py', *core_train_args(tmp_path / 'compiled', compile=True, max_iters=5,
+                                                                    activation_checkpointing=True))
+    compiled_losses = iteration_losses(compiled.stdout)
+    assert graphs > 0 and all(compiled_losses[i] == pytest.approx(plain[i], abs=2e-3) for i in range(6))
 
 
 def test_activation_checkpointing_under_fsdp(core_dataset, tmp_path):
     settings = dict(max_iters=4, eval_interval=2, gradient_accumulation_steps=2, learning_rate=3e-3, dropout=0.1)
     torchrun = ('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py')
-    plain = losses(run_script(*torchrun, *core_train_args(tmp_path / 'ddp', **settings)).stdout)
-    sharded = losses(run_script(*torchrun, *core_train_args(tmp_path / 'fsdp', fsdp=True, activation_checkpointing=True,
-                                                             **settings)).stdout)
+    plain = iteration_losses(run_script(*torchrun, *core_train_args(tmp_path / 'ddp', **settings)).stdout)
+    sharded_args = core_train_args(tmp_path / 'fsdp', fsdp=True, activation_checkpointing=True, **settings)
+    sharded = iteration_losses(run_script(*torchrun, *sharded_args).stdout)
     assert sorted(sharded) == list(range(5)) and all(sharded[i] == pytest.approx(plain[i], abs=1e-4) for i in plain)

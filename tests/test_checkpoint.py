@@ -18,8 +18,8 @@ from torch.nn import functional as F
 
 from helpers import checkpoint
 from helpers import data
-from conftest import (CORE_DATASET, assert_user_error, checkpoint_files, core_text, core_train_args, run_inproc,
-                      run_script)
+from conftest import (CORE_DATASET, RunsCode, assert_user_error, checkpoint_files, core_text, core_train_args,
+                      run_inproc, run_script)
 from helpers import UserError, metrics
 from model import GPT, GPTConfig
 
@@ -218,16 +218,6 @@ def test_which_file_resume_and_sample_read(tmp_path):
 
 # -----------------------------------------------------------------------------
 # files that would run code, damaged files
-
-class RunsCode:
-    """Unpickling this runs a shell command that creates a marker file."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f'touch {self.marker}',))
-
 
 class CustomObject:
     pass

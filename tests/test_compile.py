@@ -1,23 +1,15 @@
 """torch.compile on the CPU (inductor, with the machine's C++ compiler): training and sampling
 compiled give eager's losses and greedy tokens, and really compiled; a compiler that fails says so
 in one line instead of running eagerly in silence."""
-import re
-
 import pytest
 
-from conftest import assert_user_error, compiled_graphs, core_train_args, run_inproc, run_script
-
-ITER_LINE = re.compile(r'^iter (\d+): loss ([\d.]+),', re.M)
-
-
-def losses(stdout):
-    return {int(i): float(loss) for i, loss in ITER_LINE.findall(stdout)}
+from conftest import assert_user_error, compiled_graphs, core_train_args, iteration_losses, run_inproc, run_script
 
 
 def test_compiled_training_and_sampling_equal_eager(tiny_run, tmp_path):
     compiled, graphs = compiled_graphs('train.py', *core_train_args(tmp_path / 'out', compile=True))
     assert graphs >= 2, graphs  # training, and evaluation without dropout's graph
-    eager, ours = losses(tiny_run.stdout), losses(compiled.stdout)
+    eager, ours = iteration_losses(tiny_run.stdout), iteration_losses(compiled.stdout)
     assert sorted(ours) == sorted(eager) == list(range(21))
     # inductor fuses kernels and so rounds differently: the same losses to float32 noise
     assert all(ours[i] == pytest.approx(eager[i], abs=2e-3) for i in eager), (eager, ours)

@@ -12,7 +12,8 @@ from helpers import checkpoint
 SHORT = dict(max_iters=3, eval_interval=3, eval_iters=1, log_interval=1, batch_size=2)
 
 
-@pytest.mark.parametrize('config', ['config/train_shakespeare_char_cpu.py', 'config/train_shakespeare_char_cpu_long.py'])
+@pytest.mark.parametrize('config', ['config/train_shakespeare_char_cpu.py',
+                                    'config/train_shakespeare_char_cpu_long.py'])
 def test_laptop_config_trains_at_its_own_shape(config, core_dataset, tmp_path):
     settings = {k: v for k, v in runpy.run_path(os.path.join(REPO_ROOT, config)).items() if not k.startswith('__')}
     short = dict(SHORT, dataset=core_dataset, out_dir=str(tmp_path / 'out'))

@@ -9,7 +9,7 @@ import torch
 
 import export_hf
 import tiny_runs
-from conftest import run_script
+from conftest import RunsCode, run_script
 from helpers import UserError
 from model import GPT
 
@@ -93,14 +93,6 @@ def test_only_an_earlier_export_is_ever_replaced(tmp_path):
     os.remove(folder / 'export_hf.json')  # an export of an earlier version, or someone's own model
     with pytest.raises(UserError, match=r'\(config.json, generation_config.json, model.safetensors\)'):
         export_hf.check_output(str(folder))
-
-
-class RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f'touch {self.marker}',))
 
 
 def test_weights_that_would_run_code_are_never_loaded(tmp_path):

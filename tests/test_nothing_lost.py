@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (REPO_ROOT, LiveProcess, assert_user_error, checkpoint_files, core_text, core_train_args,
-                      run_inproc, run_script)
+from conftest import (LiveProcess, REPO_ROOT, RunsCode, assert_user_error, checkpoint_files, core_text,
+                      core_train_args, run_inproc, run_script)
 from helpers import checkpoint, data, metrics
 import tiny_runs
 
@@ -30,16 +30,6 @@ def tree(*folders):
                 with open(os.path.join(root, name), 'rb') as f:
                     files[os.path.join(root, name)] = f.read()
     return files
-
-
-class RunsCode:
-    """Unpickling this runs a shell command that creates a marker file."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f'touch {self.marker}',))
 
 
 def transformers_folder(folder, vocab_size=50257, runs_code=None):

@@ -10,16 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import core_train_args, run_inproc, run_script
+from conftest import core_train_args, iteration_losses, run_inproc, run_script
 from helpers import UserError, data, hardware, parallel
 
 TORCHRUN = ('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py')
-ITER_LINE = re.compile(r'^iter (\d+): loss ([\d.]+),', re.M)
 STEP_LINE = re.compile(r'^step (\d+): train loss ([\d.]+), val loss ([\d.]+)', re.M)
-
-
-def losses(stdout):
-    return {int(i): float(loss) for i, loss in ITER_LINE.findall(stdout)}
 
 
 def torchrun(out_dir, **settings):
@@ -107,7 +102,7 @@ def test_resident_batches_are_the_batches_read_from_disk(core_dataset):
 def test_training_on_resident_batches_equals_training_from_disk(tiny_run, tmp_path):
     resident = run_inproc('train.py', *core_train_args(tmp_path / 'out', data_on_device=True), check=True).stdout
     assert 'keeping the dataset in cpu memory' in resident
-    assert losses(resident) == losses(tiny_run.stdout) and len(losses(resident)) == 21
+    assert iteration_losses(resident) == iteration_losses(tiny_run.stdout) and len(iteration_losses(resident)) == 21
 
 
 # ----------------------------------------------------------------------------- torchrun over gloo
@@ -119,10 +114,10 @@ SHORT = dict(max_iters=6, eval_interval=3, gradient_accumulation_steps=2, learni
 def test_fsdp_in_16_bits_computes_what_ddp_computes(core_dataset, tmp_path, dtype):
     """FSDP keeps float32 parameters under the same autocast as DDP (a bf16 parameter policy would
     make the residual stream bf16), and float16's GradScaler works across its shards."""
-    ddp = losses(torchrun(tmp_path / 'ddp', dtype=dtype, **SHORT).stdout)
+    ddp = iteration_losses(torchrun(tmp_path / 'ddp', dtype=dtype, **SHORT).stdout)
     fsdp = torchrun(tmp_path / 'fsdp', dtype=dtype, fsdp=True, **SHORT)
-    assert sorted(ddp) == sorted(losses(fsdp.stdout)) == list(range(7))
-    assert all(losses(fsdp.stdout)[i] == pytest.approx(ddp[i], abs=1e-3) for i in ddp), (ddp, fsdp.stdout)
+    assert sorted(ddp) == sorted(iteration_losses(fsdp.stdout)) == list(range(7))
+    assert all(iteration_losses(fsdp.stdout)[i] == pytest.approx(ddp[i], abs=1e-3) for i in ddp), (ddp, fsdp.stdout)
     state = torch.load(tmp_path / 'fsdp' / 'latest.pt', weights_only=True)
     assert all(v.dtype == torch.float32 for v in state['model'].values())
     assert (state['scaler'] != {}) == (dtype == 'float16')
@@ -130,13 +125,13 @@ def test_fsdp_in_16_bits_computes_what_ddp_computes(core_dataset, tmp_path, dtyp
 
 def test_float16_resumes_exactly_with_its_scaler(tiny_run, tmp_path):
     settings = dict(dtype='float16', dropout=0.1, max_iters=8, eval_interval=4)
-    straight = losses(run_inproc('train.py', *core_train_args(tmp_path / 'a', **settings), check=True).stdout)
-    first = losses(run_inproc('train.py', *core_train_args(tmp_path / 'b', **dict(settings, max_iters=3)),
+    straight = iteration_losses(run_inproc('train.py', *core_train_args(tmp_path / 'a', **settings), check=True).stdout)
+    first = iteration_losses(run_inproc('train.py', *core_train_args(tmp_path / 'b', **dict(settings, max_iters=3)),
                               check=True).stdout)
     resumed = run_inproc('train.py', '--init_from=resume', f'--out_dir={tmp_path / "b"}', '--device=cpu',
                          '--max_iters=8', check=True)
     assert "dtype='float16'" in resumed.stdout  # the run's dtype, from its checkpoint
-    assert {**first, **losses(resumed.stdout)} == straight and len(straight) == 9
+    assert {**first, **iteration_losses(resumed.stdout)} == straight and len(straight) == 9
     scalers = [torch.load(tmp_path / run / 'latest.pt', weights_only=True)['scaler'] for run in 'ab']
     assert scalers[0]['_growth_tracker'] > 4 and scalers[0] == scalers[1]  # counted on, not from 0
 
@@ -145,10 +140,10 @@ def test_ddp_resumes_exactly_on_every_rank(core_dataset, tmp_path):
     """Each rank's dropout masks continue after a resume: rank 1's state is saved too, and its
     masks shape the averaged gradients that rank 0's losses show."""
     settings = dict(SHORT, dropout=0.2, max_iters=8, eval_interval=4)
-    straight = losses(torchrun(tmp_path / 'a', **settings).stdout)
+    straight = iteration_losses(torchrun(tmp_path / 'a', **settings).stdout)
     torchrun(tmp_path / 'b', **dict(settings, max_iters=3))
     assert len(torch.load(tmp_path / 'b' / 'latest.pt', weights_only=True)['rng_states_by_rank']) == 2
-    resumed = losses(torchrun(tmp_path / 'b', **dict(settings, init_from='resume')).stdout)
+    resumed = iteration_losses(torchrun(tmp_path / 'b', **dict(settings, init_from='resume')).stdout)
     assert sorted(resumed) == list(range(4, 9)) and all(resumed[i] == straight[i] for i in resumed), (straight, resumed)
 
 
@@ -164,9 +159,9 @@ def test_fsdp_evaluation_shares_the_batches_and_gives_one_process_numbers(copy_r
 def test_compiled_ddp_and_fsdp_train_as_eager_ddp(core_dataset, tmp_path):
     """Compiled under DDP (the whole model) and under FSDP (block by block, as its hooks stay out of
     the graphs): eager DDP's losses, to the compiler's rounding."""
-    eager = losses(torchrun(tmp_path / 'eager', **SHORT).stdout)
+    eager = iteration_losses(torchrun(tmp_path / 'eager', **SHORT).stdout)
     for fsdp in (False, True):
-        compiled = losses(torchrun(tmp_path / f'compiled_{fsdp}', compile=True, fsdp=fsdp, **SHORT).stdout)
+        compiled = iteration_losses(torchrun(tmp_path / f'compiled_{fsdp}', compile=True, fsdp=fsdp, **SHORT).stdout)
         assert sorted(compiled) == list(range(7))
         assert all(compiled[i] == pytest.approx(eager[i], abs=2e-3) for i in eager), (fsdp, eager, compiled)
 
