@@ -23,8 +23,8 @@ import xml.etree.ElementTree as ElementTree
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.performance import CHAR_MODEL, REPO_ROOT, machine  # noqa: E402
-from helpers import data  # noqa: E402
+from benchmarks.performance import CHAR_MODEL, machine  # noqa: E402
+from helpers import REPO_ROOT, data  # noqa: E402
 
 # the tests whose paths differ on a GPU machine: the GPU tier, FSDP on the CPU of a GPU machine, and
 # the device errors, whose suggestions name the best device present
@@ -75,7 +75,8 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         junit = os.path.join(tmp, 'gpu.xml')
-        status, output = run(['-m', 'pytest', '-q', '-rA', f'--junitxml={junit}', *TESTS], 0.6 * (deadline - time.time()))
+        status, output = run(['-m', 'pytest', '-q', '-rA', f'--junitxml={junit}', *TESTS],
+                             0.6 * (deadline - time.time()))
         rows += test_rows(junit) if os.path.exists(junit) else [('GPU tier', f'failed: not run ({output[-300:]})', '')]
         if status is None:
             rows.append(('GPU tier', f'failed: cut short, {output}; the checks not listed did not run', ''))
@@ -102,7 +103,7 @@ def main():
                 start = time.time()
                 status, output = run(command, deadline - time.time())
                 figures = '; '.join(m.strip('| ') for m in re.findall(shown, output, re.M)[-2:])
-                result = 'passed' if status == 0 else f'failed ({status})' if status is not None else f'failed: {output}'
+                result = 'passed' if status == 0 else f'failed: {output}' if status is None else f'failed ({status})'
                 rows.append((label, result, f"{figures} ({time.time() - start:.0f} s)"))
 
     print(f"\nmachine: {machine()}; date: {datetime.date.today()}; "

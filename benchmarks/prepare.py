@@ -28,9 +28,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from helpers import data  # noqa: E402
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import DATA_ROOT, REPO_ROOT  # noqa: E402  (not helpers.data: torch would swell the RSS measured)
 WORDS = ("once upon a time there was little girl boy named who loved to play with her his ball red blue big small "
          "happy sad dog cat bird tree park house mom dad friend day sun sky went saw said found wanted help share "
          "kind brave toy box garden water jump run fast slow smile laugh cried because but then so very and the of "
@@ -99,7 +97,7 @@ def measure(*args):
 
 def run(script, inputs, ref_dir=None):
     """A table row for data/<script>/prepare.py, its output compared with the reference's in ref_dir, if given."""
-    out_dir = data.data_dir(f'_bench_{script}')  # where the prepare scripts write, NANOGPT_DATA_DIR or data/
+    out_dir = os.path.join(DATA_ROOT, f'_bench_{script}')
     usage = measure(f'data/{script}/prepare.py', *inputs, '--name', f'_bench_{script}', '--force')
     same = 'n/a' if ref_dir is None else 'yes' if all(filecmp.cmp(os.path.join(ref_dir, f), os.path.join(
         out_dir, f), shallow=False) for f in ('train.bin', 'val.bin')) else 'NO'

@@ -155,17 +155,11 @@ class ResumableOutput(prepare.Output):
     Output does; after that they stay for the next run."""
 
     def __init__(self, out_dir, source):
-        self.dir, self.dtype, self.made = out_dir, np.uint16, not os.path.isdir(out_dir)
-        os.makedirs(out_dir, exist_ok=True)
+        self.dir = out_dir   # for resumable()
         source = json.loads(json.dumps(source))   # as it reads back from PROGRESS: lists, not tuples
         self.at = self.resumable(source) or dict(source=source, chunks=0, shard=0, shard_docs=0, documents=0,
                                                  docs={'train': 0, 'val': 0}, bytes={'train': 0, 'val': 0})
-        self.bins = {}
-        for split, size in self.at['bytes'].items():
-            self.bins[split] = open(self.path(f'{split}.bin.tmp'), 'r+b' if size else 'wb')
-            self.bins[split].truncate(size)   # what a chunk under way at the interruption left goes
-            self.bins[split].seek(size)
-        self.tokens = {split: size // 2 for split, size in self.at['bytes'].items()}
+        super().__init__(out_dir, np.uint16, self.at['bytes'])
 
     def resumable(self, source):
         """The record in PROGRESS if it is of this source and split and the .tmp files hold what it says, else

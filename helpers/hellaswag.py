@@ -73,10 +73,7 @@ def load(path=None, limit=None):
     the official validation file, downloaded into data/hellaswag/ the first time."""
     official = path is None
     if official:
-        path = default_path()
-        if not os.path.exists(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            download(URL, path)
+        path = download(URL, default_path())   # only if it is not there yet
     elif not os.path.isfile(path):
         raise UserError(f"HellaSwag file {path} does not exist; pass the path of hellaswag_val.jsonl ({URL})")
     fix = "delete it to download it again" if official else f"use the official file ({URL})"

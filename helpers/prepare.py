@@ -109,11 +109,17 @@ class Output:
     Leaving the with-block before that (an error, Ctrl-C) deletes them, and the folder if this made it: an
     interrupted prepare leaves no train.bin that looks finished, and the dataset that was there as it was."""
 
-    def __init__(self, out_dir, dtype=np.uint16):
+    def __init__(self, out_dir, dtype=np.uint16, kept=None):
+        """kept: {split: bytes} of the .tmp files that an interrupted run left, to append to (ResumableOutput)."""
         self.dir, self.dtype, self.made = out_dir, dtype, not os.path.isdir(out_dir)
         os.makedirs(out_dir, exist_ok=True)
-        self.bins = {split: open(self.path(f'{split}.bin.tmp'), 'wb') for split in ('train', 'val')}
-        self.tokens = {'train': 0, 'val': 0}
+        kept = kept or {'train': 0, 'val': 0}
+        self.bins = {}
+        for split, size in kept.items():
+            self.bins[split] = open(self.path(f'{split}.bin.tmp'), 'r+b' if size else 'wb')
+            self.bins[split].truncate(size)   # what a chunk under way at the interruption left goes
+            self.bins[split].seek(size)
+        self.tokens = {split: size // np.dtype(dtype).itemsize for split, size in kept.items()}
 
     def path(self, name):
         return os.path.join(self.dir, name)
