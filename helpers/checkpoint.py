@@ -164,9 +164,9 @@ def _summary(folder, name):
 
 
 def run_summary(out_dir, names):
-    """The _summary of the newest of the checkpoint files names in out_dir, or their names."""
-    newest = next((n for n in (LATEST_NAME, CKPT_NAME) if n in names), None)
-    return (newest and _summary(out_dir, newest)) or ', '.join(names)
+    """The _summary of the first of names, the checkpoint files in out_dir as _checkpoints lists
+    them (newest first), or their names."""
+    return _summary(out_dir, names[0]) or ', '.join(names)
 
 
 def replaced_run_note(out_dir):

@@ -137,9 +137,9 @@ def check_fits(dataset, meta, vocab_size, block_size, vocabulary=None, splits=('
     if (meta and symbols != vocab_size) or vocab_size < symbols:
         held = f"a {symbols}-character vocabulary" if meta else "GPT-2 BPE tokens (no meta.pkl)"
         kind = "GPT-2's BPE" if vocab_size >= tokenizer.BPE_VOCAB_SIZE else "a character vocabulary"
-        raise UserError(f"{shown(data_dir(dataset))} holds {held} but the model has {vocab_size} tokens ({kind}); use a dataset "
-                        "of the model's vocabulary (the one it was trained on; for GPT-2's weights a BPE dataset "
-                        "such as shakespeare)")
+        raise UserError(f"{shown(data_dir(dataset))} holds {held} but the model has {vocab_size} tokens ({kind}); "
+                        "use a dataset of the model's vocabulary (the one it was trained on; for GPT-2's weights a "
+                        "BPE dataset such as shakespeare)")
     tokenizer.check_dataset(vocabulary, meta, dataset)
     return {split: check_split(dataset, split, token_dtype(meta), block_size, meta and symbols) for split in splits}
 

@@ -43,7 +43,8 @@ def check(device_type, backend, fsdp, compile, compile_mode, gradient_accumulati
         raise UserError("fsdp=True shards the model across processes started by torchrun; run "
                         "torchrun --standalone --nproc_per_node=N train.py ... --fsdp=True, or drop --fsdp")
     if 'RANK' in os.environ and device_type == 'mps':
-        raise UserError("torchrun with device 'mps' is not supported by PyTorch's DDP; use --device=cpu, or one process")
+        raise UserError("torchrun with device 'mps' is not supported by PyTorch's DDP; use --device=cpu, "
+                        "or one process")
     if backend not in ('nccl', 'gloo'):
         raise UserError(f"unknown backend '{backend}'; use nccl (GPUs) or gloo (CPUs)")
     if backend == 'nccl' and device_type != 'cuda':

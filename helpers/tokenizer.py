@@ -74,14 +74,20 @@ def tokenizer_entry(meta):
     return entry
 
 
+def _shown_folder(dataset):
+    """data/<dataset> as messages write it (DATA_ROOT may be elsewhere); data/None for a checkpoint
+    that names no dataset."""
+    return shown(os.path.join(DATA_ROOT, str(dataset)))
+
+
 def check_dataset(entry, meta, dataset):
     """A UserError unless data/<dataset> (its meta.pkl, or None) has the vocabulary of entry."""
     theirs = tokenizer_entry(meta)
     if entry is not None and (theirs or {}).get('itos') != entry.get('itos'):
         ours = 'GPT-2 BPE' if entry['kind'] == 'gpt2' else f"a {len(entry['itos'])}-character vocabulary"
         found = 'GPT-2 BPE (no meta.pkl)' if meta is None else f"another vocabulary ({meta['vocab_size']} symbols)"
-        raise UserError(f"the model was trained with {ours} but {shown(os.path.join(DATA_ROOT, dataset))} holds {found}; use the dataset it "
-                        "was trained on, prepared again from the same text")
+        raise UserError(f"the model was trained with {ours} but {_shown_folder(dataset)} holds {found}; use the "
+                        "dataset it was trained on, prepared again from the same text")
 
 
 def from_entry(entry):
@@ -102,16 +108,16 @@ def checkpoint_entry(checkpoint):
         print(f"Loading meta from {os.path.join('data', name, 'meta.pkl')}...")
         meta = data.read_meta(name)
         if meta['vocab_size'] != vocab_size:
-            raise UserError(f"{shown(os.path.join(DATA_ROOT, name))}/meta.pkl has vocab_size {meta['vocab_size']} but the model was trained "
-                            f"with {vocab_size}; the dataset was re-prepared since: restore its meta.pkl")
+            raise UserError(f"{_shown_folder(name)}/meta.pkl has vocab_size {meta['vocab_size']} but the model was "
+                            f"trained with {vocab_size}; the dataset was re-prepared since: restore its meta.pkl")
         entry = tokenizer_entry(meta)
         if entry is None:
-            raise UserError(f"{shown(os.path.join(DATA_ROOT, name))}/meta.pkl has no character vocabulary (itos); "
+            raise UserError(f"{_shown_folder(name)}/meta.pkl has no character vocabulary (itos); "
                             "re-create it with the dataset's prepare.py")
         return entry
     if vocab_size < BPE_VOCAB_SIZE:
-        raise UserError(f"the model has a {vocab_size}-symbol vocabulary but {shown(os.path.join(DATA_ROOT, name))}/meta.pkl, which maps it "
-                        f"to characters, is missing; prepare the dataset '{name}' again to recreate it")
+        raise UserError(f"the model has a {vocab_size}-symbol vocabulary but {_shown_folder(name)}/meta.pkl, which "
+                        f"maps it to characters, is missing; prepare the dataset '{name}' again to recreate it")
     return {'kind': 'gpt2'}
 
 
