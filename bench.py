@@ -48,9 +48,10 @@ torch.manual_seed(seed)
 
 # data
 if real_data:
-    if os.path.isdir(data.data_dir(dataset)) and not os.path.exists(os.path.join(data.data_dir(dataset), 'train.bin')):
+    folder = data.data_dir(dataset)
+    if os.path.isdir(folder) and not os.path.exists(os.path.join(folder, 'train.bin')):
         size = ' (about 54 GB of download)' if dataset == 'openwebtext' else ''
-        raise UserError(f"{shown(data.data_dir(dataset))}/train.bin is missing; prepare it with {data.prepare_command(dataset)}{size}, "
+        raise UserError(f"{shown(folder)}/train.bin is missing; prepare it with {data.prepare_command(dataset)}{size}, "
                         "or time random tokens with --real_data=False")
     meta = data.read_meta(dataset)
     token_dtype = data.token_dtype(meta)

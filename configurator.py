@@ -118,8 +118,9 @@ def continue_run(namespace, explicit, run_settings, keep=(), fixed=None):
     if conflicts:
         raise UserError(f"the checkpoint has another architecture than asked: {', '.join(conflicts)}; resume without "
                         "those settings (the checkpoint brings its own), or train into a new --out_dir")
+    known = settable_keys(namespace)
     differ = {k: v for k, v in {**(run_settings or {}), **(fixed or {})}.items()
-              if k in settable_keys(namespace) and k not in keep and v is not None and v != namespace[k]}
+              if k in known and k not in keep and v is not None and v != namespace[k]}
     print("resuming with the run's settings" + ''.join(
         f"; {k}={namespace[k]!r} from {explicit[k]} (the run had {v!r})" for k, v in differ.items() if k in explicit))
     for k, v in differ.items():

@@ -137,7 +137,8 @@ def plan_splits(explicit, model, ckpt):
 def evaluate_splits(model, plan, where, ctx):
     """{split: {loss, perplexity, tokens}} of the planned splits, printed as they come."""
     window, rows, n_batches = (plan.settings[k] for k in ('block_size', 'batch_size', 'eval_iters'))
-    print(f"evaluating {where} on {shown(data.data_dir(plan.settings['dataset']))}, block_size {window}, {dtype} on {device}")
+    print(f"evaluating {where} on {shown(data.data_dir(plan.settings['dataset']))}, block_size {window}, "
+          f"{dtype} on {device}")
     if full_pass:
         print(f"full pass: consecutive windows of {window} tokens, {rows} per batch, every token but the first "
               "predicted once")

@@ -230,7 +230,7 @@ if resume_state is not None:
         scaler.load_state_dict(resume_state['scaler'])
     # each rank's own generators, when the run had as many processes (else rank 0's alone)
     rng_states = resume_state.get('rng_states_by_rank') or [resume_state.get('rng_states')]
-    if rank < len(rng_states) and rng_states[rank] and (len(rng_states) == world_size or rank == 0):
+    if (len(rng_states) == world_size or rank == 0) and rng_states[rank]:
         checkpoint.restore_rng_states(rng_states[rank], device)
 resume_state = None  # free the memory it holds
 
