@@ -30,8 +30,8 @@ import time
 import torch
 
 import configurator
-from export_onnx import random_prompts, replace_with, writable  # the same checks and safe replacement for both
 from helpers import UserError, checkpoint, tokenizer
+from helpers.exports import random_prompts, replace_with, writable
 from model import CONV1D_WEIGHTS, GPT
 
 # -----------------------------------------------------------------------------

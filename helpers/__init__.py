@@ -9,6 +9,7 @@
     metrics.py     out_dir/metrics.csv, the training log that plot.py draws
     parallel.py    several processes under torchrun: DDP or FSDP, and the collectives train.py needs
     hellaswag.py   the HellaSwag benchmark: its examples, scored as GPT-2's published figures are
+    exports.py     what export_onnx.py and export_hf.py share: check prompts, safe replacement of an export
 
 and UserError, below: the one exception for mistakes a user can fix.
 """
