@@ -1,6 +1,4 @@
-"""
-Time a training iteration (forward, backward, optimizer step) in isolation: ms/iter,
-tokens/s and MFU, after warm-up. Real batches from data/<dataset> or random tokens.
+"""Time a training iteration (forward, backward, optimizer step) after a warm-up: ms/iter, tokens/s, MFU.
 
 $ python bench.py                                   # GPT-2 124M, batch 12 x 1024, openwebtext
 $ python bench.py --device=cpu --compile=False --real_data=False --n_layer=4 --n_head=4 --n_embd=128 --block_size=64
@@ -12,7 +10,7 @@ import time
 import torch
 
 import configurator
-from helpers import UserError, data, hardware, shown
+from helpers import UserError, data, hardware, optim, shown
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -25,7 +23,7 @@ dropout = 0.0
 bias = False
 activation_checkpointing = False  # recompute each block in the backward pass (see train.py)
 optimizer = 'adamw'  # or 'muon' (see train.py)
-real_data = True
+real_data = True  # batches of data/<dataset>; False: random tokens
 dataset = 'openwebtext'
 seed = 1337
 device = hardware.best_device()  # 'cpu', 'cuda', 'cuda:0', 'mps', ...
@@ -39,14 +37,14 @@ profile_dir = './bench_log'
 explicit = configurator.configure(globals())
 dtype, ctx = hardware.setup(device, dtype if 'dtype' in explicit else None)
 device_type = torch.device(device).type
-if 'compile' not in explicit:
-    compile = device_type == 'cuda'  # as in train.py: on CPUs compilation rarely pays
-configurator.require_positive(globals(), 'batch_size', 'block_size', 'bench_iters')
+compile = compile if 'compile' in explicit else device_type == 'cuda'  # as in train.py: on CPUs it rarely pays
+configurator.check_model(globals())
+configurator.require_positive(globals(), 'batch_size', 'bench_iters')
 configurator.check_seed(seed)
-
 torch.manual_seed(seed)
 
 # data
+vocab_size = 50304  # GPT-2's vocabulary, padded
 if real_data:
     folder = data.data_dir(dataset)
     if os.path.isdir(folder) and not os.path.exists(os.path.join(folder, 'train.bin')):
@@ -54,31 +52,24 @@ if real_data:
         raise UserError(f"{shown(folder)}/train.bin is missing; prepare it with {data.prepare_command(dataset)}{size}, "
                         "or time random tokens with --real_data=False")
     meta = data.read_meta(dataset)
-    token_dtype = data.token_dtype(meta)
-    train_path = data.bin_path(dataset, 'train')
-    vocab_size = meta['vocab_size'] if meta else 50304
+    vocab_size = meta['vocab_size'] if meta else vocab_size
+    token_dtype, train_path = data.token_dtype(meta), data.bin_path(dataset, 'train')
     data.check_split(dataset, 'train', token_dtype, block_size, meta and vocab_size)
-
-    def get_batch():
-        return data.get_batch(train_path, token_dtype, batch_size, block_size, device)
 else:
-    vocab_size = 50304
-    x = torch.randint(vocab_size, (batch_size, block_size), device=device)
-    y = torch.randint(vocab_size, (batch_size, block_size), device=device)
+    x, y = (torch.randint(vocab_size, (batch_size, block_size), device=device) for _ in range(2))
 
-    def get_batch():
-        return x, y
+
+def get_batch():
+    return data.get_batch(train_path, token_dtype, batch_size, block_size, device) if real_data else (x, y)
+
 
 # model
-try:
-    model = GPT(GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                          dropout=dropout, bias=bias, vocab_size=vocab_size))
-except ValueError as e:
-    raise UserError(str(e))
+model = GPT(GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout, bias=bias,
+                      vocab_size=vocab_size))
 model.activation_checkpointing = activation_checkpointing
 model.to(device)
-optimizer = model.configure_optimizers(weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95),
-                                       device_type=device_type, optimizer=optimizer)
+optimizer = optim.build(optimizer, model, weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95),
+                        device_type=device_type)
 net = model
 if compile:
     print("Compiling model...")
@@ -94,19 +85,14 @@ def train_step(X, Y):
     return loss
 
 
+X, Y = get_batch()
 if profile:
-    # https://pytorch.org/docs/stable/profiler.html#torch.profiler.profile
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device_type == 'cuda':
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    kinds = torch.profiler.ProfilerActivity
+    activities = [kinds.CPU, kinds.CUDA] if device_type == 'cuda' else [kinds.CPU]
     wait, warmup, active = 5, 5, 5
-    with torch.profiler.profile(
-        activities=activities,
-        schedule=torch.profiler.schedule(wait=wait, warmup=warmup, active=active, repeat=1),
-        on_trace_ready=torch.profiler.tensorboard_trace_handler(profile_dir),
-        record_shapes=False, profile_memory=False, with_stack=False,
-    ) as prof:
-        X, Y = get_batch()
+    schedule = torch.profiler.schedule(wait=wait, warmup=warmup, active=active, repeat=1)
+    with torch.profiler.profile(activities=activities, schedule=schedule,
+                                on_trace_ready=torch.profiler.tensorboard_trace_handler(profile_dir)) as prof:
         for k in range(wait + warmup + active):
             loss = train_step(X, Y)
             X, Y = get_batch()
@@ -114,7 +100,6 @@ if profile:
             prof.step()
     print(f"profiler trace written to {os.path.abspath(profile_dir)}")
 else:
-    X, Y = get_batch()
     for stage, num_steps in (('warm-up', warmup_iters), ('benchmark', bench_iters)):
         if num_steps <= 0:
             continue
@@ -123,12 +108,10 @@ else:
         for k in range(num_steps):
             loss = train_step(X, Y)
             X, Y = get_batch()
-        lossf = loss.item()  # waits for the device
         hardware.sync(device)
         dt = time.time() - t0
-        print(f"{stage}: {num_steps} iters, last loss {lossf:.4f}")
-    ms_per_iter = dt / bench_iters * 1000
-    tokens_per_s = batch_size * block_size * bench_iters / dt
+        print(f"{stage}: {num_steps} iters, last loss {loss.item():.4f}")
     mfu = net.estimate_mfu(batch_size, dt / bench_iters, hardware.peak_flops(device, dtype))
     mfu_text = f"{mfu * 100:.2f}%" if mfu is not None else "n/a (peak FLOP/s of this device not known)"
-    print(f"time per iteration: {ms_per_iter:.2f}ms, tokens/s: {tokens_per_s:,.0f}, MFU: {mfu_text}")
+    print(f"time per iteration: {dt / bench_iters * 1000:.2f}ms, "
+          f"tokens/s: {batch_size * block_size * bench_iters / dt:,.0f}, MFU: {mfu_text}")

@@ -1,13 +1,5 @@
-"""Command-line configuration, nanoGPT style:
-
-    python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
-
-Each script keeps its settings as plain module-level globals and calls configure(globals())
-right after them. Arguments apply in order: a bare path runs that Python config file,
---key=value sets one global, the value read as a Python literal (or else taken as a plain
-string). Unknown keys and values of the wrong type stop the script with a one-line error
-instead of being ignored.
-"""
+"""Settings, nanoGPT style: configure(globals()) applies config files and --key=value, in order, to a script's
+globals; unknown keys, wrong types and values no run can use (the checks below) stop it in one line."""
 import ast
 import difflib
 import os
@@ -23,63 +15,56 @@ def settable_keys(namespace):
             if not k.startswith('_') and not k.isupper() and isinstance(v, (bool, int, float, str, type(None)))}
 
 
-def _closest(key, known):
-    match = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
-    return f" (did you mean '{match[0]}'?)" if match else ''
+def _refuse_unknown(key, known, message):
+    if key not in known:  # the message names the closest known key, if one is close
+        match = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
+        raise UserError(message + (f" (did you mean '{match[0]}'?)" if match else ''))
 
 
-def _coerce(key, value, current, source, current_source):
-    """value as the type of the current setting (an int is fine for a float), or a UserError."""
-    if current is None or value is None:
-        return value
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if type(value) is type(current):
-        return value
-    raise UserError(f"{source}: {key} must be a {type(current).__name__} ({current_source} {current!r}), "
-                    f"got {type(value).__name__} {value!r}")
-
-
-def _parse(text, current):
+def _parse(key, text, current):
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
+        # a setting of any type (None now) would take a list or a quoted string with a typo as plain text
+        if current is None and text.lstrip().startswith(('[', '(', '{', "'", '"')):
+            raise UserError(f"--{key}={text} starts like a Python value but does not parse (an unbalanced quote or "
+                            f"bracket?); write it whole, e.g. --{key}=\"['\\n\\n', 'THE END']\", or as plain text")
         return text
     # a string setting takes the text as written: --out_dir=123 means the folder "123"
     return text if isinstance(current, str) and not isinstance(value, str) else value
 
 
-def configure(namespace, argv=None):
-    """Apply config files and --key=value overrides from argv to namespace (a script's globals()).
-    Returns {key: where it was set} for the keys set explicitly ('the command line' or a config
-    file's path), so that scripts can fill in device-dependent defaults for the rest and name
-    the source of a setting in their messages."""
-    argv = sys.argv[1:] if argv is None else argv
-    known = settable_keys(namespace)
-    explicit = {}
+def _set(namespace, explicit, key, value, source):
+    """Set key to value, which must be of the setting's type (an int is fine for a float); returns the value set."""
+    current = namespace[key]
+    value = float(value) if isinstance(current, float) and type(value) is int else value
+    if current is not None and value is not None and type(value) is not type(current):
+        raise UserError(f"{'--' + key if source == 'the command line' else source}: {key} must be a "
+                        f"{type(current).__name__} ({explicit[key] + ' sets' if key in explicit else 'default'} "
+                        f"{current!r}), got {type(value).__name__} {value!r}")
+    namespace[key], explicit[key] = value, source
+    return value
 
-    def where(key):
-        return f"{explicit[key]} sets" if key in explicit else 'default'
-    for arg in argv:
+
+def configure(namespace, argv=None):
+    """Apply config files and --key=value from argv to namespace (a script's globals()); returns {key: where it was
+    set} ('the command line', a config file), for device-dependent defaults and for messages naming the source."""
+    known, explicit = settable_keys(namespace), {}
+    for arg in sys.argv[1:] if argv is None else argv:
         if arg.startswith('--'):
             key, sep, text = arg[2:].partition('=')
             if not sep:
                 raise UserError(f"argument '{arg}' must be written --key=value")
-            if key not in known:
-                raise UserError(f"unknown config key '{key}'{_closest(key, known)}")
-            value = _coerce(key, _parse(text, namespace[key]), namespace[key], f"--{key}", where(key))
+            _refuse_unknown(key, known, f"unknown config key '{key}'")
+            value = _set(namespace, explicit, key, _parse(key, text, namespace[key]), 'the command line')
             print(f"Overriding: {key} = {value!r}")
-            namespace[key] = value
-            explicit[key] = 'the command line'
             continue
         if not os.path.isfile(arg):
             hint = " (arguments other than config files are written --key=value)" if not arg.endswith('.py') else ''
             raise UserError(f"config file '{arg}' not found{hint}")
-        print(f"Overriding config with {arg}:")
         with open(arg, encoding='utf-8') as f:
-            source = f.read()
-        print(source)
-        scope = {}
+            source, scope = f.read(), {}
+        print(f"Overriding config with {arg}:\n{source}")
         try:
             exec(compile(source, arg, 'exec'), scope)
         except Exception as e:  # a broken config file is the user's to fix, reported in one line
@@ -87,59 +72,62 @@ def configure(namespace, argv=None):
         for key, value in scope.items():
             if key.startswith('_') or isinstance(value, (types.ModuleType, types.FunctionType, type)):
                 continue
-            if key not in known:
-                raise UserError(f"config file '{arg}' sets unknown key '{key}'{_closest(key, known)}")
-            namespace[key] = _coerce(key, value, namespace[key], arg, where(key))
-            explicit[key] = arg
+            _refuse_unknown(key, known, f"config file '{arg}' sets unknown key '{key}'")
+            _set(namespace, explicit, key, value, arg)
     return explicit
 
 
-def require_positive(namespace, *names):
-    """A UserError for the first of these settings that is not a positive number."""
-    for name in names:
-        if namespace[name] <= 0:
-            raise UserError(f"{name} must be a positive number, got {namespace[name]}")
-
-
-def require_range(namespace, low, high, *names):
-    """A UserError for the first of these settings outside [low, high)."""
-    for name in names:
-        if not low <= namespace[name] < high:
-            raise UserError(f"{name} must be in [{low}, {high}), got {namespace[name]}")
-
-
-def continue_run(namespace, explicit, run_settings, keep=(), fixed=None):
-    """Resuming: take the run's own settings (a checkpoint's config) for every setting this command
-    does not set, except those in keep (the machine's and the command's own), so that a short
-    resume command trains the same recipe; say which settings given now differ from the run's.
-    fixed (the checkpoint's architecture) cannot differ: a UserError names the ones set otherwise."""
+def continue_run(namespace, explicit, run_settings, keep=(), machine=(), fixed=None):
+    """Resuming: the run's own settings (run_settings) for those left unset but the command's (keep) and the machine's;
+    say which differ from the run's. fixed (the architecture) cannot differ: a UserError names those set otherwise."""
     conflicts = [f"{k}={namespace[k]!r} (set by {explicit[k]}; the checkpoint has {v!r})"
                  for k, v in (fixed or {}).items() if k in explicit and namespace[k] != v]
     if conflicts:
         raise UserError(f"the checkpoint has another architecture than asked: {', '.join(conflicts)}; resume without "
                         "those settings (the checkpoint brings its own), or train into a new --out_dir")
-    known = settable_keys(namespace)
     differ = {k: v for k, v in {**(run_settings or {}), **(fixed or {})}.items()
-              if k in known and k not in keep and v is not None and v != namespace[k]}
+              if k in settable_keys(namespace) and k not in keep and v is not None and v != namespace[k]}
     print("resuming with the run's settings" + ''.join(
-        f"; {k}={namespace[k]!r} from {explicit[k]} (the run had {v!r})" for k, v in differ.items() if k in explicit))
+        f"; {k}={namespace[k]!r} from {explicit[k]} (the run had {v!r})" if k in explicit else
+        f"; {k}={namespace[k]!r} for this machine (the run had {v!r}; set --{k} to choose)"
+        for k, v in differ.items() if k in explicit or k in machine))
     for k, v in differ.items():
-        if k not in explicit:
+        if k not in explicit and k not in machine:
             namespace[k], explicit[k] = v, 'the checkpoint'
 
 
+def _require(name, value, ok, what, hint=''):
+    if not ok:
+        raise UserError(f"{name} must be {what}, got {value!r}{hint}")
+
+
+def require_positive(namespace, *names):
+    for name in names:
+        _require(name, namespace[name], namespace[name] > 0, 'a positive number')
+
+
+def require_range(namespace, low, high, *names):
+    for name in names:
+        _require(name, namespace[name], low <= namespace[name] < high, f'in [{low}, {high})')
+
+
+def check_model(namespace):
+    """The model's shape, as train.py and bench.py take it."""
+    require_positive(namespace, 'n_layer', 'n_head', 'n_embd', 'block_size')
+    require_range(namespace, 0, 1, 'dropout')
+    n_embd, n_head = namespace['n_embd'], namespace['n_head']
+    if n_embd % n_head:
+        raise UserError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}); "
+                        f"e.g. --n_embd={n_head * max(1, round(n_embd / n_head))}")
+
+
 def check_sampling(temperature, top_k, top_p=1.0):
-    if not 0 < temperature < float('inf'):
-        raise UserError(f"temperature must be a positive finite number, got {temperature}; use --top_k=1 for greedy "
-                        "decoding, a large temperature for nearly uniform draws")
-    if top_k is not None and (not isinstance(top_k, int) or top_k <= 0):
-        raise UserError(f"top_k must be a positive integer or None, got {top_k!r}")
-    if not 0.0 < top_p <= 1.0:
-        raise UserError(f"top_p must be in (0, 1], got {top_p}; 1.0 keeps every token, 0.9 the most likely 90%")
+    _require('temperature', temperature, 0 < temperature < float('inf'), 'a positive finite number',
+             '; use --top_k=1 for greedy decoding, a large temperature for nearly uniform draws')
+    _require('top_k', top_k, top_k is None or isinstance(top_k, int) and top_k > 0, 'a positive integer or None')
+    _require('top_p', top_p, 0 < top_p <= 1, 'in (0, 1]', '; 1.0 keeps every token, 0.9 the most likely 90%')
 
 
 def check_seed(seed):
-    """Seeds are integers from 0 to 2**63 - 1: torch.manual_seed takes them, and the seeds derived
-    from them (seed + sample number, seed + rank) stay within what it takes."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
-        raise UserError(f"seed must be an integer from 0 to 2**63-1, got {seed!r}")
+    """torch.manual_seed takes 0 to 2**63 - 1, and the seeds derived (seed + rank) stay within."""
+    _require('seed', seed, type(seed) is int and 0 <= seed < 2 ** 63, 'an integer from 0 to 2**63-1')

@@ -1,38 +1,24 @@
 """
-Loss and perplexity of a model on a dataset's splits, on tokens fixed in advance, so that two
-models (or two checkpoints) are compared on exactly the same text.
+Loss and perplexity of a model on a dataset's splits, on tokens fixed in advance so that models compare on the
+same text (with the checkpoint's settings, the defaults, train.py's evaluation batches); HellaSwag accuracy too.
 
 $ python evaluate.py --out_dir=out-shakespeare-char                   # fixed batches, train and val
-$ python evaluate.py --out_dir=out-shakespeare-char --full_pass=True  # every token of val.bin
-$ python evaluate.py --init_from=gpt2 --dataset=openwebtext --eval_iters=500 --batch_size=8
-
-Fixed batches (the default): eval_iters batches of batch_size random windows per split, drawn
-as train.py's evaluation draws them; with the checkpoint's own batch_size, eval_iters and seed
-(the defaults) the numbers are those train.py printed when it saved the checkpoint.
-Full pass (--full_pass=True, val only unless --splits says otherwise): consecutive windows of
-block_size tokens, each starting with an empty context as in training, the last one shorter,
-so that every token but the file's first is predicted exactly once.
-Perplexity is exp(loss), per token (per character for character-level data).
-
-HellaSwag (--hellaswag=True, GPT-2 BPE models): accuracy on the 10,042 validation examples, scored
-as helpers/hellaswag.py describes; the file is downloaded into data/hellaswag/ on first use. It runs
-alone unless --splits, --full_pass or --dataset asks for the losses too.
-$ python evaluate.py --init_from=gpt2 --hellaswag=True
-$ python evaluate.py --out_dir=out --hellaswag=True --hellaswag_examples=500   # the first 500: a quick look
+$ python evaluate.py --out_dir=out-shakespeare-char --full_pass=True  # every token of val.bin once
+$ python evaluate.py --init_from=gpt2 --hellaswag=True --hellaswag_examples=500   # GPT-2 BPE models only
 """
 import json
 import math
 import os
+import pathlib
 import time
 import types
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
 import configurator
-from helpers import UserError, checkpoint, data, hardware, shown, tokenizer
+from helpers import UserError, checkpoint, data, files, hardware, runs, shown, tokenizer
 from helpers import hellaswag as hellaswag_scoring
 
 # -----------------------------------------------------------------------------
@@ -46,8 +32,8 @@ batch_size = None  # sequences per batch; default: the checkpoint's training set
 block_size = None  # tokens per sequence; default and maximum: the model's block_size
 seed = None  # for the fixed batches; default: the checkpoint's training seed (1337 for GPT-2)
 results_file = ''  # also write the numbers to this JSON file
-hellaswag = False  # HellaSwag accuracy (GPT-2 BPE models), instead of the losses unless --splits asks for them
-hellaswag_examples = None  # score the first N examples only; default all 10,042
+hellaswag = False  # HellaSwag accuracy, instead of the losses unless --splits, --full_pass or --dataset is set
+hellaswag_examples = 0  # score the first N examples only (0: all 10,042)
 hellaswag_file = ''  # default data/hellaswag/hellaswag_val.jsonl, downloaded on first use
 device = hardware.best_device()
 dtype = hardware.default_dtype(device)  # 'float32', 'bfloat16' or 'float16'
@@ -56,6 +42,7 @@ compile = False
 
 # for GPT-2's own weights: train.py's eval_iters and seed, the batch_size of config/eval_gpt2*.py
 GPT2_DEFAULTS = dict(dataset='openwebtext', eval_iters=200, batch_size=8, seed=1337)
+WRITTEN_BY = {'written_by': 'evaluate.py'}  # in every results file: the mark of a file this script may replace
 
 
 @torch.no_grad()
@@ -71,27 +58,21 @@ def fixed_batch_loss(model, path, token_dtype, batch_size, block_size, eval_iter
 
 
 def full_pass_windows(n_tokens, block_size):
-    """(start, length) of the windows of a full pass: window i reads tokens start..start+length-1
-    and predicts start+1..start+length; together they predict tokens 1..n_tokens-1, each once."""
+    """(start, length) of consecutive windows, each from an empty context as in training, the last one shorter:
+    together they predict tokens 1..n_tokens-1, each once."""
     return [(start, min(block_size, n_tokens - 1 - start)) for start in range(0, n_tokens - 1, block_size)]
 
 
 @torch.no_grad()
 def full_pass_loss(model, path, token_dtype, batch_size, block_size, device, ctx):
     """Mean loss over every predicted token of the file, and the number of tokens predicted."""
-    n_tokens = len(data.open_tokens(path, token_dtype))
-    if n_tokens < 2:
-        raise UserError(f"{path} holds {n_tokens} token(s); a full pass needs at least 2")
-    windows = full_pass_windows(n_tokens, block_size)
-    batches = []  # windows of equal length go through the model together
-    for length in sorted({length for _, length in windows}, reverse=True):
-        starts = [start for start, n in windows if n == length]
-        batches += [(starts[i:i + batch_size], length) for i in range(0, len(starts), batch_size)]
+    windows = full_pass_windows(os.path.getsize(path) // token_dtype.itemsize, block_size)
+    full = [start for start, n in windows if n == block_size]  # batched; the shorter last window goes alone
+    batches = [(full[i:i + batch_size], block_size) for i in range(0, len(full), batch_size)] + \
+        [([start], n) for start, n in windows if n < block_size]
     total_nll, n_predicted = 0.0, 0
     for starts, length in tqdm(batches, desc=f'full pass over {os.path.basename(path)}', unit=' batches', disable=None):
-        tokens = data.open_tokens(path, token_dtype)  # a fresh memmap per batch, as data.get_batch does
-        chunk = torch.from_numpy(tokens[np.asarray(starts)[:, None] + np.arange(length + 1)].astype(np.int64))
-        x, y = chunk[:, :-1].to(device), chunk[:, 1:].to(device)
+        x, y = data.get_windows(path, token_dtype, starts, length, device)
         with ctx:
             logits, _ = model(x, y)
         total_nll += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction='sum').item()
@@ -100,7 +81,7 @@ def full_pass_loss(model, path, token_dtype, batch_size, block_size, device, ctx
 
 
 def positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    if type(value) is not int or value <= 0:
         raise UserError(f"{name} must be a positive integer, got {value!r}")
     return value
 
@@ -112,10 +93,10 @@ def plan_splits(explicit, model, ckpt):
     name = dataset or trained.get('dataset')
     if not name:
         raise UserError("the checkpoint does not say which dataset it was trained on; pass --dataset=...")
-    n_batches = positive_int('eval_iters', eval_iters if eval_iters is not None else trained.get('eval_iters', 200))
-    rows = positive_int('batch_size', batch_size if batch_size is not None else trained.get('batch_size', 8))
-    batch_seed = seed if seed is not None else trained.get('seed', 1337)
-    configurator.check_seed(batch_seed)
+    setting = lambda key, value, default: value if value is not None else trained.get(key, default)
+    n_batches, rows = positive_int('eval_iters', setting('eval_iters', eval_iters, 200)), \
+        positive_int('batch_size', setting('batch_size', batch_size, 8))
+    configurator.check_seed(batch_seed := setting('seed', seed, 1337))
     window = positive_int('block_size', block_size if block_size is not None else model.config.block_size)
     if window > model.config.block_size:
         raise UserError(f"block_size {window} is larger than the model's {model.config.block_size}")
@@ -123,15 +104,13 @@ def plan_splits(explicit, model, ckpt):
     if not all(split_names):
         raise UserError(f"splits must name splits separated by commas, e.g. --splits=val or --splits=train,val; "
                         f"got {splits!r}")
-
     meta = data.read_meta(name)
     # a full pass takes files shorter than a window too
     data.check_fits(name, meta, model.config.vocab_size, 1 if full_pass else window, vocabulary, split_names)
-    paths = {s: data.bin_path(name, s) for s in split_names}
-    token_dtype = data.token_dtype(meta)
     settings = dict(dataset=name, full_pass=full_pass, block_size=window, batch_size=rows,
                     eval_iters=None if full_pass else n_batches, seed=None if full_pass else batch_seed)
-    return types.SimpleNamespace(settings=settings, paths=paths, token_dtype=token_dtype)
+    return types.SimpleNamespace(settings=settings, paths={s: data.bin_path(name, s) for s in split_names},
+                                 token_dtype=data.token_dtype(meta))
 
 
 def evaluate_splits(model, plan, where, ctx):
@@ -170,29 +149,37 @@ def evaluate_hellaswag(model, examples, where, ctx):
     return dict(hellaswag_acc=correct / count, hellaswag_acc_norm=correct_norm / count, hellaswag_examples=count)
 
 
+def ours(path):
+    """Whether the file at path holds results this script wrote (and may replace)."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)['written_by'] == WRITTEN_BY['written_by']
+    except (OSError, ValueError, TypeError, KeyError):  # unreadable, not JSON, not our JSON
+        return False
+
+
 def main(explicit, ctx):
-    folder = os.path.dirname(os.path.abspath(results_file))
-    if results_file and (not os.path.isdir(folder) or os.path.isdir(results_file)):
-        raise UserError(f"--results_file={results_file} is a folder or lies in a folder that does not exist; "
-                        "pass the path of a .json file in an existing folder")
-    if hellaswag_examples is not None:
-        positive_int('hellaswag_examples', hellaswag_examples)
+    if results_file:
+        if not os.path.isdir(os.path.dirname(os.path.abspath(results_file))) or os.path.isdir(results_file):
+            raise UserError(f"--results_file={results_file} is a folder or lies in a folder that does not exist; "
+                            "pass the path of a .json file in an existing folder")
+        files.refuse_foreign(results_file, ours, 'evaluate.py', '--results_file')
+    configurator.require_range(globals(), 0, math.inf, 'hellaswag_examples')  # as train.py: 0 is all of them
     model, ckpt = checkpoint.load_model(init_from, out_dir)
     where = init_from if ckpt is None else \
-        f"{os.path.join(out_dir, checkpoint.sample_name(out_dir))} (iter {ckpt.get('iter_num', '?')})"
+        f"{os.path.join(out_dir, runs.sample_name(out_dir))} (iter {ckpt.get('iter_num', '?')})"
     losses = not hellaswag or any(k in explicit for k in ('splits', 'full_pass', 'dataset'))
     plan = plan_splits(explicit, model, ckpt) if losses else None
     if hellaswag:
-        is_bpe = tokenizer.checkpoint_entry(ckpt)['kind'] == 'gpt2' if ckpt is not None else \
+        is_bpe = data.checkpoint_entry(ckpt)['kind'] == 'gpt2' if ckpt is not None else \
             isinstance(tokenizer.for_pretrained(init_from), tokenizer.BPETokenizer)
         hellaswag_scoring.require_bpe(is_bpe, where)
         examples = hellaswag_scoring.load(hellaswag_file or None, hellaswag_examples)
     del ckpt
-
     model.eval().to(device)
     if compile:
         model = torch.compile(model)
-    output = dict(settings=dict(model=where, dtype=dtype))
+    output = dict(WRITTEN_BY, settings=dict(model=where, dtype=dtype))
     if plan is not None:
         output['settings'].update(plan.settings)
         output['splits'] = evaluate_splits(model, plan, where, ctx)
@@ -200,8 +187,8 @@ def main(explicit, ctx):
         output['settings']['hellaswag_file'] = hellaswag_file or hellaswag_scoring.default_path()
         output.update(evaluate_hellaswag(model, examples, where, ctx))
     if results_file:
-        with open(results_file, 'w', encoding='utf-8') as f:
-            json.dump(output, f, indent=2)
+        files.write_atomically(results_file, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(output, indent=2),
+                                                                                      encoding='utf-8'))
         print(f"wrote {results_file}")
     return output
 

@@ -1,26 +1,11 @@
 """
-Export a trained model (out_dir's checkpoint) as a Hugging Face transformers GPT-2 directory.
+Export a trained model (out_dir's checkpoint) as a Hugging Face transformers GPT-2 folder.
 
 $ python export_hf.py --out_dir=out-shakespeare-char          # writes out_dir/hf/
+    GPT2LMHeadModel.from_pretrained('out-shakespeare-char/hf')   # in transformers
+    python sample.py --init_from=out-shakespeare-char/hf          # back here
 
-    from transformers import GPT2LMHeadModel
-    hf_model = GPT2LMHeadModel.from_pretrained('out-shakespeare-char/hf')   # in transformers
-    model = GPT.from_pretrained('out-shakespeare-char/hf')                  # back into model.py's GPT
-
-The directory holds config.json (a GPT2Config) and model.safetensors, float32, and for a
-character-level model its vocabulary as a transformers tokenizer (tokenizer.json, one token per
-character: AutoTokenizer.from_pretrained loads it, and sample.py --init_from=<the directory>
-uses it); a GPT-2 BPE model pairs with GPT-2's own tokenizer. The export keeps the model's own
-GELU (activation_function 'gelu', exact, for models trained here; 'gelu_new', OpenAI's tanh
-approximation, for those started from GPT-2), and a model trained with bias=False gets zero
-biases (transformers' GPT-2 always has them): the logits are the same. export_hf.json lists the
-files the export wrote.
-
-The directory is written beside its place, loaded back with transformers and with
-GPT.from_pretrained (the script prints the largest logit difference from the checkpoint's model),
-and only then renamed into place: an earlier export there goes only once a whole and checked one
-replaces it, and it is the only thing the script replaces (a folder holding anything else is
-refused).
+The folder is built beside its place, checked against the checkpoint's logits, then swapped in.
 """
 import json
 import os
@@ -30,8 +15,7 @@ import time
 import torch
 
 import configurator
-from helpers import UserError, checkpoint, tokenizer
-from helpers.exports import random_prompts, replace_with, writable
+from helpers import UserError, exports, files, tokenizer
 from model import CONV1D_WEIGHTS, GPT
 
 # -----------------------------------------------------------------------------
@@ -47,8 +31,8 @@ MARKER = 'export_hf.json'  # the files an export wrote: a folder with it and onl
 
 
 def to_hf(model, vocabulary=None):
-    """A transformers GPT2LMHeadModel computing the same logits as model (a GPT); vocabulary, a
-    checkpoint's tokenizer entry, names the end-of-text token."""
+    """A transformers GPT2LMHeadModel computing model's logits (its GELU; zero biases for bias=False);
+    vocabulary, a checkpoint's tokenizer entry, names the end-of-text token."""
     from transformers import GPT2Config, GPT2LMHeadModel
     cfg = model.config
     eot = tokenizer.GPT2_EOT if cfg.vocab_size > tokenizer.GPT2_EOT else None
@@ -84,8 +68,7 @@ def char_tokenizer(vocabulary):
 
 
 def export(model, directory, vocabulary=None):
-    """Write config.json, model.safetensors and, for a character vocabulary (a checkpoint's
-    tokenizer entry), the tokenizer files for model (a GPT) into directory."""
+    """Write config.json, model.safetensors and, for a character vocabulary, the tokenizer files into directory."""
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # the bars of tiny files are noise
     hf_model = to_hf(model, vocabulary)
@@ -93,19 +76,19 @@ def export(model, directory, vocabulary=None):
     hf_model.save_pretrained(directory, safe_serialization=True)
     if vocabulary and vocabulary['kind'] == 'char':
         char_tokenizer(vocabulary).save_pretrained(directory)
-    files = sorted(set(os.listdir(directory)) | {MARKER})
+    written = sorted(set(os.listdir(directory)) | {MARKER})
     with open(os.path.join(directory, MARKER), 'w') as f:
-        json.dump({'written_by': 'export_hf.py', 'files': files}, f, indent=1)
+        json.dump({'written_by': 'export_hf.py', 'files': written}, f, indent=1)
     for name in os.listdir(directory):  # readable by others, like every other output (transformers writes 0600)
         os.chmod(os.path.join(directory, name), 0o644)
     return hf_model
 
 
 def check_output(directory):
-    """A UserError, before any work, unless directory is free for the export: absent, empty, or an
-    earlier export and nothing else, in a place that can be written."""
+    """A UserError, before any work, unless directory is absent, empty or an earlier export, and writable."""
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise UserError(f"--output '{directory}' is a file; the export is a folder: pass a folder's path")
+    files.finish_swaps(os.path.dirname(os.path.abspath(directory)), 'an export')
     if os.path.isdir(directory):
         try:
             with open(os.path.join(directory, MARKER)) as f:
@@ -117,37 +100,19 @@ def check_output(directory):
             raise UserError(f"--output {directory} holds files that no export_hf.py export wrote "
                             f"({', '.join(foreign[:4])}{', ...' if len(foreign) > 4 else ''}); pass a new or empty "
                             "folder, or move those files away")
-    writable(directory)
-
-
-@torch.no_grad()
-def max_logit_difference(model, other, prompts, hf=True):
-    """Largest |logits(other) - logits(model)| over every position of every prompt, and the largest |logit|."""
-    worst, scale = 0.0, 0.0
-    for idx in prompts:
-        expected, _ = model.eval()(idx, idx)  # with targets, GPT.forward returns every position's logits
-        got = other(idx).logits if hf else other(idx, idx)[0]
-        worst = max(worst, (got.float() - expected.float()).abs().max().item())
-        scale = max(scale, expected.abs().max().item())
-    return worst, scale
+    exports.writable(directory)
 
 
 def main():
     directory = output or os.path.join(out_dir, 'hf')
     check_output(directory)
-    ckpt = checkpoint.load(out_dir, checkpoint.sample_name(out_dir))
-    model = checkpoint.model_from_checkpoint(ckpt, dropout=0.0).float().eval()
-    try:
-        vocabulary = tokenizer.checkpoint_entry(ckpt)
-    except UserError:  # a nanoGPT checkpoint whose meta.pkl is gone: the weights alone
-        vocabulary = None
-    del ckpt
+    model, _, vocabulary = exports.load_checkpoint(out_dir)
     cfg = model.config
     print(f"exporting {model.get_num_params() / 1e6:.2f}M parameters to {directory} ...", flush=True)
     t0 = time.time()
-    tmp = checkpoint.temp_path(directory)
+    tmp = files.temp_path(directory)
     os.makedirs(os.path.dirname(os.path.abspath(directory)), exist_ok=True)
-    checkpoint.remove_orphaned_temp_files(directory)
+    files.remove_orphaned_temp_files(directory)
     try:
         export(model, tmp, vocabulary)
         print(f"exported config.json and model.safetensors in {time.time() - t0:.1f}s: "
@@ -157,17 +122,18 @@ def main():
               + ("" if cfg.bias else " (zero biases: the model was trained with bias=False)"))
         if verify:
             from transformers import GPT2LMHeadModel
-            prompts = random_prompts(cfg.vocab_size, cfg.block_size, seed)
-            diff_hf, scale = max_logit_difference(model, GPT2LMHeadModel.from_pretrained(tmp), prompts)
+            prompts = exports.random_prompts(cfg.vocab_size, cfg.block_size, seed)
+            hf_model, back = GPT2LMHeadModel.from_pretrained(tmp), GPT.from_pretrained(tmp).eval()
+            diff_hf, scale = exports.max_logit_difference(model, lambda idx: hf_model(idx).logits, prompts)
             print(f"transformers GPT2LMHeadModel vs checkpoint logits: max abs diff {diff_hf:.3g} "
                   f"(largest |logit| {scale:.3g})")
-            diff_back, _ = max_logit_difference(model, GPT.from_pretrained(tmp).eval(), prompts, hf=False)
+            diff_back, _ = exports.max_logit_difference(model, lambda idx: back(idx, idx)[0], prompts)
             print(f"GPT.from_pretrained round trip vs checkpoint logits: max abs diff {diff_back:.3g}")
             if not max(diff_hf, diff_back) <= tolerance:
                 raise UserError(f"the exported model's logits differ by {max(diff_hf, diff_back):.3g}, more than "
                                 f"tolerance {tolerance:g}, so it was not kept; please report this with your torch "
                                 "and transformers versions")
-        replace_with(tmp, directory)
+        exports.replace_with(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # what is left of an export that failed or was stopped
     print(f"wrote {directory}")

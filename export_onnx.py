@@ -1,19 +1,11 @@
 """
 Export a trained model (out_dir's checkpoint) to ONNX, to run it without PyTorch.
 
-$ python export_onnx.py --out_dir=out-shakespeare-char
-$ python sample_onnx.py --out_dir=out-shakespeare-char --top_k=1   # generate with onnxruntime
+$ python export_onnx.py --out_dir=out-shakespeare-char              # -> out_dir/model.onnx
+$ python sample_onnx.py --out_dir=out-shakespeare-char --top_k=1    # generate with onnxruntime
 
-The graph maps token ids `idx` (int64, batch x seq) to `logits` (float32, batch x seq x
-vocab_size) for every position; batch is free and seq runs from 1 to block_size. It has no KV
-cache: a generation loop feeds the whole context, cropped to its last block_size tokens, at
-each step. The file's metadata (nanogpt.block_size, nanogpt.vocab_size, nanogpt.tokenizer
-'char', 'gpt2' or 'unknown', and nanogpt.itos, a JSON list from token id to character) holds
-what a sampler needs besides the graph. A model over 1.8 GB keeps its weights beside the file,
-in model.onnx.<id>.data, which the file names. Before the file takes the place of an earlier
-export, the script runs it with onnxruntime on random prompts and fails when its logits differ
-from PyTorch's by more than `tolerance`: the earlier export goes only once a whole and checked
-one replaces it, and only an earlier export_onnx.py file is ever replaced.
+The graph maps idx (int64, batch x 1..block_size) to every position's logits, without a KV cache; nanogpt.*
+metadata holds the settings and vocabulary; weights over 1.8 GB go beside it (model.onnx.<id>.data).
 """
 import json
 import logging
@@ -27,8 +19,7 @@ import torch
 import torch.nn as nn
 
 import configurator
-from helpers import UserError, checkpoint, tokenizer
-from helpers.exports import random_prompts, replace_with, writable
+from helpers import UserError, exports, files
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the checkpoint to export: out_dir/ckpt.pt (or latest.pt when it is the only one)
@@ -43,8 +34,7 @@ EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf files stop at 2 GB: larger model
 
 
 class AllPositionLogits(nn.Module):
-    """GPT.forward for inference, with the logits of every position (GPT.forward without
-    targets returns only the last one, which is all sample.py needs)."""
+    """GPT.forward with every position's logits (without targets it returns only the last one)."""
 
     def __init__(self, model):
         super().__init__()
@@ -58,55 +48,45 @@ class AllPositionLogits(nn.Module):
         return self.model.lm_head(tf.ln_f(x))
 
 
-def model_metadata(ckpt, model):
+def model_metadata(ckpt, model, vocabulary):
     """The nanogpt.* strings stored in the .onnx file for samplers outside Python."""
-    cfg = model.config
-    metadata = {f'nanogpt.{k}': getattr(cfg, k) for k in ('block_size', 'vocab_size', 'n_layer', 'n_head',
-                                                          'n_embd', 'bias', 'activation')}
-    try:
-        vocabulary = tokenizer.checkpoint_entry(ckpt)
-    except UserError:  # a nanoGPT checkpoint whose meta.pkl is gone: the graph is still of use
-        vocabulary = {'kind': 'unknown'}
-    metadata.update({'nanogpt.iter_num': ckpt.get('iter_num', ''), 'nanogpt.tokenizer': vocabulary['kind'],
-                     'nanogpt.dataset': (ckpt.get('config') or {}).get('dataset') or ''})
-    if vocabulary['kind'] == 'char':
-        metadata['nanogpt.itos'] = json.dumps(vocabulary['itos'], ensure_ascii=False)
-        metadata['nanogpt.separator'] = vocabulary.get('separator', '')
-    return {k: str(v) for k, v in metadata.items()}
+    cfg, kind = model.config, vocabulary['kind'] if vocabulary else 'unknown'
+    metadata = dict(block_size=cfg.block_size, vocab_size=cfg.vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                    n_embd=cfg.n_embd, bias=cfg.bias, activation=cfg.activation, iter_num=ckpt.get('iter_num', ''),
+                    tokenizer=kind, dataset=(ckpt.get('config') or {}).get('dataset') or '')
+    if kind == 'char':
+        metadata.update(itos=json.dumps(vocabulary['itos'], ensure_ascii=False),
+                        separator=vocabulary.get('separator', ''))
+    return {f'nanogpt.{k}': str(v) for k, v in metadata.items()}
 
 
 def export(model, path, opset=18, dynamo=True, metadata=None, data_name=None):
-    """Write model (a GPT) to path as ONNX with a dynamic batch and sequence length; weights over
-    EXTERNAL_DATA_BYTES go to data_name beside it (default: path's name + '.data'). Returns the
-    exporter used ('dynamo', or 'torchscript' when asked for or when dynamo fails)."""
+    """Write model (a GPT) to path as ONNX, weights over EXTERNAL_DATA_BYTES to data_name beside it (default:
+    path's name + '.data'); returns the exporter used ('dynamo', or 'torchscript': asked for, or dynamo failed)."""
     import onnx
     block_size = model.config.block_size
     example = torch.zeros(2, min(block_size, 8), dtype=torch.long)  # batch and seq >= 2: neither becomes a constant
-    external = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
+    args = dict(opset_version=opset, input_names=['idx'], output_names=['logits'])
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     logging.getLogger('torch.onnx').setLevel(logging.ERROR)  # notes such as "torchvision is not installed"
-    used = None
+    used = 'torchscript'
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter('ignore')  # the exporters' deprecation and tracer chatter
         if dynamo:
             try:
                 seq = {1: torch.export.Dim('seq', min=1, max=block_size)} if block_size > 1 else {}
-                torch.onnx.export(AllPositionLogits(model), (example,), path, dynamo=True, opset_version=opset,
-                                  input_names=['idx'], output_names=['logits'], external_data=external,
-                                  dynamic_shapes={'idx': {0: torch.export.Dim('batch'), **seq}})  # prints its stages
+                external = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
+                torch.onnx.export(AllPositionLogits(model), (example,), path, dynamo=True, **args,  # prints its stages
+                                  external_data=external, dynamic_shapes={'idx': {0: torch.export.Dim('batch'), **seq}})
                 used = 'dynamo'
             except Exception as e:  # any failure of the new exporter: fall back to the TorchScript one
                 print(f"the dynamo exporter failed ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); "
                       "falling back to dynamo=False")
-        if used is None:
-            torch.onnx.export(AllPositionLogits(model), (example,), path, dynamo=False, opset_version=opset,
-                              input_names=['idx'], output_names=['logits'],
+        if used == 'torchscript':
+            torch.onnx.export(AllPositionLogits(model), (example,), path, dynamo=False, **args,
                               dynamic_axes={'idx': {0: 'batch', 1: 'seq'}, 'logits': {0: 'batch', 1: 'seq'}})
-            used = 'torchscript'
     proto = onnx.load(path, load_external_data=False)  # external weights stay where the exporter put them
-    for key, value in (metadata or {}).items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    proto.metadata_props.extend(onnx.StringStringEntryProto(key=k, value=v) for k, v in (metadata or {}).items())
     if weight_files(proto):
         gather_weights(proto, os.path.dirname(os.path.abspath(path)), data_name or os.path.basename(path) + '.data')
     onnx.save(proto, path)
@@ -119,88 +99,68 @@ def weight_files(proto):
 
 
 def gather_weights(proto, folder, data_name):
-    """Point proto's external weights at one file, folder/data_name: the dynamo exporter's file
-    renamed, or the TorchScript exporter's file per tensor gathered into one."""
+    """Point proto's external weights at one file, folder/data_name: the dynamo exporter's renamed, or the
+    TorchScript exporter's files (one per tensor) gathered."""
     from onnx.external_data_helper import convert_model_to_external_data, load_external_data_for_model
-    files = weight_files(proto)
-    if len(files) == 1:
-        os.replace(os.path.join(folder, files.pop()), os.path.join(folder, data_name))
-        for tensor in proto.graph.initializer:
-            for entry in tensor.external_data:
-                if entry.key == 'location':
-                    entry.value = data_name
+    names = weight_files(proto)
+    if len(names) == 1:
+        os.replace(os.path.join(folder, names.pop()), os.path.join(folder, data_name))
+        for entry in (e for t in proto.graph.initializer for e in t.external_data if e.key == 'location'):
+            entry.value = data_name
         return
     load_external_data_for_model(proto, folder)  # the weights in memory once, for onnx.save to write them anew
     convert_model_to_external_data(proto, all_tensors_to_one_file=True, location=data_name)
-    for name in files:
+    for name in names:
         os.remove(os.path.join(folder, name))
 
 
-def max_logit_difference(model, path, prompts):
-    """Largest |onnxruntime - PyTorch| over all positions of all prompts, and the largest |logit|."""
+def onnx_logits(path):
+    """The logits function of onnxruntime running the file at path, for exports.max_logit_difference."""
     import onnxruntime as ort
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
-    worst, scale = 0.0, 0.0
-    for idx in prompts:
-        with torch.no_grad():
-            expected, _ = model.eval()(idx, idx)  # with targets, GPT.forward returns every position's logits
-        got = torch.from_numpy(session.run(['logits'], {'idx': idx.numpy()})[0])
-        if got.shape != expected.shape:
-            raise RuntimeError(f"onnxruntime returned logits of shape {tuple(got.shape)}, not {tuple(expected.shape)}")
-        worst = max(worst, (got - expected.float()).abs().max().item())
-        scale = max(scale, expected.abs().max().item())
-    return worst, scale
+    return lambda idx: torch.from_numpy(session.run(['logits'], {'idx': idx.numpy()})[0])
 
 
 def earlier_export(path):
-    """The weight files of the export_onnx.py file at path (none when path is free); a UserError,
-    before any work, for an output this script must not write: a folder, a file it did not write,
-    a place that cannot be written."""
+    """The weight files of the earlier export at path (none when path is free); a UserError, before any work,
+    for a folder, a file this script did not write, or a place that cannot be written."""
     import onnx
     if os.path.isdir(path):
         raise UserError(f"--output '{path}' is a folder, and the ONNX export is one file: pass a file's path, "
                         f"e.g. --output={os.path.join(path, 'model.onnx')}")
-    writable(path)
+    exports.writable(path)
     if not os.path.exists(path):
         return set()
     try:
         proto = onnx.load(path, load_external_data=False)
     except Exception:  # not ONNX at all
-        proto = None
-    if proto is None or not any(p.key == 'nanogpt.block_size' for p in proto.metadata_props):
+        proto = onnx.ModelProto()
+    if not any(p.key == 'nanogpt.block_size' for p in proto.metadata_props):
         raise UserError(f"{path} exists and export_onnx.py did not write it; pass another --output, or move it away")
     return {name for name in weight_files(proto) if os.path.basename(name) == name}
 
 
-def main():
-    path = output or os.path.join(out_dir, 'model.onnx')
-    earlier = earlier_export(path)
-    ckpt = checkpoint.load(out_dir, checkpoint.sample_name(out_dir))
-    model = checkpoint.model_from_checkpoint(ckpt, dropout=0.0).float().eval()
-    metadata = model_metadata(ckpt, model)
-    del ckpt
-    print(f"exporting {model.get_num_params() / 1e6:.2f}M parameters (block_size {model.config.block_size}, "
-          f"activation {model.config.activation}) to {path} ...")
-    # written beside path and renamed over it once checked; large weights get a name of their own, so
-    # that the earlier export's stay whole until then
-    folder, tmp = os.path.dirname(os.path.abspath(path)), checkpoint.temp_path(path)
+def write_export(model, metadata, path, earlier):
+    """Export model to path, checked, in place of the earlier export (whose weight files are earlier)."""
+    # written beside path, renamed over it once checked; large weights get a name of their own, the earlier ones stay
+    folder, tmp = os.path.dirname(os.path.abspath(path)), files.temp_path(path)
     data = os.path.join(folder, f"{os.path.basename(path)}.{secrets.token_hex(4)}.data")
-    os.makedirs(folder, exist_ok=True)
-    checkpoint.remove_orphaned_temp_files(path)
+    files.finish_swaps(folder, 'an export')  # complete one killed mid-swap before its file is taken for an orphan
+    files.remove_orphaned_temp_files(path)
     t0 = time.time()
     try:
         used = export(model, tmp, opset, dynamo, metadata, os.path.basename(data))
         print(f"exported with the {used} exporter, opset {opset}, in {time.time() - t0:.1f}s")
         if verify:
             print("checking the export with onnxruntime ...", flush=True)
-            prompts = random_prompts(model.config.vocab_size, model.config.block_size, seed)
-            diff, scale = max_logit_difference(model, tmp, prompts)
+            prompts = exports.random_prompts(model.config.vocab_size, model.config.block_size, seed)
+            diff, scale = exports.max_logit_difference(model, onnx_logits(tmp), prompts)
             print(f"onnxruntime vs PyTorch logits: max abs diff {diff:.3g} (largest |logit| {scale:.3g})")
             if not diff <= tolerance:
                 raise UserError(f"the exported model's logits differ from PyTorch's by {diff:.3g}, more than "
                                 f"tolerance {tolerance:g}, so it was not kept; please report this with your torch "
                                 "and onnx versions")
-        replace_with(tmp, path)
+        exports.replace_with(tmp, path)
     except BaseException:  # the earlier export stays as it was, and this one goes (unless it is in place: tmp gone)
         for name in [tmp + '.data'] + ([tmp, data] if os.path.exists(tmp) else []):
             if os.path.exists(name):
@@ -214,6 +174,18 @@ def main():
     print(f"wrote {path}" + (f" and its weights, {data}" if os.path.exists(data) else ""))
 
 
+def main():
+    path = output or os.path.join(out_dir, 'model.onnx')
+    earlier = earlier_export(path)
+    model, ckpt, vocabulary = exports.load_checkpoint(out_dir)
+    print(f"exporting {model.get_num_params() / 1e6:.2f}M parameters (block_size {model.config.block_size}, "
+          f"activation {model.config.activation}) to {path} ...")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # one export of path at a time: the clean-up at the end of one would delete the other's new weights
+    with files.lock(f"{path}.lock", f"another export_onnx.py (pid {{pid}}) is writing {path}; wait for it to end"):
+        write_export(model, model_metadata(ckpt, model, vocabulary), path, earlier)
+
+
 if __name__ == '__main__':
     configurator.configure(globals())
     configurator.check_seed(seed)
@@ -221,8 +193,7 @@ if __name__ == '__main__':
         raise UserError(f"opset {opset} is too old for the dynamo exporter; use --opset=18 or newer "
                         "(or --dynamo=False for the TorchScript exporter)")
     try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
+        import onnx, onnxruntime  # noqa: E401, F401
     except ImportError as e:
         raise UserError(f"ONNX export needs the onnx and onnxruntime packages ({e}); "
                         "pip install onnx onnxruntime onnxscript")

@@ -1,17 +1,10 @@
 """
-The GPT-2 language model, in one file.
-
-A decoder-only transformer: token and position embeddings, n_layer pre-LayerNorm
-blocks (causal self-attention then an MLP, each added back to the residual stream),
-a final LayerNorm and a language-model head that shares its weights with the token
-embedding. The parameter names match OpenAI's GPT-2 as published through
-Hugging Face transformers and nanoGPT's checkpoints, so weights move freely between them.
+The GPT-2 language model, in one file: pre-LayerNorm blocks of causal self-attention and MLP, a language-model
+head tied to the token embedding, and generation with a KV cache. Parameter names are OpenAI's GPT-2's (through
+transformers) and nanoGPT's, so weights move freely between them.
 """
 import inspect
 import math
-import os
-import pickle
-import re
 from dataclasses import dataclass
 
 import torch
@@ -23,32 +16,6 @@ from torch.nn import functional as F
 HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh', 'gelu_fast': 'gelu_tanh'}
 # transformers keeps GPT-2's original Conv1D layers, whose weights are the transpose of nn.Linear's
 CONV1D_WEIGHTS = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
-PRETRAINED = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # 124M, 350M, 774M and 1558M parameters
-
-
-@dataclass
-class GPTConfig:
-    block_size: int = 1024
-    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True  # biases in Linears and LayerNorms, like GPT-2; False is a bit better and faster
-    # 'gelu' is the exact GELU nanoGPT trains with; OpenAI's GPT-2 weights were trained with
-    # the tanh approximation, so from_pretrained sets 'gelu_tanh' to reproduce their logits.
-    activation: str = 'gelu'
-
-    def __post_init__(self):
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.activation not in ('gelu', 'gelu_tanh'):
-            raise ValueError(f"activation must be 'gelu' or 'gelu_tanh', got {self.activation!r}")
-        for name in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd'):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 class LayerNorm(nn.Module):
@@ -63,30 +30,6 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
-class KVCache:
-    """Keys and values of the positions already seen, per layer, so that generation feeds
-    the model one new position per step instead of the whole context again. Storage for
-    max_length positions is allocated at the first append, so a step writes in place
-    instead of copying the whole cache."""
-
-    def __init__(self, n_layer, max_length):
-        self.keys = [None] * n_layer
-        self.values = [None] * n_layer
-        self.max_length = max_length
-        self.length = 0  # positions stored; advanced by GPT.forward once every layer has appended
-
-    def append(self, layer, k, v):
-        """Store this step's k, v (B, n_head, T, head_size) and return all keys and values so far."""
-        if self.keys[layer] is None:
-            B, H, _, D = k.shape
-            self.keys[layer] = k.new_empty(B, H, self.max_length, D)
-            self.values[layer] = v.new_empty(B, H, self.max_length, D)
-        end = self.length + k.size(2)
-        self.keys[layer][:, :, self.length:end] = k
-        self.values[layer][:, :, self.length:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-
-
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config):
@@ -96,36 +39,23 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
-        # scaled_dot_product_attention dispatches to flash/memory-efficient kernels; flash = False runs
-        # the explicit masked softmax below instead: the same attention, written out to be read
-        self.flash = True
 
     def forward(self, x, kv_cache=None, layer=0):
-        B, T, C = x.size()
+        B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
         q, k, v = self.c_attn(x).split(C, dim=2)
-        # (B, T, C) -> (B, n_head, T, head_size)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         past = 0
         if kv_cache is not None:
             past = kv_cache.length
-            k, v = kv_cache.append(layer, k, v)
-        # queries sit at positions past..past+T-1 and may see every key up to their own position;
-        # a single new query (T == 1) sees them all, so it needs no mask
+            k, v = kv_cache.append(layer, k, v)  # (B, nh, past + T, hs)
+        # queries at positions past..past+T-1 see every key up to their own position: causal when nothing is
+        # cached, an offset mask for several new positions, and no mask at all for a single one
         mask = None
         if past > 0 and T > 1:
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-        dropout_p = self.dropout if self.training else 0.0
-        if self.flash:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=(past == 0))
-        else:
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-            if past == 0:
-                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            if mask is not None:
-                att = att.masked_fill(~mask, float('-inf'))
-            att = F.dropout(F.softmax(att, dim=-1), p=dropout_p)
-            y = att @ v
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=past == 0)  # flash attention where the device has it
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -154,6 +84,20 @@ class Block(nn.Module):
     def forward(self, x, kv_cache=None, layer=0):
         x = x + self.attn(self.ln_1(x), kv_cache, layer)
         return x + self.mlp(self.ln_2(x))
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linears and LayerNorms, like GPT-2; False is a bit better and faster
+    # 'gelu' is the exact GELU nanoGPT trains with; OpenAI's GPT-2 weights were trained with
+    # the tanh approximation, so from_pretrained sets 'gelu_tanh' to reproduce their logits.
+    activation: str = 'gelu'
 
 
 class GPT(nn.Module):
@@ -204,8 +148,10 @@ class GPT(nn.Module):
         if start + T > self.config.block_size:
             raise ValueError(f"cannot forward a sequence of length {start + T}: block_size is only "
                              f"{self.config.block_size}; crop the input to its last {self.config.block_size} tokens")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        tok_emb = self.transformer.wte(idx)  # token embeddings (B, T, n_embd)
+        pos_emb = self.transformer.wpe(pos)  # position embeddings (T, n_embd)
+        x = self.transformer.drop(tok_emb + pos_emb)
         for layer, block in enumerate(self.transformer.h):
             if self.activation_checkpointing and torch.is_grad_enabled():
                 # the recomputation draws the same dropout masks: checkpoint restores the random state
@@ -213,10 +159,8 @@ class GPT(nn.Module):
             else:
                 x = block(x, kv_cache, layer)
         x = self.transformer.ln_f(x)
-        if kv_cache is not None:
-            kv_cache.length += T
         if targets is not None:
-            logits = self.lm_head(x)
+            logits = self.lm_head(x)  # (B, T, vocab_size)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
             return logits, loss
         return self.lm_head(x[:, -1:, :]), None  # the slice keeps the time dimension
@@ -233,23 +177,9 @@ class GPT(nn.Module):
         gpt2-xl) or a local directory holding a transformers GPT-2 checkpoint."""
         override_args = override_args or {}
         assert all(k == 'dropout' for k in override_args), "only dropout can be overridden"
-        if name not in PRETRAINED and not os.path.isdir(name):
-            raise ValueError(f"unknown pretrained model '{name}': use one of {', '.join(PRETRAINED)} "
-                             "or a directory holding a transformers GPT-2 checkpoint")
+        from transformers import GPT2LMHeadModel
         print(f"loading weights from pretrained gpt: {name}")
-        try:
-            from safetensors import SafetensorError
-            from transformers import GPT2LMHeadModel
-            hf_model = GPT2LMHeadModel.from_pretrained(name)
-        except (ImportError, OSError) as e:  # no transformers, no network, or not a GPT-2 checkpoint
-            raise ValueError(f"could not load '{name}' through transformers: {str(e).strip().splitlines()[0]}")
-        except SafetensorError as e:
-            raise ValueError(f"{name}: model.safetensors is truncated or corrupt ({e}); save or download it again")
-        except pickle.UnpicklingError as e:  # torch.load(weights_only=True) stopped before running anything
-            found = re.search(r'GLOBAL (\S+)|reduce for \S+', str(e))
-            raise ValueError(f"{name} was refused: its pytorch_model.bin would run code when loaded"
-                             f"{f' ({found.group(0)})' if found else ''}; load only models you trust, re-saved as "
-                             "safetensors (model.save_pretrained(folder) writes model.safetensors)")
+        hf_model = GPT2LMHeadModel.from_pretrained(name)
         hf_config = hf_model.config
         if hf_config.activation_function not in HF_ACTIVATIONS:
             raise ValueError(f"{name} uses activation '{hf_config.activation_function}', which this GPT lacks")
@@ -270,12 +200,11 @@ class GPT(nn.Module):
                 sd[k].copy_(v)
         return model
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer='adamw'):
-        """AdamW with weight decay on matrices and embeddings only (not on biases and norm gains); or,
-        with optimizer='muon', Muon for the blocks' matrices and AdamW for the rest."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        matrices = [p for p in self.transformer.h.parameters() if p.requires_grad and p.dim() == 2]
-        decay = [p for p in params if p.dim() >= 2 and (optimizer != 'muon' or all(p is not m for m in matrices))]
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, params=None):
+        """AdamW with weight decay on matrices and embeddings only (not on biases and norm gains); params: a
+        subset of the model's parameters (default: all of them)."""
+        params = [p for p in (self.parameters() if params is None else params) if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         print(f"num decayed parameter tensors: {len(decay)}, with {sum(p.numel() for p in decay):,} parameters")
         print(f"num non-decayed parameter tensors: {len(no_decay)}, "
@@ -284,13 +213,7 @@ class GPT(nn.Module):
         # the fused kernel does the whole update in a few launches; it exists for CUDA and CPU
         use_fused = 'fused' in inspect.signature(torch.optim.AdamW).parameters and device_type in ('cuda', 'cpu')
         print(f"using fused AdamW: {use_fused}")
-        adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if use_fused else {}))
-        if optimizer != 'muon':
-            return adamw
-        print(f"Muon for the blocks' {len(matrices)} matrices, {sum(p.numel() for p in matrices):,} parameters")
-        # 'match_rms_adamw' scales Muon's updates to AdamW's size, so the same learning rate serves both
-        return MuonWithAdamW(torch.optim.Muon(matrices, lr=learning_rate, weight_decay=weight_decay,
-                                              adjust_lr_fn='match_rms_adamw'), adamw)
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if use_fused else {}))
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
         """Model FLOPs utilization: achieved FLOP/s over the device's peak_flops (PaLM paper,
@@ -312,51 +235,43 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, *, top_p=1.0, use_cache=True,
                         generators=None):
-        """Yield the next token of every sequence, (B, 1), one step at a time (for streaming).
-
-        With use_cache the prompt is run once and each step feeds only the newest token. The
-        context is always the last block_size tokens, as without the cache: once the sequence
-        outgrows block_size every position shifts at each step, the cached keys no longer
-        apply, and each step runs the whole cropped window instead, giving the same tokens.
-        generators, one torch.Generator per row, make each row's draws independent of the
-        others, so a row sampled in a batch equals the same row sampled alone.
-        """
+        """Yield the next token of every sequence, (B, 1), one step at a time (for streaming). generators, one
+        torch.Generator per row, make a row sampled in a batch equal to the same row sampled alone."""
         kv_cache = KVCache(self.config.n_layer, self.config.block_size) if use_cache else None
         for _ in range(max_new_tokens):
             if kv_cache is not None and idx.size(1) <= self.config.block_size:
-                logits, _ = self(idx[:, kv_cache.length:], kv_cache=kv_cache)  # the positions not cached yet
+                logits, _ = self(idx[:, kv_cache.length:], kv_cache=kv_cache)  # only the positions not cached yet
             else:
+                # the context is the last block_size tokens: once the sequence is longer, every position shifts
+                # at each step, cached keys no longer apply, and the whole cropped window runs again
                 logits, _ = self(idx[:, -self.config.block_size:])
             next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generators)
             idx = torch.cat((idx, next_token), dim=1)
             yield next_token
 
 
-class MuonWithAdamW:
-    """Muon and AdamW over two sets of parameters, stepping together: one optimizer to the training
-    loop, the GradScaler and the checkpoints (whose 'optimizer' then holds both states)."""
+class KVCache:
+    """The keys and values of the positions already seen, per layer, so that each generation step feeds the model
+    only its new positions. Storage for max_length positions is allocated at the first append and written in place."""
 
-    def __init__(self, muon, adamw):
-        self.muon, self.adamw = muon, adamw
+    def __init__(self, n_layer, max_length):
+        self.keys = [None] * n_layer
+        self.values = [None] * n_layer
+        self.max_length = max_length
+        self.length = 0  # positions stored in every layer
 
-    @property
-    def param_groups(self):
-        return self.muon.param_groups + self.adamw.param_groups
-
-    def step(self):
-        self.muon.step()
-        self.adamw.step()
-
-    def zero_grad(self, set_to_none=True):
-        self.muon.zero_grad(set_to_none)
-        self.adamw.zero_grad(set_to_none)
-
-    def state_dict(self):
-        return {'muon': self.muon.state_dict(), 'adamw': self.adamw.state_dict()}
-
-    def load_state_dict(self, state):
-        self.muon.load_state_dict(state['muon'])
-        self.adamw.load_state_dict(state['adamw'])
+    def append(self, layer, k, v):
+        """Store this step's k, v (B, n_head, T, head_size); return all keys and values so far."""
+        if self.keys[layer] is None:
+            B, H, _, D = k.shape
+            self.keys[layer] = k.new_empty(B, H, self.max_length, D)
+            self.values[layer] = v.new_empty(B, H, self.max_length, D)
+        end = self.length + k.size(2)
+        self.keys[layer][:, :, self.length:end] = k
+        self.values[layer][:, :, self.length:end] = v
+        if layer == len(self.keys) - 1:  # every layer reads length as its offset: it moves on after the last one
+            self.length = end
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=1.0, generators=None):

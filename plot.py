@@ -1,24 +1,15 @@
 """
-Plot train and val loss from the metrics.csv that train.py writes into out_dir, against
-iterations, training tokens or wall-clock time, to a PNG; and HellaSwag accuracy where a run
-measured it.
+Plot the train and val loss of train.py's out_dir/metrics.csv to a PNG, against iterations, training tokens or
+wall-clock time, with HellaSwag's acc_norm beneath where a run scored it. Needs matplotlib.
 
 $ python plot.py --out_dir=out-shakespeare-char                    # -> out-shakespeare-char/loss.png
-$ python plot.py --out_dirs=out-small,out-big                      # -> out-small/loss_comparison.png
-$ python plot.py --out_dirs=out-small,out-big --overlay=True --x=seconds   # val loss against time, one panel
-
-One panel per x axis (--x: iterations and tokens by default; seconds is the wall-clock time of
-training, resumes included). Several runs get one column each (a row per x axis), or share the
-panels with --overlay=True; panels of one quantity share their y axis, so runs compare at a glance.
-Lines: the evaluations' train and val loss (estimated on fixed batches, markers), and, faintly,
-the loss of each logged training minibatch (noisy; --minibatch=False hides it). When a run's
-evaluations scored HellaSwag, a smaller panel beneath each loss panel shows acc_norm, with chance
-(0.25) dotted. Only this script needs matplotlib (pip install matplotlib).
+$ python plot.py --out_dirs=out-small,out-big                      # a column per run -> out-small/loss_comparison.png
+$ python plot.py --out_dirs=out-small,out-big --overlay=True --x=seconds   # the runs in the same panels
 """
 import os
 
 import configurator
-from helpers import UserError, metrics
+from helpers import UserError, files, metrics
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the run to plot
@@ -35,6 +26,12 @@ dpi = 120
 X_AXES = {'iter': 'iterations', 'tokens': 'training tokens', 'seconds': 'wall-clock time'}
 HELLASWAG = 'hellaswag_acc_norm'
 CHANCE = 0.25  # HellaSwag has four endings
+EVAL_STYLE = dict(markersize=3, linewidth=1.5)
+LINES = {'loss': [('train', 'train_loss', 'train (minibatch)', dict(alpha=0.35, linewidth=0.8)),  # noisy, faint
+                  ('eval', 'train_loss', 'train (eval)', dict(linestyle='--', marker='o', **EVAL_STYLE)),
+                  ('eval', 'val_loss', 'val (eval)', dict(linestyle='-', marker='s', **EVAL_STYLE))],
+         'hellaswag': [('eval', HELLASWAG, 'HellaSwag', dict(marker='^', **EVAL_STYLE))]}
+WRITTEN_BY = {'written_by': 'plot.py'}  # a text chunk in every PNG written here: one this script may replace
 
 
 def load_run(run_dir):
@@ -75,28 +72,15 @@ def time_unit(runs):
                 if longest >= 2 * size or size == 1)
 
 
-def draw_loss(ax, rows, x_name, x_scale, color, label_prefix, show_minibatch):
-    """One run's loss curves in one panel; returns whether anything was drawn."""
+def draw(ax, rows, lines, x_name, x_scale, color, label_prefix):
+    """One run's lines, LINES' (kind, y column, label, style), in one panel; returns whether anything was drawn."""
     drawn = False
-    if show_minibatch:
-        xs, ys = series(rows, 'train', x_name, 'train_loss', x_scale)
+    for kind, y_name, label, style in lines:
+        xs, ys = series(rows, kind, x_name, y_name, x_scale)
         if xs:
-            ax.plot(xs, ys, color=color, alpha=0.35, linewidth=0.8, label=f"{label_prefix}train (minibatch)")
-            drawn = True
-    for y_name, style, marker in (('train_loss', '--', 'o'), ('val_loss', '-', 's')):
-        xs, ys = series(rows, 'eval', x_name, y_name, x_scale)
-        if xs:
-            ax.plot(xs, ys, linestyle=style, marker=marker, markersize=3, color=color, linewidth=1.5,
-                    label=f"{label_prefix}{y_name.split('_')[0]} (eval)")
+            ax.plot(xs, ys, color=color, label=label_prefix + label, **style)
             drawn = True
     return drawn
-
-
-def draw_hellaswag(ax, rows, x_name, x_scale, color, label_prefix):
-    xs, ys = series(rows, 'eval', x_name, HELLASWAG, x_scale)
-    if xs:
-        ax.plot(xs, ys, marker='^', markersize=3, color=color, linewidth=1.5, label=f"{label_prefix}HellaSwag")
-    return bool(xs)
 
 
 def pyplot():
@@ -137,11 +121,9 @@ def figure(runs, x_names=('iter', 'tokens'), side_by_side=True, show_minibatch=T
             for q in quantities:
                 row, column = cell(i, x_name, q)
                 ax = axes[row][column]
-                if q == 'loss':
-                    drawn = draw_loss(ax, rows, x_name, x_scale, color, prefix, show_minibatch)
-                else:
-                    drawn = draw_hellaswag(ax, rows, x_name, x_scale, color, prefix)
-                if not drawn and (side_by_side or len(runs) == 1):  # the panel is this run's alone: say why
+                lines = [line for line in LINES[q] if show_minibatch or line[0] != 'train']
+                # an empty panel that is this run's alone says why
+                if not draw(ax, rows, lines, x_name, x_scale, color, prefix) and (side_by_side or len(runs) == 1):
                     missing = x_label if q == 'loss' or has_hellaswag(rows) else 'HellaSwag scores'
                     ax.text(0.5, 0.5, f"no {missing} recorded", ha='center', va='center', transform=ax.transAxes)
                 ax.set_xlabel(x_label)
@@ -171,36 +153,38 @@ def plot(runs, path, x_names=('iter', 'tokens'), side_by_side=True, show_minibat
          resolution=120):
     """runs: a list of (name, rows). Writes a PNG to path."""
     fig = figure(runs, x_names, side_by_side, show_minibatch, log_y, fig_title)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=resolution)
+    files.write_atomically(path, lambda tmp: fig.savefig(tmp, format='png', dpi=resolution, metadata=WRITTEN_BY))
     pyplot().close(fig)
     return path
 
 
-def run_name(run_dir):
-    return os.path.basename(os.path.normpath(run_dir)) or run_dir
-
-
-def x_axes(text):
-    names = [name.strip() for name in text.split(',')]
-    if not all(name in X_AXES for name in names) or len(set(names)) != len(names):
-        raise UserError(f"x must name x axes separated by commas, each once, out of {', '.join(X_AXES)}; "
-                        f"e.g. --x=iter,tokens or --x=seconds; got {text!r}")
-    return names
+def ours(path):
+    """Whether the file at path is a PNG this script wrote (and may replace)."""
+    pyplot()  # matplotlib brings PIL
+    from PIL import Image
+    try:
+        with Image.open(path) as image:
+            return image.text.get('written_by') == WRITTEN_BY['written_by']
+    except Exception:  # not an image, or one without text chunks
+        return False
 
 
 def main():
     run_dirs = [d.strip() for d in out_dirs.split(',') if d.strip()] if out_dirs else [out_dir]
     if len(set(map(os.path.normpath, run_dirs))) != len(run_dirs):
         raise UserError(f"out_dirs lists a folder twice: {out_dirs}")
-    x_names = x_axes(x)
+    x_names = [name.strip() for name in x.split(',')]
+    if not all(name in X_AXES for name in x_names) or len(set(x_names)) != len(x_names):
+        raise UserError(f"x must name x axes separated by commas, each once, out of {', '.join(X_AXES)}; "
+                        f"e.g. --x=iter,tokens or --x=seconds; got {x!r}")
     # a comparison goes beside the runs, not wherever the command ran (the repository, say)
     path = output or os.path.join(run_dirs[0], 'loss.png' if len(run_dirs) == 1 else 'loss_comparison.png')
     if not path.lower().endswith('.png'):
         raise UserError(f"output must be a .png file, got '{path}'")
     if dpi <= 0:
         raise UserError(f"dpi must be positive, got {dpi}")
-    runs = [(run_name(d), load_run(d)) for d in run_dirs]
+    files.refuse_foreign(path, ours, 'plot.py', '--output')
+    runs = [(os.path.basename(os.path.normpath(d)) or d, load_run(d)) for d in run_dirs]
     plot(runs, path, x_names, side_by_side=not overlay, show_minibatch=minibatch, log_y=logy, fig_title=title,
          resolution=dpi)
     print(f"wrote {os.path.abspath(path)} ({', '.join(f'{name}: {len(rows)} rows' for name, rows in runs)})")

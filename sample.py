@@ -5,13 +5,7 @@ $ python sample.py --out_dir=out-shakespeare-char
 $ python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=5
 $ python sample.py --out_dir=out-shakespeare-char --prompts=prompts.txt --stop="'\\n\\n'" --top_p=0.9
 
-Sample k is drawn with its own random generator seeded with seed + k, so a sample depends
-only on the seed, its number and its prompt: streamed one after another (the default),
-generated in one batch (--stream=False) or among other prompts (--prompts), it is the same
-(in float32; in bf16 or fp16 on a GPU, a batch of another size may run other kernels, round
-differently and so, now and then, draw another token).
-A sample ends at the data's end-of-text marker (--stop_at_end) or at a stop string; neither
-is printed.
+Sample k draws from its own generator seeded seed + k: the same text streamed, batched or among other prompts.
 """
 import sys
 import time
@@ -19,7 +13,7 @@ import time
 import torch
 
 import configurator
-from helpers import UserError, checkpoint, hardware, tokenizer
+from helpers import UserError, checkpoint, data, hardware, tokenizer
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir), a gpt2 variant (e.g. 'gpt2-xl') or a transformers GPT-2 directory
@@ -56,11 +50,10 @@ torch.manual_seed(seed)
 
 # model and tokenizer
 model, ckpt = checkpoint.load_model(init_from, out_dir)
-tok = tokenizer.for_checkpoint(ckpt) if ckpt is not None else \
+tok = tokenizer.from_entry(data.checkpoint_entry(ckpt)) if ckpt is not None else \
     tokenizer.for_pretrained(init_from, model.config.vocab_size)
 del ckpt  # the weights now live in the model
-model.eval()
-model.to(device)
+model.eval().to(device)
 if compile:
     # generate() calls the model's forward directly; compile that, with shapes that vary per step
     model.forward = torch.compile(model.forward, dynamic=True)
@@ -70,9 +63,8 @@ prompt_ids = [tok.encode(text) for text in prompt_texts]
 
 
 class SampleText:
-    """The text of one sample as its tokens arrive. It ends at end_token or at the first stop
-    string, neither of which it keeps, and holds back any tail that could be the start of a stop
-    string, so that nothing after a stop is ever handed out, even when the stop spans tokens."""
+    """One sample's text as its tokens arrive, cut before end_token or a stop string; a tail that could
+    begin a stop string waits, so nothing after a stop is ever printed, even when it spans tokens."""
 
     def __init__(self):
         self.decode_next = tok.stream_decoder()
@@ -93,15 +85,9 @@ class SampleText:
         ready, self.pending = self.pending[:len(self.pending) - hold], self.pending[len(self.pending) - hold:]
         return ready
 
-    def finish(self):
-        """The held-back tail, when the sample ends at max_new_tokens."""
-        ready, self.pending = self.pending, ''
-        return ready
-
 
 def sample_batch(ids, first_sample, count):
-    """count samples of one prompt (its token ids), numbered from first_sample: yields, at each
-    step, one piece of text per sample (empty once that sample has ended) until all have ended."""
+    """count samples of one prompt, numbered from first_sample: yields one piece of text per sample a step."""
     global n_tokens
     x = torch.tensor(ids, dtype=torch.long, device=device)[None].expand(count, -1)
     generators = [torch.Generator(device=device).manual_seed(seed + k)
@@ -113,7 +99,7 @@ def sample_batch(ids, first_sample, count):
         yield [t.add(token) if not t.done else '' for t, token in zip(texts, step[:, 0].tolist())]
         if all(t.done for t in texts):
             return
-    yield [t.finish() for t in texts]  # max_new_tokens reached: what was held back is final too
+    yield [t.pending for t in texts]  # max_new_tokens reached: what was held back is final too
 
 
 n_tokens = 0
@@ -134,8 +120,7 @@ with torch.no_grad(), ctx:
             for pieces in sample_batch(ids, 0, num_samples):
                 samples = [s + piece for s, piece in zip(samples, pieces)]
             for sample in samples:
-                print(sample)
-                print('---------------')
+                print(f"{sample}\n---------------")
 hardware.sync(device)
 elapsed = time.time() - t0
 print(f"generated {n_tokens} tokens in {elapsed:.2f}s ({n_tokens / elapsed:.1f} tokens/s, "

@@ -1,15 +1,10 @@
 """
-Generate text from a model exported with export_onnx.py, using onnxruntime and numpy only
-(no PyTorch): the loop a program in another language would implement.
+Generate text from a model exported with export_onnx.py with onnxruntime and numpy only, no PyTorch: the loop a
+program in another language would write. --top_k=1 gives sample.py --top_k=1's tokens; other draws use numpy's
+generator (seeded seed + sample number), so they differ from sample.py's.
 
 $ python sample_onnx.py --out_dir=out-shakespeare-char                  # reads out_dir/model.onnx
 $ python sample_onnx.py --onnx_path=model.onnx --top_k=1 --start="ROMEO:"
-
-The vocabulary comes from the file's metadata: a character-level model carries its own;
-a GPT-2 BPE model uses tiktoken's 'gpt2' encoding. With --top_k=1 decoding is greedy and
-gives the same tokens as `python sample.py --top_k=1`. Otherwise tokens are drawn with
-numpy's generator seeded with seed + sample number, which is not PyTorch's random stream,
-so sampled (non-greedy) text differs from sample.py's.
 """
 import json
 import os
@@ -52,15 +47,11 @@ class OnnxGPT:
         if 'nanogpt.block_size' not in self.meta:
             raise UserError(f"{path} was not written by export_onnx.py (it has no nanogpt.* metadata)")
         self.block_size = int(self.meta['nanogpt.block_size'])
-        self.vocab_size = int(self.meta['nanogpt.vocab_size'])
-
-    def logits(self, ids):
-        """Logits of every position for a batch of token ids (B, T) with T <= block_size."""
-        return self.session.run(['logits'], {'idx': np.asarray(ids, dtype=np.int64)})[0]
 
     def next_token_logits(self, ids):
         """The last position's logits for one sequence, its context cropped to block_size."""
-        return self.logits([ids[-self.block_size:]])[0, -1].astype(np.float64)
+        idx = np.asarray([ids[-self.block_size:]], dtype=np.int64)
+        return self.session.run(['logits'], {'idx': idx})[0][0, -1].astype(np.float64)
 
 
 def pick_token(logits, temperature, top_k, rng):
@@ -76,14 +67,12 @@ def pick_token(logits, temperature, top_k, rng):
     return int(rng.choice(logits.size, p=probs / probs.sum()))
 
 
-def generate(model, ids, max_new_tokens, temperature=1.0, top_k=None, rng=None):
+def generate(model, ids, max_new_tokens, temperature, top_k, rng):
     """Yield max_new_tokens tokens continuing ids; each step runs the whole cropped context."""
     ids = list(ids)
-    rng = rng if rng is not None else np.random.default_rng()
     for _ in range(max_new_tokens):
-        token = pick_token(model.next_token_logits(ids), temperature, top_k, rng)
-        ids.append(token)
-        yield token
+        ids.append(pick_token(model.next_token_logits(ids), temperature, top_k, rng))
+        yield ids[-1]
 
 
 def tokenizer_for(meta):

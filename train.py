@@ -1,23 +1,10 @@
-"""
-Train a GPT: from scratch, from a checkpoint (resume) or from OpenAI's GPT-2 weights.
-
-One process on any device:
-$ python train.py config/train_shakespeare_char.py --batch_size=32
-
-Several GPUs on one node (DDP):
-$ torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
-
-Several nodes, e.g. two with 8 GPUs each:
-- first (master) node, IP 123.456.123.456:
-$ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=123.456.123.456 --master_port=1234 train.py
-- second node:
-$ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=123.456.123.456 --master_port=1234 train.py
-(without Infiniband, prepend NCCL_IB_DISABLE=1)
-
-On a machine without a GPU, DDP runs over gloo:
-$ torchrun --standalone --nproc_per_node=2 train.py config/train_shakespeare_char.py --device=cpu
-"""
+"""Train a GPT: from scratch, from a checkpoint (resume) or from OpenAI's GPT-2 weights.
+$ python train.py config/train_shakespeare_char.py --batch_size=32         # one process, any device
+$ torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py    # DDP on the GPUs of one node
+$ torchrun --standalone --nproc_per_node=2 train.py config/train_shakespeare_char.py --device=cpu  # DDP over gloo
+Several nodes, and FSDP (--fsdp=True): see the README."""
 import functools
+import itertools
 import math
 import os
 import signal
@@ -27,14 +14,13 @@ import time
 from helpers import quit_during_start_up  # free of torch: in place before the slow imports below
 
 STARTED_AT = time.time()  # the run's time counts from here: the whole command, start-up included
-# no checkpoint exists before the training loop, which installs a handler that saves first
-signal.signal(signal.SIGINT, quit_during_start_up)
+signal.signal(signal.SIGINT, quit_during_start_up)  # nothing to save before the training loop: quit at once
 signal.signal(signal.SIGTERM, quit_during_start_up)
 
 import torch  # noqa: E402
 
 import configurator  # noqa: E402
-from helpers import UserError, checkpoint, data, hardware, metrics, parallel, shown, tokenizer  # noqa: E402
+from helpers import UserError, checkpoint, data, hardware, metrics, optim, parallel, runs, shown, tokenizer  # noqa
 from helpers import hellaswag as hellaswag_eval  # noqa: E402  (the setting below is named hellaswag)
 from model import GPT, GPTConfig  # noqa: E402
 
@@ -91,47 +77,43 @@ compile_mode = 'default'  # torch.compile's mode: 'reduce-overhead' (CUDA graphs
 seed = 1337
 data_on_device = True  # on a GPU, keep a dataset that fits easily in its memory there and sample batches on it
 # -----------------------------------------------------------------------------
+# Where a setting comes from, in order: the defaults above; config files and --key=value; what runs best on this
+# device, for its settings left unset; resuming, the run's own settings for all others left unset.
 config_keys = sorted(configurator.settable_keys(globals()))
 explicit = configurator.configure(globals())  # {key: where it was set}
-# settings of the machine and of this command; resuming takes every other one from the run itself
-COMMAND_SETTINGS = ('init_from', 'out_dir', 'overwrite', 'eval_only', 'device', 'compile', 'compile_mode', 'backend',
-                    'fsdp', 'data_on_device')
+dtype, ctx = hardware.setup(device, dtype if 'dtype' in explicit else None)
+device_type = torch.device(device).type
+compile = compile if 'compile' in explicit else device_type == 'cuda'  # on CPUs its start-up rarely pays off
+backend = backend if 'backend' in explicit else 'nccl' if device_type == 'cuda' else 'gloo'
 resume_state = None
 if init_from == 'resume':
     # memory-mapped: the tensors stay in the file's pages, which all processes of the run share
-    resume_state = checkpoint.load(out_dir, checkpoint.resume_name(out_dir), map_location='cpu', mmap=True)
-    configurator.continue_run(globals(), explicit, resume_state.get('config'), keep=COMMAND_SETTINGS, fixed={
-        k: resume_state['model_args'][k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')})
+    resume_state = checkpoint.load(out_dir, runs.resume_name(out_dir), map_location='cpu', mmap=True)
+    configurator.continue_run(globals(), explicit, resume_state.get('config'), keep=(  # this command's own
+        'init_from', 'out_dir', 'overwrite', 'eval_only', 'compile_mode', 'fsdp', 'data_on_device'),
+        machine=('device', 'dtype', 'compile', 'backend'),  # the log says those that differ from the run's
+        fixed={k: resume_state['model_args'][k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')})
 
 # -----------------------------------------------------------------------------
 # check the settings before anything is started or written
-configurator.require_positive(globals(), 'batch_size', 'block_size', 'gradient_accumulation_steps', 'max_iters',
-                             'eval_iters', 'eval_interval', 'log_interval', 'n_layer', 'n_head', 'n_embd')
+configurator.check_model(globals())
+configurator.require_positive(globals(), 'batch_size', 'gradient_accumulation_steps', 'max_iters', 'eval_iters',
+                             'eval_interval', 'log_interval')
 configurator.require_range(globals(), 0, math.inf, 'learning_rate', 'min_lr', 'warmup_iters', 'lr_decay_iters',
-                           'weight_decay', 'grad_clip')
-configurator.require_range(globals(), 0, 1, 'dropout', 'beta1', 'beta2')
-if n_embd % n_head != 0:
-    raise UserError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}); "
-                    f"e.g. --n_embd={n_head * max(1, round(n_embd / n_head))}")
+                           'weight_decay', 'grad_clip', 'hellaswag_examples')
+configurator.require_range(globals(), 0, 1, 'beta1', 'beta2')
 if init_from not in ('scratch', 'resume') and not init_from.startswith('gpt2') and not os.path.isdir(init_from):
     raise UserError(f"unknown init_from '{init_from}'; use scratch, resume, one of gpt2, gpt2-medium, gpt2-large, "
                     "gpt2-xl, or a directory holding a transformers GPT-2 checkpoint")
 configurator.check_seed(seed)
 
-# the device, and the processes: one, or one per GPU (or CPU slot) under torchrun
-dtype, ctx = hardware.setup(device, dtype if 'dtype' in explicit else None)
-device_type = torch.device(device).type
-if 'compile' not in explicit:
-    compile = device_type == 'cuda'  # pays off on GPUs; on CPUs its start-up rarely does
-if 'backend' not in explicit:
-    backend = 'nccl' if device_type == 'cuda' else 'gloo'
 parallel.check(device_type, backend, fsdp, compile, compile_mode, gradient_accumulation_steps, optimizer)
 config = {k: globals()[k] for k in config_keys}  # what the run really uses, stored in checkpoints
 ddp = 'RANK' in os.environ  # started by torchrun
 rank, _, world_size = parallel.world()
 master_process = rank == 0  # logs and writes checkpoints
 if ddp:
-    device = parallel.start(backend, device)
+    device = parallel.start(backend, device, resume_state)
 gradient_accumulation_steps //= world_size  # per process
 torch.manual_seed(seed)  # the same initial weights in every process (FSDP shards them as they are)
 
@@ -141,8 +123,7 @@ meta = data.read_meta(dataset)
 token_dtype = data.token_dtype(meta)
 if meta is not None:
     print(f"found vocab_size = {meta['vocab_size']} (inside {shown(data.data_dir(dataset))}/meta.pkl)")
-# opened once: a dataset prepared again during the run replaces these files, and the run goes on
-# reading the ones it started with, which its checkpoints' vocabulary describes
+# opened once: a dataset prepared again meanwhile replaces the files, the run reads on those it started with
 token_files = {split: open(data.bin_path(dataset, split), 'rb') for split in ('train', 'val')}
 resident_data = {}  # split -> tokens in device memory, for datasets small enough (see data_on_device)
 if hellaswag:
@@ -156,14 +137,13 @@ def get_batch(split, generator):
     return data.get_batch(token_files[split], token_dtype, batch_size, block_size, device, generator)
 
 
-# Batches are drawn from generators seeded by (seed, rank, iteration), so a resumed run
-# sees exactly the batches the uninterrupted run would have seen, and evaluation always
-# scores the same fixed batches without disturbing training's random stream.
-train_generator = torch.Generator()
-
-
-def seed_train_batches(iteration):
-    train_generator.manual_seed(((seed * 1_000_003 + rank) * 1_000_003 + iteration) % (2 ** 63))
+def train_batches(start):
+    """Micro-batches from iteration start on, each iteration's seeded by (seed, rank, iteration): resumable exactly."""
+    generator = torch.Generator()
+    for iteration in itertools.count(start):
+        generator.manual_seed(((seed * 1_000_003 + rank) * 1_000_003 + iteration) % (2 ** 63))
+        for _ in range(gradient_accumulation_steps):
+            yield get_batch('train', generator)
 
 
 # -----------------------------------------------------------------------------
@@ -176,17 +156,14 @@ if init_from == 'scratch':
         print("defaulting to vocab_size of GPT-2 to 50304 (50257 rounded up for efficiency)")
     model = GPT(GPTConfig(**model_args, vocab_size=meta['vocab_size'] if meta else 50304))
 elif init_from == 'resume':
-    print(f"Resuming training from {os.path.join(out_dir, checkpoint.resume_name(out_dir))} after iteration "
+    print(f"Resuming training from {os.path.join(out_dir, runs.resume_name(out_dir))} after iteration "
           f"{resume_state['iter_num'] - 1}")
     model = checkpoint.model_from_checkpoint(resume_state, dropout=dropout)
     iter_num, best_val_loss = resume_state['iter_num'], float(resume_state['best_val_loss'])
     earlier_seconds = float(resume_state.get('elapsed_seconds', 0.0))
 else:  # gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a transformers GPT-2 directory
     print(f"Initializing from OpenAI GPT-2 weights: {init_from}")
-    try:
-        model = GPT.from_pretrained(init_from, dict(dropout=dropout))
-    except ValueError as e:
-        raise UserError(str(e))
+    model = checkpoint.pretrained(init_from, dropout)
     if block_size > model.config.block_size:
         raise UserError(f"block_size {block_size} is larger than {init_from}'s {model.config.block_size}")
     if block_size < model.config.block_size:
@@ -196,12 +173,10 @@ if init_from == 'resume' and iter_num > max_iters and not eval_only:
     print(f"the run in {out_dir} is complete: it ended after iteration {iter_num - 1} and max_iters is {max_iters}; "
           "nothing was changed (to train on, resume with a larger --max_iters)")
     parallel.leave(0) if ddp else sys.exit(0)
-vocabulary = tokenizer.tokenizer_entry(meta)  # stored in checkpoints: what the token ids mean
 if master_process and not eval_only:  # the first write: out_dir, and its lock held until this process ends
-    out_dir_lock = checkpoint.claim_out_dir(out_dir, resuming=init_from == 'resume', overwrite=overwrite)
-    note = checkpoint.replaced_run_note(out_dir)  # where --overwrite=True moved the run that was there
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, functools.partial(quit_during_start_up, note=note))
+    out_dir_lock = runs.claim_out_dir(out_dir, resuming=init_from == 'resume', overwrite=overwrite)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # the note: where --overwrite=True moved the run that was there
+        signal.signal(signum, functools.partial(quit_during_start_up, note=runs.replaced_run_note(out_dir)))
 
 net = model  # the plain module (sharded in place under FSDP): its state_dict is what checkpoints hold
 net.activation_checkpointing = activation_checkpointing
@@ -221,11 +196,12 @@ if master_process:
     print("effective configuration: " + ", ".join(f"{k}={config[k]!r}" for k in config_keys))
     print(f"tokens per iteration will be: {tokens_per_iter:,}")
 
-# a GradScaler only does something for float16, whose gradients can underflow
-scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
-optimizer = net.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, optimizer)
+scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))  # float16's gradients can underflow
+optimizer = optim.build(optimizer, net, weight_decay, learning_rate, (beta1, beta2), device_type)
 if resume_state is not None:
-    parallel.load_optimizer_state(net, optimizer, resume_state['optimizer'], fsdp)
+    if not parallel.load_optimizer_state(net, optimizer, resume_state['optimizer'], fsdp) and master_process:
+        print(f"optimizer: {config['optimizer']} now, the run had "
+              f"{'muon' if 'muon' in resume_state['optimizer'] else 'adamw'}: its optimizer state starts afresh")
     if resume_state.get('scaler') and scaler.is_enabled():  # a run without float16 saves an empty scaler
         scaler.load_state_dict(resume_state['scaler'])
     # each rank's own generators, when the run had as many processes (else rank 0's alone)
@@ -237,28 +213,23 @@ resume_state = None  # free the memory it holds
 
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss per split over eval_iters fixed batches (the same ones at every evaluation), or
-    None when a stop was asked for meanwhile. Each rank scores every world_size-th batch (under
-    FSDP all ranks run the same number of forwards, as the shards meet in each) and every rank
-    gets the numbers of one process. Slow evaluations say how far they are."""
+    """Mean loss per split over eval_iters fixed batches, the same at every evaluation; None if asked to stop."""
     out, said = {}, time.time()
     net.eval()
     for split in ('train', 'val'):
         generator = torch.Generator().manual_seed(data.eval_batch_seed(seed, split))
         losses = torch.zeros(eval_iters, device=device)
-        for k in range(-(-eval_iters // world_size) * world_size):
-            if k < eval_iters:  # drawn by every rank, so that the batches are the same set
-                X, Y = get_batch(split, generator)
-            if k % world_size == rank:
-                with ctx:
-                    loss = net(X, Y)[1]
-                if k < eval_iters:
-                    losses[k] = loss
-            if k % world_size == world_size - 1 and parallel.any_rank(stop_signal is not None, device):
+        for first in range(0, eval_iters, world_size):  # in rounds: every rank draws the round's batches, scores one
+            batches = [get_batch(split, generator) for _ in range(min(world_size, eval_iters - first))]
+            with ctx:  # a rank left without a batch in the last round scores one anyway: FSDP's ranks run together
+                loss = net(*batches[min(rank, len(batches) - 1)])[1]
+            if rank < len(batches):
+                losses[first + rank] = loss
+            if parallel.any_rank(stop_signal is not None, device):
                 net.train()
                 return None
             if master_process and time.time() - said > 10:
-                print(f"evaluating {split}: {min(k + 1, eval_iters)}/{eval_iters} batches", flush=True)
+                print(f"evaluating {split}: {first + len(batches)}/{eval_iters} batches", flush=True)
                 said = time.time()
         if ddp:  # each batch's loss was computed by one rank, the others hold 0 there
             torch.distributed.all_reduce(losses)
@@ -279,13 +250,12 @@ def get_lr(it):
 
 
 def diverged(what):
-    return (f"{what}; nothing was saved over the checkpoints in {out_dir}. Lower --learning_rate, or use "
-            "--dtype=bfloat16 or float32")
+    return (f"{what}; nothing was saved over the checkpoints in {out_dir}. Lower --learning_rate"
+            + (", or use --dtype=bfloat16 or float32" if dtype == 'float16' else ''))
 
 
 def save_checkpoint(name):
-    """Write a full checkpoint from rank 0 (ckpt.pt is nanoGPT's best one, and latest.pt then too);
-    every rank calls it (under FSDP, gathering the shards is collective) and learns whether it worked."""
+    """Rank 0 writes latest.pt (and ckpt.pt, nanoGPT's best); all ranks call it (FSDP gathers) and learn the outcome."""
     model_state, optimizer_state = parallel.full_state(net, optimizer, fsdp)
     rng_states = parallel.all_objects(checkpoint.capture_rng_states(device))
     problem = None
@@ -293,24 +263,19 @@ def save_checkpoint(name):
         problem = diverged(f"the weights hold NaN or infinite values after iteration {iter_num - 1}")
     elif master_process:
         state = {'model': model_state, 'optimizer': optimizer_state, **checkpoint.architecture_entries(net.config),
-                 'tokenizer': vocabulary, 'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
-                 'scaler': scaler.state_dict(), 'rng_states': rng_states[0],
-                 'elapsed_seconds': run_seconds()}
-        if ddp:
-            state['rng_states_by_rank'] = rng_states
+                 'tokenizer': tokenizer.tokenizer_entry(meta), 'iter_num': iter_num, 'best_val_loss': best_val_loss,
+                 'config': config, 'scaler': scaler.state_dict(), 'rng_states': rng_states[0],
+                 'elapsed_seconds': run_seconds(), **({'rng_states_by_rank': rng_states} if ddp else {})}
         try:
-            print(f"saving checkpoint to {checkpoint.save(state, out_dir, name)}")
-            if name == checkpoint.CKPT_NAME:  # the newest state too, for resume
-                checkpoint.mirror(out_dir, checkpoint.CKPT_NAME, checkpoint.LATEST_NAME)
-            checkpoint.discard_replaced(out_dir)  # the run --overwrite=True moved aside, now replaced
+            print(f"saving checkpoint to {os.path.join(out_dir, name)}")
+            # latest.pt first: stopped between the two, resume still finds the newest state
+            checkpoint.save(state, out_dir, checkpoint.LATEST_NAME)
+            if name == checkpoint.CKPT_NAME:
+                checkpoint.mirror(out_dir, checkpoint.LATEST_NAME, checkpoint.CKPT_NAME)
+            runs.discard_replaced(out_dir)  # the run --overwrite=True moved aside, now replaced
         except UserError as e:  # a full disk: the checkpoints that were there are whole
             problem = str(e)
-    parallel.stop_together(problem, device)
-
-
-# Ctrl+C or SIGTERM: finish the current iteration (under torchrun: up to the next log step) or
-# leave the evaluation, save, and exit cleanly. A second Ctrl+C quits at once.
-stop_signal = None
+    parallel.stop_together(problem, device, after_save=True)
 
 
 def request_stop(signum, frame):
@@ -319,35 +284,31 @@ def request_stop(signum, frame):
         raise KeyboardInterrupt
     stop_signal = signal.Signals(signum).name
     if master_process:
-        when = "at the next log step" if ddp else f"after iteration {iter_num}"
-        print(f"\n{stop_signal} received: stopping {when}, then saving a checkpoint "
-              "(press Ctrl+C again to quit without saving)", flush=True)
+        print(f"\n{stop_signal} received: stopping {'at the next log step' if ddp else f'after iteration {iter_num}'}, "
+              "then saving a checkpoint (press Ctrl+C again to quit without saving)", flush=True)
 
 
 def run_seconds():
-    """The run's time so far: this command's and, resumed, that of the commands before it up to the
-    checkpoint they left ('elapsed' in the log, 'seconds' in metrics.csv)."""
+    """The run's time so far, over resumes ('elapsed' in the log, 'seconds' in metrics.csv)."""
     return earlier_seconds + time.time() - STARTED_AT
 
 
 def progress(it):
-    """How far the run is after iteration it and the time left, from the recent iteration and
-    evaluation times: 'N% done, ... left'."""
+    """'N% done, ... left' after iteration it, from the recent iteration and evaluation times."""
     evals_left = max_iters // eval_interval - it // eval_interval
     seconds_left = (max_iters - it) * iter_seconds + evals_left * eval_seconds
     return f"{100 * (it + 1) / (max_iters + 1):.0f}% done, {metrics.duration(seconds_left)} left"
 
 
-# what the run will cost, said before its first evaluation (and timed before compiling): a backward
-# pass costs about two forwards
+# what the run will cost, said before its first evaluation (timed before compiling): a backward pass costs two forwards
 forward = hardware.forward_seconds(net, *get_batch('train', torch.Generator().manual_seed(seed)), ctx, device)
-iter_seconds, eval_seconds = 3 * forward * gradient_accumulation_steps, forward * 2 * -(-eval_iters // world_size)
+iter_seconds, eval_seconds = 3 * forward * gradient_accumulation_steps, forward * 2 * math.ceil(eval_iters / world_size)
 if master_process:
     print(f"estimate on {device}: {iter_seconds:.2f}s per iteration, {metrics.duration(eval_seconds)} per evaluation"
           + ('' if eval_only else f"; {progress(iter_num - 1)}") + " (the log lines refine it)")
     if device_type == 'cpu' and iter_seconds * (max_iters - iter_num) > 3600 and not eval_only:
         print("this run is long for a CPU: for a first run, python train.py config/train_shakespeare_char_cpu.py "
-              "trains in about a minute (README: 'Your own text on a laptop')")
+              "trains in about a minute (README: 'Your own text')")
 if compile:  # in place: the state_dict keeps its names
     print(f"compiling the model (mode {compile_mode})... (takes a ~minute)")
     # FSDP gathers each block's shards in hooks the compiler leaves out: it compiles the blocks
@@ -359,17 +320,18 @@ if wandb_log and master_process:
 
 # -----------------------------------------------------------------------------
 # training loop
+# Ctrl+C or SIGTERM: finish the iteration (under torchrun: up to the next log step) or leave the evaluation,
+# save, and exit cleanly. A second Ctrl+C quits at once.
+stop_signal = None
 signal.signal(signal.SIGINT, request_stop)
 signal.signal(signal.SIGTERM, request_stop)
-logging_metrics = master_process and not eval_only  # an evaluation alone leaves a run's log as it is
-if logging_metrics:
-    metrics_log = metrics.MetricsLog(out_dir, start_iter=iter_num)  # out_dir/metrics.csv, for plot.py
-seed_train_batches(iter_num)
-X, Y = get_batch('train', train_generator)  # first batch
+# out_dir/metrics.csv, for plot.py (an evaluation alone leaves a run's log as it is)
+metrics_log = metrics.MetricsLog(out_dir, start_iter=iter_num) if master_process and not eval_only else None
+batches = train_batches(iter_num)
+X, Y = next(batches)  # first batch
 timer, timed_iters = time.time(), 0  # iterations since the last log line or evaluation
 local_iter_num, log_lines, running_mfu, stopping = 0, 0, -1.0, False
 while True:
-
     lr = get_lr(iter_num) if decay_lr else learning_rate
     for param_group in optimizer.param_groups:
         param_group['lr'] = lr
@@ -385,7 +347,7 @@ while True:
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
                   + (f", hellaswag acc_norm {acc_norm:.4f}" if hellaswag else '')
                   + f" (evaluation {time.time() - eval_start:.1f}s, elapsed {metrics.duration(run_seconds())})")
-        if logging_metrics:
+        if metrics_log:
             metrics_log.write(iter=iter_num, tokens=iter_num * tokens_per_iter, seconds=run_seconds(), lr=lr,
                               train_loss=losses['train'], val_loss=losses['val'], hellaswag_acc_norm=acc_norm)
         parallel.stop_together(None if math.isfinite(losses['val']) else
@@ -409,9 +371,7 @@ while True:
         with ctx:
             loss = model(X, Y)[1]  # the logits are not kept: at GPT-2's size they hold over a GB
             loss = loss / gradient_accumulation_steps  # the gradients add up over micro-steps
-        if micro_step == gradient_accumulation_steps - 1:
-            seed_train_batches(iter_num + 1)
-        X, Y = get_batch('train', train_generator)  # prefetch while the GPU works on the backward pass
+        X, Y = next(batches)  # prefetch while the GPU works on the backward pass
         scaler.scale(loss).backward()
     if grad_clip != 0.0:
         scaler.unscale_(optimizer)
@@ -426,16 +386,14 @@ while True:
         lossf = loss.item() * gradient_accumulation_steps  # waits for the device: only at log steps
         dt = (time.time() - timer) / timed_iters  # after the wait, so the device's time is all in
         timer, timed_iters = time.time(), 0
-        # recent iterations set the time left; the first log line's may include compilation, so the
-        # second one starts the average afresh
+        # recent iterations set the time left; the first may include compilation: the second log line starts afresh
         log_lines += 1
         iter_seconds = dt if log_lines <= 2 else 0.9 * iter_seconds + 0.1 * dt
         parallel.stop_together(None if math.isfinite(lossf) else diverged(f"loss is {lossf} at iteration {iter_num}"),
                                device)
     if log_step and master_process:
-        mfu = net.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak_flops) if local_iter_num >= 5 \
-            else None  # the first iterations warm up
-        if mfu is not None:
+        mfu = net.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak_flops)  # None without a known peak
+        if mfu is not None and local_iter_num >= 5:  # the first iterations warm up
             running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
         speed = f"mfu {running_mfu * 100:.2f}%" if running_mfu != -1.0 else f"{tokens_per_iter / dt:,.0f} tokens/s"
         print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, {speed}, {progress(iter_num)}")
@@ -448,19 +406,15 @@ while True:
     if stopping or iter_num > max_iters:
         break
 
-if iter_num == 0 and not eval_only:  # stopped in the first evaluation: nothing trained, nothing to save
-    if master_process:
-        print(f"stopped by {stop_signal or 'another process'} before the first iteration; nothing to save")
-elif not eval_only:
+if iter_num > 0 and not eval_only:  # (0: stopped in the first evaluation, nothing trained)
     save_checkpoint(checkpoint.LATEST_NAME)
-    if master_process and stopping:
-        print(f"stopped by {stop_signal or 'another process'} after iteration {iter_num - 1}; to continue:\n"
-              f"{parallel.launch_command(sys.argv, '--init_from=resume')}")
-    elif master_process:
-        print(f"finished iteration {iter_num - 1} after {metrics.duration(run_seconds())}")
-if logging_metrics:
+if metrics_log:
+    stopped = f"stopped by {stop_signal or 'another process'}"
+    print(f"{stopped} before the first iteration; nothing to save" if iter_num == 0 else
+          f"{stopped} after iteration {iter_num - 1}; to continue:\n"
+          f"{parallel.launch_command(sys.argv, '--init_from=resume')}" if stopping else
+          f"finished iteration {iter_num - 1} after {metrics.duration(run_seconds())}")
     metrics_log.close()
-if master_process and not eval_only:
     out_dir_lock.close()
 if ddp:
     parallel.leave(0)  # with wandb's finish

@@ -1,13 +1,9 @@
-"""Everything that needs a GPU, in one command and one table: the GPU tier of the tests, the GPU
-rows of the README's performance tables and the sampling benchmark.
+"""Everything that needs an NVIDIA GPU, in one command and one table, most telling part first:
 
-    python benchmarks/gpu_check.py                 # at most 9 minutes; no network needed
+    python benchmarks/gpu_check.py        # within 9 minutes on one cold GPU; no network; a CUDA build of torch
 
-It needs a CUDA (or Apple MPS) build of torch and the packages of requirements.txt; the
-shakespeare_char rows need data/shakespeare_char prepared. Steps run in order of importance within
-the time budget (--minutes): the tests get 60% of it (cut short, they report what finished), and a
-benchmark that would not fit in what is left is listed as skipped. Without a GPU every GPU check is
-listed as skipped, with the tests' reasons.
+Each part runs with what is left of --minutes and records its seconds; a part that would not fit is skipped, and
+the table is printed even when the budget or Ctrl+C cuts the tail. Exits 1 when a part failed or no GPU is seen.
 """
 import argparse
 import datetime
@@ -24,34 +20,44 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.performance import CHAR_MODEL, machine  # noqa: E402
-from helpers import REPO_ROOT, data  # noqa: E402
+from helpers import REPO_ROOT, UserError, data  # noqa: E402
 
-# the tests whose paths differ on a GPU machine: the GPU tier, FSDP on the CPU of a GPU machine, and
-# the device errors, whose suggestions name the best device present
-TESTS = ['tests/test_gpu.py', 'tests/test_fsdp.py', 'tests/test_errors.py::test_unknown_or_absent_device']
+GPU = 'tests/test_gpu.py::'
+FIRST = ('mfu', 'tiny_run_in_each_dtype', 'resume_on_the_device', 'torchrun_over_nccl', 'compiled_sampling')
+# (part, seconds it needs at the least, command): a pytest part names its tests, the others what to show
+PARTS = [
+    ('GPT-2 124M compiled, default dtype: ms/iter, MFU, peak memory', 90, [f'{GPU}test_gpt2_124m_mfu_is_plausible']),
+    ('tiny training in each dtype, compiled, and exact resume', 60,
+     ['tests/test_gpu.py', '-k', 'tiny_run_in_each_dtype or resume_on_the_device']),
+    ('torchrun over NCCL: DDP and FSDP, compiled and resumed', 90, [f'{GPU}test_torchrun_over_nccl_compiled_and_resumed']),
+    ('sampling with the KV cache, compiled', 40, [f'{GPU}test_compiled_sampling_gives_the_greedy_tokens_of_eager']),
+    ('the rest of the GPU tier', 90, ['tests/test_gpu.py', '-k', ' and '.join(f'not {t}' for t in FIRST),
+                                      'tests/test_errors.py::test_unknown_or_absent_device']),
+    ('shakespeare_char model, one training iteration', 45, ['bench.py', *CHAR_MODEL.split(), r'time per iteration: .*']),
+    ('sampling with and without the KV cache', 45, ['benchmarks/sampling.py', '--models=gpt2', r'^\| GPT-2 .*']),
+    ('config/train_shakespeare_char.py, 5000 iterations', 240,
+     ['train.py', 'config/train_shakespeare_char.py', '--out_dir={tmp}/char', r'^step \d+: .*|^finished .*']),
+]
 
 
 def run(args, seconds):
-    """Run python args in the repository; (exit status, stdout + stderr), or (None, why) past seconds. A
-    run past its time is interrupted as Ctrl+C would (pytest then writes the results it has), and its
-    process group killed if it does not end."""
+    """(exit status, output) of python args in the repository; past seconds a Ctrl+C (pytest then writes the
+    results it has), a kill if it lingers, and (None, output)."""
     proc = subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
-        output = proc.communicate(timeout=max(seconds, 1))[0]
-        return proc.returncode, output
+        return proc.returncode, proc.communicate(timeout=max(seconds, 1))[0] or ''
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGINT)
         try:
-            proc.communicate(timeout=60)
+            return None, proc.communicate(timeout=60)[0] or ''
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-        return None, f"stopped after {seconds:.0f} s"
+            return None, proc.communicate()[0] or ''
 
 
 def test_rows(junit_path):
-    """(check, result, figure) for each test case of a junit XML file."""
+    """(test, result, figure) for each test case of a junit XML file."""
     rows = []
     for case in ElementTree.parse(junit_path).iter('testcase'):
         if case.get('name') is None:  # pytest's record of an interrupted session, not a test
@@ -65,54 +71,57 @@ def test_rows(junit_path):
     return rows
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--minutes', type=float, default=9.0, help='the time budget of the whole command')
-    args = parser.parse_args()
-    deadline = time.time() + 60 * args.minutes
-    cuda = torch.cuda.is_available()
-    rows = []
+def run_part(command, seconds, tmp):
+    """(result, figure) of one part given seconds."""
+    if command[0].startswith('tests/'):
+        junit = os.path.join(tmp, 'part.xml')
+        status, output = run(['-m', 'pytest', '-q', f'--junitxml={junit}', *command], seconds)
+        tests = test_rows(junit) if os.path.exists(junit) else []
+        failed = [f"{name} {result}" for name, result, _ in tests if result in ('failure', 'error')]
+        figure = '; '.join(f for _, r, f in tests if r == 'passed' and not f.endswith(' s'))
+        skipped = sum(r.startswith('skipped') for _, r, _ in tests)
+        figure = '; '.join([f"{sum(r == 'passed' for _, r, _ in tests)} passed, {skipped} skipped"] + [figure] * bool(figure))
+    else:
+        *args, shown = command
+        status, output = run([a.format(tmp=tmp) for a in args], seconds)
+        failed, figure = [], '; '.join(m.strip('| ') for m in re.findall(shown, output, re.M)[-2:])
+    if status is None:
+        return f"failed: cut at the budget's end ({output.strip().splitlines()[-1:] or ['no output']})", figure
+    if status != 0 or failed:
+        return f"failed: {', '.join(failed) or output.strip()[-300:]}", figure
+    return 'passed', figure
 
-    with tempfile.TemporaryDirectory() as tmp:
-        junit = os.path.join(tmp, 'gpu.xml')
-        status, output = run(['-m', 'pytest', '-q', '-rA', f'--junitxml={junit}', *TESTS],
-                             0.6 * (deadline - time.time()))
-        rows += test_rows(junit) if os.path.exists(junit) else [('GPU tier', f'failed: not run ({output[-300:]})', '')]
-        if status is None:
-            rows.append(('GPU tier', f'failed: cut short, {output}; the checks not listed did not run', ''))
 
-        # the README's GPU rows, most telling first, while the budget lasts: (label, seconds it should
-        # take, command, what to show of its output)
-        prepared = os.path.exists(os.path.join(data.data_dir('shakespeare_char'), 'train.bin'))
-        # (GPT-2 124M's ms/iter and MFU come from the tier's test_gpt2_124m_mfu_is_plausible)
-        steps = [('shakespeare_char config training iteration (10.7M)', 60, ['bench.py', *CHAR_MODEL.split()],
-                  r'time per iteration: .*'),
-                 ('sampling with and without the KV cache', 60, ['benchmarks/sampling.py', '--models=gpt2'],
-                  r'^\| GPT-2 .*'),
-                 ('config/train_shakespeare_char.py, 5000 iterations', 240,
-                  ['train.py', 'config/train_shakespeare_char.py', f'--out_dir={os.path.join(tmp, "char")}'],
-                  r'^step \d+: .*val loss [\d.]+|^finished .*')]
-        for label, expected, command, shown in steps:
-            if not cuda:
-                rows.append((label, 'skipped: no CUDA device', ''))
-            elif 'shakespeare_char' in ' '.join(command) and not prepared:
-                rows.append((label, 'skipped: prepare the data first: python data/shakespeare_char/prepare.py', ''))
-            elif deadline - time.time() < expected:
-                rows.append((label, f'skipped: under {expected} s of the budget left', ''))
+def main(minutes, tmp):
+    deadline, rows = time.time() + 60 * minutes, []
+    prepared = os.path.exists(os.path.join(data.data_dir('shakespeare_char'), 'train.bin'))
+    try:
+        for part, need, command in PARTS:
+            left, start = deadline - time.time(), time.time()
+            if 'shakespeare_char' in ' '.join(command) and not prepared:
+                rows.append((part, 'skipped: prepare the data first: python data/shakespeare_char/prepare.py', '', 0))
+            elif left < need:
+                rows.append((part, f'skipped: {left:.0f} s of the budget left, it needs {need} s', '', 0))
             else:
-                start = time.time()
-                status, output = run(command, deadline - time.time())
-                figures = '; '.join(m.strip('| ') for m in re.findall(shown, output, re.M)[-2:])
-                result = 'passed' if status == 0 else f'failed: {output}' if status is None else f'failed ({status})'
-                rows.append((label, result, f"{figures} ({time.time() - start:.0f} s)"))
-
-    print(f"\nmachine: {machine()}; date: {datetime.date.today()}; "
-          f"{args.minutes - (deadline - time.time()) / 60:.1f} of {args.minutes:g} minutes\n")
-    print("| check | result | figure |\n|---|---|---|")
-    for check, result, figure in rows:
-        print(f"| {check} | {result} | {figure} |")
-    sys.exit(0 if all(not r.startswith(('failed', 'failure', 'error')) for _, r, _ in rows) else 1)
+                rows.append((part, *run_part(command, left, tmp), time.time() - start))
+    except KeyboardInterrupt:
+        rows.append(('(stopped by Ctrl+C)', 'failed: the parts not listed did not run', '', 0))
+    finally:
+        print(f"\nmachine: {machine()}; date: {datetime.date.today()}; "
+              f"{minutes - (deadline - time.time()) / 60:.1f} of {minutes:g} minutes\n")
+        print("| part | result | figure | seconds |\n|---|---|---|---:|")
+        for part, result, figure, seconds in rows:
+            print(f"| {part} | {result} | {figure} | {seconds:.0f} |")
+    return 0 if all(not r.startswith('failed') for _, r, _, _ in rows) else 1
 
 
 if __name__ == '__main__':
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--minutes', type=float, default=9.0, help='the time budget of the whole command')
+    minutes = parser.parse_args().minutes
+    if not torch.cuda.is_available():
+        raise UserError(f"no CUDA device is visible to this torch ({torch.__version__}, "
+                        f"{'CUDA ' + torch.version.cuda if torch.version.cuda else 'a CPU-only build'}); on a machine "
+                        "with an NVIDIA GPU, install a CUDA build of torch (README: Install) and check nvidia-smi")
+    with tempfile.TemporaryDirectory() as tmp:
+        sys.exit(main(minutes, tmp))

@@ -1,23 +1,15 @@
 """The README's performance tables, measured on whatever machine runs this, in one command.
 
     python benchmarks/performance.py                 # every row this machine can run (CPU: ~15 minutes)
-    python benchmarks/performance.py --only=laptop   # nanoGPT's CPU recipe against the two laptop configs
-    python benchmarks/performance.py --only=laptop --runs_dir=runs   # keep the runs, for plot.py
+    python benchmarks/performance.py --only=laptop --runs_dir=runs   # the training runs only, kept for plot.py
 
-Rows, each with its command:
-  training iteration   bench.py: ms/iter, tokens/s and MFU, for the models of the CPU recipe (CPU only),
-                       config/train_shakespeare_char.py and GPT-2 124M (fewer timed iterations on a CPU)
-  time to a model      train.py, wall time of the whole command and its final val loss: on a CPU nanoGPT's
-                       CPU recipe, config/train_shakespeare_char_cpu.py and config/train_shakespeare_char_cpu_long.py
-                       side by side, each with its time over the recipe's; on a GPU the 5000 iterations of
-                       config/train_shakespeare_char.py
-  sampling             benchmarks/sampling.py: tokens/s with and without the KV cache
-Training runs write to a temporary folder, or to --runs_dir (one out_dir per run, named in the table, replaced
-each time); data/shakespeare_char is prepared first if it is missing.
+Rows: bench.py's training iteration, train.py's time to a model (on a CPU nanoGPT's recipe against the laptop
+configs) and benchmarks/sampling.py's KV cache; --runs_dir only replaces run folders this script made.
 """
 import argparse
 import datetime
 import os
+import pathlib
 import platform
 import re
 import subprocess
@@ -28,7 +20,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from helpers import REPO_ROOT, UserError, data  # noqa: E402
+from helpers import REPO_ROOT, UserError, data, files  # noqa: E402
 
 CPU_RECIPE = ('config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=20 --log_interval=1 '
               '--block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 '
@@ -37,6 +29,13 @@ CHAR_MODEL = '--dataset=shakespeare_char --n_layer=6 --n_head=6 --n_embd=384 --b
 RECIPE_MODEL = '--dataset=shakespeare_char --n_layer=4 --n_head=4 --n_embd=128 --block_size=64 --batch_size=12'
 LAPTOP_CONFIGS = (('the laptop config', 'config/train_shakespeare_char_cpu.py', 'laptop'),
                   ('the long laptop config', 'config/train_shakespeare_char_cpu_long.py', 'laptop-long'))
+GPU_RUN, CPU_RUNS = 'shakespeare-char', ('nanogpt-cpu-recipe', *(name for *_, name in LAPTOP_CONFIGS))
+MADE_HERE = 'made_by_performance.txt'  # in each run folder this script made: the ones it may replace
+
+
+def made_here(folder):
+    """Whether this script may replace the run in folder: it made it, or it is empty."""
+    return os.path.isdir(folder) and (not os.listdir(folder) or os.path.isfile(os.path.join(folder, MADE_HERE)))
 
 
 def machine():
@@ -65,6 +64,8 @@ def bench_row(label, command):
 
 
 def train_row(label, command, out_dir):
+    files.write_atomically(os.path.join(out_dir, MADE_HERE), lambda tmp: pathlib.Path(tmp).write_text(
+        "benchmarks/performance.py made this folder and replaces the run in it each time it runs\n"))
     out, seconds = run(f'train.py {command}', out_dir)
     val = re.findall(r'^step (\d+): train loss [\d.]+, val loss ([\d.]+)', out, re.M)[-1]
     row = f"| {label} (`{os.path.basename(out_dir)}`) | `python train.py {command}` | {seconds:.0f} s | " \
@@ -80,6 +81,10 @@ def main():
     if args.runs_dir and os.path.exists(args.runs_dir) and not os.path.isdir(args.runs_dir):
         raise UserError(f"--runs_dir={args.runs_dir} is a file; name a folder (it is created if missing)")
     cuda = torch.cuda.is_available()
+    if args.runs_dir and args.only in (None, 'laptop'):
+        for name in (GPU_RUN,) if cuda else CPU_RUNS:
+            files.refuse_foreign(os.path.join(args.runs_dir, name), made_here, 'benchmarks/performance.py',
+                                     '--runs_dir')
     if not os.path.exists(os.path.join(data.data_dir('shakespeare_char'), 'train.bin')):
         run('data/shakespeare_char/prepare.py')
     print(f"machine: {machine()}; date: {datetime.date.today()}; load average before: "
@@ -103,11 +108,11 @@ def main():
             if cuda:
                 print("| run | command | wall time | final val loss |\n|---|---|---:|---:|")
                 print(train_row('shakespeare_char, 5000 iterations', 'config/train_shakespeare_char.py',
-                                os.path.join(runs, 'shakespeare-char'))[2])
+                                os.path.join(runs, GPU_RUN))[2])
             else:  # the last column: the wall time over the recipe's
                 print("| run | command | wall time | final val loss | time / recipe |\n|---|---|---:|---:|---:|")
                 reference = train_row("nanoGPT's CPU recipe (the reference)", CPU_RECIPE,
-                                      os.path.join(runs, 'nanogpt-cpu-recipe'))
+                                      os.path.join(runs, CPU_RUNS[0]))
                 print(f"{reference[2]} 1.00x |")
                 for label, config, name in LAPTOP_CONFIGS:
                     seconds, _, row = train_row(label, config, os.path.join(runs, name))

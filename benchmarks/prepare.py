@@ -1,19 +1,8 @@
-"""Benchmark of dataset preparation: the data/*/prepare.py scripts against the simple whole-file methods.
+"""Benchmark of dataset preparation: the data/*/prepare.py scripts against the simple whole-file methods, each a process
+of its own on a synthetic corpus in TinyStories' format: wall time, CPU time (user + system, less disturbed by other
+jobs), peak RSS, and whether the .bin files are byte-identical to the reference's. Results: benchmarks/README.md.
 
-    python benchmarks/prepare.py                                # 1 GiB character level, 256 MiB BPE: minutes
-    python benchmarks/prepare.py --size_mb=32 --bpe_size_mb=8   # a quick one
-
-It writes a synthetic corpus in TinyStories' text format (stories separated by a line holding <|endoftext|>)
-and runs each method as a process of its own, reporting its wall time, CPU time (user + system, which other
-jobs on the machine disturb less than wall time) and peak resident memory (os.wait4's ru_maxrss):
-
-    characters  reference: nanoGPT's shakespeare_char (read all, sorted(set(text)), a list of ints, np.array)
-                data/char/prepare.py on the same file, whose train.bin and val.bin must be byte-identical
-                data/tinystories_char/prepare.py on the same stories
-    GPT-2 BPE   reference: read all, one encode_ordinary call per story, a list of ints, np.array
-                data/tinystories/prepare.py, whose .bin files must be identical
-
-Datasets go to data/_bench_*/ and are deleted afterwards; the corpora go to --workdir (kept when given).
+    python benchmarks/prepare.py --size_mb=32 --bpe_size_mb=8   # quick; by default 1 GiB of characters, 256 MiB BPE
 """
 import argparse
 import filecmp
@@ -33,6 +22,7 @@ WORDS = ("once upon a time there was little girl boy named who loved to play wit
          "happy sad dog cat bird tree park house mom dad friend day sun sky went saw said found wanted help share "
          "kind brave toy box garden water jump run fast slow smile laugh cried because but then so very and the of "
          "in on at it was is").split() + ['Lily', 'Tom', 'Zoë', 'café', 'don’t', '“yes”', '—', '…']
+BINS = ['train.bin', 'val.bin']
 
 
 def write_corpus(path, size_bytes, seed):
@@ -42,11 +32,9 @@ def write_corpus(path, size_bytes, seed):
     rng = np.random.default_rng(seed)
 
     def sentence():
-        words = list(rng.choice(WORDS, rng.integers(4, 14)))
-        return ' '.join(words).capitalize() + str(rng.choice(['.', '.', '!', '?']))
-    pool = ['\n\n'.join(' '.join(sentence() for _ in range(rng.integers(2, 7))) for _ in range(rng.integers(1, 4)))
-            for _ in range(4096)]
-    pool = [(story + '\n<|endoftext|>\n').encode() for story in pool]
+        return ' '.join(rng.choice(WORDS, rng.integers(4, 14))).capitalize() + str(rng.choice(['.', '.', '!', '?']))
+    pool = [('\n\n'.join(' '.join(sentence() for _ in range(rng.integers(2, 7))) for _ in range(rng.integers(1, 4)))
+             + '\n<|endoftext|>\n').encode() for _ in range(4096)]
     with open(path, 'wb') as f:
         while f.tell() < size_bytes:
             f.write(b''.join(pool[i] for i in rng.integers(0, len(pool), 1000)))
@@ -99,8 +87,8 @@ def run(script, inputs, ref_dir=None):
     """A table row for data/<script>/prepare.py, its output compared with the reference's in ref_dir, if given."""
     out_dir = os.path.join(DATA_ROOT, f'_bench_{script}')
     usage = measure(f'data/{script}/prepare.py', *inputs, '--name', f'_bench_{script}', '--force')
-    same = 'n/a' if ref_dir is None else 'yes' if all(filecmp.cmp(os.path.join(ref_dir, f), os.path.join(
-        out_dir, f), shallow=False) for f in ('train.bin', 'val.bin')) else 'NO'
+    same = 'n/a' if ref_dir is None else 'yes' if filecmp.cmpfiles(
+        ref_dir, out_dir, BINS, shallow=False)[0] == BINS else 'NO'
     shutil.rmtree(out_dir)
     return f'data/{script}/prepare.py', usage, same
 
@@ -111,7 +99,7 @@ def table(title, unit, amount, rows):
     lines = [('method', 'wall s', 'CPU s', unit, 'peak RSS MiB', 'speed vs ref', 'memory vs ref', 'same output')]
     lines += [(name, f'{wall:.1f}', f'{cpu:.1f}', f'{amount / wall:,.0f}', f'{rss:,.0f}', f'{ref[0] / wall:.1f}x',
                f'{rss / ref[2]:.3f}', same) for name, (wall, cpu, rss), same in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    widths = [max(map(len, column)) for column in zip(*lines)]
     print(f"\n{title}")
     for i, line in enumerate(lines):
         print('| ' + ' | '.join(cell.ljust(w) for cell, w in zip(line, widths)) + ' |')
@@ -119,42 +107,34 @@ def table(title, unit, amount, rows):
             print('|' + '|'.join('-' * (w + 2) for w in widths) + '|')
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--size_mb', type=int, default=1024, help='size of the character-level corpus')
-    parser.add_argument('--bpe_size_mb', type=int, default=256, help='size of the BPE corpus')
-    parser.add_argument('--workdir', help='where the corpora go (default: a temporary folder, deleted)')
-    parser.add_argument('--reference_char', nargs=2, help=argparse.SUPPRESS)
-    parser.add_argument('--reference_bpe', nargs=3, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.reference_char or args.reference_bpe:
-        return reference_char(*args.reference_char) if args.reference_char else reference_bpe(*args.reference_bpe)
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPU cores, "
-          f"Python {platform.python_version()}, numpy {np.__version__}")
-    print("load average before: %.2f %.2f %.2f (other jobs slow wall times more than CPU times)" % os.getloadavg())
-    workdir = args.workdir or tempfile.mkdtemp(prefix='bench_prepare_')
-    os.makedirs(workdir, exist_ok=True)
-    try:
-        train, val = corpus(workdir, 'chars', args.size_mb, seed=10)
-        ref_dir = tempfile.mkdtemp(dir=workdir)
-        rows = [('reference: whole file, list of ints (nanoGPT)', measure(__file__, '--reference_char', train, ref_dir),
-                 '-'), run('char', ['--input', train], ref_dir),
-                run('tinystories_char', ['--train_file', train, '--val_file', val])]
-        size = os.path.getsize(train)
-        table(f"character level, {size / 2**20:,.0f} MiB TinyStories-format file ({size:,} bytes)", 'MiB/s',
-              size / 2**20, rows)
-        train, val = corpus(workdir, 'bpe', args.bpe_size_mb, seed=20)
-        rows = [('reference: one encode_ordinary per story', measure(__file__, '--reference_bpe', train, val, ref_dir),
-                 '-'), run('tinystories', ['--train_file', train, '--val_file', val], ref_dir)]
-        tokens = sum(os.path.getsize(os.path.join(ref_dir, f)) for f in ('train.bin', 'val.bin')) // 2
-        table(f"GPT-2 BPE, {(os.path.getsize(train) + os.path.getsize(val)) / 2**20:,.0f} MiB of TinyStories-format "
-              f"text, {tokens:,} tokens, {os.cpu_count()} cores", 'tokens/s', tokens, rows)
-        shutil.rmtree(ref_dir)
-        print("\nload average after: %.2f %.2f %.2f" % os.getloadavg())
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir)
-
-
-if __name__ == '__main__':
-    main()
+parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+parser.add_argument('--size_mb', type=int, default=1024, help='size of the character-level corpus')
+parser.add_argument('--bpe_size_mb', type=int, default=256, help='size of the BPE corpus')
+parser.add_argument('--workdir', help='where the corpora go (default: a temporary folder, deleted)')
+parser.add_argument('--reference_char', nargs=2, help=argparse.SUPPRESS)  # measure()'s child: the reference alone
+parser.add_argument('--reference_bpe', nargs=3, help=argparse.SUPPRESS)
+args = parser.parse_args()
+if args.reference_char or args.reference_bpe:
+    sys.exit(reference_char(*args.reference_char) if args.reference_char else reference_bpe(*args.reference_bpe))
+print(f"machine: {platform.platform()}, {os.cpu_count()} CPU cores, "
+      f"Python {platform.python_version()}, numpy {np.__version__}")
+print("load average before: %.2f %.2f %.2f (other jobs slow wall times more than CPU times)" % os.getloadavg())
+if args.workdir:
+    os.makedirs(args.workdir, exist_ok=True)
+# the references' outputs, and the corpora unless --workdir keeps them
+with tempfile.TemporaryDirectory(prefix='bench_prepare_', dir=args.workdir) as ref_dir:
+    workdir = args.workdir or ref_dir
+    train, val = corpus(workdir, 'chars', args.size_mb, seed=10)
+    rows = [('reference: whole file, list of ints (nanoGPT)', measure(__file__, '--reference_char', train, ref_dir),
+             '-'), run('char', ['--input', train], ref_dir),
+            run('tinystories_char', ['--train_file', train, '--val_file', val])]
+    size = os.path.getsize(train)
+    table(f"character level, {size / 2**20:,.0f} MiB TinyStories-format file ({size:,} bytes)", 'MiB/s',
+          size / 2**20, rows)
+    train, val = corpus(workdir, 'bpe', args.bpe_size_mb, seed=20)
+    rows = [('reference: one encode_ordinary per story', measure(__file__, '--reference_bpe', train, val, ref_dir),
+             '-'), run('tinystories', ['--train_file', train, '--val_file', val], ref_dir)]
+    tokens = sum(os.path.getsize(os.path.join(ref_dir, f)) for f in BINS) // 2
+    table(f"GPT-2 BPE, {(os.path.getsize(train) + os.path.getsize(val)) / 2**20:,.0f} MiB of TinyStories-format "
+          f"text, {tokens:,} tokens, {os.cpu_count()} cores", 'tokens/s', tokens, rows)
+    print("\nload average after: %.2f %.2f %.2f" % os.getloadavg())

@@ -1,15 +1,6 @@
-"""
-Sampling speed with and without the KV cache: a table of tokens/s.
-
-$ python benchmarks/sampling.py                    # CPU or the best device here
-$ python benchmarks/sampling.py --lengths=200 --device=cuda
-
-Rows: a GPT-2-124M-shaped model with random weights (1-token prompt, each length in
-`lengths`) and the shakespeare_char model (the checkpoint in shakespeare_out_dir when
-there is one, else random weights of its shape), once within its context window and once
-past it (where every step must run the whole window, cache or not). Each row also checks
-that both paths return the same tokens. `models` picks the rows: gpt2, shakespeare or both.
-"""
+"""Sampling speed with and without the KV cache, in tokens/s, and whether both paths return the same tokens, for a
+GPT-2 124M shape (random weights) and the shakespeare_char model (shakespeare_out_dir's checkpoint, else its shape)
+within and past its context window: python benchmarks/sampling.py [--models=gpt2] [--lengths=200] [--device=cuda]"""
 import os
 import sys
 import time
@@ -35,19 +26,14 @@ min_seconds = 3.0  # each figure times whole generations, repeated until at leas
 # -----------------------------------------------------------------------------
 explicit = configurator.configure(globals())
 dtype, ctx = hardware.setup(device, dtype if 'dtype' in explicit else None)
-try:
-    token_counts = [int(n) for n in lengths.split(',')]
-    if min(token_counts) <= 0:
-        raise ValueError
-except ValueError:
+token_counts = [int(n) if n.strip().isdecimal() else 0 for n in lengths.split(',')]
+if min(token_counts) <= 0:
     raise UserError(f"lengths must be positive whole numbers separated by commas, such as 200,1000, got {lengths!r}")
-chosen_models = models.split(',')
-if not set(chosen_models) <= {'gpt2', 'shakespeare'}:
+if not set(models.split(',')) <= {'gpt2', 'shakespeare'}:
     raise UserError(f"models must be gpt2, shakespeare or gpt2,shakespeare, got {models!r}")
 
 
 def tokens_per_second(model, new_tokens, use_cache):
-    torch.manual_seed(seed)
     idx = torch.zeros((1, 1), dtype=torch.long, device=device)
     with torch.no_grad(), ctx:
         model.generate(idx, min(new_tokens, 20), temperature, top_k, use_cache=use_cache)  # warm-up
@@ -61,21 +47,18 @@ def tokens_per_second(model, new_tokens, use_cache):
     return runs * new_tokens / (time.time() - t0), out
 
 
-def shakespeare_model():
-    if os.path.exists(os.path.join(shakespeare_out_dir, checkpoint.CKPT_NAME)):
-        ckpt = checkpoint.load(shakespeare_out_dir)
-        return f"shakespeare_char ({shakespeare_out_dir})", checkpoint.model_from_checkpoint(ckpt, dropout=0.0)
-    torch.manual_seed(seed)
-    shape = GPTConfig(block_size=256, vocab_size=65, n_layer=6, n_head=6, n_embd=384, bias=False)
-    return "shakespeare_char shape (random weights)", GPT(shape)
-
-
-torch.manual_seed(seed)
 rows = []
-if 'gpt2' in chosen_models:
+if 'gpt2' in models:
+    torch.manual_seed(seed)
     rows.append(("GPT-2 124M shape (random weights)", GPT(GPTConfig(block_size=1024, vocab_size=50257)), token_counts))
-if 'shakespeare' in chosen_models:
-    name, m = shakespeare_model()
+if 'shakespeare' in models:
+    torch.manual_seed(seed)
+    if os.path.exists(os.path.join(shakespeare_out_dir, checkpoint.CKPT_NAME)):
+        name = f"shakespeare_char ({shakespeare_out_dir})"
+        m = checkpoint.model_from_checkpoint(checkpoint.load(shakespeare_out_dir), dropout=0.0)
+    else:  # the config's shape
+        name, m = "shakespeare_char shape (random weights)", GPT(GPTConfig(
+            block_size=256, vocab_size=65, n_layer=6, n_head=6, n_embd=384, bias=False))
     rows.append((name, m, sorted({min(shakespeare_tokens, m.config.block_size - 1), shakespeare_tokens})))
 
 print(f"device: {device}, dtype: {dtype}, torch threads: {torch.get_num_threads()}")
@@ -84,7 +67,6 @@ print("|---|---:|---:|---:|---:|---|")
 for name, m, counts in rows:
     m.eval().to(device)
     for n in counts:
-        slow, out_slow = tokens_per_second(m, n, use_cache=False)
-        fast, out_fast = tokens_per_second(m, n, use_cache=True)
+        (slow, out_slow), (fast, out_fast) = (tokens_per_second(m, n, use_cache) for use_cache in (False, True))
         same = 'yes' if torch.equal(out_slow, out_fast) else 'NO'
         print(f"| {name} | {n} | {slow:.1f} | {fast:.1f} | {fast / slow:.1f}x | {same} |", flush=True)

@@ -1,5 +1,4 @@
-# Loss of OpenAI's gpt2-medium on OpenWebText, as a baseline:
-# $ python train.py config/eval_gpt2_medium.py
+# Loss of OpenAI's gpt2-medium on OpenWebText, as a baseline: python train.py config/eval_gpt2_medium.py
 batch_size = 8
 eval_iters = 500  # use more iterations to get a good estimate
 eval_only = True

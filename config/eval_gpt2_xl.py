@@ -1,5 +1,4 @@
-# Loss of OpenAI's gpt2-xl on OpenWebText, as a baseline:
-# $ python train.py config/eval_gpt2_xl.py
+# Loss of OpenAI's gpt2-xl on OpenWebText, as a baseline: python train.py config/eval_gpt2_xl.py
 batch_size = 8
 eval_iters = 500  # use more iterations to get a good estimate
 eval_only = True

@@ -9,16 +9,12 @@ wandb_project = 'shakespeare'
 wandb_run_name = 'ft-' + str(time.time())
 
 dataset = 'shakespeare'
-init_from = 'gpt2-xl'  # the largest GPT-2
-
+init_from = 'gpt2-xl'
 always_save_checkpoint = False  # only keep checkpoints whose val loss improved
 
-# 1 sequence x 32 accumulation steps x 1024 tokens = 32,768 tokens per iteration;
-# the dataset holds about 302k tokens, so one epoch is about 9.2 iterations
+# 32,768 tokens per iteration (1 x 32 x 1024): the ~302k train tokens are about 9.2 iterations
 batch_size = 1
 gradient_accumulation_steps = 32
 max_iters = 20
-
-# a small constant learning rate
-learning_rate = 3e-5
+learning_rate = 3e-5  # small and constant: the weights are already trained
 decay_lr = False

@@ -1,17 +1,12 @@
-# TinyStories by character on a laptop without a GPU: about ten minutes of a small model that learns
-# the stories' words and simple sentences.
-# $ python data/tinystories_char/prepare.py
-# $ python train.py config/train_tinystories_char_cpu.py
-#
-# The shape and optimizer of config/train_shakespeare_char_cpu_long.py, with a longer context for
-# whole sentences. The stories are 1.9 GB: a run this short never sees one twice, so no dropout.
-
+# TinyStories by character on a laptop without a GPU: about ten minutes of a small model that learns the stories'
+# words and simple sentences. The shape and optimizer of config/train_shakespeare_char_cpu_long.py, with a longer
+# context for whole sentences. The stories are 1.9 GB: a run this short never sees one twice, so no dropout.
+# $ python data/tinystories_char/prepare.py && python train.py config/train_tinystories_char_cpu.py
 out_dir = 'out-tinystories-char'
 eval_interval = 500
 eval_iters = 20
 log_interval = 50
 always_save_checkpoint = False
-
 wandb_log = False
 wandb_project = 'tinystories-char'
 wandb_run_name = 'tinystories-char-cpu'
@@ -21,7 +16,6 @@ device = 'cpu'
 gradient_accumulation_steps = 1
 batch_size = 16
 block_size = 256  # characters of context: a sentence or two
-
 n_layer = 4
 n_head = 4
 n_embd = 128

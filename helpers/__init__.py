@@ -1,26 +1,16 @@
-"""The pieces the top-level scripts share, one home each:
-
-    hardware.py    device, dtype and autocast choice; GPU peak FLOP/s for MFU
-    checkpoint.py  ckpt.pt / latest.pt: atomic saves, safe loads, nanoGPT's format both ways
-    data.py        reading a prepared dataset: train.bin / val.bin batches, meta.pkl
-    prepare.py     writing a prepared dataset: the streaming text -> uint16 code behind data/*/prepare.py
-    documents.py   GPT-2 BPE of large document collections (fineweb_edu, openwebtext), in resumable chunks
-    tokenizer.py   text <-> token ids: a character vocabulary or GPT-2's BPE
-    metrics.py     out_dir/metrics.csv, the training log that plot.py draws
-    parallel.py    several processes under torchrun: DDP or FSDP, and the collectives train.py needs
-    hellaswag.py   the HellaSwag benchmark: its examples, scored as GPT-2's published figures are
-    exports.py     what export_onnx.py and export_hf.py share: check prompts, safe replacement of an export
-
-and UserError, below: the one exception for mistakes a user can fix.
-"""
+"""What the top-level scripts share, one home each: hardware (device, dtype, autocast, GPU peaks for MFU),
+checkpoint (ckpt.pt and latest.pt, nanoGPT's format both ways), runs (a run's out_dir), data (reading train.bin,
+val.bin and meta.pkl), prepare (writing them), documents (GPT-2 BPE of large collections, resumable), stories
+(TinyStories), tokenizer (characters or GPT-2 BPE), metrics (metrics.csv), optim (AdamW, or Muon with AdamW),
+parallel (torchrun: DDP or FSDP), hellaswag, exports (ONNX, Hugging Face), files (atomic writes, journaled swaps,
+locks); and UserError, the one exception for mistakes a user can fix."""
 import os
 import signal
 import sys
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS_ROOT = os.path.join(REPO_ROOT, 'data')   # data/<name>/prepare.py, always in the repository
-# the datasets, data/<name>/{train.bin, val.bin, meta.pkl}: beside their scripts unless NANOGPT_DATA_DIR moves
-# them (a larger disk; the tests' temporary folder, so that they never touch yours)
+# the datasets: beside their scripts unless NANOGPT_DATA_DIR moves them (a larger disk; the tests' own folder)
 DATA_ROOT = os.path.abspath(os.path.expanduser(os.environ.get('NANOGPT_DATA_DIR') or SCRIPTS_ROOT))
 
 
@@ -31,22 +21,19 @@ def shown(path):
 
 
 class UserError(SystemExit):
-    """A one-line 'error: ...' and exit status 1. It subclasses SystemExit on purpose: when it
-    escapes a script, Python prints only the message, no traceback, which is what a person who
-    typed a wrong flag should see."""
+    """A one-line 'error: ...' and exit status 1: a SystemExit, so that Python prints the message alone, no
+    traceback, which is what a person who typed a wrong flag should see."""
 
     def __init__(self, message):
         super().__init__(f"error: {message}")
-        self.message = message
 
-    def __str__(self):
-        return self.message
+    def __str__(self):  # the message alone, for messages that quote it
+        return self.code.removeprefix('error: ')
 
 
 def _in_one_line(kind, value, traceback):
-    """Ctrl+C in any script, and torch.compile failing (no C compiler, an unsupported operation),
-    in one line, not a traceback (train.py saves first on Ctrl+C, see its handler); a closed pipe
-    on stdout in none."""
+    """Ctrl+C (train.py saves first, see its handler) and a failed torch.compile (no C compiler, an unsupported
+    operation) in one line, not a traceback; a closed pipe on stdout in none."""
     if issubclass(kind, KeyboardInterrupt):
         print("interrupted (Ctrl+C)", file=sys.stderr)
     elif issubclass(kind, BrokenPipeError):  # the reader has gone (python sample.py | head): stop quietly

@@ -1,36 +1,24 @@
-"""out_dir/ckpt.pt and out_dir/latest.pt: nanoGPT's checkpoint format, both ways.
-
-A checkpoint is a dict: nanoGPT's model (state dict), optimizer, model_args, iter_num,
-best_val_loss and config, and this project's tokenizer, model_args_extra, scaler and
-rng_states, which nanoGPT ignores. It holds only tensors and plain Python values, so it loads with
-torch.load(weights_only=True) here and in nanoGPT; a file that would need to run code to
-unpickle is refused. Saves are atomic: a crash or a full disk mid-save leaves the old file, and
---overwrite=True keeps the run it replaces in out_dir/replaced/ until the new run has saved.
-"""
+"""out_dir/ckpt.pt and latest.pt in nanoGPT's format, both ways (its keys, plus this project's tokenizer,
+model_args_extra, scaler and rng_states, which nanoGPT ignores); plain tensors and values only, so that both load
+them with weights_only=True. Also GPT-2's weights, through transformers, with one-line errors."""
 import errno
 import os
 import pickle
 import random
-import re
 import shlex
+import re
 import shutil
-import socket
 import warnings
-
-try:
-    import fcntl  # POSIX: the out_dir lock
-except ImportError:
-    fcntl = None
 
 import numpy as np
 import torch
 
-from helpers import UserError, metrics
+from helpers import UserError, files, runs
+from helpers.runs import CKPT_NAME, LATEST_NAME  # noqa: F401 (the scripts name them through checkpoint)
 from model import GPT, GPTConfig
 
-CKPT_NAME = 'ckpt.pt'  # nanoGPT's: written at evaluations, when val loss improves or always_save_checkpoint
-LATEST_NAME = 'latest.pt'  # the newest state (every evaluation, interrupt and the end); resume reads it first
 NANOGPT_MODEL_ARGS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout')
+PRETRAINED = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # 124M, 350M, 774M and 1558M parameters
 TORCH_LEGACY_HEAD = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)  # torch.save before 1.6
 
 
@@ -53,84 +41,34 @@ DISK_FIXES = {errno.ENOSPC: 'free some space on that disk', errno.EDQUOT: 'free 
               errno.EFBIG: 'raise the file-size limit (ulimit -f)'}
 
 
-def temp_path(path, pid=None):
-    """Where process pid (this one by default) writes path before the atomic rename. The host and
-    pid in the name tell the file of a killed save from a save in progress, here or on another
-    machine sharing the folder."""
-    return f"{path}.tmp.{socket.gethostname()}.{os.getpid() if pid is None else pid}"
-
-
-def remove_orphaned_temp_files(path):
-    """Delete what writers of path on this host left when they were killed: temporary files, an
-    export's temporary folder, and names that go on after the pid (an ONNX export's weights,
-    model.onnx.tmp.<host>.<pid>.data). Tidying must never stop a save, so any doubt leaves a file
-    where it is."""
-    if os.name != 'posix':  # os.kill(pid, 0) probes a process only on POSIX
-        return
-    folder, prefix = os.path.dirname(path) or '.', os.path.basename(temp_path(path, pid=''))
-    for entry in os.listdir(folder):
-        pid = entry[len(prefix):].split('.')[0]
-        if not entry.startswith(prefix) or not re.fullmatch(r'[0-9]{1,9}', pid):
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:  # that process is gone
-            orphan = os.path.join(folder, entry)
-            try:
-                shutil.rmtree(orphan) if os.path.isdir(orphan) and not os.path.islink(orphan) else os.remove(orphan)
-            except OSError:
-                pass
-        except OSError:  # alive but another user's
-            pass
-
-
-def _write_atomically(path, write):
-    """write(tmp_path), fsync, rename it over path and fsync the folder, so that the previous file
-    survives a crash or a full disk at any point; on any failure the temporary file goes. A full
-    disk or a file-size limit is one line naming the file, the reason and what survived, not
-    torch's chained traceback."""
-    folder, tmp = os.path.dirname(path) or '.', temp_path(path)
+def _write(path, write):
+    """files.write_atomically, with a full disk or a file-size limit as one line saying what survived."""
     try:
-        os.makedirs(folder, exist_ok=True)
-        remove_orphaned_temp_files(path)
-        write(tmp)
-        os.replace(tmp, path)
-        if os.name == 'posix':  # make the rename itself durable (folders cannot be opened on Windows)
-            fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        files.write_atomically(path, write)
     except Exception as e:
         cause = e
         while cause is not None and not (isinstance(cause, OSError) and cause.errno):
             cause = cause.__cause__ or cause.__context__
         if cause is None:
             raise
-        kept, fix = _checkpoints(folder), DISK_FIXES.get(cause.errno, 'fix that')
+        kept, fix = runs.checkpoints(os.path.dirname(path) or '.'), DISK_FIXES.get(cause.errno, 'fix that')
         raise UserError(f"could not save {path} ({cause.strerror}); " + (
             f"the checkpoints already there ({' and '.join(kept)}) are intact: {fix}, then continue with "
             "--init_from=resume" if kept else f"nothing was saved: {fix} and train again")) from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save(checkpoint, out_dir, name=CKPT_NAME):
-    """Write out_dir/name atomically (_write_atomically)."""
+    """Write out_dir/name atomically."""
+    path = os.path.join(out_dir, name)
     def write(tmp):
         with open(tmp, 'wb') as f:
             torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-    path = os.path.join(out_dir, name)
-    _write_atomically(path, write)
+    _write(path, write)
     return path
 
 
 def mirror(out_dir, source_name, target_name):
-    """Make target the same checkpoint as source without writing it twice: an atomic hard link
-    where the filesystem has them, a copy otherwise."""
+    """Make target the same checkpoint as source: a hard link where the filesystem has them, else a copy."""
     source = os.path.join(out_dir, source_name)
 
     def link(tmp):
@@ -138,142 +76,13 @@ def mirror(out_dir, source_name, target_name):
             os.link(source, tmp)
         except OSError:
             shutil.copyfile(source, tmp)
-    _write_atomically(os.path.join(out_dir, target_name), link)
-
-
-# ----------------------------------------------------------------------------- out_dir
-
-REPLACED_DIR = 'replaced'  # where --overwrite=True keeps the run it replaces until the new run has saved
-
-
-def _checkpoints(folder):
-    """The checkpoint files in folder, newest kind first."""
-    return [n for n in (LATEST_NAME, CKPT_NAME) if os.path.isfile(os.path.join(folder, n))]
-
-
-def _summary(folder, name):
-    """'name after iteration N, best val loss X' (iterations counted as the log counts them: iter_num is
-    the number done), read without loading the weights; None when the file does not load."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            state = torch.load(os.path.join(folder, name), map_location='cpu', weights_only=True, mmap=True)
-        return f"{name} after iteration {state['iter_num'] - 1}, best val loss {float(state['best_val_loss']):.4f}"
-    except Exception:
-        return None
-
-
-def run_summary(out_dir, names):
-    """The _summary of the first of names, the checkpoint files in out_dir as _checkpoints lists
-    them (newest first), or their names."""
-    return _summary(out_dir, names[0]) or ', '.join(names)
-
-
-def replaced_run_note(out_dir):
-    """Where the run that --overwrite=True moved out of out_dir waits, and how to put it back; '' when none does."""
-    replaced = os.path.join(out_dir, REPLACED_DIR)
-    aside = _checkpoints(replaced)
-    if not aside:
-        return ''
-    return (f"the run that was in {out_dir} ({run_summary(replaced, aside)}) is in {replaced}/, where --overwrite=True "
-            f"moved it; to restore it: mv {shlex.quote(replaced)}/* {shlex.quote(out_dir)}/ && "
-            f"rmdir {shlex.quote(replaced)}")
-
-
-def _remove_run(folder):
-    """Delete a run's files in folder, and folder when nothing else is in it."""
-    for name in (CKPT_NAME, LATEST_NAME, metrics.FILE_NAME):
-        if os.path.exists(os.path.join(folder, name)):
-            os.remove(os.path.join(folder, name))
-    try:
-        os.rmdir(folder)
-    except OSError:  # files of someone else's: theirs to remove
-        pass
-
-
-def claim_out_dir(out_dir, resuming, overwrite):
-    """Make out_dir ready for a training run and lock it for as long as this process lives (the
-    kernel drops the lock of a killed process). Refuses, in one line and before writing anything,
-    a path that is a file or cannot be written, a folder another training is writing to, and,
-    unless resuming or overwrite, a run: a checkpoint, or one in replaced/ (a log alone is no run).
-    overwrite moves the run to replaced/ (_move_aside). Returns the open lock file: keep it."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UserError(f"out_dir '{out_dir}' is a file, not a folder; pass another --out_dir")
-    run = _checkpoints(out_dir)
-    if run and not resuming and not overwrite:
-        raise UserError(f"{out_dir} already holds a run ({run_summary(out_dir, run)}); continue it with "
-                        "--init_from=resume, replace it with --overwrite=True, or train into another --out_dir")
-    if not resuming and not overwrite and (note := replaced_run_note(out_dir)):
-        raise UserError(f"{out_dir} holds no checkpoint, but {note}; or replace it with --overwrite=True, or train "
-                        "into another --out_dir")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        lock = open(os.path.join(out_dir, 'train.lock'), 'a+')
-    except OSError as e:
-        raise UserError(f"cannot write to out_dir '{out_dir}' ({e.strerror}); pass a folder you can write to "
-                        "with --out_dir")
-    if fcntl is not None:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            lock.seek(0)
-            raise UserError(f"another training (pid {lock.read().strip() or '?'}) is writing to {out_dir}; wait for "
-                            "it to end, or train into another --out_dir")
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f"{os.getpid()}\n")
-    lock.flush()
-    if overwrite and not resuming:
-        _move_aside(out_dir, run)
-    return lock
-
-
-def _move_aside(out_dir, run):
-    """Move the run in out_dir (its checkpoints run, and its log) to out_dir/replaced/, one atomic
-    rename per file, the log first: it stays there until this run has saved (discard_replaced).
-    With no run in out_dir, the one an earlier overwrite moved there stays instead."""
-    replaced, until = os.path.join(out_dir, REPLACED_DIR), "it is deleted once this run saves its first checkpoint"
-    if not run:
-        if _checkpoints(replaced):
-            print(f"the run an earlier --overwrite=True moved to {replaced}/ stays there; {until}")
-        return
-    names = ([metrics.FILE_NAME] if os.path.exists(os.path.join(out_dir, metrics.FILE_NAME)) else []) + run
-    if any(os.path.exists(os.path.join(replaced, n)) for n in names):
-        # a name in both places: the run here saved after replaced/ was filled (a move cut short
-        # leaves each file in one place), and was stopped before it could delete replaced/
-        _remove_run(replaced)
-    summary = run_summary(out_dir, run)
-    os.makedirs(replaced, exist_ok=True)
-    for name in names:
-        os.replace(os.path.join(out_dir, name), os.path.join(replaced, name))
-    print(f"the run that was here ({summary}) was moved to {replaced}/; {until}")
-
-
-def discard_replaced(out_dir):
-    """Delete the run that --overwrite=True moved to out_dir/replaced/, once out_dir holds a
-    checkpoint of the run that replaced it. train.py calls it after each save."""
-    replaced = os.path.join(out_dir, REPLACED_DIR)
-    if _checkpoints(out_dir) and os.path.isdir(replaced):
-        _remove_run(replaced)
-        print(f"deleted the run in {replaced}/, which this one replaces")
+    _write(os.path.join(out_dir, target_name), link)
 
 
 # ----------------------------------------------------------------------------- reading
 
-def resume_name(out_dir):
-    """The file resume reads: latest.pt when it exists, else ckpt.pt (all nanoGPT writes)."""
-    return LATEST_NAME if os.path.exists(os.path.join(out_dir, LATEST_NAME)) else CKPT_NAME
-
-
-def sample_name(out_dir):
-    """The file sampling and export read: ckpt.pt (nanoGPT's), or latest.pt when only it exists."""
-    only_latest = not os.path.exists(os.path.join(out_dir, CKPT_NAME)) and os.path.exists(
-        os.path.join(out_dir, LATEST_NAME))
-    return LATEST_NAME if only_latest else CKPT_NAME
-
-
 def _is_plain_pickle(path):
-    """Whether path is a pickle torch.save did not write (a zip archive, or before PyTorch 1.6 a magic number first)."""
+    """Whether path is a pickle that torch.save did not write (a zip, or before PyTorch 1.6 its magic number)."""
     with open(path, 'rb') as f:
         head = f.read(len(TORCH_LEGACY_HEAD))
     return head[:1] == b'\x80' and head[1:2] in (b'\x02', b'\x03', b'\x04', b'\x05') and head != TORCH_LEGACY_HEAD
@@ -285,7 +94,7 @@ def _missing(out_dir, path):
     if not os.path.isdir(out_dir):
         return (f"out_dir '{out_dir}' does not exist; train a model there first "
                 f"(python train.py --out_dir={out_dir} ...) or pass the right --out_dir")
-    if note := replaced_run_note(out_dir):
+    if note := runs.replaced_run_note(out_dir):
         return f"no checkpoint at {path}: {note}"
     if os.path.isfile(os.path.join(out_dir, 'config.json')):
         return f"no checkpoint at {path}: {out_dir} holds a transformers model; load it with --init_from={out_dir}"
@@ -296,7 +105,7 @@ def _damaged(out_dir, name, detail):
     """The one line for a checkpoint that does not load: what the other checkpoint beside it offers."""
     path = os.path.join(out_dir, name)
     other = CKPT_NAME if name == LATEST_NAME else LATEST_NAME
-    whole = os.path.isfile(os.path.join(out_dir, other)) and _summary(out_dir, other)
+    whole = os.path.isfile(os.path.join(out_dir, other)) and runs.summary(out_dir, other)
     fix = (f"{other} beside it loads ({whole}): to use it, move the damaged file aside "
            f"(mv {shlex.quote(path)} {shlex.quote(path + '.damaged')}) and run the same command again"
            if whole else "restore it from a backup or train again")
@@ -304,8 +113,8 @@ def _damaged(out_dir, name, detail):
 
 
 def load(out_dir, name=CKPT_NAME, map_location='cpu', mmap=False):
-    """A checkpoint dict from out_dir, with one-line errors for missing, corrupt or unsafe files;
-    mmap leaves the tensors in the file's pages, shared by every process that maps them."""
+    """A checkpoint dict, with one-line errors for missing, corrupt or unsafe files; mmap leaves the tensors
+    in the file's pages, shared by every process that maps them."""
     path = os.path.join(out_dir, name)
     if not os.path.isfile(path):
         raise UserError(_missing(out_dir, path))
@@ -335,9 +144,8 @@ def load(out_dir, name=CKPT_NAME, map_location='cpu', mmap=False):
 
 
 def model_from_checkpoint(checkpoint, **overrides):
-    """A GPT built from model_args and model_args_extra (plus overrides such as dropout) with the
-    checkpoint's weights. Also takes nanoGPT's files: torch.compile's '_orig_mod.' prefix and the
-    causal-mask buffers old PyTorch builds saved are dropped."""
+    """The checkpoint's GPT (overrides such as dropout); nanoGPT's '_orig_mod.' prefixes and causal-mask
+    buffers are dropped."""
     args = {**checkpoint['model_args'], **checkpoint.get('model_args_extra', {}), **overrides}
     unknown = set(args) - set(GPTConfig.__dataclass_fields__)
     if unknown:
@@ -348,27 +156,43 @@ def model_from_checkpoint(checkpoint, **overrides):
     return model
 
 
+def pretrained(name, dropout=0.0):
+    """GPT.from_pretrained with one-line errors: a hub name of OpenAI's GPT-2 or a transformers GPT-2 folder
+    (completing an export that a kill interrupted there first)."""
+    if name not in PRETRAINED:
+        files.finish_swaps(os.path.dirname(os.path.abspath(name)), 'an export')
+    if name not in PRETRAINED and not os.path.isdir(name):
+        raise UserError(f"unknown init_from '{name}'; use resume (with --out_dir), one of {', '.join(PRETRAINED)}, "
+                        "or a directory holding a transformers GPT-2 checkpoint")
+    try:
+        from safetensors import SafetensorError
+        return GPT.from_pretrained(name, dict(dropout=dropout))
+    except (ImportError, OSError) as e:  # no transformers, no network, or not a GPT-2 checkpoint
+        raise UserError(f"could not load '{name}' through transformers: {str(e).strip().splitlines()[0]}")
+    except SafetensorError as e:
+        raise UserError(f"{name}: model.safetensors is truncated or corrupt ({e}); save or download it again")
+    except pickle.UnpicklingError as e:  # torch.load(weights_only=True) stopped before running anything
+        found = re.search(r'GLOBAL (\S+)|reduce for \S+', str(e))
+        raise UserError(f"{name} was refused: its pytorch_model.bin would run code when loaded"
+                        f"{f' ({found.group(0)})' if found else ''}; load only models you trust, re-saved as "
+                        "safetensors (model.save_pretrained(folder) writes model.safetensors)")
+    except ValueError as e:  # from_pretrained's own checks: an activation or parameters GPT-2 lacks
+        raise UserError(str(e))
+
+
 def load_model(init_from, out_dir):
-    """A model to run rather than train: the checkpoint in out_dir (init_from='resume'), or GPT-2's
-    weights (a gpt2* name or a transformers GPT-2 directory). Returns (model, checkpoint or None)."""
+    """(model, checkpoint or None) to run: out_dir's checkpoint (init_from='resume') or pretrained weights."""
     if init_from == 'resume':
-        ckpt = load(out_dir, sample_name(out_dir))
+        ckpt = load(out_dir, runs.sample_name(out_dir))
         return model_from_checkpoint(ckpt, dropout=0.0), ckpt
-    if init_from.startswith('gpt2') or os.path.isdir(init_from):
-        try:
-            return GPT.from_pretrained(init_from, dict(dropout=0.0)), None
-        except ValueError as e:
-            raise UserError(str(e))
-    raise UserError(f"unknown init_from '{init_from}'; use resume (with --out_dir), one of gpt2, gpt2-medium, "
-                    "gpt2-large, gpt2-xl, or a directory holding a transformers GPT-2 checkpoint")
+    return pretrained(init_from), None
 
 
 # ----------------------------------------------------------------------------- random state
 
 def capture_rng_states(device):
-    """The random generators' states of this process as tensors and plain values (weights_only-safe):
-    Python's, numpy's, torch's CPU generator and that of the device in use (only that one: a run on
-    the CPU of a GPU machine must not wake the GPUs)."""
+    """This process's random states as plain values: Python's, numpy's, torch's CPU generator and that of the
+    device in use (only that one: a run on the CPU of a GPU machine must not wake the GPUs)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     states = {'python': random.getstate(), 'torch': torch.get_rng_state(),
               'numpy': {'kind': kind, 'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),

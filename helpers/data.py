@@ -1,18 +1,18 @@
-"""Reading a prepared dataset: data/<name>/{train.bin, val.bin, meta.pkl} (helpers/prepare.py writes them),
-under DATA_ROOT: the repository's data/ folder, or the one NANOGPT_DATA_DIR names.
-
-The .bin files are flat arrays of token ids, uint16 as in nanoGPT unless meta.pkl says
-'uint32' (character vocabularies above 65,535 symbols). meta.pkl is read with an unpickler
-that accepts only plain data: a dataset folder downloaded from somewhere cannot run code.
-"""
+"""Reading a dataset that helpers/prepare.py wrote under DATA_ROOT: train.bin and val.bin, flat arrays of token ids
+(uint16, or uint32 where meta.pkl says so), and meta.pkl, unpickled as plain data only so that a downloaded dataset
+cannot run code; the checks that a model fits it, and batches of windows from it."""
+import json
 import os
 import pickle
 
 import numpy as np
 import torch
 
-from helpers import DATA_ROOT, SCRIPTS_ROOT, UserError, shown
+from helpers import DATA_ROOT, SCRIPTS_ROOT, UserError, files, shown, tokenizer
+from helpers.documents import PROGRESS
+
 PLAIN_TYPES = ('dict', 'list', 'tuple', 'set', 'frozenset', 'str', 'bytes', 'int', 'float', 'bool', 'complex')
+RESIDENT_BYTES = 2 << 30  # at most this much of int32 tokens is kept in device memory
 
 
 class _PlainDataUnpickler(pickle.Unpickler):
@@ -39,7 +39,13 @@ def load_meta(path):
 
 
 def data_dir(dataset):
-    return os.path.join(DATA_ROOT, dataset)
+    """DATA_ROOT/<dataset>/, after completing the final swap of a prepare killed in its middle: every command that
+    reads a dataset asks for its folder first."""
+    if os.path.isfile(DATA_ROOT):
+        raise UserError(f"NANOGPT_DATA_DIR={DATA_ROOT} is a file; point it at the folder that holds the datasets")
+    path = os.path.join(DATA_ROOT, dataset)
+    files.finish_swaps(path, f'preparing data/{dataset}')
+    return path
 
 
 def read_meta(dataset):
@@ -59,6 +65,29 @@ def read_meta(dataset):
     return meta
 
 
+def checkpoint_entry(checkpoint):
+    """A checkpoint's tokenizer entry: its own, or for nanoGPT's checkpoints, which lack one, that of its dataset's
+    meta.pkl, or GPT-2's BPE."""
+    if checkpoint.get('tokenizer'):
+        return checkpoint['tokenizer']
+    name = (checkpoint.get('config') or {}).get('dataset')
+    vocab_size, folder = checkpoint['model_args']['vocab_size'], shown(os.path.join(DATA_ROOT, str(name)))
+    if name and os.path.exists(os.path.join(data_dir(name), 'meta.pkl')):
+        print(f"Loading meta from {os.path.join('data', name, 'meta.pkl')}...")
+        meta = read_meta(name)
+        if meta['vocab_size'] != vocab_size:
+            raise UserError(f"{folder}/meta.pkl has vocab_size {meta['vocab_size']} but the model was "
+                            f"trained with {vocab_size}; the dataset was re-prepared since: restore its meta.pkl")
+        if tokenizer.tokenizer_entry(meta) is None:
+            raise UserError(f"{folder}/meta.pkl has no character vocabulary (itos); "
+                            "re-create it with the dataset's prepare.py")
+        return tokenizer.tokenizer_entry(meta)
+    if vocab_size < tokenizer.BPE_VOCAB_SIZE:
+        raise UserError(f"the model has a {vocab_size}-symbol vocabulary but {folder}/meta.pkl, which "
+                        f"maps it to characters, is missing; prepare the dataset '{name}' again to recreate it")
+    return {'kind': 'gpt2'}
+
+
 def token_dtype(meta):
     """The dtype of the .bin files: uint16 (nanoGPT's, the default) or uint32 for large vocabularies."""
     name = (meta or {}).get('dtype', 'uint16')
@@ -69,44 +98,50 @@ def token_dtype(meta):
 
 
 def has_script(dataset):
-    """Whether the repository has a data/<dataset>/prepare.py (the scripts stay there wherever DATA_ROOT is)."""
     return os.path.isfile(os.path.join(SCRIPTS_ROOT, dataset, 'prepare.py'))
 
 
+def interrupted_prepare(dataset):
+    """The command line of the dataset's resumable prepare, as its progress record keeps it while unfinished."""
+    try:
+        with open(os.path.join(data_dir(dataset), PROGRESS)) as f:
+            return json.load(f)['command']
+    except (OSError, ValueError, KeyError, TypeError):   # none, or one that cannot be read: no such advice
+        return None
+
+
 def prepare_command(dataset):
-    if has_script(dataset):
-        return f"python data/{dataset}/prepare.py"
-    return f"python data/char/prepare.py --input your_text.txt --name {dataset} --force"
+    """The command that prepares the dataset; for one whose resumable prepare is unfinished, that one's."""
+    fresh = (f"python data/{dataset}/prepare.py" if has_script(dataset) else
+             f"python data/char/prepare.py --input your_text.txt --name {dataset} --force")
+    return interrupted_prepare(dataset) or fresh
 
 
 def bin_path(dataset, split):
-    """Path to <split>.bin, with an error naming the prepare command when it is missing."""
-    path = os.path.join(data_dir(dataset), f'{split}.bin')
-    # data/char holds the tool for your own text, never a dataset
-    if dataset == 'char' or not (os.path.isdir(data_dir(dataset)) or has_script(dataset)):
+    """Path to <split>.bin, or a UserError naming the command that prepares it."""
+    folder = data_dir(dataset)
+    path = os.path.join(folder, f'{split}.bin')
+    if dataset == 'char' or not (os.path.isdir(folder) or has_script(dataset)):   # data/char is a tool, no dataset
         folders = set(os.listdir(DATA_ROOT)) if os.path.isdir(DATA_ROOT) else set()
         known = sorted(d for d in folders | set(os.listdir(SCRIPTS_ROOT))
-                       if d != 'char' and (os.path.isdir(data_dir(d)) or has_script(d)))
-        raise UserError(f"unknown dataset '{dataset}': there is no dataset {shown(data_dir(dataset))}/ (datasets "
+                       if d != 'char' and (os.path.isdir(os.path.join(DATA_ROOT, d)) or has_script(d)))
+        raise UserError(f"unknown dataset '{dataset}': there is no dataset {shown(folder)}/ (datasets "
                         f"here: {', '.join(known)}; to prepare your own text: python data/char/prepare.py --input "
                         "your_text.txt --name NAME, then --dataset=NAME)")
     if not os.path.exists(path) and split not in ('train', 'val'):
         raise UserError(f"{path} does not exist: the prepare scripts write train.bin and val.bin only; "
                         "use --splits=val or --splits=train,val")
     if not os.path.exists(path):
-        raise UserError(f"{path} is missing; prepare the dataset first: {prepare_command(dataset)}")
+        resume = interrupted_prepare(dataset)
+        how = (f"its prepare was interrupted: run `{resume}` again to resume" if resume else
+               f"prepare the dataset first: {prepare_command(dataset)}")
+        raise UserError(f"{path} is missing; {how}")
     return path
 
 
-def open_tokens(path, dtype):
-    """A read-only memmap over a .bin file. Callers open a fresh one per batch: a long-lived
-    memmap keeps every page it ever touched resident, and memory grows without bound."""
-    return np.memmap(path, dtype=dtype, mode='r')
-
-
 def check_split(dataset, split, dtype, block_size, vocab_size=None):
-    """The number of tokens in <split>.bin, after checking that the file is whole, holds more than
-    block_size tokens and, given vocab_size (datasets with meta.pkl), only ids below it."""
+    """The number of tokens in <split>.bin, after checking that it is whole, longer than block_size and, given
+    vocab_size (datasets with meta.pkl), holds only ids below it."""
     path = bin_path(dataset, split)
     size = os.path.getsize(path)
     again = f"prepare the dataset again: {prepare_command(dataset)}"
@@ -114,6 +149,9 @@ def check_split(dataset, split, dtype, block_size, vocab_size=None):
         raise UserError(f"{path} holds {size:,} bytes, not a whole number of {dtype.name} tokens: it is truncated "
                         f"or is no token file; {again}")
     n_tokens = size // dtype.itemsize
+    if n_tokens < 2:  # a window needs a token and the one after it
+        raise UserError(f"{path} holds {n_tokens} token(s), too few for any block_size: the dataset needs more text "
+                        f"(a longer input, or a larger --val_fraction for val.bin); {again}")
     if n_tokens < block_size + 1:
         raise UserError(f"{path} holds {n_tokens} tokens, fewer than block_size+1 = {block_size + 1}; "
                         f"use a smaller --block_size or more text")
@@ -128,40 +166,45 @@ def check_split(dataset, split, dtype, block_size, vocab_size=None):
 
 
 def check_fits(dataset, meta, vocab_size, block_size, vocabulary=None, splits=('train', 'val')):
-    """The one answer to "can a model of vocab_size tokens and block_size context use data/<dataset>
-    (whose meta.pkl is meta, or None)?": the same number of symbols, the model's own vocabulary when
-    it is known (vocabulary, a checkpoint's tokenizer entry), and whole token files longer than
-    block_size. Returns {split: number of tokens}."""
-    from helpers import tokenizer
+    """Whether a model of vocab_size tokens and block_size context (and vocabulary, its checkpoint's tokenizer
+    entry, if known) can use data/<dataset>, whose meta.pkl is meta (or None). Returns {split: number of tokens}."""
     symbols = meta['vocab_size'] if meta else tokenizer.BPE_VOCAB_SIZE
+    folder = shown(data_dir(dataset))
     if (meta and symbols != vocab_size) or vocab_size < symbols:
         held = f"a {symbols}-character vocabulary" if meta else "GPT-2 BPE tokens (no meta.pkl)"
         kind = "GPT-2's BPE" if vocab_size >= tokenizer.BPE_VOCAB_SIZE else "a character vocabulary"
-        raise UserError(f"{shown(data_dir(dataset))} holds {held} but the model has {vocab_size} tokens ({kind}); "
+        raise UserError(f"{folder} holds {held} but the model has {vocab_size} tokens ({kind}); "
                         "use a dataset of the model's vocabulary (the one it was trained on; for GPT-2's weights a "
                         "BPE dataset such as shakespeare)")
-    tokenizer.check_dataset(vocabulary, meta, dataset)
+    if vocabulary is not None and (tokenizer.tokenizer_entry(meta) or {}).get('itos') != vocabulary.get('itos'):
+        ours = 'GPT-2 BPE' if vocabulary['kind'] == 'gpt2' else f"a {len(vocabulary['itos'])}-character vocabulary"
+        found = 'GPT-2 BPE (no meta.pkl)' if meta is None else f"another vocabulary ({meta['vocab_size']} symbols)"
+        raise UserError(f"the model was trained with {ours} but {folder} holds {found}; use the "
+                        "dataset it was trained on, prepared again from the same text")
     return {split: check_split(dataset, split, token_dtype(meta), block_size, meta and symbols) for split in splits}
 
 
 def get_batch(path, dtype, batch_size, block_size, device, generator=None):
     """batch_size random windows of block_size tokens (x) and the same windows shifted by one (y)."""
-    tokens = open_tokens(path, dtype)
-    ix = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator).numpy()
-    chunk = torch.from_numpy(tokens[ix[:, None] + np.arange(block_size + 1)].astype(np.int64))
+    n_tokens = len(np.memmap(path, dtype=dtype, mode='r'))
+    starts = torch.randint(n_tokens - block_size, (batch_size,), generator=generator).numpy()
+    return get_windows(path, dtype, starts, block_size, device)
+
+
+def get_windows(path, dtype, starts, length, device):
+    """The windows of length tokens at starts (x) and the same shifted by one (y), on device; path may be an open
+    file."""
+    tokens = np.memmap(path, dtype=dtype, mode='r')  # one per batch: a long-lived memmap keeps every page it touched
+    chunk = torch.from_numpy(tokens[np.asarray(starts)[:, None] + np.arange(length + 1)].astype(np.int64))
     x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
-    if torch.device(device).type == 'cuda':
-        # pinned host memory lets the copy run asynchronously with the GPU's work
+    if torch.device(device).type == 'cuda':  # from pinned host memory the copy runs alongside the GPU's work
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
 
 
-RESIDENT_BYTES = 2 << 30  # at most this much of int32 tokens is kept in device memory
-
-
 def fits_on_device(paths, dtype, device):
-    """Whether the token files, as int32, take under 2 GiB and (on a GPU) a tenth of its memory. Only
-    small models, bound by per-step overhead, gain from resident batches; they train on small data."""
+    """Whether the token files, as int32, take under 2 GiB and (on a GPU) a tenth of its memory. Only small models,
+    bound by per-step overhead, gain from resident batches; they train on small data."""
     needed = sum(os.path.getsize(p) // dtype.itemsize * 4 for p in paths)
     if torch.device(device).type == 'cuda':
         return needed < min(RESIDENT_BYTES, 0.1 * torch.cuda.get_device_properties(torch.device(device)).total_memory)
@@ -169,8 +212,7 @@ def fits_on_device(paths, dtype, device):
 
 
 def load_to_device(path, dtype, device, chunk_tokens=1 << 24):
-    """A whole .bin file as an int32 tensor on device (int32 holds every id the prepare scripts
-    write), read a chunk at a time so that host memory stays bounded whatever the file's size."""
+    """A whole .bin file as an int32 tensor on device, read a chunk at a time to keep host memory bounded."""
     tokens = torch.empty(os.path.getsize(path) // dtype.itemsize, dtype=torch.int32, device=device)
     for start in range(0, len(tokens), chunk_tokens):
         part = np.fromfile(path, dtype, count=chunk_tokens, offset=start * dtype.itemsize)
@@ -179,9 +221,8 @@ def load_to_device(path, dtype, device, chunk_tokens=1 << 24):
 
 
 def get_resident_batch(tokens, batch_size, block_size, generator):
-    """get_batch for tokens already in device memory. The offsets come from the same CPU
-    generator as get_batch's, so both draw the same batches for the same seed; on a GPU they are
-    copied from pinned memory, so the copy does not wait for the GPU's queued work."""
+    """get_batch for tokens in device memory: the same CPU generator draws the same batches for the same seed; on
+    a GPU the offsets go over from pinned memory, without waiting for the GPU's queued work."""
     ix = torch.randint(len(tokens) - block_size, (batch_size, 1), generator=generator)
     if tokens.device.type == 'cuda':
         ix = ix.pin_memory().to(tokens.device, non_blocking=True)
@@ -190,6 +231,5 @@ def get_resident_batch(tokens, batch_size, block_size, generator):
 
 
 def eval_batch_seed(seed, split):
-    """Seed of the generator behind a split's fixed evaluation batches: train.py's evaluation and
-    evaluate.py both use it, so they score the same tokens."""
+    """Seed of a split's fixed evaluation batches: train.py and evaluate.py score the same tokens."""
     return (seed * 7919 + {'train': 0, 'val': 1}.get(split, 2)) % 2 ** 63

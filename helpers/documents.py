@@ -1,91 +1,118 @@
-"""GPT-2 BPE datasets from large collections of documents (fineweb_edu, openwebtext), in chunks that survive an
-interruption.
-
-The documents come from a datasets source shard by shard (the files of a streamed source), in chunks of
-chunk_docs documents. Each chunk is tokenized on all cores, in threads (tiktoken lets go of the GIL), and
-appended to train.bin.tmp and val.bin.tmp; then both files are fsynced and PROGRESS records how many chunks are
-done, where the source stands (the shard, and the documents read from it) and the length of both files. A new
-run on the same source and split rule cuts the .tmp files back to those lengths and carries on from there, so
-a kill, Ctrl+C or a full disk loses at most the chunk under way. What is written depends on the source and the
-split rule only: never on chunk_docs, the number of threads or the interruptions. Memory holds a chunk and what
-datasets reads at a time (a parquet row group), whatever the size of the source.
-"""
+"""Collections of documents, from the Hugging Face hub or local files, and their GPT-2 BPE datasets. Large ones go
+in chunks that survive an interruption: after each chunk the .tmp files are fsynced and PROGRESS records where the
+source stands, so the same command resumes there. The output depends on the source and the split rule only."""
 import errno
 import glob
 import json
 import os
+import pathlib
+import shlex
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from tqdm import tqdm
 
-from helpers import UserError, prepare, shown
+from helpers import UserError, files, prepare, shown
 
 CHUNK_DOCS = 10_000   # documents per chunk: about 10M tokens of FineWeb-Edu, the work a resume may redo
 PROGRESS = 'progress.bin.tmp.json'   # beside train.bin.tmp and val.bin.tmp (and, like them, ignored by git)
+LOCAL_BUILDERS = {'.txt': 'text', '.json': 'json', '.jsonl': 'json', '.parquet': 'parquet'}
 STREAMED_TYPES = {'.parquet': 'parquet', '.jsonl': 'json', '.json': 'json'}
 
 
 # ----------------------------------------------------------------------------- sources
 
-def local_files(source, types=prepare.LOCAL_BUILDERS):
-    """The files that --source names (a file, a glob or a folder), sorted so that the output is deterministic: of
-    a folder, its files of the given types (extensions) at any depth; a file or glob must name only such files."""
+def hf_datasets():
+    """The datasets library with its error log silenced: what it raises reaches the user in one line (one_line)."""
+    import datasets
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    return datasets
+
+
+def one_line(error):
+    """An error of datasets or pyarrow in one line: its innermost cause, which says what is wrong."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+
+
+def load_documents(hub_name=None, data_files=None, num_proc=None, flags='--source'):
+    """A DatasetDict of the hub's hub_name, or of local data_files ({split: [files]}: all .txt, a document each,
+    all .json/.jsonl or all .parquet) through the same load_dataset. flags: the options that give local files."""
+    load_dataset = hf_datasets().load_dataset
+    if data_files:
+        exts = {os.path.splitext(f)[1] for paths in data_files.values() for f in paths}
+        builders = {LOCAL_BUILDERS.get(ext) for ext in exts}
+        if None in builders or len(builders) > 1:
+            raise UserError(f"give files of one type, .txt, .json/.jsonl or .parquet, not {' and '.join(sorted(exts))}")
+    try:
+        if data_files:
+            builder = builders.pop()
+            return load_dataset(builder, data_files=data_files, num_proc=num_proc,
+                                **({'sample_by': 'document'} if builder == 'text' else {}))
+        return load_dataset(hub_name, num_proc=num_proc)
+    except Exception as e:   # datasets raises many kinds: a damaged file, a line that is not JSON, the hub offline
+        if data_files:
+            raise UserError(f"could not read the files given with {flags} ({one_line(e)}); check that each is "
+                            "whole, UTF-8 and of the type its name says")
+        raise UserError(f"could not load {hub_name} from the Hugging Face hub ({one_line(e)}); check the name and "
+                        f"the connection, or download its files and pass them with {flags}")
+
+
+def local_files(source, types=LOCAL_BUILDERS):
+    """The files of the given types (extensions) that --source names (a file, a glob, or a folder searched at any
+    depth), sorted so that the output is deterministic."""
     if os.path.isdir(source):
-        files = [f for f in glob.glob(os.path.join(source, '**', '*'), recursive=True, include_hidden=True)
+        found = [f for f in glob.glob(os.path.join(source, '**', '*'), recursive=True, include_hidden=True)
                  if os.path.splitext(f)[1] in types]
     elif glob.has_magic(source):
-        files = glob.glob(source, recursive=True)
+        found = glob.glob(source, recursive=True)
     else:
-        files = [prepare.check_input_file(source, '--source')]
-    files = sorted(filter(os.path.isfile, files))
-    kinds = ', '.join(types)
-    if not files:
+        found = [prepare.check_input_file(source, '--source')]
+    found, kinds = sorted(filter(os.path.isfile, found)), ', '.join(types)
+    if not found:
         raise UserError(f"--source={source} names no files; give a file, a folder or a glob of {kinds} files")
-    for f in files:
+    for f in found:
         if os.path.splitext(f)[1] not in types:
             raise UserError(f"--source names {f}, which is not one of the types read here ({kinds})")
-    return [prepare.check_input_file(f, '--source') for f in files]
+    return [prepare.check_input_file(f, '--source') for f in found]
 
 
-def identity(files):
+def identity(paths):
     """What local files hold, as far as a resume can tell: their paths, sizes and modification times."""
-    return [[os.path.abspath(f), os.path.getsize(f), os.stat(f).st_mtime_ns] for f in files]
+    return [[os.path.abspath(f), os.path.getsize(f), os.stat(f).st_mtime_ns] for f in paths]
 
 
-def stream(hub_name=None, config=None, files=None):
-    """(documents, identity, count): the train split of the hub dataset hub_name/config, or of local files (all
-    .parquet or all .json/.jsonl), as a streaming datasets.IterableDataset, one shard per file; what identifies
-    its files for a resume; and its number of documents where that is known without reading it all (the hub
-    card's figure; parquet footers; the lines of .jsonl files), else None."""
-    from datasets import load_dataset_builder
-    if files:
-        builders = {STREAMED_TYPES[os.path.splitext(f)[1]] for f in files}
+def stream(hub_name=None, config=None, paths=None):
+    """(documents, identity, count): the train split of hub_name/config, or of local paths (all .parquet or all
+    .json/.jsonl), streamed a shard per file; what identifies it for a resume; its number of documents where that
+    is known without reading it all (the hub card, parquet footers, .jsonl lines), else None."""
+    load_dataset_builder = hf_datasets().load_dataset_builder
+    if paths:
+        builders = {STREAMED_TYPES[os.path.splitext(f)[1]] for f in paths}
         if len(builders) > 1:
             raise UserError("give files of one type, .parquet or .json/.jsonl, not both")
-        count = local_documents(files)
-        builder = load_dataset_builder(builders.pop(), data_files={'train': files})
-        return builder.as_streaming_dataset(split='train'), identity(files), count
+        count = local_documents(paths)
+        builder = load_dataset_builder(builders.pop(), data_files={'train': paths})
+        return builder.as_streaming_dataset(split='train'), identity(paths), count
     try:
         builder = load_dataset_builder(hub_name, config)
         documents = builder.as_streaming_dataset(split='train')
     except Exception as e:   # offline, a wrong name, the hub unreachable: datasets raises many kinds
-        raise UserError(f"could not open {hub_name} ({config}) on the Hugging Face hub ({one_line(e)}); check the "
-                        "name and the connection, or download its files and pass them with --source")
-    splits = builder.info.splits or {}
-    count = splits['train'].num_examples if 'train' in splits else None
+        raise UserError(f"could not open {hub_name} ({config}) on the Hugging Face hub ({one_line(e)}); "
+                        "check the name and the connection, or download its files and pass them with --source")
+    count = getattr((builder.info.splits or {}).get('train'), 'num_examples', None)
     return documents, [str(f) for f in builder.config.data_files['train']], count or None
 
 
-def local_documents(files):
-    """The documents of local files: a parquet file's rows from its footer (where its columns are checked too), a
-    .jsonl file's lines (counted in one quick pass); None if a .json file is among them (an array or lines:
-    unknown without parsing it)."""
+def local_documents(paths):
+    """The documents in local files: parquet footers' rows (their columns checked), .jsonl files' lines; None with
+    a .json file among them (an array or lines: unknown without parsing it)."""
     import pyarrow
     import pyarrow.parquet as pq
     n = 0
-    for f in files:
+    for f in paths:
         if f.endswith('.parquet'):
             try:
                 footer = pq.ParquetFile(f).metadata
@@ -103,12 +130,7 @@ def local_documents(files):
     return n
 
 
-def one_line(error):
-    return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
-
-
 def check_columns(schema, where='the source'):
-    """A UserError unless the pyarrow schema has a 'text' column of strings."""
     if 'text' not in schema.names:
         raise UserError(f"{where} has no 'text' column (columns: {', '.join(schema.names)}); give it one with "
                         "the documents")
@@ -117,53 +139,49 @@ def check_columns(schema, where='the source'):
 
 
 def tables(documents, batch_size, where):
-    """The documents (a datasets Dataset or IterableDataset) as pyarrow tables of batch_size rows, checked for a
-    'text' column. Failing to read them (a damaged file, a lost connection) is a UserError naming where."""
+    """A Dataset's or IterableDataset's documents as pyarrow tables of batch_size rows with a 'text' column of
+    UTF-8; failing to read them (a damaged file, a lost connection) is a UserError naming where."""
     batches = iter(documents.with_format('arrow').iter(batch_size=batch_size))
     while True:
         try:
             table = next(batches)
+            check_columns(table.schema, where)
+            table.column('text').validate(full=True)   # pyarrow's JSON reader lets bytes that are not UTF-8 through
         except StopIteration:
             return
         except Exception as e:
             raise UserError(f"could not read {where} ({one_line(e)}); once it can be read, the same command "
                             "resumes after the last chunk finished")
-        check_columns(table.schema, where)
         yield table
 
 
-def check_text(documents):
-    """A UserError unless documents hold a first document, in a 'text' column."""
-    if next(tables(documents, 1, 'the source'), None) is None:
-        raise UserError("the source holds no documents")
-
-
 def shards(documents):
-    """A dataset's shards in order: a streamed source's files, which a resume passes over unread once finished;
-    a Dataset (memory-mapped arrow, which it can index) is one."""
+    """A dataset's shards in order: a streamed source's files, which a resume passes over unread once finished; a
+    Dataset (memory-mapped arrow, which it can index) is one."""
     if not hasattr(documents, 'num_shards'):
         return [documents]
     return [documents.shard(documents.num_shards, i, contiguous=True) for i in range(documents.num_shards)]
 
 
-# ----------------------------------------------------------------------------- writing
+# ----------------------------------------------------------------------------- writing GPT-2 BPE
 
 class ResumableOutput(prepare.Output):
-    """prepare.Output whose train.bin.tmp and val.bin.tmp outlive an interruption. save() makes them durable and
-    records them, with the position in the source, in PROGRESS; a ResumableOutput for the same source cuts them
-    back to that record and appends from there. Leaving the with-block before a chunk was saved deletes them, as
-    Output does; after that they stay for the next run."""
+    """prepare.Output whose .tmp files outlive an interruption once a chunk is saved: save() makes them durable and
+    records them, the position in the source and the command line (data.prepare_command) in PROGRESS; an
+    output of the same source cuts them back to that record and appends from there."""
 
     def __init__(self, out_dir, source):
         self.dir = out_dir   # for resumable()
         source = json.loads(json.dumps(source))   # as it reads back from PROGRESS: lists, not tuples
         self.at = self.resumable(source) or dict(source=source, chunks=0, shard=0, shard_docs=0, documents=0,
-                                                 docs={'train': 0, 'val': 0}, bytes={'train': 0, 'val': 0})
+                                                 skipped=0, docs={'train': 0, 'val': 0}, bytes={'train': 0, 'val': 0})
+        self.at['command'] = shlex.join(['python', shown(sys.argv[0]), *sys.argv[1:]])   # as the advice names scripts
         super().__init__(out_dir, np.uint16, self.at['bytes'])
+        self.temporary.append(PROGRESS)
 
     def resumable(self, source):
-        """The record in PROGRESS if it is of this source and split and the .tmp files hold what it says, else
-        None (and no record)."""
+        """The record in PROGRESS if it is of this source and the .tmp files hold what it says, else None (and the
+        record goes)."""
         try:
             with open(self.path(PROGRESS)) as f:
                 at = json.load(f)
@@ -171,11 +189,8 @@ class ResumableOutput(prepare.Output):
             return None
         except ValueError:   # damaged: nothing in it can be trusted
             at = {}
-
-        def held(split):
-            path = self.path(f'{split}.bin.tmp')
-            return os.path.getsize(path) if os.path.isfile(path) else -1
-        if at.get('source') == source and all(held(split) >= size for split, size in at['bytes'].items()):
+        if at.get('source') == source and all(os.path.isfile(tmp := self.path(f'{split}.bin.tmp')) and
+                                              os.path.getsize(tmp) >= size for split, size in at['bytes'].items()):
             print(f"resuming after chunk {at['chunks']:,}: {at['documents']:,} documents and "
                   f"{sum(at['bytes'].values()) // 2:,} tokens done")
             return at
@@ -184,29 +199,22 @@ class ResumableOutput(prepare.Output):
         return None
 
     def save(self, **position):
-        """Make the .tmp files durable, then record them and position in PROGRESS: written to a temporary name,
-        fsynced and renamed over the old record, which stays true until then since the files only grow."""
+        """Make the .tmp files durable, then record them and position in PROGRESS, atomically: the old record stays
+        true until then, since the files only grow."""
         for f in self.bins.values():
             f.flush()
             os.fsync(f.fileno())
         self.at.update(position, bytes={split: f.tell() for split, f in self.bins.items()})
-        with open(self.path(PROGRESS + '.tmp'), 'w') as f:
-            json.dump(self.at, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(self.path(PROGRESS + '.tmp'), self.path(PROGRESS))
+        files.write_atomically(self.path(PROGRESS), lambda tmp: pathlib.Path(tmp).write_text(json.dumps(self.at)))
 
     def commit(self):
-        super().commit()
-        os.remove(self.path(PROGRESS))
+        super().commit(removes=[PROGRESS])
 
     def __exit__(self, kind, value, traceback):
         done = self.at['chunks']
         if done:
-            for f in self.bins.values():
-                f.close()
-        else:
-            super().__exit__(kind, value, traceback)   # nothing worth keeping: no trace left
+            self.temporary = []   # the next run resumes from them
+        super().__exit__(kind, value, traceback)
         if isinstance(value, OSError) and value.errno == errno.ENOSPC:
             raise UserError(f"the disk is full ({value}); make room and run the same command again" +
                             (f": it resumes after chunk {done:,}" if done else ''))
@@ -216,15 +224,14 @@ class ResumableOutput(prepare.Output):
 
 
 def encode(pool, docs, pieces):
-    """prepare.gpt2_tokens of docs as uint16: each document's tokens, then GPT2_EOT, in order. The documents are
-    cut into `pieces` runs, encoded at once in the pool's threads."""
+    """prepare.gpt2_tokens of docs as uint16, cut into `pieces` runs encoded at once in the pool's threads."""
     size = max(1, -(-len(docs) // pieces))
     runs = pool.map(prepare.gpt2_tokens, [docs[i:i + size] for i in range(0, len(docs), size)])
     return np.concatenate([np.zeros(0, np.uint16)] + [ids.astype(np.uint16) for ids in runs])
 
 
 def split_chunk(texts, split, first, val_every):
-    """{split: documents} of a chunk whose first document is number `first` of the source. With split None,
+    """{split: documents} of a chunk whose first document is number `first` of the source; with split None,
     document i is val when i is a multiple of val_every, else train."""
     if split:
         return {split: texts}
@@ -233,31 +240,33 @@ def split_chunk(texts, split, first, val_every):
 
 
 def gpt2_from_documents(parts, out_dir, source, val_every=None, count=None, chunk_docs=CHUNK_DOCS, threads=None):
-    """GPT-2 BPE (uint16, no meta.pkl) of the documents of parts, [(split, documents)]: datasets Datasets or
-    IterableDatasets with a 'text' column, whose documents go to split ('train' or 'val'), or with split None,
-    by the val_every rule of split_chunk, counting the documents of all parts from 0 in order. source identifies
-    the documents and the split rule (JSON) for a resume; count, of all parts, is for the progress bar."""
+    """GPT-2 BPE (uint16, no meta.pkl) of parts, [(split, documents)]: datasets with a 'text' column whose documents
+    go to split ('train' or 'val') or, with split None, by split_chunk's val_every rule, counted over all parts.
+    source identifies the documents and the split rule (JSON) for a resume; count, of all parts, is for the bar."""
     for _, documents in parts:
-        check_text(documents)
+        if next(tables(documents, 1, 'the source'), None) is None:
+            raise UserError("the source holds no documents")
     todo = [(split, shard) for split, documents in parts for shard in shards(documents)]
     threads = threads or prepare.usable_cores()
     with ResumableOutput(out_dir, source) as out, ThreadPoolExecutor(threads) as pool, \
-            tqdm(total=count, initial=out.at['documents'], unit=' documents', disable=None) as bar:
+            tqdm(total=count, initial=out.at['documents'] + out.at['skipped'], unit=' documents', disable=None) as bar:
         while out.at['shard'] < len(todo):
             split, shard = todo[out.at['shard']]
             if out.at['shard_docs']:   # read again (streamed) or indexed (a Dataset), but not encoded again
                 shard = shard.skip(out.at['shard_docs'])
             where = f"shard {out.at['shard'] + 1} of {len(todo)} of the source"   # of local files, the k-th file
             for table in tables(shard, chunk_docs, where):
-                texts = [text or '' for text in table.column('text').to_pylist()]
+                rows = table.column('text').to_pylist()
+                texts = [text for text in rows if text is not None]   # a row without text is no document
                 chunk = split_chunk(texts, split, out.at['documents'], val_every)
                 for name, docs in chunk.items():
                     out.write(name, encode(pool, docs, 4 * threads))   # 4 runs a thread: even when lengths vary
-                out.save(chunks=out.at['chunks'] + 1, shard_docs=out.at['shard_docs'] + len(texts),
-                         documents=out.at['documents'] + len(texts),
+                out.save(chunks=out.at['chunks'] + 1, shard_docs=out.at['shard_docs'] + len(rows),
+                         documents=out.at['documents'] + len(texts), skipped=out.at['skipped'] + len(rows) - len(texts),
                          docs={name: n + len(chunk.get(name, [])) for name, n in out.at['docs'].items()})
-                bar.update(len(texts))
+                bar.update(len(rows))
                 bar.set_postfix_str(f"{sum(out.tokens.values()):,} tokens", refresh=False)
             out.save(shard=out.at['shard'] + 1, shard_docs=0)   # so that a resume never reads this shard again
-        print(f"{out.at['docs']['train']:,} train and {out.at['docs']['val']:,} val documents")
+        skipped = f"; {out.at['skipped']:,} without text skipped" if out.at['skipped'] else ''
+        print(f"{out.at['docs']['train']:,} train and {out.at['docs']['val']:,} val documents{skipped}")
         out.commit()

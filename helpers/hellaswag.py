@@ -1,19 +1,8 @@
-"""HellaSwag (Zellers et al., 2019): which of four endings of a sentence does the model find likeliest?
-Its validation set, 10,042 examples, is the usual yardstick of GPT-2-sized models.
+"""HellaSwag (Zellers et al., 2019): which of four endings does the model find likeliest? Scored as GPT-2's
+published figures are (completion style, GPT-2 BPE only; README.md): acc by the lowest summed loss over the
+ending's tokens, acc_norm by the lowest mean per token.
 
-Scoring is the "completion style" of GPT-2's published figures: each ending is appended to the
-context as GPT-2 BPE tokens (the context's, then those of ' ' + ending, each encoded on its own), the
-model reads the four sequences in one batch, and its cross-entropy is summed over the ending's
-tokens only. acc counts the examples where the right ending has the lowest sum; acc_norm those where
-it has the lowest mean per token, which does not favour short endings. A context plus ending longer
-than block_size + 1 tokens loses its first tokens (the model still sees a full window ending with
-the ending); OpenAI's GPT-2, 1024 tokens, never needs that.
-
-Only GPT-2 BPE models are scored. A character model's vocabulary (shakespeare_char's 65 characters)
-lacks characters the examples use, and a score per character compares with no published figure.
-
-    examples = load()                                  # data/hellaswag/hellaswag_val.jsonl, downloaded once
-    correct, correct_norm, count = score(model, examples, device, ctx)
+    correct, correct_norm, count = score(model, load(), device, ctx)   # downloads data/hellaswag/ once
 """
 import json
 import os
@@ -44,7 +33,7 @@ def default_path():
 
 
 def require_bpe(is_bpe, what):
-    """A UserError for character-level models; what names the model (or its dataset)."""
+    """A UserError for character-level models (no published figure compares); what names the model."""
     if not is_bpe:
         raise UserError(f"{what} is character-level; HellaSwag is scored in GPT-2 BPE tokens only, as GPT-2's "
                         "published figures are: leave out --hellaswag=True")
@@ -68,9 +57,8 @@ def parse_line(line):
     return ctx, endings, label
 
 
-def load(path=None, limit=None):
-    """The first `limit` examples (all by default) of a HellaSwag .jsonl file, tokenized. path=None is
-    the official validation file, downloaded into data/hellaswag/ the first time."""
+def load(path=None, limit=0):
+    """The first `limit` examples (0: all) of a HellaSwag .jsonl file, tokenized; path=None: the official one."""
     official = path is None
     if official:
         path = download(URL, default_path())   # only if it is not there yet
@@ -82,7 +70,7 @@ def load(path=None, limit=None):
     with open(path, encoding='utf-8') as f:
         try:
             for number, line in enumerate(f, 1):
-                if len(examples) == limit:
+                if limit and len(examples) == limit:
                     break
                 if not line.strip():
                     continue
@@ -94,18 +82,18 @@ def load(path=None, limit=None):
                                         [encoding.encode_ordinary(' ' + ending) for ending in endings], label))
         except UnicodeDecodeError:
             raise UserError(f"{path} is damaged: it is not UTF-8 text; {fix}")
-    if limit is not None and len(examples) < limit:
-        raise UserError(f"{path} holds {len(examples):,} examples, fewer than the {limit:,} asked for; "
-                        f"pass --hellaswag_examples={len(examples)} or less")
-    if not examples or (official and limit is None and len(examples) != VAL_EXAMPLES):
+    if not examples or (official and not limit and len(examples) != VAL_EXAMPLES):
         raise UserError(f"{path} is damaged: it holds {len(examples):,} examples"
                         f"{f', not {VAL_EXAMPLES:,}' if official else ''}; {fix}")
+    if limit and len(examples) < limit:
+        raise UserError(f"{path} holds {len(examples):,} examples, fewer than the {limit:,} asked for; "
+                        f"pass --hellaswag_examples={len(examples)} or less, or 0 for all of them")
     return examples
 
 
 def batch(example, block_size):
-    """Inputs and targets (4, T) of the four endings, padded to the longest: a target is -1 wherever
-    no ending token is predicted (the context and the padding)."""
+    """Inputs and targets (4, T) of context + ending, padded, targets -1 but on the ending's tokens; a window
+    over block_size + 1 tokens loses its first ones (GPT-2's 1024 never needs that)."""
     rows = []
     for ending in example.endings:
         tokens = (example.context + ending)[-(block_size + 1):]
@@ -125,30 +113,25 @@ def choose(model, example, device, ctx):
         logits, _ = model(x, y)  # with targets, GPT.forward returns every position's logits
     losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction='none')
     total = losses.view_as(y).sum(1)
-    mean = total / (y != -1).sum(1)
-    return total.argmin().item(), mean.argmin().item()
+    return total.argmin().item(), (total / (y != -1).sum(1)).argmin().item()
 
 
 def score(model, examples, device, ctx, rank=0, world_size=1, progress=False):
-    """(correct, correct_norm, count) over examples rank, rank + world_size, ...: under torchrun every
-    rank scores its share and the caller sums the three counts over the ranks (see acc_norm)."""
-    was_training = model.training
+    """(correct, correct_norm, count) over examples rank, rank + world_size, ...: each rank's share."""
+    was_training, share = model.training, examples[rank::world_size]
     model.eval()
-    correct = correct_norm = count = 0
-    for example in tqdm(examples[rank::world_size], desc='hellaswag', unit=' examples',
-                        disable=None if progress else True):
+    correct = correct_norm = 0
+    for example in tqdm(share, desc='hellaswag', unit=' examples', disable=None if progress else True):
         best, best_norm = choose(model, example, device, ctx)
         correct += best == example.label
         correct_norm += best_norm == example.label
-        count += 1
     model.train(was_training)
-    return correct, correct_norm, count
+    return correct, correct_norm, len(share)
 
 
 def acc_norm(model, examples, device, ctx, fsdp=False):
-    """acc_norm over examples as train.py scores it at its evaluations: under torchrun each rank scores
-    every world_size-th example and the counts are summed (under FSDP the ranks with one example
-    less run one more forward, as the shards meet in each)."""
+    """acc_norm as train.py's evaluations score it: the ranks' counts summed (under FSDP a rank with one example
+    less runs one more forward, as the shards meet in each)."""
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     with torch.compiler.set_stance('force_eager'):  # a compiled model would compile again for every length
         counts = score(model, examples, device, ctx, rank, world_size)

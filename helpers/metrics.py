@@ -1,23 +1,11 @@
-"""out_dir/metrics.csv: train.py's log, one row per log line and per evaluation, for plot.py.
-
-    iter, kind, tokens, seconds, train_loss, val_loss, hellaswag_acc, hellaswag_acc_norm, lr, ms_per_iter, mfu
-
-kind 'train' is a log line: train_loss is that iteration's minibatch loss (noisy), with
-ms_per_iter and mfu. kind 'eval' is an evaluation: train_loss and val_loss estimated on the
-fixed evaluation batches, and HellaSwag's acc and acc_norm where the run scores it. tokens
-counts the training tokens consumed so far; seconds the wall-clock time of training so far
-(start-up, evaluations and saves included), summed over the runs a resumed run continues (the
-time between a stop and its resume is not counted); mfu is a fraction of the device's peak
-(0.42 is 42%). Missing values are empty cells.
-
-A resumed run restarts at the checkpoint's iteration and logs the rows from there on again,
-so MetricsLog first drops the rows the interrupted run wrote from that iteration on: the file
-never holds an iteration twice. Files of older versions, without some of the columns, read
-with those values None, and a run resumed on one rewrites it with all the columns.
-"""
+"""out_dir/metrics.csv, train.py's log for plot.py: a row per log line (kind 'train') and per evaluation (kind
+'eval'), tokens and seconds summed over resumes, empty cells for missing values; a resumed run first drops the
+rows from its start iteration on, so no iteration appears twice."""
 import csv
 import math
 import os
+
+from helpers import files
 
 COLUMNS = ('iter', 'kind', 'tokens', 'seconds', 'train_loss', 'val_loss', 'hellaswag_acc', 'hellaswag_acc_norm',
            'lr', 'ms_per_iter', 'mfu')
@@ -25,8 +13,7 @@ FILE_NAME = 'metrics.csv'
 
 
 def _parse_row(raw):
-    """A row with numbers as numbers (None for empty cells), or None for a damaged row, such as
-    the half-written last line of a run killed mid-write."""
+    """A row with numbers as numbers (None for empty cells); None for a damaged row (a run killed mid-write)."""
     try:
         row = {'iter': int(raw['iter']), 'kind': raw.get('kind') or 'train',
                'tokens': int(raw['tokens']) if raw.get('tokens') else None}
@@ -43,15 +30,12 @@ def read_metrics(path):
         return [row for row in map(_parse_row, csv.DictReader(f)) if row is not None]
 
 
-def _cells(row):
-    # repr: the shortest text that reads back as the same float
+def _cells(row):  # repr: the shortest text that reads back as the same float
     return [row['kind'] if name == 'kind' else '' if row.get(name) is None else
             str(row[name]) if isinstance(row[name], int) else repr(float(row[name])) for name in COLUMNS]
 
 
-def _rounded(value, digits):
-    # for a readable file: a clock's hundredths are noise already, and 6 decimals still tell every
-    # count of HellaSwag's 10,042 examples apart
+def _rounded(value, digits):  # a clock's hundredths are noise; 6 decimals tell HellaSwag's counts apart
     return None if value is None else round(value, digits)
 
 
@@ -63,23 +47,16 @@ def duration(seconds):
 
 
 class MetricsLog:
-    """Appends rows to out_dir/metrics.csv. Created once, on rank 0, when the start iteration is
-    known (0 for a new run, the checkpoint's iter_num when resuming)."""
+    """Appends rows to out_dir/metrics.csv; created on rank 0 once the start iteration is known."""
 
     def __init__(self, out_dir, start_iter):
         os.makedirs(out_dir, exist_ok=True)
         self.path = os.path.join(out_dir, FILE_NAME)
         kept = [r for r in read_metrics(self.path) if r['iter'] < start_iter] if os.path.exists(self.path) else []
-        tmp = f"{self.path}.tmp.{os.getpid()}"
-        try:  # rewritten atomically: a crash here leaves the old file as it was
+        def write(tmp):  # rewritten atomically: a crash here leaves the old file as it was
             with open(tmp, 'w', newline='', encoding='utf-8') as f:
                 csv.writer(f).writerows([COLUMNS] + [_cells(r) for r in kept])
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        files.write_atomically(self.path, write)
         self._file = open(self.path, 'a', newline='', encoding='utf-8')
         self._writer = csv.writer(self._file)
 

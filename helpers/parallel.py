@@ -1,13 +1,9 @@
-"""One run in several processes under torchrun: DDP (a full model per process, gradients averaged)
-or FSDP (--fsdp=True: parameters, gradients and optimizer state sharded across the processes).
-
-torchrun starts one process per GPU (or CPU slot) and sets RANK, LOCAL_RANK and WORLD_SIZE. Rank 0
-logs and writes checkpoints; every rank trains on batches of its own. Whatever one rank decides
-alone (stop, fail) reaches the others through any_rank() at the points where they all meet, so
-that no rank waits in a collective for a peer that has left.
-"""
+"""One run in several processes under torchrun: DDP (a full model per process, gradients averaged) or FSDP
+(--fsdp=True: parameters, gradients and optimizer state sharded). Rank 0 logs and saves; what one rank decides
+alone (stop, fail) reaches the others where they all meet (any_rank), so that none waits for a peer that has left."""
 import os
 import shlex
+import socket
 import sys
 from datetime import timedelta
 
@@ -15,25 +11,22 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from helpers import UserError
+from helpers import UserError, optim
 
 CUDA_GRAPH_MODES = ('reduce-overhead', 'max-autotune')  # torch.compile modes that capture CUDA graphs
-# Rank 0 writes a checkpoint alone while the others wait in their next collective. gpt2-xl with its
-# AdamW state is about 19 GB: on network storage at 10 MB/s that is half an hour, three times
-# NCCL's default timeout of 10 minutes.
-COLLECTIVE_TIMEOUT = timedelta(hours=1)
+# The others wait while rank 0 saves: gpt2-xl with its AdamW state is 19 GB, half an hour at 10 MB/s, three times
+# NCCL's default timeout. Only that wait (a group of its own) is this long: a rank that died stops the others sooner.
+SAVE_TIMEOUT = timedelta(hours=1)
+_save_group = None
 
 
 def world():
     """(rank, local_rank, world_size) of this process: (0, 0, 1) without torchrun."""
-    if 'RANK' not in os.environ:
-        return 0, 0, 1
-    return int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
+    return int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
 
 
 def check(device_type, backend, fsdp, compile, compile_mode, gradient_accumulation_steps, optimizer='adamw'):
-    """Refuse, before anything starts, the combinations of device, processes, compilation and
-    optimizer that cannot work; each in one line with the fix."""
+    """Refuse, before anything starts, what cannot work together; each in one line with the fix."""
     _, _, world_size = world()
     if optimizer not in ('adamw', 'muon'):
         raise UserError(f"unknown optimizer '{optimizer}'; use adamw or muon")
@@ -71,22 +64,36 @@ def check(device_type, backend, fsdp, compile, compile_mode, gradient_accumulati
                         "default, or one micro-step per process (--gradient_accumulation_steps=<number of processes>)")
 
 
-def start(backend, device):
-    """Join the run's process group; returns this process's device (cuda:LOCAL_RANK on GPUs)."""
+def start(backend, device, resume_state=None):
+    """Join the run's process group and the one that waits for rank 0's saves (gloo: no GPU memory); returns this
+    process's device (cuda:LOCAL_RANK on GPUs). Resuming, every rank must have loaded the same checkpoint."""
+    global _save_group
     _, local_rank, _ = world()
     if torch.device(device).type == 'cuda':
         device = f'cuda:{local_rank}'
         torch.cuda.set_device(device)
     # device_id binds the NCCL communicator to this process's GPU at once
-    dist.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT,
-                            device_id=torch.device(device) if backend == 'nccl' else None)
+    dist.init_process_group(backend=backend, device_id=torch.device(device) if backend == 'nccl' else None)
+    _save_group = dist.new_group(backend='gloo', timeout=SAVE_TIMEOUT)
+    if resume_state is not None:
+        _same_checkpoint(resume_state, device)
     return device
 
 
+def _same_checkpoint(state, device):
+    """Stop every rank, in one line naming the node, unless all loaded the same checkpoint (not so on own disks)."""
+    seen = all_objects((socket.gethostname(), state['iter_num'], float(state['best_val_loss']),
+                        state.get('elapsed_seconds')))
+    odd = next((rank for rank, s in enumerate(seen) if s[1:] != seen[0][1:]), None)
+    stop_together(None if odd is None else
+                  f"rank {odd} on node {seen[odd][0]} resumes from another checkpoint (after iteration "
+                  f"{seen[odd][1] - 1}) than rank 0 on node {seen[0][0]} (after iteration {seen[0][1] - 1}); a run "
+                  "on several nodes needs its out_dir on storage that every node sees", device)
+
+
 def wrap(model, fsdp, device):
-    """The model as the processes train it: in DDP, or sharded in place with fully_shard, one
-    block per unit (its parameters gathered just before it runs). FSDP keeps the parameters in
-    float32 and leaves precision to the same autocast as DDP, so both compute the same numbers."""
+    """The model in DDP, or sharded in place with fully_shard, one block per unit; FSDP keeps float32 parameters
+    and leaves precision to the same autocast as DDP, so both compute the same numbers."""
     if not fsdp:
         return DDP(model, device_ids=[torch.device(device).index] if torch.device(device).type == 'cuda' else None)
     from torch.distributed.device_mesh import init_device_mesh
@@ -99,56 +106,47 @@ def wrap(model, fsdp, device):
 
 
 def sync_gradients(model, sync):
-    """Whether the next backward pass averages gradients across processes: only on the last
-    micro-step, as the ones before only add up."""
+    """Whether the next backward pass averages gradients across processes: under DDP the last micro-step only.
+    FSDP reduce-scatters at every micro-step: skipping it would keep every block's whole float32 gradients on
+    every rank between micro-steps, the memory FSDP is there to save (about 6 GB per rank for gpt2-xl)."""
     if isinstance(model, DDP):
         model.require_backward_grad_sync = sync
-    else:
-        model.set_requires_gradient_sync(sync)
 
 
-def any_rank(flag, device):
+def any_rank(flag, device, group=None):
     """Whether flag is true on any rank (a collective: every rank calls it at the same point)."""
     if not dist.is_initialized():
         return bool(flag)
-    on = device if dist.get_backend() == 'nccl' else 'cpu'
-    value = torch.tensor([int(bool(flag))], device=on)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    value = torch.tensor([int(bool(flag))], device=device if dist.get_backend(group) == 'nccl' else 'cpu')
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
     return bool(value.item())
 
 
 def leave(status):
-    """End this process together with the others: wait for every rank (rank 0's last save, its last
-    line), then exit at once. Python's own shutdown would tear the process group down while DDP or
-    FSDP still hold it, and gloo has been seen to abort there when a peer is already gone."""
-    wandb = sys.modules.get('wandb')
-    if wandb is not None and wandb.run is not None:  # its run ends as it does: finished, or failed
-        wandb.finish(exit_code=status)
+    """Wait for every rank, then exit at once: Python's shutdown, tearing down the group DDP holds, can abort."""
+    if getattr(sys.modules.get('wandb'), 'run', None) is not None:  # its run ends as this one: finished or failed
+        sys.modules['wandb'].finish(exit_code=status)
     dist.barrier()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
 
 
-def stop_together(problem, device):
-    """Stop every process at once, with one error line, when any of them has a problem (a message;
-    None when all is well). A process that stopped alone would leave the others waiting in their
-    next collective until torchrun kills them."""
-    if not dist.is_initialized():
-        if problem:
-            raise UserError(problem)
-        return
-    if not any_rank(problem is not None, device):
+def stop_together(problem, device, after_save=False):
+    """Stop every process, with one error line, when any has a problem (a message, or None): one that stopped
+    alone would leave the others waiting until torchrun kills them. after_save: the wait for rank 0's save."""
+    if not any_rank(problem is not None, device, _save_group if after_save else None):
         return
     message = next(p for p in all_objects(problem) if p)
+    if not dist.is_initialized():  # one process
+        raise UserError(message)
     if dist.get_rank() == 0:
         print(f"error: {message}", file=sys.stderr)
     leave(1)
 
 
 def launch_command(argv, *extra):
-    """The command that started this process (python, or torchrun on one machine), with extra arguments
-    that replace those of the same settings: to paste."""
+    """The command that started this process (python, or torchrun), extra replacing the same settings: to paste."""
     names = tuple(arg.partition('=')[0] + '=' for arg in extra)
     args = shlex.join([arg for arg in argv if not arg.startswith(names + ('--overwrite=',))] + list(extra))
     _, _, world_size = world()
@@ -169,8 +167,7 @@ def all_objects(obj):
 
 
 def full_state(model, optimizer, fsdp):
-    """Model and optimizer state dicts in the format of one unsharded process (CPU tensors on rank 0
-    under FSDP: collective, every rank calls it; the other ranks get empty dicts)."""
+    """Model and optimizer state dicts as one process holds them (FSDP: a collective; rank 0 gets them, on the CPU)."""
     if not fsdp:
         return model.state_dict(), optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
@@ -179,23 +176,25 @@ def full_state(model, optimizer, fsdp):
     by_name = get_optimizer_state_dict(model, optimizer, options=options)
     if not by_name:
         return model_state, by_name
-    # the distributed API keys optimizer state by parameter name; torch.optim numbers the
-    # parameters in param-group order, which is what an unsharded run saves and loads
+    # the distributed API keys the state by parameter name; one process numbers them in param-group order
     number = {}
     groups = [dict(g, params=[number.setdefault(name, len(number)) for name in g['params']])
               for g in by_name['param_groups']]
     return model_state, {'state': {number[k]: s for k, s in by_name['state'].items()}, 'param_groups': groups}
 
 
-def load_optimizer_state(model, optimizer, optimizer_state, fsdp):
-    """Load a full optimizer.state_dict() (numbered parameters), sharding it under FSDP."""
-    if not fsdp:
-        optimizer.load_state_dict(optimizer_state)
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    name_of = {id(p): name for name, p in model.named_parameters()}
-    names = [name_of[id(p)] for group in optimizer.param_groups for p in group['params']]
-    by_name = {'state': {names[i]: s for i, s in optimizer_state['state'].items()},
-               'param_groups': [dict(g, params=[names[i] for i in g['params']])
-                                for g in optimizer_state['param_groups']]}
-    set_optimizer_state_dict(model, optimizer, optim_state_dict=by_name, options=StateDictOptions(full_state_dict=True))
+def load_optimizer_state(model, optimizer, state, fsdp):
+    """Load a state as full_state gives it into optimizer, sharding it under FSDP; False, loading nothing, when
+    it is the other optimizer's (a run resumed with the other --optimizer), which then starts afresh."""
+    state = optim.as_built(state, optimizer.state_dict())
+    if state is not None and not fsdp:
+        optimizer.load_state_dict(state)
+    elif state is not None:  # the distributed API keys the state by parameter name
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        name_of = {id(p): name for name, p in model.named_parameters()}
+        names = [name_of[id(p)] for group in optimizer.param_groups for p in group['params']]
+        by_name = {'state': {names[i]: s for i, s in state['state'].items()},
+                   'param_groups': [dict(g, params=[names[i] for i in g['params']]) for g in state['param_groups']]}
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=by_name,
+                                 options=StateDictOptions(full_state_dict=True))
+    return state is not None

@@ -1,24 +1,24 @@
-"""Text <-> token ids: a character vocabulary (meta.pkl's itos) or GPT-2's BPE (tiktoken).
-
-A checkpoint written here carries its vocabulary (checkpoint['tokenizer'], see
-tokenizer_entry), so that a dataset prepared again from another text can never make a model
-read or write the wrong characters; nanoGPT's checkpoints, which lack it, use the dataset's
-meta.pkl. Free of PyTorch, so that sample_onnx.py runs without it.
-"""
+"""Text <-> token ids: a character vocabulary (meta.pkl's itos) or GPT-2's BPE (tiktoken), and the prompts.
+Checkpoints carry their vocabulary (tokenizer_entry), so a dataset prepared again from another text cannot make
+a model misread. Free of PyTorch and of helpers.data, so that sample_onnx.py runs without PyTorch."""
 import codecs
 import json
 import os
 
-from helpers import DATA_ROOT, UserError, shown
+from tqdm import tqdm
+
+from helpers import UserError
 
 BPE_VOCAB_SIZE = 50257
 GPT2_EOT = 50256  # <|endoftext|>
+CHUNK_BYTES = 1 << 20  # 2-3x faster (measured on the 2-core dev VM) to decode and encode than chunks of 2-8 MB
+UTF8_FIX = ("convert the file to UTF-8 (e.g. iconv -f GBK -t UTF-8) or pass --replace_invalid_utf8 to replace "
+            "undecodable bytes with U+FFFD")
 
 
 class CharTokenizer:
     def __init__(self, itos, separator=None):
-        """itos: the character of each token id, a list; separator: the character that ends a
-        document (tinystories_char's '␃'), if the data has one."""
+        """itos: the character of each token id; separator: the character that ends a document, if any."""
         self.itos = list(itos)
         self.stoi = {c: i for i, c in enumerate(self.itos)}
         self.end_token = self.stoi.get(separator) if separator else None
@@ -54,16 +54,14 @@ class BPETokenizer:
         return self.enc.encode(text, allowed_special={'<|endoftext|>'})
 
     def stream_decoder(self):
-        """A function from one token id to the text it completes. A BPE token can hold part of a
-        multi-byte character, so bytes wait in an incremental UTF-8 decoder until it is whole."""
+        """A function from one token id to the text it completes; part of a character waits for the rest."""
         utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
         return lambda token: utf8.decode(self.enc.decode_single_token_bytes(token))
 
 
 def tokenizer_entry(meta):
-    """What a checkpoint stores to name its tokenizer: a dataset's character vocabulary (meta.pkl),
-    or GPT-2's BPE for datasets without meta.pkl; None for a meta.pkl without itos. Plain values
-    only, as checkpoints hold."""
+    """What a checkpoint stores to name its tokenizer: a dataset's characters (meta.pkl), or GPT-2's BPE for
+    datasets without meta.pkl; None for a meta.pkl without itos."""
     if meta is None:
         return {'kind': 'gpt2'}
     if not isinstance(meta.get('itos'), (dict, list)):
@@ -74,62 +72,16 @@ def tokenizer_entry(meta):
     return entry
 
 
-def _shown_folder(dataset):
-    """data/<dataset> as messages write it (DATA_ROOT may be elsewhere); data/None for a checkpoint
-    that names no dataset."""
-    return shown(os.path.join(DATA_ROOT, str(dataset)))
-
-
-def check_dataset(entry, meta, dataset):
-    """A UserError unless data/<dataset> (its meta.pkl, or None) has the vocabulary of entry."""
-    theirs = tokenizer_entry(meta)
-    if entry is not None and (theirs or {}).get('itos') != entry.get('itos'):
-        ours = 'GPT-2 BPE' if entry['kind'] == 'gpt2' else f"a {len(entry['itos'])}-character vocabulary"
-        found = 'GPT-2 BPE (no meta.pkl)' if meta is None else f"another vocabulary ({meta['vocab_size']} symbols)"
-        raise UserError(f"the model was trained with {ours} but {_shown_folder(dataset)} holds {found}; use the "
-                        "dataset it was trained on, prepared again from the same text")
-
-
 def from_entry(entry):
+    """The tokenizer of a checkpoint's tokenizer entry (data.checkpoint_entry)."""
     if entry['kind'] == 'char':
         return CharTokenizer(entry['itos'], entry.get('separator'))
     return BPETokenizer()
 
 
-def checkpoint_entry(checkpoint):
-    """A checkpoint's tokenizer entry: its own, or for nanoGPT's checkpoints, which lack one, that
-    of its dataset's meta.pkl, or GPT-2's BPE."""
-    if checkpoint.get('tokenizer'):
-        return checkpoint['tokenizer']
-    from helpers import data
-    name = (checkpoint.get('config') or {}).get('dataset')
-    vocab_size = checkpoint['model_args']['vocab_size']
-    if name and os.path.exists(os.path.join(data.data_dir(name), 'meta.pkl')):
-        print(f"Loading meta from {os.path.join('data', name, 'meta.pkl')}...")
-        meta = data.read_meta(name)
-        if meta['vocab_size'] != vocab_size:
-            raise UserError(f"{_shown_folder(name)}/meta.pkl has vocab_size {meta['vocab_size']} but the model was "
-                            f"trained with {vocab_size}; the dataset was re-prepared since: restore its meta.pkl")
-        entry = tokenizer_entry(meta)
-        if entry is None:
-            raise UserError(f"{_shown_folder(name)}/meta.pkl has no character vocabulary (itos); "
-                            "re-create it with the dataset's prepare.py")
-        return entry
-    if vocab_size < BPE_VOCAB_SIZE:
-        raise UserError(f"the model has a {vocab_size}-symbol vocabulary but {_shown_folder(name)}/meta.pkl, which "
-                        f"maps it to characters, is missing; prepare the dataset '{name}' again to recreate it")
-    return {'kind': 'gpt2'}
-
-
-def for_checkpoint(checkpoint):
-    """The tokenizer a checkpoint was trained with."""
-    return from_entry(checkpoint_entry(checkpoint))
-
-
 def for_pretrained(name, vocab_size=None):
-    """The tokenizer of a transformers GPT-2 directory: the characters export_hf.py wrote beside a
-    character model (a tokenizer.json without merges), else GPT-2's BPE; with the model's
-    vocab_size, a UserError when it does not fit them."""
+    """The tokenizer of a transformers GPT-2 directory: the characters export_hf.py wrote (a tokenizer.json
+    without merges), else GPT-2's BPE; a UserError when the model's vocab_size does not fit them."""
     path = os.path.join(name, 'tokenizer.json')
     spec = {}
     if os.path.isfile(path):
@@ -153,28 +105,40 @@ def for_pretrained(name, vocab_size=None):
     return CharTokenizer(itos, itos[eos] if isinstance(eos, int) and 0 <= eos < len(itos) else None)
 
 
+def read_text(path, errors='strict', chunk_bytes=CHUNK_BYTES, desc=None, fix=UTF8_FIX):
+    """A file's UTF-8 text in pieces, chunk_bytes at a time, with a progress bar where desc names one. A byte that is
+    not UTF-8 is a UserError naming its offset and then fix, unless errors='replace' (U+FFFD)."""
+    decoder, offset = codecs.getincrementaldecoder('utf-8')(errors), 0   # it keeps a character cut by a chunk's end
+    with open(path, 'rb') as f, tqdm(total=os.path.getsize(path), unit='B', unit_scale=True, desc=desc,
+                                     disable=None if desc else True) as bar:
+        while True:
+            raw = f.read(chunk_bytes)
+            held = len(decoder.getstate()[0])   # bytes of a character begun in the chunk before
+            try:
+                text = decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path} is not valid UTF-8: byte 0x{e.object[e.start]:02x} at byte offset "
+                                f"{offset - held + e.start} ({e.reason}); {fix}")
+            offset += len(raw)
+            bar.update(len(raw))
+            if text:
+                yield text
+            if not raw:
+                return
+
+
 def read_text_file(path, what):
-    """The text of a UTF-8 file, read 1 MiB at a time, so that a binary file named by mistake, however
-    large, stops at its first byte that is no text."""
+    """A UTF-8 file's text, newlines as text mode reads them; a binary file named by mistake stops at once."""
     if not os.path.isfile(path):
         raise UserError(f"{what} file '{path}' {'is a folder' if os.path.isdir(path) else 'not found'}; "
                         "name a UTF-8 text file")
-    utf8, parts, offset = codecs.getincrementaldecoder('utf-8')(), [], 0
-    with open(path, 'rb') as f:
-        while True:
-            chunk = f.read(1 << 20)
-            pending = len(utf8.getstate()[0])
-            try:
-                parts.append(utf8.decode(chunk, final=not chunk))
-            except UnicodeDecodeError as e:
-                raise UserError(f"{what} file '{path}' is not UTF-8 text ({e.reason} at byte "
-                                f"{offset - pending + e.start}); save it as UTF-8")
-            if '\0' in parts[-1]:
-                raise UserError(f"{what} file '{path}' holds NUL bytes: it is a binary file, not text; name a UTF-8 "
-                                "text file")
-            if not chunk:
-                return ''.join(parts).replace('\r\n', '\n').replace('\r', '\n')  # as text mode reads it
-            offset += len(chunk)
+    parts = []
+    for part in read_text(path, fix=f'save the {what} file as UTF-8'):
+        if '\0' in part:
+            raise UserError(f"{what} file '{path}' holds NUL bytes: it is a binary file, not text; name a UTF-8 "
+                            "text file")
+        parts.append(part)
+    return ''.join(parts).replace('\r\n', '\n').replace('\r', '\n')
 
 
 def read_prompt(start):

@@ -248,7 +248,8 @@ def compiled_graphs(script, *args):
     import torch._dynamo
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    result = run_inproc(script, *args, check=True)
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # no quiet fall-back to eager either
+        result = run_inproc(script, *args, check=True)
     return result, torch._dynamo.utils.counters['stats']['unique_graphs']
 
 
@@ -370,3 +371,116 @@ class RunsCode:
 
     def __reduce__(self):
         return (os.system, (f'touch {self.marker}',))
+
+
+def explicit_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False):
+    """Attention written out, softmax(q k^T / sqrt(head_size)) v over the keys each query may see: the
+    reference that scaled_dot_product_attention's fused kernels are checked against."""
+    import torch
+    if is_causal:
+        attn_mask = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril()
+    att = (q @ k.transpose(-2, -1)) / k.size(-1) ** 0.5
+    if attn_mask is not None:
+        att = att.masked_fill(~attn_mask, float('-inf'))
+    return torch.nn.functional.dropout(att.softmax(dim=-1), p=dropout_p) @ v
+
+
+@contextlib.contextmanager
+def attention(flash):
+    """The model's attention as it is (flash=True), or through explicit_attention."""
+    import torch.nn.functional as F
+    real = F.scaled_dot_product_attention
+    if not flash:
+        F.scaled_dot_product_attention = explicit_attention
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = real
+
+
+@pytest.fixture
+def hf_offline(tmp_path, monkeypatch):
+    """A private, offline Hugging Face cache, for scripts run in this process (datasets read its settings at
+    import) and in processes of their own (the environment returned)."""
+    import datasets
+    import huggingface_hub
+    monkeypatch.setattr(datasets.config, 'HF_DATASETS_CACHE', str(tmp_path / 'hf_home' / 'datasets'))
+    monkeypatch.setattr(datasets.config, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    return {'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'HF_HOME': str(tmp_path / 'hf_home')}
+
+
+# -----------------------------------------------------------------------------
+# train.py on 2 CPU processes over gloo: under torchrun where the processes' behaviour is tested (signals, exit
+# codes, a failing rank); else as ranks forked from this process, each kind of run once a session.
+import functools
+import socket
+
+TORCHRUN = ('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py')
+# evaluations at 0, 3 and 6 (ckpt.pt then holds the weights before iteration 6), over an odd number of batches
+TORCHRUN_SETTINGS = dict(max_iters=8, eval_interval=3, eval_iters=3, gradient_accumulation_steps=2, learning_rate=3e-3)
+STEP_LINE = re.compile(r'^step (\d+): train loss ([\d.]+), val loss ([\d.]+)', re.M)
+
+
+def forked_ranks(*args):
+    """train.py <args> on 2 ranks with the variables torchrun sets, forked from this process, where torch is
+    imported already: no interpreter starts (seconds each here). Fails unless both exit 0; returns their stdout
+    and stderr (rank 0's, then rank 1's)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    logs = {rank: [os.path.join(TEST_ROOT, f'rank{rank}-{port}.{stream}') for stream in ('out', 'err')] for rank in '01'}
+    pids = [_fork_rank(dict(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE='2', LOCAL_WORLD_SIZE='2', MASTER_ADDR='127.0.0.1',
+                            MASTER_PORT=str(port)), args, *logs[rank]) for rank in '01']
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+    stdout, stderr = (''.join(open(logs[rank][i]).read() for rank in '01') for i in (0, 1))
+    assert codes == [0, 0], (f"train.py {' '.join(args)} on 2 ranks exited {codes}\n--- stdout ---\n"
+                             f"{stdout[-4000:]}\n--- stderr ---\n{stderr[-4000:]}")
+    return types.SimpleNamespace(stdout=stdout, stderr=stderr)
+
+
+def _fork_rank(variables, args, stdout, stderr):
+    """The pid of a child that runs train.py as one rank would, and exits with its status (after 5 minutes, hung)."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        signal.alarm(300)
+        os.environ.update(variables)
+        if 'torch._dynamo' in sys.modules:  # compiled afresh, as in a new process
+            sys.modules['torch._dynamo'].reset()
+        for fd, path in ((1, stdout), (2, stderr)):
+            os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT), fd)
+        sys.stdout, sys.stderr = (open(fd, 'w', buffering=1, closefd=False) for fd in (1, 2))
+        os.chdir(REPO_ROOT)
+        sys.argv = ['train.py', *args]
+        runpy.run_path('train.py', run_name='__main__')
+        code = 0
+    except BaseException:  # SystemExit too: a rank that finishes exits in parallel.leave, not through here
+        import traceback
+        traceback.print_exc()
+    finally:
+        os._exit(code)  # never back into pytest
+
+
+@pytest.fixture(scope='session')
+def parallel_run(core_dataset, tmp_path_factory):
+    """run(**settings): train.py on forked_ranks with TORCHRUN_SETTINGS and settings, once a session for all the
+    tests that read it (which copy out_dir to write there); its out_dir, stdout, losses and STEP_LINEs."""
+    @functools.cache
+    def run(**settings):
+        out_dir = tmp_path_factory.mktemp('parallel_run') / 'out'
+        stdout = forked_ranks(*core_train_args(out_dir, **{**TORCHRUN_SETTINGS, **settings})).stdout
+        return types.SimpleNamespace(out_dir=out_dir, stdout=stdout, losses=iteration_losses(stdout),
+                                     steps=STEP_LINE.findall(stdout))
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _collected_and_frozen():
+    """Before each test, what earlier tests left is collected and the rest put out of the garbage collector's
+    sight, so that run_inproc's two collections go through what one run made, not the whole heap (torch,
+    transformers, onnx: half a second a run, most of the time of a script that stops at a bad setting)."""
+    gc.collect()
+    gc.freeze()

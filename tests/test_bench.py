@@ -31,6 +31,20 @@ def test_bench_on_random_tokens():
     assert 10.0 < loss < 11.5, loss
 
 
+@pytest.mark.parametrize('bad, fragments', [
+    (['--n_embd=30', '--n_head=4'], ['n_embd (30) must be divisible by n_head (4)', '--n_embd=32']),
+    (['--n_layer=0'], ['n_layer must be a positive number, got 0']),
+    (['--dropout=1.0'], ['dropout must be in [0, 1), got 1.0']),
+    (['--batch_size=-2'], ['batch_size must be a positive number, got -2']),
+])
+def test_bench_refuses_a_bad_shape_in_one_line(tmp_path, bad, fragments):
+    """The checks train.py makes, before any model is built or trace written."""
+    trace_dir = tmp_path / 'bench_log'
+    assert_user_error(run_inproc('bench.py', *TINY, '--real_data=False', '--profile=True', f'--profile_dir={trace_dir}',
+                                 *bad), *fragments)
+    assert not trace_dir.exists()
+
+
 def test_bench_profile_writes_a_trace(tmp_path):
     trace_dir = tmp_path / 'bench_log'
     result = run_inproc('bench.py', *TINY, '--real_data=False', '--profile=True', f'--profile_dir={trace_dir}',

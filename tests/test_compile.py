@@ -7,13 +7,15 @@ from conftest import assert_user_error, compiled_graphs, core_train_args, iterat
 
 
 def test_compiled_training_and_sampling_equal_eager(tiny_run, tmp_path):
-    compiled, graphs = compiled_graphs('train.py', *core_train_args(tmp_path / 'out', compile=True))
+    # with activation checkpointing, whose recomputation compiles too (without it: test_parallel's 2-rank runs)
+    compiled, graphs = compiled_graphs('train.py', *core_train_args(tmp_path / 'out', compile=True, max_iters=10,
+                                                                    activation_checkpointing=True))
     assert graphs >= 2, graphs  # training, and evaluation without dropout's graph
     eager, ours = iteration_losses(tiny_run.stdout), iteration_losses(compiled.stdout)
-    assert sorted(ours) == sorted(eager) == list(range(21))
+    assert sorted(ours) == list(range(11))
     # inductor fuses kernels and so rounds differently: the same losses to float32 noise
-    assert all(ours[i] == pytest.approx(eager[i], abs=2e-3) for i in eager), (eager, ours)
-    assert ours[20] < ours[0] - 0.3
+    assert all(ours[i] == pytest.approx(eager[i], abs=2e-3) for i in ours), (eager, ours)
+    assert ours[10] < ours[0] - 0.3
 
     greedy = ['--device=cpu', '--num_samples=2', '--max_new_tokens=40', '--top_k=1', '--start=the cat']
     plain = run_inproc('sample.py', f'--out_dir={tmp_path / "out"}', *greedy, check=True).stdout

@@ -74,6 +74,21 @@ def test_strings_are_kept_as_strings(text, expected):
     assert ns['out_dir'] == expected and isinstance(ns['out_dir'], str)
 
 
+@pytest.mark.parametrize('text', ["['\\n\\n', 'THE END'", "'THE END", '"THE END', '(1, 2', "{'a': 1", "['a'] x"])
+def test_a_malformed_literal_for_a_setting_of_any_type_is_refused(text):
+    """top_k (None) takes any type: a list or quoted string with a typo would become a plain string."""
+    message = error_of([f'--top_k={text}'])
+    assert message.startswith(f"--top_k={text} starts like a Python value") and "--top_k=\"['" in message
+    # plain text stays text there, and a string setting takes any text as written
+    assert configure(['--top_k=THE END'])[0]['top_k'] == 'THE END'
+    assert configure([f'--out_dir={text}'])[0]['out_dir'] == text
+
+
+def test_sample_py_refuses_an_unbalanced_stop():
+    assert_user_error(run_inproc('sample.py', "--stop=['\\n\\n', 'THE END'"), "--stop=['\\n\\n', 'THE END' starts like",
+                      '--stop="[')
+
+
 def test_later_arguments_win(tmp_path):
     cfg = tmp_path / 'cfg.py'
     cfg.write_text("batch_size = 64\nout_dir = 'from-file'\n")
@@ -207,3 +222,32 @@ def test_train_py_type_error_and_bare_argument():
     assert_user_error(run_inproc('train.py', '--batch_size=2.5'), 'batch_size', 'int')
     assert_user_error(run_inproc('train.py', '--compile'), '--key=value')
     assert_user_error(run_inproc('train.py', 'config/no_such_config.py'), 'no_such_config.py', 'not found')
+
+
+MODEL = dict(n_layer=2, n_head=4, n_embd=32, block_size=16, dropout=0.0)
+
+
+@pytest.mark.parametrize('check, message', [
+    (lambda: configurator.require_positive({'batch_size': 0}, 'batch_size'),
+     "batch_size must be a positive number, got 0"),
+    (lambda: configurator.require_range({'lr': -1e-3}, 0, float('inf'), 'lr'), "lr must be in [0, inf), got -0.001"),
+    (lambda: configurator.check_model(dict(MODEL, n_embd=30)),
+     "n_embd (30) must be divisible by n_head (4); e.g. --n_embd=32"),
+    (lambda: configurator.check_model(dict(MODEL, n_head=0)), "n_head must be a positive number, got 0"),
+    (lambda: configurator.check_model(dict(MODEL, dropout=1.0)), "dropout must be in [0, 1), got 1.0"),
+    (lambda: configurator.check_seed(2 ** 63), f"seed must be an integer from 0 to 2**63-1, got {2 ** 63}"),
+    (lambda: configurator.check_seed(True), "seed must be an integer from 0 to 2**63-1, got True"),
+    (lambda: configurator.check_sampling(0.0, None), "temperature must be a positive finite number, got 0.0; use "
+                                                     "--top_k=1 for greedy decoding, a large temperature for nearly "
+                                                     "uniform draws"),
+    (lambda: configurator.check_sampling(1.0, 2.5), "top_k must be a positive integer or None, got 2.5"),
+    (lambda: configurator.check_sampling(1.0, None, 0.0), "top_p must be in (0, 1], got 0.0; 1.0 keeps every token, "
+                                                          "0.9 the most likely 90%"),
+])
+def test_each_check_refuses_in_one_line_what_no_run_can_use(check, message):
+    with pytest.raises(UserError) as refusal:
+        check()
+    assert str(refusal.value) == message
+    configurator.check_model(MODEL)  # and a sound setting passes
+    configurator.check_sampling(0.8, 5, 0.9)
+    configurator.check_seed(2 ** 63 - 1)

@@ -9,15 +9,14 @@ import torch
 
 import export_hf
 import tiny_runs
-from conftest import RunsCode, run_script
-from helpers import UserError
+from conftest import RunsCode, run_inproc
+from helpers import UserError, checkpoint
 from model import GPT
 
 transformers = pytest.importorskip('transformers')
 safetensors_torch = pytest.importorskip('safetensors.torch')
 
 BLOCK = 16
-
 
 
 def prompts(vocab_size):
@@ -68,7 +67,7 @@ def test_cli_export_verifies_itself(tmp_path):
         model = tiny_runs.make_model('gelu', bias=False, block_size=BLOCK, seed=4)
         out = tmp_path / 'run'
         tiny_runs.save_checkpoint(model, str(out), name)
-        proc = run_script('export_hf.py', f'--out_dir={out}')
+        proc = run_inproc('export_hf.py', f'--out_dir={out}', check=True)
     finally:
         tiny_runs.remove_dataset(name)
     assert "activation_function='gelu'" in proc.stdout and 'zero biases' in proc.stdout
@@ -107,8 +106,8 @@ def test_weights_that_would_run_code_are_never_loaded(tmp_path):
     torch.testing.assert_close(tiny_runs.full_logits(GPT.from_pretrained(str(tmp_path)), idx),
                                tiny_runs.full_logits(model, idx), rtol=0, atol=1e-5)
     os.remove(tmp_path / 'model.safetensors')
-    with pytest.raises(ValueError) as info:
-        GPT.from_pretrained(str(tmp_path))
+    with pytest.raises(UserError) as info:
+        checkpoint.pretrained(str(tmp_path))
     assert str(info.value) == (f"{tmp_path} was refused: its pytorch_model.bin would run code when loaded (GLOBAL "
                                "posix.system); load only models you trust, re-saved as safetensors "
                                "(model.save_pretrained(folder) writes model.safetensors)")

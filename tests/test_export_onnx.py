@@ -1,22 +1,22 @@
 """ONNX export: onnxruntime gives PyTorch's logits for every position, any batch and any length
 up to block_size, and greedy decoding on onnxruntime writes the same text as sample.py --top_k=1."""
+import itertools
 import json
 import os
 import re
 
-import numpy as np
 import pytest
 import torch
 
 import export_onnx
 import tiny_runs
-from conftest import run_script
+from conftest import run_inproc
+from helpers import UserError, exports, files
 
 ort = pytest.importorskip('onnxruntime')
 pytest.importorskip('onnx')
 
 BLOCK = 16
-
 
 
 @pytest.fixture(scope='module')
@@ -42,7 +42,7 @@ def test_cli_export_dynamic_shapes_and_greedy_sampling(tmp_path, char_dataset):
     model = tiny_runs.make_model('gelu', bias=False, block_size=BLOCK)
     out = tmp_path / 'run'
     tiny_runs.save_checkpoint(model, str(out), char_dataset)
-    proc = run_script('export_onnx.py', f'--out_dir={out}')
+    proc = run_inproc('export_onnx.py', f'--out_dir={out}', check=True)
     assert 'with the dynamo exporter' in proc.stdout, proc.stdout
     reported = float(re.search(r'max abs diff ([0-9.eE+-]+)', proc.stdout).group(1))
     assert reported <= 1e-4
@@ -65,8 +65,8 @@ def test_cli_export_dynamic_shapes_and_greedy_sampling(tmp_path, char_dataset):
     # greedy decoding: 30 new tokens run past block_size, where sample.py leaves its KV cache for
     # full windows and the onnxruntime loop starts cropping its context to the last block_size tokens
     args = ('--top_k=1', '--num_samples=1', '--max_new_tokens=30', '--start=ab')
-    expected = sample_text(run_script('sample.py', f'--out_dir={out}', *args, '--device=cpu').stdout)
-    got = sample_text(run_script('sample_onnx.py', f'--onnx_path={out / "model.onnx"}', *args).stdout)
+    expected = sample_text(run_inproc('sample.py', f'--out_dir={out}', *args, '--device=cpu', check=True).stdout)
+    got = sample_text(run_inproc('sample_onnx.py', f'--onnx_path={out / "model.onnx"}', *args, check=True).stdout)
     assert len(expected) == 2 + 30 and expected.startswith('ab')
     assert got == expected
 
@@ -75,63 +75,45 @@ def test_cli_export_dynamic_shapes_and_greedy_sampling(tmp_path, char_dataset):
 @pytest.mark.parametrize('bias', [False, True])
 def test_every_variant_matches_and_the_check_sees_a_wrong_gelu(tmp_path, activation, bias):
     # the TorchScript exporter (the fallback) is fast enough to cover every variant;
-    # the dynamo exporter is covered above (gelu, no bias) and below (tanh, biases)
+    # the dynamo exporter is covered above (gelu, no bias) and below (tanh, biases, weights beside)
     model = tiny_runs.make_model(activation, bias=bias, block_size=BLOCK)
     path = str(tmp_path / 'model.onnx')
     assert export_onnx.export(model, path, dynamo=False) == 'torchscript'
-    prompts = export_onnx.random_prompts(model.config.vocab_size, BLOCK, seed=1)
-    diff, scale = export_onnx.max_logit_difference(model, path, prompts)
+    prompts = exports.random_prompts(model.config.vocab_size, BLOCK, seed=1)
+    diff, scale = exports.max_logit_difference(model, export_onnx.onnx_logits(path), prompts)
     assert diff <= 1e-4 and scale > 3
     # the same weights with the other GELU are far outside the tolerance: the check has teeth
     other = tiny_runs.make_model('gelu' if activation == 'gelu_tanh' else 'gelu_tanh', bias=bias, block_size=BLOCK)
     other.load_state_dict(model.state_dict())
-    wrong_diff, _ = export_onnx.max_logit_difference(other, path, prompts)
+    wrong_diff, _ = exports.max_logit_difference(other, export_onnx.onnx_logits(path), prompts)
     assert wrong_diff > 1e-3
-
-
-def test_dynamo_export_tanh_gelu_with_biases(tmp_path):
-    model = tiny_runs.make_model('gelu_tanh', bias=True, block_size=BLOCK, seed=3)
-    path = str(tmp_path / 'model.onnx')
-    assert export_onnx.export(model, path, dynamo=True, metadata={'nanogpt.block_size': str(BLOCK)}) == 'dynamo'
-    diff, scale = export_onnx.max_logit_difference(model, path, export_onnx.random_prompts(
-        model.config.vocab_size, BLOCK, seed=2))
-    assert diff <= 1e-4 and scale > 3
-    # the wrapper that was exported computes GPT.forward's logits, position by position
+    # the wrapper that is exported computes GPT.forward's logits, position by position
     idx = torch.randint(model.config.vocab_size, (2, BLOCK), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(export_onnx.AllPositionLogits(model)(idx), tiny_runs.full_logits(model, idx),
                                    rtol=0, atol=1e-5)
 
 
-def test_sampler_draws_from_top_k_only():
-    import sample_onnx
-    rng = np.random.default_rng(0)
-    logits = np.array([0.0, 5.0, 4.0, -1.0, 3.0])
-    assert sample_onnx.pick_token(logits, 1.0, 1, rng) == 1
-    drawn = {sample_onnx.pick_token(logits, 1.0, 2, rng) for _ in range(200)}
-    assert drawn == {1, 2}
-
-
-def test_sampler_with_a_tiny_temperature_is_greedy_and_keeps_ties():
-    import sample_onnx
-    rng = np.random.default_rng(0)
-    logits = np.array([0.5, 3.0, 3.0, -1.0, 2.999])
-    for temperature in (1e-39, 1e-300, 5e-324):
-        assert {sample_onnx.pick_token(logits, temperature, None, rng) for _ in range(200)} == {1, 2}
-
-
-def test_weights_beside_the_file_are_replaced_with_it_and_only_whole(tmp_path, char_dataset, monkeypatch):
+def test_weights_beside_the_file_are_replaced_with_it_and_only_whole(tmp_path, char_dataset, monkeypatch, capsys):
     """A model over 2 GB keeps its weights beside the .onnx file (here any model: the threshold is 0).
     Each export's weights have a name of their own, so the earlier pair stays whole until the new
-    .onnx file is renamed over the old one; then the old weights go."""
+    .onnx file is renamed over the old one; then the old weights go. The first export is the dynamo
+    exporter's, of tanh GELU with biases; the next ones, of what it writes, are quicker ones."""
     monkeypatch.setattr(export_onnx, 'EXTERNAL_DATA_BYTES', 0)
-    model = tiny_runs.make_model('gelu', bias=False, block_size=BLOCK)
+    model = tiny_runs.make_model('gelu_tanh', bias=True, block_size=BLOCK, seed=3)
     out = tmp_path / 'run'
     tiny_runs.save_checkpoint(model, str(out), char_dataset)
     monkeypatch.setattr(export_onnx, 'out_dir', str(out))
+    idx = torch.randint(len(tiny_runs.CHARS), (2, BLOCK), generator=torch.Generator().manual_seed(1))
+    expected = tiny_runs.full_logits(model, idx)
+    assert expected.abs().max() > 3  # large enough for the comparison to mean something
     export_onnx.main()
+    assert 'exported with the dynamo exporter' in capsys.readouterr().out
     first = sorted(os.listdir(out))
-    assert len(first) == 3 and re.fullmatch(r'model\.onnx\.[0-9a-f]{8}\.data', first[2]), first
+    assert len(first) == 4 and re.fullmatch(r'model\.onnx\.[0-9a-f]{8}\.data', first[2]), first
+    session = ort.InferenceSession(str(out / 'model.onnx'), providers=['CPUExecutionProvider'])
+    torch.testing.assert_close(ort_logits(session, idx), expected, rtol=0, atol=1e-4)
+    monkeypatch.setattr(export_onnx, 'export', quick_export_with_weights_beside)
     with monkeypatch.context() as m:  # Ctrl+C while the new export is checked
         def interrupted(*args, **kwargs):
             raise KeyboardInterrupt
@@ -141,10 +123,9 @@ def test_weights_beside_the_file_are_replaced_with_it_and_only_whole(tmp_path, c
     assert sorted(os.listdir(out)) == first
     export_onnx.main()
     second = sorted(os.listdir(out))
-    assert len(second) == 3 and second[2] != first[2]
+    assert len(second) == 4 and second[2] != first[2]
     session = ort.InferenceSession(str(out / 'model.onnx'), providers=['CPUExecutionProvider'])
-    idx = torch.randint(len(tiny_runs.CHARS), (2, BLOCK), generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(ort_logits(session, idx), tiny_runs.full_logits(model, idx), rtol=0, atol=1e-4)
+    torch.testing.assert_close(ort_logits(session, idx), expected, rtol=0, atol=1e-4)
 
 
 def test_weights_in_a_file_per_tensor_are_gathered_into_one(tmp_path):
@@ -162,5 +143,62 @@ def test_weights_in_a_file_per_tensor_are_gathered_into_one(tmp_path):
     export_onnx.gather_weights(proto, str(tmp_path), 'model.onnx.0123abcd.data')
     onnx.save(proto, path)
     assert sorted(os.listdir(tmp_path)) == ['model.onnx', 'model.onnx.0123abcd.data']
-    diff, _ = export_onnx.max_logit_difference(model, path, export_onnx.random_prompts(len(tiny_runs.CHARS), BLOCK, 3))
+    diff, _ = exports.max_logit_difference(model, export_onnx.onnx_logits(path),
+                                           exports.random_prompts(len(tiny_runs.CHARS), BLOCK, 3))
     assert diff <= 1e-4
+
+
+def quick_export_with_weights_beside(model, path, opset, dynamo, metadata, data_name, export=export_onnx.export):
+    """export_onnx.export's output for a model over 2 GB, in a second: the TorchScript export, its weights
+    then moved to data_name beside it."""
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+    export(model, path, dynamo=False, metadata=metadata)
+    proto = onnx.load(path)
+    convert_model_to_external_data(proto, location=data_name, size_threshold=0)
+    onnx.save(proto, path)
+    return 'torchscript'
+
+
+@pytest.mark.skipif(not hasattr(os, 'fork'), reason='forks the export to kill it')
+def test_a_kill_at_any_step_leaves_one_whole_export(tmp_path, char_dataset, monkeypatch):
+    """An export killed (os._exit: no clean-up runs) before each of its renames and removals in turn:
+    model.onnx always runs, as the earlier export or the new one, and the next export leaves no file
+    behind but its own. Two exports of one file at once would not hold so (the clean-up of one deletes
+    the other's new weights): the second is refused."""
+    out = tmp_path / 'run'
+    monkeypatch.setattr(export_onnx, 'out_dir', str(out))
+    monkeypatch.setattr(export_onnx, 'export', quick_export_with_weights_beside)
+    models = [tiny_runs.make_model('gelu', bias=False, block_size=BLOCK, seed=seed) for seed in (0, 1)]
+    idx = torch.randint(len(tiny_runs.CHARS), (2, BLOCK), generator=torch.Generator().manual_seed(0))
+    expected = [tiny_runs.full_logits(model, idx) for model in models]
+    tiny_runs.save_checkpoint(models[0], str(out), char_dataset)
+    export_onnx.main()
+    tiny_runs.save_checkpoint(models[1], str(out), char_dataset)
+    for step in itertools.count(1):
+        pid = os.fork()
+        if pid == 0:  # the export, killed at its step-th change to a file
+            code, calls = 1, itertools.count(1)
+            try:
+                for name in ('replace', 'rename', 'remove', 'unlink'):
+                    def deadly(*args, real=getattr(os, name), **kwargs):
+                        return os._exit(137) if next(calls) == step else real(*args, **kwargs)
+                    setattr(os, name, deadly)
+                export_onnx.main()
+                code = 0
+            finally:
+                os._exit(code)
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        assert code in (0, 137), code
+        got = ort_logits(ort.InferenceSession(str(out / 'model.onnx'), providers=['CPUExecutionProvider']), idx)
+        assert [torch.allclose(got, e, rtol=0, atol=1e-4) for e in expected].count(True) == 1, step
+        if code == 0:  # it ran to the end: no step left
+            break
+    assert step > 2 and torch.allclose(got, expected[1], rtol=0, atol=1e-4)
+    export_onnx.main()
+    assert len(os.listdir(out)) == 4  # ckpt.pt, model.onnx, its weights, model.onnx.lock: nothing else left
+    with files.lock(str(out / 'model.onnx.lock'), 'held'):  # as an export in progress holds it
+        before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+        with pytest.raises(UserError, match=r"^another export_onnx\.py \(pid \d+\) is writing .*model\.onnx; wait"):
+            export_onnx.main()
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before

@@ -1,16 +1,13 @@
-"""data/fineweb_edu/prepare.py and helpers/documents.py: GPT-2 BPE of document collections, resumable.
-
-The expected tokens are computed here independently (one tiktoken encode_ordinary per document, then 50256,
-split by the documented rule: document i is val when i is a multiple of --val_every). The scripts run with
-a user's arguments, in this process (run_inproc: no interpreter start-up) or, where a test kills them or
-presses Ctrl+C, as processes of their own; always offline, with a private Hugging Face cache. The resume
-machinery is also driven directly on datasets built in memory, where an interruption can be placed exactly.
-"""
+"""data/fineweb_edu/prepare.py and helpers/documents.py: GPT-2 BPE of document collections, resumable. The expected
+tokens are computed here, independently: one encode_ordinary per document, then 50256; document i is val when i is a
+multiple of --val_every. Scripts run in this process, or in their own where a test kills them or presses Ctrl+C;
+the resume machinery is also driven on datasets built in memory, where an interruption can be placed exactly."""
 import errno
 import hashlib
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -44,21 +41,9 @@ def names():
         shutil.rmtree(data.data_dir(name), ignore_errors=True)
 
 
-@pytest.fixture
-def hf_env(tmp_path, monkeypatch):
-    """A private, offline Hugging Face cache: the environment of a script started here, and the cache of
-    datasets in this process (what streaming a local file writes there: lock files)."""
-    import datasets
-    import huggingface_hub
-    monkeypatch.setattr(datasets.config, 'HF_DATASETS_CACHE', str(tmp_path / 'hf_home' / 'datasets'))
-    monkeypatch.setattr(datasets.config, 'HF_HUB_OFFLINE', True)
-    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
-    return {'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'HF_HOME': str(tmp_path / 'hf_home')}
-
-
 def make_docs(n, seed=0, words=(5, 120)):
-    """n documents of varied length, with the awkward ones real corpora hold: empty, missing (None), only
-    whitespace, and one holding the <|endoftext|> text, which must stay ordinary text."""
+    """n documents of varied length, with the awkward ones real corpora hold: empty, missing (None: a row without
+    text, which is skipped), only whitespace, and one holding the <|endoftext|> text, which must stay ordinary."""
     rng = random.Random(seed)
     docs = [' '.join(rng.choice(WORDS) for _ in range(rng.randint(*words))) + f' doc{i}.' for i in range(n)]
     for i, odd in ((3, ''), (10, None), (17, ' \n '), (25, 'a doc holding <|endoftext|> in its text')):
@@ -71,11 +56,13 @@ def tokens_of(docs):
     """The tokens of docs, computed without the code under test: each one's encode_ordinary, then 50256."""
     import tiktoken
     enc = tiktoken.get_encoding('gpt2')
-    return np.array([t for doc in docs for t in enc.encode_ordinary(doc or '') + [EOT]], dtype=np.uint16)
+    return np.array([t for doc in docs if doc is not None for t in enc.encode_ordinary(doc) + [EOT]], dtype=np.uint16)
 
 
 def expected(docs, val_every):
-    """(train, val) tokens by the documented rule: document i is val when i is a multiple of val_every."""
+    """(train, val) tokens by the documented rule: rows without text are skipped, and of the documents left,
+    document i is val when i is a multiple of val_every."""
+    docs = [doc for doc in docs if doc is not None]
     return (tokens_of([doc for i, doc in enumerate(docs) if i % val_every]),
             tokens_of([doc for i, doc in enumerate(docs) if i % val_every == 0]))
 
@@ -85,15 +72,10 @@ def bins(name):
                  for split in ('train', 'val'))
 
 
-def digests(name):
-    return [hashlib.sha256(open(os.path.join(data.data_dir(name), f'{split}.bin'), 'rb').read()).hexdigest()
-            for split in ('train', 'val')]
-
-
 def left(name):
-    """The files in the dataset's folder, or None without one."""
+    """The files in the dataset's folder but the prepare's lock, or None without one."""
     folder = data.data_dir(name)
-    return sorted(os.listdir(folder)) if os.path.isdir(folder) else None
+    return sorted(set(os.listdir(folder)) - {prepare.LOCK}) if os.path.isdir(folder) else None
 
 
 def write_jsonl(path, docs):
@@ -116,7 +98,7 @@ def write_parquet(folder, docs, files=3):
 
 
 def prepare_fw(*args, check=True):
-    """data/fineweb_edu/prepare.py with args, in this process (use the hf_env fixture)."""
+    """data/fineweb_edu/prepare.py with args, in this process (use the hf_offline fixture)."""
     return run_inproc('data/fineweb_edu/prepare.py', *args, check=check)
 
 
@@ -129,26 +111,25 @@ def in_memory(docs, shards):
 def run_in_process(name, docs, parts, val_every=None, **kwargs):
     """gpt2_from_documents on parts made of docs, whose identity for a resume is their hash (and the split)."""
     source = {'documents': hashlib.sha256(json.dumps(docs).encode()).hexdigest(), 'val_every': val_every}
-    documents.gpt2_from_documents(parts, prepare.output_dir(name), source, val_every=val_every, **kwargs)
+    with prepare.output_dir(name) as out_dir:
+        documents.gpt2_from_documents(parts, out_dir, source, val_every=val_every, **kwargs)
 
 
 # ----------------------------------------------------------------------------- exact tokens
 
-def test_jsonl_and_parquet_give_exactly_the_tokens_of_one_call_per_document(tmp_path, names, hf_env):
+def test_jsonl_and_parquet_give_exactly_the_tokens_of_one_call_per_document(tmp_path, names, hf_offline):
     docs = make_docs(300, seed=1)
     train, val = expected(docs, val_every=7)
     jsonl = write_jsonl(tmp_path / 'docs.jsonl', docs)
     parquet = write_parquet(tmp_path / 'sample' / '10BT', docs)
-    outputs = []
-    for source in (jsonl, parquet, str(tmp_path / 'sample' / '10BT' / '*.parquet')):
+    for source in (jsonl, parquet, str(tmp_path / 'sample' / '10BT' / '*.parquet')):   # so the same bytes, too
         name = names()
         out = prepare_fw('--source', source, '--name', name, '--val_every=7', '--chunk_docs=40').stdout
         got_train, got_val = bins(name)
         assert np.array_equal(got_train, train) and np.array_equal(got_val, val), source
-        assert "257 train and 43 val documents" in out and f"train has {len(train):,} tokens" in out
+        assert "256 train and 43 val documents; 1 without text skipped" in out
+        assert f"train has {len(train):,} tokens" in out
         assert left(name) == ['train.bin', 'val.bin']   # no .tmp files, no progress record
-        outputs.append(digests(name))
-    assert outputs[0] == outputs[1] == outputs[2]
 
 
 def test_same_bytes_whatever_the_threads_chunks_and_shards(names):
@@ -163,19 +144,27 @@ def test_same_bytes_whatever_the_threads_chunks_and_shards(names):
         assert np.array_equal(got_train, train) and np.array_equal(got_val, val), run
 
 
-def test_openwebtext_keeps_its_split_and_order(tmp_path, names, hf_env):
+def test_openwebtext_keeps_its_split_and_order(tmp_path, names, hf_offline):
     """openwebtext goes through the same path: its val is datasets' train_test_split(0.0005, seed 2357), and
-    both files hold the documents in that split's order."""
+    both files hold the documents in that split's order; from .jsonl, and from a folder of .txt files (a
+    document each) loaded by two processes."""
     from datasets import Dataset
     docs = [d or '' for d in make_docs(2100, seed=3, words=(1, 12))]
-    split = Dataset.from_dict({'text': docs}).train_test_split(test_size=0.0005, seed=2357, shuffle=True)
-    name = names()
-    out = run_inproc('data/openwebtext/prepare.py', '--source', write_jsonl(tmp_path / 'owt.jsonl', docs),
-                     '--name', name, '--num_proc', '1', check=True).stdout
-    assert "2,098 train and 2 val documents" in out
-    got_train, got_val = bins(name)
-    assert np.array_equal(got_train, tokens_of(split['train']['text']))
-    assert np.array_equal(got_val, tokens_of(split['test']['text']))
+    files = [(d or '').strip() or 'x' for d in make_docs(60, seed=5)]   # an empty file is refused
+    os.mkdir(tmp_path / 'corpus')
+    for i, doc in enumerate(files):
+        (tmp_path / 'corpus' / f'{i:03d}.txt').write_text(doc, encoding='utf-8')
+    for docs, source, num_proc, counts in (
+            (docs, write_jsonl(tmp_path / 'owt.jsonl', docs), '1', "2,098 train and 2 val"),
+            (files, str(tmp_path / 'corpus'), '2', "59 train and 1 val")):
+        split = Dataset.from_dict({'text': docs}).train_test_split(test_size=0.0005, seed=2357, shuffle=True)
+        name = names()
+        out = run_inproc('data/openwebtext/prepare.py', '--source', source, '--name', name, '--num_proc', num_proc,
+                         check=True).stdout
+        assert f"{counts} documents" in out
+        got_train, got_val = bins(name)
+        assert np.array_equal(got_train, tokens_of(split['train']['text']))
+        assert np.array_equal(got_val, tokens_of(split['test']['text']))
 
 
 # ----------------------------------------------------------------------------- interruptions
@@ -213,7 +202,8 @@ def test_resume_after_an_interruption_inside_a_chunk(names, monkeypatch, capsys,
     if isinstance(error, OSError):
         assert 'disk is full' in str(raised.value) and 'resumes after chunk 3' in str(raised.value)
     at = progress(name)
-    assert at['chunks'] == 3 and at['documents'] == 90 and at['shard'] == 0 and at['shard_docs'] == 90
+    assert at['chunks'] == 3 and at['shard'] == 0 and at['shard_docs'] == 90
+    assert at['documents'] == 89 and at['skipped'] == 1   # document 10 has no text
     tmp_train = os.path.join(data.data_dir(name), 'train.bin.tmp')
     assert os.path.getsize(tmp_train) > at['bytes']['train'] and 'train.bin' not in left(name)
     with open(tmp_train, 'ab') as f:   # and then some bytes a torn write left, more than all the tokens to come
@@ -222,7 +212,7 @@ def test_resume_after_an_interruption_inside_a_chunk(names, monkeypatch, capsys,
     rerun = Interrupt(monkeypatch)
     capsys.readouterr()
     run_in_process(name, docs, [(None, source)], val_every=5, chunk_docs=30)
-    assert "resuming after chunk 3: 90 documents" in capsys.readouterr().out
+    assert "resuming after chunk 3: 89 documents" in capsys.readouterr().out
     assert rerun.calls == 2 * 5   # train and val of 90-99 (shard 0), 100-129, 130-159, 160-189, 190-199
     got_train, got_val = bins(name)
     train, val = expected(docs, val_every=5)
@@ -245,7 +235,7 @@ def test_resume_of_fixed_splits_and_a_finished_shard(names, monkeypatch, capsys)
     rerun = Interrupt(monkeypatch)
     capsys.readouterr()
     run_in_process(name, docs, parts, chunk_docs=25)
-    assert "resuming after chunk 4: 100 documents" in capsys.readouterr().out and rerun.calls == 1
+    assert "resuming after chunk 4: 99 documents" in capsys.readouterr().out and rerun.calls == 1
     got_train, got_val = bins(name)
     assert np.array_equal(got_train, tokens_of(docs[:100])) and np.array_equal(got_val, tokens_of(docs[100:]))
 
@@ -279,12 +269,12 @@ def test_identity_of_local_files_changes_with_their_size_or_time(tmp_path):
     assert before != touched != documents.identity([path]) and touched[0][0] == os.path.abspath(path)
 
 
-def start(tmp_path, name, docs, hf_env):
+def start(tmp_path, name, docs, hf_offline):
     """The prepare of docs (a parquet source) started in the background, once it has finished 2 chunks."""
     source = write_parquet(tmp_path / 'big', docs, files=2)
     proc = subprocess.Popen([sys.executable, 'data/fineweb_edu/prepare.py', '--source', source, '--name', name,
                              '--val_every=9', '--chunk_docs=20'], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED='1', **hf_env))
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED='1', **hf_offline))
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline:
         try:
@@ -297,12 +287,12 @@ def start(tmp_path, name, docs, hf_env):
     return source, proc
 
 
-def test_killed_prepare_resumes_where_it_stopped(tmp_path, names, hf_env):
+def test_killed_prepare_resumes_where_it_stopped(tmp_path, names, hf_offline):
     """kill -9 at any moment: the re-run resumes after the chunks the progress record names, leaves the bytes
     already there as they are (marked here, to tell), and ends with the tokens of an uninterrupted run."""
     docs = make_docs(3000, seed=7, words=(20, 200))
     name = names()
-    source, proc = start(tmp_path, name, docs, hf_env)
+    source, proc = start(tmp_path, name, docs, hf_offline)
     proc.kill()
     proc.communicate(timeout=60)
     at = progress(name)
@@ -318,12 +308,19 @@ def test_killed_prepare_resumes_where_it_stopped(tmp_path, names, hf_env):
     assert left(name) == ['train.bin', 'val.bin']
 
 
-def test_ctrl_c_keeps_the_chunks_and_the_rerun_finishes_them(tmp_path, names, hf_env):
+def test_a_second_prepare_is_refused_and_ctrl_c_keeps_the_chunks_for_the_rerun(tmp_path, names, hf_offline):
+    """While a prepare runs, another of the same name is one line and leaves it alone; Ctrl+C then stops the first
+    with its finished chunks kept, and the re-run finishes them."""
     docs = make_docs(3000, seed=8, words=(20, 200))
     name = names()
-    source, proc = start(tmp_path, name, docs, hf_env)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    source, proc = start(tmp_path, name, docs, hf_offline)
+    try:
+        second = prepare_fw('--source', source, '--name', name, '--val_every=9', '--chunk_docs=20', check=False)
+        assert_user_error(second, f'another prepare (pid {proc.pid}) is writing', f'{name}/', 'wait for it')
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and 'run the same command again to resume' in err and 'Traceback' not in err
     assert {'train.bin.tmp', 'val.bin.tmp', documents.PROGRESS} <= set(left(name)) and 'train.bin' not in left(name)
     chunks = progress(name)['chunks']
@@ -336,7 +333,7 @@ def test_ctrl_c_keeps_the_chunks_and_the_rerun_finishes_them(tmp_path, names, hf
 
 # ----------------------------------------------------------------------------- bad input
 
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, names, hf_env):
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, names, hf_offline):
     name = names()
     notes = tmp_path / 'notes.txt'
     notes.write_text('plain text\n')
@@ -366,7 +363,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, names, hf_env):
     assert left(name) is None
 
 
-def test_another_dataset_is_replaced_only_with_force(tmp_path, names, hf_env):
+def test_another_dataset_is_replaced_only_with_force(tmp_path, names, hf_offline):
     name = names()
     os.makedirs(data.data_dir(name))
     np.arange(10, dtype=np.uint16).tofile(os.path.join(data.data_dir(name), 'train.bin'))
@@ -374,3 +371,70 @@ def test_another_dataset_is_replaced_only_with_force(tmp_path, names, hf_env):
     assert_user_error(prepare_fw('--source', source, '--name', name, check=False), '--force')
     prepare_fw('--source', source, '--name', name, '--val_every=3', '--force')
     assert np.array_equal(bins(name)[0], expected(make_docs(30), val_every=3)[0])
+
+
+def write_bad_source(tmp_path, case):
+    """A source of documents with one fault: a line that is not UTF-8 or not JSON, a parquet file cut in half
+    (as a download stopped half-way leaves it) or with bytes of its data overwritten."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    lines = [json.dumps({'text': doc}).encode() for doc in make_docs(60, seed=10) if doc is not None]
+    if case in ('not UTF-8', 'not JSON'):
+        lines[30] = b'{"text": "caf\xe9"}' if case == 'not UTF-8' else b'this line is no JSON'
+        return write_bytes(tmp_path / 'docs.jsonl', b'\n'.join(lines) + b'\n')
+    pq.write_table(pa.table({'text': [f'document {i} ' * 20 for i in range(500)]}), tmp_path / 'good.parquet',
+                   row_group_size=50)
+    whole = (tmp_path / 'good.parquet').read_bytes()
+    damaged = whole[:len(whole) // 2] if case == 'half-written parquet' else whole[:200] + bytes(200) + whole[400:]
+    return write_bytes(tmp_path / 'docs.parquet', damaged)
+
+
+def write_bytes(path, content):
+    path.write_bytes(content)
+    return str(path)
+
+
+PREPARES = {'fineweb_edu': [], 'openwebtext': ['--num_proc', '1']}
+
+
+@pytest.mark.parametrize('script', PREPARES)
+@pytest.mark.parametrize('case, why', [('not UTF-8', 'Invalid UTF8'), ('not JSON', 'JSON parse error'),
+                                       ('half-written parquet', 'magic bytes'), ('damaged parquet', 'snappy')])
+def test_an_unreadable_source_is_one_line_in_both_prepares(tmp_path, names, hf_offline, script, case, why):
+    name = names()
+    result = run_inproc(f'data/{script}/prepare.py', '--source', write_bad_source(tmp_path, case), '--name', name,
+                        *PREPARES[script])
+    assert_user_error(result, why)
+    assert left(name) is None
+
+
+@pytest.mark.parametrize('script', PREPARES)
+def test_rows_without_text_are_skipped_and_counted_in_both_prepares(tmp_path, names, hf_offline, script):
+    docs = make_docs(80, seed=11)   # document 10 is None: "text": null
+    source = write_jsonl(tmp_path / 'docs.jsonl', docs)
+    with open(source, 'a') as f:
+        f.write(json.dumps({'id': 80}) + '\n')   # and a row without the field
+    name = names()
+    out = run_inproc(f'data/{script}/prepare.py', '--source', source, '--name', name, *PREPARES[script],
+                     check=True).stdout
+    assert "val documents; 2 without text skipped" in out
+    kept = [doc for doc in docs if doc is not None]
+    assert np.array_equal(np.sort(np.concatenate(bins(name))), np.sort(tokens_of(kept)))   # no empty document
+    if script == 'fineweb_edu':   # and the split rule numbers only documents
+        assert all(map(np.array_equal, bins(name), expected(docs, val_every=1000)))
+
+
+def test_a_dataset_whose_prepare_was_interrupted_names_that_prepare(tmp_path, names, hf_offline, monkeypatch):
+    """Its own command, which resumes it: not data/char/prepare.py --force, which would start over."""
+    name = names()
+    args = ['--source', write_jsonl(tmp_path / 'my docs.jsonl', make_docs(100)), '--name', name, '--chunk_docs=20']
+    stop = Interrupt(monkeypatch, at=3, error=KeyboardInterrupt())   # after chunk 1
+    with pytest.raises(KeyboardInterrupt):
+        prepare_fw(*args)
+    monkeypatch.setattr(documents, 'encode', stop.encode)
+    command = shlex.join(['python', 'data/fineweb_edu/prepare.py', *args])
+    with pytest.raises(UserError) as e:
+        data.bin_path(name, 'train')
+    assert f"train.bin is missing; its prepare was interrupted: run `{command}` again to resume" in str(e.value)
+    assert data.prepare_command(name) == command and "'" in command   # the path with a space, quoted
+    assert "resuming after chunk 1" in prepare_fw(*args).stdout

@@ -7,6 +7,7 @@ import torch
 
 import model as model_module
 from helpers import tokenizer
+from conftest import attention
 from model import GPT, GPTConfig
 
 BLOCK = 16
@@ -19,20 +20,6 @@ def tiny():
     return m.eval()
 
 
-def nucleus(probs, top_p):
-    """probs with every token outside the nucleus set to 0: going down from the most likely
-    token, a token is kept while the ones before it add up to less than top_p."""
-    kept = torch.zeros_like(probs)
-    for row in range(probs.size(0)):
-        total = 0.0
-        for token in probs[row].argsort(descending=True).tolist():
-            if total >= top_p:
-                break
-            kept[row, token] = probs[row, token]
-            total += probs[row, token].item()
-    return kept
-
-
 def reference_generate(m, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0):
     """The plain definition: crop to the last block_size tokens, run the whole window, give
     every token below the k-th largest logit probability 0, keep the nucleus, draw."""
@@ -40,12 +27,12 @@ def reference_generate(m, idx, max_new_tokens, temperature=1.0, top_k=None, top_
         logits, _ = m(idx[:, -m.config.block_size:])
         logits = logits[:, -1, :] / temperature
         if top_k is not None:
-            k = min(top_k, logits.size(-1))
-            kth = logits.sort(dim=-1, descending=True).values[:, k - 1:k]
+            kth = logits.sort(dim=-1, descending=True).values[:, min(top_k, logits.size(-1)) - 1, None]
             logits = torch.where(logits < kth, float('-inf'), logits)
         probs = torch.softmax(logits, dim=-1)
-        if top_p < 1.0:
-            probs = nucleus(probs, top_p)
+        if top_p < 1.0:  # the nucleus: from the most likely token down, kept while those before add up to < top_p
+            ordered, order = probs.sort(dim=-1, descending=True)
+            probs = torch.zeros_like(probs).scatter(-1, order, ordered * (ordered.cumsum(-1) - ordered < top_p))
         idx = torch.cat((idx, torch.multinomial(probs, 1)), dim=1)
     return idx
 
@@ -65,42 +52,31 @@ def test_cache_matches_reference(tiny, prompt_len, new_tokens, temperature, top_
         assert torch.equal(got, expected), f"use_cache={use_cache}"
 
 
-def test_top_p_keeps_the_nucleus_with_renormalised_probabilities(tiny, monkeypatch):
-    """probabilities 0.5, 0.3, 0.15, 0.05: top_p=0.75 keeps the first two (0.5 < 0.75 before the
-    second, 0.8 before the third), drawn 5:3; top_p=0.5 keeps the first alone."""
-    logits = torch.full((53,), -float('inf'))
-    logits[[4, 17, 30, 44]] = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
-    monkeypatch.setattr(tiny, 'forward', lambda idx, kv_cache=None: (logits.expand(idx.size(0), 1, 53), None))
+LOG = torch.tensor([0.5, 0.3, 0.15, 0.05]).log().tolist()
+
+
+# (logit of every other token, {token: logit}, settings, {token: expected frequency})
+@pytest.mark.parametrize('rest,logits,settings,expected', [
+    # probabilities 0.5, 0.3, 0.15, 0.05: top_p=0.75 keeps the first two (0.5 < 0.75 before the
+    # second, 0.8 before the third), drawn 5:3; top_p=0.5 keeps the first alone
+    (-float('inf'), dict(zip([4, 17, 30, 44], LOG)), dict(top_p=0.75), {4: 0.625, 17: 0.375}),
+    (-float('inf'), dict(zip([4, 17, 30, 44], LOG)), dict(top_p=0.5), {4: 1.0}),
+    # the top_k only (12 is fourth), with softmax(logits / temperature) over them
+    (-2.0, {7: 3.0, 30: 2.0, 41: 1.0, 12: 0.5}, dict(temperature=2.0, top_k=3),
+     dict(zip([7, 30, 41], torch.softmax(torch.tensor([3.0, 2.0, 1.0]) / 2.0, 0).tolist()))),
+    # top_k=2: token 3, then a three-way tie for second place, all of it kept
+    (-4.0, {3: 2.0, 9: 1.0, 20: 1.0, 33: 1.0}, dict(top_k=2),
+     dict(zip([3, 9, 20, 33], torch.softmax(torch.tensor([2.0, 1.0, 1.0, 1.0]), 0).tolist()))),
+])
+def test_draws_follow_the_renormalised_kept_probabilities(tiny, monkeypatch, rest, logits, settings, expected):
+    row = torch.full((53,), rest)
+    row[list(logits)] = torch.tensor(list(logits.values()))
+    monkeypatch.setattr(tiny, 'forward', lambda idx, kv_cache=None: (row.expand(idx.size(0), 1, 53), None))
     torch.manual_seed(0)
-    tokens = tiny.generate(torch.zeros((4000, 1), dtype=torch.long), 1, top_p=0.75)[:, 1]
-    assert set(tokens.tolist()) == {4, 17}
-    torch.testing.assert_close((tokens == 4).float().mean(), torch.tensor(0.625), rtol=0, atol=0.03)
-    assert set(tiny.generate(torch.zeros((50, 1), dtype=torch.long), 1, top_p=0.5)[:, 1].tolist()) == {4}
-
-
-def test_top_k_draws_from_the_renormalised_top_k(tiny, monkeypatch):
-    """Tokens come from the top_k only, with softmax(logits / temperature) over them."""
-    logits = torch.full((53,), -2.0)
-    logits[[7, 30, 41, 12]] = torch.tensor([3.0, 2.0, 1.0, 0.5])  # 12 is fourth: outside top_k=3
-    monkeypatch.setattr(tiny, 'forward', lambda idx, kv_cache=None: (logits.expand(idx.size(0), 1, 53), None))
-    torch.manual_seed(0)
-    tokens = tiny.generate(torch.zeros((4000, 1), dtype=torch.long), 1, temperature=2.0, top_k=3)[:, 1]
-    assert set(tokens.tolist()) == {7, 30, 41}
-    expected = torch.softmax(torch.tensor([3.0, 2.0, 1.0]) / 2.0, dim=0)
-    observed = torch.stack([(tokens == t).float().mean() for t in (7, 30, 41)])
-    torch.testing.assert_close(observed, expected, rtol=0, atol=0.03)
-
-
-def test_top_k_keeps_every_token_tied_with_the_kth(tiny, monkeypatch):
-    logits = torch.full((53,), -4.0)
-    logits[[3, 9, 20, 33]] = torch.tensor([2.0, 1.0, 1.0, 1.0])  # top_k=2: token 3, then a three-way tie
-    monkeypatch.setattr(tiny, 'forward', lambda idx, kv_cache=None: (logits.expand(idx.size(0), 1, 53), None))
-    torch.manual_seed(0)
-    tokens = tiny.generate(torch.zeros((4000, 1), dtype=torch.long), 1, top_k=2)[:, 1]
-    assert set(tokens.tolist()) == {3, 9, 20, 33}
-    expected = torch.softmax(torch.tensor([2.0, 1.0, 1.0, 1.0]), dim=0)
-    observed = torch.stack([(tokens == t).float().mean() for t in (3, 9, 20, 33)])
-    torch.testing.assert_close(observed, expected, rtol=0, atol=0.03)
+    tokens = tiny.generate(torch.zeros((4000, 1), dtype=torch.long), 1, **settings)[:, 1]
+    assert set(tokens.tolist()) == set(expected)
+    observed = torch.stack([(tokens == t).float().mean() for t in expected])
+    torch.testing.assert_close(observed, torch.tensor(list(expected.values())), rtol=0, atol=0.03)
 
 
 @pytest.mark.parametrize('top_k', [53, 1000])
@@ -114,13 +90,27 @@ def test_top_k_of_the_whole_vocabulary_changes_nothing(tiny, top_k):
 
 @pytest.mark.parametrize('temperature', [1e-39, 1e-300, 5e-324])
 def test_a_tiny_temperature_is_greedy_and_keeps_ties(temperature):
-    """Dividing first would overflow to inf and NaN; the largest logit is 0 before the division."""
+    """Dividing first would overflow to inf and NaN; the largest logit is 0 before the division.
+    sample_onnx.py's sampler, on numpy, does the same."""
+    import numpy as np
+    import sample_onnx
     logits = torch.tensor([[0.5, 3.0, 3.0, -1.0, 2.999]]).expand(2000, 5)
     torch.manual_seed(0)
     tokens = model_module.sample_next_token(logits, temperature)[:, 0]
     assert set(tokens.tolist()) == {1, 2}
     torch.testing.assert_close((tokens == 1).float().mean(), torch.tensor(0.5), rtol=0, atol=0.05)
     assert set(model_module.sample_next_token(logits[:50], temperature, top_k=3, top_p=0.9)[:, 0].tolist()) <= {1, 2}
+    rng = np.random.default_rng(0)
+    assert {sample_onnx.pick_token(logits[0].double().numpy(), temperature, None, rng) for _ in range(200)} == {1, 2}
+
+
+def test_sample_onnx_draws_from_top_k_only():
+    import numpy as np
+    import sample_onnx
+    rng = np.random.default_rng(0)
+    logits = np.array([0.0, 5.0, 4.0, -1.0, 3.0])
+    assert sample_onnx.pick_token(logits, 1.0, 1, rng) == 1
+    assert {sample_onnx.pick_token(logits, 1.0, 2, rng) for _ in range(200)} == {1, 2}
 
 
 def test_cached_logits_match_full_forward(tiny):
@@ -137,20 +127,17 @@ def test_cached_logits_match_full_forward(tiny):
         tiny(idx[:, :1], kv_cache=cache)
 
 
-def test_chunked_prefill_after_past_positions(tiny):
+@pytest.mark.parametrize('flash', [True, False])
+@pytest.mark.parametrize('end', [12, BLOCK])
+def test_chunked_prefill_after_past_positions(tiny, flash, end):
     """Several new positions on top of a non-empty cache need the offset causal mask."""
-    idx = torch.randint(53, (1, 12), generator=torch.Generator().manual_seed(4))
-    with torch.no_grad():
-        full, _ = tiny(idx, targets=torch.zeros_like(idx))
-        for flash in (True, False):
-            for block in tiny.transformer.h:
-                block.attn.flash = flash
-            cache = model_module.KVCache(tiny.config.n_layer, tiny.config.block_size)
-            tiny(idx[:, :5], kv_cache=cache)
-            chunk_logits, _ = tiny(idx[:, 5:], targets=torch.zeros_like(idx[:, 5:]), kv_cache=cache)
-            torch.testing.assert_close(chunk_logits, full[:, 5:], rtol=0, atol=1e-5)
-    for block in tiny.transformer.h:
-        block.attn.flash = True
+    idx = torch.randint(53, (2, BLOCK), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad(), attention(flash):
+        full, _ = tiny(idx, targets=idx)
+        cache = model_module.KVCache(tiny.config.n_layer, tiny.config.block_size)
+        tiny(idx[:, :5], kv_cache=cache)
+        chunk_logits, _ = tiny(idx[:, 5:end], targets=idx[:, 5:end].contiguous(), kv_cache=cache)
+    torch.testing.assert_close(chunk_logits, full[:, 5:end], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize('top_k,top_p', [(1, 1.0), (7, 1.0), (None, 1.0), (None, 0.7)])
@@ -179,9 +166,7 @@ def test_cache_memory_released(tiny, monkeypatch):
             caches.append(weakref.ref(self))
 
     monkeypatch.setattr(model_module, 'KVCache', TrackedCache)
-    idx = torch.zeros((2, 1), dtype=torch.long)
-    out = tiny.generate(idx, 10)
-    assert out.shape == (2, 11)
+    assert tiny.generate(torch.zeros((2, 1), dtype=torch.long), 10).shape == (2, 11)
     assert len(caches) == 1
     gc.collect()
     assert caches[0]() is None, "the KV cache outlived generate()"
@@ -191,9 +176,8 @@ def test_stream_decoder_never_splits_characters():
     bpe = tokenizer.BPETokenizer()
     text = "naïve café — 東京タワー 🙂🚀 done"
     ids = bpe.encode(text)
-    assert any(len(bpe.enc.decode_single_token_bytes(i).decode('utf-8', errors='replace')) and
-               b'\xef\xbf\xbd' in bpe.enc.decode_single_token_bytes(i).decode('utf-8', errors='replace').encode()
-               for i in ids), "the text should hold tokens that are parts of characters"
+    assert any('\ufffd' in bpe.enc.decode_single_token_bytes(i).decode('utf-8', errors='replace') for i in ids), \
+        "the text should hold tokens that are parts of characters"
     decode_next = bpe.stream_decoder()
     pieces = [decode_next(i) for i in ids]
     assert ''.join(pieces) == text

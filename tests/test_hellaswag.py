@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import UserError, checkpoint, data, metrics
-from helpers import hellaswag
-from conftest import assert_user_error, run_inproc
+from helpers import UserError, checkpoint, data, hellaswag, metrics
+from conftest import assert_user_error, core_train_args, forked_ranks, run_inproc
 from model import GPT
 import tiny_runs
 
@@ -60,18 +59,6 @@ def examples_file(tmp_path_factory):
     return write_file(tmp_path_factory.mktemp('hellaswag') / 'hellaswag_val.jsonl', EXAMPLES)
 
 
-def hf_model(n_positions, folder):
-    """A GPT-2-shaped transformers model (GPT-2's vocabulary) with random weights large enough that
-    the four endings' losses differ clearly, saved to folder."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=50257, n_positions=n_positions, n_embd=32, n_layer=2, n_head=2,
-                        initializer_range=0.3)
-    model = GPT2LMHeadModel(config).eval()
-    model.save_pretrained(folder)
-    return model
-
-
 def reference_choices(model, path):
     """(label, ending of lowest summed loss, ending of lowest mean loss) per example, one ending at a
     time, unpadded, through transformers; sequences longer than the window lose their first tokens."""
@@ -102,11 +89,24 @@ def accuracies(choices):
 
 @pytest.fixture(scope='module', params=[128, 12], ids=['whole', 'cropped'])
 def models(request, tmp_path_factory, examples_file):
-    """(our GPT loaded from a transformers folder, the folder, the reference choices); with 12 positions
-    every example is cropped and some endings are longer than the window."""
+    """(our GPT loaded from a transformers folder, the folder, the reference choices) for a GPT-2-shaped model
+    with random weights large enough that the endings' losses differ clearly; with 12 positions every
+    example is cropped and some endings are longer than the window."""
+    from transformers import GPT2Config, GPT2LMHeadModel
     folder = str(tmp_path_factory.mktemp('hf') / 'model')
-    reference = reference_choices(hf_model(request.param, folder), examples_file)
-    return GPT.from_pretrained(folder).eval(), folder, reference
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=request.param, n_embd=32, n_layer=2, n_head=2,
+                                    initializer_range=0.3)).eval()
+    hf.save_pretrained(folder)
+    return GPT.from_pretrained(folder).eval(), folder, reference_choices(hf, examples_file)
+
+
+def bpe_dataset(name, n_tokens):
+    """data/<name>: random GPT-2 token ids, no meta.pkl."""
+    os.makedirs(data.data_dir(name))
+    for split in ('train', 'val'):
+        np.random.default_rng(0).integers(0, 50257, n_tokens).astype(np.uint16).tofile(
+            os.path.join(data.data_dir(name), f'{split}.bin'))
 
 
 def test_choices_match_transformers(models, examples_file):
@@ -118,27 +118,17 @@ def test_choices_match_transformers(models, examples_file):
     # the fixture can tell the two rules apart, and a scorer that always picks one ending fails
     assert any(best != best_norm for _, best, best_norm in reference)
     assert len({best for _, best, _ in reference}) > 1 and len({best for _, _, best in reference}) > 1
+    model.train()  # scored in eval mode, and left in training mode as it was
     correct, correct_norm, count = hellaswag.score(model, examples, 'cpu', NO_AUTOCAST)
+    assert model.training
+    model.eval()
     assert (correct / count, correct_norm / count) == accuracies(reference) and count == len(EXAMPLES)
-
-
-def test_ranks_share_the_examples(models, examples_file):
-    model, _, reference = models
-    examples = hellaswag.load(examples_file)
-    world = 3  # 7 examples: ranks get 3, 2 and 2
+    world = 3  # ranks share the examples: 7 of them, 3, 2 and 2
     for rank in range(world):
         mine = reference[rank::world]
         expected = (sum(label == best for label, best, _ in mine), sum(label == best for label, _, best in mine),
                     len(mine))
         assert hellaswag.score(model, examples, 'cpu', NO_AUTOCAST, rank, world) == expected
-
-
-def test_score_leaves_the_training_mode_as_it_was(models, examples_file):
-    model, _, _ = models
-    model.train()
-    hellaswag.score(model, hellaswag.load(examples_file, limit=1), 'cpu', NO_AUTOCAST)
-    assert model.training
-    model.eval()
 
 
 def test_batch_scores_only_the_ending_and_crops_from_the_left():
@@ -154,38 +144,28 @@ def test_evaluate_py_scores_a_transformers_folder_and_a_checkpoint(models, examp
     model, folder, reference = models
     acc, acc_norm = accuracies(reference)
     results = tmp_path / 'results.json'
-    proc = run_inproc('evaluate.py', f'--init_from={folder}', '--hellaswag=True', f'--hellaswag_file={examples_file}',
-                      '--device=cpu', '--dtype=float32', f'--results_file={results}', check=True)
+    common = ('--hellaswag=True', f'--hellaswag_file={examples_file}', '--device=cpu', '--dtype=float32',
+              f'--results_file={results}')
+    proc = run_inproc('evaluate.py', f'--init_from={folder}', *common, check=True)
     output = json.loads(results.read_text())
     assert (output['hellaswag_acc'], output['hellaswag_acc_norm'], output['hellaswag_examples']) == \
         (acc, acc_norm, len(EXAMPLES))
     assert 'splits' not in output  # HellaSwag alone unless the losses are asked for
     assert f"hellaswag: acc {acc:.4f}, acc_norm {acc_norm:.4f} (7 examples" in proc.stdout
 
-    # the same weights as a checkpoint of a BPE run, with the loss on its dataset asked for as well
+    # the same weights as a checkpoint of a BPE run, the first 3 examples, with the loss on its dataset as well
     name = '_test_hellaswag_bpe'
-    os.makedirs(data.data_dir(name))
     try:
-        for split in ('train', 'val'):
-            ids = np.random.default_rng(0).integers(0, 50257, 1000).astype(np.uint16)
-            ids.tofile(os.path.join(data.data_dir(name), f'{split}.bin'))
+        bpe_dataset(name, 1000)
         tiny_runs.save_checkpoint(model, str(tmp_path / 'out'), name)
-        run_inproc('evaluate.py', f'--out_dir={tmp_path / "out"}', '--hellaswag=True', '--splits=val',
-                   f'--hellaswag_file={examples_file}', '--device=cpu', '--dtype=float32',
-                   f'--results_file={results}', check=True)
+        run_inproc('evaluate.py', f'--out_dir={tmp_path / "out"}', '--splits=val', '--hellaswag_examples=3', *common,
+                   check=True)
     finally:
         tiny_runs.remove_dataset(name)
     output = json.loads(results.read_text())
     assert (output['hellaswag_acc'], output['hellaswag_acc_norm'], output['hellaswag_examples']) == \
-        (acc, acc_norm, len(EXAMPLES))
-    assert list(output['splits']) == ['val'] and output['settings']['dataset'] == name
-
-    run_inproc('evaluate.py', f'--init_from={folder}', '--hellaswag=True', '--hellaswag_examples=3',
-               f'--hellaswag_file={examples_file}', '--device=cpu', '--dtype=float32',
-               f'--results_file={results}', check=True)
-    output = json.loads(results.read_text())
-    assert (output['hellaswag_acc'], output['hellaswag_acc_norm'], output['hellaswag_examples']) == \
         (*accuracies(reference[:3]), 3)
+    assert list(output['splits']) == ['val'] and output['settings']['dataset'] == name
 
 
 def test_evaluate_py_refuses_a_character_model(tmp_path, examples_file):
@@ -241,29 +221,33 @@ def test_the_official_file_is_downloaded_once_and_checked(tmp_path, monkeypatch,
 
 def test_example_limits(examples_file, tmp_path):
     assert [e.label for e in hellaswag.load(examples_file, limit=3)] == [label for *_, label in EXAMPLES[:3]]
-    with pytest.raises(UserError, match='holds 7 examples, fewer than the 8 asked for'):
+    assert len(hellaswag.load(examples_file, limit=0)) == len(EXAMPLES)  # 0: all of them, in both scripts
+    with pytest.raises(UserError, match='holds 7 examples, fewer than the 8 asked for; pass --hellaswag_examples=7'):
         hellaswag.load(examples_file, limit=8)
-    result = run_inproc('evaluate.py', '--init_from=gpt2', '--hellaswag=True', '--hellaswag_examples=0',
-                        f'--hellaswag_file={examples_file}', '--device=cpu')
-    assert_user_error(result, 'hellaswag_examples must be a positive integer')
-    (tmp_path / 'empty.jsonl').write_text('')
-    with pytest.raises(UserError, match='holds 0 examples'):
-        hellaswag.load(str(tmp_path / 'empty.jsonl'))
+    result = run_inproc('evaluate.py', '--init_from=gpt2', '--hellaswag=True', '--hellaswag_examples=-1',
+                        f'--hellaswag_file={examples_file}', '--device=cpu', f'--results_file={tmp_path / "r.json"}')
+    assert_user_error(result, 'hellaswag_examples must be in [0, inf), got -1')  # train.py's words
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('limit', [0, 3])
+def test_a_file_without_examples_says_so_whatever_the_limit(tmp_path, limit):
+    path = tmp_path / 'empty.jsonl'
+    path.write_text('\n')
+    with pytest.raises(UserError) as e:
+        hellaswag.load(str(path), limit)
+    assert str(e.value) == f"{path} is damaged: it holds 0 examples; use the official file ({hellaswag.URL})"
 
 
 def test_train_py_scores_at_each_evaluation_shared_by_ddp_and_fsdp_ranks(tmp_path):
     """train.py --hellaswag=True: acc_norm at each evaluation, in the log and metrics.csv, equal to
-    scoring the checkpoint saved there; under torchrun, DDP's and FSDP's ranks share the examples
-    and print the numbers of one process."""
-    from conftest import core_train_args, run_script
+    scoring the checkpoint saved there; DDP's and FSDP's ranks share the examples and print the
+    numbers of one process."""
     name, out_dir = '_test_hellaswag_train', tmp_path / 'out'
-    os.makedirs(data.data_dir(name))
     os.makedirs(data.data_dir('hellaswag'), exist_ok=True)
     write_file(hellaswag.default_path(), EXAMPLES)  # where train.py reads it (the tests' data folder)
     try:
-        for split in ('train', 'val'):
-            np.random.default_rng(0).integers(0, 50257, 2000).astype(np.uint16).tofile(
-                os.path.join(data.data_dir(name), f'{split}.bin'))
+        bpe_dataset(name, 2000)
         settings = dict(dataset=name, hellaswag=True, hellaswag_examples=len(EXAMPLES), max_iters=4, eval_interval=4)
         log = run_inproc('train.py', *core_train_args(out_dir, **settings), check=True).stdout
         scores = [float(x) for x in re.findall(r'^step \d+: .*, hellaswag acc_norm ([\d.]+) \(', log, re.M)]
@@ -274,14 +258,13 @@ def test_train_py_scores_at_each_evaluation_shared_by_ddp_and_fsdp_ranks(tmp_pat
         logged = [r['hellaswag_acc_norm'] for r in metrics.read_metrics(out_dir / 'metrics.csv') if r['kind'] == 'eval']
         assert logged == [pytest.approx(s, abs=5e-5) for s in scores]
 
-        single = run_inproc('train.py', *core_train_args(out_dir, init_from='resume', eval_only=True, **settings),
-                            check=True).stdout
+        settings.update(init_from='resume', eval_only=True)
+        single = run_inproc('train.py', *core_train_args(out_dir, **settings), check=True).stdout
         step = re.compile(r'^step 5: .*hellaswag acc_norm [\d.]+', re.M)
-        torchrun = ('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py')
         for fsdp in (False, True):
-            shared = run_script(*torchrun, *core_train_args(out_dir, init_from='resume', eval_only=True, fsdp=fsdp,
-                                                             **dict(settings, gradient_accumulation_steps=2))).stdout
-            assert step.findall(shared) == step.findall(single) and len(step.findall(single)) == 1, (shared, single)
+            shared = forked_ranks(*core_train_args(out_dir, fsdp=fsdp, gradient_accumulation_steps=2, **settings))
+            assert step.findall(shared.stdout) == step.findall(single) and len(step.findall(single)) == 1, \
+                (shared.stdout, single)
     finally:
         shutil.rmtree(data.data_dir(name))
         shutil.rmtree(data.data_dir('hellaswag'))

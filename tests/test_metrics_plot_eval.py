@@ -11,21 +11,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from helpers import UserError, data
 import evaluate
-from helpers import metrics
 import tiny_runs
-from conftest import DATA_ROOT, REPO_ROOT, assert_user_error, run_inproc, run_script
+from conftest import CORE_DATASET, DATA_ROOT, REPO_ROOT, assert_user_error, core_train_args, run_inproc, run_script
+from helpers import UserError, checkpoint, data, metrics
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
-
-
-
-@pytest.fixture(scope='module')
-def char_dataset():
-    name = tiny_runs.make_char_dataset('eval')
-    yield name
-    tiny_runs.remove_dataset(name)
 
 
 def png_size(path):
@@ -128,62 +119,59 @@ def test_metrics_log_resume_drops_rows_from_the_restart_iteration(tmp_path):
 
 # ----------------------------------------------------------------------------- plot.py
 
-def test_plot_one_run_and_several_side_by_side(tmp_path):
-    fake_run(tmp_path / 'small', start_loss=4.0)
-    fake_run(tmp_path / 'big', start_loss=3.0, tokens_per_iter=2048)
-    run_script('plot.py', f'--out_dir={tmp_path / "small"}')
-    width1, height1 = png_size(tmp_path / 'small' / 'loss.png')
-    assert 300 < width1 < 3000 and 300 < height1 < 3000
-    run_script('plot.py', f'--out_dirs={tmp_path / "small"},{tmp_path / "big"}', f'--output={tmp_path / "both.png"}')
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+    """Fake runs, written once: small, big, scored (with HellaSwag), slow and fast (with wall-clock time)."""
+    top = tmp_path_factory.mktemp('runs')
+    for name, settings in dict(small={}, big=dict(start_loss=3.0, tokens_per_iter=2048), scored=dict(hellaswag=True),
+                               slow=dict(seconds_per_iter=6.0),  # 61 iterations: 366 s, drawn in minutes
+                               fast=dict(seconds_per_iter=1.5, start_loss=3.0)).items():
+        fake_run(top / name, **settings)
+    return top
+
+
+def test_plot_writes_a_column_per_run_and_a_row_of_panels_per_measure(runs, tmp_path):
+    run_inproc('plot.py', f'--out_dir={runs / "small"}', check=True)
+    width1, height1 = png_size(runs / 'small' / 'loss.png')
+    assert 300 < height1 < width1 < 3000  # one run: the two panels in a row
+    run_inproc('plot.py', f'--out_dirs={runs / "small"},{runs / "big"}', f'--output={tmp_path / "both.png"}',
+               check=True)
     width2, height2 = png_size(tmp_path / 'both.png')
-    assert width1 > height1  # one run: the two panels in a row
     assert height2 > 1.3 * height1 and 800 < width2 < 3000  # two runs: one column each, two panels high
     assert os.path.getsize(tmp_path / 'both.png') > 20_000  # curves, not an empty canvas
+    run_inproc('plot.py', f'--out_dir={runs / "small"}', check=True)  # over its own earlier PNG
+    # HellaSwag scores add a row of panels beneath the loss
+    run_inproc('plot.py', f'--out_dir={runs / "scored"}', check=True)
+    run_inproc('plot.py', f'--out_dirs={runs / "scored"},{runs / "small"}', check=True)
+    scored_size = png_size(runs / 'scored' / 'loss.png')
+    assert scored_size[0] == width1 and scored_size[1] > 1.4 * height1
+    assert png_size(runs / 'scored' / 'loss_comparison.png')[1] > 1.4 * scored_size[1]
 
 
-def test_plot_overlay_and_errors(tmp_path):
+def test_plot_against_wall_clock_time(runs):
     import plot
-    fake_run(tmp_path / 'a')
-    fake_run(tmp_path / 'b', start_loss=2.0)
-    runs = [(name, plot.load_run(str(tmp_path / name))) for name in ('a', 'b')]
-    plot.plot(runs, str(tmp_path / 'overlay.png'), side_by_side=False, log_y=True)
-    width, height = png_size(tmp_path / 'overlay.png')
-    assert width > height > 300
-
-    proc = run_script('plot.py', f'--out_dir={tmp_path / "empty"}', check=False)
-    assert proc.returncode == 1 and proc.stderr.strip().startswith('error:') and 'Traceback' not in proc.stderr
-    os.makedirs(tmp_path / 'empty')
-    proc = run_script('plot.py', f'--out_dir={tmp_path / "empty"}', check=False)
-    assert proc.returncode == 1 and 'no metrics.csv' in proc.stderr
-
-
-def test_plot_against_wall_clock_time(tmp_path):
-    import plot
-    fake_run(tmp_path / 'slow', seconds_per_iter=6.0)  # 61 iterations: 366 s, drawn in minutes
-    fake_run(tmp_path / 'fast', seconds_per_iter=1.5, start_loss=3.0)
-    runs = [(name, plot.load_run(str(tmp_path / name))) for name in ('slow', 'fast')]
-    assert plot.time_unit(runs) == (60, 'minutes')
-    assert plot.time_unit(runs[1:]) == (1, 'seconds')  # 91.5 s
-    assert plot.series(runs[0][1], 'eval', 'seconds', 'val_loss', 60)[0] == [0.0, 2.0, 4.0, 6.0]
-    fig = plot.figure(runs, x_names=('seconds',), side_by_side=False)
+    slow, fast = (('slow', plot.load_run(str(runs / 'slow'))), ('fast', plot.load_run(str(runs / 'fast'))))
+    assert plot.time_unit([slow, fast]) == (60, 'minutes')
+    assert plot.time_unit([fast]) == (1, 'seconds')  # 91.5 s
+    assert plot.series(slow[1], 'eval', 'seconds', 'val_loss', 60)[0] == [0.0, 2.0, 4.0, 6.0]
+    fig = plot.figure([slow, fast], x_names=('seconds',), side_by_side=False)
     (ax,) = fig.axes
     assert ax.get_xlabel() == 'wall-clock time (minutes)'
     val_lines = {line.get_label(): list(line.get_xdata()) for line in ax.get_lines()
                  if line.get_label().endswith(': val (eval)')}
     assert val_lines == {'slow: val (eval)': [0.0, 2.0, 4.0, 6.0], 'fast: val (eval)': [0.0, 0.5, 1.0, 1.5]}
     plot.pyplot().close(fig)
-    result = run_inproc('plot.py', f'--out_dirs={tmp_path / "slow"},{tmp_path / "fast"}', '--overlay=True',
-                        '--x=seconds', check=True)
-    written = tmp_path / 'slow' / 'loss_comparison.png'  # beside the first run, not in the current folder
-    assert result.stdout.splitlines()[-1].startswith(f"wrote {written} (slow: ") and png_size(written)[0] > 300
+    result = run_inproc('plot.py', f'--out_dirs={runs / "slow"},{runs / "fast"}', '--overlay=True', '--logy=True',
+                        '--x=iter,seconds', check=True)
+    written = runs / 'slow' / 'loss_comparison.png'  # beside the first run, not in the current folder
+    assert result.stdout.splitlines()[-1].startswith(f"wrote {written} (slow: ")
+    assert png_size(written)[0] > png_size(written)[1] > 300  # overlaid: the two panels in a row
     assert not os.path.exists(os.path.join(REPO_ROOT, 'loss_comparison.png'))
 
 
-def test_plot_draws_hellaswag_beneath_the_loss_when_a_run_has_it(tmp_path):
+def test_plot_draws_hellaswag_beneath_the_loss_when_a_run_has_it(runs):
     import plot
-    fake_run(tmp_path / 'scored', hellaswag=True)
-    fake_run(tmp_path / 'plain')
-    scored, plain = (plot.load_run(str(tmp_path / name)) for name in ('scored', 'plain'))
+    scored, plain = (plot.load_run(str(runs / name)) for name in ('scored', 'small'))
     assert plot.has_hellaswag(scored) and not plot.has_hellaswag(plain)
     fig = plot.figure([('plain', plain)])
     assert [ax.get_ylabel() for ax in fig.axes] == ['loss', '']  # no panel for what was not measured
@@ -200,20 +188,20 @@ def test_plot_draws_hellaswag_beneath_the_loss_when_a_run_has_it(tmp_path):
     axes = fig.axes  # row by row: loss and HellaSwag against iterations, then against tokens
     assert len(axes) == 8 and [t.get_text() for t in axes[3].texts] == ['no HellaSwag scores recorded']
     plot.pyplot().close(fig)
-    run_inproc('plot.py', f'--out_dirs={tmp_path / "scored"},{tmp_path / "plain"}', check=True)
-    run_inproc('plot.py', f'--out_dir={tmp_path / "plain"}', check=True)
-    run_inproc('plot.py', f'--out_dir={tmp_path / "scored"}', check=True)
-    scored_size, plain_size = png_size(tmp_path / 'scored' / 'loss.png'), png_size(tmp_path / 'plain' / 'loss.png')
-    assert scored_size[0] == plain_size[0] and scored_size[1] > 1.4 * plain_size[1]  # the extra row of panels
-    assert png_size(tmp_path / 'scored' / 'loss_comparison.png')[1] > 1.4 * scored_size[1]
 
 
-@pytest.mark.parametrize('axes', ['time', 'iter,iter', '', 'iter,,tokens'])
-def test_plot_x_axes_errors_are_one_line(tmp_path, axes):
+@pytest.mark.parametrize('args, fragments', [
+    (['--out_dir={tmp}/missing'], ['missing']),
+    (['--out_dir={tmp}/empty'], ['no metrics.csv']),
+    *[(['--out_dir={tmp}/run', f'--x={axes}'], ['iter, tokens, seconds', '--x=seconds', f'got {axes!r}'])
+      for axes in ['time', 'iter,iter', '', 'iter,,tokens']],
+])
+def test_plot_errors_are_one_line_and_write_nothing(tmp_path, args, fragments):
     fake_run(tmp_path / 'run')
-    result = run_inproc('plot.py', f'--out_dir={tmp_path / "run"}', f'--x={axes}')
-    assert_user_error(result, 'iter, tokens, seconds', '--x=seconds', f'got {axes!r}')
-    assert os.listdir(tmp_path / 'run') == ['metrics.csv']
+    (tmp_path / 'empty').mkdir()
+    before = sorted(tmp_path.rglob('*'))
+    assert_user_error(run_inproc('plot.py', *[arg.format(tmp=tmp_path) for arg in args]), *fragments)
+    assert sorted(tmp_path.rglob('*')) == before
 
 
 # ----------------------------------------------------------------------------- evaluate.py
@@ -240,19 +228,21 @@ def straightforward_val_loss(model, dataset_name, block_size):
     return total / count, count
 
 
-def test_full_pass_matches_a_straightforward_computation(tmp_path, char_dataset):
+def test_full_pass_matches_a_straightforward_computation(tmp_path):
+    name = tiny_runs.make_char_dataset('eval')
     model = tiny_runs.make_model('gelu', bias=True, block_size=16)
-    expected, n = straightforward_val_loss(model, char_dataset, 16)
-    assert n == 1002  # val.bin holds 1003 tokens: the last window is a short one of 10
-    loss, count = evaluate.full_pass_loss(model, data.bin_path(char_dataset, 'val'), np.dtype(np.uint16),
-                                          batch_size=5, block_size=16, device='cpu',
-                                          ctx=torch.autocast('cpu', enabled=False))
-    assert count == n and loss == pytest.approx(expected, rel=1e-6)
-
-    tiny_runs.save_checkpoint(model, str(tmp_path), char_dataset)
-    # float32 as above: on a CPU with bf16 instructions evaluate.py would otherwise autocast to bf16
-    run_script('evaluate.py', f'--out_dir={tmp_path}', '--full_pass=True', '--batch_size=7', '--device=cpu',
-               '--dtype=float32', f'--results_file={tmp_path / "full.json"}')
+    try:
+        expected, n = straightforward_val_loss(model, name, 16)
+        assert n == 1002  # val.bin holds 1003 tokens: the last window is a short one of 10
+        loss, count = evaluate.full_pass_loss(model, data.bin_path(name, 'val'), np.dtype(np.uint16), batch_size=5,
+                                              block_size=16, device='cpu', ctx=torch.autocast('cpu', enabled=False))
+        assert count == n and loss == pytest.approx(expected, rel=1e-6)
+        tiny_runs.save_checkpoint(model, str(tmp_path), name)
+        # float32 as above: on a CPU with bf16 instructions evaluate.py would otherwise autocast to bf16
+        run_inproc('evaluate.py', f'--out_dir={tmp_path}', '--full_pass=True', '--batch_size=7', '--device=cpu',
+                   '--dtype=float32', f'--results_file={tmp_path / "full.json"}', check=True)
+    finally:
+        tiny_runs.remove_dataset(name)
     result = json.loads((tmp_path / 'full.json').read_text())
     assert list(result['splits']) == ['val']  # a full pass is over val unless --splits says otherwise
     val = result['splits']['val']
@@ -260,41 +250,18 @@ def test_full_pass_matches_a_straightforward_computation(tmp_path, char_dataset)
     assert val['perplexity'] == pytest.approx(math.exp(val['loss']), rel=1e-12)
 
 
-def test_fixed_batches_are_deterministic(tmp_path, char_dataset):
-    model = tiny_runs.make_model('gelu_tanh', bias=False, block_size=16)
-    tiny_runs.save_checkpoint(model, str(tmp_path), char_dataset)
-    outputs = []
-    for k in range(2):
-        proc = run_script('evaluate.py', f'--out_dir={tmp_path}', '--device=cpu', '--dtype=float32', '--eval_iters=4',
-                          f'--results_file={tmp_path / f"{k}.json"}')
-        outputs.append(json.loads((tmp_path / f'{k}.json').read_text()))
-        assert re.search(r'^val: loss \d+\.\d{4}, perplexity \d+\.\d{4} \(256 tokens', proc.stdout, re.M), proc.stdout
-    assert outputs[0] == outputs[1]  # two processes, the same numbers
-    assert outputs[0]['settings']['seed'] == 1337 and outputs[0]['settings']['batch_size'] == 4  # the checkpoint's
-    path = data.bin_path(char_dataset, 'val')
-    no_autocast = torch.autocast('cpu', enabled=False)
-    for split in ('train', 'val'):
-        numbers = outputs[0]['splits'][split]
-        assert numbers['perplexity'] == pytest.approx(math.exp(numbers['loss']), rel=1e-12)
-        assert numbers['tokens'] == 4 * 4 * 16  # eval_iters x the checkpoint's batch_size x block_size
-    # the batches are those of the seed: the same seed again gives the same loss, another seed another one
-    same = evaluate.fixed_batch_loss(model, path, np.dtype(np.uint16), 4, 16, 4, 1337 * 7919 + 1, 'cpu', no_autocast)
-    other = evaluate.fixed_batch_loss(model, path, np.dtype(np.uint16), 4, 16, 4, 7 * 7919 + 1, 'cpu', no_autocast)
-    assert same == pytest.approx(outputs[0]['splits']['val']['loss'], rel=1e-6) and other != same
-
-
-# ----------------------------------------------------------------------------- with train.py
-
-TRAIN_ARGS = ('--device=cpu', '--compile=False', '--dtype=float32', '--n_layer=1', '--n_head=2', '--n_embd=16',
-              '--block_size=16', '--batch_size=4', '--gradient_accumulation_steps=1', '--eval_interval=2',
-              '--eval_iters=3', '--log_interval=1', '--warmup_iters=1', '--lr_decay_iters=6', '--dropout=0.0')
-
-
-@pytest.fixture(scope='module')
-def trained_run(tmp_path_factory, char_dataset):
-    out_dir = tmp_path_factory.mktemp('train') / 'out'
-    proc = run_script('train.py', f'--dataset={char_dataset}', f'--out_dir={out_dir}', '--max_iters=4', *TRAIN_ARGS)
-    return out_dir, proc.stdout
+@pytest.mark.parametrize('n_tokens', [0, 1])
+def test_a_full_pass_over_a_val_bin_too_short_for_any_window(tmp_path, n_tokens):
+    name = tiny_runs.make_char_dataset(f'eval_{n_tokens}_tokens')
+    try:
+        os.truncate(data.bin_path(name, 'val'), 2 * n_tokens)
+        tiny_runs.save_checkpoint(tiny_runs.make_model(block_size=16), str(tmp_path), name)
+        result = run_inproc('evaluate.py', f'--out_dir={tmp_path}', '--full_pass=True', '--device=cpu',
+                            f'--results_file={tmp_path / "r.json"}')
+    finally:
+        tiny_runs.remove_dataset(name)
+    line = assert_user_error(result, f'val.bin holds {n_tokens} token', 'needs more text', 'prepare the dataset again')
+    assert 'smaller' not in line and os.listdir(tmp_path) == ['ckpt.pt']  # no block_size can help
 
 
 def printed_evals(stdout):
@@ -302,33 +269,47 @@ def printed_evals(stdout):
             re.findall(r'^step (\d+): train loss ([0-9.]+), val loss ([0-9.]+)', stdout, re.M)}
 
 
-def test_evaluate_reproduces_the_losses_train_py_printed(trained_run):
-    out_dir, stdout = trained_run
-    evals = printed_evals(stdout)
-    assert sorted(evals) == [0, 2, 4]
-    # ckpt.pt was saved at the evaluation of iter 4; with the checkpoint's own eval_iters,
-    # batch_size and seed, evaluate.py scores the same batches with the same weights
-    run_script('evaluate.py', f'--out_dir={out_dir}', '--device=cpu', f'--results_file={out_dir / "eval.json"}')
-    result = json.loads((out_dir / 'eval.json').read_text())['splits']
-    assert (round(result['train']['loss'], 4), round(result['val']['loss'], 4)) == evals[4]
+def test_evaluate_reproduces_the_losses_train_py_printed_in_any_process(tiny_run, tmp_path):
+    """ckpt.pt was saved at the evaluation of iteration 20: with the checkpoint's own eval_iters, batch_size
+    and seed, evaluate.py scores the same batches with the same weights, in a process of its own or here."""
+    evals = printed_evals(tiny_run.stdout)
+    assert sorted(evals) == [0, 10, 20]
+    proc = run_script('evaluate.py', f'--out_dir={tiny_run.out_dir}', '--device=cpu',
+                      f'--results_file={tmp_path / "0.json"}')
+    assert re.search(r'^val: loss \d+\.\d{4}, perplexity \d+\.\d{4} \(256 tokens', proc.stdout, re.M), proc.stdout
+    run_inproc('evaluate.py', f'--out_dir={tiny_run.out_dir}', '--device=cpu', f'--results_file={tmp_path / "1.json"}',
+               check=True)
+    output, again = (json.loads((tmp_path / f'{k}.json').read_text()) for k in range(2))
+    assert output == again
+    assert output['settings']['seed'] == 1337 and output['settings']['batch_size'] == 4  # the checkpoint's
+    splits = output['splits']
+    assert (round(splits['train']['loss'], 4), round(splits['val']['loss'], 4)) == evals[20]
+    for numbers in splits.values():
+        assert numbers['perplexity'] == pytest.approx(math.exp(numbers['loss']), rel=1e-12)
+        assert numbers['tokens'] == 2 * 4 * 32  # eval_iters x batch_size x block_size
+    # the batches are those of the seed: the same seed again gives the same loss, another seed another one
+    model = checkpoint.model_from_checkpoint(checkpoint.load(str(tiny_run.out_dir), 'ckpt.pt'))
+    path, no_autocast = data.bin_path(CORE_DATASET, 'val'), torch.autocast('cpu', enabled=False)
+    same = evaluate.fixed_batch_loss(model, path, np.dtype(np.uint16), 4, 32, 2, 1337 * 7919 + 1, 'cpu', no_autocast)
+    other = evaluate.fixed_batch_loss(model, path, np.dtype(np.uint16), 4, 32, 2, 7 * 7919 + 1, 'cpu', no_autocast)
+    assert same == pytest.approx(splits['val']['loss'], rel=1e-6) and other != same
 
 
-def test_train_py_writes_the_metrics_log_and_resume_adds_no_duplicates(trained_run, char_dataset):
-    out_dir, first_stdout = trained_run
-    proc = run_script('train.py', f'--dataset={char_dataset}', f'--out_dir={out_dir}', '--init_from=resume',
-                      '--max_iters=6', *TRAIN_ARGS)
-    rows = metrics.read_metrics(str(out_dir / 'metrics.csv'))
+def test_train_py_writes_the_metrics_log_and_resume_adds_no_duplicates(tiny_run, copy_run):
+    resumed = run_inproc('train.py', *core_train_args(copy_run, init_from='resume', max_iters=30), check=True)
+    rows = metrics.read_metrics(str(copy_run / 'metrics.csv'))
     keys = [(r['iter'], r['kind']) for r in rows]
     assert len(keys) == len(set(keys)), "an iteration was logged twice"
     evals = {r['iter']: r for r in rows if r['kind'] == 'eval'}
     trains = {r['iter']: r for r in rows if r['kind'] == 'train'}
-    assert sorted(evals) == [0, 2, 4, 6] and sorted(trains) == list(range(7))
-    printed = {**printed_evals(first_stdout), **printed_evals(proc.stdout)}
+    assert sorted(evals) == [0, 10, 20, 30] and sorted(trains) == list(range(31))
+    printed = {**printed_evals(tiny_run.stdout), **printed_evals(resumed.stdout)}
+    assert sorted(printed) == sorted(evals)
     for it, (train_loss, val_loss) in printed.items():
         assert (round(evals[it]['train_loss'], 4), round(evals[it]['val_loss'], 4)) == (train_loss, val_loss)
     for kind_rows in (evals, trains):
         tokens = [kind_rows[it]['tokens'] for it in sorted(kind_rows)]
         assert all(t is not None for t in tokens) and tokens == sorted(tokens) and tokens[-1] > 0
     assert all(r['ms_per_iter'] is not None and r['lr'] is not None for r in trains.values())
-    run_script('plot.py', f'--out_dir={out_dir}')
-    assert png_size(out_dir / 'loss.png')[0] > 300
+    run_inproc('plot.py', f'--out_dir={copy_run}', check=True)
+    assert png_size(copy_run / 'loss.png')[0] > 300

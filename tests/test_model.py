@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from conftest import attention
 from model import GPT, GPTConfig
 
 VOCAB = 100
@@ -34,12 +35,6 @@ def test_forward_shapes():
     assert torch.allclose(model(idx)[0][:, 0], model(idx, targets)[0][:, -1], atol=1e-6)
 
 
-def test_forward_refuses_sequences_longer_than_block_size():
-    model = tiny_model(block_size=8)
-    with pytest.raises(ValueError, match='block_size'):
-        model(random_tokens((1, 9)))
-
-
 def test_token_embedding_and_output_layer_are_tied():
     model = tiny_model()
     assert model.lm_head.weight is model.transformer.wte.weight
@@ -65,137 +60,89 @@ def test_initial_loss_is_close_to_uniform(vocab_size):
     assert abs(loss.item() - math.log(vocab_size)) < 0.05
 
 
-def test_config_validation():
-    for bad in (dict(n_embd=30, n_head=4), dict(dropout=1.0), dict(dropout=-0.1), dict(n_layer=0),
-                dict(vocab_size=0), dict(activation='relu')):
-        with pytest.raises(ValueError):
-            GPTConfig(**bad)
-
-
 # -----------------------------------------------------------------------------
 # transformers parity
 
-def save_hf_gpt2(path, activation):
+@pytest.fixture(scope='module')
+def hf_gpt2(tmp_path_factory):
+    """{activation: (transformers' GPT-2 with random values everywhere, the folder it is saved in)}. GPT-2's
+    init leaves biases at 0 and norm gains at 1, which would hide one loaded into the wrong place."""
     import transformers
-    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=VOCAB,
-                                     activation_function=activation, resid_pdrop=0.0, embd_pdrop=0.0,
-                                     attn_pdrop=0.0)
-    torch.manual_seed(0)
-    hf = transformers.GPT2LMHeadModel(config)
-    # random values everywhere (GPT-2's init leaves biases at 0 and norm gains at 1, which would
-    # hide a bias or gain that is loaded into the wrong place or not transposed)
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.normal_(0.0, 0.3)
-    hf.eval()
-    hf.save_pretrained(path)
-    return hf
+    models = {}
+    for activation in ('gelu_new', 'gelu'):
+        config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=VOCAB,
+                                         activation_function=activation, resid_pdrop=0.0, embd_pdrop=0.0,
+                                         attn_pdrop=0.0)
+        torch.manual_seed(0)
+        hf = transformers.GPT2LMHeadModel(config)
+        with torch.no_grad():
+            for p in hf.parameters():
+                p.normal_(0.0, 0.3)
+        folder = str(tmp_path_factory.mktemp(activation))
+        hf.eval().save_pretrained(folder)
+        models[activation] = hf, folder
+    return models
 
 
 @pytest.mark.parametrize('activation', ['gelu_new', 'gelu'])
-def test_from_pretrained_matches_transformers(tmp_path, activation):
-    hf = save_hf_gpt2(tmp_path / 'hf', activation)
-    model = GPT.from_pretrained(str(tmp_path / 'hf'))
-    model.eval()
+def test_from_pretrained_matches_transformers(hf_gpt2, activation):
+    hf, folder = hf_gpt2[activation]
+    model = GPT.from_pretrained(folder).eval()
     assert model.config.block_size == 64 and model.config.vocab_size == VOCAB and model.config.bias
+    assert model.config.activation == {'gelu_new': 'gelu_tanh', 'gelu': 'gelu'}[activation]
     idx = random_tokens((2, 64), seed=6)
     with torch.no_grad():
         expected = hf(idx).logits
         got, _ = model(idx, torch.zeros_like(idx))  # targets: logits at every position
+        last, _ = model(idx)  # the KV-cache path gives the same last logits
+        if activation == 'gelu_new':
+            # the tolerance tells exact GELU from its tanh approximation: both parity checks
+            # could not pass with a wrong activation mapping
+            for block in model.transformer.h:
+                block.mlp.gelu.approximate = 'none'
+            assert (model(idx, idx)[0] - got).abs().max() > 1e-4
     assert got.dtype == torch.float32 and got.shape == expected.shape
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    # the KV-cache path gives the same last logits
-    with torch.no_grad():
-        last, _ = model(idx)
     torch.testing.assert_close(last[:, -1], expected[:, -1], atol=1e-5, rtol=1e-5)
 
 
-def test_activation_choice_is_visible_at_parity_tolerance(tmp_path):
-    """The parity tolerance is tight enough to tell exact GELU from its tanh approximation,
-    so the two parity tests above could not both pass with a wrong activation mapping."""
-    save_hf_gpt2(tmp_path / 'hf', 'gelu_new')
-    model = GPT.from_pretrained(str(tmp_path / 'hf'))
-    assert model.config.activation == 'gelu_tanh'
-    model.eval()
-    idx = random_tokens((2, 64), seed=6)
-    with torch.no_grad():
-        tanh_logits, _ = model(idx, idx)
-        for block in model.transformer.h:
-            block.mlp.gelu.approximate = 'none'
-        exact_logits, _ = model(idx, idx)
-    assert (tanh_logits - exact_logits).abs().max() > 1e-4
-
-
-def test_from_pretrained_unknown_name():
-    with pytest.raises(ValueError, match='unknown pretrained model'):
-        GPT.from_pretrained('gpt3-not-a-model')
-
-
-def test_from_pretrained_dropout_override(tmp_path):
-    save_hf_gpt2(tmp_path / 'hf', 'gelu_new')
-    model = GPT.from_pretrained(str(tmp_path / 'hf'), dict(dropout=0.1))
-    assert model.config.dropout == 0.1
+def test_from_pretrained_overrides_and_unknown_names(hf_gpt2):
+    from helpers import UserError, checkpoint
+    _, folder = hf_gpt2['gelu_new']
+    assert GPT.from_pretrained(folder, dict(dropout=0.1)).config.dropout == 0.1
     with pytest.raises(AssertionError):
-        GPT.from_pretrained(str(tmp_path / 'hf'), dict(n_layer=3))
+        GPT.from_pretrained(folder, dict(n_layer=3))
+    with pytest.raises(UserError, match="unknown init_from 'gpt3-not-a-model'"):
+        checkpoint.pretrained('gpt3-not-a-model')
 
 
 # -----------------------------------------------------------------------------
 # attention paths
 
-def set_flash(model, flash):
-    for block in model.transformer.h:
-        block.attn.flash = flash
-
-
-def test_masked_softmax_fallback_equals_flash_path():
+def test_masked_softmax_fallback_equals_flash_path_and_both_are_causal():
     model = tiny_model(seed=3)
     model.eval()
     idx, targets = random_tokens((3, 40), seed=7), random_tokens((3, 40), seed=8)
     with torch.no_grad():
-        set_flash(model, True)
         flash_logits, flash_loss = model(idx, targets)
-        set_flash(model, False)
-        slow_logits, slow_loss = model(idx, targets)
+        with attention(flash=False):
+            slow_logits, slow_loss = model(idx, targets)
     torch.testing.assert_close(slow_logits, flash_logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(slow_loss, flash_loss, atol=1e-6, rtol=1e-6)
     # gradients agree too
     grads = []
     for flash in (True, False):
         model.zero_grad()
-        set_flash(model, flash)
-        model(idx, targets)[1].backward()
+        with attention(flash):
+            model(idx, targets)[1].backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
-
-
-@pytest.mark.parametrize('flash', [True, False])
-def test_cached_chunks_match_full_forward(flash):
-    """Several new positions at once on top of a cache (the masked, offset-causal case)."""
-    from model import KVCache
-    model = tiny_model(seed=4)
-    model.eval()
-    set_flash(model, flash)
-    idx = random_tokens((2, 20), seed=9)
-    with torch.no_grad():
-        full, _ = model(idx, idx)
-        cache = KVCache(model.config.n_layer, model.config.block_size)
-        model(idx[:, :7], kv_cache=cache)
-        chunk, _ = model(idx[:, 7:13], idx[:, 7:13].contiguous(), kv_cache=cache)
-    torch.testing.assert_close(chunk, full[:, 7:13], atol=1e-5, rtol=1e-5)
-
-
-def test_attention_is_causal():
-    """Changing a later token never changes the logits of earlier positions."""
+    # changing a later token never changes the logits of earlier positions
+    changed = idx.clone()
+    changed[:, 8] = (changed[:, 8] + 1) % VOCAB
     for flash in (True, False):
-        model = tiny_model(seed=5)
-        model.eval()
-        set_flash(model, flash)
-        idx = random_tokens((1, 12), seed=10)
-        changed = idx.clone()
-        changed[0, 8] = (changed[0, 8] + 1) % VOCAB
-        with torch.no_grad():
-            a, _ = model(idx, idx)
-            b, _ = model(changed, changed)
+        with torch.no_grad(), attention(flash):
+            a, b = model(idx, targets)[0], model(changed, targets)[0]
         torch.testing.assert_close(a[:, :8], b[:, :8])
         assert not torch.allclose(a[:, 8:], b[:, 8:])
 
@@ -210,6 +157,8 @@ def test_crop_block_size():
     with torch.no_grad():
         before, _ = model(idx, idx)
     wpe_before = model.transformer.wpe.weight[:16].clone()
+    with pytest.raises(ValueError, match='block_size'):
+        model(random_tokens((1, 65)))
     model.crop_block_size(16)
     assert model.config.block_size == 16
     assert model.transformer.wpe.weight.shape == (16, 32)
@@ -218,7 +167,7 @@ def test_crop_block_size():
     with torch.no_grad():
         after, _ = model(idx, idx)
     torch.testing.assert_close(after, before)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match='block_size'):
         model(random_tokens((1, 17)))
     # the cropped model's weights load into a fresh model of the smaller size
     fresh = GPT(GPTConfig(block_size=16, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32, bias=True))
@@ -232,14 +181,8 @@ def test_get_num_params(bias):
     L, C, V, T = 2, 32, VOCAB, 64
     model = tiny_model(bias=bias)
     b = 1 if bias else 0
-    per_block = (
-        C + b * C  # ln_1
-        + 3 * C * C + b * 3 * C  # c_attn
-        + C * C + b * C  # attn.c_proj
-        + C + b * C  # ln_2
-        + 4 * C * C + b * 4 * C  # c_fc
-        + 4 * C * C + b * C  # mlp.c_proj
-    )
+    # a block: attention's 4C^2 and the MLP's 8C^2, two LayerNorm gains, biases (2 LayerNorms, 3C + C, 4C + C)
+    per_block = 12 * C * C + 2 * C + b * 11 * C
     total = V * C + T * C + L * per_block + C + b * C  # wte (tied with lm_head), wpe, blocks, ln_f
     assert model.get_num_params(non_embedding=False) == total
     assert model.get_num_params() == total - T * C

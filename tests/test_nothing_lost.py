@@ -17,7 +17,7 @@ import torch
 
 from conftest import (LiveProcess, REPO_ROOT, RunsCode, assert_user_error, checkpoint_files, core_text,
                       core_train_args, run_inproc, run_script)
-from helpers import checkpoint, data, metrics
+from helpers import checkpoint, data, metrics, runs
 import tiny_runs
 
 
@@ -256,9 +256,7 @@ case('sample.py with a damaged ckpt.pt beside a whole latest.pt')(lambda s: dama
 # the run that --overwrite=True moved aside, before the new run saved
 def only_replaced(s):
     s.run()
-    os.mkdir(s.out / 'replaced')
-    for name in ('ckpt.pt', 'latest.pt', 'metrics.csv'):
-        os.rename(s.out / name, s.out / 'replaced' / name)
+    runs.claim_out_dir(str(s.out), resuming=False, overwrite=True).close()
     return s.out
 
 
@@ -302,7 +300,7 @@ case('sample.py --start=FILE:<a folder>')(lambda s: (
     'sample.py', [f'--out_dir={s.run()}', '--device=cpu', f'--start=FILE:{s.tmp}'], ['prompt file', 'is a folder']))
 case('sample.py --prompts=<a large binary file>')(lambda s: (
     'sample.py', [f'--out_dir={s.run()}', '--device=cpu', f'--prompts={s.binary_file()}'],
-    ['prompts file', 'not UTF-8 text', 'at byte 3145728']))
+    ['not valid UTF-8', 'at byte offset 3145728', 'save the prompts file as UTF-8']))
 case('sample.py --prompts=<a file of zeros>')(lambda s: (
     'sample.py', [f'--out_dir={s.run()}', '--device=cpu', f'--prompts={s.binary_file(zeros=True)}'],
     ['prompts file', 'NUL bytes', 'binary']))
@@ -375,15 +373,6 @@ def stopped(script, *args):
         run_inproc(script, *args)
 
 
-def killed_after(owner, name, script, *args):
-    """script run in a new interpreter that dies (SIGKILL: no cleanup at all) right after owner.name,
-    e.g. 'transformers.GPT2LMHeadModel', 'save_pretrained'."""
-    code = (f"import os, runpy, signal, sys; import {owner.split('.')[0]}; real = {owner}.{name}\n"
-            f"def dying(*a, **k): real(*a, **k); os.kill(os.getpid(), signal.SIGKILL)\n"
-            f"{owner}.{name} = dying; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
-    assert run_script('-c', code, script, *args, check=False, timeout=300).returncode == -signal.SIGKILL
-
-
 def hf_export(s, out_dir):
     return ['export_hf.py', f'--out_dir={out_dir}', f'--output={s.tmp / "hf"}']
 
@@ -409,13 +398,6 @@ def hf_ctrl_c(s):
     return Replacement(
         lambda m: (ctrl_c_after(m, transformers.GPT2LMHeadModel, 'save_pretrained'), stopped(*hf_export(s, bpe))),
         lambda: run_inproc(*hf_export(s, bpe), check=True), hf_replaced_whole)
-
-
-@replacement('export_hf.py killed after writing the weights')
-def hf_killed(s):
-    bpe = old_hf_export(s)
-    return Replacement(lambda m: killed_after('transformers.GPT2LMHeadModel', 'save_pretrained', *hf_export(s, bpe)),
-                       lambda: run_inproc(*hf_export(s, bpe), check=True), hf_replaced_whole)
 
 
 @replacement('export_hf.py whose check fails')
@@ -639,3 +621,158 @@ def test_evaluate_refuses_a_dataset_with_another_vocabulary(copy_run, make_datas
     torch.save(state, copy_run / 'ckpt.pt')
     assert_user_error(run_inproc('evaluate.py', f'--out_dir={copy_run}', '--device=cpu'),
                       '19-character vocabulary', other)
+
+
+# -----------------------------------------------------------------------------
+# Changes of several files survive a kill at every step: each is run in a forked child that SIGKILLs
+# itself (no clean-up code runs) just before its n-th rename or removal under the folder that changes,
+# for n = 1, 2, ... until it finishes unkilled; after each kill the next command must find the old
+# state or the new one, whole.
+
+def killed_at(step, folder, action):
+    """Run action() in a forked child killed before its step-th rename/removal under folder: True if it
+    was killed there, False if it finished first."""
+    folder = os.path.abspath(folder)
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            calls = [0]
+
+            def dies_at_step(fn):
+                def call(*args, **kwargs):
+                    if any(os.path.abspath(a).startswith(folder) for a in args[:2] if isinstance(a, (str, os.PathLike))):
+                        calls[0] += 1
+                        if calls[0] == step:
+                            os.kill(os.getpid(), signal.SIGKILL)
+                    return fn(*args, **kwargs)
+                return call
+            for name in ('replace', 'rename', 'remove', 'unlink', 'rmdir'):
+                setattr(os, name, dies_at_step(getattr(os, name)))
+            shutil.rmtree = dies_at_step(shutil.rmtree)
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+            action()
+            status = 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) or os.WEXITSTATUS(status) == 0, f"the action failed at step {step}"
+    return os.WIFSIGNALED(status)
+
+
+def every_kill(folder, setup, action):
+    """setup() the old state, then kill action at each step in turn; yields after each kill."""
+    for step in range(1, 100):
+        setup()
+        if not killed_at(step, folder, action):
+            return
+        yield step
+    raise AssertionError("the action never finished")
+
+
+def files_in(folder, skip=('train.lock', 'prepare.lock')):
+    return {os.path.relpath(p, folder): b for p, b in tree(folder).items() if os.path.basename(p) not in skip}
+
+
+def test_a_swap_killed_at_any_step_is_completed_by_the_next_command(tmp_path):
+    from helpers import files
+    folder = tmp_path / 'f'
+    old = {'a': b'old a', 'b': b'old b', 'sub/x': b'old x', 'gone': b'old gone'}
+    new = {'a': b'new a', 'b': b'new b', 'sub/y': b'new y'}
+
+    def setup():
+        shutil.rmtree(folder, ignore_errors=True)
+        for name, content in list(old.items()) + [('a.new', b'new a'), ('b.new', b'new b'), ('sub.new/y', b'new y')]:
+            os.makedirs(os.path.dirname(folder / name), exist_ok=True)
+            (folder / name).write_bytes(content)
+    swap = lambda: files.swap(folder, [('a.new', 'a'), ('b.new', 'b'), ('sub.new', 'sub')], removes=['gone'])  # noqa
+    kills = 0
+    for step in every_kill(folder, setup, swap):
+        kills += 1
+        files.finish_swaps(str(folder))
+        state = files_in(folder)
+        assert state == new or (step == 1 and state == dict(old, **{'a.new': b'new a', 'b.new': b'new b',
+                                                                     'sub.new/y': b'new y'})), (step, state)
+    assert kills >= 6  # the journal, three moves (the folder's two renames), the removal, the journal's removal
+    assert files_in(folder) == new
+
+
+def test_prepare_force_killed_at_any_step_leaves_the_old_dataset_or_the_new_one(tmp_path, make_dataset):
+    import runpy
+    name = make_dataset('killed_force', text='abc abc\n' * 300)
+    folder = data.data_dir(name)
+    old = files_in(folder)
+    text = tmp_path / 'new.txt'
+    text.write_text('xyz, XYZ; 0123\n' * 400)
+
+    def prepare():
+        sys.argv = ['prepare.py', '--input', str(text), '--name', name, '--force']
+        runpy.run_path(os.path.join(REPO_ROOT, 'data', 'char', 'prepare.py'), run_name='__main__')
+    shutil.copytree(folder, tmp_path / 'old')
+    restore = lambda: (shutil.rmtree(folder), shutil.copytree(tmp_path / 'old', folder))  # noqa: E731
+    restore()
+    assert not killed_at(10 ** 6, folder, prepare)
+    new = files_in(folder)
+    assert set(new) == {'train.bin', 'val.bin', 'meta.pkl'} and new != old
+    for step in every_kill(folder, restore, prepare):
+        meta = data.read_meta(name)  # the next command's first look at the dataset
+        state = {k: v for k, v in files_in(folder).items() if k in old}  # not what a killed prepare left unfinished
+        assert state in (old, new), (step, sorted(state))
+        assert meta == data.load_meta(os.path.join(folder, 'meta.pkl'))
+
+
+def test_overwrite_killed_at_any_step_keeps_the_old_run_whole_in_one_place(tmp_path, copy_run):
+    out = str(copy_run)
+    old = files_in(out)
+    assert {'ckpt.pt', 'latest.pt', 'metrics.csv'} <= set(old)
+    backup = tmp_path / 'backup'
+    shutil.copytree(out, backup)
+    restore = lambda: (shutil.rmtree(out), shutil.copytree(backup, out))  # noqa: E731
+    new_state = checkpoint.load(out, 'latest.pt')
+    new_state['iter_num'] = 1
+
+    def overwrite_then_save():
+        runs.claim_out_dir(out, resuming=False, overwrite=True)
+        checkpoint.save(new_state, out, checkpoint.LATEST_NAME)
+        runs.discard_replaced(out)
+    for step in every_kill(out, restore, overwrite_then_save):
+        runs.resume_name(out)  # the next command's first look at out_dir
+        here, aside = files_in(out), files_in(os.path.join(out, 'replaced'))
+        aside.pop('README.txt', None)
+        old_here = {k: v for k, v in here.items() if k in old}
+        if aside:  # moved aside: whole, and nothing of the old run left in out_dir
+            assert aside == old and not (old_here and here.get('latest.pt') == old['latest.pt']), step
+        elif here.get('latest.pt') == old['latest.pt']:  # not moved yet: whole in out_dir
+            assert old_here == old, step
+        else:  # the new run saved and deleted the old one
+            assert checkpoint.load(out, 'latest.pt')['iter_num'] == 1 and 'ckpt.pt' not in here, step
+    assert not os.path.exists(os.path.join(out, 'replaced'))
+
+
+def test_export_hf_killed_at_any_step_leaves_the_old_export_or_the_new_one(tmp_path, copy_run):
+    import runpy
+    hf = tmp_path / 'exports' / 'hf'
+    args = ['export_hf.py', f'--out_dir={copy_run}', f'--output={hf}', '--verify=False']
+    run_inproc(*args, check=True)
+    old = files_in(hf)
+    backup = tmp_path / 'backup'
+    shutil.copytree(hf.parent, backup)
+    state = checkpoint.load(str(copy_run), 'ckpt.pt')
+    state['model']['lm_head.weight'] += 1.0  # another model: other weights
+    checkpoint.save(state, str(copy_run))
+    restore = lambda: (shutil.rmtree(hf.parent), shutil.copytree(backup, hf.parent))  # noqa: E731
+
+    def export():
+        sys.argv = args
+        runpy.run_path(os.path.join(REPO_ROOT, 'export_hf.py'), run_name='__main__')
+    restore()
+    assert not killed_at(10 ** 6, hf.parent, export)
+    new = files_in(hf)
+    assert new != old
+    for step in every_kill(hf.parent, restore, export):
+        checkpoint.pretrained(str(hf))  # the next command that reads the export
+        assert files_in(hf) in (old, new), step
+    run_inproc(*args, check=True)  # and the next export leaves nothing of the killed ones behind
+    assert sorted(os.listdir(hf.parent)) == ['hf']

@@ -1,24 +1,21 @@
 """The paths that GPUs take, run wherever the CPU can run them: the checks of device, processes and
-compilation; the peak table behind MFU; device-resident batches; and under torchrun over gloo:
-DDP and FSDP in 16-bit precision, compiled DDP, exact resume on every rank, evaluation shared
-by FSDP's ranks, and a diverging run that stops every rank at once."""
+compilation; the peak table behind MFU; device-resident batches; and on 2 ranks over gloo: FSDP
+(with activation checkpointing), compiled and 16-bit runs training as DDP, FSDP writing DDP's
+checkpoints, exact resume on every rank, evaluation shared by the ranks, and a diverging run that
+stops every rank at once."""
 import os
 import re
+import shutil
+import socket
 import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import core_train_args, iteration_losses, run_inproc, run_script
+from conftest import (STEP_LINE, TORCHRUN, TORCHRUN_SETTINGS, assert_user_error, core_train_args, forked_ranks,
+                      iteration_losses, run_inproc, run_script)
 from helpers import UserError, data, hardware, parallel
-
-TORCHRUN = ('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py')
-STEP_LINE = re.compile(r'^step (\d+): train loss ([\d.]+), val loss ([\d.]+)', re.M)
-
-
-def torchrun(out_dir, **settings):
-    return run_script(*TORCHRUN, *core_train_args(out_dir, **settings), timeout=900)
 
 
 # ----------------------------------------------------------------------------- checks, without processes
@@ -54,6 +51,20 @@ def test_what_cannot_work_under_torchrun_is_refused_up_front(monkeypatch, settin
     for fragment in fragments:
         assert fragment in str(refusal.value), str(refusal.value)
     parallel.check(**{**args, **fix})  # what the message asks for passes
+
+
+@pytest.mark.parametrize('torchrun_variables, settings, fragments', [
+    ({}, dict(fsdp=True), ['fsdp=True shards the model across processes started by torchrun']),
+    (dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='2', LOCAL_WORLD_SIZE='2'), dict(gradient_accumulation_steps=3),
+     ['gradient_accumulation_steps (3)', 'divisible', '--gradient_accumulation_steps=2']),
+])
+def test_train_py_refuses_before_the_process_group_starts(monkeypatch, tmp_path, core_dataset, torchrun_variables,
+                                                          settings, fragments):
+    for name, value in torchrun_variables.items():
+        monkeypatch.setenv(name, value)
+    result = run_inproc('train.py', *core_train_args(tmp_path / 'out', **settings))
+    assert assert_user_error(result, *fragments).startswith('error: ' + fragments[0])
+    assert not (tmp_path / 'out').exists()
 
 
 def test_what_can_work_passes_the_checks(monkeypatch):
@@ -105,22 +116,45 @@ def test_training_on_resident_batches_equals_training_from_disk(tiny_run, tmp_pa
     assert iteration_losses(resident) == iteration_losses(tiny_run.stdout) and len(iteration_losses(resident)) == 21
 
 
-# ----------------------------------------------------------------------------- torchrun over gloo
+# ----------------------------------------------------------------------------- 2 ranks over gloo
 
-SHORT = dict(max_iters=6, eval_interval=3, gradient_accumulation_steps=2, learning_rate=3e-3)
-
-
-@pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
-def test_fsdp_in_16_bits_computes_what_ddp_computes(core_dataset, tmp_path, dtype):
-    """FSDP keeps float32 parameters under the same autocast as DDP (a bf16 parameter policy would
-    make the residual stream bf16), and float16's GradScaler works across its shards."""
-    ddp = iteration_losses(torchrun(tmp_path / 'ddp', dtype=dtype, **SHORT).stdout)
-    fsdp = torchrun(tmp_path / 'fsdp', dtype=dtype, fsdp=True, **SHORT)
-    assert sorted(ddp) == sorted(iteration_losses(fsdp.stdout)) == list(range(7))
-    assert all(iteration_losses(fsdp.stdout)[i] == pytest.approx(ddp[i], abs=1e-3) for i in ddp), (ddp, fsdp.stdout)
-    state = torch.load(tmp_path / 'fsdp' / 'latest.pt', weights_only=True)
+@pytest.mark.parametrize('reference, settings, tolerance', [
+    # FSDP keeps float32 parameters under the same autocast as DDP (a bf16 parameter policy would make the
+    # residual stream bf16), and float16's GradScaler works across its shards
+    (dict(dtype='bfloat16'), dict(dtype='bfloat16', fsdp=True), 1e-3),
+    (dict(dtype='float16'), dict(dtype='float16', fsdp=True), 1e-3),
+    # compiled: under DDP the whole model, under FSDP block by block (its hooks stay out of the graphs)
+    ({}, dict(compile=True), 2e-3),
+    ({}, dict(compile=True, fsdp=True), 2e-3),
+    # activation checkpointing under FSDP: the recomputation draws the same dropout masks
+    (dict(dropout=0.1), dict(dropout=0.1, fsdp=True, activation_checkpointing=True), 1e-4),
+])
+def test_fsdp_compiled_and_16_bit_runs_train_as_ddp(parallel_run, reference, settings, tolerance):
+    ddp, run = parallel_run(**reference), parallel_run(**settings)
+    assert sorted(ddp.losses) == sorted(run.losses) == list(range(9)) and run.losses[8] < run.losses[0]
+    assert all(run.losses[i] == pytest.approx(ddp.losses[i], abs=tolerance) for i in ddp.losses), (ddp.stdout, run.stdout)
+    assert [(s, pytest.approx(float(t), abs=tolerance), pytest.approx(float(v), abs=tolerance))
+            for s, t, v in ddp.steps] == [(s, float(t), float(v)) for s, t, v in run.steps] and len(run.steps) == 3
+    state = torch.load(run.out_dir / 'latest.pt', weights_only=True)
     assert all(v.dtype == torch.float32 for v in state['model'].values())
-    assert (state['scaler'] != {}) == (dtype == 'float16')
+    assert (state['scaler'] != {}) == (settings.get('dtype') == 'float16')
+
+
+def test_fsdp_writes_ddps_checkpoint_which_resumes_in_one_process(parallel_run, tmp_path):
+    """The same full-state format, and numbers, as DDP's (a DDP checkpoint resumed under FSDP: below)."""
+    ddp, fsdp = parallel_run(dropout=0.1), parallel_run(dropout=0.1, fsdp=True, activation_checkpointing=True)
+    a, b = (torch.load(run.out_dir / 'latest.pt', weights_only=True) for run in (ddp, fsdp))
+    assert sorted(a) == sorted(b) and list(a['model']) == list(b['model'])
+    for name, tensor in a['model'].items():
+        torch.testing.assert_close(b['model'][name], tensor, rtol=0, atol=1e-5)
+    assert a['optimizer']['param_groups'] == b['optimizer']['param_groups']
+    assert sorted(a['optimizer']['state']) == sorted(b['optimizer']['state'])
+    for i, state in a['optimizer']['state'].items():
+        torch.testing.assert_close(b['optimizer']['state'][i]['exp_avg'], state['exp_avg'], rtol=0, atol=1e-6)
+    assert b['iter_num'] == a['iter_num'] == 9
+    shutil.copytree(fsdp.out_dir, tmp_path / 'out')
+    single = run_inproc('train.py', *core_train_args(tmp_path / 'out', init_from='resume', max_iters=9), check=True)
+    assert re.search(r'^iter 9: loss', single.stdout, re.M)
 
 
 def test_float16_resumes_exactly_with_its_scaler(tiny_run, tmp_path):
@@ -128,49 +162,43 @@ def test_float16_resumes_exactly_with_its_scaler(tiny_run, tmp_path):
     straight = iteration_losses(run_inproc('train.py', *core_train_args(tmp_path / 'a', **settings), check=True).stdout)
     first = iteration_losses(run_inproc('train.py', *core_train_args(tmp_path / 'b', **dict(settings, max_iters=3)),
                               check=True).stdout)
+    # the dtype is the machine's unless the command says (a CPU's is float32): float16 asked for again
     resumed = run_inproc('train.py', '--init_from=resume', f'--out_dir={tmp_path / "b"}', '--device=cpu',
-                         '--max_iters=8', check=True)
-    assert "dtype='float16'" in resumed.stdout  # the run's dtype, from its checkpoint
+                         '--dtype=float16', '--max_iters=8', check=True)
     assert {**first, **iteration_losses(resumed.stdout)} == straight and len(straight) == 9
     scalers = [torch.load(tmp_path / run / 'latest.pt', weights_only=True)['scaler'] for run in 'ab']
     assert scalers[0]['_growth_tracker'] > 4 and scalers[0] == scalers[1]  # counted on, not from 0
 
 
-def test_ddp_resumes_exactly_on_every_rank(core_dataset, tmp_path):
-    """Each rank's dropout masks continue after a resume: rank 1's state is saved too, and its
-    masks shape the averaged gradients that rank 0's losses show."""
-    settings = dict(SHORT, dropout=0.2, max_iters=8, eval_interval=4)
-    straight = iteration_losses(torchrun(tmp_path / 'a', **settings).stdout)
-    torchrun(tmp_path / 'b', **dict(settings, max_iters=3))
-    assert len(torch.load(tmp_path / 'b' / 'latest.pt', weights_only=True)['rng_states_by_rank']) == 2
-    resumed = iteration_losses(torchrun(tmp_path / 'b', **dict(settings, init_from='resume')).stdout)
-    assert sorted(resumed) == list(range(4, 9)) and all(resumed[i] == straight[i] for i in resumed), (straight, resumed)
+def test_a_ddp_run_resumes_exactly_and_evaluates_as_one_process(parallel_run, tmp_path):
+    """Each rank's dropout masks continue after a resume: rank 1's state is saved too, and its masks
+    shape the averaged gradients that rank 0's losses show; resumed under FSDP, the same training to
+    rounding. Every rank scores its share of the 3 evaluation batches (under FSDP all run as many
+    forwards, as the shards meet in each), and the numbers are one process's."""
+    straight = parallel_run(dropout=0.1)
+    assert len(torch.load(straight.out_dir / 'ckpt.pt', weights_only=True)['rng_states_by_rank']) == 2
 
-
-def test_fsdp_evaluation_shares_the_batches_and_gives_one_process_numbers(copy_run):
-    settings = dict(init_from='resume', eval_only=True, eval_iters=5, n_layer=None, n_embd=None, block_size=None,
-                    gradient_accumulation_steps=2)
-    single = STEP_LINE.findall(run_inproc('train.py', *core_train_args(copy_run, **settings), check=True).stdout)
-    sharded = STEP_LINE.findall(run_script(*TORCHRUN, *core_train_args(copy_run, fsdp=True, **settings)).stdout)
-    assert len(single) == 1 and [(s, float(t), float(v)) for s, t, v in sharded] == \
-        [(s, pytest.approx(float(t), abs=1e-4), pytest.approx(float(v), abs=1e-4)) for s, t, v in single]
-
-
-def test_compiled_ddp_and_fsdp_train_as_eager_ddp(core_dataset, tmp_path):
-    """Compiled under DDP (the whole model) and under FSDP (block by block, as its hooks stay out of
-    the graphs): eager DDP's losses, to the compiler's rounding."""
-    eager = iteration_losses(torchrun(tmp_path / 'eager', **SHORT).stdout)
-    for fsdp in (False, True):
-        compiled = iteration_losses(torchrun(tmp_path / f'compiled_{fsdp}', compile=True, fsdp=fsdp, **SHORT).stdout)
-        assert sorted(compiled) == list(range(7))
-        assert all(compiled[i] == pytest.approx(eager[i], abs=2e-3) for i in eager), (fsdp, eager, compiled)
+    def resumed(name, run=forked_ranks, **settings):  # from step 6's ckpt.pt: a copy without latest.pt
+        shutil.copytree(straight.out_dir, tmp_path / name, ignore=shutil.ignore_patterns('latest.pt'))
+        stdout = run(*core_train_args(tmp_path / name, init_from='resume', dropout=0.1, **TORCHRUN_SETTINGS,
+                                      **settings)).stdout
+        return iteration_losses(stdout), [(int(s), float(t), float(v)) for s, t, v in STEP_LINE.findall(stdout)]
+    ddp, ddp_steps = resumed('ddp')
+    fsdp, fsdp_steps = resumed('fsdp', fsdp=True)
+    _, fsdp_eval = resumed('fsdp_eval', fsdp=True, eval_only=True)
+    _, single_eval = resumed('single_eval', lambda *args: run_inproc('train.py', *args, check=True), eval_only=True)
+    assert ddp == {i: straight.losses[i] for i in (6, 7, 8)}, (straight.losses, ddp)
+    assert sorted(fsdp) == [6, 7, 8] and all(fsdp[i] == pytest.approx(ddp[i], abs=1e-4) for i in fsdp), (ddp, fsdp)
+    step, train, val = straight.steps[2]
+    assert single_eval == ddp_steps == [(6, float(train), float(val))] and step == '6', (single_eval, ddp_steps)
+    for sharded in (fsdp_steps, fsdp_eval):
+        assert sharded == [(6, pytest.approx(float(train), abs=1e-4), pytest.approx(float(val), abs=1e-4))]
 
 
 def test_a_diverging_run_stops_every_rank_at_once(core_dataset, tmp_path):
     start = time.time()
-    result = run_script(*TORCHRUN, *core_train_args(tmp_path / 'out', learning_rate=1e4, grad_clip=0.0,
-                                                    max_iters=1000, gradient_accumulation_steps=2),
-                        check=False, timeout=300)
+    result = run_script(*TORCHRUN, *core_train_args(tmp_path / 'out', learning_rate=1e4, grad_clip=0.0, max_iters=1000,
+                                                    gradient_accumulation_steps=2), check=False)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
     assert len(errors) == 1 and re.match(r'error: (val )?loss is (nan|inf)', errors[0]), result.stderr[-3000:]
@@ -178,3 +206,46 @@ def test_a_diverging_run_stops_every_rank_at_once(core_dataset, tmp_path):
     assert 'SIGABRT' not in result.stderr and 'exitcode  : -6' not in result.stderr
     assert time.time() - start < 120  # not a collective timing out
     assert not any(name.endswith('.pt') for name in os.listdir(tmp_path / 'out'))
+
+
+# ----------------------------------------------------------------------------- waits and checks between ranks
+
+def test_only_the_wait_for_rank_0s_save_is_long(monkeypatch):
+    """The run's collectives keep the backend's default timeout, so that the others stop soon when a
+    rank dies; the wait for rank 0's save, on a group of its own, has an hour."""
+    import torch.distributed as dist
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    for name, value in dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',
+                            MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(parallel, '_save_group', None)
+    used = []
+    monkeypatch.setattr(dist, 'all_reduce', lambda *args, group=None, **kwargs: used.append(group))
+    try:
+        parallel.start('gloo', 'cpu')
+        groups = (dist.group.WORLD, parallel._save_group)
+        timeouts = [g._get_backend(torch.device('cpu')).options._timeout for g in groups]
+        assert timeouts == [dist.distributed_c10d._get_default_timeout('gloo'), parallel.SAVE_TIMEOUT]
+        parallel.stop_together(None, 'cpu')
+        parallel.stop_together(None, 'cpu', after_save=True)
+        assert used == [None, parallel._save_group]
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize('rank_1, refused', [((21, 1.5, 30.0), False), ((11, 1.7, 12.0), True),
+                                             ((21, 1.6, 30.0), True), ((21, 1.5, None), True)])
+def test_every_rank_must_resume_from_the_same_checkpoint(monkeypatch, rank_1, refused):
+    """A node whose out_dir is its own disk reads an older checkpoint, or another run's: named in one line."""
+    state = dict(iter_num=21, best_val_loss=torch.tensor(1.5), elapsed_seconds=30.0)
+    monkeypatch.setattr(parallel, 'all_objects', lambda mine: [mine, ('node-b', *rank_1)])
+    if not refused:
+        parallel._same_checkpoint(state, 'cpu')
+        return
+    with pytest.raises(UserError) as refusal:
+        parallel._same_checkpoint(state, 'cpu')
+    assert str(refusal.value).startswith(f"rank 1 on node node-b resumes from another checkpoint (after iteration "
+                                         f"{rank_1[0] - 1}) than rank 0 on node {socket.gethostname()} (after "
+                                         "iteration 20)") and 'storage that every node sees' in str(refusal.value)

@@ -1,9 +1,6 @@
-"""Dataset preparation: data/*/prepare.py and helpers/prepare.py, offline.
-
-Every prepare script runs as a user would run it (a subprocess in the repo root); library
-pieces are also tested in-process where a small chunk size makes edge cases reachable.
-Every dataset goes to the session's temporary data folder (conftest.DATA_ROOT), never to data/.
-"""
+"""Dataset preparation, offline: data/*/prepare.py with a user's arguments (in this process, or in one of its own
+where a test signals it or sets the environment) and helpers/prepare.py's pieces, driven directly where a small
+chunk size reaches the edge cases. Every dataset goes to the session's data folder, never to data/."""
 import hashlib
 import json
 import os
@@ -19,15 +16,13 @@ import uuid
 import numpy as np
 import pytest
 
-from conftest import DATA_ROOT, REPO_ROOT, data_changes, data_files, run_script, place_tiny_shakespeare
+from conftest import (DATA_ROOT, REPO_ROOT, assert_user_error, core_train_args, data_changes, data_files,
+                      place_tiny_shakespeare, run_inproc, run_script)
+from helpers import UserError, prepare
+from helpers import stories as tiny_stories
+from helpers import data as dataset
 
-sys.path.insert(0, REPO_ROOT)
-from helpers import prepare  # noqa: E402
-from helpers import data as dataset  # noqa: E402
-from helpers import UserError  # noqa: E402
-
-SEP = prepare.STORY_SEPARATOR
-OFFLINE = {'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1'}
+SEP = tiny_stories.STORY_SEPARATOR
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -45,10 +40,16 @@ def scratch():
         shutil.rmtree(os.path.join(DATA_ROOT, name), ignore_errors=True)
 
 
-@pytest.fixture
-def hf_env(tmp_path):
-    """Environment for scripts that use datasets: offline, with a private cache."""
-    return dict(OFFLINE, HF_HOME=str(tmp_path / 'hf_home'))
+def prep(script, *args, check=True):
+    """data/<script>/prepare.py with args, in this process."""
+    return run_inproc(f'data/{script}/prepare.py', *args, check=check)
+
+
+def refused(result, *fragments):
+    """Exit status 1, and stderr is one line 'error: ...' holding every fragment as written."""
+    line = assert_user_error(result)
+    assert result.returncode == 1 and result.stderr.strip() == line, result.stderr
+    assert all(fragment in line for fragment in fragments), (fragments, line)
 
 
 def folder(name):
@@ -71,16 +72,6 @@ def decoded(name):
     itos = meta['itos']
     return (''.join(itos[int(i)] for i in tokens(name, 'train')),
             ''.join(itos[int(i)] for i in tokens(name, 'val')), meta)
-
-
-def assert_user_error(proc, *fragments):
-    """Exit status 1, and stderr is one line 'error: ...' holding every fragment."""
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
-    assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def no_outputs(name):
@@ -153,18 +144,15 @@ def test_shakespeare_char_matches_nanogpt_bytes_and_numbers(shakespeare_char):
         with open(os.path.join(folder('shakespeare_char'), name), 'rb') as f:
             assert f.read() == data, name
     assert set(dataset.read_meta('shakespeare_char')) == {'vocab_size', 'itos', 'stoi'}
-
-
-def test_shakespeare_char_is_deterministic(shakespeare_char):
-    first = digests('shakespeare_char')
-    run_script('data/shakespeare_char/prepare.py')
+    first = digests('shakespeare_char')   # and a second run writes the same bytes, leaving no temporary file
+    prep('shakespeare_char')
     assert digests('shakespeare_char') == first
     assert not any(f.endswith('.tmp') for f in os.listdir(folder('shakespeare_char')))
 
 
 def test_shakespeare_bpe_numbers_and_tokens():
     input_path = place_tiny_shakespeare('shakespeare')
-    out = run_script('data/shakespeare/prepare.py').stdout
+    out = prep('shakespeare').stdout
     assert "train has 301,966 tokens" in out and "val has 36,059 tokens" in out
     import tiktoken
     enc = tiktoken.get_encoding('gpt2')
@@ -177,12 +165,12 @@ def test_shakespeare_bpe_numbers_and_tokens():
 
 # ----------------------------------------------------------------------------- any text, by character
 
-def test_cjk_round_trip_and_split(tmp_path, scratch):
+def test_cjk_round_trip_and_split_and_another_text_only_with_force(tmp_path, scratch):
     text = cjk_text()
     novel = tmp_path / 'novel.txt'
     novel.write_text(text, encoding='utf-8')
     name = scratch('cjk')
-    out = run_script('data/char/prepare.py', '--input', str(novel), '--name', name).stdout
+    out = prep('char', '--input', novel, '--name', name).stdout
     train, val, meta = decoded(name)
     n = len(text)
     assert train == text[:int(n * 0.9)] and val == text[int(n * 0.9):]
@@ -194,6 +182,13 @@ def test_cjk_round_trip_and_split(tmp_path, scratch):
     assert f"train has {int(n * 0.9):,} tokens" in out
     ids = np.concatenate([tokens(name, 'train'), tokens(name, 'val')])
     assert np.array_equal(ids, [meta['stoi'][ch] for ch in text])
+    first = digests(name)
+    refused(prep('char', '--input', novel, '--name', name, check=False), '--force')
+    prep('char', '--input', novel, '--name', name, '--force')   # the same text again: the same bytes
+    assert digests(name) == first and len(first) == 3
+    novel.write_text('different words entirely\n' * 100)
+    prep('char', '--input', novel, '--name', name, '--force')
+    assert ''.join(decoded(name)[:2]) == novel.read_text()
 
 
 def test_write_chars_splits_at_any_character_of_any_piece(tmp_path):
@@ -211,80 +206,38 @@ def test_write_chars_splits_at_any_character_of_any_piece(tmp_path):
         assert (train, val) == (text[:n_train], text[n_train:]) and meta['separator'] == 'x', n_train
 
 
-def test_prepare_twice_gives_identical_files(tmp_path, scratch):
-    novel = tmp_path / 'novel.txt'
-    novel.write_text(cjk_text(200, seed=3), encoding='utf-8')
-    name = scratch('twice')
-    run_script('data/char/prepare.py', '--input', str(novel), '--name', name)
-    first = digests(name)
-    run_script('data/char/prepare.py', '--input', str(novel), '--name', name, '--force')
-    assert digests(name) == first and len(first) == 3
-
-
-def test_uint32_vocabulary_round_trip(tmp_path, scratch):
+def test_a_vocabulary_past_uint16_round_trips_trains_and_samples(tmp_path, scratch):
     points = [p for p in range(0x21, 0x21 + 70_500) if not 0xD800 <= p <= 0xDFFF]
-    rng = random.Random(1)
-    text = ''.join(chr(p) for p in rng.sample(points, len(points)))
-    text = text + '\n' + ''.join(chr(p) for p in rng.sample(points, len(points)))
+    text = cjk_text(40) + ''.join(chr(p) for p in random.Random(1).sample(points, len(points)) * 2)
     src = tmp_path / 'wide.txt'
     src.write_text(text, encoding='utf-8')
     name = scratch('u32')
-    out = run_script('data/char/prepare.py', '--input', str(src), '--name', name).stdout
+    out = prep('char', '--input', src, '--name', name).stdout
     meta = dataset.read_meta(name)
     assert meta['dtype'] == 'uint32' and meta['vocab_size'] == len(set(text)) > 65_535
-    assert dataset.token_dtype(meta) == np.uint32
-    n_train = int(len(text) * 0.9)
-    assert os.path.getsize(os.path.join(folder(name), 'train.bin')) == 4 * n_train
+    assert dataset.token_dtype(meta) == np.uint32 and "stored as uint32" in out
+    assert os.path.getsize(os.path.join(folder(name), 'train.bin')) == 4 * int(len(text) * 0.9)
     train, val, _ = decoded(name)
     assert train + val == text
-    assert "stored as uint32" in out
-
-
-def _train_and_sample(name, out_dir, start):
-    run_script('train.py', f'--dataset={name}', '--device=cpu', '--compile=False', '--max_iters=3',
-               '--eval_iters=1', '--eval_interval=2', '--batch_size=2', '--block_size=16', '--n_layer=1',
-               '--n_head=2', '--n_embd=16', f'--out_dir={out_dir}', timeout=300)
-    assert os.listdir(out_dir), "train.py wrote no checkpoint"
-    return run_script('sample.py', f'--out_dir={out_dir}', '--device=cpu', '--num_samples=1',
-                      '--max_new_tokens=20', f'--start={start}', timeout=300).stdout
-
-
-def test_uint32_dataset_trains_and_samples(tmp_path, scratch):
-    points = [p for p in range(0x4E00, 0x4E00 + 68_000) if not 0xD800 <= p <= 0xDFFF]
-    rng = random.Random(2)
-    text = ''.join(chr(p) for p in rng.sample(points, len(points)) * 2)
-    src = tmp_path / 'wide.txt'
-    src.write_text(text, encoding='utf-8')
-    name = scratch('u32train')
-    run_script('data/char/prepare.py', '--input', str(src), '--name', name)
-    assert dataset.read_meta(name)['dtype'] == 'uint32'
-    out = _train_and_sample(name, str(tmp_path / 'out'), text[:3])
-    assert text[:3] in out
-
-
-def test_chinese_novel_trains_and_samples(tmp_path, scratch):
-    novel = tmp_path / 'doupo.txt'
-    novel.write_text(cjk_text(), encoding='utf-8')
-    name = scratch('doupo')
-    run_script('data/char/prepare.py', '--input', str(novel), '--name', name)
-    out = _train_and_sample(name, str(tmp_path / 'out'), '介绍小医仙')
-    assert '介绍小医仙' in out
+    out_dir = tmp_path / 'out'
+    run_inproc('train.py', *core_train_args(out_dir, dataset=name, max_iters=3, eval_iters=1, eval_interval=2,
+                                            batch_size=2, block_size=16, n_layer=1, n_embd=16), check=True)
+    prompt = '介绍小医仙😀𠀀'
+    sampled = run_inproc('sample.py', f'--out_dir={out_dir}', '--device=cpu', '--num_samples=1',
+                         '--max_new_tokens=20', f'--start={prompt}', check=True).stdout
+    assert prompt in sampled
 
 
 # ----------------------------------------------------------------------------- reading text
 
-def test_read_text_handles_characters_split_across_chunks(tmp_path):
+@pytest.mark.parametrize('bad', [b'\xff', b'\xe4\xb8', b'\xc0\xaf', b'\xed\xa0\x80'])
+def test_read_text_splits_characters_across_chunks_and_names_the_offset_of_invalid_utf8(tmp_path, bad):
     text = 'a中é😀\n' * 50 + cjk_text(5)
     path = tmp_path / 't.txt'
     path.write_bytes(text.encode('utf-8'))
     for chunk in range(1, 9):
         assert ''.join(prepare.read_text(str(path), chunk_bytes=chunk)) == text
-
-
-@pytest.mark.parametrize('bad', [b'\xff', b'\xe4\xb8', b'\xc0\xaf', b'\xed\xa0\x80'])
-def test_invalid_utf8_names_the_byte_offset(tmp_path, bad):
     good = ('héllo 中文 😀 ' * 20).encode('utf-8')
-    path = tmp_path / 'bad.txt'
     path.write_bytes(good + bad + b'tail')
     for chunk in (1, 2, 3, 5, 64, 1 << 20):
         with pytest.raises(UserError) as e:
@@ -294,48 +247,22 @@ def test_invalid_utf8_names_the_byte_offset(tmp_path, bad):
     assert replaced.startswith(good.decode()) and '\ufffd' in replaced and replaced.endswith('tail')
 
 
-def test_cli_invalid_utf8_error_and_replace_flag(tmp_path, scratch):
-    good = 'first line 中文\n'.encode('utf-8') * 1000
-    path = tmp_path / 'gbk.txt'
-    path.write_bytes(good + '斗破苍穹'.encode('gbk') + b'\nmore text\n' * 100)
-    name = scratch('badutf8')
-    proc = run_script('data/char/prepare.py', '--input', str(path), '--name', name, check=False)
-    assert_user_error(proc, f"byte offset {len(good)}", '--replace_invalid_utf8')
-    assert no_outputs(name)
-    run_script('data/char/prepare.py', '--input', str(path), '--name', name, '--replace_invalid_utf8')
-    assert '\ufffd' in dataset.read_meta(name)['stoi']
-
-
-def test_missing_empty_and_bad_arguments(tmp_path, scratch):
+def test_missing_empty_bad_arguments_and_invalid_utf8(tmp_path, scratch):
     name = scratch('errs')
-    missing = run_script('data/char/prepare.py', '--input', str(tmp_path / 'nope.txt'), '--name', name, check=False)
-    assert_user_error(missing, 'nope.txt', 'does not exist')
-    empty = tmp_path / 'empty.txt'
-    empty.write_bytes(b'')
-    assert_user_error(run_script('data/char/prepare.py', '--input', str(empty), '--name', name, check=False),
-                      'empty')
-    text = tmp_path / 'ok.txt'
-    text.write_text('hello world\n' * 10)
-    assert_user_error(run_script('data/char/prepare.py', '--input', str(text), '--name', '../escape', check=False),
-                      '--name')
-    assert_user_error(run_script('data/char/prepare.py', '--input', str(text), '--name', name,
-                                 '--val_fraction=0', check=False), '--val_fraction')
-    assert_user_error(run_script('data/char/prepare.py', '--input', str(text), '--name', name,
-                                 '--val_fraction=0.999', check=False), 'too few')
+    (tmp_path / 'empty.txt').write_bytes(b'')
+    (tmp_path / 'ok.txt').write_text('hello world\n' * 10)
+    good = 'first line 中文\n'.encode('utf-8') * 1000
+    (tmp_path / 'gbk.txt').write_bytes(good + '斗破苍穹'.encode('gbk') + b'\nmore text\n' * 100)
+    for file, args, fragments in (('nope.txt', [], ['nope.txt', 'does not exist']), ('empty.txt', [], ['empty']),
+                                  ('ok.txt', ['--name', '../escape'], ['--name']),
+                                  ('ok.txt', ['--val_fraction=0'], ['--val_fraction']),
+                                  ('ok.txt', ['--val_fraction=0.999'], ['too few']),
+                                  ('gbk.txt', [], [f"byte offset {len(good)}", '--replace_invalid_utf8'])):
+        refused(prep('char', '--input', tmp_path / file, '--name', name, *args, check=False), *fragments)
     assert no_outputs(name)
     assert not os.path.exists(os.path.join(os.path.dirname(DATA_ROOT), 'escape'))
-
-
-def test_name_of_another_dataset_needs_force(tmp_path, scratch):
-    text = tmp_path / 'mine.txt'
-    text.write_text('my own words\n' * 100)
-    name = scratch('force')
-    run_script('data/char/prepare.py', '--input', str(text), '--name', name)
-    assert_user_error(run_script('data/char/prepare.py', '--input', str(text), '--name', name, check=False), '--force')
-    other = tmp_path / 'other.txt'
-    other.write_text('different words entirely\n' * 100)
-    run_script('data/char/prepare.py', '--input', str(other), '--name', name, '--force')
-    assert ''.join(decoded(name)[:2]) == other.read_text()
+    prep('char', '--input', tmp_path / 'gbk.txt', '--name', name, '--replace_invalid_utf8')
+    assert '\ufffd' in dataset.read_meta(name)['stoi']
 
 
 NAMES_TAKEN = ['données', 'doupo', '斗破苍穹', 'हिन्दी', 'cafe\u0301', 'Ελληνικά', 'my_novel-2.v1', '_x', 'a' * 255]
@@ -347,15 +274,17 @@ NAMES_REFUSED = {'': 'is empty', '.hidden': "starts with '.'", '..': "starts wit
 
 def test_names_in_any_language_and_none_a_filesystem_refuses(tmp_path, scratch):
     for name in NAMES_TAKEN:
-        assert prepare.output_dir(name) == os.path.join(DATA_ROOT, name), name
+        with prepare.output_dir(name) as path:
+            assert path == os.path.join(DATA_ROOT, name) and os.path.isdir(path), name
+        assert not os.path.exists(path), name   # made for the block and left empty: gone
     for name, why in NAMES_REFUSED.items():
-        with pytest.raises(UserError) as e:
-            prepare.output_dir(name)
+        with pytest.raises(UserError) as e, prepare.output_dir(name):
+            pass
         assert why in str(e.value) and f'--name={name!r}' in str(e.value), (name, str(e.value))
     text = tmp_path / 'roman.txt'
     text.write_text('Il était une fois des données.\n' * 50, encoding='utf-8')
     name = scratch('données')
-    run_script('data/char/prepare.py', '--input', str(text), '--name', name)
+    prep('char', '--input', text, '--name', name)
     assert ''.join(decoded(name)[:2]) == text.read_text(encoding='utf-8')
 
 
@@ -366,26 +295,35 @@ def test_script_folder_names_are_no_dataset_names(tmp_path, shakespeare_char):
     text.write_text('my own words\n' * 100)
     before = digests('shakespeare_char')
     for name in ('char', 'shakespeare_char'):
-        proc = run_script('data/char/prepare.py', '--input', str(text), '--name', name, '--force', check=False)
-        assert_user_error(proc, f'--name={name} ', f'data/{name}/prepare.py', f'--name=my_{name}')
+        refused(prep('char', '--input', text, '--name', name, '--force', check=False),
+                f'--name={name} ', f'data/{name}/prepare.py', f'--name=my_{name}')
     assert digests('shakespeare_char') == before and not os.path.exists(folder('char'))
-    with pytest.raises(UserError, match='data/char/prepare.py'):   # the same folder where case does not count
-        prepare.output_dir('Char', force=True)
-    with pytest.raises(UserError, match='data/tinystories_char/prepare.py'):
-        prepare.output_dir('tinystories_char', force=True, own='tinystories')
-    assert prepare.output_dir('tinystories', own='tinystories') == folder('tinystories')
+    # the same folder where case does not count
+    with pytest.raises(UserError, match='data/char/prepare.py'), prepare.output_dir('Char', force=True):
+        pass
+    with pytest.raises(UserError, match='data/tinystories_char/prepare.py'), \
+            prepare.output_dir('tinystories_char', force=True, own='tinystories'):
+        pass
+    with prepare.output_dir('tinystories', own='tinystories') as path:
+        assert path == folder('tinystories')
 
 
-def test_nanogpt_data_dir_moves_every_dataset(tmp_path):
+def test_nanogpt_data_dir_moves_every_dataset(tmp_path, monkeypatch):
     """The shakespeare scripts read input.txt from <NANOGPT_DATA_DIR>/<name>/ and write there, data/char/prepare.py
-    writes --name there, and train.py looks there; the scripts stay in the repository."""
+    writes --name there, and train.py looks there; the scripts stay in the repository. helpers reads the variable
+    once, at import: one prepare runs in a process of its own, the rest here with helpers' DATA_ROOT set."""
     elsewhere = tmp_path / 'big disk'
-    env = {'NANOGPT_DATA_DIR': str(elsewhere)}
     text = 'To be, or not to be: that is the question.\n' * 20
+    (tmp_path / 'mine.txt').write_text(text)
+    run_script('data/char/prepare.py', '--input', str(tmp_path / 'mine.txt'), '--name', 'mine',
+               env={'NANOGPT_DATA_DIR': str(elsewhere)})
+    assert os.path.isfile(elsewhere / 'mine' / 'train.bin')
+    for module in (sys.modules['helpers'], prepare, dataset):
+        monkeypatch.setattr(module, 'DATA_ROOT', str(elsewhere))
     for name in ('shakespeare_char', 'shakespeare'):
-        (elsewhere / name).mkdir(parents=True)
+        (elsewhere / name).mkdir()
         (elsewhere / name / 'input.txt').write_text(text)
-        out = run_script(f'data/{name}/prepare.py', env=env).stdout
+        out = prep(name).stdout
         assert f'length of dataset in characters: {len(text):,}' in out and 'downloading' not in out
         assert f'wrote {elsewhere / name}/' in out
         assert {'train.bin', 'val.bin'} <= set(os.listdir(elsewhere / name))
@@ -393,12 +331,29 @@ def test_nanogpt_data_dir_moves_every_dataset(tmp_path):
     ids = np.concatenate([np.fromfile(elsewhere / 'shakespeare_char' / f'{split}.bin', dtype=np.uint16)
                           for split in ('train', 'val')])
     assert ''.join(meta['itos'][int(i)] for i in ids) == text
-    (tmp_path / 'mine.txt').write_text(text)
-    run_script('data/char/prepare.py', '--input', str(tmp_path / 'mine.txt'), '--name', 'mine', env=env)
-    assert os.path.isfile(elsewhere / 'mine' / 'train.bin')
-    proc = run_script('train.py', '--dataset=nope', '--device=cpu', f'--out_dir={tmp_path / "out"}', env=env,
-                      check=False)
-    assert_user_error(proc, f"{elsewhere / 'nope'}/", 'mine', 'shakespeare_char')
+    refused(run_inproc('train.py', '--dataset=nope', '--device=cpu', f'--out_dir={tmp_path / "out"}'),
+            f"{elsewhere / 'nope'}/", 'mine', 'shakespeare_char')
+
+
+@pytest.mark.parametrize('root', ['a file', 'a folder that cannot be written'])
+def test_a_data_dir_that_cannot_take_datasets_is_one_line(tmp_path, monkeypatch, root):
+    if root == 'a file':
+        target = tmp_path / 'notes.txt'
+        target.write_text('my notes\n')
+    else:   # /sys refuses new folders even to root, for whom permission bits are no obstacle
+        target = '/sys'
+        if not os.path.isdir(target) or not os.access(target, os.R_OK) or os.path.exists('/sys/mine'):
+            pytest.skip('no /sys here')
+    monkeypatch.setattr(prepare, 'DATA_ROOT', str(target))   # what NANOGPT_DATA_DIR sets
+    text = tmp_path / 'mine.txt'
+    text.write_text('my own words\n' * 20)
+    assert_user_error(run_inproc('data/char/prepare.py', '--input', str(text), '--name', 'mine'),
+                      f'cannot make {target}/mine/', 'NANOGPT_DATA_DIR')
+    if root == 'a file':
+        assert target.read_text() == 'my notes\n'
+        monkeypatch.setattr(dataset, 'DATA_ROOT', str(target))
+        with pytest.raises(UserError, match=f'NANOGPT_DATA_DIR={target} is a file'):
+            dataset.read_meta('mine')
 
 
 def test_unknown_dataset_lists_the_prepared_and_the_preparable():
@@ -445,7 +400,7 @@ def test_the_data_guard_sees_files_created_removed_and_rewritten(tmp_path):
         os.path.join('data', 'mine', 'val.bin') + ' removed', os.path.join('data', 'new', 'train.bin') + ' created']
 
 
-def test_failed_write_leaves_previous_files_untouched(tmp_path):
+def test_failed_write_leaves_previous_files_untouched(tmp_path, scratch):
     out_dir = str(tmp_path / 'ds')
     with prepare.Output(out_dir) as out:
         out.write('train', np.arange(10))
@@ -465,20 +420,54 @@ def test_failed_write_leaves_previous_files_untouched(tmp_path):
         out.write('val', np.arange(2))
         out.commit()
     assert sorted(os.listdir(out_dir)) == ['train.bin', 'val.bin']
-    new_dir = str(tmp_path / 'new')
-    with pytest.raises(KeyboardInterrupt):
-        with prepare.Output(new_dir) as out:
+    name = scratch('new')
+    with pytest.raises(KeyboardInterrupt), prepare.output_dir(name) as new_dir, prepare.Output(new_dir):
+        raise KeyboardInterrupt
+    assert not os.path.exists(folder(name))
+
+
+def test_a_swap_that_a_prepare_left_half_done_is_completed_by_the_next_reader(scratch, monkeypatch, capsys):
+    """Stopped after train.bin moved into place, the new dataset's val.bin and meta.pkl still under .tmp names:
+    the reader's first look completes the swap, and meta.pkl then describes the .bin files beside it."""
+    name = scratch('swap')
+
+    def prepare_ids(ids, vocab_size):
+        with prepare.Output(folder(name)) as out:
+            out.write('train', ids[:-2])
+            out.write('val', ids[-2:])
+            out.commit({'vocab_size': vocab_size})
+    prepare_ids(np.arange(10), 10)
+    replace, moved = os.replace, []
+
+    def stops_after_the_first_move(source, target):
+        moved.append(target)
+        if len(moved) == 3:   # the journal, then train.bin
             raise KeyboardInterrupt
-    assert not os.path.exists(new_dir)
+        replace(source, target)
+    monkeypatch.setattr(os, 'replace', stops_after_the_first_move)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_ids(np.arange(20) % 3, 3)
+    monkeypatch.undo()
+    assert [f for f in os.listdir(folder(name)) if f.startswith('.swap-')]   # left for the next command
+    capsys.readouterr()
+    assert dataset.read_meta(name) == {'vocab_size': 3}
+    assert f"finished preparing data/{name}" in capsys.readouterr().out
+    assert np.array_equal(np.concatenate([tokens(name, 'train'), tokens(name, 'val')]), np.arange(20) % 3)
+    assert sorted(os.listdir(folder(name))) == ['meta.pkl', 'train.bin', 'val.bin']
+
+
+@pytest.fixture(scope='module')
+def big_text(tmp_path_factory):
+    path = tmp_path_factory.mktemp('big') / 'big.txt'
+    path.write_bytes(('The quick brown fox 狐狸 jumps.\n' * 2_500_000).encode('utf-8'))   # ~95 MB
+    return path
 
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
-def test_interrupted_prepare_leaves_no_finished_looking_files(tmp_path, scratch, sig):
-    big = tmp_path / 'big.txt'
-    big.write_bytes(('The quick brown fox 狐狸 jumps.\n' * 2_500_000).encode('utf-8'))   # ~95 MB
+def test_interrupted_prepare_leaves_no_finished_looking_files(big_text, scratch, sig):
     name = scratch('interrupt')
     env = dict(os.environ, PYTHONUNBUFFERED='1')
-    proc = subprocess.Popen([sys.executable, 'data/char/prepare.py', '--input', str(big), '--name', name],
+    proc = subprocess.Popen([sys.executable, 'data/char/prepare.py', '--input', str(big_text), '--name', name],
                             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     tmp_train = os.path.join(folder(name), 'train.bin.tmp')
     deadline = time.time() + 120
@@ -496,16 +485,17 @@ def test_interrupted_prepare_leaves_no_finished_looking_files(tmp_path, scratch,
 
 # ----------------------------------------------------------------------------- TinyStories
 
-def write_story_files(tmp_path, kind, train=STORIES, val=VAL_STORIES):
-    paths = []
-    for split, stories in (('train', train), ('valid', val)):
+def story_files(tmp_path, kind, train=STORIES, val=VAL_STORIES):
+    """The --train_file and --val_file arguments of stories written as TinyStories*.txt or .jsonl files."""
+    args = []
+    for split, flag, texts in (('train', '--train_file', train), ('valid', '--val_file', val)):
         path = tmp_path / f'TinyStories-{split}.{kind}'
         if kind == 'txt':
-            path.write_text(stories_txt(stories), encoding='utf-8')
+            path.write_text(stories_txt(texts), encoding='utf-8')
         else:
-            path.write_text(''.join(json.dumps({'text': s}) + '\n' for s in stories), encoding='utf-8')
-        paths.append(str(path))
-    return paths
+            path.write_text(''.join(json.dumps({'text': s}) + '\n' for s in texts), encoding='utf-8')
+        args += [flag, str(path)]
+    return args
 
 
 @pytest.mark.parametrize('layout', ['varied', 'plain', 'plain_with_untidy_stories', 'no_newline_after_last_marker'])
@@ -522,86 +512,71 @@ def test_txt_story_parsing_is_independent_of_chunk_size(tmp_path, layout):
     path = tmp_path / 's.txt'
     path.write_text(content, encoding='utf-8')
     for chunk in (1, 2, 5, 13, 64, 1 << 20):
-        got = [s for batch in prepare.txt_stories(str(path), chunk_bytes=chunk) for s in batch]
+        got = [s for batch in tiny_stories.txt_stories(str(path), chunk_bytes=chunk) for s in batch]
         assert got == stories, chunk
-        joined = ''.join(prepare.story_text(prepare.txt_stories(str(path), chunk_bytes=chunk), SEP))
+        joined = ''.join(tiny_stories.story_text(tiny_stories.txt_stories(str(path), chunk_bytes=chunk), SEP))
         assert joined == ''.join(s + SEP for s in stories), chunk
 
 
 def test_txt_without_story_ends_stops_before_memory_grows(tmp_path, monkeypatch):
-    monkeypatch.setattr(prepare, 'MAX_STORY_CHARS', 1000)
+    monkeypatch.setattr(tiny_stories, 'MAX_STORY_CHARS', 1000)
     path = tmp_path / 'novel.txt'
     path.write_text('A long novel with no story ends.\n' * 100, encoding='utf-8')
     with pytest.raises(UserError, match="not in TinyStories' format"):
-        list(prepare.txt_stories(str(path), chunk_bytes=64))
+        list(tiny_stories.txt_stories(str(path), chunk_bytes=64))
     path.write_text('A short story.\n<|endoftext|>\n' * 100, encoding='utf-8')
-    assert sum(map(len, prepare.txt_stories(str(path), chunk_bytes=64))) == 100
+    assert sum(map(len, tiny_stories.txt_stories(str(path), chunk_bytes=64))) == 100
 
 
-def test_tinystories_char_from_txt_files(tmp_path, scratch):
-    train_file, val_file = write_story_files(tmp_path, 'txt')
-    name = scratch('tsc')
-    out = run_script('data/tinystories_char/prepare.py', '--train_file', train_file, '--val_file', val_file,
-                     '--name', name).stdout
-    train, val, meta = decoded(name)
-    assert train == ''.join(s + SEP for s in STORIES)
-    assert val == ''.join(s + SEP for s in VAL_STORIES)
-    assert meta['separator'] == SEP and SEP in meta['stoi']
-    assert [meta['itos'][i] for i in range(meta['vocab_size'])] == sorted(set(train + val))
-    assert f"vocab size: {meta['vocab_size']}" in out and f"train has {len(train):,} tokens" in out
-
-
-def test_tinystories_local_datasets_source_matches_txt(tmp_path, scratch, hf_env):
-    """The .jsonl files go through load_dataset like the hub load and must give the same bytes."""
-    txt_name, json_name = scratch('tsc_txt'), scratch('tsc_json')
-    run_script('data/tinystories_char/prepare.py', *interleave(write_story_files(tmp_path, 'txt')), '--name', txt_name)
-    run_script('data/tinystories_char/prepare.py', *interleave(write_story_files(tmp_path, 'jsonl')),
-               '--name', json_name, env=hf_env)
-    assert digests(txt_name) == digests(json_name)
-
-
-def interleave(files):
-    return ['--train_file', files[0], '--val_file', files[1]]
-
-
-def test_tinystories_bpe_txt_and_jsonl(tmp_path, scratch, hf_env):
+def test_tinystories_from_txt_and_jsonl(tmp_path, scratch, hf_offline):
+    """Both scripts from both kinds of local files: .jsonl goes through load_dataset like the hub load, and gives
+    the bytes the .txt files give."""
+    written = {}
     for kind in ('txt', 'jsonl'):
-        name = scratch('ts_' + kind)
-        out = run_script('data/tinystories/prepare.py', *interleave(write_story_files(tmp_path, kind)), '--name', name,
-                         env=hf_env).stdout
-        assert np.array_equal(tokens(name, 'train'), gpt2_tokens(STORIES))
-        assert np.array_equal(tokens(name, 'val'), gpt2_tokens(VAL_STORIES))
-        assert not os.path.exists(os.path.join(folder(name), 'meta.pkl'))
+        char, bpe = scratch('tsc_' + kind), scratch('ts_' + kind)
+        out = prep('tinystories_char', *story_files(tmp_path, kind), '--name', char).stdout
+        train, val, meta = decoded(char)
+        assert train == ''.join(s + SEP for s in STORIES)
+        assert val == ''.join(s + SEP for s in VAL_STORIES)
+        assert meta['separator'] == SEP and SEP in meta['stoi']
+        assert [meta['itos'][i] for i in range(meta['vocab_size'])] == sorted(set(train + val))
+        assert f"vocab size: {meta['vocab_size']}" in out and f"train has {len(train):,} tokens" in out
+        written[kind] = digests(char)
+        out = prep('tinystories', *story_files(tmp_path, kind), '--name', bpe).stdout
+        assert np.array_equal(tokens(bpe, 'train'), gpt2_tokens(STORIES))
+        assert np.array_equal(tokens(bpe, 'val'), gpt2_tokens(VAL_STORIES))
+        assert not os.path.exists(os.path.join(folder(bpe), 'meta.pkl'))
         assert f"train has {len(gpt2_tokens(STORIES)):,} tokens" in out
+    assert written['txt'] == written['jsonl']
 
 
-def test_tinystories_without_validation_text(tmp_path, scratch, hf_env):
-    train_file, _ = write_story_files(tmp_path, 'txt')
-    only_separators = tmp_path / 'valid.txt'
-    only_separators.write_text('<|endoftext|>\n\n<|endoftext|>\n')
-    for script in ('data/tinystories_char/prepare.py', 'data/tinystories/prepare.py'):
+def test_tinystories_without_validation_text(tmp_path, scratch, hf_offline):
+    train_file = story_files(tmp_path, 'txt')[1]
+    (tmp_path / 'valid.txt').write_text('<|endoftext|>\n\n<|endoftext|>\n')
+    (tmp_path / 'valid.jsonl').write_text(json.dumps({'text': '   '}) + '\n')
+    # load_dataset's progress goes to stderr before the error: there, only the last line is the error
+    for script, files, check in (('tinystories_char', [train_file, 'valid.txt'], refused),
+                                 ('tinystories', [train_file, 'valid.txt'], refused),
+                                 ('tinystories_char', [story_files(tmp_path, 'jsonl')[1], 'valid.jsonl'],
+                                  assert_user_error)):
         name = scratch('noval')
-        proc = run_script(script, '--train_file', train_file, '--val_file', str(only_separators), '--name', name,
-                          check=False)
-        assert_user_error(proc, 'no validation text')
-        assert no_outputs(name)
-    empty_json = tmp_path / 'valid.jsonl'
-    empty_json.write_text(json.dumps({'text': '   '}) + '\n')
-    name = scratch('noval_json')
-    proc = run_script('data/tinystories_char/prepare.py', '--train_file', write_story_files(tmp_path, 'jsonl')[0],
-                      '--val_file', str(empty_json), '--name', name, env=hf_env, check=False)
-    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith('error: ')
-    assert 'no validation text' in proc.stderr and no_outputs(name)
+        result = prep(script, '--train_file', files[0], '--val_file', tmp_path / files[1], '--name', name, check=False)
+        check(result, 'no validation text')
+        assert result.returncode == 1 and no_outputs(name)
+
+
+@pytest.mark.parametrize('script', ['tinystories', 'tinystories_char'])
+def test_tinystories_offline_is_one_line_naming_the_local_files(hf_offline, script):
+    start = time.time()
+    refused(prep(script, check=False), 'roneneldan/TinyStories', 'OfflineModeIsEnabled', '--train_file and --val_file')
+    assert not os.path.exists(folder(script)) and time.time() - start < 60
 
 
 def test_tinystories_separator_inside_a_story_is_an_error(tmp_path, scratch):
-    train_file, val_file = write_story_files(tmp_path, 'txt', train=STORIES + [f'I contain {SEP} myself.'])
+    files = story_files(tmp_path, 'txt', train=STORIES + [f'I contain {SEP} myself.'])
     name = scratch('sep')
-    proc = run_script('data/tinystories_char/prepare.py', '--train_file', train_file, '--val_file', val_file,
-                      '--name', name, check=False)
-    assert_user_error(proc, '--separator')
-    run_script('data/tinystories_char/prepare.py', '--train_file', train_file, '--val_file', val_file,
-               '--name', name, '--separator', '\x03')
+    refused(prep('tinystories_char', *files, '--name', name, check=False), '--separator')
+    prep('tinystories_char', *files, '--name', name, '--separator', '\x03')
     train, _, meta = decoded(name)
     assert meta['separator'] == '\x03' and train.count('\x03') == len(STORIES) + 1
 
@@ -610,33 +585,3 @@ def test_gpt2_tokens_equal_one_call_per_document():
     plain = VAL_STORIES + ['', 'x', '\n\n  spaces  \n'] + [cjk_text(3)] * 50
     for docs in (plain, plain + ['a doc holding the <|endoftext|> text'], []):
         assert np.array_equal(prepare.gpt2_tokens(docs), gpt2_tokens(docs))
-
-
-# ----------------------------------------------------------------------------- openwebtext, local source
-
-def test_openwebtext_local_source(tmp_path, scratch, hf_env):
-    rng = random.Random(5)
-    words = 'the a web page about cats dogs news sport science 中文 café'.split()
-    docs = [' '.join(rng.choice(words) for _ in range(rng.randint(5, 200))) + f' doc{i}.' for i in range(60)]
-    corpus = tmp_path / 'corpus'
-    corpus.mkdir()
-    for i, doc in enumerate(docs):
-        (corpus / f'{i:03d}.txt').write_text(doc, encoding='utf-8')
-    jsonl = tmp_path / 'corpus.jsonl'
-    jsonl.write_text(''.join(json.dumps({'text': d}) + '\n' for d in docs), encoding='utf-8')
-    results = []
-    for source in (str(corpus), str(jsonl)):
-        name = scratch('owt')
-        out = run_script('data/openwebtext/prepare.py', '--source', source, '--name', name, '--num_proc', '2',
-                         env=hf_env).stdout
-        train, val = tokens(name, 'train'), tokens(name, 'val')
-        assert train.dtype == np.uint16 and len(val) > 0
-        assert "59 train and 1 val documents" in out
-        import tiktoken
-        enc = tiktoken.get_encoding('gpt2')
-        both = np.concatenate([train, val])
-        assert both[-1] == 50256 and len(both) == len(gpt2_tokens(docs))
-        pieces = np.split(both, np.flatnonzero(both == 50256)[:-1] + 1)
-        assert sorted(enc.decode(p[:-1].tolist()) for p in pieces) == sorted(docs)
-        results.append(digests(name))
-    assert results[0] == results[1]

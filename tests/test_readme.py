@@ -1,12 +1,7 @@
-"""The README's commands run as written: every `python <script> ...` and `torchrun ... <script> ...` in its
-```sh blocks and its inline code names a script of this repository, every --key it passes is a setting of
-that script, and every config file it names exists. The README is rewritten now and then: this reads
-whatever is there, and a failure names the line.
-
-A script's settings: for a configurator script (one that calls configurator.configure), the module-level
-globals assigned before that call which configurator.settable_keys would take, read with ast; for an
-argparse script, the options its --help lists; a script with neither takes no settings.
-"""
+"""The README's commands run as written: every `python <script> ...` and `torchrun ... <script> ...` in its ```sh
+blocks and inline code names a script of this repository, every --key it passes is a setting of that script (a
+configurator script's module-level settings before configure(), read with ast; an argparse script's --help
+options; none for a script with neither), and every config file it names exists. A failure names the line."""
 import ast
 import difflib
 import functools
@@ -16,7 +11,7 @@ import shlex
 
 import pytest
 
-from conftest import REPO_ROOT, run_script
+from conftest import REPO_ROOT, run_inproc
 
 README = os.path.join(REPO_ROOT, 'README.md')
 # configurator.py's usage in the README's table, the syntax with placeholders rather than a command
@@ -119,8 +114,7 @@ def settings_of(script):
     if calls(tree, 'configure'):
         return 'configurator', configurator_settings(tree)
     if calls(tree, 'parse_args'):
-        proc = run_script(script, '--help', check=False, timeout=300)
-        assert proc.returncode == 0, f"{script} --help exited {proc.returncode}:\n{proc.stderr[-2000:]}"
+        proc = run_inproc(script, '--help', check=True)
         return 'argparse', set(re.findall(r'(?<![\w-])--(\w[\w-]*)', proc.stdout))
     return 'none', set()
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from helpers import checkpoint, metrics
-from conftest import LiveProcess, checkpoint_files, core_text, core_train_args, run_inproc, run_script
+from conftest import (REPO_ROOT, LiveProcess, assert_user_error, checkpoint_files, core_text, core_train_args,
+                      run_inproc, run_script)
 
 STEP_LINE = re.compile(r'^step (\d+): train loss ([\d.]+), val loss ([\d.]+) \(evaluation', re.M)
 ITER_LINE = re.compile(r'^iter (\d+): loss (\S+), time', re.M)
@@ -211,6 +212,9 @@ def test_a_config_far_too_heavy_for_the_cpu_names_the_laptop_config(tmp_path, co
     try:
         run.wait_for(r'^this run is long for a CPU: .*config/train_shakespeare_char_cpu\.py', timeout=300)
         assert 'step 0:' not in run.stdout
+        section = re.search(r"\(README: '(.+)'\)$", run.stdout, re.M)[1]  # names a section that is there
+        with open(os.path.join(REPO_ROOT, 'README.md')) as f:
+            assert f'\n## {section}\n' in f.read()
     finally:
         run.kill()
 
@@ -238,3 +242,69 @@ def test_muon_resumes_exactly_and_keeps_both_states(straight_run, tmp_path):
     assert {**first, **iter_lines(resumed.stdout)} == straight
     adamw = iter_lines(straight_run)
     assert any(straight[i] != adamw[i] for i in straight)  # Muon really stepped
+
+
+# -----------------------------------------------------------------------------
+# nanoGPT's own checkpoints, and a switch of optimizer on resume
+
+NANOGPT_CONFIG_KEYS = ('out_dir', 'eval_interval', 'log_interval', 'eval_iters', 'eval_only', 'always_save_checkpoint',
+                       'init_from', 'wandb_log', 'wandb_project', 'wandb_run_name', 'dataset',
+                       'gradient_accumulation_steps', 'batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd',
+                       'dropout', 'bias', 'learning_rate', 'max_iters', 'weight_decay', 'beta1', 'beta2', 'grad_clip',
+                       'decay_lr', 'warmup_iters', 'lr_decay_iters', 'min_lr', 'backend', 'device', 'dtype', 'compile')
+
+
+def as_nanogpt_checkpoint(state):
+    """state (this project's checkpoint) as nanoGPT's train.py writes it on a CPU: its keys only, its config
+    (dtype='float16', which it records and never uses there), compiled names, and the optimizer state of a
+    non-fused AdamW over its two parameter groups holding the same moments."""
+    config = state['config']
+    model = checkpoint.model_from_checkpoint(state)
+    params = [p for p in model.parameters() if p.requires_grad]
+    adamw = torch.optim.AdamW([{'params': [p for p in params if p.dim() >= 2], 'weight_decay': config['weight_decay']},
+                               {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}],
+                              lr=config['learning_rate'], betas=(config['beta1'], config['beta2']), fused=False)
+    return {'model': {'_orig_mod.' + k: v for k, v in state['model'].items()},
+            'optimizer': {'state': state['optimizer']['state'], 'param_groups': adamw.state_dict()['param_groups']},
+            'model_args': state['model_args'], 'iter_num': state['iter_num'], 'best_val_loss': state['best_val_loss'],
+            'config': dict({k: config[k] for k in NANOGPT_CONFIG_KEYS}, dtype='float16', device='cpu', compile=True)}
+
+
+@pytest.mark.parametrize('dtype', [None, 'float16'])
+def test_a_nanogpt_checkpoint_resumes_as_this_projects_own(copy_run, tmp_path, dtype):
+    """The same state, once in this project's checkpoint and once in nanoGPT's, trains on to the same losses:
+    on the run's float32 (the float16 nanoGPT records is not this machine's), and with float16 asked for
+    (the GradScaler through this machine's fused AdamW)."""
+    os.remove(copy_run / 'latest.pt')
+    nanogpt_dir = tmp_path / 'nanogpt'
+    os.mkdir(nanogpt_dir)
+    torch.save(as_nanogpt_checkpoint(checkpoint.load(str(copy_run), 'ckpt.pt')), nanogpt_dir / 'ckpt.pt')
+    args = ['--init_from=resume', '--device=cpu', '--max_iters=23'] + ([f'--dtype={dtype}'] if dtype else [])
+    own = run_inproc('train.py', *args, f'--out_dir={copy_run}', check=True).stdout
+    theirs = run_inproc('train.py', *args, f'--out_dir={nanogpt_dir}', check=True).stdout
+    assert sorted(iter_lines(theirs)) == [20, 21, 22, 23]
+    assert iter_lines(theirs) == iter_lines(own) and step_losses(theirs) == step_losses(own)
+    if dtype is None:
+        assert "dtype='float32' for this machine (the run had 'float16'; set --dtype to choose)" in theirs
+        assert "compile=False for this machine (the run had True; set --compile to choose)" in theirs
+
+
+@pytest.mark.parametrize('before, after', [('adamw', 'muon'), ('muon', 'adamw')])
+def test_resuming_with_the_other_optimizer_starts_its_state_afresh(tmp_path, core_dataset, before, after):
+    out_dir = tmp_path / 'out'
+    run_inproc('train.py', *core_train_args(out_dir, max_iters=2, optimizer=before), check=True)
+    resumed = run_inproc('train.py', '--init_from=resume', f'--out_dir={out_dir}', '--device=cpu', '--max_iters=4',
+                         f'--optimizer={after}', check=True).stdout
+    assert f"optimizer: {after} now, the run had {before}: its optimizer state starts afresh" in resumed
+    assert f"optimizer={after!r} from the command line (the run had {before!r})" in resumed
+    assert sorted(iter_lines(resumed)) == [3, 4]
+    state = checkpoint.load(str(out_dir), 'latest.pt')
+    assert state['iter_num'] == 5 and state['config']['optimizer'] == after
+    assert ('muon' in state['optimizer']) == (after == 'muon')
+
+
+def test_a_negative_hellaswag_examples_is_refused(tmp_path, core_dataset):
+    """0 scores every example; a negative number is no count at all."""
+    assert_user_error(run_inproc('train.py', *core_train_args(tmp_path / 'out', hellaswag_examples=-1)),
+                      'hellaswag_examples', '-1')
+    assert not (tmp_path / 'out').exists()

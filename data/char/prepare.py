@@ -1,11 +1,6 @@
 """A character-level dataset from any UTF-8 text, in any language.
 
-    python data/char/prepare.py --input novel.txt --name doupo
-
-writes data/doupo/{train.bin,val.bin,meta.pkl} (doupo/ in the folder NANOGPT_DATA_DIR names, if set); then
-train with --dataset=doupo. A name is letters and digits of any language, '_', '-' and '.'. Characters are
-Unicode code points; the first 90% of them are train, the rest val (--val_fraction). Vocabularies above 65,535
-symbols are stored as uint32 (meta['dtype']).
+    python data/char/prepare.py --input novel.txt --name doupo      # then train with --dataset=doupo
 """
 import argparse
 import os
@@ -24,5 +19,6 @@ if __name__ == '__main__':
                         help='replace bytes that are not UTF-8 with U+FFFD instead of stopping')
     args = parser.parse_args()
     prepare.check_input_file(args.input)
-    prepare.chars_from_file(args.input, prepare.output_dir(args.name, args.force), args.val_fraction,
-                            errors='replace' if args.replace_invalid_utf8 else 'strict')
+    with prepare.output_dir(args.name, args.force) as out_dir:
+        prepare.chars_from_file(args.input, out_dir, args.val_fraction,
+                                errors='replace' if args.replace_invalid_utf8 else 'strict')

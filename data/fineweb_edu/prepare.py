@@ -1,13 +1,9 @@
 """FineWeb-Edu in GPT-2 BPE (uint16): the sample-10BT, about 10B tokens (20 GB of train.bin), resumable.
 
-    python data/fineweb_edu/prepare.py                                  # streams the hub's sample-10BT
+    python data/fineweb_edu/prepare.py                                      # streams the hub's sample-10BT
     python data/fineweb_edu/prepare.py --source ~/fineweb-edu/sample/10BT   # its .parquet files, downloaded
 
-Val is every 1000th document in source order (documents 0, 1000, 2000, ...; --val_every): about 9,700 documents
-and 10M tokens, chosen as the documents stream past without seeing the rest, and spread evenly over the whole
-sample, so that, unlike the first K documents, it does not lean on the order of the sample's files.
-Every document's tokens (tiktoken encode_ordinary) are followed by <|endoftext|> (50256). Interrupted (Ctrl+C,
-a kill, a full disk), the same command resumes after the last finished chunk (helpers/documents.py).
+Val is every 1000th document in source order (--val_every), spread evenly over the sample. See readme.md.
 """
 import argparse
 import os
@@ -36,10 +32,10 @@ if __name__ == '__main__':
     for flag, least in (('val_every', 2), ('threads', 1), ('chunk_docs', 1)):
         if getattr(args, flag) < least:
             raise UserError(f"--{flag}={getattr(args, flag)} must be at least {least}")
-    out_dir = prepare.output_dir(args.name, args.force, own='fineweb_edu')
-    files = documents.local_files(args.source, documents.STREAMED_TYPES) if args.source else None
-    docs, identity, count = documents.stream(args.hub_name, args.hub_config, files)
-    source = {'documents': identity, 'val_every': args.val_every}
-    documents.gpt2_from_documents([(None, docs)], out_dir, source, val_every=args.val_every, threads=args.threads,
-                                  count=count or HUB_DOCUMENTS.get((args.hub_name, args.hub_config)),
-                                  chunk_docs=args.chunk_docs)
+    with prepare.output_dir(args.name, args.force, own='fineweb_edu') as out_dir:
+        files = documents.local_files(args.source, documents.STREAMED_TYPES) if args.source else None
+        docs, identity, count = documents.stream(args.hub_name, args.hub_config, files)
+        source = {'documents': identity, 'val_every': args.val_every}
+        documents.gpt2_from_documents([(None, docs)], out_dir, source, val_every=args.val_every,
+                                      threads=args.threads, chunk_docs=args.chunk_docs,
+                                      count=count or HUB_DOCUMENTS.get((args.hub_name, args.hub_config)))

@@ -3,9 +3,7 @@
     python data/openwebtext/prepare.py                        # the Hugging Face hub copy (~54 GB of cache)
     python data/openwebtext/prepare.py --source 'my_corpus/*.txt'   # local files, same code path
 
-Val is a 0.0005 share of the documents (datasets train_test_split, seed 2357, shuffled).
-Every document's tokens (tiktoken encode_ordinary) are followed by <|endoftext|> (50256). Tokenizing is
-resumable: run the same command again after an interruption (helpers/documents.py).
+Val is a 0.0005 share of the documents (datasets train_test_split, seed 2357). See readme.md.
 """
 import argparse
 import os
@@ -24,11 +22,11 @@ if __name__ == '__main__':
     parser.add_argument('--name', default='openwebtext', help='output folder data/<name>/')
     parser.add_argument('--force', action='store_true', help='overwrite data/<name>/ when it holds another dataset')
     args = parser.parse_args()
-    out_dir = prepare.output_dir(args.name, args.force, own='openwebtext')
-    files = documents.local_files(args.source) if args.source else None
-    loaded = prepare.load_documents(args.hub_name, files and {'train': files}, num_proc=args.num_proc)['train']
-    splits = loaded.train_test_split(test_size=0.0005, seed=2357, shuffle=True)
-    source = {'documents': documents.identity(files) if files else args.hub_name, 'count': len(loaded),
-              'split': 'train_test_split(test_size=0.0005, seed=2357)'}
-    documents.gpt2_from_documents([('train', splits['train']), ('val', splits['test'])], out_dir, source,
-                                  count=len(loaded))
+    with prepare.output_dir(args.name, args.force, own='openwebtext') as out_dir:
+        files = documents.local_files(args.source) if args.source else None
+        loaded = documents.load_documents(args.hub_name, files and {'train': files}, num_proc=args.num_proc)['train']
+        splits = loaded.train_test_split(test_size=0.0005, seed=2357, shuffle=True)
+        source = {'documents': documents.identity(files) if files else args.hub_name, 'count': len(loaded),
+                  'split': 'train_test_split(test_size=0.0005, seed=2357)'}
+        documents.gpt2_from_documents([('train', splits['train']), ('val', splits['test'])], out_dir, source,
+                                      count=len(loaded))

@@ -1,14 +1,12 @@
-"""Tiny shakespeare at character level, as nanoGPT prepares it. The whole idea:
+"""Tiny shakespeare at character level, as nanoGPT prepares it:
 
-  1. read the text: input.txt in the dataset's folder, downloaded when missing (1,115,394 characters)
-  2. list the characters it holds, sorted: the vocabulary (65 of them)
+  1. read the text: input.txt, downloaded when missing
+  2. list the characters it holds, sorted: the vocabulary
   3. map every character to an integer, its place in that list (stoi; itos maps back)
   4. split: the first 90% of the characters are train, the last 10% val
-  5. save the integers as uint16 arrays, train.bin and val.bin, and meta.pkl: vocab_size, itos, stoi
+  5. save the integers as uint16 train.bin and val.bin, and meta.pkl: vocab_size, itos, stoi
 
-chars_from_file in helpers/prepare.py does these steps for any text, reading it in chunks so that a file
-of any size fits in memory: pass 1 lists the characters, write_chars maps them through a lookup array.
-The dataset's folder is this one, or shakespeare_char/ in the folder NANOGPT_DATA_DIR names.
+chars_from_file in helpers/prepare.py does these steps for any text, in chunks.
 Run from anywhere: python data/shakespeare_char/prepare.py
 """
 import os
@@ -18,6 +16,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from helpers import prepare  # noqa: E402
 
 if __name__ == '__main__':
-    out_dir = prepare.output_dir('shakespeare_char', own='shakespeare_char')
-    text_file = prepare.download(prepare.TINY_SHAKESPEARE_URL, os.path.join(out_dir, 'input.txt'))
-    prepare.chars_from_file(text_file, out_dir, val_fraction=0.1)
+    with prepare.output_dir('shakespeare_char', own='shakespeare_char') as out_dir:
+        text_file = prepare.download(prepare.TINY_SHAKESPEARE_URL, os.path.join(out_dir, 'input.txt'))
+        prepare.chars_from_file(text_file, out_dir, val_fraction=0.1)

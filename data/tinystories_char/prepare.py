@@ -3,18 +3,16 @@
     python data/tinystories_char/prepare.py                   # Hugging Face roneneldan/TinyStories
     python data/tinystories_char/prepare.py --train_file TinyStoriesV2-GPT4-train.txt \
                                             --val_file TinyStoriesV2-GPT4-valid.txt
-
-train.bin from the train split, val.bin from the validation split; the vocabulary covers both.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from helpers import prepare  # noqa: E402
+from helpers import prepare, stories  # noqa: E402
 
 if __name__ == '__main__':
-    parser = prepare.story_arguments(__doc__.split('\n\n')[0], own='tinystories_char')
-    parser.add_argument('--separator', default=prepare.STORY_SEPARATOR, help='the character written after each story')
+    parser = stories.story_arguments(__doc__.split('\n\n')[0], own='tinystories_char')
+    parser.add_argument('--separator', default=stories.STORY_SEPARATOR, help='the character written after each story')
     args = parser.parse_args()
-    out_dir = prepare.output_dir(args.name, args.force, own='tinystories_char')
-    prepare.chars_from_stories(prepare.story_sources(args), out_dir, args.separator)
+    with prepare.output_dir(args.name, args.force, own='tinystories_char') as out_dir:
+        stories.chars_from_stories(stories.story_sources(args), out_dir, args.separator)

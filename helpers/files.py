@@ -1,0 +1,197 @@
+"""Writing files so that nothing is lost:
+- write_atomically: a file is whole or absent (a temporary name, fsync, rename), never half-written;
+- swap: a change of several files (a dataset's three files, a run moved aside, an export's folder) goes through a
+  journal, so that a kill at any step leaves a change that finish_swaps, called by the next command, completes;
+- lock: one writer per folder, released by the kernel when the writer dies.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import threading
+
+try:
+    import fcntl  # POSIX; elsewhere there are no locks, and the rest works the same
+except ImportError:
+    fcntl = None
+
+from helpers import UserError
+
+JOURNAL = '.swap-{}.json'  # in the folder where the change happens; hidden, as it lives for milliseconds
+
+
+def temp_path(path, pid=None):
+    """Where process pid (this one by default) writes path first. The host and pid tell the file of a killed
+    writer from one in progress, here or on another machine sharing the folder."""
+    return f"{path}.tmp.{socket.gethostname()}.{os.getpid() if pid is None else pid}"
+
+
+def remove_orphaned_temp_files(path):
+    """Delete the temporary files (or folders) of path that writers on this host left when they were killed."""
+    if os.name != 'posix':  # os.kill(pid, 0) probes a process only on POSIX
+        return
+    folder, prefix = os.path.dirname(path) or '.', os.path.basename(temp_path(path, pid=''))
+    for entry in os.listdir(folder):
+        pid = entry[len(prefix):].split('.')[0]
+        if not entry.startswith(prefix) or not re.fullmatch(r'[0-9]{1,9}', pid):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # that process is gone
+            remove(os.path.join(folder, entry))
+        except OSError:  # alive, but another user's
+            pass
+
+
+def remove(path):
+    """Delete a file or a folder, if it is there."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def sync_folder(folder):
+    """Make the renames in folder durable (folders cannot be opened on Windows)."""
+    if os.name == 'posix':
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_atomically(path, write):
+    """write(tmp), fsync, rename tmp over path and fsync the folder: path is the old file or the new one,
+    whole, whatever happens; on any failure the temporary file goes and the error is raised."""
+    folder, tmp = os.path.dirname(path) or '.', temp_path(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        remove_orphaned_temp_files(path)
+        write(tmp)
+        with open(tmp, 'rb+') as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        sync_folder(folder)
+    finally:
+        if os.path.lexists(tmp):
+            remove(tmp)
+
+
+def write_text(path, text):
+    """write_atomically for a text file."""
+    def write(tmp):
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write(text)
+    write_atomically(path, write)
+
+
+def _replay(journal_path):
+    """Carry out a journal's change, or what is left of it: every step can be done again."""
+    with open(journal_path, encoding='utf-8') as f:
+        change = json.load(f)
+    for source, target in change['moves']:
+        if os.path.lexists(source):  # not moved yet
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if os.path.isdir(target) and not os.path.islink(target):
+                os.replace(target, change['trash'])  # a folder cannot be renamed over another
+            os.replace(source, target)
+    for path in change['removes'] + [change['trash']]:
+        remove(path)
+    os.remove(journal_path)
+    sync_folder(os.path.dirname(journal_path))
+
+
+def _locked(path):
+    """path opened and locked (exclusive, waiting for the holder), or None where there are no locks."""
+    f = open(path, 'rb')
+    if fcntl is not None:
+        fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
+def swap(folder, moves, removes=()):
+    """Move each source over its target (a folder target is replaced whole) and delete removes, as one change:
+    the journal is written first and deleted last, so a kill at any step leaves a change that finish_swaps
+    completes. Paths are absolute or relative to folder and lie on folder's filesystem."""
+    folder = os.path.abspath(folder)
+    at = lambda p: os.path.join(folder, p)  # noqa: E731
+    journal = at(JOURNAL.format(f"{socket.gethostname()}.{os.getpid()}"))
+    change = {'moves': [[at(s), at(t)] for s, t in moves], 'removes': [at(p) for p in removes],
+              'trash': temp_path(journal) + '.trash'}
+    tmp = temp_path(journal)
+    with open(tmp, 'w', encoding='utf-8') as f:
+        json.dump(change, f)
+        f.flush()
+        os.fsync(f.fileno())
+    lock = _locked(tmp)  # held through the change: finish_swaps in another process waits for it
+    # Ctrl+C or SIGTERM waits for the end of the change: an exception in its middle would run clean-up code
+    # (an export deleting its new folder) that a kill never runs
+    signals, held = (signal.SIGINT, signal.SIGTERM), []
+    main = threading.current_thread() is threading.main_thread()
+    handlers = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in signals} if main else {}
+    try:
+        os.replace(tmp, journal)
+        sync_folder(folder)
+        _replay(journal)
+    finally:
+        lock.close()
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    if held:
+        signal.raise_signal(held[0])
+
+
+def finish_swaps(folder, what='a change'):
+    """Complete the changes that a killed process left in folder, saying so; returns whether there were any."""
+    if not os.path.isdir(folder):
+        return False
+    done = False
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if re.fullmatch(JOURNAL.format(r'[^/]+?') + r'\.tmp\..+', name):  # killed before its change began
+            remove_orphaned_temp_files(path.split('.tmp.')[0])
+        if not re.fullmatch(JOURNAL.format(r'[^/]+'), name) or '.tmp.' in name:
+            continue
+        try:
+            lock = _locked(path)
+        except FileNotFoundError:  # finished meanwhile by its writer
+            continue
+        try:
+            if os.path.exists(path):  # the writer, which held the lock until now, may have finished it
+                _replay(path)
+                done = True
+        finally:
+            lock.close()
+    if done:
+        print(f"finished {what} in {folder} that an earlier command was stopped in the middle of")
+    return done
+
+
+def refuse_foreign(path, ours, script, option):
+    """A UserError, before any work, when path holds something that ours(path) does not take for an earlier
+    output of script: no script writes over a file it did not write."""
+    if os.path.lexists(path) and not ours(path):
+        raise UserError(f"{path} exists and {script} did not write it; pass another {option}, or move it away")
+
+
+def lock(path, busy):
+    """Lock the file at path (made if missing) for as long as this process lives, or raise UserError(busy
+    formatted with the holder's pid) when another process holds it. Returns the open file: keep it."""
+    try:
+        f = open(path, 'a+')
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror}); use a folder you can write to")
+    if fcntl is not None:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            raise UserError(busy.format(pid=f.read().strip() or '?'))
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f

@@ -1,0 +1,57 @@
+"""The optimizers train.py and bench.py build: nanoGPT's AdamW (GPT.configure_optimizers), or Muon for the
+blocks' matrices with AdamW for the rest; and a run's saved optimizer state made ready for the one built here."""
+import torch
+
+
+def build(name, model, weight_decay, learning_rate, betas, device_type):
+    """'adamw', or 'muon': Muon (orthogonalized momentum) for the blocks' 2-D matrices, AdamW for the rest."""
+    if name != 'muon':
+        return model.configure_optimizers(weight_decay, learning_rate, betas, device_type)
+    matrices = [p for p in model.transformer.h.parameters() if p.requires_grad and p.dim() == 2]
+    in_muon = {id(p) for p in matrices}
+    adamw = model.configure_optimizers(weight_decay, learning_rate, betas, device_type,
+                                       params=[p for p in model.parameters() if id(p) not in in_muon])
+    print(f"Muon for the blocks' {len(matrices)} matrices, {sum(p.numel() for p in matrices):,} parameters")
+    # 'match_rms_adamw' scales Muon's updates to AdamW's size, so the same learning rate serves both
+    return MuonWithAdamW(torch.optim.Muon(matrices, lr=learning_rate, weight_decay=weight_decay,
+                                          adjust_lr_fn='match_rms_adamw'), adamw)
+
+
+class MuonWithAdamW:
+    """Muon and AdamW over two sets of parameters, stepping together: one optimizer to the training
+    loop, the GradScaler and the checkpoints (whose 'optimizer' then holds both states)."""
+
+    def __init__(self, muon, adamw):
+        self.muon, self.adamw = muon, adamw
+
+    @property
+    def param_groups(self):
+        return self.muon.param_groups + self.adamw.param_groups
+
+    def step(self):
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none=True):
+        self.muon.zero_grad(set_to_none)
+        self.adamw.zero_grad(set_to_none)
+
+    def state_dict(self):
+        return {'muon': self.muon.state_dict(), 'adamw': self.adamw.state_dict()}
+
+    def load_state_dict(self, state):
+        self.muon.load_state_dict(state['muon'])
+        self.adamw.load_state_dict(state['adamw'])
+
+
+def as_built(saved, own):
+    """saved (a state_dict) with the implementation flags of own (the state_dict of the optimizer built here):
+    fused AdamW stays fused, whatever the saving machine ran (nanoGPT saves fused=False on CPUs, and the path it
+    would switch to refuses the GradScaler's arguments). None when saved is the other optimizer's."""
+    if set(saved) != set(own):
+        return None
+    if 'param_groups' not in own:  # Muon with AdamW: each in its entry
+        return {k: as_built(saved[k], own[k]) for k in own}
+    groups = [dict(s, **{k: g[k] for k in ('fused', 'foreach', 'capturable', 'differentiable') if k in g})
+              for s, g in zip(saved['param_groups'], own['param_groups'])]
+    return {**saved, 'param_groups': groups}
