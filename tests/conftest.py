@@ -216,7 +216,8 @@ def run_inproc(script, *args, check=False):
     saved = sys.argv, os.getcwd(), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     out, err = io.StringIO(), io.StringIO()
     code = 0
-    try:
+    gc.freeze()  # what exists now is out of the collections' sight: they go through what this run made, not the
+    try:         # whole heap (torch, transformers, onnx: half a second a run)
         os.chdir(REPO_ROOT)
         sys.argv = [script, *map(str, args)]
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -231,6 +232,7 @@ def run_inproc(script, *args, check=False):
     finally:
         gc.collect()  # what a process exit would release: files the script left open (train.py's lock),
         gc.collect()  # some only once the first collection has broken the cycles that held them
+        gc.unfreeze()
         sys.argv = saved[0]
         os.chdir(saved[1])
         for s, handler in saved[2].items():
@@ -429,7 +431,7 @@ def forked_ranks(*args):
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
-    logs = {rank: [os.path.join(TEST_ROOT, f'rank{rank}-{port}.{stream}') for stream in ('out', 'err')] for rank in '01'}
+    logs = {rank: [os.path.join(TEST_ROOT, f'rank{rank}-{port}.{out}') for out in ('out', 'err')] for rank in '01'}
     pids = [_fork_rank(dict(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE='2', LOCAL_WORLD_SIZE='2', MASTER_ADDR='127.0.0.1',
                             MASTER_PORT=str(port)), args, *logs[rank]) for rank in '01']
     codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
@@ -475,12 +477,3 @@ def parallel_run(core_dataset, tmp_path_factory):
         return types.SimpleNamespace(out_dir=out_dir, stdout=stdout, losses=iteration_losses(stdout),
                                      steps=STEP_LINE.findall(stdout))
     return run
-
-
-@pytest.fixture(autouse=True)
-def _collected_and_frozen():
-    """Before each test, what earlier tests left is collected and the rest put out of the garbage collector's
-    sight, so that run_inproc's two collections go through what one run made, not the whole heap (torch,
-    transformers, onnx: half a second a run, most of the time of a script that stops at a bad setting)."""
-    gc.collect()
-    gc.freeze()

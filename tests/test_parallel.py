@@ -132,7 +132,7 @@ def test_training_on_resident_batches_equals_training_from_disk(tiny_run, tmp_pa
 def test_fsdp_compiled_and_16_bit_runs_train_as_ddp(parallel_run, reference, settings, tolerance):
     ddp, run = parallel_run(**reference), parallel_run(**settings)
     assert sorted(ddp.losses) == sorted(run.losses) == list(range(9)) and run.losses[8] < run.losses[0]
-    assert all(run.losses[i] == pytest.approx(ddp.losses[i], abs=tolerance) for i in ddp.losses), (ddp.stdout, run.stdout)
+    assert all(run.losses[i] == pytest.approx(ddp.losses[i], abs=tolerance) for i in ddp.losses), (ddp, run)
     assert [(s, pytest.approx(float(t), abs=tolerance), pytest.approx(float(v), abs=tolerance))
             for s, t, v in ddp.steps] == [(s, float(t), float(v)) for s, t, v in run.steps] and len(run.steps) == 3
     state = torch.load(run.out_dir / 'latest.pt', weights_only=True)
