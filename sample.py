@@ -5,7 +5,9 @@ $ python sample.py --out_dir=out-shakespeare-char
 $ python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=5
 $ python sample.py --out_dir=out-shakespeare-char --prompts=prompts.txt --stop="'\\n\\n'" --top_p=0.9
 
-Sample k draws from its own generator seeded seed + k: the same text streamed, batched or among other prompts.
+Sample k draws from its own generator seeded seed + k: the same text streamed, batched or among other prompts, in
+float32 proper; under TF32 (float32 on CUDA) or bf16/fp16 a batch of another shape may round otherwise, and now and
+then draw another token.
 """
 import sys
 import time

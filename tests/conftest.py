@@ -66,6 +66,11 @@ DATA_BEFORE = data_files(helpers.SCRIPTS_ROOT)
 DATA_CHANGED = []
 
 
+def pytest_configure(config):
+    # torch.compile's own use of torch.jit in this torch release, not the project's: a quiet summary
+    config.addinivalue_line('filterwarnings', 'ignore:`torch.jit.script_method` is deprecated:DeprecationWarning')
+
+
 def pytest_sessionfinish(session):
     shutil.rmtree(TEST_ROOT, ignore_errors=True)
     DATA_CHANGED.extend(data_changes(DATA_BEFORE, data_files(helpers.SCRIPTS_ROOT)))
