@@ -101,14 +101,19 @@ def _require(name, value, ok, what, hint=''):
         raise UserError(f"{name} must be {what}, got {value!r}{hint}")
 
 
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def require_positive(namespace, *names):
     for name in names:
-        _require(name, namespace[name], namespace[name] > 0, 'a positive number')
+        _require(name, namespace[name], _number(namespace[name]) and namespace[name] > 0, 'a positive number')
 
 
 def require_range(namespace, low, high, *names):
     for name in names:
-        _require(name, namespace[name], low <= namespace[name] < high, f'in [{low}, {high})')
+        value = namespace[name]
+        _require(name, value, _number(value) and low <= value < high, f'in [{low}, {high})')
 
 
 def check_model(namespace):

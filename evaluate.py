@@ -9,7 +9,6 @@ $ python evaluate.py --init_from=gpt2 --hellaswag=True --hellaswag_examples=500 
 import json
 import math
 import os
-import pathlib
 import time
 import types
 
@@ -151,9 +150,9 @@ def evaluate_hellaswag(model, examples, where, ctx):
 
 def ours(path):
     """Whether the file at path holds results this script wrote (and may replace)."""
-    try:
+    try:  # a results file is small: a large one (a checkpoint named by mistake) is not read through
         with open(path, encoding='utf-8') as f:
-            return json.load(f)['written_by'] == WRITTEN_BY['written_by']
+            return os.path.getsize(path) < 1 << 20 and json.load(f)['written_by'] == WRITTEN_BY['written_by']
     except (OSError, ValueError, TypeError, KeyError):  # unreadable, not JSON, not our JSON
         return False
 
@@ -187,8 +186,7 @@ def main(explicit, ctx):
         output['settings']['hellaswag_file'] = hellaswag_file or hellaswag_scoring.default_path()
         output.update(evaluate_hellaswag(model, examples, where, ctx))
     if results_file:
-        files.write_atomically(results_file, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(output, indent=2),
-                                                                                      encoding='utf-8'))
+        files.write_text(results_file, json.dumps(output, indent=2))
         print(f"wrote {results_file}")
     return output
 

@@ -88,7 +88,7 @@ def check_output(directory):
     """A UserError, before any work, unless directory is absent, empty or an earlier export, and writable."""
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise UserError(f"--output '{directory}' is a file; the export is a folder: pass a folder's path")
-    files.finish_swaps(os.path.dirname(os.path.abspath(directory)), 'an export')
+    files.finish_swaps(os.path.dirname(os.path.abspath(directory)))
     if os.path.isdir(directory):
         try:
             with open(os.path.join(directory, MARKER)) as f:

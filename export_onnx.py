@@ -145,7 +145,7 @@ def write_export(model, metadata, path, earlier):
     # written beside path, renamed over it once checked; large weights get a name of their own, the earlier ones stay
     folder, tmp = os.path.dirname(os.path.abspath(path)), files.temp_path(path)
     data = os.path.join(folder, f"{os.path.basename(path)}.{secrets.token_hex(4)}.data")
-    files.finish_swaps(folder, 'an export')  # complete one killed mid-swap before its file is taken for an orphan
+    files.finish_swaps(folder)  # complete one killed mid-swap before its file is taken for an orphan
     files.remove_orphaned_temp_files(path)
     t0 = time.time()
     try:

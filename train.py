@@ -88,7 +88,8 @@ backend = backend if 'backend' in explicit else 'nccl' if device_type == 'cuda' 
 resume_state = None
 if init_from == 'resume':
     # memory-mapped: the tensors stay in the file's pages, which all processes of the run share
-    resume_state = checkpoint.load(out_dir, runs.resume_name(out_dir), map_location='cpu', mmap=True)
+    resume_file = runs.resume_name(out_dir)
+    resume_state = checkpoint.load(out_dir, resume_file, map_location='cpu', mmap=True)
     configurator.continue_run(globals(), explicit, resume_state.get('config'), keep=(  # this command's own
         'init_from', 'out_dir', 'overwrite', 'eval_only', 'compile_mode', 'fsdp', 'data_on_device'),
         machine=('device', 'dtype', 'compile', 'backend'),  # the log says those that differ from the run's
@@ -102,9 +103,6 @@ configurator.require_positive(globals(), 'batch_size', 'gradient_accumulation_st
 configurator.require_range(globals(), 0, math.inf, 'learning_rate', 'min_lr', 'warmup_iters', 'lr_decay_iters',
                            'weight_decay', 'grad_clip', 'hellaswag_examples')
 configurator.require_range(globals(), 0, 1, 'beta1', 'beta2')
-if init_from not in ('scratch', 'resume') and not init_from.startswith('gpt2') and not os.path.isdir(init_from):
-    raise UserError(f"unknown init_from '{init_from}'; use scratch, resume, one of gpt2, gpt2-medium, gpt2-large, "
-                    "gpt2-xl, or a directory holding a transformers GPT-2 checkpoint")
 configurator.check_seed(seed)
 
 parallel.check(device_type, backend, fsdp, compile, compile_mode, gradient_accumulation_steps, optimizer)
@@ -128,7 +126,7 @@ token_files = {split: open(data.bin_path(dataset, split), 'rb') for split in ('t
 resident_data = {}  # split -> tokens in device memory, for datasets small enough (see data_on_device)
 if hellaswag:
     hellaswag_eval.require_bpe(meta is None, shown(data.data_dir(dataset)))
-    hellaswag_set = hellaswag_eval.load(limit=hellaswag_examples or None)  # downloaded on first use
+    hellaswag_set = hellaswag_eval.load(limit=hellaswag_examples)  # downloaded on first use
 
 
 def get_batch(split, generator):
@@ -156,7 +154,7 @@ if init_from == 'scratch':
         print("defaulting to vocab_size of GPT-2 to 50304 (50257 rounded up for efficiency)")
     model = GPT(GPTConfig(**model_args, vocab_size=meta['vocab_size'] if meta else 50304))
 elif init_from == 'resume':
-    print(f"Resuming training from {os.path.join(out_dir, runs.resume_name(out_dir))} after iteration "
+    print(f"Resuming training from {os.path.join(out_dir, resume_file)} after iteration "
           f"{resume_state['iter_num'] - 1}")
     model = checkpoint.model_from_checkpoint(resume_state, dropout=dropout)
     iter_num, best_val_loss = resume_state['iter_num'], float(resume_state['best_val_loss'])
@@ -267,11 +265,9 @@ def save_checkpoint(name):
                  'config': config, 'scaler': scaler.state_dict(), 'rng_states': rng_states[0],
                  'elapsed_seconds': run_seconds(), **({'rng_states_by_rank': rng_states} if ddp else {})}
         try:
-            print(f"saving checkpoint to {os.path.join(out_dir, name)}")
-            # latest.pt first: stopped between the two, resume still finds the newest state
-            checkpoint.save(state, out_dir, checkpoint.LATEST_NAME)
-            if name == checkpoint.CKPT_NAME:
-                checkpoint.mirror(out_dir, checkpoint.LATEST_NAME, checkpoint.CKPT_NAME)
+            print(f"saving checkpoint to {checkpoint.save(state, out_dir, name)}")
+            if name == checkpoint.CKPT_NAME:  # the newest state too; stopped before, resume replays to here
+                checkpoint.mirror(out_dir, checkpoint.CKPT_NAME, checkpoint.LATEST_NAME)
             runs.discard_replaced(out_dir)  # the run --overwrite=True moved aside, now replaced
         except UserError as e:  # a full disk: the checkpoints that were there are whole
             problem = str(e)
@@ -366,7 +362,7 @@ while True:
 
     # forward and backward over gradient_accumulation_steps micro-batches
     for micro_step in range(gradient_accumulation_steps):
-        if ddp:  # gradients are averaged across processes only once, after the last micro-step
+        if ddp:  # DDP averages gradients once, after the last micro-step (FSDP at each: parallel.sync_gradients)
             parallel.sync_gradients(model, micro_step == gradient_accumulation_steps - 1)
         with ctx:
             loss = model(X, Y)[1]  # the logits are not kept: at GPT-2's size they hold over a GB

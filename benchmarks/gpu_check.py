@@ -23,17 +23,21 @@ from benchmarks.performance import CHAR_MODEL, machine  # noqa: E402
 from helpers import REPO_ROOT, UserError, data  # noqa: E402
 
 GPU = 'tests/test_gpu.py::'
+GRACE = 15  # seconds a part stopped at the budget's end gets to write what it has
 FIRST = ('mfu', 'tiny_run_in_each_dtype', 'resume_on_the_device', 'torchrun_over_nccl', 'compiled_sampling')
 # (part, seconds it needs at the least, command): a pytest part names its tests, the others what to show
 PARTS = [
     ('GPT-2 124M compiled, default dtype: ms/iter, MFU, peak memory', 90, [f'{GPU}test_gpt2_124m_mfu_is_plausible']),
     ('tiny training in each dtype, compiled, and exact resume', 60,
      ['tests/test_gpu.py', '-k', 'tiny_run_in_each_dtype or resume_on_the_device']),
-    ('torchrun over NCCL: DDP and FSDP, compiled and resumed', 90, [f'{GPU}test_torchrun_over_nccl_compiled_and_resumed']),
+    ('torchrun over NCCL: DDP and FSDP, compiled and resumed', 90,
+     [f'{GPU}test_torchrun_over_nccl_compiled_and_resumed']),
     ('sampling with the KV cache, compiled', 40, [f'{GPU}test_compiled_sampling_gives_the_greedy_tokens_of_eager']),
-    ('the rest of the GPU tier', 90, ['tests/test_gpu.py', '-k', ' and '.join(f'not {t}' for t in FIRST),
-                                      'tests/test_errors.py::test_unknown_or_absent_device']),
-    ('shakespeare_char model, one training iteration', 45, ['bench.py', *CHAR_MODEL.split(), r'time per iteration: .*']),
+    ('the rest of the GPU tier, and the device errors', 90,
+     ['tests/test_gpu.py', 'tests/test_errors.py::test_train_refuses_and_creates_nothing', '-k',
+      f"(test_gpu and not ({' or '.join(FIRST)})) or (refuses and device)"]),
+    ('shakespeare_char model, one training iteration', 45,
+     ['bench.py', *CHAR_MODEL.split(), r'time per iteration: .*']),
     ('sampling with and without the KV cache', 45, ['benchmarks/sampling.py', '--models=gpt2', r'^\| GPT-2 .*']),
     ('config/train_shakespeare_char.py, 5000 iterations', 240,
      ['train.py', 'config/train_shakespeare_char.py', '--out_dir={tmp}/char', r'^step \d+: .*|^finished .*']),
@@ -42,18 +46,23 @@ PARTS = [
 
 def run(args, seconds):
     """(exit status, output) of python args in the repository; past seconds a Ctrl+C (pytest then writes the
-    results it has), a kill if it lingers, and (None, output)."""
+    results it has), a kill if it lingers, and (None, output). Stopped itself, it stops the part too."""
     proc = subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
-        return proc.returncode, proc.communicate(timeout=max(seconds, 1))[0] or ''
+        output = proc.communicate(timeout=max(seconds - GRACE, 1))[0]
+        return proc.returncode, output or ''
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGINT)
         try:
-            return None, proc.communicate(timeout=60)[0] or ''
+            return None, proc.communicate(timeout=GRACE)[0] or ''
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             return None, proc.communicate()[0] or ''
+    except BaseException:  # Ctrl+C: no part goes on alone
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
 
 
 def test_rows(junit_path):
@@ -74,13 +83,14 @@ def test_rows(junit_path):
 def run_part(command, seconds, tmp):
     """(result, figure) of one part given seconds."""
     if command[0].startswith('tests/'):
-        junit = os.path.join(tmp, 'part.xml')
+        junit = os.path.join(tmp, f'part{len(os.listdir(tmp))}.xml')  # a killed part leaves no earlier part's
         status, output = run(['-m', 'pytest', '-q', f'--junitxml={junit}', *command], seconds)
         tests = test_rows(junit) if os.path.exists(junit) else []
         failed = [f"{name} {result}" for name, result, _ in tests if result in ('failure', 'error')]
         figure = '; '.join(f for _, r, f in tests if r == 'passed' and not f.endswith(' s'))
         skipped = sum(r.startswith('skipped') for _, r, _ in tests)
-        figure = '; '.join([f"{sum(r == 'passed' for _, r, _ in tests)} passed, {skipped} skipped"] + [figure] * bool(figure))
+        counts = f"{sum(r == 'passed' for _, r, _ in tests)} passed, {skipped} skipped"
+        figure = f"{counts}; {figure}" if figure else counts
     else:
         *args, shown = command
         status, output = run([a.format(tmp=tmp) for a in args], seconds)

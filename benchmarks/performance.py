@@ -9,7 +9,6 @@ configs) and benchmarks/sampling.py's KV cache; --runs_dir only replaces run fol
 import argparse
 import datetime
 import os
-import pathlib
 import platform
 import re
 import subprocess
@@ -64,8 +63,8 @@ def bench_row(label, command):
 
 
 def train_row(label, command, out_dir):
-    files.write_atomically(os.path.join(out_dir, MADE_HERE), lambda tmp: pathlib.Path(tmp).write_text(
-        "benchmarks/performance.py made this folder and replaces the run in it each time it runs\n"))
+    files.write_text(os.path.join(out_dir, MADE_HERE),
+                     "benchmarks/performance.py made this folder and replaces the run in it each time it runs\n")
     out, seconds = run(f'train.py {command}', out_dir)
     val = re.findall(r'^step (\d+): train loss [\d.]+, val loss ([\d.]+)', out, re.M)[-1]
     row = f"| {label} (`{os.path.basename(out_dir)}`) | `python train.py {command}` | {seconds:.0f} s | " \

@@ -6,6 +6,7 @@ import os
 import pickle
 import random
 import shlex
+import socket
 import re
 import shutil
 import warnings
@@ -91,6 +92,9 @@ def _is_plain_pickle(path):
 def _missing(out_dir, path):
     if os.path.isfile(out_dir):
         return f"out_dir '{out_dir}' is a file, not a folder; pass the folder of a training run with --out_dir"
+    if not os.path.isdir(out_dir) and 'RANK' in os.environ:  # under torchrun: a node without the run's folder
+        return (f"out_dir '{out_dir}' does not exist on node {socket.gethostname()}; a run on several nodes needs "
+                "its out_dir on storage that every node sees")
     if not os.path.isdir(out_dir):
         return (f"out_dir '{out_dir}' does not exist; train a model there first "
                 f"(python train.py --out_dir={out_dir} ...) or pass the right --out_dir")
@@ -148,6 +152,8 @@ def model_from_checkpoint(checkpoint, **overrides):
     buffers are dropped."""
     args = {**checkpoint['model_args'], **checkpoint.get('model_args_extra', {}), **overrides}
     unknown = set(args) - set(GPTConfig.__dataclass_fields__)
+    if args.get('activation', 'gelu') not in ('gelu', 'gelu_tanh'):
+        unknown.add(f"activation={args['activation']!r}")
     if unknown:
         raise UserError(f"checkpoint model_args has unknown keys {sorted(unknown)}; it was written by a newer version")
     model = GPT(GPTConfig(**args))
@@ -160,10 +166,10 @@ def pretrained(name, dropout=0.0):
     """GPT.from_pretrained with one-line errors: a hub name of OpenAI's GPT-2 or a transformers GPT-2 folder
     (completing an export that a kill interrupted there first)."""
     if name not in PRETRAINED:
-        files.finish_swaps(os.path.dirname(os.path.abspath(name)), 'an export')
+        files.finish_swaps(os.path.dirname(os.path.abspath(name)))
     if name not in PRETRAINED and not os.path.isdir(name):
-        raise UserError(f"unknown init_from '{name}'; use resume (with --out_dir), one of {', '.join(PRETRAINED)}, "
-                        "or a directory holding a transformers GPT-2 checkpoint")
+        raise UserError(f"unknown init_from '{name}'; use scratch (train.py), resume (with --out_dir), one of "
+                        f"{', '.join(PRETRAINED)}, or a directory holding a transformers GPT-2 checkpoint")
     try:
         from safetensors import SafetensorError
         return GPT.from_pretrained(name, dict(dropout=dropout))

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from helpers import DATA_ROOT, SCRIPTS_ROOT, UserError, files, shown, tokenizer
-from helpers.documents import PROGRESS
+from helpers.prepare import PROGRESS
 
 PLAIN_TYPES = ('dict', 'list', 'tuple', 'set', 'frozenset', 'str', 'bytes', 'int', 'float', 'bool', 'complex')
 RESIDENT_BYTES = 2 << 30  # at most this much of int32 tokens is kept in device memory
@@ -44,7 +44,7 @@ def data_dir(dataset):
     if os.path.isfile(DATA_ROOT):
         raise UserError(f"NANOGPT_DATA_DIR={DATA_ROOT} is a file; point it at the folder that holds the datasets")
     path = os.path.join(DATA_ROOT, dataset)
-    files.finish_swaps(path, f'preparing data/{dataset}')
+    files.finish_swaps(path)
     return path
 
 

@@ -5,7 +5,6 @@ import errno
 import glob
 import json
 import os
-import pathlib
 import shlex
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -14,9 +13,9 @@ import numpy as np
 from tqdm import tqdm
 
 from helpers import UserError, files, prepare, shown
+from helpers.prepare import PROGRESS
 
 CHUNK_DOCS = 10_000   # documents per chunk: about 10M tokens of FineWeb-Edu, the work a resume may redo
-PROGRESS = 'progress.bin.tmp.json'   # beside train.bin.tmp and val.bin.tmp (and, like them, ignored by git)
 LOCAL_BUILDERS = {'.txt': 'text', '.json': 'json', '.jsonl': 'json', '.parquet': 'parquet'}
 STREAMED_TYPES = {'.parquet': 'parquet', '.jsonl': 'json', '.json': 'json'}
 
@@ -191,6 +190,7 @@ class ResumableOutput(prepare.Output):
             at = {}
         if at.get('source') == source and all(os.path.isfile(tmp := self.path(f'{split}.bin.tmp')) and
                                               os.path.getsize(tmp) >= size for split, size in at['bytes'].items()):
+            at.setdefault('skipped', 0)   # records of earlier versions, which kept every row
             print(f"resuming after chunk {at['chunks']:,}: {at['documents']:,} documents and "
                   f"{sum(at['bytes'].values()) // 2:,} tokens done")
             return at
@@ -205,7 +205,7 @@ class ResumableOutput(prepare.Output):
             f.flush()
             os.fsync(f.fileno())
         self.at.update(position, bytes={split: f.tell() for split, f in self.bins.items()})
-        files.write_atomically(self.path(PROGRESS), lambda tmp: pathlib.Path(tmp).write_text(json.dumps(self.at)))
+        files.write_text(self.path(PROGRESS), json.dumps(self.at))
 
     def commit(self):
         super().commit(removes=[PROGRESS])

@@ -13,7 +13,7 @@ def load_checkpoint(out_dir):
     entry (None for a nanoGPT checkpoint whose meta.pkl is gone: the weights are still of use)."""
     ckpt = checkpoint.load(out_dir, runs.sample_name(out_dir))
     model = checkpoint.model_from_checkpoint(ckpt, dropout=0.0).float().eval()
-    del ckpt['model']  # the weights live in the model now
+    ckpt = {k: v for k, v in ckpt.items() if k not in ('model', 'optimizer', 'scaler')}  # the rest is small
     try:
         return model, ckpt, data.checkpoint_entry(ckpt)
     except UserError:
@@ -56,4 +56,5 @@ def writable(path):
 def replace_with(new, target):
     """Put new (a file or a folder beside target) at target as one change (files.swap): the old one goes
     only once the new one is in place, and a kill in between leaves a change the next export completes."""
-    files.swap(os.path.dirname(os.path.abspath(target)), [(os.path.abspath(new), os.path.abspath(target))])
+    files.swap(os.path.dirname(os.path.abspath(target)), [(os.path.abspath(new), os.path.abspath(target))],
+               what=f'replacing {target} with a new export')

@@ -89,19 +89,23 @@ def write_text(path, text):
 
 
 def _replay(journal_path):
-    """Carry out a journal's change, or what is left of it: every step can be done again."""
+    """Carry out a journal's change, or what is left of it: every step can be done again. Its paths are relative
+    to its folder, which may have moved since."""
+    folder = os.path.dirname(journal_path)
     with open(journal_path, encoding='utf-8') as f:
         change = json.load(f)
+    at = lambda p: os.path.join(folder, p)  # noqa: E731
     for source, target in change['moves']:
-        if os.path.lexists(source):  # not moved yet
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            if os.path.isdir(target) and not os.path.islink(target):
-                os.replace(target, change['trash'])  # a folder cannot be renamed over another
-            os.replace(source, target)
+        if os.path.lexists(at(source)):  # not moved yet
+            os.makedirs(os.path.dirname(at(target)), exist_ok=True)
+            if os.path.isdir(at(target)) and not os.path.islink(at(target)):
+                os.replace(at(target), at(change['trash']))  # a folder cannot be renamed over another
+            os.replace(at(source), at(target))
     for path in change['removes'] + [change['trash']]:
-        remove(path)
+        remove(at(path))
     os.remove(journal_path)
-    sync_folder(os.path.dirname(journal_path))
+    sync_folder(folder)
+    return change['what']
 
 
 def _locked(path):
@@ -112,48 +116,50 @@ def _locked(path):
     return f
 
 
-def swap(folder, moves, removes=()):
+def swap(folder, moves, removes=(), what='a change'):
     """Move each source over its target (a folder target is replaced whole) and delete removes, as one change:
     the journal is written first and deleted last, so a kill at any step leaves a change that finish_swaps
-    completes. Paths are absolute or relative to folder and lie on folder's filesystem."""
-    folder = os.path.abspath(folder)
-    at = lambda p: os.path.join(folder, p)  # noqa: E731
-    journal = at(JOURNAL.format(f"{socket.gethostname()}.{os.getpid()}"))
-    change = {'moves': [[at(s), at(t)] for s, t in moves], 'removes': [at(p) for p in removes],
-              'trash': temp_path(journal) + '.trash'}
-    tmp = temp_path(journal)
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(change, f)
-        f.flush()
-        os.fsync(f.fileno())
-    lock = _locked(tmp)  # held through the change: finish_swaps in another process waits for it
+    completes, naming it with what. Paths are relative to folder, or absolute ones within it."""
     # Ctrl+C or SIGTERM waits for the end of the change: an exception in its middle would run clean-up code
     # (an export deleting its new folder) that a kill never runs
     signals, held = (signal.SIGINT, signal.SIGTERM), []
     main = threading.current_thread() is threading.main_thread()
     handlers = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in signals} if main else {}
+    folder = os.path.abspath(folder)
+    journal = os.path.join(folder, JOURNAL.format(f"{socket.gethostname()}.{os.getpid()}"))
+    inside = lambda p: os.path.relpath(os.path.join(folder, p), folder)  # noqa: E731
+    change = {'what': what, 'moves': [[inside(s), inside(t)] for s, t in moves], 'removes': list(map(inside, removes)),
+              'trash': os.path.basename(temp_path(journal)) + '.trash'}
+    tmp = temp_path(journal)
     try:
-        os.replace(tmp, journal)
-        sync_folder(folder)
-        _replay(journal)
+        with open(tmp, 'w', encoding='utf-8') as f:
+            json.dump(change, f)
+            f.flush()
+            os.fsync(f.fileno())
+        lock = _locked(tmp)  # held through the change: finish_swaps in another process waits for it
+        try:
+            os.replace(tmp, journal)
+            sync_folder(folder)
+            _replay(journal)
+        finally:
+            lock.close()
     finally:
-        lock.close()
         for s, handler in handlers.items():
             signal.signal(s, handler)
     if held:
         signal.raise_signal(held[0])
 
 
-def finish_swaps(folder, what='a change'):
-    """Complete the changes that a killed process left in folder, saying so; returns whether there were any."""
+def finish_swaps(folder):
+    """Complete the changes that killed processes left in folder, saying so."""
     if not os.path.isdir(folder):
-        return False
-    done = False
+        return
+    journal = re.escape(JOURNAL).replace(r'\{\}', '(.+)')
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
-        if re.fullmatch(JOURNAL.format(r'[^/]+?') + r'\.tmp\..+', name):  # killed before its change began
-            remove_orphaned_temp_files(path.split('.tmp.')[0])
-        if not re.fullmatch(JOURNAL.format(r'[^/]+'), name) or '.tmp.' in name:
+        if re.fullmatch(journal + r'\.tmp\..+', name):  # killed before its change began
+            remove_orphaned_temp_files(os.path.join(folder, name.split('.tmp.')[0]))
+        if not re.fullmatch(journal, name) or '.tmp.' in name:
             continue
         try:
             lock = _locked(path)
@@ -161,13 +167,9 @@ def finish_swaps(folder, what='a change'):
             continue
         try:
             if os.path.exists(path):  # the writer, which held the lock until now, may have finished it
-                _replay(path)
-                done = True
+                print(f"finished {_replay(path)}, which an earlier command was stopped in the middle of")
         finally:
             lock.close()
-    if done:
-        print(f"finished {what} in {folder} that an earlier command was stopped in the middle of")
-    return done
 
 
 def refuse_foreign(path, ours, script, option):

@@ -126,7 +126,7 @@ def leave(status):
     """Wait for every rank, then exit at once: Python's shutdown, tearing down the group DDP holds, can abort."""
     if getattr(sys.modules.get('wandb'), 'run', None) is not None:  # its run ends as this one: finished or failed
         sys.modules['wandb'].finish(exit_code=status)
-    dist.barrier()
+    dist.barrier(group=_save_group)  # rank 0 may be finishing wandb's upload: the long wait
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)

@@ -19,6 +19,7 @@ TINY_SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/mast
 EOT = '<|endoftext|>'   # GPT-2's end of text (token GPT2_EOT)
 WINDOWS_DEVICES = {'con', 'prn', 'aux', 'nul', *(f'{port}{i}' for port in ('com', 'lpt') for i in range(10))}
 LOCK = 'prepare.lock'   # in the dataset's folder, held by the one prepare writing there
+PROGRESS = 'progress.bin.tmp.json'   # a resumable prepare's record (helpers/documents.py), like train.bin.tmp
 
 
 def check_input_file(path, flag='--input'):
@@ -70,16 +71,17 @@ def output_dir(name, force=False, own=None):
     lock = files.lock(os.path.join(path, LOCK), f"another prepare (pid {{pid}}) is writing {shown(path)}/; wait for "
                                                 "it to finish, or prepare under another --name")
     try:
-        files.finish_swaps(path, f'preparing data/{name}')
+        files.finish_swaps(path)
         held = [f for f in ('train.bin', 'val.bin', 'meta.pkl') if os.path.exists(os.path.join(path, f))]
         if held and name != own and not force:
             raise UserError(f"{shown(path)}/ already holds a dataset ({', '.join(held)}); "
                             "choose another --name or pass --force to overwrite it")
         yield path
     finally:
-        if made and os.listdir(path) == [LOCK]:   # removed while still locked: no other prepare is in there
-            os.remove(os.path.join(path, LOCK))
-            os.rmdir(path)
+        if made and os.listdir(path) == [LOCK]:   # the folder this made, left empty
+            with contextlib.suppress(OSError):   # another prepare of the name, just started, keeps it
+                os.remove(os.path.join(path, LOCK))
+                os.rmdir(path)
         lock.close()
 
 
@@ -138,7 +140,7 @@ class Output:
             os.fsync(f.fileno())
             f.close()
         self.temporary = []   # the swap's from here on: finish_swaps completes it if this process dies
-        files.swap(self.dir, moves, removes)
+        files.swap(self.dir, moves, removes, f'preparing data/{os.path.basename(self.dir)}')
         for split, n in self.tokens.items():
             print(f"{split} has {n:,} tokens")
         print(f"wrote {shown(self.dir)}/ in {time.time() - STARTED:.1f} s")

@@ -40,7 +40,7 @@ def run_summary(out_dir, names):
 def settle(out_dir):
     """Complete a change of out_dir's files that a killed command left half done: every reader and writer of
     a run calls this first."""
-    files.finish_swaps(out_dir, "a change of its files")
+    files.finish_swaps(out_dir)
 
 
 def _restore_command(out_dir, names):
@@ -108,7 +108,8 @@ def _move_aside(out_dir, run):
                 f"{_restore_command(out_dir, names)}\n")
     # a file of an older replaced run that this one lacks must not stay beside it
     older = [os.path.join(REPLACED_DIR, n) for n in RUN_FILES if n not in names]
-    files.swap(out_dir, [(n, os.path.join(REPLACED_DIR, n)) for n in names], removes=older)
+    files.swap(out_dir, [(n, os.path.join(REPLACED_DIR, n)) for n in names], older,
+               f'moving the run in {out_dir} to replaced/')
     print(f"the run that was here ({summary}) was moved to {replaced}/; {until}")
 
 
@@ -116,7 +117,7 @@ def discard_replaced(out_dir):
     """Delete the run in replaced/ once out_dir holds a checkpoint of the run that replaced it."""
     replaced = os.path.join(out_dir, REPLACED_DIR)
     if checkpoints(out_dir) and os.path.isfile(os.path.join(replaced, REPLACED_MARK)):
-        files.swap(out_dir, [], removes=[REPLACED_DIR])
+        files.swap(out_dir, [], [REPLACED_DIR], f'deleting the run in {replaced}/')
         print(f"deleted the run in {replaced}/, which this one replaces")
 
 

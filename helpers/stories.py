@@ -55,7 +55,7 @@ def chars_from_stories(sources, out_dir, separator=STORY_SEPARATOR):
 
 
 def dataset_stories(dset, desc):
-    """The stories of a datasets split (its 'text' column), a list per batch, as prepare.txt_stories."""
+    """The stories of a datasets split (its 'text' column), a list per batch, as txt_stories."""
     if 'text' not in dset.column_names:
         raise UserError(f"the source has no 'text' column (columns: {', '.join(dset.column_names)}); "
                         "give it one with the stories")
@@ -89,8 +89,12 @@ def story_sources(args):
     paths = {'train': args.train_file, 'val': args.val_file}
     if args.hub_txt:
         from huggingface_hub import hf_hub_download
-        paths = {split: hf_hub_download(args.hub_name, f'{args.hub_txt}-{name}.txt', repo_type='dataset')
-                 for split, name in (('train', 'train'), ('val', 'valid'))}
+        try:
+            paths = {split: hf_hub_download(args.hub_name, f'{args.hub_txt}-{name}.txt', repo_type='dataset')
+                     for split, name in (('train', 'train'), ('val', 'valid'))}
+        except Exception as e:   # offline, or the hub unreachable: huggingface_hub raises many kinds
+            raise UserError(f"could not download {args.hub_txt}'s .txt files from {args.hub_name} "
+                            f"({documents.one_line(e)}); download them yourself and pass --train_file and --val_file")
     if bool(paths['train']) != bool(paths['val']):
         raise UserError("give both --train_file and --val_file (or neither, to load the hub dataset)")
     for path in filter(None, paths.values()):

@@ -1,7 +1,7 @@
 """Activation checkpointing: each block runs again in the backward pass instead of keeping its
 activations. The same losses and gradients (the recomputation draws the same dropout masks), far
-fewer bytes kept for the backward pass, and the same training in train.py (compiled: test_compile;
-under FSDP: test_parallel)."""
+fewer bytes kept for the backward pass, and the same training in train.py (compiled, under DDP
+and FSDP: test_parallel's 2-rank runs)."""
 import pytest
 import torch
 

@@ -65,3 +65,10 @@ def test_the_table_rows_say_what_each_test_proved(tmp_path):
         ('test_gpu::test_gpt2_124m_mfu_is_plausible', 'passed', 'GPT-2 124M, 12 x 1024: ms/iter, MFU: 98.1 ms, 44.0%'),
         ('test_gpu::test_two_gpus_learn_as_one', 'skipped: needs two or more NVIDIA GPUs', '0.0 s'),
         ('test_gpu::test_torchrun_over_nccl', 'failure', '1.5 s')]
+
+
+def test_a_part_reports_its_exit_status_and_is_stopped_at_its_budget():
+    assert gpu_check.run(['-c', 'import sys; print("ran"); sys.exit(3)'], 60) == (3, 'ran\n')
+    status, output = gpu_check.run(['-c', 'import time; print("begun", flush=True); time.sleep(60)'],
+                                   gpu_check.GRACE + 1)
+    assert status is None and output.startswith('begun') and 'KeyboardInterrupt' in output
