@@ -53,8 +53,10 @@ class CausalSelfAttention(nn.Module):
         mask = None
         if past > 0 and T > 1:
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        # is_causal a plain bool: compiled for any length (sample.py), past is symbolic, which SDPA would not take
+        is_causal = True if past == 0 else False
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=past == 0)  # flash attention where the device has it
+                                           is_causal=is_causal)  # flash attention where the device has it
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y))
 
