@@ -139,6 +139,9 @@ import types
 # against the other processes and makes tiny models 50x slower. One thread is plenty here.
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 os.environ.setdefault('MKL_NUM_THREADS', '1')
+# torch.compile's compile workers are threads of this process, which a forked rank (forked_ranks) does not have:
+# with a cold compile cache it would wait for them forever. Compiling in the calling thread has no such wait.
+os.environ['TORCHINDUCTOR_COMPILE_THREADS'] = '1'
 
 CORE_DATASET = '_test_core'
 CORE_WORDS = ('the', 'cat', 'sat', 'on', 'a', 'mat', 'dog', 'ran', 'far', 'away', 'and', 'then', 'slept')
