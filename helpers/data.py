@@ -78,10 +78,10 @@ def checkpoint_entry(checkpoint):
         if meta['vocab_size'] != vocab_size:
             raise UserError(f"{folder}/meta.pkl has vocab_size {meta['vocab_size']} but the model was "
                             f"trained with {vocab_size}; the dataset was re-prepared since: restore its meta.pkl")
-        if tokenizer.tokenizer_entry(meta) is None:
+        if (entry := tokenizer.tokenizer_entry(meta)) is None:
             raise UserError(f"{folder}/meta.pkl has no character vocabulary (itos); "
                             "re-create it with the dataset's prepare.py")
-        return tokenizer.tokenizer_entry(meta)
+        return entry
     if vocab_size < tokenizer.BPE_VOCAB_SIZE:
         raise UserError(f"the model has a {vocab_size}-symbol vocabulary but {folder}/meta.pkl, which "
                         f"maps it to characters, is missing; prepare the dataset '{name}' again to recreate it")

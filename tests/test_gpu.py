@@ -214,9 +214,10 @@ def test_compiled_sampling_gives_the_greedy_tokens_of_eager(gpu_run):
 @needs_cuda
 def test_gpt2_124m_mfu_is_plausible(record_property):
     """GPT-2 124M, batch 12 x 1024, the GPU's default dtype, compiled, never falling back to eager. nanoGPT reports
-    about 40% on an A100; on an H100 or H200, whose peak is three times an A100's for 1.7 times the memory
-    bandwidth, a healthy run still clears 20% (an eager one lands near 10%); beyond 80% the peak is wrong. Its
-    peak memory stays under 40 GB, where nanoGPT trains it on an A100 40GB."""
+    about 40% on an A100 (its figure); an H100's or H200's dense bf16 peak is about three times an A100's for less
+    than twice the memory bandwidth (vendor data sheets), so the floor there is 20%, half of that, an assumption
+    to check against the first measured run; beyond 80% the peak is wrong. Its peak memory stays under 40 GB, where
+    nanoGPT trains it on an A100 40GB."""
     peak = hardware.peak_flops('cuda', hardware.default_dtype('cuda'))
     if peak is None:
         pytest.skip(f"no peak FLOP/s is listed for {torch.cuda.get_device_name()} in helpers/hardware.py")
