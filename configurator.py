@@ -15,12 +15,6 @@ def settable_keys(namespace):
             if not k.startswith('_') and not k.isupper() and isinstance(v, (bool, int, float, str, type(None)))}
 
 
-def _refuse_unknown(key, known, message):
-    if key not in known:  # the message names the closest known key, if one is close
-        match = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
-        raise UserError(message + (f" (did you mean '{match[0]}'?)" if match else ''))
-
-
 def _parse(key, text, current):
     try:
         value = ast.literal_eval(text)
@@ -34,30 +28,33 @@ def _parse(key, text, current):
     return text if isinstance(current, str) and not isinstance(value, str) else value
 
 
-def _set(namespace, explicit, key, value, source):
-    """Set key to value, which must be of the setting's type (an int is fine for a float); returns the value set."""
+def _set(namespace, explicit, known, key, value, source):
+    """Set key to value (--key=value's text parsed), of the setting's type (an int is fine for a float)."""
+    if key not in known:  # the message names the closest known key, if one is close
+        match = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
+        raise UserError((f"unknown config key '{key}'" if source == 'the command line' else
+                         f"config file '{source}' sets unknown key '{key}'") +
+                        (f" (did you mean '{match[0]}'?)" if match else ''))
     current = namespace[key]
+    value = _parse(key, value, current) if source == 'the command line' else value
     value = float(value) if isinstance(current, float) and type(value) is int else value
     if current is not None and value is not None and type(value) is not type(current):
         raise UserError(f"{'--' + key if source == 'the command line' else source}: {key} must be a "
                         f"{type(current).__name__} ({explicit[key] + ' sets' if key in explicit else 'default'} "
                         f"{current!r}), got {type(value).__name__} {value!r}")
     namespace[key], explicit[key] = value, source
-    return value
 
 
 def configure(namespace, argv=None):
-    """Apply config files and --key=value from argv to namespace (a script's globals()); returns {key: where it was
-    set} ('the command line', a config file), for device-dependent defaults and for messages naming the source."""
+    """Apply config files and --key=value (argv, else sys.argv) to namespace; returns {key: where it was set}."""
     known, explicit = settable_keys(namespace), {}
     for arg in sys.argv[1:] if argv is None else argv:
         if arg.startswith('--'):
             key, sep, text = arg[2:].partition('=')
             if not sep:
                 raise UserError(f"argument '{arg}' must be written --key=value")
-            _refuse_unknown(key, known, f"unknown config key '{key}'")
-            value = _set(namespace, explicit, key, _parse(key, text, namespace[key]), 'the command line')
-            print(f"Overriding: {key} = {value!r}")
+            _set(namespace, explicit, known, key, text, 'the command line')
+            print(f"Overriding: {key} = {namespace[key]!r}")
             continue
         if not os.path.isfile(arg):
             hint = " (arguments other than config files are written --key=value)" if not arg.endswith('.py') else ''
@@ -70,30 +67,9 @@ def configure(namespace, argv=None):
         except Exception as e:  # a broken config file is the user's to fix, reported in one line
             raise UserError(f"config file '{arg}' failed to run: {type(e).__name__}: {e}")
         for key, value in scope.items():
-            if key.startswith('_') or isinstance(value, (types.ModuleType, types.FunctionType, type)):
-                continue
-            _refuse_unknown(key, known, f"config file '{arg}' sets unknown key '{key}'")
-            _set(namespace, explicit, key, value, arg)
+            if not key.startswith('_') and not isinstance(value, (types.ModuleType, types.FunctionType, type)):
+                _set(namespace, explicit, known, key, value, arg)
     return explicit
-
-
-def continue_run(namespace, explicit, run_settings, keep=(), machine=(), fixed=None):
-    """Resuming: the run's own settings (run_settings) for those left unset but the command's (keep) and the machine's;
-    say which differ from the run's. fixed (the architecture) cannot differ: a UserError names those set otherwise."""
-    conflicts = [f"{k}={namespace[k]!r} (set by {explicit[k]}; the checkpoint has {v!r})"
-                 for k, v in (fixed or {}).items() if k in explicit and namespace[k] != v]
-    if conflicts:
-        raise UserError(f"the checkpoint has another architecture than asked: {', '.join(conflicts)}; resume without "
-                        "those settings (the checkpoint brings its own), or train into a new --out_dir")
-    differ = {k: v for k, v in {**(run_settings or {}), **(fixed or {})}.items()
-              if k in settable_keys(namespace) and k not in keep and v is not None and v != namespace[k]}
-    print("resuming with the run's settings" + ''.join(
-        f"; {k}={namespace[k]!r} from {explicit[k]} (the run had {v!r})" if k in explicit else
-        f"; {k}={namespace[k]!r} for this machine (the run had {v!r}; set --{k} to choose)"
-        for k, v in differ.items() if k in explicit or k in machine))
-    for k, v in differ.items():
-        if k not in explicit and k not in machine:
-            namespace[k], explicit[k] = v, 'the checkpoint'
 
 
 def _require(name, value, ok, what, hint=''):
@@ -101,19 +77,15 @@ def _require(name, value, ok, what, hint=''):
         raise UserError(f"{name} must be {what}, got {value!r}{hint}")
 
 
-def _number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def require_positive(namespace, *names):
     for name in names:
-        _require(name, namespace[name], _number(namespace[name]) and namespace[name] > 0, 'a positive number')
+        _require(name, value := namespace[name], type(value) in (int, float) and value > 0, 'a positive number')
 
 
 def require_range(namespace, low, high, *names):
     for name in names:
         value = namespace[name]
-        _require(name, value, _number(value) and low <= value < high, f'in [{low}, {high})')
+        _require(name, value, type(value) in (int, float) and low <= value < high, f'in [{low}, {high})')
 
 
 def check_model(namespace):

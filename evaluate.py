@@ -13,7 +13,6 @@ import time
 import types
 
 import torch
-from torch.nn import functional as F
 from tqdm import tqdm
 
 import configurator
@@ -45,15 +44,16 @@ WRITTEN_BY = {'written_by': 'evaluate.py'}  # in every results file: the mark of
 
 
 @torch.no_grad()
-def fixed_batch_loss(model, path, token_dtype, batch_size, block_size, eval_iters, generator_seed, device, ctx):
-    """Mean loss over eval_iters batches drawn from a generator seeded with generator_seed."""
-    generator = torch.Generator().manual_seed(generator_seed)
-    losses = torch.zeros(eval_iters, device=device)
-    for k in range(eval_iters):
+def fixed_batch_loss(model, path, token_dtype, batch_size, block_size, eval_iters, generator_seed, device, ctx,
+                     byte_counts=None):
+    """The mean loss and bits per byte (data.summed_loss) of eval_iters batches drawn from a generator seeded
+    with generator_seed."""
+    generator, sums = torch.Generator().manual_seed(generator_seed), torch.zeros(3, device=device)
+    for _ in range(eval_iters):
         x, y = data.get_batch(path, token_dtype, batch_size, block_size, device, generator)
         with ctx:
-            losses[k] = model(x, y)[1]
-    return losses.mean().item()
+            sums += data.summed_loss(model, x, y, byte_counts)
+    return sums[0].item() / (eval_iters * batch_size * block_size), data.bits_per_byte(sums.tolist())
 
 
 def full_pass_windows(n_tokens, block_size):
@@ -63,20 +63,19 @@ def full_pass_windows(n_tokens, block_size):
 
 
 @torch.no_grad()
-def full_pass_loss(model, path, token_dtype, batch_size, block_size, device, ctx):
-    """Mean loss over every predicted token of the file, and the number of tokens predicted."""
+def full_pass_loss(model, path, token_dtype, batch_size, block_size, device, ctx, byte_counts=None):
+    """The mean loss and bits per byte over every predicted token of the file, and the number of tokens predicted."""
     windows = full_pass_windows(os.path.getsize(path) // token_dtype.itemsize, block_size)
     full = [start for start, n in windows if n == block_size]  # batched; the shorter last window goes alone
     batches = [(full[i:i + batch_size], block_size) for i in range(0, len(full), batch_size)] + \
         [([start], n) for start, n in windows if n < block_size]
-    total_nll, n_predicted = 0.0, 0
+    sums, n_predicted = [0.0, 0.0, 0.0], 0  # in Python's float64: a pass may predict billions of tokens
     for starts, length in tqdm(batches, desc=f'full pass over {os.path.basename(path)}', unit=' batches', disable=None):
         x, y = data.get_windows(path, token_dtype, starts, length, device)
         with ctx:
-            logits, _ = model(x, y)
-        total_nll += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction='sum').item()
+            sums = [a + b for a, b in zip(sums, data.summed_loss(model, x, y, byte_counts).tolist())]
         n_predicted += y.numel()
-    return total_nll / n_predicted, n_predicted
+    return sums[0] / n_predicted, data.bits_per_byte(sums), n_predicted
 
 
 def positive_int(name, value):
@@ -109,7 +108,7 @@ def plan_splits(explicit, model, ckpt):
     settings = dict(dataset=name, full_pass=full_pass, block_size=window, batch_size=rows,
                     eval_iters=None if full_pass else n_batches, seed=None if full_pass else batch_seed)
     return types.SimpleNamespace(settings=settings, paths={s: data.bin_path(name, s) for s in split_names},
-                                 token_dtype=data.token_dtype(meta))
+                                 token_dtype=data.token_dtype(meta), entry=tokenizer.tokenizer_entry(meta))
 
 
 def evaluate_splits(model, plan, where, ctx):
@@ -122,18 +121,20 @@ def evaluate_splits(model, plan, where, ctx):
               "predicted once")
     else:
         print(f"fixed batches: {n_batches} batches of {rows} x {window} tokens per split, seed {plan.settings['seed']}")
-    results = {}
+    results, byte_counts = {}, data.token_bytes(plan.entry, model.config.vocab_size, device)
     for s, path in plan.paths.items():
         t0 = time.time()
         if full_pass:
-            loss, n_predicted = full_pass_loss(model, path, plan.token_dtype, rows, window, device, ctx)
+            loss, bpb, n_predicted = full_pass_loss(model, path, plan.token_dtype, rows, window, device, ctx,
+                                                    byte_counts)
         else:
-            loss = fixed_batch_loss(model, path, plan.token_dtype, rows, window, n_batches,
-                                    data.eval_batch_seed(plan.settings['seed'], s), device, ctx)
+            loss, bpb = fixed_batch_loss(model, path, plan.token_dtype, rows, window, n_batches,
+                                         data.eval_batch_seed(plan.settings['seed'], s), device, ctx, byte_counts)
             n_predicted = n_batches * rows * window
         perplexity = math.inf if loss > 700 else math.exp(loss)  # exp overflows past 709; a NaN stays NaN
-        results[s] = dict(loss=loss, perplexity=perplexity, tokens=n_predicted)
-        print(f"{s}: loss {loss:.4f}, perplexity {perplexity:.4f} ({n_predicted:,} tokens, {time.time() - t0:.1f}s)")
+        results[s] = dict(loss=loss, perplexity=perplexity, bpb=bpb, tokens=n_predicted)
+        print(f"{s}: loss {loss:.4f}, perplexity {perplexity:.4f}" + (f", {bpb:.4f} bits per byte" if bpb else '')
+              + f" ({n_predicted:,} tokens, {time.time() - t0:.1f}s)")
     return results
 
 

@@ -58,24 +58,27 @@ def to_hf(model, vocabulary=None):
     return hf_model.eval()
 
 
-def char_tokenizer(vocabulary):
-    """A transformers tokenizer with one token per character: a BPE model without merges."""
+def hf_tokenizer(vocabulary):
+    """A transformers tokenizer of the dataset's own BPE, or with one token per character: a BPE without merges."""
     from tokenizers import Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
+    if vocabulary['kind'] == 'bpe':
+        return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(vocabulary['bpe']))
     tokens = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(vocabulary['itos'])}, merges=[]))
     tokens.decoder = decoders.Fuse()  # characters join without spaces between them
     return PreTrainedTokenizerFast(tokenizer_object=tokens, eos_token=vocabulary.get('separator'))
 
 
 def export(model, directory, vocabulary=None):
-    """Write config.json, model.safetensors and, for a character vocabulary, the tokenizer files into directory."""
+    """Write config.json, model.safetensors and, for a vocabulary of the dataset's own, the tokenizer files into
+    directory."""
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # the bars of tiny files are noise
     hf_model = to_hf(model, vocabulary)
     os.makedirs(directory, exist_ok=True)
     hf_model.save_pretrained(directory, safe_serialization=True)
-    if vocabulary and vocabulary['kind'] == 'char':
-        char_tokenizer(vocabulary).save_pretrained(directory)
+    if vocabulary and vocabulary['kind'] in ('char', 'bpe'):
+        hf_tokenizer(vocabulary).save_pretrained(directory)
     written = sorted(set(os.listdir(directory)) | {MARKER})
     with open(os.path.join(directory, MARKER), 'w') as f:
         json.dump({'written_by': 'export_hf.py', 'files': written}, f, indent=1)

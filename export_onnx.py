@@ -1,5 +1,4 @@
-"""
-Export a trained model (out_dir's checkpoint) to ONNX, to run it without PyTorch.
+"""Export a trained model (out_dir's checkpoint) to ONNX, to run it without PyTorch.
 
 $ python export_onnx.py --out_dir=out-shakespeare-char              # -> out_dir/model.onnx
 $ python sample_onnx.py --out_dir=out-shakespeare-char --top_k=1    # generate with onnxruntime
@@ -57,6 +56,8 @@ def model_metadata(ckpt, model, vocabulary):
     if kind == 'char':
         metadata.update(itos=json.dumps(vocabulary['itos'], ensure_ascii=False),
                         separator=vocabulary.get('separator', ''))
+    if kind == 'bpe':
+        metadata.update(bpe=vocabulary['bpe'])
     return {f'nanogpt.{k}': str(v) for k, v in metadata.items()}
 
 
@@ -163,8 +164,7 @@ def write_export(model, metadata, path, earlier):
         exports.replace_with(tmp, path)
     except BaseException:  # the earlier export stays as it was, and this one goes (unless it is in place: tmp gone)
         for name in [tmp + '.data'] + ([tmp, data] if os.path.exists(tmp) else []):
-            if os.path.exists(name):
-                os.remove(name)
+            files.remove(name)
         raise
     # the earlier export's weights, and those of exports killed before they were renamed into place
     stale = re.compile(re.escape(os.path.basename(path)) + r'\.[0-9a-f]{8}\.data')

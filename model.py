@@ -1,8 +1,6 @@
-"""
-The GPT-2 language model, in one file: pre-LayerNorm blocks of causal self-attention and MLP, a language-model
-head tied to the token embedding, and generation with a KV cache. Parameter names are OpenAI's GPT-2's (through
-transformers) and nanoGPT's, so weights move freely between them.
-"""
+"""The GPT-2 language model in one file: pre-LayerNorm blocks of causal self-attention and MLP, an output layer tied
+to the token embedding, and generation with a KV cache. Parameter names are OpenAI's GPT-2's (through transformers)
+and nanoGPT's, so weights move freely between them."""
 import inspect
 import math
 from dataclasses import dataclass
@@ -135,14 +133,13 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def get_num_params(self, non_embedding=True):
-        """Parameter count. The token embedding counts (it is also the output layer);
-        the position embedding does not when non_embedding is True."""
+        """Parameter count; non_embedding leaves out the position embedding (the token one stays: it is the output)."""
         n_params = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n_params -= self.transformer.wpe.weight.numel()
         return n_params
 
-    def forward(self, idx, targets=None, kv_cache=None):
+    def forward(self, idx, targets=None, kv_cache=None, reduction='mean'):
         """Logits (and the mean cross-entropy when targets are given). Without targets only
         the last position's logits are computed, which is all that sampling needs."""
         B, T = idx.size()
@@ -163,7 +160,8 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)  # (B, T, vocab_size)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
+                                   reduction=reduction)  # 'none': each target's, for bits per byte
             return logits, loss
         return self.lm_head(x[:, -1:, :]), None  # the slice keeps the time dimension
 
@@ -175,8 +173,7 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name, override_args=None):
-        """GPT-2 weights through transformers: a hub name (gpt2, gpt2-medium, gpt2-large,
-        gpt2-xl) or a local directory holding a transformers GPT-2 checkpoint."""
+        """GPT-2 weights via transformers: a hub name (gpt2, gpt2-medium, -large, -xl) or a transformers folder."""
         override_args = override_args or {}
         assert all(k == 'dropout' for k in override_args), "only dropout can be overridden"
         from transformers import GPT2LMHeadModel
@@ -218,8 +215,7 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if use_fused else {}))
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
-        """Model FLOPs utilization: achieved FLOP/s over the device's peak_flops (PaLM paper,
-        appendix B), or None when the peak is not known (e.g. on a CPU)."""
+        """Model FLOPs utilization (PaLM, appendix B): achieved FLOP/s over peak_flops; None where that is unknown."""
         if peak_flops is None:
             return None
         cfg = self.config
@@ -230,9 +226,8 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, *, top_p=1.0, use_cache=True, generators=None):
         """Continue each sequence in idx (B, T) by max_new_tokens sampled tokens; returns (B, T + new)."""
-        steps = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p=top_p, use_cache=use_cache,
-                                          generators=generators))
-        return torch.cat([idx, *steps], dim=1)
+        return torch.cat([idx, *self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p=top_p,
+                                                     use_cache=use_cache, generators=generators)], dim=1)
 
     @torch.no_grad()
     def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, *, top_p=1.0, use_cache=True,
@@ -277,12 +272,11 @@ class KVCache:
 
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=1.0, generators=None):
-    """One token id per row of logits (B, vocab_size), (B, 1), drawn from softmax(logits /
-    temperature) restricted to the top_k largest logits (and every token tied with the k-th),
-    then to the smallest set of most likely tokens whose probabilities add up to top_p."""
-    # the largest logit is made 0 before the division, so that no temperature overflows the logits
-    # into NaN: a tiny one is greedy, ties kept (one below float32's smallest normal number, which
-    # would round to 0, draws as that number does)
+    """One token id per row of logits (B, vocab_size), (B, 1), drawn from softmax(logits / temperature) restricted
+    to the top_k largest logits (and every token tied with the k-th), then to the smallest set of most likely tokens
+    whose probabilities add up to top_p."""
+    # the largest logit is made 0 before the division, so that no temperature overflows the logits into NaN: a tiny
+    # one is greedy, ties kept (below float32's smallest normal number, which would round to 0, it is that number)
     logits = logits.float()
     logits = (logits - logits.max(dim=-1, keepdim=True).values) / max(temperature, torch.finfo(torch.float32).tiny)
     if top_k is not None and top_k < logits.size(-1):

@@ -1,10 +1,10 @@
-"""
-Plot the train and val loss of train.py's out_dir/metrics.csv to a PNG, against iterations, training tokens or
-wall-clock time, with HellaSwag's acc_norm beneath where a run scored it. Needs matplotlib.
+"""Plot the train and val loss (or bits per byte) of train.py's out_dir/metrics.csv to a PNG, against iterations,
+training tokens or wall-clock time, with HellaSwag's acc_norm beneath where a run scored it. Needs matplotlib.
 
 $ python plot.py --out_dir=out-shakespeare-char                    # -> out-shakespeare-char/loss.png
 $ python plot.py --out_dirs=out-small,out-big                      # a column per run -> out-small/loss_comparison.png
 $ python plot.py --out_dirs=out-small,out-big --overlay=True --x=seconds   # the runs in the same panels
+$ python plot.py --out_dirs=out-char,out-bpe --overlay=True --y=bpb        # runs of different tokenizers
 """
 import os
 
@@ -19,6 +19,7 @@ x = 'iter,tokens'  # the x axes, comma-separated: iter, tokens, seconds (wall-cl
 overlay = False  # several runs in the same panels instead of one column each
 minibatch = True  # also draw the per-iteration minibatch loss of the log lines
 logy = False  # logarithmic loss axis
+y = 'loss'  # 'loss' (nats per token) or 'bpb' (bits per byte of text: runs of any tokenizers compare)
 title = ''
 dpi = 120
 # -----------------------------------------------------------------------------
@@ -30,6 +31,8 @@ EVAL_STYLE = dict(markersize=3, linewidth=1.5)
 LINES = {'loss': [('train', 'train_loss', 'train (minibatch)', dict(alpha=0.35, linewidth=0.8)),  # noisy, faint
                   ('eval', 'train_loss', 'train (eval)', dict(linestyle='--', marker='o', **EVAL_STYLE)),
                   ('eval', 'val_loss', 'val (eval)', dict(linestyle='-', marker='s', **EVAL_STYLE))],
+         'bpb': [('eval', 'train_bpb', 'train (eval)', dict(linestyle='--', marker='o', **EVAL_STYLE)),
+                 ('eval', 'val_bpb', 'val (eval)', dict(linestyle='-', marker='s', **EVAL_STYLE))],
          'hellaswag': [('eval', HELLASWAG, 'HellaSwag', dict(marker='^', **EVAL_STYLE))]}
 WRITTEN_BY = {'written_by': 'plot.py'}  # a text chunk in every PNG written here: one this script may replace
 
@@ -93,11 +96,12 @@ def pyplot():
     return plt
 
 
-def figure(runs, x_names=('iter', 'tokens'), side_by_side=True, show_minibatch=True, log_y=False, fig_title=''):
-    """The matplotlib figure of runs, a list of (name, rows)."""
+def figure(runs, x_names=('iter', 'tokens'), side_by_side=True, show_minibatch=True, log_y=False, fig_title='',
+           y_name='loss'):
+    """The matplotlib figure of runs, a list of (name, rows), with y_name ('loss' or 'bpb') above HellaSwag."""
     plt = pyplot()
     from matplotlib.ticker import EngFormatter
-    quantities = ['loss'] + (['hellaswag'] if any(has_hellaswag(rows) for _, rows in runs) else [])
+    quantities = [y_name] + (['hellaswag'] if any(has_hellaswag(rows) for _, rows in runs) else [])
     side_by_side = side_by_side and len(runs) > 1
     if side_by_side:  # a column per run; a row per x axis and quantity, HellaSwag beneath its loss
         row_keys = [(x_name, q) for x_name in x_names for q in quantities]
@@ -107,7 +111,7 @@ def figure(runs, x_names=('iter', 'tokens'), side_by_side=True, show_minibatch=T
         row_keys = [(None, q) for q in quantities]
         n_columns, width, loss_height = len(x_names), 6 * len(x_names), 4.8
         cell = lambda run, x_name, q: (quantities.index(q), x_names.index(x_name))
-    heights = [loss_height if q == 'loss' else 0.6 * loss_height for _, q in row_keys]
+    heights = [0.6 * loss_height if q == 'hellaswag' else loss_height for _, q in row_keys]
     fig, axes = plt.subplots(len(row_keys), n_columns, figsize=(width, sum(heights)), sharey='row', squeeze=False,
                              gridspec_kw=dict(height_ratios=heights))
     colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
@@ -124,7 +128,7 @@ def figure(runs, x_names=('iter', 'tokens'), side_by_side=True, show_minibatch=T
                 lines = [line for line in LINES[q] if show_minibatch or line[0] != 'train']
                 # an empty panel that is this run's alone says why
                 if not draw(ax, rows, lines, x_name, x_scale, color, prefix) and (side_by_side or len(runs) == 1):
-                    missing = x_label if q == 'loss' or has_hellaswag(rows) else 'HellaSwag scores'
+                    missing = x_label if q != 'hellaswag' or has_hellaswag(rows) else 'HellaSwag scores'
                     ax.text(0.5, 0.5, f"no {missing} recorded", ha='center', va='center', transform=ax.transAxes)
                 ax.set_xlabel(x_label)
                 if x_name == 'tokens':
@@ -134,11 +138,11 @@ def figure(runs, x_names=('iter', 'tokens'), side_by_side=True, show_minibatch=T
     for ax_row, (_, q) in zip(axes, row_keys):
         for ax in ax_row:
             ax.grid(True, alpha=0.3)
-            if q == 'loss' and log_y:
+            if q != 'hellaswag' and log_y:
                 ax.set_yscale('log')
             if q == 'hellaswag':
                 ax.axhline(CHANCE, color='gray', linestyle=':', linewidth=1)
-        ax_row[0].set_ylabel('loss' if q == 'loss' else 'HellaSwag acc_norm')
+        ax_row[0].set_ylabel({'loss': 'loss', 'bpb': 'bits per byte'}.get(q, 'HellaSwag acc_norm'))
     # one legend per run column (side by side), or one for all runs (overlay), in the top row
     for ax in (axes[0] if side_by_side else axes[0][:1]):
         if ax.get_legend_handles_labels()[0]:
@@ -150,9 +154,9 @@ def figure(runs, x_names=('iter', 'tokens'), side_by_side=True, show_minibatch=T
 
 
 def plot(runs, path, x_names=('iter', 'tokens'), side_by_side=True, show_minibatch=True, log_y=False, fig_title='',
-         resolution=120):
+         resolution=120, y_name='loss'):
     """runs: a list of (name, rows). Writes a PNG to path."""
-    fig = figure(runs, x_names, side_by_side, show_minibatch, log_y, fig_title)
+    fig = figure(runs, x_names, side_by_side, show_minibatch, log_y, fig_title, y_name)
     files.write_atomically(path, lambda tmp: fig.savefig(tmp, format='png', dpi=resolution, metadata=WRITTEN_BY))
     pyplot().close(fig)
     return path
@@ -180,12 +184,14 @@ def main():
     path = output or os.path.join(run_dirs[0], 'loss.png' if len(run_dirs) == 1 else 'loss_comparison.png')
     if not path.lower().endswith('.png'):
         raise UserError(f"output must be a .png file, got '{path}'")
+    if y not in LINES or y == 'hellaswag':
+        raise UserError(f"y must be 'loss' or 'bpb' (bits per byte), got {y!r}")
     if dpi <= 0:
         raise UserError(f"dpi must be positive, got {dpi}")
     files.refuse_foreign(path, ours, 'plot.py', '--output')
     runs = [(os.path.basename(os.path.normpath(d)) or d, load_run(d)) for d in run_dirs]
     plot(runs, path, x_names, side_by_side=not overlay, show_minibatch=minibatch, log_y=logy, fig_title=title,
-         resolution=dpi)
+         resolution=dpi, y_name=y)
     print(f"wrote {os.path.abspath(path)} ({', '.join(f'{name}: {len(rows)} rows' for name, rows in runs)})")
 
 

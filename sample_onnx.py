@@ -76,12 +76,14 @@ def generate(model, ids, max_new_tokens, temperature, top_k, rng):
 
 
 def tokenizer_for(meta):
-    """The model's own characters from its metadata, or GPT-2's BPE."""
+    """The model's own characters or BPE from its metadata, or GPT-2's BPE."""
     kind = meta.get('nanogpt.tokenizer')
     if kind == 'char':
         return tokenizer.CharTokenizer(json.loads(meta['nanogpt.itos']), meta.get('nanogpt.separator'))
     if kind == 'gpt2':
         return tokenizer.BPETokenizer()
+    if kind == 'bpe':
+        return tokenizer.TextBPETokenizer(meta['nanogpt.bpe'])
     raise UserError("the model's vocabulary is unknown (its dataset had no meta.pkl when it was exported "
                     "and it is not a GPT-2 BPE model); prepare the dataset and export again")
 

@@ -90,7 +90,7 @@ if init_from == 'resume':
     # memory-mapped: the tensors stay in the file's pages, which all processes of the run share
     resume_file = runs.resume_name(out_dir)
     resume_state = checkpoint.load(out_dir, resume_file, map_location='cpu', mmap=True)
-    configurator.continue_run(globals(), explicit, resume_state.get('config'), keep=(  # this command's own
+    runs.continue_run(globals(), explicit, resume_state.get('config'), keep=(  # this command's own
         'init_from', 'out_dir', 'overwrite', 'eval_only', 'compile_mode', 'fsdp', 'data_on_device'),
         machine=('device', 'dtype', 'compile', 'backend'),  # the log says those that differ from the run's
         fixed={k: resume_state['model_args'][k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')})
@@ -207,31 +207,34 @@ if resume_state is not None:
     if (len(rng_states) == world_size or rank == 0) and rng_states[rank]:
         checkpoint.restore_rng_states(rng_states[rank], device)
 resume_state = None  # free the memory it holds
+byte_counts = data.token_bytes(tokenizer.tokenizer_entry(meta), net.config.vocab_size, device)  # for bits per byte
 
 
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss per split over eval_iters fixed batches, the same at every evaluation; None if asked to stop."""
+    """<split>_loss and <split>_bpb (bits per byte) over fixed batches, the same each time; None if asked to stop."""
     out, said = {}, time.time()
     net.eval()
     for split in ('train', 'val'):
         generator = torch.Generator().manual_seed(data.eval_batch_seed(seed, split))
-        losses = torch.zeros(eval_iters, device=device)
+        sums = torch.zeros(eval_iters, 3, device=device)  # data.summed_loss's, per batch
         for first in range(0, eval_iters, world_size):  # in rounds: every rank draws the round's batches, scores one
             batches = [get_batch(split, generator) for _ in range(min(world_size, eval_iters - first))]
             with ctx:  # a rank left without a batch in the last round scores one anyway: FSDP's ranks run together
-                loss = net(*batches[min(rank, len(batches) - 1)])[1]
+                summed = data.summed_loss(net, *batches[min(rank, len(batches) - 1)], byte_counts)
             if rank < len(batches):
-                losses[first + rank] = loss
+                sums[first + rank] = summed
             if parallel.any_rank(stop_signal is not None, device):
                 net.train()
                 return None
             if master_process and time.time() - said > 10:
                 print(f"evaluating {split}: {first + len(batches)}/{eval_iters} batches", flush=True)
                 said = time.time()
-        if ddp:  # each batch's loss was computed by one rank, the others hold 0 there
-            torch.distributed.all_reduce(losses)
-        out[split] = losses.mean().item()
+        if ddp:  # each batch was scored by one rank, the others hold 0 there
+            torch.distributed.all_reduce(sums)
+        totals = sums.sum(0).tolist()
+        out[f'{split}_loss'] = totals[0] / (eval_iters * batch_size * block_size)
+        out[f'{split}_bpb'] = data.bits_per_byte(totals)  # None where the tokenizer is unknown
     net.train()
     return out
 
@@ -340,19 +343,20 @@ while True:
             break
         acc_norm = hellaswag_eval.acc_norm(net, hellaswag_set, device, ctx, fsdp) if hellaswag else None
         if master_process:
-            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+            print(f"step {iter_num}: train loss {losses['train_loss']:.4f}, val loss {losses['val_loss']:.4f}"
+                  + (f", val bpb {losses['val_bpb']:.4f}" if losses['val_bpb'] is not None else '')
                   + (f", hellaswag acc_norm {acc_norm:.4f}" if hellaswag else '')
                   + f" (evaluation {time.time() - eval_start:.1f}s, elapsed {metrics.duration(run_seconds())})")
         if metrics_log:
             metrics_log.write(iter=iter_num, tokens=iter_num * tokens_per_iter, seconds=run_seconds(), lr=lr,
-                              train_loss=losses['train'], val_loss=losses['val'], hellaswag_acc_norm=acc_norm)
-        parallel.stop_together(None if math.isfinite(losses['val']) else
-                               diverged(f"val loss is {losses['val']} at iteration {iter_num}"), device)
+                              hellaswag_acc_norm=acc_norm, **losses)
+        parallel.stop_together(None if math.isfinite(losses['val_loss']) else
+                               diverged(f"val loss is {losses['val_loss']} at iteration {iter_num}"), device)
         if wandb_log and master_process:
-            wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'], "lr": lr,
-                       "mfu": running_mfu * 100, **({"hellaswag/acc_norm": acc_norm} if hellaswag else {})})
-        improved = losses['val'] < best_val_loss
-        best_val_loss = min(best_val_loss, losses['val'])
+            wandb.log({"iter": iter_num, "lr": lr, "mfu": running_mfu * 100, **({"hellaswag/acc_norm": acc_norm} if
+                       hellaswag else {}), **{k.replace('_', '/'): v for k, v in losses.items()}})  # train/loss, ...
+        improved = losses['val_loss'] < best_val_loss
+        best_val_loss = min(best_val_loss, losses['val_loss'])
         if iter_num > 0 and not eval_only:
             save_checkpoint(checkpoint.CKPT_NAME if improved or always_save_checkpoint else checkpoint.LATEST_NAME)
         eval_seconds = time.time() - eval_start  # with the saves, for the time left

@@ -1,10 +1,6 @@
-"""Everything that needs an NVIDIA GPU, in one command and one table, most telling part first:
-
-    python benchmarks/gpu_check.py        # within 9 minutes on one cold GPU; no network; a CUDA build of torch
-
-Each part runs with what is left of --minutes and records its seconds; a part that would not fit is skipped, and
-the table is printed even when the budget or Ctrl+C cuts the tail. Exits 1 when a part failed or no GPU is seen.
-"""
+"""Everything that needs an NVIDIA GPU, in one command and one table, most telling part first. Each part runs with
+what is left of --minutes (9: one cold GPU) and records its seconds; one that would not fit is skipped, and the table
+is printed even when the budget or Ctrl+C cuts the tail. Exits 1 when a part failed or no GPU is seen."""
 import argparse
 import datetime
 import os
@@ -87,10 +83,9 @@ def run_part(command, seconds, tmp):
         status, output = run(['-m', 'pytest', '-q', f'--junitxml={junit}', *command], seconds)
         tests = test_rows(junit) if os.path.exists(junit) else []
         failed = [f"{name} {result}" for name, result, _ in tests if result in ('failure', 'error')]
-        figure = '; '.join(f for _, r, f in tests if r == 'passed' and not f.endswith(' s'))
-        skipped = sum(r.startswith('skipped') for _, r, _ in tests)
-        counts = f"{sum(r == 'passed' for _, r, _ in tests)} passed, {skipped} skipped"
-        figure = f"{counts}; {figure}" if figure else counts
+        passed, skipped = (sum(r.startswith(kind) for _, r, _ in tests) for kind in ('passed', 'skipped'))
+        figure = '; '.join([f"{passed} passed, {skipped} skipped"] +
+                           [f for _, r, f in tests if r == 'passed' and not f.endswith(' s')])
     else:
         *args, shown = command
         status, output = run([a.format(tmp=tmp) for a in args], seconds)
@@ -126,7 +121,7 @@ def main(minutes, tmp):
 
 
 if __name__ == '__main__':
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--minutes', type=float, default=9.0, help='the time budget of the whole command')
     minutes = parser.parse_args().minutes
     if not torch.cuda.is_available():

@@ -1,11 +1,6 @@
-"""The README's performance tables, measured on whatever machine runs this, in one command.
-
-    python benchmarks/performance.py                 # every row this machine can run (CPU: ~15 minutes)
-    python benchmarks/performance.py --only=laptop --runs_dir=runs   # the training runs only, kept for plot.py
-
-Rows: bench.py's training iteration, train.py's time to a model (on a CPU nanoGPT's recipe against the laptop
-configs) and benchmarks/sampling.py's KV cache; --runs_dir only replaces run folders this script made.
-"""
+"""The README's performance tables, measured on whatever machine runs this, in one command: bench.py's training
+iteration, train.py's time to a model (on a CPU nanoGPT's recipe against the laptop configs) and
+benchmarks/sampling.py's KV cache; --runs_dir keeps the runs for plot.py, replacing only folders this script made."""
 import argparse
 import datetime
 import os
@@ -26,9 +21,11 @@ CPU_RECIPE = ('config/train_shakespeare_char.py --device=cpu --compile=False --e
               '--lr_decay_iters=2000 --dropout=0.0')  # nanoGPT's README, as it stands there
 CHAR_MODEL = '--dataset=shakespeare_char --n_layer=6 --n_head=6 --n_embd=384 --block_size=256 --batch_size=64'
 RECIPE_MODEL = '--dataset=shakespeare_char --n_layer=4 --n_head=4 --n_embd=128 --block_size=64 --batch_size=12'
-LAPTOP_CONFIGS = (('the laptop config', 'config/train_shakespeare_char_cpu.py', 'laptop'),
-                  ('the long laptop config', 'config/train_shakespeare_char_cpu_long.py', 'laptop-long'))
-GPU_RUN, CPU_RUNS = 'shakespeare-char', ('nanogpt-cpu-recipe', *(name for *_, name in LAPTOP_CONFIGS))
+# the training runs, (label, command, run folder); on a CPU the first is the reference the others are timed against
+CPU_RUNS = (("nanoGPT's CPU recipe (the reference)", CPU_RECIPE, 'nanogpt-cpu-recipe'),
+            ('the laptop config', 'config/train_shakespeare_char_cpu.py', 'laptop'),
+            ('the long laptop config', 'config/train_shakespeare_char_cpu_long.py', 'laptop-long'))
+GPU_RUNS = (('shakespeare_char, 5000 iterations', 'config/train_shakespeare_char.py', 'shakespeare-char'),)
 MADE_HERE = 'made_by_performance.txt'  # in each run folder this script made: the ones it may replace
 
 
@@ -66,10 +63,9 @@ def train_row(label, command, out_dir):
     files.write_text(os.path.join(out_dir, MADE_HERE),
                      "benchmarks/performance.py made this folder and replaces the run in it each time it runs\n")
     out, seconds = run(f'train.py {command}', out_dir)
-    val = re.findall(r'^step (\d+): train loss [\d.]+, val loss ([\d.]+)', out, re.M)[-1]
-    row = f"| {label} (`{os.path.basename(out_dir)}`) | `python train.py {command}` | {seconds:.0f} s | " \
-          f"{val[1]} (step {val[0]}) |"
-    return seconds, float(val[1]), row
+    step, val = re.findall(r'^step (\d+): train loss [\d.]+, val loss ([\d.]+)', out, re.M)[-1]
+    return seconds, float(val), (f"| {label} (`{os.path.basename(out_dir)}`) | `python train.py {command}` | "
+                                 f"{seconds:.0f} s | {val} (step {step}) |")
 
 
 def main():
@@ -81,14 +77,12 @@ def main():
         raise UserError(f"--runs_dir={args.runs_dir} is a file; name a folder (it is created if missing)")
     cuda = torch.cuda.is_available()
     if args.runs_dir and args.only in (None, 'laptop'):
-        for name in (GPU_RUN,) if cuda else CPU_RUNS:
+        for *_, name in GPU_RUNS if cuda else CPU_RUNS:
             files.refuse_foreign(os.path.join(args.runs_dir, name), made_here, 'benchmarks/performance.py',
-                                     '--runs_dir')
+                                 '--runs_dir')
     if not os.path.exists(os.path.join(data.data_dir('shakespeare_char'), 'train.bin')):
         run('data/shakespeare_char/prepare.py')
-    print(f"machine: {machine()}; date: {datetime.date.today()}; load average before: "
-          f"{os.getloadavg()[0]:.2f}\n")
-
+    print(f"machine: {machine()}; date: {datetime.date.today()}; load average before: {os.getloadavg()[0]:.2f}\n")
     if args.only in (None, 'training'):
         print("| model | command | ms/iter | tokens/s | MFU |\n|---|---|---:|---:|---:|")
         if not cuda:
@@ -96,28 +90,19 @@ def main():
                             f'bench.py --device=cpu {RECIPE_MODEL} --bench_iters=100'))
         print(bench_row('shakespeare_char config (10.7M)',
                         f'bench.py {CHAR_MODEL}' + ('' if cuda else ' --warmup_iters=2 --bench_iters=3')))
-        print(bench_row('GPT-2 124M, batch 12 x 1024' if cuda else 'GPT-2 124M, batch 1 x 1024',
-                        'bench.py --real_data=False' + ('' if cuda else ' --batch_size=1 --warmup_iters=1 '
-                                                                        '--bench_iters=3')))
+        print(bench_row(f"GPT-2 124M, batch {12 if cuda else 1} x 1024", 'bench.py --real_data=False' +
+                        ('' if cuda else ' --batch_size=1 --warmup_iters=1 --bench_iters=3')))
         print()
-
     if args.only in (None, 'laptop'):
+        print("| run | command | wall time | final val loss |" +
+              ("\n|---|---|---:|---:|" if cuda else " time / recipe |\n|---|---|---:|---:|---:|"))
         with tempfile.TemporaryDirectory() as tmp:
-            runs = args.runs_dir or tmp
-            if cuda:
-                print("| run | command | wall time | final val loss |\n|---|---|---:|---:|")
-                print(train_row('shakespeare_char, 5000 iterations', 'config/train_shakespeare_char.py',
-                                os.path.join(runs, GPU_RUN))[2])
-            else:  # the last column: the wall time over the recipe's
-                print("| run | command | wall time | final val loss | time / recipe |\n|---|---|---:|---:|---:|")
-                reference = train_row("nanoGPT's CPU recipe (the reference)", CPU_RECIPE,
-                                      os.path.join(runs, CPU_RUNS[0]))
-                print(f"{reference[2]} 1.00x |")
-                for label, config, name in LAPTOP_CONFIGS:
-                    seconds, _, row = train_row(label, config, os.path.join(runs, name))
-                    print(f"{row} {seconds / reference[0]:.2f}x |")
+            reference = None
+            for label, command, name in GPU_RUNS if cuda else CPU_RUNS:
+                seconds, _, row = train_row(label, command, os.path.join(args.runs_dir or tmp, name))
+                reference = reference or seconds
+                print(row if cuda else f"{row} {seconds / reference:.2f}x |")  # a CPU's time over the recipe's
         print()
-
     if args.only in (None, 'sampling'):
         out, _ = run('benchmarks/sampling.py' + ('' if cuda else ' --device=cpu'))
         print('\n'.join(line for line in out.splitlines() if line.startswith(('|', 'device'))))

@@ -1,9 +1,6 @@
 """Benchmark of dataset preparation: the data/*/prepare.py scripts against the simple whole-file methods, each a process
 of its own on a synthetic corpus in TinyStories' format: wall time, CPU time (user + system, less disturbed by other
-jobs), peak RSS, and whether the .bin files are byte-identical to the reference's. Results: benchmarks/README.md.
-
-    python benchmarks/prepare.py --size_mb=32 --bpe_size_mb=8   # quick; by default 1 GiB of characters, 256 MiB BPE
-"""
+jobs), peak RSS, and whether the .bin files are byte-identical to the reference's. Results: benchmarks/README.md."""
 import argparse
 import filecmp
 import os
@@ -51,10 +48,9 @@ def reference_char(path, out_dir):
     """nanoGPT's data/shakespeare_char/prepare.py: the whole text in memory and a list of ints per split."""
     with open(path, 'r', encoding='utf-8') as f:
         data = f.read()
-    stoi = {ch: i for i, ch in enumerate(sorted(set(data)))}
-    n = len(data)
-    np.array([stoi[c] for c in data[:int(n * 0.9)]], dtype=np.uint16).tofile(os.path.join(out_dir, 'train.bin'))
-    np.array([stoi[c] for c in data[int(n * 0.9):]], dtype=np.uint16).tofile(os.path.join(out_dir, 'val.bin'))
+    stoi, n = {ch: i for i, ch in enumerate(sorted(set(data)))}, int(len(data) * 0.9)
+    for name, part in (('train.bin', slice(None, n)), ('val.bin', slice(n, None))):
+        np.array([stoi[c] for c in data[part]], dtype=np.uint16).tofile(os.path.join(out_dir, name))
 
 
 def reference_bpe(train_path, val_path, out_dir):
@@ -95,21 +91,20 @@ def run(script, inputs, ref_dir=None):
 
 def table(title, unit, amount, rows):
     """rows: (method, (wall, CPU, RSS), same output as the reference); the reference comes first."""
-    ref = rows[0][1]
+    ref_wall, _, ref_rss = rows[0][1]
     lines = [('method', 'wall s', 'CPU s', unit, 'peak RSS MiB', 'speed vs ref', 'memory vs ref', 'same output')]
-    lines += [(name, f'{wall:.1f}', f'{cpu:.1f}', f'{amount / wall:,.0f}', f'{rss:,.0f}', f'{ref[0] / wall:.1f}x',
-               f'{rss / ref[2]:.3f}', same) for name, (wall, cpu, rss), same in rows]
+    lines += [(name, f'{wall:.1f}', f'{cpu:.1f}', f'{amount / wall:,.0f}', f'{rss:,.0f}', f'{ref_wall / wall:.1f}x',
+               f'{rss / ref_rss:.3f}', same) for name, (wall, cpu, rss), same in rows]
     widths = [max(map(len, column)) for column in zip(*lines)]
+    lines.insert(1, ['-' * w for w in widths])
     print(f"\n{title}")
-    for i, line in enumerate(lines):
+    for line in lines:
         print('| ' + ' | '.join(cell.ljust(w) for cell, w in zip(line, widths)) + ' |')
-        if i == 0:
-            print('|' + '|'.join('-' * (w + 2) for w in widths) + '|')
 
 
-parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-parser.add_argument('--size_mb', type=int, default=1024, help='size of the character-level corpus')
-parser.add_argument('--bpe_size_mb', type=int, default=256, help='size of the BPE corpus')
+parser = argparse.ArgumentParser(description=__doc__)
+parser.add_argument('--size_mb', type=int, default=1024, help='size of the character-level corpus (32: quick)')
+parser.add_argument('--bpe_size_mb', type=int, default=256, help='size of the BPE corpus (8: quick)')
 parser.add_argument('--workdir', help='where the corpora go (default: a temporary folder, deleted)')
 parser.add_argument('--reference_char', nargs=2, help=argparse.SUPPRESS)  # measure()'s child: the reference alone
 parser.add_argument('--reference_bpe', nargs=3, help=argparse.SUPPRESS)

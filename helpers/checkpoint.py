@@ -1,6 +1,6 @@
-"""out_dir/ckpt.pt and latest.pt in nanoGPT's format, both ways (its keys, plus this project's tokenizer,
-model_args_extra, scaler and rng_states, which nanoGPT ignores); plain tensors and values only, so that both load
-them with weights_only=True. Also GPT-2's weights, through transformers, with one-line errors."""
+"""out_dir/ckpt.pt and latest.pt in nanoGPT's format, both ways (its keys, plus tokenizer, model_args_extra, scaler
+and rng_states, which nanoGPT ignores), plain values only, so that both load them with weights_only=True; and
+GPT-2's weights, through transformers, with one-line errors."""
 import errno
 import os
 import pickle
@@ -21,12 +21,13 @@ from model import GPT, GPTConfig
 NANOGPT_MODEL_ARGS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout')
 PRETRAINED = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # 124M, 350M, 774M and 1558M parameters
 TORCH_LEGACY_HEAD = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)  # torch.save before 1.6
+DISK_FIXES = {errno.ENOSPC: 'free some space on that disk', errno.EDQUOT: 'free some of your disk quota',
+              errno.EFBIG: 'raise the file-size limit (ulimit -f)'}
 
 
 def architecture_entries(config):
-    """model_args with exactly nanoGPT's keys, so that nanoGPT's GPTConfig(**model_args) accepts
-    every checkpoint written here, and model_args_extra with newer GPTConfig fields where they
-    differ from their defaults (GPT-2's tanh GELU). nanoGPT ignores the extra entry."""
+    """model_args with exactly nanoGPT's keys, which its GPTConfig(**model_args) accepts, and model_args_extra
+    (ignored by nanoGPT) with the newer GPTConfig fields that differ from their defaults (GPT-2's tanh GELU)."""
     defaults = GPTConfig()
     entries = {'model_args': {k: getattr(config, k) for k in NANOGPT_MODEL_ARGS}}
     extra = {k: getattr(config, k) for k in GPTConfig.__dataclass_fields__
@@ -34,12 +35,6 @@ def architecture_entries(config):
     if extra:
         entries['model_args_extra'] = extra
     return entries
-
-
-# ----------------------------------------------------------------------------- writing
-
-DISK_FIXES = {errno.ENOSPC: 'free some space on that disk', errno.EDQUOT: 'free some of your disk quota',
-              errno.EFBIG: 'raise the file-size limit (ulimit -f)'}
 
 
 def _write(path, write):
@@ -59,7 +54,7 @@ def _write(path, write):
 
 
 def save(checkpoint, out_dir, name=CKPT_NAME):
-    """Write out_dir/name atomically."""
+    """Write out_dir/name atomically; returns its path."""
     path = os.path.join(out_dir, name)
     def write(tmp):
         with open(tmp, 'wb') as f:
@@ -71,22 +66,12 @@ def save(checkpoint, out_dir, name=CKPT_NAME):
 def mirror(out_dir, source_name, target_name):
     """Make target the same checkpoint as source: a hard link where the filesystem has them, else a copy."""
     source = os.path.join(out_dir, source_name)
-
     def link(tmp):
         try:
             os.link(source, tmp)
         except OSError:
             shutil.copyfile(source, tmp)
     _write(os.path.join(out_dir, target_name), link)
-
-
-# ----------------------------------------------------------------------------- reading
-
-def _is_plain_pickle(path):
-    """Whether path is a pickle that torch.save did not write (a zip, or before PyTorch 1.6 its magic number)."""
-    with open(path, 'rb') as f:
-        head = f.read(len(TORCH_LEGACY_HEAD))
-    return head[:1] == b'\x80' and head[1:2] in (b'\x02', b'\x03', b'\x04', b'\x05') and head != TORCH_LEGACY_HEAD
 
 
 def _missing(out_dir, path):
@@ -122,7 +107,9 @@ def load(out_dir, name=CKPT_NAME, map_location='cpu', mmap=False):
     path = os.path.join(out_dir, name)
     if not os.path.isfile(path):
         raise UserError(_missing(out_dir, path))
-    if _is_plain_pickle(path):
+    with open(path, 'rb') as f:
+        head = f.read(len(TORCH_LEGACY_HEAD))
+    if head[:1] == b'\x80' and head[1:2] in (b'\x02', b'\x03', b'\x04', b'\x05') and head != TORCH_LEGACY_HEAD:
         raise UserError(f"{path} is not a checkpoint that this project or nanoGPT wrote: it is a plain pickle, not "
                         "a torch.save file, and was not loaded; pass the out_dir of a training run")
     try:
@@ -148,8 +135,7 @@ def load(out_dir, name=CKPT_NAME, map_location='cpu', mmap=False):
 
 
 def model_from_checkpoint(checkpoint, **overrides):
-    """The checkpoint's GPT (overrides such as dropout); nanoGPT's '_orig_mod.' prefixes and causal-mask
-    buffers are dropped."""
+    """The checkpoint's GPT (overrides such as dropout), without nanoGPT's '_orig_mod.' prefixes and mask buffers."""
     args = {**checkpoint['model_args'], **checkpoint.get('model_args_extra', {}), **overrides}
     unknown = set(args) - set(GPTConfig.__dataclass_fields__)
     if args.get('activation', 'gelu') not in ('gelu', 'gelu_tanh'):
@@ -167,9 +153,9 @@ def pretrained(name, dropout=0.0):
     (completing an export that a kill interrupted there first)."""
     if name not in PRETRAINED:
         files.finish_swaps(os.path.dirname(os.path.abspath(name)))
-    if name not in PRETRAINED and not os.path.isdir(name):
-        raise UserError(f"unknown init_from '{name}'; use scratch (train.py), resume (with --out_dir), one of "
-                        f"{', '.join(PRETRAINED)}, or a directory holding a transformers GPT-2 checkpoint")
+        if not os.path.isdir(name):
+            raise UserError(f"unknown init_from '{name}'; use scratch (train.py), resume (with --out_dir), one of "
+                            f"{', '.join(PRETRAINED)}, or a directory holding a transformers GPT-2 checkpoint")
     try:
         from safetensors import SafetensorError
         return GPT.from_pretrained(name, dict(dropout=dropout))
@@ -194,8 +180,6 @@ def load_model(init_from, out_dir):
     return pretrained(init_from), None
 
 
-# ----------------------------------------------------------------------------- random state
-
 def capture_rng_states(device):
     """This process's random states as plain values: Python's, numpy's, torch's CPU generator and that of the
     device in use (only that one: a run on the CPU of a GPU machine must not wake the GPUs)."""
@@ -217,8 +201,7 @@ def restore_rng_states(states, device):
     np.random.set_state((n['kind'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
                          n['cached_gaussian']))
     torch.set_rng_state(states['torch'])
-    device = torch.device(device)
-    cuda = states.get('cuda')
+    device, cuda = torch.device(device), states.get('cuda')
     if device.type == 'cuda' and isinstance(cuda, list):  # earlier versions saved every GPU's state
         cuda = cuda[device.index or 0] if (device.index or 0) < len(cuda) else None
     if device.type == 'cuda' and cuda is not None:

@@ -2,6 +2,7 @@
 (uint16, or uint32 where meta.pkl says so), and meta.pkl, unpickled as plain data only so that a downloaded dataset
 cannot run code; the checks that a model fits it, and batches of windows from it."""
 import json
+import math
 import os
 import pickle
 
@@ -169,15 +170,17 @@ def check_fits(dataset, meta, vocab_size, block_size, vocabulary=None, splits=('
     """Whether a model of vocab_size tokens and block_size context (and vocabulary, its checkpoint's tokenizer
     entry, if known) can use data/<dataset>, whose meta.pkl is meta (or None). Returns {split: number of tokens}."""
     symbols = meta['vocab_size'] if meta else tokenizer.BPE_VOCAB_SIZE
-    folder = shown(data_dir(dataset))
+    folder, own = shown(data_dir(dataset)), tokenizer.tokenizer_entry(meta) or {}
     if (meta and symbols != vocab_size) or vocab_size < symbols:
-        held = f"a {symbols}-character vocabulary" if meta else "GPT-2 BPE tokens (no meta.pkl)"
-        kind = "GPT-2's BPE" if vocab_size >= tokenizer.BPE_VOCAB_SIZE else "a character vocabulary"
+        held = f"a {symbols}-{'token BPE' if own.get('bpe') else 'character'} vocabulary" if meta else \
+            "GPT-2 BPE tokens (no meta.pkl)"
+        kind = "GPT-2's BPE" if vocab_size >= tokenizer.BPE_VOCAB_SIZE else "a vocabulary of the dataset's own"
         raise UserError(f"{folder} holds {held} but the model has {vocab_size} tokens ({kind}); "
                         "use a dataset of the model's vocabulary (the one it was trained on; for GPT-2's weights a "
                         "BPE dataset such as shakespeare)")
-    if vocabulary is not None and (tokenizer.tokenizer_entry(meta) or {}).get('itos') != vocabulary.get('itos'):
-        ours = 'GPT-2 BPE' if vocabulary['kind'] == 'gpt2' else f"a {len(vocabulary['itos'])}-character vocabulary"
+    if vocabulary is not None and [own.get(k) for k in ('itos', 'bpe')] != [vocabulary.get(k) for k in ('itos', 'bpe')]:
+        ours = {'gpt2': 'GPT-2 BPE', 'bpe': 'a BPE of its own'}.get(vocabulary['kind']) or \
+            f"a {len(vocabulary['itos'])}-character vocabulary"
         found = 'GPT-2 BPE (no meta.pkl)' if meta is None else f"another vocabulary ({meta['vocab_size']} symbols)"
         raise UserError(f"the model was trained with {ours} but {folder} holds {found}; use the "
                         "dataset it was trained on, prepared again from the same text")
@@ -228,6 +231,32 @@ def get_resident_batch(tokens, batch_size, block_size, generator):
         ix = ix.pin_memory().to(tokens.device, non_blocking=True)
     chunk = tokens[ix.to(tokens.device) + torch.arange(block_size + 1, device=tokens.device)].long()
     return chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
+
+
+def token_bytes(entry, vocab_size, device):
+    """Each token id's UTF-8 bytes under the tokenizer entry (0 past its vocabulary and for GPT-2's <|endoftext|>),
+    for bits per byte; None, and the reason printed, where the tokenizer is unknown or cannot load."""
+    try:
+        lengths = tokenizer.from_entry(entry).byte_lengths() if entry else None
+    except UserError as e:
+        print(f"bits per byte are left out: {e}")
+        return None
+    return None if lengths is None else torch.tensor(lengths + [0] * (vocab_size - len(lengths)), device=device)
+
+
+def summed_loss(model, x, y, byte_counts=None):
+    """A batch's cross-entropy summed over its targets (nats) and, for bits per byte, over the targets that stand
+    for text, with that text's UTF-8 bytes (byte_counts: token_bytes; zeros without)."""
+    losses = model(x, y, reduction='none')[1].float()
+    if byte_counts is None:
+        return torch.stack([losses.sum(), losses.new_zeros(()), losses.new_zeros(())])
+    text_bytes = byte_counts[y.flatten()]
+    return torch.stack([losses.sum(), (losses * (text_bytes > 0)).sum(), text_bytes.sum().float()])
+
+
+def bits_per_byte(sums):
+    """summed_loss's sums, added over batches, as bits per byte; None without bytes."""
+    return float(sums[1]) / math.log(2) / float(sums[2]) if sums[2] else None
 
 
 def eval_batch_seed(seed, split):

@@ -12,15 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from helpers import UserError, files, prepare, shown
+from helpers import UserError, encode, files, prepare, shown
 from helpers.prepare import PROGRESS
 
 CHUNK_DOCS = 10_000   # documents per chunk: about 10M tokens of FineWeb-Edu, the work a resume may redo
 LOCAL_BUILDERS = {'.txt': 'text', '.json': 'json', '.jsonl': 'json', '.parquet': 'parquet'}
 STREAMED_TYPES = {'.parquet': 'parquet', '.jsonl': 'json', '.json': 'json'}
 
-
-# ----------------------------------------------------------------------------- sources
 
 def hf_datasets():
     """The datasets library with its error log silenced: what it raises reaches the user in one line (one_line)."""
@@ -45,16 +43,16 @@ def load_documents(hub_name=None, data_files=None, num_proc=None, flags='--sourc
         builders = {LOCAL_BUILDERS.get(ext) for ext in exts}
         if None in builders or len(builders) > 1:
             raise UserError(f"give files of one type, .txt, .json/.jsonl or .parquet, not {' and '.join(sorted(exts))}")
-    try:
-        if data_files:
-            builder = builders.pop()
+        builder = builders.pop()
+        try:
             return load_dataset(builder, data_files=data_files, num_proc=num_proc,
                                 **({'sample_by': 'document'} if builder == 'text' else {}))
-        return load_dataset(hub_name, num_proc=num_proc)
-    except Exception as e:   # datasets raises many kinds: a damaged file, a line that is not JSON, the hub offline
-        if data_files:
+        except Exception as e:   # datasets raises many kinds: a damaged file, a line that is not JSON
             raise UserError(f"could not read the files given with {flags} ({one_line(e)}); check that each is "
                             "whole, UTF-8 and of the type its name says")
+    try:
+        return load_dataset(hub_name, num_proc=num_proc)
+    except Exception as e:   # the hub offline, a wrong name
         raise UserError(f"could not load {hub_name} from the Hugging Face hub ({one_line(e)}); check the name and "
                         f"the connection, or download its files and pass them with {flags}")
 
@@ -157,12 +155,9 @@ def tables(documents, batch_size, where):
 def shards(documents):
     """A dataset's shards in order: a streamed source's files, which a resume passes over unread once finished; a
     Dataset (memory-mapped arrow, which it can index) is one."""
-    if not hasattr(documents, 'num_shards'):
-        return [documents]
-    return [documents.shard(documents.num_shards, i, contiguous=True) for i in range(documents.num_shards)]
+    n = getattr(documents, 'num_shards', 0)
+    return [documents.shard(n, i, contiguous=True) for i in range(n)] if n else [documents]
 
-
-# ----------------------------------------------------------------------------- writing GPT-2 BPE
 
 class ResumableOutput(prepare.Output):
     """prepare.Output whose .tmp files outlive an interruption once a chunk is saved: save() makes them durable and
@@ -179,8 +174,7 @@ class ResumableOutput(prepare.Output):
         self.temporary.append(PROGRESS)
 
     def resumable(self, source):
-        """The record in PROGRESS if it is of this source and the .tmp files hold what it says, else None (and the
-        record goes)."""
+        """The record in PROGRESS if it is of this source and the .tmp files hold what it says, else None."""
         try:
             with open(self.path(PROGRESS)) as f:
                 at = json.load(f)
@@ -207,9 +201,6 @@ class ResumableOutput(prepare.Output):
         self.at.update(position, bytes={split: f.tell() for split, f in self.bins.items()})
         files.write_text(self.path(PROGRESS), json.dumps(self.at))
 
-    def commit(self):
-        super().commit(removes=[PROGRESS])
-
     def __exit__(self, kind, value, traceback):
         done = self.at['chunks']
         if done:
@@ -223,10 +214,10 @@ class ResumableOutput(prepare.Output):
                   "to resume", file=sys.stderr)
 
 
-def encode(pool, docs, pieces):
-    """prepare.gpt2_tokens of docs as uint16, cut into `pieces` runs encoded at once in the pool's threads."""
+def gpt2_in_threads(pool, docs, pieces):
+    """encode.gpt2_tokens of docs as uint16, cut into `pieces` runs encoded at once in the pool's threads."""
     size = max(1, -(-len(docs) // pieces))
-    runs = pool.map(prepare.gpt2_tokens, [docs[i:i + size] for i in range(0, len(docs), size)])
+    runs = pool.map(encode.gpt2_tokens, [docs[i:i + size] for i in range(0, len(docs), size)])
     return np.concatenate([np.zeros(0, np.uint16)] + [ids.astype(np.uint16) for ids in runs])
 
 
@@ -243,9 +234,8 @@ def gpt2_from_documents(parts, out_dir, source, val_every=None, count=None, chun
     """GPT-2 BPE (uint16, no meta.pkl) of parts, [(split, documents)]: datasets with a 'text' column whose documents
     go to split ('train' or 'val') or, with split None, by split_chunk's val_every rule, counted over all parts.
     source identifies the documents and the split rule (JSON) for a resume; count, of all parts, is for the bar."""
-    for _, documents in parts:
-        if next(tables(documents, 1, 'the source'), None) is None:
-            raise UserError("the source holds no documents")
+    if any(next(tables(documents, 1, 'the source'), None) is None for _, documents in parts):
+        raise UserError("the source holds no documents")
     todo = [(split, shard) for split, documents in parts for shard in shards(documents)]
     threads = threads or prepare.usable_cores()
     with ResumableOutput(out_dir, source) as out, ThreadPoolExecutor(threads) as pool, \
@@ -260,7 +250,7 @@ def gpt2_from_documents(parts, out_dir, source, val_every=None, count=None, chun
                 texts = [text for text in rows if text is not None]   # a row without text is no document
                 chunk = split_chunk(texts, split, out.at['documents'], val_every)
                 for name, docs in chunk.items():
-                    out.write(name, encode(pool, docs, 4 * threads))   # 4 runs a thread: even when lengths vary
+                    out.write(name, gpt2_in_threads(pool, docs, 4 * threads))   # 4 runs a thread: lengths vary
                 out.save(chunks=out.at['chunks'] + 1, shard_docs=out.at['shard_docs'] + len(rows),
                          documents=out.at['documents'] + len(texts), skipped=out.at['skipped'] + len(rows) - len(texts),
                          docs={name: n + len(chunk.get(name, [])) for name, n in out.at['docs'].items()})
@@ -269,4 +259,4 @@ def gpt2_from_documents(parts, out_dir, source, val_every=None, count=None, chun
             out.save(shard=out.at['shard'] + 1, shard_docs=0)   # so that a resume never reads this shard again
         skipped = f"; {out.at['skipped']:,} without text skipped" if out.at['skipped'] else ''
         print(f"{out.at['docs']['train']:,} train and {out.at['docs']['val']:,} val documents{skipped}")
-        out.commit()
+        out.commit(removes=[PROGRESS])

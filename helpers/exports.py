@@ -5,14 +5,14 @@ import tempfile
 
 import torch
 
-from helpers import UserError, checkpoint, data, files, runs
+from helpers import UserError, checkpoint, data, files
 
 
 def load_checkpoint(out_dir):
     """out_dir's checkpoint: the model (float32, eval mode), the checkpoint without its weights, and its tokenizer
     entry (None for a nanoGPT checkpoint whose meta.pkl is gone: the weights are still of use)."""
-    ckpt = checkpoint.load(out_dir, runs.sample_name(out_dir))
-    model = checkpoint.model_from_checkpoint(ckpt, dropout=0.0).float().eval()
+    model, ckpt = checkpoint.load_model('resume', out_dir)
+    model.float().eval()
     ckpt = {k: v for k, v in ckpt.items() if k not in ('model', 'optimizer', 'scaler')}  # the rest is small
     try:
         return model, ckpt, data.checkpoint_entry(ckpt)

@@ -1,9 +1,5 @@
-"""Writing files so that nothing is lost:
-- write_atomically: a file is whole or absent (a temporary name, fsync, rename), never half-written;
-- swap: a change of several files (a dataset's three files, a run moved aside, an export's folder) goes through a
-  journal, so that a kill at any step leaves a change that finish_swaps, called by the next command, completes;
-- lock: one writer per folder, released by the kernel when the writer dies.
-"""
+"""Writing files so that nothing is lost: write_atomically (a file is whole or absent), swap (a change of several
+files, journaled, so that finish_swaps completes it after a kill at any step) and lock (one writer per folder)."""
 import json
 import os
 import re
@@ -64,8 +60,8 @@ def sync_folder(folder):
 
 
 def write_atomically(path, write):
-    """write(tmp), fsync, rename tmp over path and fsync the folder: path is the old file or the new one,
-    whole, whatever happens; on any failure the temporary file goes and the error is raised."""
+    """write(tmp), fsync, rename tmp over path and fsync the folder: path is the old file or the new one, whole,
+    whatever happens; on any failure the temporary file goes and the error is raised."""
     folder, tmp = os.path.dirname(path) or '.', temp_path(path)
     try:
         os.makedirs(folder, exist_ok=True)
@@ -76,8 +72,7 @@ def write_atomically(path, write):
         os.replace(tmp, path)
         sync_folder(folder)
     finally:
-        if os.path.lexists(tmp):
-            remove(tmp)
+        remove(tmp)
 
 
 def write_text(path, text):
@@ -109,7 +104,7 @@ def _replay(journal_path):
 
 
 def _locked(path):
-    """path opened and locked (exclusive, waiting for the holder), or None where there are no locks."""
+    """path opened and locked (exclusive, waiting for the holder; where there are no locks, only opened)."""
     f = open(path, 'rb')
     if fcntl is not None:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -127,22 +122,19 @@ def swap(folder, moves, removes=(), what='a change'):
     handlers = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in signals} if main else {}
     folder = os.path.abspath(folder)
     journal = os.path.join(folder, JOURNAL.format(f"{socket.gethostname()}.{os.getpid()}"))
+    tmp = temp_path(journal)
     inside = lambda p: os.path.relpath(os.path.join(folder, p), folder)  # noqa: E731
     change = {'what': what, 'moves': [[inside(s), inside(t)] for s, t in moves], 'removes': list(map(inside, removes)),
-              'trash': os.path.basename(temp_path(journal)) + '.trash'}
-    tmp = temp_path(journal)
+              'trash': os.path.basename(tmp) + '.trash'}
     try:
         with open(tmp, 'w', encoding='utf-8') as f:
             json.dump(change, f)
             f.flush()
             os.fsync(f.fileno())
-        lock = _locked(tmp)  # held through the change: finish_swaps in another process waits for it
-        try:
+        with _locked(tmp):  # held through the change: finish_swaps in another process waits for it
             os.replace(tmp, journal)
             sync_folder(folder)
             _replay(journal)
-        finally:
-            lock.close()
     finally:
         for s, handler in handlers.items():
             signal.signal(s, handler)
@@ -165,11 +157,9 @@ def finish_swaps(folder):
             lock = _locked(path)
         except FileNotFoundError:  # finished meanwhile by its writer
             continue
-        try:
+        with lock:
             if os.path.exists(path):  # the writer, which held the lock until now, may have finished it
                 print(f"finished {_replay(path)}, which an earlier command was stopped in the middle of")
-        finally:
-            lock.close()
 
 
 def refuse_foreign(path, ours, script, option):

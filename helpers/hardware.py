@@ -28,8 +28,14 @@ def best_device():
     return 'cuda' if torch.cuda.is_available() else 'mps' if mps_available() else 'cpu'
 
 
-def check_device(device):
-    """The type of a valid --device value ('cuda', 'mps' or 'cpu'), or a UserError."""
+def default_dtype(device):
+    """nanoGPT's choice: bf16 on CUDA where the GPU has it, else fp16 (with a gradient scaler); float32 elsewhere,
+    as bf16 autocast on a CPU pays only for larger models and changes the numbers (README): --dtype=bfloat16."""
+    return ('bfloat16' if gpu_has_bfloat16() else 'float16') if torch.device(device).type == 'cuda' else 'float32'
+
+
+def setup(device, dtype=None):
+    """Check device and dtype (None: the device's default), allow TF32 on CUDA; (dtype, autocast context or no-op)."""
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -43,26 +49,14 @@ def check_device(device):
         raise UserError(f"device 'mps' asked for but no Apple GPU is available here; use --device={best_device()}")
     if dev.type not in ('cuda', 'mps', 'cpu'):
         raise UserError(f"device '{device}' is not supported; use cpu, cuda or mps")
-    return dev.type
-
-
-def default_dtype(device):
-    """nanoGPT's choice: bf16 on CUDA where the GPU has it, else fp16 (with a gradient scaler); float32 elsewhere,
-    as bf16 autocast on a CPU pays only for larger models and changes the numbers (README): --dtype=bfloat16."""
-    return ('bfloat16' if gpu_has_bfloat16() else 'float16') if torch.device(device).type == 'cuda' else 'float32'
-
-
-def setup(device, dtype=None):
-    """Check device and dtype (None: the device's default), allow TF32 on CUDA; (dtype, autocast context or no-op)."""
-    kind = check_device(device)
     dtype = dtype or default_dtype(device)
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
-    if kind == 'cuda':
+    if dev.type == 'cuda':
         if dtype == 'bfloat16' and not gpu_has_bfloat16():
             raise UserError("this GPU cannot run bfloat16; use --dtype=float16 (or float32)")
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    return dtype, nullcontext() if dtype == 'float32' else torch.autocast(device_type=kind, dtype=DTYPES[dtype])
+    return dtype, nullcontext() if dtype == 'float32' else torch.autocast(device_type=dev.type, dtype=DTYPES[dtype])
 
 
 def peak_flops(device, dtype):

@@ -1,9 +1,6 @@
 """HellaSwag (Zellers et al., 2019): which of four endings does the model find likeliest? Scored as GPT-2's
 published figures are (completion style, GPT-2 BPE only; README.md): acc by the lowest summed loss over the
-ending's tokens, acc_norm by the lowest mean per token.
-
-    correct, correct_norm, count = score(model, load(), device, ctx)   # downloads data/hellaswag/ once
-"""
+ending's tokens, acc_norm by the lowest mean per token: score(model, load(), device, ctx)."""
 import json
 import os
 from typing import NamedTuple
@@ -39,8 +36,8 @@ def require_bpe(is_bpe, what):
                         "published figures are: leave out --hellaswag=True")
 
 
-def parse_line(line):
-    """(ctx, endings, label) of one line of the official file; a ValueError says what is wrong."""
+def parse_line(line, encoding):
+    """The Example of one line of the official file, tokenized; a ValueError says what is wrong."""
     try:
         item = json.loads(line)
     except json.JSONDecodeError as e:
@@ -54,7 +51,7 @@ def parse_line(line):
         raise ValueError("has no 'endings' list of 4 texts")
     if type(label) is not int or not 0 <= label < 4:
         raise ValueError(f"has 'label' {label!r}, not 0, 1, 2 or 3")
-    return ctx, endings, label
+    return Example(encoding.encode_ordinary(ctx), [encoding.encode_ordinary(' ' + e) for e in endings], label)
 
 
 def load(path=None, limit=0):
@@ -65,8 +62,7 @@ def load(path=None, limit=0):
     elif not os.path.isfile(path):
         raise UserError(f"HellaSwag file {path} does not exist; pass the path of hellaswag_val.jsonl ({URL})")
     fix = "delete it to download it again" if official else f"use the official file ({URL})"
-    encoding = gpt2_encoding()
-    examples = []
+    encoding, examples = gpt2_encoding(), []
     with open(path, encoding='utf-8') as f:
         try:
             for number, line in enumerate(f, 1):
@@ -75,11 +71,9 @@ def load(path=None, limit=0):
                 if not line.strip():
                     continue
                 try:
-                    ctx, endings, label = parse_line(line)
+                    examples.append(parse_line(line, encoding))
                 except ValueError as e:
                     raise UserError(f"{path} is damaged: line {number} {e}; {fix}")
-                examples.append(Example(encoding.encode_ordinary(ctx),
-                                        [encoding.encode_ordinary(' ' + ending) for ending in endings], label))
         except UnicodeDecodeError:
             raise UserError(f"{path} is damaged: it is not UTF-8 text; {fix}")
     if not examples or (official and not limit and len(examples) != VAL_EXAMPLES):

@@ -8,7 +8,7 @@ import os
 from helpers import files
 
 COLUMNS = ('iter', 'kind', 'tokens', 'seconds', 'train_loss', 'val_loss', 'hellaswag_acc', 'hellaswag_acc_norm',
-           'lr', 'ms_per_iter', 'mfu')
+           'lr', 'ms_per_iter', 'mfu', 'train_bpb', 'val_bpb')  # bits per byte: last, as earlier files lack them
 FILE_NAME = 'metrics.csv'
 
 
@@ -61,14 +61,14 @@ class MetricsLog:
         self._writer = csv.writer(self._file)
 
     def write(self, iter, tokens, lr, train_loss=None, val_loss=None, ms_per_iter=None, mfu=None, seconds=None,
-              hellaswag_acc=None, hellaswag_acc_norm=None):
+              hellaswag_acc=None, hellaswag_acc_norm=None, train_bpb=None, val_bpb=None):
         """Append one row and flush it: an evaluation when val_loss is given, else a log line."""
         if mfu is not None and not (math.isfinite(mfu) and mfu >= 0):
             mfu = None
         row = dict(iter=int(iter), kind='eval' if val_loss is not None else 'train', tokens=tokens,
                    seconds=_rounded(seconds, 2), train_loss=train_loss, val_loss=val_loss,
                    hellaswag_acc=_rounded(hellaswag_acc, 6), hellaswag_acc_norm=_rounded(hellaswag_acc_norm, 6),
-                   lr=lr, ms_per_iter=ms_per_iter, mfu=mfu)
+                   lr=lr, ms_per_iter=ms_per_iter, mfu=mfu, train_bpb=train_bpb, val_bpb=val_bpb)
         self._writer.writerow(_cells(row))
         self._file.flush()
 

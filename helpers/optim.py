@@ -1,5 +1,5 @@
-"""The optimizers train.py and bench.py build: nanoGPT's AdamW (GPT.configure_optimizers), or Muon for the
-blocks' matrices with AdamW for the rest; and a run's saved optimizer state made ready for the one built here."""
+"""The optimizers train.py and bench.py build (nanoGPT's AdamW, or Muon with AdamW), and a run's saved optimizer
+state made ready for the one built here."""
 import torch
 
 
@@ -12,15 +12,30 @@ def build(name, model, weight_decay, learning_rate, betas, device_type):
     adamw = model.configure_optimizers(weight_decay, learning_rate, betas, device_type,
                                        params=[p for p in model.parameters() if id(p) not in in_muon])
     print(f"Muon for the blocks' {len(matrices)} matrices, {sum(p.numel() for p in matrices):,} parameters")
+    if device_type == 'cpu' and not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        torch.optim._muon._zeropower_via_newtonschulz = newton_schulz_float32
     # 'match_rms_adamw' scales Muon's updates to AdamW's size, so the same learning rate serves both
     return MuonWithAdamW(torch.optim.Muon(matrices, lr=learning_rate, weight_decay=weight_decay,
                                           adjust_lr_fn='match_rms_adamw'), adamw)
 
 
+def newton_schulz_float32(grad, ns_coefficients, ns_steps, eps):
+    """torch.optim.Muon's orthogonalization (a quintic Newton-Schulz iteration) in float32 instead of bfloat16, for
+    CPUs without bfloat16 instructions: they multiply bfloat16 matrices ~30x slower (the long laptop config took 5x
+    the time on an AVX2 VM)."""
+    a, b, c = ns_coefficients
+    tall = grad.size(0) > grad.size(1)
+    x = grad.float().T if tall else grad.float()
+    x = x / x.norm().clamp(min=eps)  # a spectral norm of at most 1
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
 class MuonWithAdamW:
     """Muon and AdamW over two sets of parameters, stepping together: one optimizer to the training
     loop, the GradScaler and the checkpoints (whose 'optimizer' then holds both states)."""
-
     def __init__(self, muon, adamw):
         self.muon, self.adamw = muon, adamw
 
@@ -45,9 +60,8 @@ class MuonWithAdamW:
 
 
 def as_built(saved, own):
-    """saved (a state_dict) with the implementation flags of own (the state_dict of the optimizer built here):
-    fused AdamW stays fused, whatever the saving machine ran (nanoGPT saves fused=False on CPUs, and the path it
-    would switch to refuses the GradScaler's arguments). None when saved is the other optimizer's."""
+    """saved (a state_dict) with the implementation flags (fused, ...) of own, the optimizer's built here: nanoGPT
+    saves fused=False on CPUs, and unfused AdamW refuses the GradScaler's arguments. None if saved is the other's."""
     if set(saved) != set(own):
         return None
     if 'param_groups' not in own:  # Muon with AdamW: each in its entry

@@ -27,17 +27,18 @@ def world():
 
 def check(device_type, backend, fsdp, compile, compile_mode, gradient_accumulation_steps, optimizer='adamw'):
     """Refuse, before anything starts, what cannot work together; each in one line with the fix."""
-    _, _, world_size = world()
+    torchrun, world_size = 'RANK' in os.environ, world()[2]
+    micro_steps, graphs = gradient_accumulation_steps // world_size, compile and compile_mode in CUDA_GRAPH_MODES
     if optimizer not in ('adamw', 'muon'):
         raise UserError(f"unknown optimizer '{optimizer}'; use adamw or muon")
     if optimizer == 'muon' and fsdp:  # Newton-Schulz works on whole matrices, FSDP holds shards of them
         raise UserError("optimizer='muon' does not work with fsdp=True; use --optimizer=adamw or DDP (drop --fsdp)")
-    if fsdp and 'RANK' not in os.environ:
-        raise UserError("fsdp=True shards the model across processes started by torchrun; run "
-                        "torchrun --standalone --nproc_per_node=N train.py ... --fsdp=True, or drop --fsdp")
-    if 'RANK' in os.environ and device_type == 'mps':
-        raise UserError("torchrun with device 'mps' is not supported by PyTorch's DDP; use --device=cpu, "
-                        "or one process")
+    if fsdp and not torchrun:
+        raise UserError("fsdp=True shards the model across processes started by torchrun; run torchrun --standalone "
+                        "--nproc_per_node=N train.py ... --fsdp=True, or drop --fsdp")
+    if torchrun and device_type == 'mps':
+        raise UserError("torchrun with device 'mps' is not supported by PyTorch's DDP; use --device=cpu, or one "
+                        "process")
     if backend not in ('nccl', 'gloo'):
         raise UserError(f"unknown backend '{backend}'; use nccl (GPUs) or gloo (CPUs)")
     if backend == 'nccl' and device_type != 'cuda':
@@ -48,16 +49,14 @@ def check(device_type, backend, fsdp, compile, compile_mode, gradient_accumulati
     if gradient_accumulation_steps % world_size != 0:
         raise UserError(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the number "
                         f"of processes ({world_size}); e.g. --gradient_accumulation_steps="
-                        f"{max(1, gradient_accumulation_steps // world_size) * world_size}")
+                        f"{max(1, micro_steps) * world_size}")
     if compile_mode not in ('default', 'max-autotune-no-cudagraphs', *CUDA_GRAPH_MODES):
         raise UserError(f"unknown compile_mode '{compile_mode}'; use default, reduce-overhead, max-autotune "
                         "or max-autotune-no-cudagraphs")
-    if compile and compile_mode in CUDA_GRAPH_MODES and fsdp:
-        # FSDP allocates the gathered parameters anew at every step, outside the recorded graph
+    if graphs and fsdp:  # FSDP allocates the gathered parameters anew at every step, outside the recorded graph
         raise UserError(f"compile_mode='{compile_mode}' runs CUDA graphs, which FSDP does not support; use "
                         "--compile_mode=max-autotune-no-cudagraphs or default")
-    micro_steps = gradient_accumulation_steps // world_size
-    if compile and compile_mode in CUDA_GRAPH_MODES and micro_steps > 1:
+    if graphs and micro_steps > 1:
         # a CUDA graph's next replay reuses the memory that holds the gradients accumulated so far (pytorch#169545)
         raise UserError(f"compile_mode='{compile_mode}' runs CUDA graphs, which corrupt gradients accumulated over "
                         f"{micro_steps} micro-steps per process; use --compile_mode=max-autotune-no-cudagraphs or "
@@ -68,9 +67,8 @@ def start(backend, device, resume_state=None):
     """Join the run's process group and the one that waits for rank 0's saves (gloo: no GPU memory); returns this
     process's device (cuda:LOCAL_RANK on GPUs). Resuming, every rank must have loaded the same checkpoint."""
     global _save_group
-    _, local_rank, _ = world()
     if torch.device(device).type == 'cuda':
-        device = f'cuda:{local_rank}'
+        device = f'cuda:{world()[1]}'
         torch.cuda.set_device(device)
     # device_id binds the NCCL communicator to this process's GPU at once
     dist.init_process_group(backend=backend, device_id=torch.device(device) if backend == 'nccl' else None)
@@ -106,9 +104,8 @@ def wrap(model, fsdp, device):
 
 
 def sync_gradients(model, sync):
-    """Whether the next backward pass averages gradients across processes: under DDP the last micro-step only.
-    FSDP reduce-scatters at every micro-step: skipping it would keep every block's whole float32 gradients on
-    every rank between micro-steps, the memory FSDP is there to save (about 6 GB per rank for gpt2-xl)."""
+    """Whether the next backward pass averages gradients: under DDP at the last micro-step only. FSDP reduce-scatters
+    at every one: else each rank would keep every block's whole float32 gradients, the memory FSDP is there to save."""
     if isinstance(model, DDP):
         model.require_backward_grad_sync = sync
 
@@ -149,7 +146,7 @@ def launch_command(argv, *extra):
     """The command that started this process (python, or torchrun), extra replacing the same settings: to paste."""
     names = tuple(arg.partition('=')[0] + '=' for arg in extra)
     args = shlex.join([arg for arg in argv if not arg.startswith(names + ('--overwrite=',))] + list(extra))
-    _, _, world_size = world()
+    world_size = world()[2]
     if 'RANK' not in os.environ:
         return f"python {args}"
     if int(os.environ.get('LOCAL_WORLD_SIZE', world_size)) == world_size:
@@ -166,6 +163,13 @@ def all_objects(obj):
     return gathered
 
 
+def _rekey(state, key):
+    """An optimizer state dict with each parameter's key k as key[k]: the distributed API keys parameters by
+    name, one process by their number in param-group order."""
+    return {'state': {key[k]: s for k, s in state['state'].items()},
+            'param_groups': [dict(g, params=[key[k] for k in g['params']]) for g in state['param_groups']]}
+
+
 def full_state(model, optimizer, fsdp):
     """Model and optimizer state dicts as one process holds them (FSDP: a collective; rank 0 gets them, on the CPU)."""
     if not fsdp:
@@ -176,11 +180,8 @@ def full_state(model, optimizer, fsdp):
     by_name = get_optimizer_state_dict(model, optimizer, options=options)
     if not by_name:
         return model_state, by_name
-    # the distributed API keys the state by parameter name; one process numbers them in param-group order
-    number = {}
-    groups = [dict(g, params=[number.setdefault(name, len(number)) for name in g['params']])
-              for g in by_name['param_groups']]
-    return model_state, {'state': {number[k]: s for k, s in by_name['state'].items()}, 'param_groups': groups}
+    names = [name for g in by_name['param_groups'] for name in g['params']]
+    return model_state, _rekey(by_name, {name: i for i, name in enumerate(names)})
 
 
 def load_optimizer_state(model, optimizer, state, fsdp):
@@ -189,12 +190,10 @@ def load_optimizer_state(model, optimizer, state, fsdp):
     state = optim.as_built(state, optimizer.state_dict())
     if state is not None and not fsdp:
         optimizer.load_state_dict(state)
-    elif state is not None:  # the distributed API keys the state by parameter name
+    elif state is not None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
         name_of = {id(p): name for name, p in model.named_parameters()}
         names = [name_of[id(p)] for group in optimizer.param_groups for p in group['params']]
-        by_name = {'state': {names[i]: s for i, s in state['state'].items()},
-                   'param_groups': [dict(g, params=[names[i] for i in g['params']]) for g in state['param_groups']]}
-        set_optimizer_state_dict(model, optimizer, optim_state_dict=by_name,
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=_rekey(state, names),
                                  options=StateDictOptions(full_state_dict=True))
     return state is not None

@@ -1,6 +1,7 @@
-"""Writing datasets, behind every data/<name>/prepare.py: train.bin and val.bin (token ids) and, at character level,
-meta.pkl, in DATA_ROOT/<name>/. Text is read in chunks, so memory stays flat whatever the input's size, and the
-files move into place in one swap (helpers/files.py) once all are whole. Measured figures: data/*/readme.md."""
+"""Writing datasets, behind every data/<name>/prepare.py: the folder DATA_ROOT/<name>/, one prepare at a time, and
+its train.bin and val.bin (token ids) and meta.pkl, which move into place in one swap (helpers/files.py) once all
+are whole. Measured figures: data/*/readme.md."""
+import argparse
 import contextlib
 import os
 import pickle
@@ -11,12 +12,9 @@ import urllib.request
 import numpy as np
 
 from helpers import DATA_ROOT, SCRIPTS_ROOT, UserError, files, shown
-from helpers.tokenizer import GPT2_EOT, gpt2_encoding, read_text
 
 STARTED = time.time()
-UNICODE_SIZE = 0x110000     # code points: the length of the lookup arrays
 TINY_SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
-EOT = '<|endoftext|>'   # GPT-2's end of text (token GPT2_EOT)
 WINDOWS_DEVICES = {'con', 'prn', 'aux', 'nul', *(f'{port}{i}' for port in ('com', 'lpt') for i in range(10))}
 LOCK = 'prepare.lock'   # in the dataset's folder, held by the one prepare writing there
 PROGRESS = 'progress.bin.tmp.json'   # a resumable prepare's record (helpers/documents.py), like train.bin.tmp
@@ -83,6 +81,20 @@ def output_dir(name, force=False, own=None):
                 os.remove(os.path.join(path, LOCK))
                 os.rmdir(path)
         lock.close()
+
+
+def own_text_arguments(doc):
+    """The command line of data/char and data/bpe: a text file of the user's own to a dataset of a name."""
+    parser = argparse.ArgumentParser(description=doc.split('\n\n')[0])
+    parser.add_argument('--input', required=True, help='a UTF-8 text file')
+    parser.add_argument('--name', required=True, help='the dataset name: output goes to data/<name>/')
+    parser.add_argument('--val_fraction', type=float, default=0.1, help='share of characters for val')
+    parser.add_argument('--val_split', default='end', choices=('end', 'spread'),
+                        help="val from the end of the text (nanoGPT's) or in parts spread across it")
+    parser.add_argument('--force', action='store_true', help='overwrite data/<name>/ when it already holds a dataset')
+    parser.add_argument('--replace_invalid_utf8', action='store_true',
+                        help='replace bytes that are not UTF-8 with U+FFFD instead of stopping')
+    return parser
 
 
 def download(url, path):
@@ -155,79 +167,6 @@ class Output:
             files.remove(self.path(name))
 
 
-# ----------------------------------------------------------------------------- character level
-
-def code_points(text):
-    return np.frombuffer(text.encode('utf-32-le'), dtype=np.uint32)
-
-
-def mark_characters(pieces, seen):
-    """Pass 1: set seen[p] for every code point p in the pieces of text; return how many characters they hold."""
-    n = 0
-    for text in pieces:
-        seen[code_points(text)] = True
-        n += len(text)
-    return n
-
-
-def write_chars(out_dir, seen, pieces, n_train, **meta_extra):
-    """Pass 2: the dataset of the pieces of text, the first n_train characters train. The vocabulary is the code
-    points marked in seen, in order (nanoGPT's sorted(set(text))); one lookup array maps each to its place."""
-    points = np.flatnonzero(seen)
-    chars = [chr(p) for p in points]   # the same str objects in itos and stoi: pickled as nanoGPT's are
-    dtype = np.uint16 if len(chars) <= 65535 else np.uint32   # and meta.pkl says 'dtype': 'uint32'
-    print("all the unique characters:", ''.join(chars[:300]) + (' ...' if len(chars) > 300 else ''))
-    print(f"vocab size: {len(chars):,}" + (" (stored as uint32)" if dtype == np.uint32 else ''))
-    lookup = np.zeros(UNICODE_SIZE, dtype=dtype)
-    lookup[points] = np.arange(len(points))
-    meta = {'vocab_size': len(chars), 'itos': dict(enumerate(chars)), 'stoi': {ch: i for i, ch in enumerate(chars)}}
-    with Output(out_dir, dtype) as out:
-        for text in pieces:
-            ids = lookup[code_points(text)]
-            room = n_train - out.tokens['train']   # what train.bin still takes: 0 once it is full
-            out.write('train', ids[:room])
-            out.write('val', ids[room:])
-        out.commit(dict(meta, **({'dtype': 'uint32'} if dtype == np.uint32 else {}), **meta_extra))
-
-
-def chars_from_file(path, out_dir, val_fraction=0.1, errors='strict'):
-    """nanoGPT's shakespeare_char for any UTF-8 text: the first int(n * (1 - val_fraction)) characters are train."""
-    check_input_file(path)
-    if not 0 < val_fraction < 1:
-        raise UserError(f"--val_fraction={val_fraction} must lie strictly between 0 and 1, e.g. 0.1")
-    seen = np.zeros(UNICODE_SIZE, dtype=bool)
-    n = mark_characters(read_text(path, errors, desc='pass 1/2: vocabulary'), seen)
-    n_train = int(n * (1 - val_fraction))
-    if not 0 < n_train < n:
-        raise UserError(f"{path} has only {n:,} characters, too few for a train and a val split; "
-                        "use a longer text or another --val_fraction")
-    print(f"length of dataset in characters: {n:,}")
-    write_chars(out_dir, seen, read_text(path, errors, desc='pass 2/2: encoding'), n_train)
-
-
-# ----------------------------------------------------------------------------- GPT-2 BPE
-
-def gpt2_tokens(docs):
-    """Each document's encode_ordinary tokens, then GPT2_EOT: one tiktoken call on the documents joined by the EOT
-    text, which it cuts at (1.3x one call per document on the 2-core dev VM)."""
-    joined = EOT.join(docs + [''])
-    if joined.count(EOT) != len(docs):   # a document holds that text itself, which must stay ordinary text
-        encoding = gpt2_encoding()
-        return np.array([t for doc in docs for t in encoding.encode_ordinary(doc) + [GPT2_EOT]], dtype=np.uint32)
-    return gpt2_encoding().encode_to_numpy(joined, allowed_special={EOT})
-
-
 def usable_cores():
     """The cores this process may run on (a cpuset or taskset can allow fewer than the machine has)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
-
-
-def gpt2_from_file(path, out_dir, val_fraction=0.1):
-    """nanoGPT's shakespeare: the first int(n * (1 - val_fraction)) characters are train, each part encoded whole."""
-    text = ''.join(read_text(check_input_file(path), desc='reading'))
-    n_train = int(len(text) * (1 - val_fraction))
-    print(f"length of dataset in characters: {len(text):,}")
-    with Output(out_dir) as out:
-        out.write('train', gpt2_encoding().encode_ordinary(text[:n_train]))
-        out.write('val', gpt2_encoding().encode_ordinary(text[n_train:]))
-        out.commit()

@@ -1,12 +1,13 @@
 """A run's folder, out_dir: which checkpoint resume and sampling read, one training at a time (a lock), and
---overwrite=True's replaced/, which keeps the run it replaces until the new one has saved; every change of several
-of its files goes through files.swap, which settle() completes when a killed command left it half done."""
+--overwrite=True's replaced/, which keeps the run it replaces until the new one has saved. Every reader and writer
+first completes (files.finish_swaps) a change of its files that a killed command left half done."""
 import os
 import shlex
 import warnings
 
 import torch
 
+import configurator
 from helpers import UserError, files, metrics
 
 CKPT_NAME = 'ckpt.pt'  # nanoGPT's: written at evaluations, when val loss improves or always_save_checkpoint
@@ -33,14 +34,8 @@ def summary(folder, name):
 
 
 def run_summary(out_dir, names):
-    """The _summary of the newest of out_dir's checkpoints names, or their names."""
+    """The summary of the newest of out_dir's checkpoints names, or their names."""
     return summary(out_dir, names[0]) or ', '.join(names)
-
-
-def settle(out_dir):
-    """Complete a change of out_dir's files that a killed command left half done: every reader and writer of
-    a run calls this first."""
-    files.finish_swaps(out_dir)
 
 
 def _restore_command(out_dir, names):
@@ -66,15 +61,14 @@ def claim_out_dir(out_dir, resuming, overwrite):
     in replaced/; a log alone is no run). overwrite moves the run to replaced/."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"out_dir '{out_dir}' is a file, not a folder; pass another --out_dir")
-    settle(out_dir)
-    run = checkpoints(out_dir)
+    files.finish_swaps(out_dir)
+    run, replaced = checkpoints(out_dir), os.path.join(out_dir, REPLACED_DIR)
     if run and not resuming and not overwrite:
         raise UserError(f"{out_dir} already holds a run ({run_summary(out_dir, run)}); continue it with "
                         "--init_from=resume, replace it with --overwrite=True, or train into another --out_dir")
     if not resuming and not overwrite and (note := replaced_run_note(out_dir)):
         raise UserError(f"{out_dir} holds no checkpoint, but {note}; or replace it with --overwrite=True, or train "
                         "into another --out_dir")
-    replaced = os.path.join(out_dir, REPLACED_DIR)
     if overwrite and not resuming and os.path.exists(replaced) and not os.path.isfile(
             os.path.join(replaced, REPLACED_MARK)) and (not os.path.isdir(replaced) or os.listdir(replaced)):
         raise UserError(f"{replaced} was not made by --overwrite=True, which keeps the run it replaces there; "
@@ -123,13 +117,30 @@ def discard_replaced(out_dir):
 
 def resume_name(out_dir):
     """The file resume reads: latest.pt when it exists, else ckpt.pt (all nanoGPT writes)."""
-    settle(out_dir)
+    files.finish_swaps(out_dir)
     return LATEST_NAME if os.path.exists(os.path.join(out_dir, LATEST_NAME)) else CKPT_NAME
 
 
 def sample_name(out_dir):
     """The file sampling and export read: ckpt.pt (nanoGPT's), or latest.pt when only it exists."""
-    settle(out_dir)
-    only_latest = not os.path.exists(os.path.join(out_dir, CKPT_NAME)) and os.path.exists(
-        os.path.join(out_dir, LATEST_NAME))
-    return LATEST_NAME if only_latest else CKPT_NAME
+    files.finish_swaps(out_dir)
+    return LATEST_NAME if checkpoints(out_dir) == [LATEST_NAME] else CKPT_NAME
+
+
+def continue_run(namespace, explicit, run_settings, keep=(), machine=(), fixed=None):
+    """Resuming: the run's own settings (run_settings) for those left unset but the command's (keep) and the machine's;
+    say which differ from the run's. fixed (the architecture) cannot differ: a UserError names those set otherwise."""
+    conflicts = [f"{k}={namespace[k]!r} (set by {explicit[k]}; the checkpoint has {v!r})"
+                 for k, v in (fixed or {}).items() if k in explicit and namespace[k] != v]
+    if conflicts:
+        raise UserError(f"the checkpoint has another architecture than asked: {', '.join(conflicts)}; resume without "
+                        "those settings (the checkpoint brings its own), or train into a new --out_dir")
+    differ = {k: v for k, v in {**(run_settings or {}), **(fixed or {})}.items()
+              if k in configurator.settable_keys(namespace) and k not in keep and v is not None and v != namespace[k]}
+    print("resuming with the run's settings" + ''.join(
+        f"; {k}={namespace[k]!r} from {explicit[k]} (the run had {v!r})" if k in explicit else
+        f"; {k}={namespace[k]!r} for this machine (the run had {v!r}; set --{k} to choose)"
+        for k, v in differ.items() if k in explicit or k in machine))
+    for k, v in differ.items():
+        if k not in explicit and k not in machine:
+            namespace[k], explicit[k] = v, 'the checkpoint'

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from helpers import UserError, documents, prepare
+from helpers import UserError, documents, encode, prepare
 from helpers.tokenizer import CHUNK_BYTES, read_text
 
 STORY_END = re.compile(r'\n[^\S\n]*<\|endoftext\|>[^\S\n]*(?=\n)')   # TinyStories*.txt: a line holding only EOT
@@ -26,7 +26,7 @@ def txt_stories(path, errors='strict', chunk_bytes=CHUNK_BYTES, desc=None):
         *stories, rest = STORY_END.split(text[:whole_lines])
         rest += text[whole_lines:]
         if len(rest) > MAX_STORY_CHARS:
-            raise UserError(f"{path} has over {MAX_STORY_CHARS:,} characters without a line holding {prepare.EOT}: "
+            raise UserError(f"{path} has over {MAX_STORY_CHARS:,} characters without a line holding {encode.EOT}: "
                             "it is not in TinyStories' format; for plain text use data/char/prepare.py")
         yield [s for s in map(str.strip, stories) if s]
     yield [s for s in map(str.strip, STORY_END.split(rest + '\n')) if s]
@@ -43,15 +43,14 @@ def story_text(batches, separator):
 
 
 def chars_from_stories(sources, out_dir, separator=STORY_SEPARATOR):
-    """Character level from story_sources, the separator (meta['separator']) after each story; the vocabulary
-    covers both splits."""
+    """Character level from story_sources, the separator (meta['separator']) after each story, in both splits."""
     if len(separator) != 1:
         raise UserError(f"--separator={separator!r} must be a single character")
-    seen = np.zeros(prepare.UNICODE_SIZE, dtype=bool)
-    n = {split: prepare.mark_characters(story_text(sources[split](), separator), seen) for split in ('train', 'val')}
+    seen = np.zeros(encode.UNICODE_SIZE, dtype=bool)
+    n = {split: encode.mark_characters(story_text(sources[split](), separator), seen) for split in ('train', 'val')}
     print(f"length of dataset in characters: {n['train'] + n['val']:,}")
     text = (piece for split in ('train', 'val') for piece in story_text(sources[split](), separator))
-    prepare.write_chars(out_dir, seen, text, n['train'], separator=separator)
+    encode.write_chars(out_dir, seen, text, n['train'], separator=separator)
 
 
 def dataset_stories(dset, desc):
@@ -84,8 +83,7 @@ def story_arguments(description, own):
 
 def story_sources(args):
     """{'train': f, 'val': f}, f() yielding a split's stories a list at a time, again at each call: from the hub's
-    --hub_name or its --hub_txt .txt pair, or from --train_file/--val_file (TinyStories*.txt, or files that
-    load_dataset reads as it reads the hub)."""
+    --hub_name or its --hub_txt .txt pair, or from --train_file/--val_file (TinyStories*.txt, or as the hub)."""
     paths = {'train': args.train_file, 'val': args.val_file}
     if args.hub_txt:
         from huggingface_hub import hf_hub_download
@@ -114,13 +112,13 @@ def story_sources(args):
 
 def gpt2_from_stories(sources, out_dir):
     """GPT-2 BPE from story_sources, GPT2_EOT after each story, a batch of stories per core at a time in threads:
-    tiktoken lets go of the GIL (1.8x on the 2-core dev VM)."""
+    tiktoken lets go of the GIL."""
     stories, cores = {'train': 0, 'val': 0}, prepare.usable_cores()
     with prepare.Output(out_dir) as out, ThreadPoolExecutor(cores) as pool:
         for split in ('train', 'val'):
             batches = sources[split]()
             while group := list(itertools.islice(batches, cores)):
-                for tokens in pool.map(prepare.gpt2_tokens, group):
+                for tokens in pool.map(encode.gpt2_tokens, group):
                     out.write(split, tokens)
                 stories[split] += sum(map(len, group))
         print(f"{stories['train']:,} train and {stories['val']:,} val stories")

@@ -1,6 +1,7 @@
-"""Text <-> token ids: a character vocabulary (meta.pkl's itos) or GPT-2's BPE (tiktoken), and the prompts.
-Checkpoints carry their vocabulary (tokenizer_entry), so a dataset prepared again from another text cannot make
-a model misread. Free of PyTorch and of helpers.data, so that sample_onnx.py runs without PyTorch."""
+"""Text <-> token ids: a character vocabulary (meta.pkl's itos), GPT-2's BPE (tiktoken) or a byte-level BPE trained
+on the dataset's own text (meta.pkl's bpe: Hugging Face tokenizers' JSON), and the prompts. Checkpoints carry their
+vocabulary (tokenizer_entry), so a dataset prepared again from another text cannot make a model misread. Free of
+PyTorch and of helpers.data, so that sample_onnx.py runs without PyTorch."""
 import codecs
 import json
 import os
@@ -34,6 +35,16 @@ class CharTokenizer:
         """A function from one token id to the text it completes (every id is a whole character)."""
         return self.itos.__getitem__
 
+    def byte_lengths(self):
+        """The UTF-8 bytes of each token id's text, for bits per byte."""
+        return [len(c.encode('utf-8')) for c in self.itos]
+
+
+def byte_stream_decoder(token_bytes):
+    """A function from one token id to the text it completes; part of a character waits for the rest."""
+    utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
+    return lambda token: utf8.decode(token_bytes(token))
+
 
 def gpt2_encoding():
     import tiktoken
@@ -54,16 +65,60 @@ class BPETokenizer:
         return self.enc.encode(text, allowed_special={'<|endoftext|>'})
 
     def stream_decoder(self):
-        """A function from one token id to the text it completes; part of a character waits for the rest."""
-        utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
-        return lambda token: utf8.decode(self.enc.decode_single_token_bytes(token))
+        return byte_stream_decoder(self.enc.decode_single_token_bytes)
+
+    def byte_lengths(self):  # <|endoftext|> stands for no text: 0 bytes
+        return [0 if t == GPT2_EOT else len(self.enc.decode_single_token_bytes(t)) for t in range(BPE_VOCAB_SIZE)]
+
+
+def byte_symbols():
+    """The character that stands for each byte in a byte-level BPE's vocabulary (GPT-2's alphabet): printable
+    Latin-1 bytes for themselves, the others for the characters from U+0100 on, in byte order."""
+    kept = [b for b in range(256) if chr(b).isprintable() and chr(b) != ' ' and b != 0xad]
+    moved = [b for b in range(256) if b not in kept]
+    return {**{b: chr(b) for b in kept}, **{b: chr(256 + i) for i, b in enumerate(moved)}}
+
+
+class TextBPETokenizer:
+    """A byte-level BPE trained on a dataset's own text (data/bpe/prepare.py): no text is ever unknown to it."""
+    end_token = None
+
+    def __init__(self, spec):
+        from tokenizers import Tokenizer
+        self.spec, self.tokens = spec, Tokenizer.from_str(spec)
+        byte_of = {symbol: b for b, symbol in byte_symbols().items()}
+        self.pieces = [b''] * self.tokens.get_vocab_size()
+        for symbols, token in self.tokens.get_vocab().items():
+            self.pieces[token] = bytes(byte_of[c] for c in symbols)
+
+    def encode(self, text):
+        return self.tokens.encode(text).ids
+
+    def stream_decoder(self):
+        return byte_stream_decoder(self.pieces.__getitem__)
+
+    def byte_lengths(self):
+        return [len(piece) for piece in self.pieces]
+
+
+def learn_bpe(texts, vocab_size):
+    """A byte-level BPE (GPT-2's pre-tokenizer, no special tokens) of up to vocab_size tokens learned from texts."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    return bpe
 
 
 def tokenizer_entry(meta):
-    """What a checkpoint stores to name its tokenizer: a dataset's characters (meta.pkl), or GPT-2's BPE for
-    datasets without meta.pkl; None for a meta.pkl without itos."""
+    """What a checkpoint stores to name its tokenizer: a dataset's characters or own BPE (meta.pkl), or GPT-2's BPE
+    for datasets without meta.pkl; None for a meta.pkl without either."""
     if meta is None:
         return {'kind': 'gpt2'}
+    if isinstance(meta.get('bpe'), str):
+        return {'kind': 'bpe', 'bpe': meta['bpe']}
     if not isinstance(meta.get('itos'), (dict, list)):
         return None
     entry = {'kind': 'char', 'itos': [meta['itos'][i] for i in range(meta['vocab_size'])]}
@@ -76,20 +131,28 @@ def from_entry(entry):
     """The tokenizer of a checkpoint's tokenizer entry (data.checkpoint_entry)."""
     if entry['kind'] == 'char':
         return CharTokenizer(entry['itos'], entry.get('separator'))
-    return BPETokenizer()
+    return TextBPETokenizer(entry['bpe']) if entry['kind'] == 'bpe' else BPETokenizer()
 
 
 def for_pretrained(name, vocab_size=None):
-    """The tokenizer of a transformers GPT-2 directory: the characters export_hf.py wrote (a tokenizer.json
-    without merges), else GPT-2's BPE; a UserError when the model's vocab_size does not fit them."""
+    """The tokenizer of a transformers GPT-2 directory: the characters or own BPE export_hf.py wrote (a
+    tokenizer.json without merges, or with fewer tokens than GPT-2's), else GPT-2's BPE; a UserError when the
+    model's vocab_size does not fit them."""
     path = os.path.join(name, 'tokenizer.json')
-    spec = {}
+    text, spec = '', {}
     if os.path.isfile(path):
         try:
             with open(path, encoding='utf-8') as f:
-                spec = json.load(f).get('model') or {}
+                text = f.read()
+            spec = json.loads(text).get('model') or {}
         except (ValueError, AttributeError) as e:
             raise UserError(f"{path} is not a tokenizer's JSON ({e}); export the model again with export_hf.py")
+    own_bpe = spec.get('merges') and len(spec.get('vocab') or ()) != BPE_VOCAB_SIZE
+    if vocab_size is not None and (own_bpe or not spec.get('merges')) and len(spec.get('vocab') or ()) > vocab_size:
+        raise UserError(f"{path} has {len(spec['vocab'])} tokens but the model in {name} only {vocab_size}; "
+                        "export the model again with export_hf.py")
+    if own_bpe:
+        return TextBPETokenizer(text)
     if spec.get('type') != 'BPE' or spec.get('merges') or not spec.get('vocab'):
         if vocab_size is not None and vocab_size < BPE_VOCAB_SIZE:
             raise UserError(f"the model in {name} has {vocab_size} tokens, too few for GPT-2's BPE, and no "
@@ -97,9 +160,6 @@ def for_pretrained(name, vocab_size=None):
                             "checkpoint whose dataset still has its meta.pkl")
         return BPETokenizer()
     itos = sorted(spec['vocab'], key=spec['vocab'].get)
-    if vocab_size is not None and len(itos) > vocab_size:
-        raise UserError(f"{path} has {len(itos)} characters but the model in {name} only {vocab_size} tokens; "
-                        "export the model again with export_hf.py")
     with open(os.path.join(name, 'config.json'), encoding='utf-8') as f:
         eos = json.load(f).get('eos_token_id')
     return CharTokenizer(itos, itos[eos] if isinstance(eos, int) and 0 <= eos < len(itos) else None)

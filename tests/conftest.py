@@ -1,17 +1,25 @@
-"""Shared fixtures: the repository root, the offline copies in ../shared (used when they are
-there; a fresh clone downloads what it needs instead, as the scripts do), and runners for the
-project's scripts as a user would call them.
-
-The tests never touch your data. Before anything imports helpers or starts a script, this file
-points NANOGPT_DATA_DIR at a temporary folder, so every dataset the session prepares, writes or
-reads is there; and the session fails if anything under the repository's data/ changed anyway."""
+"""Shared fixtures: the offline copies in ../shared (else downloads, as the scripts do), tiny datasets and runs,
+and runners for the project's scripts as a user would call them. The tests never touch your data: before anything
+imports helpers, NANOGPT_DATA_DIR points at a temporary folder, and the session fails if the repository's data/
+changed anyway."""
+import contextlib
+import functools
+import gc
 import hashlib
+import io
 import os
+import pickle
 import re
+import runpy
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+import types
 
 import pytest
 
@@ -37,8 +45,7 @@ if helpers.DATA_ROOT != DATA_ROOT:
 
 
 def data_files(top):
-    """Every file under top (the repository's data/): its size, modification time and, up to 4 MiB, a hash of
-    its bytes (larger ones, a user's own corpus, are not read through: a write changes their time)."""
+    """{path: (size, mtime, sha256 up to 4 MiB: a user's large corpus is not read through)} under top."""
     files = {}
     for root, folders, names in os.walk(top):
         folders[:] = [f for f in folders if f != '__pycache__']
@@ -125,15 +132,7 @@ def shakespeare_char():
 
 
 # -----------------------------------------------------------------------------
-# Core tests (model, training, checkpoints, robustness): a tiny dataset written here,
-# tiny model settings, and runners for the scripts as subprocesses or in this process.
-import contextlib
-import gc
-import io
-import pickle
-import runpy
-import signal
-import types
+# a tiny dataset and tiny model settings, and the scripts run in this process
 
 # A 2-core machine shared with other jobs: torch's default of one thread per core spins
 # against the other processes and makes tiny models 50x slower. One thread is plenty here.
@@ -212,13 +211,9 @@ def core_train_args(out_dir, **overrides):
 
 
 def run_inproc(script, *args, check=False):
-    """Run `python <script> <args>` inside this process: no interpreter and torch start-up,
-    which costs seconds per run on a busy 2-core machine. Each run executes the script's
-    source afresh in a new namespace, as a new process would.
-
-    Returns returncode, stdout and stderr the way the interpreter would produce them: a
-    SystemExit with a message (UserError) prints it to stderr and exits 1. Any other
-    exception propagates, failing the test, as it would have printed a traceback."""
+    """Run `python <script> <args>` in this process, afresh in a new namespace as a new process would, without the
+    seconds of an interpreter's and torch's start-up. returncode, stdout and stderr as the interpreter gives them (a
+    UserError: its line on stderr, exit 1); any other exception propagates, as it would print a traceback."""
     if 'torch._dynamo' in sys.modules:  # no compiled graph of an earlier run serves this one
         sys.modules['torch._dynamo'].reset()
     saved = sys.argv, os.getcwd(), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -268,9 +263,7 @@ def assert_user_error(result, *fragments):
     problem (each fragment, case-insensitive), and no traceback."""
     assert result.returncode != 0, f"expected a failure, got exit 0\n{result.stdout[-2000:]}"
     assert 'Traceback' not in result.stderr, result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    assert lines, "nothing on stderr"
-    last = lines[-1]
+    last = (result.stderr.strip().splitlines() or ['(nothing on stderr)'])[-1]
     assert last.startswith('error: '), result.stderr[-2000:]
     for fragment in fragments:
         assert fragment.lower() in last.lower(), f"{fragment!r} not in {last!r}"
@@ -289,9 +282,7 @@ def tiny_run(core_dataset, tmp_path_factory):
 @pytest.fixture
 def copy_run(tiny_run, tmp_path):
     """A private copy of tiny_run's out_dir."""
-    target = tmp_path / 'out'
-    shutil.copytree(tiny_run.out_dir, target)
-    return target
+    return shutil.copytree(tiny_run.out_dir, tmp_path / 'out')
 
 
 class LiveProcess:
@@ -299,7 +290,6 @@ class LiveProcess:
     wait for a line (say, an iteration) and then act on the running process (send a signal)."""
 
     def __init__(self, args, new_session=False):
-        import threading
         env = dict(os.environ, PYTHONUNBUFFERED='1')
         self.proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, start_new_session=new_session)
@@ -325,8 +315,6 @@ class LiveProcess:
 
     def wait_for(self, pattern, count=1, timeout=180):
         """Block until `pattern` (a regex, multiline) has matched `count` times in stdout."""
-        import re
-        import time
         deadline = time.time() + timeout
         while len(re.findall(pattern, self.stdout, re.M)) < count:
             if self.proc.poll() is not None or time.time() > deadline:
@@ -358,19 +346,26 @@ class LiveProcess:
 
 
 def checkpoint_files(out_dir):
-    """The checkpoints and checkpoint temporaries in out_dir (other outputs, such as a metrics
-    log, are not the concern of the checkpoint tests)."""
+    """The checkpoints and checkpoint temporaries in out_dir (not the other outputs, such as metrics.csv)."""
     if not os.path.isdir(out_dir):
         return []
     return sorted(n for n in os.listdir(out_dir) if n.endswith('.pt') or '.pt.tmp' in n)
 
 
 ITER_LINE = re.compile(r'^iter (\d+): loss ([\d.]+),', re.M)
+STEP_LINE = re.compile(r'^step (\d+): train loss ([\d.]+), val loss ([\d.]+)', re.M)
 
 
 def iteration_losses(stdout):
-    """{iteration: loss} of train.py's log lines."""
-    return {int(i): float(loss) for i, loss in ITER_LINE.findall(stdout)}
+    """{iteration: loss} of train.py's log lines (the printed digits: equal losses are equal to the bit)."""
+    found = ITER_LINE.findall(stdout)
+    assert len(found) == len({i for i, _ in found}), "an iteration was logged twice"
+    return {int(i): float(loss) for i, loss in found}
+
+
+def step_losses(stdout):
+    """{iteration: (train loss, val loss)} of train.py's evaluations."""
+    return {int(i): (float(train), float(val)) for i, train, val in STEP_LINE.findall(stdout)}
 
 
 class RunsCode:
@@ -423,13 +418,9 @@ def hf_offline(tmp_path, monkeypatch):
 # -----------------------------------------------------------------------------
 # train.py on 2 CPU processes over gloo: under torchrun where the processes' behaviour is tested (signals, exit
 # codes, a failing rank); else as ranks forked from this process, each kind of run once a session.
-import functools
-import socket
-
 TORCHRUN = ('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py')
 # evaluations at 0, 3 and 6 (ckpt.pt then holds the weights before iteration 6), over an odd number of batches
 TORCHRUN_SETTINGS = dict(max_iters=8, eval_interval=3, eval_iters=3, gradient_accumulation_steps=2, learning_rate=3e-3)
-STEP_LINE = re.compile(r'^step (\d+): train loss ([\d.]+), val loss ([\d.]+)', re.M)
 
 
 def forked_ranks(*args):
@@ -477,11 +468,11 @@ def _fork_rank(variables, args, stdout, stderr):
 @pytest.fixture(scope='session')
 def parallel_run(core_dataset, tmp_path_factory):
     """run(**settings): train.py on forked_ranks with TORCHRUN_SETTINGS and settings, once a session for all the
-    tests that read it (which copy out_dir to write there); its out_dir, stdout, losses and STEP_LINEs."""
+    tests that read it (which copy out_dir to write there); its out_dir, stdout, losses and steps (step_losses)."""
     @functools.cache
     def run(**settings):
         out_dir = tmp_path_factory.mktemp('parallel_run') / 'out'
         stdout = forked_ranks(*core_train_args(out_dir, **{**TORCHRUN_SETTINGS, **settings})).stdout
         return types.SimpleNamespace(out_dir=out_dir, stdout=stdout, losses=iteration_losses(stdout),
-                                     steps=STEP_LINE.findall(stdout))
+                                     steps=step_losses(stdout))
     return run

@@ -12,23 +12,16 @@ TINY = ['--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_emb
 RESULT = re.compile(r'time per iteration: ([\d.]+)ms, tokens/s: ([\d,]+), MFU: n/a')
 
 
-def test_bench_on_shakespeare_char(shakespeare_char):
-    proc = run_inproc('bench.py', *TINY, '--real_data=True', '--dataset=shakespeare_char', check=True)
-    match = RESULT.search(proc.stdout)
-    assert match, proc.stdout[-2000:]
-    assert float(match[1]) > 0
-    assert re.search(r'benchmark: 3 iters, last loss ([\d.]+)', proc.stdout)
-    # the vocabulary of shakespeare_char (65 characters): the initial loss is near ln(65) = 4.17
-    loss = float(re.search(r'warm-up: 2 iters, last loss ([\d.]+)', proc.stdout)[1])
-    assert 3.5 < loss < 4.8, loss
-
-
-def test_bench_on_random_tokens():
-    result = run_inproc('bench.py', *TINY, '--real_data=False', check=True)
-    assert RESULT.search(result.stdout), result.stdout[-2000:]
-    # GPT-2's padded vocabulary: ln(50304) = 10.8
-    loss = float(re.search(r'warm-up: 2 iters, last loss ([\d.]+)', result.stdout)[1])
-    assert 10.0 < loss < 11.5, loss
+# the initial loss is near ln(vocabulary): shakespeare_char's 65 characters (4.17), GPT-2's padded 50304 (10.8)
+@pytest.mark.parametrize('data, low, high', [(['--real_data=True', '--dataset=shakespeare_char'], 3.5, 4.8),
+                                             (['--real_data=False'], 10.0, 11.5)])
+def test_bench_on_real_batches_and_random_tokens(request, data, low, high):
+    if '--real_data=True' in data:
+        request.getfixturevalue('shakespeare_char')
+    stdout = run_inproc('bench.py', *TINY, *data, check=True).stdout
+    match = RESULT.search(stdout)
+    assert match and float(match[1]) > 0 and re.search(r'benchmark: 3 iters, last loss ([\d.]+)', stdout), stdout
+    assert low < float(re.search(r'warm-up: 2 iters, last loss ([\d.]+)', stdout)[1]) < high, stdout
 
 
 @pytest.mark.parametrize('bad, fragments', [

@@ -1,6 +1,7 @@
 """helpers/checkpoint.py and the checkpoint files: atomic writes, which file resume and sample read, files that
 would run code, damaged files, out_dir and --overwrite, meta.pkl, and nanoGPT's checkpoints both ways."""
 import errno
+import io
 import os
 import pickle
 import re
@@ -16,8 +17,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from conftest import (CORE_DATASET, RunsCode, assert_user_error, checkpoint_files, core_text, core_train_args,
-                      explicit_attention, run_inproc)
+from conftest import (CORE_DATASET, TEST_ROOT, RunsCode, assert_user_error, checkpoint_files, core_text,
+                      core_train_args, explicit_attention, run_inproc)
 from helpers import UserError, checkpoint, data, files, hardware, metrics, runs
 from model import GPT, GPTConfig
 
@@ -169,6 +170,9 @@ def test_mirror_links_without_aliasing_later_writes_and_which_file_resume_and_sa
     checkpoint.mirror(out_dir, 'ckpt.pt', 'latest.pt')
     assert checkpoint.load(out_dir, 'latest.pt')['iter_num'] == 1
     assert sorted(os.listdir(out_dir)) == ['ckpt.pt', 'latest.pt']
+    # torch.save's format before PyTorch 1.6 is a pickle too, and still loads
+    torch.save(small_state(7.0), tmp_path / 'ckpt.pt', _use_new_zipfile_serialization=False)
+    assert checkpoint.load(out_dir)['iter_num'] == 7
 
 
 def mapped_file(tensor):
@@ -202,93 +206,58 @@ class CustomObject:
     pass
 
 
-def test_files_that_would_run_code_are_refused_by_every_reader(tiny_run, make_dataset, tmp_path):
-    """A checkpoint or a meta.pkl holding an object whose unpickling runs code: loading, sampling and training
-    refuse it in one line, nothing runs, nothing is written. Any class at all, even a harmless one, is refused."""
-    marker, unsafe = tmp_path / 'PWNED', tmp_path / 'unsafe'
-    state = torch.load(tiny_run.out_dir / 'ckpt.pt', weights_only=True)
-    unsafe.mkdir()
-    torch.save(dict(state, config=dict(state['config'], note=RunsCode(marker))), unsafe / 'ckpt.pt')
-    before = (unsafe / 'ckpt.pt').read_bytes()
-    with pytest.raises(UserError) as info:
-        checkpoint.load(str(unsafe))
-    assert 'refused' in str(info.value) and 'run code' in str(info.value) and '\n' not in str(info.value)
-    assert_user_error(run_inproc('sample.py', f'--out_dir={unsafe}', '--device=cpu', '--num_samples=1',
-                                 '--max_new_tokens=5'), 'refused', 'ckpt.pt')
-    assert_user_error(run_inproc('train.py', *core_train_args(unsafe, init_from='resume')), 'refused')
-    assert os.listdir(unsafe) == ['ckpt.pt'] and (unsafe / 'ckpt.pt').read_bytes() == before
-    torch.save({'model': {}, 'model_args': {}, 'extra': CustomObject()}, tmp_path / 'ckpt.pt')
-    with pytest.raises(UserError, match='refused'):
-        checkpoint.load(str(tmp_path))
-    # meta.pkl: read directly, by train.py, and by sample.py for a nanoGPT checkpoint (no vocabulary of its own)
-    # whose dataset folder was swapped for one with a dangerous meta.pkl
-    name = make_dataset('unsafe_meta')
-    meta_path = os.path.join(data.data_dir(name), 'meta.pkl')
-    meta = data.load_meta(meta_path)
-    for value in (CustomObject(), RunsCode(marker)):
-        with open(meta_path, 'wb') as f:
-            pickle.dump(dict(meta, itos=value), f)
-        with pytest.raises(UserError) as info:
-            data.load_meta(meta_path)
-        assert 'refused' in str(info.value) and 'plain data' in str(info.value)
-    out_dir = tmp_path / 'out'
-    assert_user_error(run_inproc('train.py', *core_train_args(out_dir, dataset=name)), 'refused', 'meta.pkl')
-    assert not out_dir.exists()
-    state['config']['dataset'] = name
-    del state['tokenizer']
-    checkpoint.save(state, str(out_dir))
-    assert_user_error(run_inproc('sample.py', f'--out_dir={out_dir}', '--device=cpu', '--num_samples=1',
-                                 '--max_new_tokens=3'), 'refused', 'meta.pkl')
-    assert not marker.exists()
+def saved(obj, **kwargs):
+    """obj as torch.save writes it."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer, **kwargs)
+    return buffer.getvalue()
 
 
-def damaged(good):
-    return {'truncated': good[:len(good) // 2], 'cut after 10 bytes': good[:10], 'empty': b'',
-            'random bytes': bytes((i * 7919 + 13) % 256 for i in range(5000)),
-            'text': b'this is not a checkpoint\n' * 50, 'zeros': b'\0' * 5000,
-            'flipped bytes': good[:2000] + bytes(b ^ 0xFF for b in good[2000:4000]) + good[4000:]}
-
-
+MARKER = os.path.join(TEST_ROOT, 'PWNED')  # created by unpickling RunsCode(MARKER)
+DAMAGE = {'truncated': lambda good: good[:len(good) // 2], 'cut after 10 bytes': lambda good: good[:10],
+          'empty': lambda good: b'', 'random bytes': lambda good: bytes((i * 7919 + 13) % 256 for i in range(5000)),
+          'text': lambda good: b'this is not a checkpoint\n' * 50, 'zeros': lambda good: b'\0' * 5000,
+          'flipped bytes': lambda good: good[:2000] + bytes(b ^ 0xFF for b in good[2000:4000]) + good[4000:]}
 BAD_META = {'empty': b'', 'cut header': b'\x80\x04\x95', 'text': b'garbage bytes that are not a pickle',
             'lines': b'hello world\n' * 10, 'persistent id': b'Q',
-            'bytes': bytes((i * 31 + 7) % 256 for i in range(3000)), 'no stop': pickle.dumps({'vocab_size': 65})[:-1],
-            'a list': pickle.dumps([1, 2])}
+            'bytes': bytes((i * 31 + 7) % 256 for i in range(3000)), 'no stop': pickle.dumps({'vocab_size': 65})[:-1]}
+NOT_OURS = ['not a checkpoint that this project or nanoGPT wrote', 'plain pickle', 'not loaded']
+UNREADABLE = {  # case: the file, its bytes (from a good ckpt.pt's), what its one-line refusal says
+    **{f'ckpt.pt {kind}': ('ckpt.pt', damage, ['truncated or corrupt']) for kind, damage in DAMAGE.items()},
+    **{f'meta.pkl {kind}': ('meta.pkl', lambda good, b=bad: b, ['meta.pkl', 'truncated or corrupt', 'prepare.py'])
+       for kind, bad in BAD_META.items()},
+    'meta.pkl a list': ('meta.pkl', lambda good: pickle.dumps([1, 2]), ['meta.pkl', 'holds a list, not a dict']),
+    # an object whose unpickling runs code, or any class at all, even a harmless one
+    'ckpt.pt running code': ('ckpt.pt', lambda good: saved(dict(small_state(), config={'note': RunsCode(MARKER)})),
+                             ['refused', 'run code']),
+    'ckpt.pt with a class': ('ckpt.pt', lambda good: saved({'model': {}, 'model_args': {}, 'extra': CustomObject()}),
+                             ['refused', 'run code']),
+    **{f'meta.pkl {kind}': ('meta.pkl', lambda good, v=value: pickle.dumps({'vocab_size': 3, 'itos': v}),
+                            ['refused', 'plain data']) for kind, value in (('running code', RunsCode(MARKER)),
+                                                                          ('with a class', CustomObject()))},
+    # a plain pickle is not even unpickled
+    **{f'ckpt.pt {content} (protocol {protocol})': ('ckpt.pt', lambda good, c=content, p=protocol: pickle.dumps(c, p),
+                                                    NOT_OURS) for content in ({'a': 1}, np.zeros(3))
+       for protocol in (2, pickle.HIGHEST_PROTOCOL)},
+    **{f'ckpt.pt holding {content}': ('ckpt.pt', lambda good, c=content: saved(c), ['not a training checkpoint'])
+       for content in ([1, 2, 3], {'model': {}}, {'weights': torch.zeros(2)})},
+}
 
 
-@pytest.mark.parametrize('file, kind', [('ckpt.pt', kind) for kind in damaged(b'')] +
-                         [('meta.pkl', kind) for kind in BAD_META])
-def test_a_damaged_file_is_one_line_reported_as_damage_not_danger(tiny_run, tmp_path, file, kind):
-    good = (tiny_run.out_dir / 'ckpt.pt').read_bytes()
-    (tmp_path / file).write_bytes(damaged(good)[kind] if file == 'ckpt.pt' else BAD_META[kind])
-    with pytest.raises(UserError) as info:
+@pytest.mark.parametrize('case', UNREADABLE)
+def test_a_file_that_is_no_checkpoint_is_refused_in_one_line(tiny_run, tmp_path, capfd, case):
+    """Damage reported as damage, danger as danger: nothing is run, and torch says nothing (its warnings would be
+    lines of their own)."""
+    file, content, fragments = UNREADABLE[case]
+    (tmp_path / file).write_bytes(content((tiny_run.out_dir / 'ckpt.pt').read_bytes()))
+    with warnings.catch_warnings(record=True) as warned, pytest.raises(UserError) as info:
+        warnings.simplefilter('always')
         checkpoint.load(str(tmp_path)) if file == 'ckpt.pt' else data.load_meta(str(tmp_path / file))
     message = str(info.value)
-    assert '\n' not in message and 'run code' not in message and 'refused' not in message
-    if kind == 'a list':
-        assert 'meta.pkl' in message and 'holds a list, not a dict' in message
-    else:
-        assert 'truncated or corrupt' in message
-        assert file == 'ckpt.pt' or 'meta.pkl' in message and 'prepare.py' in message
-
-
-def test_pickles_that_are_no_training_checkpoint_are_not_loaded(tmp_path, capfd):
-    """A plain pickle is not even unpickled, and torch says nothing: its warnings would be lines of their own."""
-    for content in ({'a': 1}, np.zeros(3)):
-        for protocol in (2, pickle.HIGHEST_PROTOCOL):
-            (tmp_path / 'ckpt.pt').write_bytes(pickle.dumps(content, protocol=protocol))
-            with warnings.catch_warnings(record=True) as warned, pytest.raises(UserError) as info:
-                warnings.simplefilter('always')
-                checkpoint.load(str(tmp_path))
-            assert not warned and capfd.readouterr().err == '' and '\n' not in str(info.value)
-            for fragment in ('not a checkpoint that this project or nanoGPT wrote', 'plain pickle', 'not loaded'):
-                assert fragment in str(info.value)
-    for content in ([1, 2, 3], {'model': {}}, {'weights': torch.zeros(2)}):
-        torch.save(content, tmp_path / 'ckpt.pt')
-        with pytest.raises(UserError, match='not a training checkpoint'):
-            checkpoint.load(str(tmp_path))
-    # torch.save's format before PyTorch 1.6 is a pickle too, and still loads
-    torch.save(small_state(7.0), tmp_path / 'ckpt.pt', _use_new_zipfile_serialization=False)
-    assert checkpoint.load(str(tmp_path))['iter_num'] == 7
+    assert not warned and capfd.readouterr().err == '' and '\n' not in message
+    assert all(fragment in message for fragment in fragments), message
+    assert all(word in fragments or word not in message for word in ('refused', 'run code')), message
+    assert not os.path.exists(MARKER)
 
 
 def test_a_damaged_file_names_the_whole_one_beside_it(tiny_run, tmp_path):
@@ -337,29 +306,14 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_saved(copy_run, capsy
     assert runs.replaced_run_note(out) == ''
     runs.claim_out_dir(out, resuming=False, overwrite=True).close()
     checkpoint.save(small_state(9.0), out, 'latest.pt')
-    runs.discard_replaced(out)
-    assert not (copy_run / 'replaced').exists() and 'deleted the run in' in capsys.readouterr().out
-
-
-def test_overwrite_after_a_save_not_followed_by_the_deletion_moves_the_newer_run_aside(copy_run):
-    out = str(copy_run)
-    runs.claim_out_dir(out, resuming=False, overwrite=True).close()
-    # the new run saved but was stopped before it deleted replaced/: that run is the one to move aside now
-    checkpoint.save(small_state(9.0), out, 'latest.pt')
     (copy_run / 'metrics.csv').write_text('the new run\n')
+    # the new run saved but was stopped before it deleted replaced/: that run is the one to move aside now
     runs.claim_out_dir(out, resuming=False, overwrite=True).close()
     assert checkpoint.load(os.path.join(out, 'replaced'), 'latest.pt')['iter_num'] == 9
     assert sorted(os.listdir(copy_run / 'replaced')) == ['README.txt', 'latest.pt', 'metrics.csv']
-
-
-def test_overwrite_never_deletes_a_replaced_folder_it_did_not_make(copy_run):
-    (copy_run / 'replaced').mkdir()
-    (copy_run / 'replaced' / 'ckpt.pt').write_bytes(b'my own backup')
-    tree = lambda: {str(p): p.read_bytes() for p in sorted(copy_run.rglob('*')) if p.is_file()}  # noqa: E731
-    before = tree()
-    with pytest.raises(UserError, match=r'replaced was not made by --overwrite=True.*move it away'):
-        runs.claim_out_dir(str(copy_run), resuming=False, overwrite=True)
-    assert tree() == before
+    checkpoint.save(small_state(10.0), out, 'latest.pt')
+    runs.discard_replaced(out)
+    assert not (copy_run / 'replaced').exists() and 'deleted the run in' in capsys.readouterr().out
 
 
 def test_a_log_without_a_checkpoint_is_no_run(tmp_path, core_dataset):

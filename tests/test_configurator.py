@@ -1,11 +1,11 @@
-"""configurator.py: --key=value and config files applied to a namespace, and each refusal."""
+"""configurator.py: --key=value and config files applied to a namespace, and each refusal (through the scripts
+themselves: test_errors.py)."""
 import os
-import textwrap
 
 import pytest
 
 import configurator
-from conftest import assert_user_error, run_inproc, run_script
+from conftest import REPO_ROOT
 from helpers import UserError
 
 
@@ -16,46 +16,32 @@ def defaults():
     }
 
 
-def configure(argv, namespace=None):
-    namespace = defaults() if namespace is None else namespace
-    explicit = configurator.configure(namespace, argv)
-    return namespace, explicit
+def configure(argv):
+    namespace = defaults()
+    return namespace, configurator.configure(namespace, argv)
 
 
-def error_of(argv, namespace=None):
-    with pytest.raises(UserError) as info:
-        configure(argv, namespace)
-    message = str(info.value)
-    assert '\n' not in message
-    assert info.value.code == f"error: {message}"  # what the interpreter prints on exit
-    return message
+def config_file(tmp_path, text):
+    (tmp_path / 'cfg.py').write_text(text)
+    return str(tmp_path / 'cfg.py')
 
 
-def test_settable_keys_are_plain_public_values():
+def test_overrides_and_config_files_apply_in_order(tmp_path):
     assert configurator.settable_keys(defaults()) == {'batch_size', 'learning_rate', 'out_dir', 'compile',
-                                                      'top_k', 'dataset'}
-
-
-def test_overrides_are_parsed_as_python_literals():
+                                                      'top_k', 'dataset'}  # plain public values
     ns, explicit = configure(['--batch_size=32', '--learning_rate=1e-3', '--compile=False', '--top_k=5'])
-    assert ns['batch_size'] == 32 and type(ns['batch_size']) is int
-    assert ns['learning_rate'] == 1e-3
-    assert ns['compile'] is False
-    assert ns['top_k'] == 5
+    assert ns['batch_size'] == 32 and type(ns['batch_size']) is int and ns['learning_rate'] == 1e-3
+    assert ns['compile'] is False and ns['top_k'] == 5 and ns['out_dir'] == 'out'  # untouched
     assert set(explicit) == {'batch_size', 'learning_rate', 'compile', 'top_k'}
-    assert ns['out_dir'] == 'out'  # untouched
-
-
-def test_int_is_accepted_for_a_float_setting():
-    ns, _ = configure(['--learning_rate=1'])
-    assert ns['learning_rate'] == 1.0 and type(ns['learning_rate']) is float
-
-
-def test_none_setting_takes_any_value_and_none_is_accepted():
-    ns, _ = configure(['--top_k=None'])
-    assert ns['top_k'] is None
-    ns, _ = configure(['--top_k=7'])
-    assert ns['top_k'] == 7
+    ns, _ = configure(['--learning_rate=1', '--top_k=None'])  # an int for a float; None for a None setting
+    assert ns['learning_rate'] == 1.0 and type(ns['learning_rate']) is float and ns['top_k'] is None
+    # later arguments win; a config file may import and define helpers, and sets only public values
+    cfg = config_file(tmp_path, "import math\ndef double(x):\n    return 2 * x\n_scratch = 5\n"
+                                "batch_size = double(32)\nout_dir = 'from-file'\nlearning_rate = 1\n")
+    ns, explicit = configure([cfg, '--batch_size=8'])
+    assert ns['batch_size'] == 8 and ns['out_dir'] == 'from-file' and type(ns['learning_rate']) is float
+    assert set(explicit) == {'batch_size', 'out_dir', 'learning_rate'}
+    assert configure(['--batch_size=8', cfg])[0]['batch_size'] == 64
 
 
 @pytest.mark.parametrize('text,expected', [
@@ -77,151 +63,59 @@ def test_strings_are_kept_as_strings(text, expected):
 @pytest.mark.parametrize('text', ["['\\n\\n', 'THE END'", "'THE END", '"THE END', '(1, 2', "{'a': 1", "['a'] x"])
 def test_a_malformed_literal_for_a_setting_of_any_type_is_refused(text):
     """top_k (None) takes any type: a list or quoted string with a typo would become a plain string."""
-    message = error_of([f'--top_k={text}'])
-    assert message.startswith(f"--top_k={text} starts like a Python value") and "--top_k=\"['" in message
+    with pytest.raises(UserError) as info:
+        configure([f'--top_k={text}'])
+    assert str(info.value).startswith(f"--top_k={text} starts like a Python value") and "--top_k=\"['" in str(info.value)
     # plain text stays text there, and a string setting takes any text as written
     assert configure(['--top_k=THE END'])[0]['top_k'] == 'THE END'
     assert configure([f'--out_dir={text}'])[0]['out_dir'] == text
 
 
-def test_sample_py_refuses_an_unbalanced_stop():
-    assert_user_error(run_inproc('sample.py', "--stop=['\\n\\n', 'THE END'"), "--stop=['\\n\\n', 'THE END' starts like",
-                      '--stop="[')
-
-
-def test_later_arguments_win(tmp_path):
-    cfg = tmp_path / 'cfg.py'
-    cfg.write_text("batch_size = 64\nout_dir = 'from-file'\n")
-    ns, explicit = configure([str(cfg), '--batch_size=8'])
-    assert ns['batch_size'] == 8 and ns['out_dir'] == 'from-file'
-    assert set(explicit) == {'batch_size', 'out_dir'}
-    ns, _ = configure(['--batch_size=8', str(cfg)])
-    assert ns['batch_size'] == 64
-
-
-def test_config_file_may_import_and_define_helpers(tmp_path):
-    cfg = tmp_path / 'cfg.py'
-    cfg.write_text(textwrap.dedent("""
-        import math
-        def double(x):
-            return 2 * x
-        _scratch = 5
-        batch_size = double(16)
-        learning_rate = 1  # int for a float
-    """))
-    ns, explicit = configure([str(cfg)])
-    assert ns['batch_size'] == 32
-    assert ns['learning_rate'] == 1.0 and type(ns['learning_rate']) is float
-    assert set(explicit) == {'batch_size', 'learning_rate'}
-
-
-def test_unknown_key_names_the_closest_known_key():
-    message = error_of(['--batchsize=3'])
-    assert "'batchsize'" in message and "did you mean 'batch_size'" in message
-    message = error_of(['--learnig_rate=0.1'])
-    assert "did you mean 'learning_rate'" in message
-    # no suggestion when nothing is close, and private or non-plain globals are not settable
-    message = error_of(['--zzzzzzzz=1'])
-    assert "'zzzzzzzz'" in message and 'did you mean' not in message
-    for key in ('_private', 'os', 'helper'):
-        assert f"'{key}'" in error_of([f'--{key}=1'])
-
-
-@pytest.mark.parametrize('arg,fragments', [
-    ('--batch_size=3.5', ['batch_size', 'int', '3.5']),
-    ('--batch_size=True', ['batch_size', 'int']),  # a bool is not an int here
-    ('--batch_size=abc', ['batch_size', 'int', 'abc']),
-    ('--compile=1', ['compile', 'bool']),
-    ('--compile=false', ['compile', 'bool']),  # Python's False, not false
-    ('--learning_rate=fast', ['learning_rate', 'float']),
-    ('--learning_rate=True', ['learning_rate', 'float']),
+@pytest.mark.parametrize('config, argv, fragments', [
+    (None, ['--batchsize=3'], ["'batchsize'", "did you mean 'batch_size'"]),
+    (None, ['--learnig_rate=0.1'], ["did you mean 'learning_rate'"]),
+    (None, ['--zzzzzzzz=1'], ["'zzzzzzzz'", "!did you mean"]),  # no suggestion when nothing is close
+    *[(None, [f'--{key}=1'], [f"'{key}'"]) for key in ('_private', 'os', 'helper')],  # not settable
+    (None, ['--batch_size=3.5'], ['batch_size', 'int', '3.5']),
+    (None, ['--batch_size=True'], ['batch_size', 'int']),  # a bool is not an int here
+    (None, ['--batch_size=abc'], ['batch_size', 'int', 'abc']),
+    (None, ['--compile=1'], ['compile', 'bool']),
+    (None, ['--compile=false'], ['compile', 'bool']),  # Python's False, not false
+    (None, ['--learning_rate=fast'], ['learning_rate', 'float']),
+    (None, ['--learning_rate=True'], ['learning_rate', 'float']),
+    (None, ['--batch_size'], ['--batch_size', '--key=value']),
+    (None, ['nope.py'], ['nope.py', 'not found']),
+    (None, ['batch_size=3'], ['batch_size=3', '--key=value']),  # neither a file nor --key=value
+    ("batch_size = 4\nbatchsize = 8\n", [], ['cfg.py', "'batchsize'", "did you mean 'batch_size'"]),
+    ("batch_size = 'many'\n", [], ['cfg.py', 'batch_size', 'int']),
+    ("batch_size = 1 / 0\n", [], ['cfg.py', 'ZeroDivisionError']),
 ])
-def test_type_mismatch(arg, fragments):
-    message = error_of([arg])
+def test_a_bad_argument_is_one_line_and_changes_nothing(tmp_path, config, argv, fragments):
+    namespace = defaults()
+    with pytest.raises(UserError) as info:
+        configurator.configure(namespace, ([config_file(tmp_path, config)] if config else []) + argv)
+    message = str(info.value)
+    assert '\n' not in message and info.value.code == f"error: {message}"  # what the interpreter prints on exit
     for fragment in fragments:
-        assert fragment in message
-
-
-def test_bare_argument_without_equals():
-    message = error_of(['--batch_size'])
-    assert '--batch_size' in message and '--key=value' in message
-
-
-def test_missing_config_file(tmp_path):
-    message = error_of([str(tmp_path / 'nope.py')])
-    assert 'nope.py' in message and 'not found' in message
-    # an argument that is neither: a hint about the --key=value form
-    message = error_of(['batch_size=3'])
-    assert 'batch_size=3' in message and '--key=value' in message
-
-
-def test_config_file_setting_an_unknown_key(tmp_path):
-    cfg = tmp_path / 'cfg.py'
-    cfg.write_text("batch_size = 4\nbatchsize = 8\n")
-    message = error_of([str(cfg)])
-    assert 'cfg.py' in message and "'batchsize'" in message and "did you mean 'batch_size'" in message
-
-
-def test_config_file_with_a_wrong_type(tmp_path):
-    cfg = tmp_path / 'cfg.py'
-    cfg.write_text("batch_size = 'many'\n")
-    message = error_of([str(cfg)])
-    assert 'cfg.py' in message and 'batch_size' in message and 'int' in message
-
-
-def test_config_file_that_fails_to_run(tmp_path):
-    cfg = tmp_path / 'cfg.py'
-    cfg.write_text("batch_size = 1 / 0\n")
-    message = error_of([str(cfg)])
-    assert 'cfg.py' in message and 'ZeroDivisionError' in message
-
-
-def test_nothing_is_changed_by_an_argument_that_fails():
-    ns = defaults()
-    with pytest.raises(UserError):
-        configure(['--batch_size=3.5'], ns)
-    assert ns['batch_size'] == 12
+        assert fragment[1:] not in message if fragment.startswith('!') else fragment in message, message
+    assert config or namespace == defaults()  # (a config file is applied up to its failing line)
 
 
 def train_py_defaults():
     """train.py's default settings: the lines between its '# default config values' marker and
     the configure call, run on their own."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    source = open(os.path.join(root, 'train.py'), encoding='utf-8').read()
+    source = open(os.path.join(REPO_ROOT, 'train.py'), encoding='utf-8').read()
     block = source.split('# default config values')[1].split('config_keys = ')[0]
     namespace = {}
     exec('from helpers import hardware\n' + block.split('\n', 1)[1], namespace)
     return namespace
 
 
-@pytest.mark.parametrize('name', sorted(n for n in os.listdir(os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'config')) if n.endswith('.py')))
+@pytest.mark.parametrize('name', sorted(n for n in os.listdir(os.path.join(REPO_ROOT, 'config')) if n.endswith('.py')))
 def test_repository_configs_set_only_known_keys_with_the_right_types(name):
     namespace = train_py_defaults()
     assert {'batch_size', 'out_dir', 'init_from'} <= set(namespace)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    explicit = configurator.configure(namespace, [os.path.join(root, 'config', name)])
-    assert explicit
-
-
-def test_train_py_refuses_an_unknown_key_in_one_line():
-    """Through the script as a user runs it: non-zero exit, one line naming the key, no traceback."""
-    proc = run_script('train.py', '--nonsense=1', check=False, timeout=120)
-    assert proc.returncode != 0
-    assert 'Traceback' not in proc.stderr
-    assert proc.stderr.strip().count('\n') == 0, proc.stderr
-    assert_user_error(proc, "'nonsense'")
-
-
-@pytest.mark.parametrize('script', ['sample.py', 'bench.py'])
-def test_sample_and_bench_refuse_unknown_keys(script):
-    assert_user_error(run_inproc(script, '--max_new_tokenz=5'), "'max_new_tokenz'")
-
-
-def test_train_py_type_error_and_bare_argument():
-    assert_user_error(run_inproc('train.py', '--batch_size=2.5'), 'batch_size', 'int')
-    assert_user_error(run_inproc('train.py', '--compile'), '--key=value')
-    assert_user_error(run_inproc('train.py', 'config/no_such_config.py'), 'no_such_config.py', 'not found')
+    assert configurator.configure(namespace, [os.path.join(REPO_ROOT, 'config', name)])
 
 
 MODEL = dict(n_layer=2, n_head=4, n_embd=32, block_size=16, dropout=0.0)

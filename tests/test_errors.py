@@ -1,21 +1,98 @@
-"""Bad input gives one line, `error: ...`, naming the problem and the fix, a non-zero exit,
-no traceback, and nothing written; a non-finite loss stops training without writing a NaN
-model over a good checkpoint."""
+"""Bad input gives one line, `error: ...`, naming the problem and the fix, a non-zero exit, no traceback, and
+nothing written or changed; a non-finite loss stops training without writing a NaN model over a good checkpoint."""
+import io
 import os
+import pathlib
+import pickle
+import shutil
 
+import numpy as np
 import pytest
 import torch
 
-from helpers import UserError, checkpoint, data, hardware
-from conftest import (CORE_DATASET, assert_user_error, checkpoint_files, core_text, core_train_args, data_files,
-                      run_inproc)
+from helpers import UserError, checkpoint, data, hardware, runs
+from conftest import (CORE_DATASET, REPO_ROOT, RunsCode, assert_user_error, checkpoint_files, core_text,
+                      core_train_args, run_inproc, run_script)
 
 
-def test_user_error_is_a_one_line_exit():
+def test_user_error_is_one_line_and_exit_1_through_a_real_interpreter(tmp_path):
     error = UserError('something is wrong; do this instead')
-    assert isinstance(error, SystemExit)
-    assert str(error) == 'something is wrong; do this instead'
+    assert isinstance(error, SystemExit) and str(error) == 'something is wrong; do this instead'
     assert error.code == 'error: something is wrong; do this instead'
+    # run_inproc mirrors the interpreter; once for real
+    proc = run_script('train.py', *core_train_args(tmp_path / 'out'), '--nonsense=1', check=False, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.count('\n') == 1 and proc.stderr.startswith('error: ')
+    assert "'nonsense'" in proc.stderr and not (tmp_path / 'out').exists()
+
+
+def tree(*folders):
+    """Every file (with its bytes) and folder under the folders: what must not change."""
+    return {p: p.read_bytes() if p.is_file() else None for folder in folders for p in folder.rglob('*')}
+
+
+class Case:
+    """What a case may use: tmp, the shared tiny run (tiny_run) or a copy of it in tmp/out (run()),
+    throw-away datasets, files and a transformers folder."""
+
+    def __init__(self, tmp, make_dataset, tiny_run):
+        self.tmp, self.out, self.make_dataset, self.tiny_run, self.datasets = tmp, tmp / 'out', make_dataset, \
+            tiny_run.out_dir, []
+
+    def run(self, *files):
+        """The copy of the tiny run, with these files ((name, bytes) pairs) added."""
+        shutil.copytree(self.tiny_run, self.out)
+        for name, content in files:
+            (self.out / name).write_bytes(content)
+        return self.out
+
+    def dataset(self, suffix='bad', text=None, remove=None, val_tokens=None, append=None, **meta_extra):
+        """A copy of the core dataset (or one of text) with a file removed, val.bin cut to val_tokens, bytes
+        appended to train.bin, or more in meta.pkl."""
+        name = self.make_dataset(suffix, text=text, meta_extra=meta_extra or None)
+        folder = data.data_dir(name)
+        self.datasets.append(pathlib.Path(folder))
+        if remove:
+            os.remove(os.path.join(folder, remove))
+        if val_tokens is not None:
+            os.truncate(os.path.join(folder, 'val.bin'), 2 * val_tokens)
+        if append:
+            with open(os.path.join(folder, 'train.bin'), 'ab') as f:
+                f.write(append)
+        return name
+
+    def file(self, name, content=b''):
+        (self.tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        (self.tmp / name).write_bytes(content)
+        return self.tmp / name
+
+    def hf(self, vocab_size=50257, runs_code=False):
+        """A tiny transformers GPT-2 folder; runs_code: its weights in a pytorch_model.bin whose unpickling would
+        create tmp/PWNED."""
+        from transformers import GPT2Config, GPT2LMHeadModel
+        model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32, vocab_size=vocab_size,
+                                           bos_token_id=None, eos_token_id=None))
+        model.save_pretrained(self.tmp / 'hf')
+        if runs_code:
+            torch.save(dict(model.state_dict(), note=RunsCode(self.tmp / 'PWNED')), self.tmp / 'hf' / 'pytorch_model.bin')
+            os.remove(self.tmp / 'hf' / 'model.safetensors')
+        return self.tmp / 'hf'
+
+
+@pytest.fixture
+def case(tmp_path, make_dataset, tiny_run):
+    return Case(tmp_path, make_dataset, tiny_run)
+
+
+def refused(case, script, args, fragments):
+    """script refuses args in one line naming each fragment ({out}, {tmp}: case's folders; one starting with '!'
+    must not be there), and nothing under tmp, the tiny run or the case's datasets changed."""
+    before = tree(case.tmp, case.tiny_run, *case.datasets)
+    result = run_inproc(script, *args)
+    fragments = [f.format(out=case.out, tmp=case.tmp) for f in fragments]
+    line = assert_user_error(result, *[f for f in fragments if not f.startswith('!')])
+    assert len([s for s in result.stderr.strip().splitlines() if 'it/s]' not in s]) == 1, result.stderr  # tqdm's bars aside
+    assert not [f for f in fragments if f.startswith('!') and f[1:] in line], line
+    assert tree(case.tmp, case.tiny_run, *case.datasets) == before, "a file was created or changed"
 
 
 def case_id(value):
@@ -23,34 +100,44 @@ def case_id(value):
     return None if callable(value) else str(value[0]) if isinstance(value, list) else str(value)
 
 
-def dataset(make_dataset, remove=None, val_tokens=None, **meta_extra):
-    """A throw-away copy of the core dataset with one file removed, val.bin cut to val_tokens or meta.pkl
-    holding more."""
-    name = make_dataset('bad', meta_extra=meta_extra or None)
-    if remove:
-        os.remove(os.path.join(data.data_dir(name), remove))
-    if val_tokens is not None:
-        os.truncate(os.path.join(data.data_dir(name), 'val.bin'), 2 * val_tokens)
-    return name
+def truncated(path, size):
+    os.truncate(path, size)
+    return path
+
+
+def runs_code(path, marker):
+    """The checkpoint at path, with an object in its config whose unpickling would create marker."""
+    state = torch.load(path, weights_only=True)
+    torch.save(dict(state, config=dict(state['config'], note=RunsCode(marker))), path)
 
 
 # -----------------------------------------------------------------------------
-# train.py on a fresh out_dir: nothing may be created
+# train.py on a fresh out_dir (tmp/out): nothing may be created
 
 BEST = f'--device={hardware.best_device()}'  # what the errors suggest: cpu here, cuda on a GPU machine
 POSITIVE = ['batch_size', 'gradient_accumulation_steps', 'max_iters', 'eval_iters', 'block_size', 'n_layer', 'n_head',
             'eval_interval', 'log_interval']
+HALF_TOKEN = b'\x01'  # a .bin file of an odd size
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 
 
 @pytest.mark.parametrize('settings, fragments', ids=case_id, argvalues=[
     (dict(dataset='_test_no_such'), ["unknown dataset '_test_no_such'", CORE_DATASET]),  # lists those there are
+    (dict(dataset='char'), ["unknown dataset 'char'", 'data/char/prepare.py --input', '--name']),
     (dict(dataset=dict(remove='val.bin')), ['val.bin', 'missing', 'prepare']),
     (dict(dataset=dict(val_tokens=32), block_size=32), ['val.bin', '32 tokens', 'block_size+1 = 33', '--block_size']),
+    (dict(dataset=dict(append=HALF_TOKEN)), ['train.bin', 'not a whole number of uint16 tokens', 'prepare']),
     (dict(dataset=dict(dtype='float64')), ['float64', 'uint16']),  # meta.pkl naming an unknown token dtype
+    (dict(dataset=dict(vocab_size=None)), ['meta.pkl', 'no valid vocab_size', 'None']),
+    (dict(dataset=dict(vocab_size='19')), ['vocab_size', "'19'"]),
+    (dict(dataset=dict(vocab_size=5, itos=dict(enumerate('\n ade')))), ['train.bin', 'token id 18', 'vocab_size is 5']),
+    (lambda c: dict(dataset=c.dataset(itos=RunsCode(c.tmp / 'PWNED'))), ['refused', 'meta.pkl']),
     *[({name: value}, [name, 'positive', str(value)]) for name in POSITIVE for value in (0, -1)],
     (dict(n_embd=30, n_head=4), ['n_embd (30)', 'n_head (4)', 'divisible', '--n_embd=']),
     *[(dict(dropout=value), ['dropout', '[0, 1)']) for value in (1.0, 1.5, -0.1)],
+    (dict(learning_rate=-1), ['learning_rate', '-1']),
+    (dict(learning_rate='1e999'), ['learning_rate', 'inf']),
+    (dict(warmup_iters=-5), ['warmup_iters', '-5']),
     (dict(device='tpu'), ['unknown device', 'tpu', 'cpu']),
     (dict(device='gpu0'), ['unknown device', 'gpu0']),
     pytest.param(dict(device='cuda'), ['cuda', 'not available', BEST], marks=NO_CUDA),
@@ -62,147 +149,172 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is availabl
     (dict(init_from='restart'), ["unknown init_from 'restart'", 'resume']),
     # a gpt2-like name that is no model: refused before any download is tried
     (dict(init_from='gpt2-huge', dataset=dict(remove='meta.pkl')), ['gpt2-huge', 'gpt2-medium']),
+    (lambda c: dict(init_from=c.hf(runs_code=True), dataset=c.dataset('bpe', remove='meta.pkl')),
+     ['{tmp}/hf was refused', 'would run code', 'GLOBAL', 'safetensors']),
+    (lambda c: dict(out_dir=c.file('a_file', b'not a folder')), ['a_file', 'is a file', '--out_dir']),
+    (dict(out_dir='/sys/nanogpt_test_out'), ['cannot write', '/sys/nanogpt_test_out', '--out_dir']),  # even for root
     # CUDA graphs reuse the memory that holds the accumulated gradients (pytorch#169545)
     *[(dict(compile=True, compile_mode=mode, gradient_accumulation_steps=2),
        [mode, 'CUDA graphs', '2 micro-steps', 'max-autotune-no-cudagraphs']) for mode in ('reduce-overhead',
                                                                                          'max-autotune')],
 ])
-def test_train_refuses_and_creates_nothing(tmp_path, core_dataset, make_dataset, settings, fragments):
+def test_train_refuses_and_creates_nothing(case, core_dataset, settings, fragments):
+    settings = settings(case) if callable(settings) else settings
     if isinstance(settings.get('dataset'), dict):
-        settings = dict(settings, dataset=dataset(make_dataset, **settings['dataset']))
-    out_dir = tmp_path / 'out'
-    assert_user_error(run_inproc('train.py', *core_train_args(out_dir, **settings)), *fragments)
-    assert not out_dir.exists(), f"{out_dir} was created"
+        settings = dict(settings, dataset=case.dataset(**settings['dataset']))
+    refused(case, 'train.py', core_train_args(**{'out_dir': case.out, **settings}), fragments)
 
 
 @pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
-def test_16_bit_autocast_on_cpu_and_a_val_bin_of_block_size_plus_one_tokens(tmp_path, make_dataset, dtype):
+def test_16_bit_autocast_on_cpu_and_a_val_bin_of_block_size_plus_one_tokens(tmp_path, case, dtype):
     """Opt-ins on a CPU (float32 is its default): bf16 pays on CPUs with bf16 instructions for larger
     models; float16 runs its GradScaler as on a GPU. 33 tokens are enough for block_size 32."""
-    name = dataset(make_dataset, val_tokens=33)
-    out = run_inproc('train.py', *core_train_args(tmp_path / 'out', dataset=name, dtype=dtype, max_iters=1,
-                                                  eval_interval=100), check=True).stdout
+    out = run_inproc('train.py', *core_train_args(tmp_path / 'out', dataset=case.dataset(val_tokens=33), dtype=dtype,
+                                                  max_iters=1, eval_interval=100), check=True).stdout
     assert f"dtype='{dtype}'" in out
     scaler = torch.load(tmp_path / 'out' / 'latest.pt', weights_only=True)['scaler']
     assert bool(scaler) == (dtype == 'float16')  # the scaler ran, and saved its scale, for float16 only
 
 
 # -----------------------------------------------------------------------------
-# resume and sample.py: the run, the checkpoints, the folder are left as they were
+# resume (or a new run) in a copy of the tiny run, and sample.py: the run, the checkpoints, the folder stay
 
-def tree(folder):
-    """Every file (with its bytes) and folder under folder."""
-    return {path: path.read_bytes() if path.is_file() else None for path in folder.rglob('*')}
+OTHER_SAME_SIZE = core_text().translate(str.maketrans('abc', 'xyz'))  # as many characters, other ones
 
 
-def vocabulary(make_dataset, same_size):
-    """A dataset of other characters: as many as the core dataset's, or other ones altogether."""
-    other = core_text().translate(str.maketrans('abc', 'xyz')) if same_size else 'other characters: XYZ!?\n' * 200
-    return make_dataset('vocab', text=other)
-
-
-def only_a_damaged_ckpt(out, damage):
+def only_a_damaged_ckpt(out, content):
     os.remove(out / 'latest.pt')
-    (out / 'ckpt.pt').write_bytes(damage((out / 'ckpt.pt').read_bytes()))
-    return {}
+    (out / 'ckpt.pt').write_bytes(content((out / 'ckpt.pt').read_bytes()))
 
 
 def emptied(out):
     for name in os.listdir(out):
         os.remove(out / name)
-    return {}
+
+
+def beside(damaged, whole):
+    """The refusal of a damaged checkpoint (cut short) beside a whole one."""
+    return [f'{damaged} is truncated or corrupt', f'{whole} beside it loads', 'iter',
+            f'mv {{out}}/{damaged} {{out}}/{damaged}.damaged']
+
+
+def only_replaced(out):
+    """The run moved to replaced/ by --overwrite=True, before the new run saved."""
+    runs.claim_out_dir(str(out), resuming=False, overwrite=True).close()
+
+
+RESTORE = ['no checkpoint', 'replaced/', 'latest.pt after iteration 20', 'where --overwrite=True moved it',
+           'to restore it: mv ']
 
 
 @pytest.mark.parametrize('prepare, fragments', ids=case_id, argvalues=[
-    (lambda out, make: dict(block_size=64), ['block_size=64', 'checkpoint has 32']),
-    (lambda out, make: dict(n_layer=3), ['n_layer=3', 'checkpoint has 2', 'new --out_dir']),
-    (lambda out, make: dict(dataset=vocabulary(make, False)), ['vocabulary', '_test_core_vocab']),
+    (lambda c: dict(block_size=64), ['block_size=64', 'checkpoint has 32']),
+    (lambda c: dict(n_layer=3), ['n_layer=3', 'checkpoint has 2', 'new --out_dir']),
+    (lambda c: dict(dataset=c.dataset('vocab', text='other characters: XYZ!?\n' * 200)),
+     ['vocabulary', '_test_core_vocab']),
     # the same number of characters, other characters: only the stored vocabulary can tell
-    (lambda out, make: dict(dataset=vocabulary(make, True)), ['19-character vocabulary', '_test_core_vocab']),
-    (lambda out, make: only_a_damaged_ckpt(out, lambda b: b[:len(b) // 3]), ['ckpt.pt', 'truncated or corrupt']),
-    (lambda out, make: only_a_damaged_ckpt(out, lambda b: b'\x00garbage' * 100), ['ckpt.pt', 'truncated or corrupt']),
-    (lambda out, make: emptied(out), ['no checkpoint', 'ckpt.pt']),
-    (lambda out, make: dict(out_dir=out / 'never_trained'), ['does not exist', '{out}/never_trained']),
+    (lambda c: dict(dataset=c.dataset('vocab', text=OTHER_SAME_SIZE)), ['19-character vocabulary', '_test_core_vocab']),
+    (lambda c: only_a_damaged_ckpt(c.out, lambda b: b[:len(b) // 3]), ['ckpt.pt', 'truncated or corrupt']),
+    (lambda c: only_a_damaged_ckpt(c.out, lambda b: b'\x00garbage' * 100), ['ckpt.pt', 'truncated or corrupt']),
+    (lambda c: dict(out_dir=truncated(c.out / 'latest.pt', 5000).parent), beside('latest.pt', 'ckpt.pt')),
+    (lambda c: runs_code(c.out / 'latest.pt', c.tmp / 'PWNED'), ['latest.pt', 'refused', 'would run code']),
+    (lambda c: emptied(c.out), ['no checkpoint', 'ckpt.pt']),
+    (lambda c: dict(out_dir=c.out / 'never_trained'), ['does not exist', '{out}/never_trained']),
+    (lambda c: only_replaced(c.out), RESTORE),
+    (lambda c: dict(init_from=None), ['already holds a run', 'latest.pt after iteration 20', '--init_from=resume',
+                                      '--overwrite=True', '--out_dir']),  # a new run
+    (lambda c: only_replaced(c.out) or dict(init_from=None), ['holds no checkpoint', *RESTORE, '--overwrite=True']),
+    (lambda c: c.file('out/replaced/ckpt.pt', b'my own backup') and dict(init_from=None, overwrite=True),
+     ['replaced was not made by --overwrite=True', 'move it away']),  # never deleted
 ])
-def test_resume_refuses_and_changes_nothing(copy_run, make_dataset, prepare, fragments):
-    settings = dict(dict(out_dir=copy_run), **prepare(copy_run, make_dataset))
-    before = tree(copy_run)
-    result = run_inproc('train.py', *core_train_args(init_from='resume', **settings))
-    assert_user_error(result, *[fragment.format(out=copy_run) for fragment in fragments])
-    assert tree(copy_run) == before, "the out_dir changed"
+def test_resume_refuses_and_changes_nothing(case, prepare, fragments):
+    case.run()
+    settings = prepare(case) or {}
+    refused(case, 'train.py', core_train_args(**{'out_dir': case.out, 'init_from': 'resume', **settings}), fragments)
 
 
-def folder(path, *files):
-    """path made a folder holding these files ({name: bytes})."""
-    path.mkdir()
-    for name, content in files:
-        (path / name).write_bytes(content)
-    return path
+NOT_OURS = ['ckpt.pt', 'not a checkpoint that this project or nanoGPT wrote', 'not loaded']
 
 
-def too_small_for_gpt2(tmp):
-    from transformers import GPT2Config, GPT2LMHeadModel
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32, vocab_size=19, bos_token_id=None,
-                               eos_token_id=None)).save_pretrained(tmp / 'hf')
-    return dict(init_from=tmp / 'hf')
+def nanogpt_run_of(c, dataset):
+    """A copy of the tiny run's ckpt.pt as nanoGPT writes it (no vocabulary of its own) for dataset."""
+    state = checkpoint.load(str(c.tiny_run), 'ckpt.pt')
+    del state['tokenizer']
+    state['config']['dataset'] = dataset
+    checkpoint.save(state, str(c.out))
+    return c.out
 
 
 @pytest.mark.parametrize('prepare, fragments', ids=case_id, argvalues=[
-    (lambda tmp, run: dict(out_dir=tmp / 'nothing'), ['does not exist']),
-    (lambda tmp, run: dict(out_dir=folder(tmp / 'empty')), ['no checkpoint']),
-    (lambda tmp, run: dict(out_dir=folder(tmp / 'cut', ('ckpt.pt', (run / 'ckpt.pt').read_bytes()[:1000]))),
+    (lambda c: dict(out_dir=c.tmp / 'nothing'), ['does not exist']),
+    (lambda c: dict(out_dir=c.file('notes/notes.txt').parent), ['no checkpoint']),
+    (lambda c: dict(out_dir=c.file('cut/ckpt.pt', (c.tiny_run / 'ckpt.pt').read_bytes()[:1000]).parent),
      ['ckpt.pt', 'truncated or corrupt']),
-    (lambda tmp, run: dict(out_dir=folder(tmp / 'zero', ('ckpt.pt', b''))), ['ckpt.pt', 'truncated or corrupt']),
-    (lambda tmp, run: dict(start=f"FILE:{folder(tmp / 'p', ('p.txt', b''))}/p.txt"), ['prompt file', 'empty']),
-    (lambda tmp, run: dict(start=f"FILE:{tmp / 'none.txt'}"), ['prompt file', 'not found']),
-    (lambda tmp, run: dict(start=''), ['prompt is empty', '--start']),
-    (lambda tmp, run: dict(start='Quiet'), ['outside', "'Q'"]),
-    *[(lambda tmp, run, content=content: dict(prompts=f"{folder(tmp / 'p', ('p.txt', content))}/p.txt"),
-       ['prompts file', 'no prompt']) for content in (b'', b'\n\n  \n')],
-    *[(lambda tmp, run, settings=settings: settings, fragments) for settings, fragments in [
-        (dict(device='tpu'), ['unknown device']),
-        (dict(num_samples=0), ['num_samples', 'positive']),
-        (dict(max_new_tokens=-1), ['max_new_tokens', 'positive']),
-        (dict(temperature=0.0), ['temperature', 'top_k=1']),
-        (dict(top_k=0), ['top_k']),
-        (dict(init_from='scratch'), ["unknown init_from 'scratch'"]),
-        (dict(top_p=0), ['top_p', '(0, 1]']),
-        (dict(top_p=1.5), ['top_p', '(0, 1]']),
-        (dict(stop="''"), ['stop', 'non-empty']),
-        (dict(stop="['END', '']"), ['stop', 'non-empty']),
-        (dict(stop='[]'), ['stop', 'non-empty']),
-        (dict(stop='5'), ['stop', '5']),
-        (dict(prompts='no_such_prompts.txt'), ['prompts file', 'not found']),
-        (dict(prompts='tests/conftest.py', start='x'), ['--start', '--prompts', 'not both'])]],
-    (lambda tmp, run: too_small_for_gpt2(tmp),
+    (lambda c: dict(out_dir=c.file('zero/ckpt.pt').parent), ['ckpt.pt', 'truncated or corrupt']),
+    (lambda c: dict(out_dir=c.file('d/ckpt.pt', pickle.dumps({'a': 1})).parent), NOT_OURS),
+    (lambda c: dict(out_dir=c.file('n/ckpt.pt', pickle.dumps(np.zeros(3))).parent), NOT_OURS),
+    (lambda c: dict(out_dir=truncated(c.run() / 'ckpt.pt', 5000).parent), beside('ckpt.pt', 'latest.pt')),
+    (lambda c: runs_code(c.run() / 'ckpt.pt', c.tmp / 'PWNED') or dict(out_dir=c.out), ['ckpt.pt', 'refused']),
+    (lambda c: only_replaced(c.run()) or dict(out_dir=c.out), RESTORE),
+    # a nanoGPT checkpoint (no vocabulary of its own) whose dataset's meta.pkl would run code, or has another size
+    (lambda c: dict(out_dir=nanogpt_run_of(c, c.dataset(itos=RunsCode(c.tmp / 'PWNED')))), ['refused', 'meta.pkl']),
+    (lambda c: dict(out_dir=nanogpt_run_of(c, c.dataset(text='other characters: XYZ!?\n' * 200))),
+     ['vocab_size', 'meta.pkl']),
+    (lambda c: dict(out_dir=c.file('hf/config.json').parent), ['no checkpoint', 'holds a transformers model',
+                                                               '--init_from={tmp}/hf']),
+    (lambda c: dict(init_from=c.hf(runs_code=True), out_dir=None),
+     ['{tmp}/hf was refused', 'would run code', 'GLOBAL', 'safetensors']),
+    (lambda c: dict(init_from=truncated(c.hf() / 'model.safetensors', 1000).parent, out_dir=None),
+     ['model.safetensors is truncated or corrupt']),
+    (lambda c: dict(init_from=c.hf(vocab_size=19)),
      ['has 19 tokens', "too few for GPT-2's BPE", 'no tokenizer.json', 'export_hf.py']),
+    (lambda c: dict(start=f"FILE:{c.file('p/p.txt')}"), ['prompt file', 'empty']),
+    (lambda c: dict(start=f"FILE:{c.tmp / 'none.txt'}"), ['prompt file', 'not found']),
+    (lambda c: dict(start=f'FILE:{c.tmp}'), ['prompt file', 'is a folder']),
+    (dict(start=''), ['prompt is empty', '--start']),
+    (dict(start='Quiet'), ['outside', "'Q'"]),
+    *[(lambda c, content=content: dict(prompts=c.file('p.txt', content)), ['prompts file', 'no prompt'])
+      for content in (b'', b'\n\n  \n')],
+    (lambda c: dict(prompts=c.file('binary.dat', b'a' * (3 << 20) + bytes(range(128, 256)) * 8192)),
+     ['not valid UTF-8', 'at byte offset 3145728', 'save the prompts file as UTF-8']),
+    (lambda c: dict(prompts=c.file('binary.dat', bytes(4 << 20))), ['prompts file', 'NUL bytes', 'binary']),
+    (dict(prompts='no_such_prompts.txt'), ['prompts file', 'not found']),
+    (dict(prompts='tests/conftest.py', start='x'), ['--start', '--prompts', 'not both']),
+    (dict(device='tpu'), ['unknown device']),
+    (dict(num_samples=0), ['num_samples', 'positive']),
+    (dict(max_new_tokens=-1), ['max_new_tokens', 'positive']),
+    (dict(temperature=0.0), ['temperature', 'top_k=1']),
+    (dict(temperature='1e999'), ['temperature', 'finite', 'inf']),
+    (dict(top_k=0), ['top_k']),
+    (dict(init_from='scratch'), ["unknown init_from 'scratch'"]),
+    (dict(seed=2 ** 64), ['seed', str(2 ** 64)]),
+    (dict(top_p=0), ['top_p', '(0, 1]']),
+    (dict(top_p=1.5), ['top_p', '(0, 1]']),
+    *[(dict(stop=stop), ['stop', 'non-empty']) for stop in ("''", "['END', '']", '[]')],
+    (dict(stop='5'), ['stop', '5']),
+    (dict(stop="['\\n\\n', 'THE END'"), ["--stop=['\\n\\n', 'THE END' starts like", '--stop="[']),
+    (dict(max_new_tokenz=5), ["'max_new_tokenz'"]),
 ])
-def test_sample_refuses_and_writes_nothing(tmp_path, tiny_run, prepare, fragments):
-    settings = dict(dict(out_dir=tiny_run.out_dir, device='cpu', num_samples=1, max_new_tokens=5),
-                    **prepare(tmp_path, tiny_run.out_dir))
-    before = tree(tmp_path), tree(tiny_run.out_dir)
-    assert_user_error(run_inproc('sample.py', *[f'--{k}={v}' for k, v in settings.items()]), *fragments)
-    assert (tree(tmp_path), tree(tiny_run.out_dir)) == before
+def test_sample_refuses_and_writes_nothing(case, prepare, fragments):
+    settings = dict(out_dir=case.tiny_run, device='cpu', num_samples=1, max_new_tokens=5)
+    settings.update(prepare(case) if callable(prepare) else prepare)
+    refused(case, 'sample.py', [f'--{k}={v}' for k, v in settings.items() if v is not None], fragments)
 
 
-def test_sample_with_changed_meta_vocabulary(copy_run, make_dataset):
-    """The dataset prepared again from another text: the checkpoint's own vocabulary is used, and a
-    nanoGPT checkpoint, which has none, is refused rather than decoded with the wrong characters."""
+def test_sample_uses_the_checkpoints_own_vocabulary(copy_run, make_dataset):
+    """The dataset prepared again from another text: the checkpoint's own vocabulary is used (a nanoGPT
+    checkpoint, which has none, is refused: test_sample_refuses_and_writes_nothing)."""
     state = checkpoint.load(str(copy_run), 'ckpt.pt')
-    state['config']['dataset'] = vocabulary(make_dataset, False)
+    state['config']['dataset'] = make_dataset('vocab', text='other characters: XYZ!?\n' * 200)
     checkpoint.save(state, str(copy_run))
     result = run_inproc('sample.py', f'--out_dir={copy_run}', '--device=cpu', '--num_samples=2', '--start=the',
                         '--max_new_tokens=20', check=True)
     printed = result.stdout.split("Overriding: max_new_tokens = 20\n")[1]
     assert printed.startswith('the') and set(printed.replace('---------------', '')) <= set(core_text())
-    del state['tokenizer']
-    checkpoint.save(state, str(copy_run))
-    assert_user_error(run_inproc('sample.py', f'--out_dir={copy_run}', '--device=cpu'), 'vocab_size', 'meta.pkl')
 
 
-def test_meta_without_a_vocabulary_for_sampling(make_dataset):
-    import pickle
-    name = make_dataset('no_itos')
+def test_meta_without_a_vocabulary_for_sampling(case):
+    name = case.dataset('no_itos')
     with open(os.path.join(data.data_dir(name), 'meta.pkl'), 'wb') as f:
         pickle.dump({'vocab_size': 13}, f)
     with pytest.raises(UserError, match='no character vocabulary'):
@@ -210,47 +322,102 @@ def test_meta_without_a_vocabulary_for_sampling(make_dataset):
 
 
 # -----------------------------------------------------------------------------
-# a file the user names is written only over an earlier output of the same script
+# the other scripts; a file the user names is written only over an earlier output of the same script
 
 def png_without_our_mark():
-    import io
     from PIL import Image
     image = io.BytesIO()
     Image.new('RGB', (4, 4)).save(image, format='png')  # as any program writes one; plot.py marks its own
     return image.getvalue()
 
 
+def past_the_vocabulary(c):
+    name = c.dataset('ids')  # the run's own text and vocabulary
+    with open(os.path.join(data.data_dir(name), 'val.bin'), 'ab') as f:
+        f.write(np.array([19], dtype=np.uint16).tobytes())
+    return name
+
+
+def with_dataset(out, dataset):
+    state = checkpoint.load(str(out))
+    state['config']['dataset'] = dataset
+    torch.save(state, out / 'ckpt.pt')
+    return out
+
+
+BENCH = ['--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16',
+         '--batch_size=2', '--bench_iters=1', '--warmup_iters=0']
+DAMAGED_CSV, DAMAGED_ONNX = b'\x00\xff garbage\n1,2,3\n', b'\x08\x07\x12\x03onnx' + bytes(range(64))
 BENCHMARK_RUN = 'shakespeare-char' if torch.cuda.is_available() else 'laptop'  # a run folder it would replace
 
 
-@pytest.mark.parametrize('script, args, option, target, planted', [
-    ('evaluate.py', ['--out_dir={run}', '--results_file={run}/latest.pt'], '--results_file', 'latest.pt', None),
-    ('evaluate.py', ['--out_dir={run}', '--results_file={run}/mine.json'], '--results_file', 'mine.json',
-     ('mine.json', b'{"val": 1.5}')),
-    ('plot.py', ['--out_dir={run}'], '--output', 'loss.png', ('loss.png', png_without_our_mark)),
-    ('benchmarks/performance.py', ['--only=laptop', '--runs_dir={run}'], '--runs_dir', BENCHMARK_RUN,
-     (f'{BENCHMARK_RUN}/notes.txt', b'my notes')),
+def not_written(path, script, option):
+    return [f'{path} exists and {script} did not write it; pass another {option}']
+
+
+@pytest.mark.parametrize('command, fragments', ids=case_id, argvalues=[
+    (lambda c: ('train.py', [c.file('my_config.py', b'batch_size = 64\n'), '--batch_size=four']),
+     ['batch_size', 'sets 64', "'four'", '!default']),
+    (lambda c: ('train.py', [c.file('my_config.py', b'n_layer = 3\n'), *core_train_args(
+        c.run(), init_from='resume', n_layer=None)]), ['n_layer=3', 'set by {tmp}/my_config.py', 'checkpoint has 2']),
+    (lambda c: ('train.py', ['--batch_size=2.5']), ['batch_size', 'int']),
+    (lambda c: ('train.py', ['--compile']), ['--key=value']),
+    (lambda c: ('train.py', ['config/no_such_config.py']), ['no_such_config.py', 'not found']),
+    (lambda c: ('bench.py', ['--max_new_tokenz=5']), ["'max_new_tokenz'"]),
+    (lambda c: ('bench.py', [f"--dataset={c.dataset('odd', append=HALF_TOKEN)}", *BENCH]),
+     ['train.bin', 'not a whole number of uint16 tokens', 'prepare']),
+    (lambda c: ('bench.py', [f"--dataset={c.dataset('nobench', remove='train.bin')}", *BENCH]),
+     ['train.bin is missing', '--real_data=False']),
+    (lambda c: ('evaluate.py', [f'--out_dir={c.run()}', '--device=cpu', '--splits=test']),
+     ['test.bin', 'train.bin and val.bin', '--splits=val', '!prepare.py']),
+    (lambda c: ('evaluate.py', [f'--out_dir={c.run()}', '--device=cpu', f'--results_file={c.tmp}/no/r.json']),
+     ['results_file', 'does not exist']),
+    (lambda c: ('evaluate.py', [f'--out_dir={c.run()}', f'--dataset={past_the_vocabulary(c)}', '--device=cpu',
+                                '--full_pass=True']), ['val.bin', 'token id 19', 'vocab_size is 19']),
+    (lambda c: ('evaluate.py', [f"--out_dir={with_dataset(c.run(), c.dataset('vocab', text=OTHER_SAME_SIZE))}",
+                                '--device=cpu']), ['19-character vocabulary', '_test_core_vocab']),
+    (lambda c: ('evaluate.py', [f'--out_dir={c.run()}', f'--results_file={c.out}/latest.pt']),
+     not_written('{out}/latest.pt', 'evaluate.py', '--results_file')),
+    (lambda c: ('evaluate.py', [f"--out_dir={c.run(('mine.json', b'[1.5]'))}", f'--results_file={c.out}/mine.json']),
+     not_written('{out}/mine.json', 'evaluate.py', '--results_file')),
+    (lambda c: ('plot.py', [f"--out_dir={c.run(('loss.png', png_without_our_mark()))}"]),
+     not_written('{out}/loss.png', 'plot.py', '--output')),
+    (lambda c: ('plot.py', [f"--out_dir={c.file('metrics.csv', DAMAGED_CSV).parent}"]), ['metrics.csv', 'damaged']),
+    (lambda c: ('benchmarks/performance.py', ['--only=laptop', f"--runs_dir={c.file(f'{BENCHMARK_RUN}/notes.txt').parent.parent}"]),
+     not_written('{tmp}/' + BENCHMARK_RUN, 'benchmarks/performance.py', '--runs_dir')),
+    # exports write only where nothing but an earlier export of their own would be replaced
+    (lambda c: ('export_hf.py', [f'--out_dir={c.run()}', f'--output={c.out}/ckpt.pt']), ['--output', 'is a file']),
+    (lambda c: ('export_hf.py', [f'--out_dir={c.run()}', f"--output={c.file('mine/notes.txt').parent}"]),
+     ['mine', 'notes.txt', 'no export_hf.py export wrote', 'new or empty folder']),
+    (lambda c: ('export_hf.py', [f'--out_dir={c.run()}', f'--output={c.out}']),
+     ['ckpt.pt', 'latest.pt', 'move those files away']),
+    (lambda c: ('export_hf.py', [f'--out_dir={c.run()}', '--output=/sys/nanogpt_test_hf']), ['cannot write', '/sys']),
+    (lambda c: ('export_onnx.py', [f'--out_dir={c.run()}', f'--output={c.tmp}']),
+     ['is a folder', '--output={tmp}/model.onnx']),
+    (lambda c: ('export_onnx.py', [f'--out_dir={c.run()}', f'--output={c.out}/ckpt.pt']),
+     ['ckpt.pt exists', 'export_onnx.py did not write it', '--output']),
+    (lambda c: ('export_onnx.py', [f'--out_dir={c.run()}', '--output=/sys/nanogpt_test.onnx']), ['cannot write', '/sys']),
+    (lambda c: ('export_onnx.py', [f'--out_dir={c.run()}', '--seed=-1']), ['seed', '-1']),
+    (lambda c: ('sample_onnx.py', [f"--onnx_path={c.file('model.onnx', DAMAGED_ONNX)}", '--num_samples=1']),
+     ['not a readable ONNX model']),
+    (lambda c: ('sample_onnx.py', [f'--onnx_path={REPO_ROOT}/README.md', '--num_samples=1']),
+     ['not a readable ONNX model']),
+    (lambda c: ('sample_onnx.py', [f'--onnx_path={c.tmp}', '--seed=-1']), ['seed', '-1']),
+    (lambda c: ('sample_onnx.py', [f'--onnx_path={c.tmp}']), ['is a folder', '--onnx_path']),
 ])
-def test_a_file_the_script_did_not_write_is_refused(copy_run, script, args, option, target, planted):
-    if planted:
-        (copy_run / planted[0]).parent.mkdir(exist_ok=True)
-        (copy_run / planted[0]).write_bytes(planted[1]() if callable(planted[1]) else planted[1])
-    before = data_files(str(copy_run))
-    result = run_inproc(script, *[arg.format(run=copy_run) for arg in args])
-    assert_user_error(result, f"{copy_run / target} exists and {script} did not write it; pass another {option}")
-    assert data_files(str(copy_run)) == before
+def test_the_other_scripts_refuse_and_change_nothing(case, core_dataset, command, fragments):
+    refused(case, *command(case), fragments)
 
 
 def test_performance_replaces_the_run_folders_it_made(tmp_path, monkeypatch):
     import subprocess
     fake = subprocess.CompletedProcess([], 0, stdout='step 4: train loss 2.0, val loss 2.5\n', stderr='')
     monkeypatch.setattr(subprocess, 'run', lambda *args, **kwargs: fake)  # no training: its folders are the point
-    runs = tmp_path / 'runs'
-    (runs / BENCHMARK_RUN).mkdir(parents=True)  # empty: nothing in it to lose
+    (tmp_path / BENCHMARK_RUN).mkdir()  # empty: nothing in it to lose
     for _ in range(2):
-        run_inproc('benchmarks/performance.py', '--only=laptop', f'--runs_dir={runs}', check=True)
-    assert {name: os.listdir(runs / name) for name in os.listdir(runs)} == \
-        {name: ['made_by_performance.txt'] for name in os.listdir(runs)}
+        run_inproc('benchmarks/performance.py', '--only=laptop', f'--runs_dir={tmp_path}', check=True)
+    assert {name: os.listdir(tmp_path / name) for name in os.listdir(tmp_path)} == \
+        {name: ['made_by_performance.txt'] for name in os.listdir(tmp_path)}
 
 
 # -----------------------------------------------------------------------------

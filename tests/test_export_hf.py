@@ -29,12 +29,10 @@ def prompts(vocab_size):
 def test_export_loads_in_transformers_and_back(tmp_path, activation, hf_activation, bias):
     model = tiny_runs.make_model(activation, bias=bias, block_size=BLOCK)
     export_hf.export(model, str(tmp_path))
-
     config = json.loads((tmp_path / 'config.json').read_text())
-    assert config['activation_function'] == hf_activation
+    assert config['activation_function'] == hf_activation and config['layer_norm_epsilon'] == 1e-5
     assert (config['n_positions'], config['vocab_size'], config['n_layer'], config['n_head'], config['n_embd']) == \
         (BLOCK, len(tiny_runs.CHARS), 2, 2, 32)
-    assert config['layer_norm_epsilon'] == 1e-5
     assert config['resid_pdrop'] == config['embd_pdrop'] == config['attn_pdrop'] == 0.0
     weights = safetensors_torch.load_file(str(tmp_path / 'model.safetensors'))
     # Conv1D layout: (in, out), the transpose of nn.Linear's
@@ -44,9 +42,9 @@ def test_export_loads_in_transformers_and_back(tmp_path, activation, hf_activati
     if not bias:  # GPT-2 always has biases: a bias=False model gets zeros
         assert not weights['transformer.h.1.attn.c_attn.bias'].any()
         assert not weights['transformer.ln_f.bias'].any()
-
     hf_model = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
-    back = GPT.from_pretrained(str(tmp_path)).eval()
+    back = GPT.from_pretrained(str(tmp_path)).eval()  # transformers' own folder, as save_pretrained writes it
+    assert (back.config.block_size, back.config.vocab_size, back.config.bias) == (BLOCK, len(tiny_runs.CHARS), True)
     assert back.config.activation == activation
     wrong = transformers.GPT2LMHeadModel.from_pretrained(
         str(tmp_path), activation_function='gelu_new' if activation == 'gelu' else 'gelu').eval()
@@ -55,7 +53,10 @@ def test_export_loads_in_transformers_and_back(tmp_path, activation, hf_activati
             expected = tiny_runs.full_logits(model, idx)
             assert expected.abs().max() > 3  # large enough for the comparison to mean something
             torch.testing.assert_close(hf_model(idx).logits, expected, rtol=0, atol=1e-5)
-            torch.testing.assert_close(tiny_runs.full_logits(back, idx), expected, rtol=0, atol=1e-5)
+            got = tiny_runs.full_logits(back, idx)
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+            torch.testing.assert_close(back(idx)[0][:, -1], expected[:, -1], rtol=0, atol=1e-5)  # the KV-cache path
             if idx.size(1) > 1:
                 # the other GELU is far outside the tolerance: the activation setting matters and is checked
                 assert (wrong(idx).logits - expected).abs().max() > 1e-3
@@ -64,9 +65,8 @@ def test_export_loads_in_transformers_and_back(tmp_path, activation, hf_activati
 def test_cli_export_verifies_itself(tmp_path):
     name = tiny_runs.make_char_dataset('hf')
     try:
-        model = tiny_runs.make_model('gelu', bias=False, block_size=BLOCK, seed=4)
         out = tmp_path / 'run'
-        tiny_runs.save_checkpoint(model, str(out), name)
+        tiny_runs.save_checkpoint(tiny_runs.make_model('gelu', bias=False, block_size=BLOCK, seed=4), str(out), name)
         proc = run_inproc('export_hf.py', f'--out_dir={out}', check=True)
     finally:
         tiny_runs.remove_dataset(name)
@@ -94,13 +94,17 @@ def test_only_an_earlier_export_is_ever_replaced(tmp_path):
         export_hf.check_output(str(folder))
 
 
-def test_weights_that_would_run_code_are_never_loaded(tmp_path):
-    """Beside model.safetensors, transformers never opens pytorch_model.bin; alone, it is refused
-    without running anything, in one line."""
+def test_from_pretrained_overrides_and_refusals(tmp_path):
+    """Only dropout can be overridden. Beside model.safetensors, transformers never opens pytorch_model.bin;
+    alone, it is refused without running anything, in one line, as an unknown name is."""
+    with pytest.raises(UserError, match="unknown init_from 'gpt3-not-a-model'"):
+        checkpoint.pretrained('gpt3-not-a-model')
     model = tiny_runs.make_model(block_size=BLOCK)
-    export_hf.export(model, str(tmp_path))
+    hf_model = export_hf.export(model, str(tmp_path))
+    assert GPT.from_pretrained(str(tmp_path), dict(dropout=0.1)).config.dropout == 0.1
+    with pytest.raises(AssertionError):
+        GPT.from_pretrained(str(tmp_path), dict(n_layer=3))
     marker = tmp_path / 'PWNED'
-    hf_model = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path))
     torch.save(dict(hf_model.state_dict(), note=RunsCode(marker)), tmp_path / 'pytorch_model.bin')
     idx = prompts(model.config.vocab_size)[0]
     torch.testing.assert_close(tiny_runs.full_logits(GPT.from_pretrained(str(tmp_path)), idx),

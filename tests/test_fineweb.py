@@ -1,44 +1,30 @@
 """data/fineweb_edu/prepare.py and helpers/documents.py: GPT-2 BPE of document collections, resumable. The expected
-tokens are computed here, independently: one encode_ordinary per document, then 50256; document i is val when i is a
-multiple of --val_every. Scripts run in this process, or in their own where a test kills them or presses Ctrl+C;
-the resume machinery is also driven on datasets built in memory, where an interruption can be placed exactly."""
+tokens are computed here (test_prepare.gpt2_tokens); document i is val when i is a multiple of --val_every. Scripts
+run in this process, or in their own where a test kills them or presses Ctrl+C; the resume machinery is also
+driven on datasets built in memory, where an interruption can be placed exactly."""
 import errno
 import hashlib
 import json
 import os
 import random
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, assert_user_error, run_inproc
 from helpers import UserError, data, documents, prepare
+import test_prepare
+from test_prepare import gpt2_tokens
 
-EOT = 50256
 WORDS = ('the a school lesson about cells energy history 中文 café naïve 😀 — "quoted" 1,234 and\nnew\tline'
          .split(' '))
-
-
-# ----------------------------------------------------------------------------- helpers
-
-@pytest.fixture
-def names():
-    """A factory of unique dataset names, their folders (under data.data_dir) removed at the end."""
-    made = []
-
-    def make():
-        made.append(f'_test_fw_{uuid.uuid4().hex[:8]}')
-        return made[-1]
-    yield make
-    for name in made:
-        shutil.rmtree(data.data_dir(name), ignore_errors=True)
+scratch = test_prepare.scratch   # the fixture of unique dataset names
+PREPARES = {'fineweb_edu': [], 'openwebtext': ['--num_proc', '1']}
 
 
 def make_docs(n, seed=0, words=(5, 120)):
@@ -52,19 +38,12 @@ def make_docs(n, seed=0, words=(5, 120)):
     return docs
 
 
-def tokens_of(docs):
-    """The tokens of docs, computed without the code under test: each one's encode_ordinary, then 50256."""
-    import tiktoken
-    enc = tiktoken.get_encoding('gpt2')
-    return np.array([t for doc in docs if doc is not None for t in enc.encode_ordinary(doc) + [EOT]], dtype=np.uint16)
-
-
 def expected(docs, val_every):
     """(train, val) tokens by the documented rule: rows without text are skipped, and of the documents left,
     document i is val when i is a multiple of val_every."""
     docs = [doc for doc in docs if doc is not None]
-    return (tokens_of([doc for i, doc in enumerate(docs) if i % val_every]),
-            tokens_of([doc for i, doc in enumerate(docs) if i % val_every == 0]))
+    return (gpt2_tokens([doc for i, doc in enumerate(docs) if i % val_every]),
+            gpt2_tokens([doc for i, doc in enumerate(docs) if i % val_every == 0]))
 
 
 def bins(name):
@@ -72,10 +51,20 @@ def bins(name):
                  for split in ('train', 'val'))
 
 
+def assert_bins(name, train, val, why=None):
+    got_train, got_val = bins(name)
+    assert np.array_equal(got_train, train) and np.array_equal(got_val, val), why
+
+
 def left(name):
     """The files in the dataset's folder but the prepare's lock, or None without one."""
     folder = data.data_dir(name)
     return sorted(set(os.listdir(folder)) - {prepare.LOCK}) if os.path.isdir(folder) else None
+
+
+def progress(name):
+    with open(os.path.join(data.data_dir(name), documents.PROGRESS)) as f:
+        return json.load(f)
 
 
 def write_jsonl(path, docs):
@@ -117,34 +106,29 @@ def run_in_process(name, docs, parts, val_every=None, **kwargs):
 
 # ----------------------------------------------------------------------------- exact tokens
 
-def test_jsonl_and_parquet_give_exactly_the_tokens_of_one_call_per_document(tmp_path, names, hf_offline):
+def test_jsonl_and_parquet_give_exactly_the_tokens_of_one_call_per_document(tmp_path, scratch, hf_offline):
     docs = make_docs(300, seed=1)
     train, val = expected(docs, val_every=7)
-    jsonl = write_jsonl(tmp_path / 'docs.jsonl', docs)
     parquet = write_parquet(tmp_path / 'sample' / '10BT', docs)
-    for source in (jsonl, parquet, str(tmp_path / 'sample' / '10BT' / '*.parquet')):   # so the same bytes, too
-        name = names()
+    for source in (write_jsonl(tmp_path / 'docs.jsonl', docs), parquet, parquet + '/*.parquet'):  # the same bytes
+        name = scratch()
         out = prepare_fw('--source', source, '--name', name, '--val_every=7', '--chunk_docs=40').stdout
-        got_train, got_val = bins(name)
-        assert np.array_equal(got_train, train) and np.array_equal(got_val, val), source
+        assert_bins(name, train, val, source)
         assert "256 train and 43 val documents; 1 without text skipped" in out
         assert f"train has {len(train):,} tokens" in out
         assert left(name) == ['train.bin', 'val.bin']   # no .tmp files, no progress record
 
 
-def test_same_bytes_whatever_the_threads_chunks_and_shards(names):
+def test_same_bytes_whatever_the_threads_chunks_and_shards(scratch):
     docs = make_docs(250, seed=2)
-    train, val = expected(docs, val_every=10)
-    runs = [dict(threads=1, chunk_docs=1000, shards=1), dict(threads=3, chunk_docs=7, shards=4),
-            dict(threads=2, chunk_docs=3, shards=3), dict(threads=2, chunk_docs=64, shards=4)]
-    for run in runs:
-        name = names()
+    for run in (dict(threads=1, chunk_docs=1000, shards=1), dict(threads=3, chunk_docs=7, shards=4),
+                dict(threads=2, chunk_docs=3, shards=3), dict(threads=2, chunk_docs=64, shards=4)):
+        name = scratch()
         run_in_process(name, docs, [(None, in_memory(docs, run.pop('shards')))], val_every=10, **run)
-        got_train, got_val = bins(name)
-        assert np.array_equal(got_train, train) and np.array_equal(got_val, val), run
+        assert_bins(name, *expected(docs, val_every=10), run)
 
 
-def test_openwebtext_keeps_its_split_and_order(tmp_path, names, hf_offline):
+def test_openwebtext_keeps_its_split_and_order(tmp_path, scratch, hf_offline):
     """openwebtext goes through the same path: its val is datasets' train_test_split(0.0005, seed 2357), and
     both files hold the documents in that split's order; from .jsonl, and from a folder of .txt files (a
     document each) loaded by two processes."""
@@ -158,23 +142,35 @@ def test_openwebtext_keeps_its_split_and_order(tmp_path, names, hf_offline):
             (docs, write_jsonl(tmp_path / 'owt.jsonl', docs), '1', "2,098 train and 2 val"),
             (files, str(tmp_path / 'corpus'), '2', "59 train and 1 val")):
         split = Dataset.from_dict({'text': docs}).train_test_split(test_size=0.0005, seed=2357, shuffle=True)
-        name = names()
+        name = scratch()
         out = run_inproc('data/openwebtext/prepare.py', '--source', source, '--name', name, '--num_proc', num_proc,
                          check=True).stdout
         assert f"{counts} documents" in out
-        got_train, got_val = bins(name)
-        assert np.array_equal(got_train, tokens_of(split['train']['text']))
-        assert np.array_equal(got_val, tokens_of(split['test']['text']))
+        assert_bins(name, gpt2_tokens(split['train']['text']), gpt2_tokens(split['test']['text']))
+
+
+@pytest.mark.parametrize('script', PREPARES)
+def test_rows_without_text_are_skipped_and_counted_in_both_prepares(tmp_path, scratch, hf_offline, script):
+    docs, name = make_docs(80, seed=11), scratch()   # document 10 is None: "text": null
+    source = write_jsonl(tmp_path / 'docs.jsonl', docs)
+    with open(source, 'a') as f:
+        f.write(json.dumps({'id': 80}) + '\n')   # and a row without the field
+    out = run_inproc(f'data/{script}/prepare.py', '--source', source, '--name', name, *PREPARES[script],
+                     check=True).stdout
+    assert "val documents; 2 without text skipped" in out
+    assert np.array_equal(np.sort(np.concatenate(bins(name))), np.sort(gpt2_tokens(docs)))   # no empty document
+    if script == 'fineweb_edu':   # and the split rule numbers only documents
+        assert_bins(name, *expected(docs, val_every=1000))
 
 
 # ----------------------------------------------------------------------------- interruptions
 
 class Interrupt:
-    """Counts the calls of documents.encode, and makes call number `at` raise `error`."""
+    """Counts the calls of documents.gpt2_in_threads, and makes call number `at` raise `error`."""
 
     def __init__(self, monkeypatch, at=None, error=None):
-        self.calls, self.at, self.error, self.encode = 0, at, error, documents.encode
-        monkeypatch.setattr(documents, 'encode', self)
+        self.calls, self.at, self.error, self.encode = 0, at, error, documents.gpt2_in_threads
+        monkeypatch.setattr(documents, 'gpt2_in_threads', self)
 
     def __call__(self, *args):
         self.calls += 1
@@ -183,19 +179,13 @@ class Interrupt:
         return self.encode(*args)
 
 
-def progress(name):
-    with open(os.path.join(data.data_dir(name), documents.PROGRESS)) as f:
-        return json.load(f)
-
-
 @pytest.mark.parametrize('error', [KeyboardInterrupt(), OSError(errno.ENOSPC, 'No space left on device')])
-def test_resume_after_an_interruption_inside_a_chunk(names, monkeypatch, capsys, error):
+def test_resume_after_an_interruption_inside_a_chunk(scratch, monkeypatch, capsys, error):
     """Chunk 4's train tokens are written, then its val part fails: the re-run cuts train.bin.tmp back to 3
     chunks (whatever follows them), says so, and ends with the bytes of an uninterrupted run, without encoding
     chunks 1-3 again."""
-    docs = make_docs(200, seed=4)
-    source = in_memory(docs, shards=2)
-    name = names()
+    docs, name = make_docs(200, seed=4), scratch()
+    source, (train, val) = in_memory(docs, shards=2), expected(docs, val_every=5)
     Interrupt(monkeypatch, at=8, error=error)   # train and val of chunks 1-3, then chunk 4's train, then its val
     with pytest.raises(type(error) if isinstance(error, KeyboardInterrupt) else UserError) as raised:
         run_in_process(name, docs, [(None, source)], val_every=5, chunk_docs=30)
@@ -207,26 +197,23 @@ def test_resume_after_an_interruption_inside_a_chunk(names, monkeypatch, capsys,
     tmp_train = os.path.join(data.data_dir(name), 'train.bin.tmp')
     assert os.path.getsize(tmp_train) > at['bytes']['train'] and 'train.bin' not in left(name)
     with open(tmp_train, 'ab') as f:   # and then some bytes a torn write left, more than all the tokens to come
-        f.write(b'\xff' * 2 * len(expected(docs, val_every=5)[0]))
+        f.write(b'\xff' * 2 * len(train))
     monkeypatch.undo()
     rerun = Interrupt(monkeypatch)
     capsys.readouterr()
     run_in_process(name, docs, [(None, source)], val_every=5, chunk_docs=30)
     assert "resuming after chunk 3: 89 documents" in capsys.readouterr().out
     assert rerun.calls == 2 * 5   # train and val of 90-99 (shard 0), 100-129, 130-159, 160-189, 190-199
-    got_train, got_val = bins(name)
-    train, val = expected(docs, val_every=5)
-    assert np.array_equal(got_train, train) and np.array_equal(got_val, val)
+    assert_bins(name, train, val)
     assert left(name) == ['train.bin', 'val.bin']
 
 
-def test_resume_of_fixed_splits_and_a_finished_shard(names, monkeypatch, capsys):
+def test_resume_of_fixed_splits_and_a_finished_shard(scratch, monkeypatch, capsys):
     """openwebtext's shape: a train and a val Dataset (memory-mapped, no shards). Stopped right after the train
     part's last chunk, the re-run starts with val and never reads train again."""
     from datasets import Dataset
-    docs = make_docs(120, seed=5)
+    docs, name = make_docs(120, seed=5), scratch()
     parts = [('train', Dataset.from_dict({'text': docs[:100]})), ('val', Dataset.from_dict({'text': docs[100:]}))]
-    name = names()
     Interrupt(monkeypatch, at=5, error=KeyboardInterrupt())   # 4 train chunks of 25, then the first val chunk
     with pytest.raises(KeyboardInterrupt):
         run_in_process(name, docs, parts, chunk_docs=25)
@@ -236,14 +223,12 @@ def test_resume_of_fixed_splits_and_a_finished_shard(names, monkeypatch, capsys)
     capsys.readouterr()
     run_in_process(name, docs, parts, chunk_docs=25)
     assert "resuming after chunk 4: 99 documents" in capsys.readouterr().out and rerun.calls == 1
-    got_train, got_val = bins(name)
-    assert np.array_equal(got_train, tokens_of(docs[:100])) and np.array_equal(got_val, tokens_of(docs[100:]))
+    assert_bins(name, gpt2_tokens(docs[:100]), gpt2_tokens(docs[100:]))
 
 
 @pytest.mark.parametrize('change', ['source', 'split'])
-def test_a_changed_source_or_split_starts_over(names, monkeypatch, capsys, change):
-    docs = make_docs(120, seed=6)
-    name = names()
+def test_a_changed_source_or_split_starts_over(scratch, monkeypatch, capsys, change):
+    docs, name = make_docs(120, seed=6), scratch()
     Interrupt(monkeypatch, at=3, error=KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         run_in_process(name, docs, [(None, in_memory(docs, 2))], val_every=4, chunk_docs=20)
@@ -254,9 +239,7 @@ def test_a_changed_source_or_split_starts_over(names, monkeypatch, capsys, chang
         docs = docs[:60] + ['an edited document'] + docs[61:]
     run_in_process(name, docs, [(None, in_memory(docs, 2))], val_every=val_every, chunk_docs=20)
     assert "another source or split: starting over" in capsys.readouterr().out
-    got_train, got_val = bins(name)
-    train, val = expected(docs, val_every)
-    assert np.array_equal(got_train, train) and np.array_equal(got_val, val)
+    assert_bins(name, *expected(docs, val_every))
 
 
 def test_identity_of_local_files_changes_with_their_size_or_time(tmp_path):
@@ -269,80 +252,91 @@ def test_identity_of_local_files_changes_with_their_size_or_time(tmp_path):
     assert before != touched != documents.identity([path]) and touched[0][0] == os.path.abspath(path)
 
 
-def start(tmp_path, name, docs, hf_offline):
-    """The prepare of docs (a parquet source) started in the background, once it has finished 2 chunks."""
-    source = write_parquet(tmp_path / 'big', docs, files=2)
-    proc = subprocess.Popen([sys.executable, 'data/fineweb_edu/prepare.py', '--source', source, '--name', name,
-                             '--val_every=9', '--chunk_docs=20'], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED='1', **hf_offline))
+def start(args, env, name, chunks):
+    """The prepare with args started in the background and stopped (SIGSTOP: it holds its lock and can neither
+    finish nor go on) once its progress record names `chunks` chunks."""
+    proc = subprocess.Popen([sys.executable, 'data/fineweb_edu/prepare.py', *args], cwd=REPO_ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED='1',
+                                                                                     **env))
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline:
         try:
-            if progress(name)['chunks'] >= 2:
+            if progress(name)['chunks'] >= chunks:
                 break
         except (FileNotFoundError, ValueError):
             pass
         time.sleep(0.01)
+    proc.send_signal(signal.SIGSTOP)
     assert proc.poll() is None, "the prepare finished before it could be interrupted; use more documents"
-    return source, proc
+    return proc
 
 
-def test_killed_prepare_resumes_where_it_stopped(tmp_path, names, hf_offline):
-    """kill -9 at any moment: the re-run resumes after the chunks the progress record names, leaves the bytes
-    already there as they are (marked here, to tell), and ends with the tokens of an uninterrupted run."""
-    docs = make_docs(3000, seed=7, words=(20, 200))
-    name = names()
-    source, proc = start(tmp_path, name, docs, hf_offline)
+def test_a_second_prepare_is_refused_and_ctrl_c_or_kill_keeps_the_chunks_for_the_rerun(tmp_path, scratch, hf_offline):
+    """While a prepare runs, another of the same name is one line and leaves it alone. Ctrl+C stops the first
+    with its finished chunks kept; the re-run resumes there, and kill -9 at any moment keeps them too: the last
+    run resumes after the chunks the progress record names, leaves the bytes already there as they are (marked
+    here, to tell), and ends with the tokens of an uninterrupted run."""
+    docs, name = make_docs(1000, seed=8, words=(20, 200)), scratch()
+    train, val = expected(docs, val_every=9)
+    args = ['--source', write_parquet(tmp_path / 'big', docs, files=2), '--name', name, '--val_every=9',
+            '--chunk_docs=20']
+    proc = start(args, hf_offline, name, 2)
+    try:
+        assert_user_error(prepare_fw(*args, check=False), f'another prepare (pid {proc.pid}) is writing', f'{name}/',
+                          'wait for it')
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and 'run the same command again to resume' in err and 'Traceback' not in err
+    assert {'train.bin.tmp', 'val.bin.tmp', documents.PROGRESS} <= set(left(name)) and 'train.bin' not in left(name)
+    chunks = progress(name)['chunks']
+    proc = start(args, hf_offline, name, chunks + 2)
     proc.kill()
-    proc.communicate(timeout=60)
+    out, _ = proc.communicate(timeout=60)
+    assert f"resuming after chunk {chunks:,}:" in out and chunks >= 2
     at = progress(name)
     done = at['bytes']['train']
     with open(os.path.join(data.data_dir(name), 'train.bin.tmp'), 'r+b') as f:
+        assert np.array_equal(np.frombuffer(f.read(done), dtype=np.uint16), train[:done // 2])
+        f.seek(0)
         f.write(b'\xff\xff' * (done // 2))   # token 65535, which no chunk writes
-    out = prepare_fw('--source', source, '--name', name, '--val_every=9', '--chunk_docs=20').stdout
+    out = prepare_fw(*args).stdout
     assert f"resuming after chunk {at['chunks']:,}: {at['documents']:,} documents" in out
-    train, val = expected(docs, val_every=9)
     got_train, got_val = bins(name)
     assert np.all(got_train[:done // 2] == 65535)   # not written again
     assert np.array_equal(got_train[done // 2:], train[done // 2:]) and np.array_equal(got_val, val)
     assert left(name) == ['train.bin', 'val.bin']
 
 
-def test_a_second_prepare_is_refused_and_ctrl_c_keeps_the_chunks_for_the_rerun(tmp_path, names, hf_offline):
-    """While a prepare runs, another of the same name is one line and leaves it alone; Ctrl+C then stops the first
-    with its finished chunks kept, and the re-run finishes them."""
-    docs = make_docs(3000, seed=8, words=(20, 200))
-    name = names()
-    source, proc = start(tmp_path, name, docs, hf_offline)
-    try:
-        second = prepare_fw('--source', source, '--name', name, '--val_every=9', '--chunk_docs=20', check=False)
-        assert_user_error(second, f'another prepare (pid {proc.pid}) is writing', f'{name}/', 'wait for it')
-        assert proc.poll() is None
-    finally:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and 'run the same command again to resume' in err and 'Traceback' not in err
-    assert {'train.bin.tmp', 'val.bin.tmp', documents.PROGRESS} <= set(left(name)) and 'train.bin' not in left(name)
-    chunks = progress(name)['chunks']
-    out = prepare_fw('--source', source, '--name', name, '--val_every=9', '--chunk_docs=20').stdout
-    assert f"resuming after chunk {chunks:,}:" in out and chunks >= 2
-    train, val = expected(docs, val_every=9)
-    got_train, got_val = bins(name)
-    assert np.array_equal(got_train, train) and np.array_equal(got_val, val)
+def test_a_dataset_whose_prepare_was_interrupted_names_that_prepare(tmp_path, scratch, hf_offline, monkeypatch):
+    """Its own command, which resumes it: not data/char/prepare.py --force, which would start over."""
+    name = scratch()
+    args = ['--source', write_jsonl(tmp_path / 'my docs.jsonl', make_docs(100)), '--name', name, '--chunk_docs=20']
+    stop = Interrupt(monkeypatch, at=3, error=KeyboardInterrupt())   # after chunk 1
+    with pytest.raises(KeyboardInterrupt):
+        prepare_fw(*args)
+    monkeypatch.setattr(documents, 'gpt2_in_threads', stop.encode)
+    command = shlex.join(['python', 'data/fineweb_edu/prepare.py', *args])
+    with pytest.raises(UserError) as e:
+        data.bin_path(name, 'train')
+    assert f"train.bin is missing; its prepare was interrupted: run `{command}` again to resume" in str(e.value)
+    assert data.prepare_command(name) == command and "'" in command   # the path with a space, quoted
+    assert "resuming after chunk 1" in prepare_fw(*args).stdout
 
 
 # ----------------------------------------------------------------------------- bad input
 
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, names, hf_offline):
-    name = names()
-    notes = tmp_path / 'notes.txt'
+def test_bad_input_is_one_line_and_writes_nothing_and_another_dataset_is_replaced_only_with_force(
+        tmp_path, scratch, hf_offline):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    name, notes, no_text = scratch(), tmp_path / 'notes.txt', tmp_path / 'no_text.jsonl'
     notes.write_text('plain text\n')
     (tmp_path / 'empty.jsonl').write_bytes(b'')
     (tmp_path / 'nothing_here').mkdir()
-    no_text = tmp_path / 'no_text.jsonl'
     no_text.write_text(json.dumps({'body': 'a document under another name'}) + '\n')
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     pq.write_table(pa.table({'text': pa.array([], pa.string())}), tmp_path / 'empty.parquet')
     pq.write_table(pa.table({'text': [1, 2]}), tmp_path / 'numbers.parquet')
     (tmp_path / 'damaged.parquet').write_bytes(b'PAR1 not really')
@@ -361,10 +355,6 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, names, hf_offline):
             (['--hub_name', 'nanogpt-tests/no-such-dataset'], ['could not open nanogpt-tests/no-such-dataset'])):
         assert_user_error(prepare_fw(*args, '--name', name, check=False), *fragments)
     assert left(name) is None
-
-
-def test_another_dataset_is_replaced_only_with_force(tmp_path, names, hf_offline):
-    name = names()
     os.makedirs(data.data_dir(name))
     np.arange(10, dtype=np.uint16).tofile(os.path.join(data.data_dir(name), 'train.bin'))
     source = write_jsonl(tmp_path / 'd.jsonl', make_docs(30))
@@ -379,62 +369,24 @@ def write_bad_source(tmp_path, case):
     import pyarrow as pa
     import pyarrow.parquet as pq
     lines = [json.dumps({'text': doc}).encode() for doc in make_docs(60, seed=10) if doc is not None]
-    if case in ('not UTF-8', 'not JSON'):
+    path = tmp_path / ('docs.jsonl' if case in ('not UTF-8', 'not JSON') else 'docs.parquet')
+    if path.suffix == '.jsonl':
         lines[30] = b'{"text": "caf\xe9"}' if case == 'not UTF-8' else b'this line is no JSON'
-        return write_bytes(tmp_path / 'docs.jsonl', b'\n'.join(lines) + b'\n')
+        path.write_bytes(b'\n'.join(lines) + b'\n')
+        return str(path)
     pq.write_table(pa.table({'text': [f'document {i} ' * 20 for i in range(500)]}), tmp_path / 'good.parquet',
                    row_group_size=50)
     whole = (tmp_path / 'good.parquet').read_bytes()
-    damaged = whole[:len(whole) // 2] if case == 'half-written parquet' else whole[:200] + bytes(200) + whole[400:]
-    return write_bytes(tmp_path / 'docs.parquet', damaged)
-
-
-def write_bytes(path, content):
-    path.write_bytes(content)
+    path.write_bytes(whole[:len(whole) // 2] if case == 'half-written parquet' else
+                     whole[:200] + bytes(200) + whole[400:])
     return str(path)
-
-
-PREPARES = {'fineweb_edu': [], 'openwebtext': ['--num_proc', '1']}
 
 
 @pytest.mark.parametrize('script', PREPARES)
 @pytest.mark.parametrize('case, why', [('not UTF-8', 'Invalid UTF8'), ('not JSON', 'JSON parse error'),
                                        ('half-written parquet', 'magic bytes'), ('damaged parquet', 'snappy')])
-def test_an_unreadable_source_is_one_line_in_both_prepares(tmp_path, names, hf_offline, script, case, why):
-    name = names()
-    result = run_inproc(f'data/{script}/prepare.py', '--source', write_bad_source(tmp_path, case), '--name', name,
-                        *PREPARES[script])
-    assert_user_error(result, why)
+def test_an_unreadable_source_is_one_line_in_both_prepares(tmp_path, scratch, hf_offline, script, case, why):
+    name = scratch()
+    assert_user_error(run_inproc(f'data/{script}/prepare.py', '--source', write_bad_source(tmp_path, case), '--name',
+                                 name, *PREPARES[script]), why)
     assert left(name) is None
-
-
-@pytest.mark.parametrize('script', PREPARES)
-def test_rows_without_text_are_skipped_and_counted_in_both_prepares(tmp_path, names, hf_offline, script):
-    docs = make_docs(80, seed=11)   # document 10 is None: "text": null
-    source = write_jsonl(tmp_path / 'docs.jsonl', docs)
-    with open(source, 'a') as f:
-        f.write(json.dumps({'id': 80}) + '\n')   # and a row without the field
-    name = names()
-    out = run_inproc(f'data/{script}/prepare.py', '--source', source, '--name', name, *PREPARES[script],
-                     check=True).stdout
-    assert "val documents; 2 without text skipped" in out
-    kept = [doc for doc in docs if doc is not None]
-    assert np.array_equal(np.sort(np.concatenate(bins(name))), np.sort(tokens_of(kept)))   # no empty document
-    if script == 'fineweb_edu':   # and the split rule numbers only documents
-        assert all(map(np.array_equal, bins(name), expected(docs, val_every=1000)))
-
-
-def test_a_dataset_whose_prepare_was_interrupted_names_that_prepare(tmp_path, names, hf_offline, monkeypatch):
-    """Its own command, which resumes it: not data/char/prepare.py --force, which would start over."""
-    name = names()
-    args = ['--source', write_jsonl(tmp_path / 'my docs.jsonl', make_docs(100)), '--name', name, '--chunk_docs=20']
-    stop = Interrupt(monkeypatch, at=3, error=KeyboardInterrupt())   # after chunk 1
-    with pytest.raises(KeyboardInterrupt):
-        prepare_fw(*args)
-    monkeypatch.setattr(documents, 'encode', stop.encode)
-    command = shlex.join(['python', 'data/fineweb_edu/prepare.py', *args])
-    with pytest.raises(UserError) as e:
-        data.bin_path(name, 'train')
-    assert f"train.bin is missing; its prepare was interrupted: run `{command}` again to resume" in str(e.value)
-    assert data.prepare_command(name) == command and "'" in command   # the path with a space, quoted
-    assert "resuming after chunk 1" in prepare_fw(*args).stdout

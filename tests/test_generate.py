@@ -1,11 +1,14 @@
-"""KV-cache generation gives exactly the tokens of the full-context reference, and frees its memory."""
+"""KV-cache generation gives exactly the tokens of the full-context reference, and frees its memory;
+the samplers' top_k, top_p and temperature."""
 import gc
 import weakref
 
+import numpy as np
 import pytest
 import torch
 
 import model as model_module
+import sample_onnx
 from helpers import tokenizer
 from conftest import attention
 from model import GPT, GPTConfig
@@ -16,8 +19,7 @@ BLOCK = 16
 @pytest.fixture(scope='module')
 def tiny():
     torch.manual_seed(0)
-    m = GPT(GPTConfig(block_size=BLOCK, vocab_size=53, n_layer=2, n_head=2, n_embd=32, bias=True))
-    return m.eval()
+    return GPT(GPTConfig(block_size=BLOCK, vocab_size=53, n_layer=2, n_head=2, n_embd=32, bias=True)).eval()
 
 
 def reference_generate(m, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0):
@@ -79,80 +81,57 @@ def test_draws_follow_the_renormalised_kept_probabilities(tiny, monkeypatch, res
     torch.testing.assert_close(observed, torch.tensor(list(expected.values())), rtol=0, atol=0.03)
 
 
-@pytest.mark.parametrize('top_k', [53, 1000])
-def test_top_k_of_the_whole_vocabulary_changes_nothing(tiny, top_k):
-    idx = torch.zeros((2, 1), dtype=torch.long)
-    torch.manual_seed(5)
-    unrestricted = tiny.generate(idx, 20, top_k=None)
-    torch.manual_seed(5)
-    assert torch.equal(tiny.generate(idx, 20, top_k=top_k), unrestricted)
+def onnx_draws(logits, temperature, top_k):
+    """The tokens that sample_onnx.py's numpy sampler picks in 200 draws."""
+    rng = np.random.default_rng(0)
+    return {sample_onnx.pick_token(logits, temperature, top_k, rng) for _ in range(200)}
 
 
 @pytest.mark.parametrize('temperature', [1e-39, 1e-300, 5e-324])
 def test_a_tiny_temperature_is_greedy_and_keeps_ties(temperature):
-    """Dividing first would overflow to inf and NaN; the largest logit is 0 before the division.
-    sample_onnx.py's sampler, on numpy, does the same."""
-    import numpy as np
-    import sample_onnx
+    """Dividing first would overflow to inf and NaN; the largest logit is 0 before the division,
+    in sample_onnx.py's sampler too."""
     logits = torch.tensor([[0.5, 3.0, 3.0, -1.0, 2.999]]).expand(2000, 5)
     torch.manual_seed(0)
     tokens = model_module.sample_next_token(logits, temperature)[:, 0]
     assert set(tokens.tolist()) == {1, 2}
     torch.testing.assert_close((tokens == 1).float().mean(), torch.tensor(0.5), rtol=0, atol=0.05)
     assert set(model_module.sample_next_token(logits[:50], temperature, top_k=3, top_p=0.9)[:, 0].tolist()) <= {1, 2}
-    rng = np.random.default_rng(0)
-    assert {sample_onnx.pick_token(logits[0].double().numpy(), temperature, None, rng) for _ in range(200)} == {1, 2}
-
-
-def test_sample_onnx_draws_from_top_k_only():
-    import numpy as np
-    import sample_onnx
-    rng = np.random.default_rng(0)
-    logits = np.array([0.0, 5.0, 4.0, -1.0, 3.0])
-    assert sample_onnx.pick_token(logits, 1.0, 1, rng) == 1
-    assert {sample_onnx.pick_token(logits, 1.0, 2, rng) for _ in range(200)} == {1, 2}
-
-
-def test_cached_logits_match_full_forward(tiny):
-    idx = torch.randint(53, (2, BLOCK), generator=torch.Generator().manual_seed(3))
-    cache = model_module.KVCache(tiny.config.n_layer, tiny.config.block_size)
-    with torch.no_grad():
-        tiny(idx[:, :4], kv_cache=cache)  # prefill
-        for t in range(4, BLOCK):
-            cached, _ = tiny(idx[:, t:t + 1], kv_cache=cache)
-            full, _ = tiny(idx[:, :t + 1])
-            torch.testing.assert_close(cached, full, rtol=0, atol=1e-5)
-    assert cache.length == BLOCK
-    with pytest.raises(ValueError, match='block_size'):
-        tiny(idx[:, :1], kv_cache=cache)
+    assert onnx_draws(logits[0].double().numpy(), temperature, None) == {1, 2}
+    other = np.array([0.0, 5.0, 4.0, -1.0, 3.0])  # and with no tie, it draws from the top_k only
+    assert onnx_draws(other, 1.0, 1) == {1} and onnx_draws(other, 1.0, 2) == {1, 2}
 
 
 @pytest.mark.parametrize('flash', [True, False])
-@pytest.mark.parametrize('end', [12, BLOCK])
-def test_chunked_prefill_after_past_positions(tiny, flash, end):
-    """Several new positions on top of a non-empty cache need the offset causal mask."""
+@pytest.mark.parametrize('step', [1, 7, 11])
+def test_cached_logits_match_full_forward(tiny, flash, step):
+    """A prefill, then step positions at a time on top of it: several need the offset causal mask."""
     idx = torch.randint(53, (2, BLOCK), generator=torch.Generator().manual_seed(4))
+    cache = model_module.KVCache(tiny.config.n_layer, tiny.config.block_size)
     with torch.no_grad(), attention(flash):
         full, _ = tiny(idx, targets=idx)
-        cache = model_module.KVCache(tiny.config.n_layer, tiny.config.block_size)
         tiny(idx[:, :5], kv_cache=cache)
-        chunk_logits, _ = tiny(idx[:, 5:end], targets=idx[:, 5:end].contiguous(), kv_cache=cache)
-    torch.testing.assert_close(chunk_logits, full[:, 5:end], rtol=0, atol=1e-5)
+        for t in range(5, BLOCK, step):
+            chunk = idx[:, t:t + step]  # one position: no targets, as generate() runs it
+            got, _ = tiny(chunk, targets=chunk.contiguous() if step > 1 else None, kv_cache=cache)
+            torch.testing.assert_close(got, full[:, t:t + step], rtol=0, atol=1e-5)
+        assert cache.length == BLOCK
+        with pytest.raises(ValueError, match='block_size'):
+            tiny(idx[:, :1], kv_cache=cache)
 
 
 @pytest.mark.parametrize('top_k,top_p', [(1, 1.0), (7, 1.0), (None, 1.0), (None, 0.7)])
 def test_batched_rows_equal_rows_generated_alone(tiny, top_k, top_p):
     idx = torch.randint(53, (4, 6), generator=torch.Generator().manual_seed(5))
 
-    def generators(first, count):
-        return [torch.Generator().manual_seed(1000 + k) for k in range(first, first + count)]
-
-    batched = tiny.generate(idx, 30, 0.9, top_k, top_p=top_p, generators=generators(0, 4))
-    alone = torch.cat([tiny.generate(idx[k:k + 1], 30, 0.9, top_k, top_p=top_p, generators=generators(k, 1))
-                       for k in range(4)])
-    assert torch.equal(batched, alone)
-    uncached = tiny.generate(idx, 30, 0.9, top_k, top_p=top_p, use_cache=False, generators=generators(0, 4))
-    assert torch.equal(batched, uncached)
+    def generate(rows, use_cache=True, top_k=top_k):
+        generators = [torch.Generator().manual_seed(1000 + k) for k in rows]
+        return tiny.generate(idx[rows], 30, 0.9, top_k, top_p=top_p, use_cache=use_cache, generators=generators)
+    batched = generate([0, 1, 2, 3])
+    assert torch.equal(batched, torch.cat([generate([k]) for k in range(4)]))
+    assert torch.equal(batched, generate([0, 1, 2, 3], use_cache=False))
+    if top_k is None:  # a top_k of the whole vocabulary (53) or more restricts nothing
+        assert all(torch.equal(batched, generate([0, 1, 2, 3], top_k=k)) for k in (53, 1000))
     if top_k != 1:  # different seeds must give different samples, or the check above proves little
         assert not torch.equal(batched[0], batched[1])
 
@@ -160,12 +139,11 @@ def test_batched_rows_equal_rows_generated_alone(tiny, top_k, top_p):
 def test_cache_memory_released(tiny, monkeypatch):
     caches = []
 
-    class TrackedCache(model_module.KVCache):
-        def __init__(self, n_layer, max_length):
-            super().__init__(n_layer, max_length)
-            caches.append(weakref.ref(self))
-
-    monkeypatch.setattr(model_module, 'KVCache', TrackedCache)
+    def tracked_cache(*args, real=model_module.KVCache):
+        cache = real(*args)
+        caches.append(weakref.ref(cache))
+        return cache
+    monkeypatch.setattr(model_module, 'KVCache', tracked_cache)
     assert tiny.generate(torch.zeros((2, 1), dtype=torch.long), 10).shape == (2, 11)
     assert len(caches) == 1
     gc.collect()
@@ -180,5 +158,4 @@ def test_stream_decoder_never_splits_characters():
         "the text should hold tokens that are parts of characters"
     decode_next = bpe.stream_decoder()
     pieces = [decode_next(i) for i in ids]
-    assert ''.join(pieces) == text
-    assert all('\ufffd' not in p for p in pieces)
+    assert ''.join(pieces) == text and all('\ufffd' not in p for p in pieces)

@@ -1,6 +1,5 @@
-"""HellaSwag scoring (helpers/hellaswag.py, evaluate.py --hellaswag=True) against an independent
-computation with transformers' GPT2LMHeadModel on the same random weights, on a small file in the
-official format written here (no download)."""
+"""HellaSwag scoring (helpers/hellaswag.py, evaluate.py, train.py) against transformers' GPT2LMHeadModel on the
+same random weights, on a small file in the official format written here (no download)."""
 import json
 import os
 import re
@@ -109,40 +108,26 @@ def bpe_dataset(name, n_tokens):
             os.path.join(data.data_dir(name), f'{split}.bin'))
 
 
-def test_choices_match_transformers(models, examples_file):
-    model, _, reference = models
+def test_choices_and_evaluate_py_match_transformers(models, examples_file, tmp_path):
+    """hellaswag.choose and score, then evaluate.py on the transformers folder and on the same weights as the
+    checkpoint of a BPE run (the first 3 examples, with the loss on its dataset as well)."""
+    model, folder, reference = models
     examples = hellaswag.load(examples_file)
     assert len(examples) == len(EXAMPLES)
-    ours = [(e.label, *hellaswag.choose(model, e, 'cpu', NO_AUTOCAST)) for e in examples]
-    assert ours == reference
+    assert [(e.label, *hellaswag.choose(model, e, 'cpu', NO_AUTOCAST)) for e in examples] == reference
     # the fixture can tell the two rules apart, and a scorer that always picks one ending fails
     assert any(best != best_norm for _, best, best_norm in reference)
     assert len({best for _, best, _ in reference}) > 1 and len({best for _, _, best in reference}) > 1
     model.train()  # scored in eval mode, and left in training mode as it was
     correct, correct_norm, count = hellaswag.score(model, examples, 'cpu', NO_AUTOCAST)
-    assert model.training
+    assert model.training and count == len(EXAMPLES)
     model.eval()
-    assert (correct / count, correct_norm / count) == accuracies(reference) and count == len(EXAMPLES)
-    world = 3  # ranks share the examples: 7 of them, 3, 2 and 2
-    for rank in range(world):
-        mine = reference[rank::world]
-        expected = (sum(label == best for label, best, _ in mine), sum(label == best for label, _, best in mine),
-                    len(mine))
-        assert hellaswag.score(model, examples, 'cpu', NO_AUTOCAST, rank, world) == expected
-
-
-def test_batch_scores_only_the_ending_and_crops_from_the_left():
-    example = hellaswag.Example(context=[1, 2, 3, 4], endings=[[5], [6, 7], [8, 9, 10, 11, 12, 13], [14]], label=0)
-    x, y = hellaswag.batch(example, block_size=5)
-    assert x.tolist() == [[1, 2, 3, 4, 0], [1, 2, 3, 4, 6], [8, 9, 10, 11, 12], [1, 2, 3, 4, 0]]
-    assert y.tolist() == [[-1, -1, -1, 5, -1], [-1, -1, -1, 6, 7], [9, 10, 11, 12, 13], [-1, -1, -1, 14, -1]]
-
-
-# ----------------------------------------------------------------------------- evaluate.py
-
-def test_evaluate_py_scores_a_transformers_folder_and_a_checkpoint(models, examples_file, tmp_path):
-    model, folder, reference = models
     acc, acc_norm = accuracies(reference)
+    assert (correct / count, correct_norm / count) == (acc, acc_norm)
+    for rank in range(3):  # ranks share the examples: 7 of them, 3, 2 and 2
+        mine = reference[rank::3]
+        assert hellaswag.score(model, examples, 'cpu', NO_AUTOCAST, rank, 3) == \
+            (sum(label == best for label, best, _ in mine), sum(label == best for label, _, best in mine), len(mine))
     results = tmp_path / 'results.json'
     common = ('--hellaswag=True', f'--hellaswag_file={examples_file}', '--device=cpu', '--dtype=float32',
               f'--results_file={results}')
@@ -152,8 +137,6 @@ def test_evaluate_py_scores_a_transformers_folder_and_a_checkpoint(models, examp
         (acc, acc_norm, len(EXAMPLES))
     assert 'splits' not in output  # HellaSwag alone unless the losses are asked for
     assert f"hellaswag: acc {acc:.4f}, acc_norm {acc_norm:.4f} (7 examples" in proc.stdout
-
-    # the same weights as a checkpoint of a BPE run, the first 3 examples, with the loss on its dataset as well
     name = '_test_hellaswag_bpe'
     try:
         bpe_dataset(name, 1000)
@@ -168,35 +151,28 @@ def test_evaluate_py_scores_a_transformers_folder_and_a_checkpoint(models, examp
     assert list(output['splits']) == ['val'] and output['settings']['dataset'] == name
 
 
-def test_evaluate_py_refuses_a_character_model(tmp_path, examples_file):
-    model = tiny_runs.make_model()
-    path = tiny_runs.save_checkpoint(model, str(tmp_path), 'shakespeare_char')
+def test_batch_scores_only_the_ending_and_crops_from_the_left():
+    example = hellaswag.Example(context=[1, 2, 3, 4], endings=[[5], [6, 7], [8, 9, 10, 11, 12, 13], [14]], label=0)
+    x, y = hellaswag.batch(example, block_size=5)
+    assert x.tolist() == [[1, 2, 3, 4, 0], [1, 2, 3, 4, 6], [8, 9, 10, 11, 12], [1, 2, 3, 4, 0]]
+    assert y.tolist() == [[-1, -1, -1, 5, -1], [-1, -1, -1, 6, 7], [9, 10, 11, 12, 13], [-1, -1, -1, 14, -1]]
+
+
+def test_evaluate_py_refuses_a_character_model_and_a_negative_limit(tmp_path, examples_file):
+    path = tiny_runs.save_checkpoint(tiny_runs.make_model(), str(tmp_path / 'out'), 'shakespeare_char')
     ckpt = torch.load(path, weights_only=True)
     ckpt['tokenizer'] = {'kind': 'char', 'itos': tiny_runs.CHARS}
     torch.save(ckpt, path)
-    result = run_inproc('evaluate.py', f'--out_dir={tmp_path}', '--hellaswag=True', f'--hellaswag_file={examples_file}',
-                        '--device=cpu', f'--results_file={tmp_path / "r.json"}')
-    assert_user_error(result, 'character-level', 'GPT-2 BPE', '--hellaswag=True')
-    assert not (tmp_path / 'r.json').exists()
+    for model, fragments in ((f'--out_dir={tmp_path / "out"}', ['character-level', 'GPT-2 BPE', '--hellaswag=True']),
+                             ('--init_from=gpt2 --hellaswag_examples=-1',  # train.py's words
+                              ['hellaswag_examples must be in [0, inf), got -1'])):
+        assert_user_error(run_inproc('evaluate.py', *model.split(), '--hellaswag=True', '--device=cpu',
+                                     f'--hellaswag_file={examples_file}', f'--results_file={tmp_path / "r.json"}'),
+                          *fragments)
+    assert os.listdir(tmp_path) == ['out'] and os.listdir(tmp_path / 'out') == ['ckpt.pt']
 
 
 # ----------------------------------------------------------------------------- the file
-
-@pytest.mark.parametrize('line, why', [
-    ('{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 1', 'line 2 is not JSON'),
-    ('{"ctx": "A man", "endings": ["a", "b", "c"], "label": 1}', "line 2 has no 'endings' list of 4 texts"),
-    ('{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 4}', "line 2 has 'label' 4"),
-    ('{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": "1"}', "line 2 has 'label' '1'"),
-    ('{"endings": ["a", "b", "c", "d"], "label": 1}', "line 2 has no 'ctx' text"),
-    ('[1, 2, 3]', 'line 2 is not a JSON object'),
-])
-def test_a_damaged_file_is_one_line_naming_file_and_line(tmp_path, line, why, examples_file):
-    path = tmp_path / 'damaged.jsonl'
-    path.write_text(open(examples_file, encoding='utf-8').readline() + line + '\n', encoding='utf-8')
-    with pytest.raises(UserError) as e:
-        hellaswag.load(str(path))
-    assert str(e.value).startswith(f"{path} is damaged: {why}") and hellaswag.URL in str(e.value)
-
 
 def test_the_official_file_is_downloaded_once_and_checked(tmp_path, monkeypatch, examples_file):
     import urllib.request
@@ -219,24 +195,30 @@ def test_the_official_file_is_downloaded_once_and_checked(tmp_path, monkeypatch,
     assert downloads == [hellaswag.URL]
 
 
-def test_example_limits(examples_file, tmp_path):
+DAMAGED = {'{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 1': 'line 2 is not JSON',
+           '{"ctx": "A man", "endings": ["a", "b", "c"], "label": 1}': "line 2 has no 'endings' list of 4 texts",
+           '{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 4}': "line 2 has 'label' 4",
+           '{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": "1"}': "line 2 has 'label' '1'",
+           '{"endings": ["a", "b", "c", "d"], "label": 1}': "line 2 has no 'ctx' text",
+           '[1, 2, 3]': 'line 2 is not a JSON object'}
+
+
+def test_limits_and_a_damaged_or_empty_file_are_one_line_naming_file_and_line(tmp_path, examples_file):
     assert [e.label for e in hellaswag.load(examples_file, limit=3)] == [label for *_, label in EXAMPLES[:3]]
     assert len(hellaswag.load(examples_file, limit=0)) == len(EXAMPLES)  # 0: all of them, in both scripts
     with pytest.raises(UserError, match='holds 7 examples, fewer than the 8 asked for; pass --hellaswag_examples=7'):
         hellaswag.load(examples_file, limit=8)
-    result = run_inproc('evaluate.py', '--init_from=gpt2', '--hellaswag=True', '--hellaswag_examples=-1',
-                        f'--hellaswag_file={examples_file}', '--device=cpu', f'--results_file={tmp_path / "r.json"}')
-    assert_user_error(result, 'hellaswag_examples must be in [0, inf), got -1')  # train.py's words
-    assert os.listdir(tmp_path) == []
-
-
-@pytest.mark.parametrize('limit', [0, 3])
-def test_a_file_without_examples_says_so_whatever_the_limit(tmp_path, limit):
-    path = tmp_path / 'empty.jsonl'
+    path = tmp_path / 'damaged.jsonl'
+    for line, why in DAMAGED.items():
+        path.write_text(open(examples_file, encoding='utf-8').readline() + line + '\n', encoding='utf-8')
+        with pytest.raises(UserError) as e:
+            hellaswag.load(str(path))
+        assert str(e.value).startswith(f"{path} is damaged: {why}") and hellaswag.URL in str(e.value), line
     path.write_text('\n')
-    with pytest.raises(UserError) as e:
-        hellaswag.load(str(path), limit)
-    assert str(e.value) == f"{path} is damaged: it holds 0 examples; use the official file ({hellaswag.URL})"
+    for limit in (0, 3):  # whatever the limit
+        with pytest.raises(UserError) as e:
+            hellaswag.load(str(path), limit)
+        assert str(e.value) == f"{path} is damaged: it holds 0 examples; use the official file ({hellaswag.URL})"
 
 
 def test_train_py_scores_at_each_evaluation_shared_by_ddp_and_fsdp_ranks(tmp_path):
@@ -257,7 +239,6 @@ def test_train_py_scores_at_each_evaluation_shared_by_ddp_and_fsdp_ranks(tmp_pat
         assert scores[1] == round(correct_norm / count, 4)
         logged = [r['hellaswag_acc_norm'] for r in metrics.read_metrics(out_dir / 'metrics.csv') if r['kind'] == 'eval']
         assert logged == [pytest.approx(s, abs=5e-5) for s in scores]
-
         settings.update(init_from='resume', eval_only=True)
         single = run_inproc('train.py', *core_train_args(out_dir, **settings), check=True).stdout
         step = re.compile(r'^step 5: .*hellaswag acc_norm [\d.]+', re.M)

@@ -1,5 +1,6 @@
 """The metrics log (helpers/metrics.py), the loss-curve plot (plot.py) and evaluation (evaluate.py)."""
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -13,16 +14,13 @@ from torch.nn import functional as F
 
 import evaluate
 import tiny_runs
-from conftest import CORE_DATASET, DATA_ROOT, REPO_ROOT, assert_user_error, core_train_args, run_inproc, run_script
+from conftest import CORE_DATASET, DATA_ROOT, REPO_ROOT, assert_user_error, core_train_args, run_inproc
 from helpers import UserError, checkpoint, data, metrics
-
-PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
-
 
 def png_size(path):
     with open(path, 'rb') as f:
         head = f.read(24)
-    assert head[:8] == PNG_SIGNATURE and head[12:16] == b'IHDR', f"{path} is not a PNG"
+    assert head[:8] == b'\x89PNG\r\n\x1a\n' and head[12:16] == b'IHDR', f"{path} is not a PNG"
     return struct.unpack('>II', head[16:24])
 
 
@@ -49,15 +47,17 @@ def test_metrics_log_writes_header_rows_and_empty_cells(tmp_path):
         log.write(0, 0, 6e-4, train_loss=4.25, val_loss=4.5, seconds=3.14159,
                   hellaswag_acc=2861 / 10042, hellaswag_acc_norm=0.3)
         log.write(0, 4096, 6e-4, train_loss=4.3, ms_per_iter=120.5, mfu=-1.0)  # train.py's "not measured"
-        log.write(1, 8192, 6.5e-4, train_loss=4.1, ms_per_iter=100.0, mfu=0.123, seconds=12.0)
+        log.write(1, 8192, 6.5e-4, train_loss=4.1, ms_per_iter=100.0, mfu=0.123, seconds=12.0, val_loss=4.2,
+                  train_bpb=5.9, val_bpb=6.1)
     lines = (tmp_path / 'metrics.csv').read_text().splitlines()
     assert lines[0] == ('iter,kind,tokens,seconds,train_loss,val_loss,hellaswag_acc,hellaswag_acc_norm,lr,'
-                        'ms_per_iter,mfu')
-    assert lines[1] == '0,eval,0,3.14,4.25,4.5,0.284903,0.3,0.0006,,'  # rounded: readable, counts still exact
-    assert lines[2] == '0,train,4096,,4.3,,,,0.0006,120.5,'
+                        'ms_per_iter,mfu,train_bpb,val_bpb')
+    assert lines[1] == '0,eval,0,3.14,4.25,4.5,0.284903,0.3,0.0006,,,,'  # rounded: readable, counts still exact
+    assert lines[2] == '0,train,4096,,4.3,,,,0.0006,120.5,,,'
     rows = metrics.read_metrics(str(tmp_path / 'metrics.csv'))
-    assert rows[2] == dict(iter=1, kind='train', tokens=8192, seconds=12.0, train_loss=4.1, val_loss=None,
-                           hellaswag_acc=None, hellaswag_acc_norm=None, lr=6.5e-4, ms_per_iter=100.0, mfu=0.123)
+    assert rows[2] == dict(iter=1, kind='eval', tokens=8192, seconds=12.0, train_loss=4.1, val_loss=4.2,
+                           hellaswag_acc=None, hellaswag_acc_norm=None, lr=6.5e-4, ms_per_iter=100.0, mfu=0.123,
+                           train_bpb=5.9, val_bpb=6.1)
     assert round(rows[0]['hellaswag_acc'] * 10042) == 2861
 
 
@@ -87,8 +87,8 @@ def test_an_old_metrics_file_reads_plots_and_resumes(tmp_path):
         log.write(2, 8192, 7e-4, train_loss=3.9, val_loss=4.01, seconds=30.0)
     lines = (tmp_path / 'metrics.csv').read_text().splitlines()
     assert lines[0].split(',') == list(metrics.COLUMNS)
-    assert lines[1:] == ['0,eval,0,,4.25,4.5,,,0.0006,,', '0,train,4096,,4.3,,,,0.0006,120.5,',
-                         '1,train,8192,,4.1,,,,0.00065,100.0,0.123', '2,eval,8192,30.0,3.9,4.01,,,0.0007,,']
+    assert lines[1:] == ['0,eval,0,,4.25,4.5,,,0.0006,,,,', '0,train,4096,,4.3,,,,0.0006,120.5,,,',
+                         '1,train,8192,,4.1,,,,0.00065,100.0,0.123,,', '2,eval,8192,30.0,3.9,4.01,,,0.0007,,,,']
     # and an old file with a header but no rows yet is no damage
     (tmp_path / 'metrics.csv').write_text(OLD_FORMAT.splitlines()[0] + '\n')
     with pytest.raises(UserError, match='has no rows yet'):
@@ -101,13 +101,11 @@ def test_metrics_log_resume_drops_rows_from_the_restart_iteration(tmp_path):
     with open(path, 'a') as f:
         f.write('31,tra')  # a row cut off by a crash mid-write
     with contextlib.closing(metrics.MetricsLog(str(tmp_path), 20)) as log:  # resumed from the checkpoint of iter 20
+        log.write(20, 20 * 512, 1e-3, train_loss=1.5, val_loss=1.6)
         for it in range(20, 23):
-            if it == 20:
-                log.write(it, it * 512, 1e-3, train_loss=1.5, val_loss=1.6)
             log.write(it, (it + 1) * 512, 1e-3, train_loss=1.4, ms_per_iter=10.0)
     rows = metrics.read_metrics(path)
-    keys = [(r['iter'], r['kind']) for r in rows]
-    assert len(keys) == len(set(keys))
+    assert len({(r['iter'], r['kind']) for r in rows}) == len(rows)
     assert [r['iter'] for r in rows if r['kind'] == 'eval'] == [0, 10, 20]
     assert [r['iter'] for r in rows if r['kind'] == 'train'] == list(range(23))
     assert [r['val_loss'] for r in rows if r['iter'] == 20 and r['kind'] == 'eval'] == [1.6]  # the new run's
@@ -148,7 +146,7 @@ def test_plot_writes_a_column_per_run_and_a_row_of_panels_per_measure(runs, tmp_
     assert png_size(runs / 'scored' / 'loss_comparison.png')[1] > 1.4 * scored_size[1]
 
 
-def test_plot_against_wall_clock_time(runs):
+def test_plot_against_wall_clock_time_and_hellaswag_beneath_the_loss(runs):
     import plot
     slow, fast = (('slow', plot.load_run(str(runs / 'slow'))), ('fast', plot.load_run(str(runs / 'fast'))))
     assert plot.time_unit([slow, fast]) == (60, 'minutes')
@@ -167,10 +165,7 @@ def test_plot_against_wall_clock_time(runs):
     assert result.stdout.splitlines()[-1].startswith(f"wrote {written} (slow: ")
     assert png_size(written)[0] > png_size(written)[1] > 300  # overlaid: the two panels in a row
     assert not os.path.exists(os.path.join(REPO_ROOT, 'loss_comparison.png'))
-
-
-def test_plot_draws_hellaswag_beneath_the_loss_when_a_run_has_it(runs):
-    import plot
+    # HellaSwag scores add panels beneath the loss
     scored, plain = (plot.load_run(str(runs / name)) for name in ('scored', 'small'))
     assert plot.has_hellaswag(scored) and not plot.has_hellaswag(plain)
     fig = plot.figure([('plain', plain)])
@@ -206,13 +201,11 @@ def test_plot_errors_are_one_line_and_write_nothing(tmp_path, args, fragments):
 
 # ----------------------------------------------------------------------------- evaluate.py
 
-@pytest.mark.parametrize('n_tokens', [2, 16, 17, 18, 100, 1003])
-@pytest.mark.parametrize('block_size', [1, 16])
-def test_full_pass_windows_predict_every_token_but_the_first_once(n_tokens, block_size):
-    windows = evaluate.full_pass_windows(n_tokens, block_size)
-    predicted = [t for start, length in windows for t in range(start + 1, start + length + 1)]
-    assert predicted == list(range(1, n_tokens))
-    assert all(1 <= length <= block_size for _, length in windows)
+def test_full_pass_windows_predict_every_token_but_the_first_once():
+    for n_tokens, block_size in itertools.product((2, 16, 17, 18, 100, 1003), (1, 16)):
+        windows = evaluate.full_pass_windows(n_tokens, block_size)
+        predicted = [t for start, length in windows for t in range(start + 1, start + length + 1)]
+        assert predicted == list(range(1, n_tokens)) and all(1 <= length <= block_size for _, length in windows)
 
 
 def straightforward_val_loss(model, dataset_name, block_size):
@@ -234,7 +227,7 @@ def test_full_pass_matches_a_straightforward_computation(tmp_path):
     try:
         expected, n = straightforward_val_loss(model, name, 16)
         assert n == 1002  # val.bin holds 1003 tokens: the last window is a short one of 10
-        loss, count = evaluate.full_pass_loss(model, data.bin_path(name, 'val'), np.dtype(np.uint16), batch_size=5,
+        loss, _, count = evaluate.full_pass_loss(model, data.bin_path(name, 'val'), np.dtype(np.uint16), batch_size=5,
                                               block_size=16, device='cpu', ctx=torch.autocast('cpu', enabled=False))
         assert count == n and loss == pytest.approx(expected, rel=1e-6)
         tiny_runs.save_checkpoint(model, str(tmp_path), name)
@@ -269,16 +262,18 @@ def printed_evals(stdout):
             re.findall(r'^step (\d+): train loss ([0-9.]+), val loss ([0-9.]+)', stdout, re.M)}
 
 
-def test_evaluate_reproduces_the_losses_train_py_printed_in_any_process(tiny_run, tmp_path):
+def test_evaluate_reproduces_the_losses_train_py_printed_whatever_the_random_state(tiny_run, tmp_path):
     """ckpt.pt was saved at the evaluation of iteration 20: with the checkpoint's own eval_iters, batch_size
-    and seed, evaluate.py scores the same batches with the same weights, in a process of its own or here."""
+    and seed, evaluate.py scores the same batches with the same weights, whatever random state it starts in."""
     evals = printed_evals(tiny_run.stdout)
     assert sorted(evals) == [0, 10, 20]
-    proc = run_script('evaluate.py', f'--out_dir={tiny_run.out_dir}', '--device=cpu',
-                      f'--results_file={tmp_path / "0.json"}')
-    assert re.search(r'^val: loss \d+\.\d{4}, perplexity \d+\.\d{4} \(256 tokens', proc.stdout, re.M), proc.stdout
-    run_inproc('evaluate.py', f'--out_dir={tiny_run.out_dir}', '--device=cpu', f'--results_file={tmp_path / "1.json"}',
-               check=True)
+    for k, seed in enumerate((1, 2)):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        proc = run_inproc('evaluate.py', f'--out_dir={tiny_run.out_dir}', '--device=cpu',
+                          f'--results_file={tmp_path / f"{k}.json"}', check=True)
+        assert re.search(r'^val: loss \d+\.\d{4}, perplexity \d+\.\d{4}, \d+\.\d{4} bits per byte \(256 tokens',
+                         proc.stdout, re.M), proc.stdout
     output, again = (json.loads((tmp_path / f'{k}.json').read_text()) for k in range(2))
     assert output == again
     assert output['settings']['seed'] == 1337 and output['settings']['batch_size'] == 4  # the checkpoint's
@@ -290,16 +285,15 @@ def test_evaluate_reproduces_the_losses_train_py_printed_in_any_process(tiny_run
     # the batches are those of the seed: the same seed again gives the same loss, another seed another one
     model = checkpoint.model_from_checkpoint(checkpoint.load(str(tiny_run.out_dir), 'ckpt.pt'))
     path, no_autocast = data.bin_path(CORE_DATASET, 'val'), torch.autocast('cpu', enabled=False)
-    same = evaluate.fixed_batch_loss(model, path, np.dtype(np.uint16), 4, 32, 2, 1337 * 7919 + 1, 'cpu', no_autocast)
-    other = evaluate.fixed_batch_loss(model, path, np.dtype(np.uint16), 4, 32, 2, 7 * 7919 + 1, 'cpu', no_autocast)
+    same = evaluate.fixed_batch_loss(model, path, np.dtype(np.uint16), 4, 32, 2, 1337 * 7919 + 1, 'cpu', no_autocast)[0]
+    other = evaluate.fixed_batch_loss(model, path, np.dtype(np.uint16), 4, 32, 2, 7 * 7919 + 1, 'cpu', no_autocast)[0]
     assert same == pytest.approx(splits['val']['loss'], rel=1e-6) and other != same
 
 
 def test_train_py_writes_the_metrics_log_and_resume_adds_no_duplicates(tiny_run, copy_run):
     resumed = run_inproc('train.py', *core_train_args(copy_run, init_from='resume', max_iters=30), check=True)
     rows = metrics.read_metrics(str(copy_run / 'metrics.csv'))
-    keys = [(r['iter'], r['kind']) for r in rows]
-    assert len(keys) == len(set(keys)), "an iteration was logged twice"
+    assert len({(r['iter'], r['kind']) for r in rows}) == len(rows), "an iteration was logged twice"
     evals = {r['iter']: r for r in rows if r['kind'] == 'eval'}
     trains = {r['iter']: r for r in rows if r['kind'] == 'train'}
     assert sorted(evals) == [0, 10, 20, 30] and sorted(trains) == list(range(31))

@@ -1,21 +1,25 @@
 """The paths that GPUs take, run wherever the CPU can run them: the checks of device, processes and
 compilation; the peak table behind MFU; device-resident batches; and on 2 ranks over gloo: FSDP
 (with activation checkpointing), compiled and 16-bit runs training as DDP, FSDP writing DDP's
-checkpoints, exact resume on every rank, evaluation shared by the ranks, and a diverging run that
-stops every rank at once."""
+checkpoints, exact resume on every rank, evaluation shared by the ranks; under torchrun, as processes:
+a diverging run stops every rank at once, Ctrl+C stops them at a log step and SIGTERM lets torchrun exit 0."""
+import contextlib
+import glob
 import os
 import re
 import shutil
+import signal
 import socket
+import sys
 import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import (STEP_LINE, TORCHRUN, TORCHRUN_SETTINGS, assert_user_error, core_train_args, forked_ranks,
-                      iteration_losses, run_inproc, run_script)
-from helpers import UserError, data, hardware, parallel
+from conftest import (TORCHRUN, TORCHRUN_SETTINGS, LiveProcess, assert_user_error, checkpoint_files, core_train_args,
+                      forked_ranks, iteration_losses, run_inproc, run_script, step_losses)
+from helpers import UserError, checkpoint, data, hardware, parallel
 
 
 # ----------------------------------------------------------------------------- checks, without processes
@@ -27,9 +31,9 @@ NO_CUDA_GRAPHS = dict(compile_mode='max-autotune-no-cudagraphs')
     (dict(fsdp=True, compile=True, compile_mode='reduce-overhead'), ['reduce-overhead', 'FSDP', 'no-cudagraphs'],
      NO_CUDA_GRAPHS),
     (dict(fsdp=True, compile=True, compile_mode='max-autotune'), ['max-autotune', 'FSDP'], NO_CUDA_GRAPHS),
-    (dict(compile=True, compile_mode='reduce-overhead', gradient_accumulation_steps=4), ['2 micro-steps'],
-     dict(gradient_accumulation_steps=2)),
-    (dict(device_type='cpu', backend='nccl'), ["backend 'nccl'", '--backend=gloo'], dict(backend='gloo')),
+    (dict(compile=True, compile_mode='reduce-overhead', gradient_accumulation_steps=4, optimizer='muon'),
+     ['2 micro-steps'], dict(gradient_accumulation_steps=2)),
+    (dict(device_type='cpu', backend='nccl', fsdp=True), ["backend 'nccl'", '--backend=gloo'], dict(backend='gloo')),
     (dict(device_type='cuda', backend='gloo', fsdp=True), ['nccl', '--backend=nccl'], dict(backend='nccl')),
     (dict(device_type='mps', backend='gloo'), ['mps', '--device=cpu'], dict(device_type='cpu')),
     (dict(backend='mpi'), ["unknown backend 'mpi'"], dict(backend='nccl')),
@@ -41,6 +45,8 @@ NO_CUDA_GRAPHS = dict(compile_mode='max-autotune-no-cudagraphs')
      dict(optimizer='adamw')),
 ])
 def test_what_cannot_work_under_torchrun_is_refused_up_front(monkeypatch, settings, fragments, fix):
+    """Each with the fix its message asks for, which passes: FSDP on GPUs without CUDA graphs, FSDP on the CPU (its
+    own mesh, see parallel.wrap), Muon under DDP with CUDA graphs."""
     for name, value in dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='2').items():
         monkeypatch.setenv(name, value)
     args = dict(device_type='cuda', backend='nccl', fsdp=False, compile=False, compile_mode='default',
@@ -56,7 +62,8 @@ def test_what_cannot_work_under_torchrun_is_refused_up_front(monkeypatch, settin
 @pytest.mark.parametrize('torchrun_variables, settings, fragments', [
     ({}, dict(fsdp=True), ['fsdp=True shards the model across processes started by torchrun']),
     (dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='2', LOCAL_WORLD_SIZE='2'), dict(gradient_accumulation_steps=3),
-     ['gradient_accumulation_steps (3)', 'divisible', '--gradient_accumulation_steps=2']),
+     ['gradient_accumulation_steps (3)', 'divisible by the number of processes (2)',
+      '--gradient_accumulation_steps=2']),
 ])
 def test_train_py_refuses_before_the_process_group_starts(monkeypatch, tmp_path, core_dataset, torchrun_variables,
                                                           settings, fragments):
@@ -64,24 +71,15 @@ def test_train_py_refuses_before_the_process_group_starts(monkeypatch, tmp_path,
         monkeypatch.setenv(name, value)
     result = run_inproc('train.py', *core_train_args(tmp_path / 'out', **settings))
     assert assert_user_error(result, *fragments).startswith('error: ' + fragments[0])
-    assert not (tmp_path / 'out').exists()
-
-
-def test_what_can_work_passes_the_checks(monkeypatch):
-    """FSDP on GPUs with a compile mode without CUDA graphs, FSDP on the CPU (its own mesh, see
-    parallel.wrap; float16 included, see the torchrun tests), Muon under DDP."""
-    for name, value in dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='2').items():
-        monkeypatch.setenv(name, value)
-    parallel.check('cuda', 'nccl', True, True, 'max-autotune-no-cudagraphs', 2)
-    parallel.check('cpu', 'gloo', True, False, 'default', 2)
-    parallel.check('cuda', 'nccl', False, True, 'reduce-overhead', 2, optimizer='muon')
+    assert not (tmp_path / 'out').exists() and 'iter 0' not in result.stdout
 
 
 @pytest.mark.parametrize('name,dtype,peak', [
     ('NVIDIA H200 NVL', 'bfloat16', 835e12), ('NVIDIA H200', 'bfloat16', 989e12),
     ('NVIDIA H800 PCIe', 'bfloat16', 756e12), ('NVIDIA H100 80GB HBM3', 'float16', 989e12),
     ('NVIDIA H100 80GB HBM3', 'float32', 495e12), ('NVIDIA A100-SXM4-40GB', 'float32', 156e12),
-    ('Tesla V100-SXM2-16GB', 'float32', 15.7e12), ('Tesla T4', 'float16', 65e12), ('NVIDIA GeForce GTX 1080', 'float16', None),
+    ('Tesla V100-SXM2-16GB', 'float32', 15.7e12), ('Tesla T4', 'float16', 65e12),
+    ('NVIDIA GeForce GTX 1080', 'float16', None),
 ])
 def test_mfu_is_measured_against_the_peak_of_the_gpu_and_the_dtype(monkeypatch, name, dtype, peak):
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: name)
@@ -101,7 +99,8 @@ def test_resident_batches_are_the_batches_read_from_disk(core_dataset):
     path = data.bin_path(core_dataset, 'train')
     dtype = data.token_dtype(None)
     tokens = data.load_to_device(path, dtype, 'cpu', chunk_tokens=1000)  # several chunks
-    assert tokens.dtype == torch.int32 and torch.equal(tokens, torch.from_numpy(np.fromfile(path, dtype).astype(np.int32)))
+    assert tokens.dtype == torch.int32
+    assert torch.equal(tokens, torch.from_numpy(np.fromfile(path, dtype).astype(np.int32)))
     for seed in (0, 1, 2):
         from_disk = data.get_batch(path, dtype, 8, 32, 'cpu', torch.Generator().manual_seed(seed))
         resident = data.get_resident_batch(tokens, 8, 32, torch.Generator().manual_seed(seed))
@@ -118,6 +117,11 @@ def test_training_on_resident_batches_equals_training_from_disk(tiny_run, tmp_pa
 
 # ----------------------------------------------------------------------------- 2 ranks over gloo
 
+def flat(steps):
+    """step_losses as {(step, 0 for train or 1 for val): loss}, which pytest.approx compares."""
+    return {(step, k): loss for step, losses in steps.items() for k, loss in enumerate(losses)}
+
+
 @pytest.mark.parametrize('reference, settings, tolerance', [
     # FSDP keeps float32 parameters under the same autocast as DDP (a bf16 parameter policy would make the
     # residual stream bf16), and float16's GradScaler works across its shards
@@ -125,9 +129,9 @@ def test_training_on_resident_batches_equals_training_from_disk(tiny_run, tmp_pa
     (dict(dtype='float16'), dict(dtype='float16', fsdp=True), 1e-3),
     # without grad_clip's unscale_, the GradScaler hands its scale to fused AdamW's step, on FSDP's shards too
     (dict(dtype='float16', grad_clip=0.0), dict(dtype='float16', grad_clip=0.0, fsdp=True), 1e-3),
-    # compiled: under DDP the whole model, under FSDP block by block (its hooks stay out of the graphs), with and
-    # without activation checkpointing, whose recomputation compiles too; 9 blocks, more than torch's recompile
-    # limit of 8, share one compiled code
+    # compiled: under DDP the whole model (the graphs of test_compile's run, which inductor's cache then holds),
+    # under FSDP block by block (its hooks stay out of the graphs), with and without activation checkpointing,
+    # whose recomputation compiles too; 9 blocks, more than torch's recompile limit of 8, share one compiled code
     ({}, dict(compile=True, activation_checkpointing=True), 2e-3),
     ({}, dict(compile=True, fsdp=True), 2e-3),
     (dict(n_layer=9), dict(n_layer=9, compile=True, fsdp=True, activation_checkpointing=True), 2e-3),
@@ -141,8 +145,7 @@ def test_fsdp_compiled_and_16_bit_runs_train_as_ddp(parallel_run, reference, set
         ddp, run = parallel_run(**reference), parallel_run(**settings)
     assert sorted(ddp.losses) == sorted(run.losses) == list(range(9)) and run.losses[8] < run.losses[0]
     assert all(run.losses[i] == pytest.approx(ddp.losses[i], abs=tolerance) for i in ddp.losses), (ddp, run)
-    assert [(s, pytest.approx(float(t), abs=tolerance), pytest.approx(float(v), abs=tolerance))
-            for s, t, v in ddp.steps] == [(s, float(t), float(v)) for s, t, v in run.steps] and len(run.steps) == 3
+    assert sorted(run.steps) == [0, 3, 6] and flat(run.steps) == pytest.approx(flat(ddp.steps), abs=tolerance)
     state = torch.load(run.out_dir / 'latest.pt', weights_only=True)
     assert all(v.dtype == torch.float32 for v in state['model'].values())
     assert (state['scaler'] != {}) == (settings.get('dtype') == 'float16')
@@ -165,22 +168,27 @@ def test_fsdp_writes_ddps_checkpoint_which_resumes_in_one_process(parallel_run, 
     assert re.search(r'^iter 9: loss', single.stdout, re.M)
 
 
-@pytest.mark.parametrize('optimizer', ['adamw', 'muon'])  # muon: the GradScaler through the Muon + AdamW pair
-def test_float16_resumes_exactly_with_its_scaler(tiny_run, tmp_path, optimizer):
-    settings = dict(dtype='float16', dropout=0.1, max_iters=8, eval_interval=4, optimizer=optimizer)
-    straight = iteration_losses(run_inproc('train.py', *core_train_args(tmp_path / 'a', **settings), check=True).stdout)
-    first = iteration_losses(run_inproc('train.py', *core_train_args(tmp_path / 'b', **dict(settings, max_iters=3)),
-                              check=True).stdout)
-    # the dtype is the machine's unless the command says (a CPU's is float32): float16 asked for again
-    resumed = run_inproc('train.py', '--init_from=resume', f'--out_dir={tmp_path / "b"}', '--device=cpu',
-                         '--dtype=float16', '--max_iters=8', check=True)
-    # every iteration logged: a loss that is nan or inf stops the run, and none matches ITER_LINE
-    assert {**first, **iteration_losses(resumed.stdout)} == straight and len(straight) == 9
-    assert straight[8] < straight[0] - 0.3, straight
-    states = [torch.load(tmp_path / run / 'latest.pt', weights_only=True) for run in 'ab']
-    assert all(('muon' in state['optimizer']) == (optimizer == 'muon') for state in states)
-    scalers = [state['scaler'] for state in states]
-    assert scalers[0]['_growth_tracker'] > 4 and scalers[0] == scalers[1]  # counted on, not from 0
+def test_float16_resumes_exactly_with_its_scaler_and_either_optimizer(tmp_path):
+    """Muon: the GradScaler through the Muon + AdamW pair, both of whose states the checkpoint keeps."""
+    straight = {}
+    for optimizer in ('adamw', 'muon'):
+        a, b = tmp_path / optimizer / 'a', tmp_path / optimizer / 'b'
+        settings = dict(dtype='float16', dropout=0.1, max_iters=8, eval_interval=4, optimizer=optimizer)
+        straight[optimizer] = iteration_losses(run_inproc('train.py', *core_train_args(a, **settings),
+                                                          check=True).stdout)
+        first = run_inproc('train.py', *core_train_args(b, **dict(settings, max_iters=3)), check=True).stdout
+        # the dtype is the machine's unless the command says (a CPU's is float32): float16 asked for again
+        resumed = run_inproc('train.py', '--init_from=resume', f'--out_dir={b}', '--device=cpu', '--dtype=float16',
+                             '--max_iters=8', check=True).stdout
+        # every iteration logged: a loss that is nan or inf stops the run, and none matches the log line
+        assert {**iteration_losses(first), **iteration_losses(resumed)} == straight[optimizer]
+        assert sorted(straight[optimizer]) == list(range(9)) and straight[optimizer][8] < straight[optimizer][0] - 0.3
+        states = [torch.load(run / 'latest.pt', weights_only=True) for run in (a, b)]
+        kept = {'muon', 'adamw'} if optimizer == 'muon' else {'state', 'param_groups'}
+        assert all(set(state['optimizer']) == kept for state in states)
+        assert optimizer == 'adamw' or all(states[1]['optimizer'][name]['state'] for name in kept)
+        assert states[0]['scaler']['_growth_tracker'] > 4 and states[0]['scaler'] == states[1]['scaler']  # counted on
+    assert straight['muon'] != straight['adamw']  # Muon really stepped
 
 
 def test_a_ddp_run_resumes_exactly_and_evaluates_as_one_process(parallel_run, tmp_path):
@@ -195,17 +203,16 @@ def test_a_ddp_run_resumes_exactly_and_evaluates_as_one_process(parallel_run, tm
         shutil.copytree(straight.out_dir, tmp_path / name, ignore=shutil.ignore_patterns('latest.pt'))
         stdout = run(*core_train_args(tmp_path / name, init_from='resume', dropout=0.1, **TORCHRUN_SETTINGS,
                                       **settings)).stdout
-        return iteration_losses(stdout), [(int(s), float(t), float(v)) for s, t, v in STEP_LINE.findall(stdout)]
+        return iteration_losses(stdout), step_losses(stdout)
     ddp, ddp_steps = resumed('ddp')
     fsdp, fsdp_steps = resumed('fsdp', fsdp=True)
     _, fsdp_eval = resumed('fsdp_eval', fsdp=True, eval_only=True)
     _, single_eval = resumed('single_eval', lambda *args: run_inproc('train.py', *args, check=True), eval_only=True)
     assert ddp == {i: straight.losses[i] for i in (6, 7, 8)}, (straight.losses, ddp)
     assert sorted(fsdp) == [6, 7, 8] and all(fsdp[i] == pytest.approx(ddp[i], abs=1e-4) for i in fsdp), (ddp, fsdp)
-    step, train, val = straight.steps[2]
-    assert single_eval == ddp_steps == [(6, float(train), float(val))] and step == '6', (single_eval, ddp_steps)
+    assert single_eval == ddp_steps == {6: straight.steps[6]}, (single_eval, ddp_steps)
     for sharded in (fsdp_steps, fsdp_eval):
-        assert sharded == [(6, pytest.approx(float(train), abs=1e-4), pytest.approx(float(val), abs=1e-4))]
+        assert flat(sharded) == pytest.approx(flat({6: straight.steps[6]}), abs=1e-4), sharded
 
 
 def test_a_diverging_run_stops_every_rank_at_once(core_dataset, tmp_path):
@@ -219,6 +226,67 @@ def test_a_diverging_run_stops_every_rank_at_once(core_dataset, tmp_path):
     assert 'SIGABRT' not in result.stderr and 'exitcode  : -6' not in result.stderr
     assert time.time() - start < 120  # not a collective timing out
     assert not any(name.endswith('.pt') for name in os.listdir(tmp_path / 'out'))
+
+
+def torchrun(out_dir, **overrides):
+    """train.py under torchrun in a session of its own: its process group is what a terminal's Ctrl+C reaches."""
+    settings = dict(n_layer=1, n_embd=16, block_size=16, batch_size=2, gradient_accumulation_steps=2,
+                    eval_interval=100000, eval_iters=1, max_iters=100000)
+    return LiveProcess([sys.executable, *TORCHRUN, *core_train_args(out_dir, **dict(settings, **overrides))],
+                       new_session=True)
+
+
+def children(pid):
+    stats = {}
+    for path in glob.glob('/proc/[0-9]*/stat'):
+        with contextlib.suppress(OSError), open(path) as f:
+            stats[int(path.split('/')[2])] = f.read()
+    return [kid for kid, stat in stats.items() if int(stat.rsplit(')', 1)[1].split()[1]) == pid]
+
+
+def stopped(run, out_dir, signal_name):
+    """Once every process of the run is gone (torchrun and both ranks): one stop line from rank 0 with the command
+    that continues, and one checkpoint, rank 0's, of the iterations done. Returns the last iteration, stdout, stderr."""
+    run.finish()
+    with pytest.raises(ProcessLookupError):
+        os.killpg(run.pid, 0)
+    stops = re.findall(rf'^stopped by {signal_name} after iteration (\d+); to continue:\ntorchrun --standalone '
+                       r'--nproc_per_node=2 train.py .* --init_from=resume$', run.stdout, re.M)
+    assert len(stops) == 1, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.stdout.count('saving checkpoint to') == 1 and checkpoint_files(out_dir) == ['latest.pt'], run.stdout
+    assert checkpoint.load(str(out_dir), 'latest.pt')['iter_num'] == int(stops[0]) + 1
+    return int(stops[0]), run.stdout, run.stderr
+
+
+def test_ctrl_c_stops_every_rank_at_a_log_step_and_sigterm_to_the_workers_lets_torchrun_exit_0(tmp_path, core_dataset):
+    """The stop flag travels over the training backend, and only at log steps, where the loop waits
+    for the device anyway. Resumed, the run goes on from there, until what a scheduler that signals
+    the training processes (not the launcher) sees: a clean stop, a checkpoint, a successful torchrun."""
+    out_dir = tmp_path / 'out'
+    run = torchrun(out_dir, log_interval=4)
+    run.wait_for(r'^iter \d+: loss', count=2)
+    assert len(children(run.pid)) == 2
+    # a terminal's Ctrl+C goes to its foreground process group: torchrun's, which forwards it to the ranks (each in a
+    # session of its own)
+    os.killpg(run.pid, signal.SIGINT)
+    last, stdout, err = stopped(run, out_dir, 'SIGINT')
+    assert 'at the next log step' in stdout and last % 4 == 0 and last >= 4, stdout[-2000:]
+    assert sorted(iteration_losses(stdout)) == list(range(0, last + 1, 4))
+    for sign in ('KeyboardInterrupt', 'ChildFailedError', 'Connection closed', 'exitcode'):  # no rank died of it
+        assert sign not in err, err[-3000:]
+    # torchrun re-raises the signal it received once its workers have exited, so its own exit
+    # status is 1 with a SignalException traceback: torch's launcher, not train.py
+    assert run.proc.returncode == 0 or 'SignalException: Process' in err, err[-3000:]
+
+    run = torchrun(out_dir, init_from='resume')
+    run.wait_for(r'^iter \d+: loss', count=2)
+    workers = children(run.pid)
+    assert len(workers) == 2, workers
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    resumed_last, stdout, err = stopped(run, out_dir, 'SIGTERM')
+    assert run.proc.returncode == 0 and 'Traceback' not in err, stdout[-2000:] + err[-3000:]
+    assert sorted(iteration_losses(stdout)) == list(range(last + 1, resumed_last + 1))
 
 
 # ----------------------------------------------------------------------------- waits and checks between ranks

@@ -1,6 +1,6 @@
-"""Dataset preparation, offline: data/*/prepare.py with a user's arguments (in this process, or in one of its own
-where a test signals it or sets the environment) and helpers/prepare.py's pieces, driven directly where a small
-chunk size reaches the edge cases. Every dataset goes to the session's data folder, never to data/."""
+"""Dataset preparation, offline: data/*/prepare.py as a user runs them (in this process; in one of its own where a
+test signals it or sets the environment) and helpers/prepare.py's pieces, driven directly where a small chunk size
+reaches the edge cases. Every dataset goes to the session's data folder, never to data/."""
 import hashlib
 import json
 import os
@@ -18,14 +18,12 @@ import pytest
 
 from conftest import (DATA_ROOT, REPO_ROOT, assert_user_error, core_train_args, data_changes, data_files,
                       place_tiny_shakespeare, run_inproc, run_script)
-from helpers import UserError, prepare
+from helpers import UserError, encode, prepare
 from helpers import stories as tiny_stories
 from helpers import data as dataset
 
 SEP = tiny_stories.STORY_SEPARATOR
 
-
-# ----------------------------------------------------------------------------- helpers
 
 @pytest.fixture
 def scratch():
@@ -37,11 +35,10 @@ def scratch():
         return names[-1]
     yield make
     for name in names:
-        shutil.rmtree(os.path.join(DATA_ROOT, name), ignore_errors=True)
+        shutil.rmtree(folder(name), ignore_errors=True)
 
 
 def prep(script, *args, check=True):
-    """data/<script>/prepare.py with args, in this process."""
     return run_inproc(f'data/{script}/prepare.py', *args, check=check)
 
 
@@ -62,16 +59,14 @@ def digests(name):
 
 
 def tokens(name, split):
-    meta = dataset.read_meta(name) if os.path.isdir(folder(name)) else None
-    return np.fromfile(os.path.join(folder(name), f'{split}.bin'), dtype=dataset.token_dtype(meta))
+    dtype = dataset.token_dtype(dataset.read_meta(name))
+    return np.fromfile(os.path.join(folder(name), f'{split}.bin'), dtype=dtype)
 
 
 def decoded(name):
     """(train text, val text, meta) of a character-level dataset, decoded through meta.pkl's itos."""
     meta = dataset.load_meta(os.path.join(folder(name), 'meta.pkl'))
-    itos = meta['itos']
-    return (''.join(itos[int(i)] for i in tokens(name, 'train')),
-            ''.join(itos[int(i)] for i in tokens(name, 'val')), meta)
+    return (*(''.join(meta['itos'][int(i)] for i in tokens(name, split)) for split in ('train', 'val')), meta)
 
 
 def no_outputs(name):
@@ -80,37 +75,30 @@ def no_outputs(name):
 
 
 def gpt2_tokens(docs):
+    """The tokens of docs computed without the code under test: each one's encode_ordinary, then 50256; rows
+    without text (None) are skipped."""
     import tiktoken
     enc = tiktoken.get_encoding('gpt2')
-    ids = []
-    for doc in docs:
-        ids.extend(enc.encode_ordinary(doc))
-        ids.append(enc.eot_token)
-    return np.array(ids, dtype=np.uint16)
+    return np.array([t for doc in docs if doc is not None for t in enc.encode_ordinary(doc) + [enc.eot_token]],
+                    dtype=np.uint16)
 
 
 def cjk_text(n_lines=400, seed=0):
     """Text of a Chinese novel's shape: many distinct Han characters, punctuation, some Latin and emoji."""
     rng = random.Random(seed)
     han = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)] + list('介绍小医仙萧炎斗气')
-    punct = list('，。！？：“”……、')
     lines = []
     for i in range(n_lines):
-        line = ''.join(rng.choice(han) for _ in range(rng.randint(5, 40)))
-        line += rng.choice(punct) + ('介绍小医仙。' if i % 50 == 0 else '')
-        if i % 37 == 0:
-            line += ' Dou Qi 😀 𠀀'   # astral code points too
+        line = ''.join(rng.choice(han) for _ in range(rng.randint(5, 40))) + rng.choice('，。！？：“”…、')
+        line += ('介绍小医仙。' if i % 50 == 0 else '') + (' Dou Qi 😀 𠀀' if i % 37 == 0 else '')  # astral too
         lines.append('\u3000\u3000' + line)
     return '\n'.join(lines) + '\n'
 
 
-STORIES = [
-    'Once upon a time, there was a little dog.\n\nThe dog liked to run. The end.',
-    'Tom said "hi" to Sue.\nSue smiled — she was happy’s friend.',
-    'A story that mentions <|endoftext|> in the middle of a line stays one story.',
-    'Café naïve 😀 and a\ttab.',
-    'Last story before the validation split.',
-]
+STORIES = ['Once upon a time, there was a little dog.\n\nThe dog liked to run. The end.',
+           'Tom said "hi" to Sue.\nSue smiled — she was happy’s friend.',
+           'A story that mentions <|endoftext|> in the middle of a line stays one story.',
+           'Café naïve 😀 and a\ttab.', 'Last story before the validation split.']
 VAL_STORIES = ['Lily had a red ball.', 'Ben found a big box.\n\nIt was empty.']
 
 
@@ -127,19 +115,16 @@ def stories_txt(stories):
 # ----------------------------------------------------------------------------- shakespeare
 
 def test_shakespeare_char_matches_nanogpt_bytes_and_numbers(shakespeare_char):
-    for line in ("length of dataset in characters: 1,115,394", "vocab size: 65",
-                 "train has 1,003,854 tokens", "val has 111,540 tokens"):
+    for line in ("length of dataset in characters: 1,115,394", "vocab size: 65", "train has 1,003,854 tokens",
+                 "val has 111,540 tokens"):
         assert line in shakespeare_char
-    # the reference: nanoGPT's method, whole text in memory
-    with open(os.path.join(folder('shakespeare_char'), 'input.txt'), 'r') as f:
+    with open(os.path.join(folder('shakespeare_char'), 'input.txt'), 'r') as f:   # nanoGPT's method: all in memory
         text = f.read()
     chars = sorted(set(text))
-    stoi = {ch: i for i, ch in enumerate(chars)}
-    itos = {i: ch for i, ch in enumerate(chars)}
-    n = len(text)
-    expect = {'train.bin': np.array([stoi[c] for c in text[:int(n * 0.9)]], dtype=np.uint16).tobytes(),
-              'val.bin': np.array([stoi[c] for c in text[int(n * 0.9):]], dtype=np.uint16).tobytes(),
-              'meta.pkl': pickle.dumps({'vocab_size': len(chars), 'itos': itos, 'stoi': stoi})}
+    stoi, n = {ch: i for i, ch in enumerate(chars)}, int(len(text) * 0.9)
+    expect = {'train.bin': np.array([stoi[c] for c in text[:n]], dtype=np.uint16).tobytes(),
+              'val.bin': np.array([stoi[c] for c in text[n:]], dtype=np.uint16).tobytes(),
+              'meta.pkl': pickle.dumps({'vocab_size': len(chars), 'itos': dict(enumerate(chars)), 'stoi': stoi})}
     for name, data in expect.items():
         with open(os.path.join(folder('shakespeare_char'), name), 'rb') as f:
             assert f.read() == data, name
@@ -151,13 +136,11 @@ def test_shakespeare_char_matches_nanogpt_bytes_and_numbers(shakespeare_char):
 
 
 def test_shakespeare_bpe_numbers_and_tokens():
-    input_path = place_tiny_shakespeare('shakespeare')
+    text = open(place_tiny_shakespeare('shakespeare'), encoding='utf-8').read()
     out = prep('shakespeare').stdout
     assert "train has 301,966 tokens" in out and "val has 36,059 tokens" in out
     import tiktoken
-    enc = tiktoken.get_encoding('gpt2')
-    text = open(input_path, encoding='utf-8').read()
-    split = int(len(text) * 0.9)
+    enc, split = tiktoken.get_encoding('gpt2'), int(len(text) * 0.9)
     assert np.array_equal(tokens('shakespeare', 'train'), enc.encode_ordinary(text[:split]))
     assert np.array_equal(tokens('shakespeare', 'val'), enc.encode_ordinary(text[split:]))
     assert not os.path.exists(os.path.join(folder('shakespeare'), 'meta.pkl'))
@@ -166,10 +149,8 @@ def test_shakespeare_bpe_numbers_and_tokens():
 # ----------------------------------------------------------------------------- any text, by character
 
 def test_cjk_round_trip_and_split_and_another_text_only_with_force(tmp_path, scratch):
-    text = cjk_text()
-    novel = tmp_path / 'novel.txt'
+    text, novel, name = cjk_text(), tmp_path / 'novel.txt', scratch('cjk')
     novel.write_text(text, encoding='utf-8')
-    name = scratch('cjk')
     out = prep('char', '--input', novel, '--name', name).stdout
     train, val, meta = decoded(name)
     n = len(text)
@@ -177,9 +158,9 @@ def test_cjk_round_trip_and_split_and_another_text_only_with_force(tmp_path, scr
     assert [meta['itos'][i] for i in range(meta['vocab_size'])] == sorted(set(text))
     assert all(meta['stoi'][ch] == i for i, ch in meta['itos'].items())
     assert 'dtype' not in meta and tokens(name, 'train').dtype == np.uint16
-    assert f"length of dataset in characters: {n:,}" in out
-    assert f"vocab size: {len(set(text)):,}" in out
-    assert f"train has {int(n * 0.9):,} tokens" in out
+    for line in (f"length of dataset in characters: {n:,}", f"vocab size: {len(set(text)):,}",
+                 f"train has {int(n * 0.9):,} tokens"):
+        assert line in out
     ids = np.concatenate([tokens(name, 'train'), tokens(name, 'val')])
     assert np.array_equal(ids, [meta['stoi'][ch] for ch in text])
     first = digests(name)
@@ -194,12 +175,12 @@ def test_cjk_round_trip_and_split_and_another_text_only_with_force(tmp_path, scr
 def test_write_chars_splits_at_any_character_of_any_piece(tmp_path):
     text = cjk_text(40)
     pieces = [text[i:i + 7] for i in range(0, len(text), 7)]   # the split point falls anywhere in a piece
-    seen = np.zeros(prepare.UNICODE_SIZE, dtype=bool)
-    assert prepare.mark_characters(iter(pieces), seen) == len(text)
+    seen = np.zeros(encode.UNICODE_SIZE, dtype=bool)
+    assert encode.mark_characters(iter(pieces), seen) == len(text)
     assert ''.join(map(chr, np.flatnonzero(seen))) == ''.join(sorted(set(text)))
     for n_train in (1, 6, 7, 8, 13, len(text) // 2, len(text) - 1):
         out_dir = tmp_path / str(n_train)
-        prepare.write_chars(str(out_dir), seen, iter(pieces), n_train, separator='x')
+        encode.write_chars(str(out_dir), seen, iter(pieces), n_train, separator='x')
         meta = dataset.load_meta(str(out_dir / 'meta.pkl'))
         train, val = (''.join(meta['itos'][int(i)] for i in np.fromfile(out_dir / f'{split}.bin', dtype=np.uint16))
                       for split in ('train', 'val'))
@@ -209,49 +190,43 @@ def test_write_chars_splits_at_any_character_of_any_piece(tmp_path):
 def test_a_vocabulary_past_uint16_round_trips_trains_and_samples(tmp_path, scratch):
     points = [p for p in range(0x21, 0x21 + 70_500) if not 0xD800 <= p <= 0xDFFF]
     text = cjk_text(40) + ''.join(chr(p) for p in random.Random(1).sample(points, len(points)) * 2)
-    src = tmp_path / 'wide.txt'
+    src, name, out_dir = tmp_path / 'wide.txt', scratch('u32'), tmp_path / 'out'
     src.write_text(text, encoding='utf-8')
-    name = scratch('u32')
     out = prep('char', '--input', src, '--name', name).stdout
     meta = dataset.read_meta(name)
     assert meta['dtype'] == 'uint32' and meta['vocab_size'] == len(set(text)) > 65_535
     assert dataset.token_dtype(meta) == np.uint32 and "stored as uint32" in out
     assert os.path.getsize(os.path.join(folder(name), 'train.bin')) == 4 * int(len(text) * 0.9)
-    train, val, _ = decoded(name)
-    assert train + val == text
-    out_dir = tmp_path / 'out'
+    assert ''.join(decoded(name)[:2]) == text
     run_inproc('train.py', *core_train_args(out_dir, dataset=name, max_iters=3, eval_iters=1, eval_interval=2,
                                             batch_size=2, block_size=16, n_layer=1, n_embd=16), check=True)
     prompt = '介绍小医仙😀𠀀'
-    sampled = run_inproc('sample.py', f'--out_dir={out_dir}', '--device=cpu', '--num_samples=1',
-                         '--max_new_tokens=20', f'--start={prompt}', check=True).stdout
-    assert prompt in sampled
+    assert prompt in run_inproc('sample.py', f'--out_dir={out_dir}', '--device=cpu', '--num_samples=1',
+                                '--max_new_tokens=20', f'--start={prompt}', check=True).stdout
 
 
-# ----------------------------------------------------------------------------- reading text
+# ----------------------------------------------------------------------------- reading text, names, folders
 
-@pytest.mark.parametrize('bad', [b'\xff', b'\xe4\xb8', b'\xc0\xaf', b'\xed\xa0\x80'])
-def test_read_text_splits_characters_across_chunks_and_names_the_offset_of_invalid_utf8(tmp_path, bad):
-    text = 'a中é😀\n' * 50 + cjk_text(5)
-    path = tmp_path / 't.txt'
+def test_read_text_splits_characters_across_chunks_and_names_the_offset_of_invalid_utf8(tmp_path):
+    text, path = 'a中é😀\n' * 50 + cjk_text(5), tmp_path / 't.txt'
     path.write_bytes(text.encode('utf-8'))
     for chunk in range(1, 9):
         assert ''.join(prepare.read_text(str(path), chunk_bytes=chunk)) == text
     good = ('héllo 中文 😀 ' * 20).encode('utf-8')
-    path.write_bytes(good + bad + b'tail')
-    for chunk in (1, 2, 3, 5, 64, 1 << 20):
-        with pytest.raises(UserError) as e:
-            ''.join(prepare.read_text(str(path), chunk_bytes=chunk))
-        assert f"byte offset {len(good)}" in str(e.value), (chunk, str(e.value))
-    replaced = ''.join(prepare.read_text(str(path), errors='replace', chunk_bytes=3))
-    assert replaced.startswith(good.decode()) and '\ufffd' in replaced and replaced.endswith('tail')
+    for bad in (b'\xff', b'\xe4\xb8', b'\xc0\xaf', b'\xed\xa0\x80'):
+        path.write_bytes(good + bad + b'tail')
+        for chunk in (1, 2, 3, 5, 64, 1 << 20):
+            with pytest.raises(UserError) as e:
+                ''.join(prepare.read_text(str(path), chunk_bytes=chunk))
+            assert f"byte offset {len(good)}" in str(e.value), (bad, chunk, str(e.value))
+        replaced = ''.join(prepare.read_text(str(path), errors='replace', chunk_bytes=3))
+        assert replaced.startswith(good.decode()) and '\ufffd' in replaced and replaced.endswith('tail')
 
 
 def test_missing_empty_bad_arguments_and_invalid_utf8(tmp_path, scratch):
-    name = scratch('errs')
+    name, good = scratch('errs'), 'first line 中文\n'.encode('utf-8') * 1000
     (tmp_path / 'empty.txt').write_bytes(b'')
     (tmp_path / 'ok.txt').write_text('hello world\n' * 10)
-    good = 'first line 中文\n'.encode('utf-8') * 1000
     (tmp_path / 'gbk.txt').write_bytes(good + '斗破苍穹'.encode('gbk') + b'\nmore text\n' * 100)
     for file, args, fragments in (('nope.txt', [], ['nope.txt', 'does not exist']), ('empty.txt', [], ['empty']),
                                   ('ok.txt', ['--name', '../escape'], ['--name']),
@@ -259,8 +234,7 @@ def test_missing_empty_bad_arguments_and_invalid_utf8(tmp_path, scratch):
                                   ('ok.txt', ['--val_fraction=0.999'], ['too few']),
                                   ('gbk.txt', [], [f"byte offset {len(good)}", '--replace_invalid_utf8'])):
         refused(prep('char', '--input', tmp_path / file, '--name', name, *args, check=False), *fragments)
-    assert no_outputs(name)
-    assert not os.path.exists(os.path.join(os.path.dirname(DATA_ROOT), 'escape'))
+    assert no_outputs(name) and not os.path.exists(os.path.join(os.path.dirname(DATA_ROOT), 'escape'))
     prep('char', '--input', tmp_path / 'gbk.txt', '--name', name, '--replace_invalid_utf8')
     assert '\ufffd' in dataset.read_meta(name)['stoi']
 
@@ -281,9 +255,8 @@ def test_names_in_any_language_and_none_a_filesystem_refuses(tmp_path, scratch):
         with pytest.raises(UserError) as e, prepare.output_dir(name):
             pass
         assert why in str(e.value) and f'--name={name!r}' in str(e.value), (name, str(e.value))
-    text = tmp_path / 'roman.txt'
+    text, name = tmp_path / 'roman.txt', scratch('données')
     text.write_text('Il était une fois des données.\n' * 50, encoding='utf-8')
-    name = scratch('données')
     prep('char', '--input', text, '--name', name)
     assert ''.join(decoded(name)[:2]) == text.read_text(encoding='utf-8')
 
@@ -298,9 +271,8 @@ def test_script_folder_names_are_no_dataset_names(tmp_path, shakespeare_char):
         refused(prep('char', '--input', text, '--name', name, '--force', check=False),
                 f'--name={name} ', f'data/{name}/prepare.py', f'--name=my_{name}')
     assert digests('shakespeare_char') == before and not os.path.exists(folder('char'))
-    # the same folder where case does not count
     with pytest.raises(UserError, match='data/char/prepare.py'), prepare.output_dir('Char', force=True):
-        pass
+        pass   # the same folder where case does not count
     with pytest.raises(UserError, match='data/tinystories_char/prepare.py'), \
             prepare.output_dir('tinystories_char', force=True, own='tinystories'):
         pass
@@ -310,10 +282,9 @@ def test_script_folder_names_are_no_dataset_names(tmp_path, shakespeare_char):
 
 def test_nanogpt_data_dir_moves_every_dataset(tmp_path, monkeypatch):
     """The shakespeare scripts read input.txt from <NANOGPT_DATA_DIR>/<name>/ and write there, data/char/prepare.py
-    writes --name there, and train.py looks there; the scripts stay in the repository. helpers reads the variable
-    once, at import: one prepare runs in a process of its own, the rest here with helpers' DATA_ROOT set."""
-    elsewhere = tmp_path / 'big disk'
-    text = 'To be, or not to be: that is the question.\n' * 20
+    writes --name there, and train.py looks there. helpers reads the variable once, at import: one prepare runs
+    in a process of its own, the rest here with helpers' DATA_ROOT set."""
+    elsewhere, text = tmp_path / 'big disk', 'To be, or not to be: that is the question.\n' * 20
     (tmp_path / 'mine.txt').write_text(text)
     run_script('data/char/prepare.py', '--input', str(tmp_path / 'mine.txt'), '--name', 'mine',
                env={'NANOGPT_DATA_DIR': str(elsewhere)})
@@ -325,8 +296,7 @@ def test_nanogpt_data_dir_moves_every_dataset(tmp_path, monkeypatch):
         (elsewhere / name / 'input.txt').write_text(text)
         out = prep(name).stdout
         assert f'length of dataset in characters: {len(text):,}' in out and 'downloading' not in out
-        assert f'wrote {elsewhere / name}/' in out
-        assert {'train.bin', 'val.bin'} <= set(os.listdir(elsewhere / name))
+        assert f'wrote {elsewhere / name}/' in out and {'train.bin', 'val.bin'} <= set(os.listdir(elsewhere / name))
     meta = dataset.load_meta(str(elsewhere / 'shakespeare_char' / 'meta.pkl'))
     ids = np.concatenate([np.fromfile(elsewhere / 'shakespeare_char' / f'{split}.bin', dtype=np.uint16)
                           for split in ('train', 'val')])
@@ -337,17 +307,16 @@ def test_nanogpt_data_dir_moves_every_dataset(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize('root', ['a file', 'a folder that cannot be written'])
 def test_a_data_dir_that_cannot_take_datasets_is_one_line(tmp_path, monkeypatch, root):
+    target = tmp_path / 'notes.txt'
     if root == 'a file':
-        target = tmp_path / 'notes.txt'
         target.write_text('my notes\n')
     else:   # /sys refuses new folders even to root, for whom permission bits are no obstacle
         target = '/sys'
         if not os.path.isdir(target) or not os.access(target, os.R_OK) or os.path.exists('/sys/mine'):
             pytest.skip('no /sys here')
     monkeypatch.setattr(prepare, 'DATA_ROOT', str(target))   # what NANOGPT_DATA_DIR sets
-    text = tmp_path / 'mine.txt'
-    text.write_text('my own words\n' * 20)
-    assert_user_error(run_inproc('data/char/prepare.py', '--input', str(text), '--name', 'mine'),
+    (tmp_path / 'mine.txt').write_text('my own words\n' * 20)
+    assert_user_error(prep('char', '--input', tmp_path / 'mine.txt', '--name', 'mine', check=False),
                       f'cannot make {target}/mine/', 'NANOGPT_DATA_DIR')
     if root == 'a file':
         assert target.read_text() == 'my notes\n'
@@ -367,9 +336,8 @@ def test_unknown_dataset_lists_the_prepared_and_the_preparable():
 
 
 def test_download_makes_the_folder_and_leaves_nothing_when_it_fails(tmp_path):
-    source = tmp_path / 'source.txt'
+    source, target = tmp_path / 'source.txt', tmp_path / 'root' / 'shakespeare_char' / 'input.txt'
     source.write_text('a tiny text\n')
-    target = tmp_path / 'root' / 'shakespeare_char' / 'input.txt'
     assert prepare.download(source.as_uri(), str(target)) == str(target)
     assert target.read_text() == 'a tiny text\n'
     source.unlink()
@@ -382,23 +350,25 @@ def test_download_makes_the_folder_and_leaves_nothing_when_it_fails(tmp_path):
 
 def test_the_data_guard_sees_files_created_removed_and_rewritten(tmp_path):
     """conftest's check of the repository's data/ at the end of every session, on a folder of its own."""
-    top = tmp_path / 'data'
-    (top / 'mine').mkdir(parents=True)
+    mine = tmp_path / 'data' / 'mine'
+    mine.mkdir(parents=True)
     for name in ('train.bin', 'val.bin', 'input.txt'):
-        (top / 'mine' / name).write_bytes(b'12345678')
-    before = data_files(str(top))
-    assert data_changes(before, data_files(str(top))) == []
-    (top / 'mine' / 'val.bin').unlink()
-    (top / 'new').mkdir()
-    (top / 'new' / 'train.bin').write_bytes(b'')
-    stat = os.stat(top / 'mine' / 'train.bin')
-    (top / 'mine' / 'train.bin').write_bytes(b'87654321')
-    os.utime(top / 'mine' / 'train.bin', ns=(stat.st_atime_ns, stat.st_mtime_ns))   # only the bytes differ
-    os.utime(top / 'mine' / 'input.txt', ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))   # only the time
-    assert data_changes(before, data_files(str(top))) == [
+        (mine / name).write_bytes(b'12345678')
+    before = data_files(str(mine.parent))
+    assert data_changes(before, data_files(str(mine.parent))) == []
+    (mine / 'val.bin').unlink()
+    (mine.parent / 'new').mkdir()
+    (mine.parent / 'new' / 'train.bin').write_bytes(b'')
+    stat = os.stat(mine / 'train.bin')
+    (mine / 'train.bin').write_bytes(b'87654321')
+    os.utime(mine / 'train.bin', ns=(stat.st_atime_ns, stat.st_mtime_ns))   # only the bytes differ
+    os.utime(mine / 'input.txt', ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))   # only the time
+    assert data_changes(before, data_files(str(mine.parent))) == [
         os.path.join('data', 'mine', 'input.txt') + ' changed', os.path.join('data', 'mine', 'train.bin') + ' changed',
         os.path.join('data', 'mine', 'val.bin') + ' removed', os.path.join('data', 'new', 'train.bin') + ' created']
 
+
+# ----------------------------------------------------------------------------- writing: failures, kills, swaps
 
 def test_failed_write_leaves_previous_files_untouched(tmp_path, scratch):
     out_dir = str(tmp_path / 'ds')
@@ -406,10 +376,9 @@ def test_failed_write_leaves_previous_files_untouched(tmp_path, scratch):
         out.write('train', np.arange(10))
         out.write('val', np.arange(3))
         out.commit({'vocab_size': 10})
-    with pytest.raises(RuntimeError):
-        with prepare.Output(out_dir) as out:
-            out.write('train', np.arange(1000))
-            raise RuntimeError('interrupted')
+    with pytest.raises(RuntimeError), prepare.Output(out_dir) as out:
+        out.write('train', np.arange(1000))
+        raise RuntimeError('interrupted')
     assert sorted(os.listdir(out_dir)) == ['meta.pkl', 'train.bin', 'val.bin']
     assert np.array_equal(np.fromfile(os.path.join(out_dir, 'train.bin'), dtype=np.uint16), np.arange(10))
     assert dataset.load_meta(os.path.join(out_dir, 'meta.pkl')) == {'vocab_size': 10}
@@ -429,21 +398,20 @@ def test_failed_write_leaves_previous_files_untouched(tmp_path, scratch):
 def test_a_swap_that_a_prepare_left_half_done_is_completed_by_the_next_reader(scratch, monkeypatch, capsys):
     """Stopped after train.bin moved into place, the new dataset's val.bin and meta.pkl still under .tmp names:
     the reader's first look completes the swap, and meta.pkl then describes the .bin files beside it."""
-    name = scratch('swap')
+    name, replace, moved = scratch('swap'), os.replace, []
 
     def prepare_ids(ids, vocab_size):
         with prepare.Output(folder(name)) as out:
             out.write('train', ids[:-2])
             out.write('val', ids[-2:])
             out.commit({'vocab_size': vocab_size})
-    prepare_ids(np.arange(10), 10)
-    replace, moved = os.replace, []
 
     def stops_after_the_first_move(source, target):
         moved.append(target)
         if len(moved) == 3:   # the journal, then train.bin
             raise KeyboardInterrupt
         replace(source, target)
+    prepare_ids(np.arange(10), 10)
     monkeypatch.setattr(os, 'replace', stops_after_the_first_move)
     with pytest.raises(KeyboardInterrupt):
         prepare_ids(np.arange(20) % 3, 3)
@@ -466,19 +434,17 @@ def big_text(tmp_path_factory):
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_prepare_leaves_no_finished_looking_files(big_text, scratch, sig):
     name = scratch('interrupt')
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
     proc = subprocess.Popen([sys.executable, 'data/char/prepare.py', '--input', str(big_text), '--name', name],
-                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    tmp_train = os.path.join(folder(name), 'train.bin.tmp')
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while not os.path.exists(tmp_train) and proc.poll() is None and time.time() < deadline:
+    while not os.path.exists(os.path.join(folder(name), 'train.bin.tmp')) and proc.poll() is None \
+            and time.time() < deadline:
         time.sleep(0.005)
     assert proc.poll() is None, "prepare finished before it could be interrupted; use a larger input"
     proc.send_signal(sig)
     proc.communicate(timeout=60)
-    assert proc.returncode != 0
     left = os.listdir(folder(name)) if os.path.isdir(folder(name)) else []
-    assert not {'train.bin', 'val.bin', 'meta.pkl'} & set(left), left
+    assert proc.returncode != 0 and not {'train.bin', 'val.bin', 'meta.pkl'} & set(left), left
     if sig == signal.SIGINT:   # Ctrl-C also removes the temporary files (and the new folder); kill -9 cannot
         assert not os.path.exists(folder(name)), left
 
@@ -490,17 +456,15 @@ def story_files(tmp_path, kind, train=STORIES, val=VAL_STORIES):
     args = []
     for split, flag, texts in (('train', '--train_file', train), ('valid', '--val_file', val)):
         path = tmp_path / f'TinyStories-{split}.{kind}'
-        if kind == 'txt':
-            path.write_text(stories_txt(texts), encoding='utf-8')
-        else:
-            path.write_text(''.join(json.dumps({'text': s}) + '\n' for s in texts), encoding='utf-8')
+        path.write_text(stories_txt(texts) if kind == 'txt' else ''.join(json.dumps({'text': s}) + '\n'
+                                                                          for s in texts), encoding='utf-8')
         args += [flag, str(path)]
     return args
 
 
 @pytest.mark.parametrize('layout', ['varied', 'plain', 'plain_with_untidy_stories', 'no_newline_after_last_marker'])
 def test_txt_story_parsing_is_independent_of_chunk_size(tmp_path, layout):
-    stories = STORIES * 3
+    stories, path = STORIES * 3, tmp_path / 's.txt'
     if layout == 'varied':
         content = stories_txt(stories)
     else:   # the usual layout: story, then a line holding only the marker
@@ -509,11 +473,9 @@ def test_txt_story_parsing_is_independent_of_chunk_size(tmp_path, layout):
         stories = stories + [s.strip() for s in untidy if s.strip()]
         if layout == 'no_newline_after_last_marker':
             content = content.rstrip('\n')
-    path = tmp_path / 's.txt'
     path.write_text(content, encoding='utf-8')
     for chunk in (1, 2, 5, 13, 64, 1 << 20):
-        got = [s for batch in tiny_stories.txt_stories(str(path), chunk_bytes=chunk) for s in batch]
-        assert got == stories, chunk
+        assert [s for batch in tiny_stories.txt_stories(str(path), chunk_bytes=chunk) for s in batch] == stories, chunk
         joined = ''.join(tiny_stories.story_text(tiny_stories.txt_stories(str(path), chunk_bytes=chunk), SEP))
         assert joined == ''.join(s + SEP for s in stories), chunk
 
@@ -536,8 +498,7 @@ def test_tinystories_from_txt_and_jsonl(tmp_path, scratch, hf_offline):
         char, bpe = scratch('tsc_' + kind), scratch('ts_' + kind)
         out = prep('tinystories_char', *story_files(tmp_path, kind), '--name', char).stdout
         train, val, meta = decoded(char)
-        assert train == ''.join(s + SEP for s in STORIES)
-        assert val == ''.join(s + SEP for s in VAL_STORIES)
+        assert train == ''.join(s + SEP for s in STORIES) and val == ''.join(s + SEP for s in VAL_STORIES)
         assert meta['separator'] == SEP and SEP in meta['stoi']
         assert [meta['itos'][i] for i in range(meta['vocab_size'])] == sorted(set(train + val))
         assert f"vocab size: {meta['vocab_size']}" in out and f"train has {len(train):,} tokens" in out
@@ -550,7 +511,7 @@ def test_tinystories_from_txt_and_jsonl(tmp_path, scratch, hf_offline):
     assert written['txt'] == written['jsonl']
 
 
-def test_tinystories_without_validation_text(tmp_path, scratch, hf_offline):
+def test_tinystories_without_validation_text_or_offline_is_one_line(tmp_path, scratch, hf_offline):
     train_file = story_files(tmp_path, 'txt')[1]
     (tmp_path / 'valid.txt').write_text('<|endoftext|>\n\n<|endoftext|>\n')
     (tmp_path / 'valid.jsonl').write_text(json.dumps({'text': '   '}) + '\n')
@@ -563,18 +524,15 @@ def test_tinystories_without_validation_text(tmp_path, scratch, hf_offline):
         result = prep(script, '--train_file', files[0], '--val_file', tmp_path / files[1], '--name', name, check=False)
         check(result, 'no validation text')
         assert result.returncode == 1 and no_outputs(name)
-
-
-@pytest.mark.parametrize('script', ['tinystories', 'tinystories_char'])
-def test_tinystories_offline_is_one_line_naming_the_local_files(hf_offline, script):
-    start = time.time()
-    refused(prep(script, check=False), 'roneneldan/TinyStories', 'OfflineModeIsEnabled', '--train_file and --val_file')
-    assert not os.path.exists(folder(script)) and time.time() - start < 60
+    for script in ('tinystories', 'tinystories_char'):   # no local files, and the hub out of reach: quickly
+        start = time.time()
+        refused(prep(script, check=False), 'roneneldan/TinyStories', 'OfflineModeIsEnabled',
+                '--train_file and --val_file')
+        assert not os.path.exists(folder(script)) and time.time() - start < 60
 
 
 def test_tinystories_separator_inside_a_story_is_an_error(tmp_path, scratch):
-    files = story_files(tmp_path, 'txt', train=STORIES + [f'I contain {SEP} myself.'])
-    name = scratch('sep')
+    files, name = story_files(tmp_path, 'txt', train=STORIES + [f'I contain {SEP} myself.']), scratch('sep')
     refused(prep('tinystories_char', *files, '--name', name, check=False), '--separator')
     prep('tinystories_char', *files, '--name', name, '--separator', '\x03')
     train, _, meta = decoded(name)
@@ -584,4 +542,4 @@ def test_tinystories_separator_inside_a_story_is_an_error(tmp_path, scratch):
 def test_gpt2_tokens_equal_one_call_per_document():
     plain = VAL_STORIES + ['', 'x', '\n\n  spaces  \n'] + [cjk_text(3)] * 50
     for docs in (plain, plain + ['a doc holding the <|endoftext|> text'], []):
-        assert np.array_equal(prepare.gpt2_tokens(docs), gpt2_tokens(docs))
+        assert np.array_equal(encode.gpt2_tokens(docs), gpt2_tokens(docs))

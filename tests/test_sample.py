@@ -1,5 +1,6 @@
 """sample.py on a checkpoint trained here: text comes out, seeded per sample, from ckpt.pt or
 from latest.pt when that is all there is, with prompts given inline or from a file."""
+import functools
 import os
 import re
 import subprocess
@@ -36,17 +37,13 @@ def sample_args(out_dir, **settings):
 @pytest.fixture(scope='module')
 def sample(tiny_run):
     """sample.py on the tiny run with these settings: each set of settings runs once per module."""
-    runs = {}
-
+    @functools.cache
     def run(**settings):
-        key = repr(sorted(settings.items()))
-        if key not in runs:
-            runs[key] = run_inproc('sample.py', *sample_args(tiny_run.out_dir, **settings), check=True)
-        return runs[key]
+        return run_inproc('sample.py', *sample_args(tiny_run.out_dir, **settings), check=True)
     return run
 
 
-def test_samples_of_the_trained_model_each_seeded_alike_streamed_or_batched(sample):
+def test_samples_of_the_trained_model_each_seeded_alike_streamed_or_batched_and_greedy(sample):
     run = sample()
     samples = samples_of(run.stdout, 'the')
     assert len(samples) == 3 and len(set(samples)) > 1  # each sample has its own seed
@@ -58,10 +55,7 @@ def test_samples_of_the_trained_model_each_seeded_alike_streamed_or_batched(samp
     assert sum(w in CORE_WORDS for w in words) >= len(words) // 3, samples
     assert samples_of(sample(stream=False).stdout, 'the') == samples
     assert samples_of(sample(seed=8).stdout, 'the') != samples
-
-
-def test_a_tiny_temperature_samples_the_greedy_text(sample):
-    greedy = samples_of(sample(top_k=1).stdout, 'the')
+    greedy = samples_of(sample(top_k=1).stdout, 'the')  # which a tiny temperature samples too
     assert samples_of(sample(temperature=1e-39, top_k=None).stdout, 'the') == greedy and len(set(greedy)) == 1
 
 
@@ -74,7 +68,11 @@ def test_stopped_samples_are_the_unstopped_ones_cut_at_the_stop(sample, stream):
     assert any(len(s) < len(f) for s, f in zip(stopped, full)), "no sample met the stop: the test proves little"
 
 
-def test_many_prompts_each_equal_to_the_prompt_sampled_alone(sample, tmp_path):
+def test_prompt_files_and_many_prompts_each_equal_to_the_prompt_sampled_alone(sample, tmp_path):
+    prompt = tmp_path / 'prompt.txt'  # a prompt file with Windows line ends reads as text
+    prompt.write_bytes(b'the dog\r\nran')
+    [s] = samples_of(sample(start=f'FILE:{prompt}', num_samples=1).stdout, 'the dog\nran')
+    assert s.startswith('the dog\nran') and len(s) == len('the dog\nran') + 20
     prompts = tmp_path / 'prompts.txt'
     prompts.write_text('the cat\n\nthe dog\na mat\n')  # the blank line is skipped; two prompts of equal length
     short = dict(num_samples=2, max_new_tokens=8)
@@ -87,13 +85,6 @@ def test_many_prompts_each_equal_to_the_prompt_sampled_alone(sample, tmp_path):
                                                                               ('3', 'a mat')]
         assert [[s.strip('\n') for s in parts[i].split(SEPARATOR) if s.strip()] for i in range(3, len(parts), 3)] \
             == alone[settings.get('top_p', 1.0)]
-
-
-def test_a_prompt_file_with_windows_line_ends_reads_as_text(sample, tmp_path):
-    prompt = tmp_path / 'prompt.txt'
-    prompt.write_bytes(b'the dog\r\nran')
-    [s] = samples_of(sample(start=f'FILE:{prompt}', num_samples=1).stdout, 'the dog\nran')
-    assert s.startswith('the dog\nran') and len(s) == len('the dog\nran') + 20
 
 
 def test_sample_reads_latest_when_it_is_the_only_checkpoint(copy_run):
@@ -128,20 +119,6 @@ def scripted_generation(monkeypatch, tokens):
     monkeypatch.setattr(GPT, 'generate_tokens', generate_tokens)
 
 
-@pytest.mark.parametrize('stream', [True, False])
-def test_a_sample_ends_at_the_datasets_separator(monkeypatch, make_dataset, tmp_path, stream):
-    import tiny_runs
-    text = 'the cat sat|a dog ran far|' * 50
-    name = make_dataset('separator', text=text, meta_extra={'separator': '|'})
-    tiny_runs.save_checkpoint(tiny_runs.make_model(vocab_size=len(set(text)), block_size=32), str(tmp_path), name)
-    stoi = {c: i for i, c in enumerate(sorted(set(text)))}
-    scripted_generation(monkeypatch, [stoi[c] for c in 'a dog|the cat'])
-    args = sample_args(tmp_path, start='ran', num_samples=2, stream=stream)
-    assert samples_of(run_inproc('sample.py', *args, check=True).stdout, 'ran') == ['rana dog'] * 2
-    kept = run_inproc('sample.py', *args, '--stop_at_end=False', check=True).stdout
-    assert samples_of(kept, 'ran') == ['rana dog|the cat'] * 2  # the old behaviour, separator and all
-
-
 def test_a_gpt2_sample_ends_at_endoftext(monkeypatch, tmp_path):
     import tiktoken
     import tiny_runs
@@ -155,17 +132,26 @@ def test_a_gpt2_sample_ends_at_endoftext(monkeypatch, tmp_path):
     assert '<|endoftext|>' not in out and 'More' not in out
 
 
-@pytest.mark.parametrize('stream', [True, False])
-def test_a_stop_string_across_tokens_ends_the_sample_and_nothing_after_it_is_printed(monkeypatch, tiny_run, stream):
-    vocab = sorted(set(core_text()))
-    scripted_generation(monkeypatch, [vocab.index(c) for c in ' cat sat on a mat\nthen'])
+SCRIPT = ' cat sat on a mat\nthen'
 
-    def run(stop, num_samples=1, max_new_tokens=20):
-        return run_inproc('sample.py', *sample_args(tiny_run.out_dir, num_samples=num_samples, stream=stream,
-                                                    stop=stop, max_new_tokens=max_new_tokens), check=True).stdout
-    out = run("['at o', 'mat']", num_samples=2)
-    assert samples_of(out, 'the') == ['the cat s'] * 2  # the earliest stop wins; neither is printed
-    assert 'at o' not in printed_text(out) and 'mat' not in printed_text(out)
-    # a stop string that never appears changes nothing; one that is a prefix of the text ends it at once
-    assert samples_of(run('xyz', max_new_tokens=30), 'the') == ['the cat sat on a mat\nthen']
-    assert samples_of(run(' c'), 'the') == ['the']
+
+@pytest.mark.parametrize('stream', [True, False])
+@pytest.mark.parametrize('script,settings,expected', [
+    # the dataset's separator ends a sample, unless --stop_at_end=False (the old behaviour, separator and all)
+    ('a dog|the cat', dict(start='ran'), 'rana dog'),
+    ('a dog|the cat', dict(start='ran', stop_at_end=False), 'rana dog|the cat'),
+    # a stop string across tokens ends it, and nothing after it is printed: the earliest one wins; one that
+    # never appears changes nothing; one that is a prefix of the text ends it at once
+    (SCRIPT, dict(stop="['at o', 'mat']"), 'the cat s'),
+    (SCRIPT, dict(stop='xyz', max_new_tokens=30), 'the' + SCRIPT),
+    (SCRIPT, dict(stop=' c'), 'the'),
+])
+def test_a_sample_ends_at_the_separator_or_a_stop_string(monkeypatch, make_dataset, tmp_path, stream, script,
+                                                         settings, expected):
+    import tiny_runs
+    text = 'the cat sat on a mat\nthen|a dog ran far|' * 50
+    name = make_dataset('separator', text=text, meta_extra={'separator': '|'})
+    tiny_runs.save_checkpoint(tiny_runs.make_model(vocab_size=len(set(text)), block_size=32), str(tmp_path), name)
+    scripted_generation(monkeypatch, [sorted(set(text)).index(c) for c in script])
+    out = run_inproc('sample.py', *sample_args(tmp_path, num_samples=2, stream=stream, **settings), check=True)
+    assert samples_of(out.stdout, settings.get('start', 'the')) == [expected] * 2

@@ -1,37 +1,25 @@
-"""Tiny character datasets and checkpoints for the export, evaluation and plotting tests.
-
-Datasets go to data/_test_<tag>/ in the test session's data folder (conftest.DATA_ROOT, where the
-scripts look for them) and are removed by the fixtures that create them. Checkpoints are written in train.py's format.
-"""
+"""Tiny character datasets and checkpoints in train.py's format for the export, evaluation and plotting tests
+(datasets in the session's data folder, removed by the tests that make them)."""
 import os
-import pickle
 import shutil
 
 import numpy as np
 import torch
 
 from helpers import checkpoint
-from conftest import DATA_ROOT
+from conftest import DATA_ROOT, write_char_dataset
 from model import GPT, GPTConfig
 
 CHARS = sorted(set("abcdefghijklmnopqrstuvwxyz ,.;:!?'\nABCDEFGHIJ"))
 
 
-def make_char_dataset(tag, n_train=6000, n_val=1003, seed=0):
-    """A character dataset of random text; returns its name (the folder under DATA_ROOT)."""
-    name = f"_test_{tag}"
-    folder = os.path.join(DATA_ROOT, name)
-    os.makedirs(folder, exist_ok=True)
-    meta = {'vocab_size': len(CHARS), 'itos': dict(enumerate(CHARS)), 'stoi': {c: i for i, c in enumerate(CHARS)}}
-    with open(os.path.join(folder, 'meta.pkl'), 'wb') as f:
-        pickle.dump(meta, f)
-    rng = np.random.default_rng(seed)
-    # a little structure (runs of repeated letters) so a few training steps lower the loss
-    for split, n in (('train', n_train), ('val', n_val)):
-        ids = rng.integers(0, len(CHARS), n)
-        ids[1::2] = ids[0::2][:len(ids[1::2])]
-        ids.astype(np.uint16).tofile(os.path.join(folder, f'{split}.bin'))
-    return name
+def make_char_dataset(tag):
+    """data/_test_<tag>: 6000 train and 1003 val tokens of random text over CHARS, in runs of two letters so that a
+    few training steps lower the loss; returns its name."""
+    ids = np.random.default_rng(0).integers(0, len(CHARS), 7003)
+    ids[1::2] = ids[0::2][:len(ids[1::2])]
+    write_char_dataset(f'_test_{tag}', ''.join(CHARS[i] for i in ids), val_fraction=1003 / 7003)
+    return f'_test_{tag}'
 
 
 def remove_dataset(name):

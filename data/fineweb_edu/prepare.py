@@ -1,10 +1,5 @@
-"""FineWeb-Edu in GPT-2 BPE (uint16): the sample-10BT, about 10B tokens (20 GB of train.bin), resumable.
-
-    python data/fineweb_edu/prepare.py                                      # streams the hub's sample-10BT
-    python data/fineweb_edu/prepare.py --source ~/fineweb-edu/sample/10BT   # its .parquet files, downloaded
-
-Val is every 1000th document in source order (--val_every), spread evenly over the sample. See readme.md.
-"""
+"""FineWeb-Edu in GPT-2 BPE (uint16): the hub's sample-10BT streamed, or its .parquet files (--source), about 10B
+tokens (20 GB of train.bin), resumable; val is every 1000th document in source order. See readme.md."""
 import argparse
 import os
 import sys
@@ -17,7 +12,7 @@ from helpers import UserError, documents, prepare  # noqa: E402
 HUB_DOCUMENTS = {('HuggingFaceFW/fineweb-edu', 'sample-10BT'): 9_672_101}
 
 if __name__ == '__main__':
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--source', help="local documents instead of the hub: a file, folder or glob of .parquet "
                                          "or .jsonl/.json files with a 'text' column")
     parser.add_argument('--hub_name', default='HuggingFaceFW/fineweb-edu', help='Hugging Face dataset to stream')
@@ -30,8 +25,8 @@ if __name__ == '__main__':
                         help='documents per chunk, the unit of work kept for a resume (the output does not change)')
     args = parser.parse_args()
     for flag, least in (('val_every', 2), ('threads', 1), ('chunk_docs', 1)):
-        if getattr(args, flag) < least:
-            raise UserError(f"--{flag}={getattr(args, flag)} must be at least {least}")
+        if (value := getattr(args, flag)) < least:
+            raise UserError(f"--{flag}={value} must be at least {least}")
     with prepare.output_dir(args.name, args.force, own='fineweb_edu') as out_dir:
         files = documents.local_files(args.source, documents.STREAMED_TYPES) if args.source else None
         docs, identity, count = documents.stream(args.hub_name, args.hub_config, files)

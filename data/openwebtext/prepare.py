@@ -1,10 +1,5 @@
-"""OpenWebText in GPT-2 BPE (uint16): about 9B train and 4M val tokens, 17 GB and 8.5 MB.
-
-    python data/openwebtext/prepare.py                        # the Hugging Face hub copy (~54 GB of cache)
-    python data/openwebtext/prepare.py --source 'my_corpus/*.txt'   # local files, same code path
-
-Val is a 0.0005 share of the documents (datasets train_test_split, seed 2357). See readme.md.
-"""
+"""OpenWebText in GPT-2 BPE (uint16), from the Hugging Face hub or local files (--source): about 9B train and 4M
+val tokens, 17 GB and 8.5 MB; val is a 0.0005 share of the documents (train_test_split, seed 2357). See readme.md."""
 import argparse
 import os
 import sys
@@ -13,7 +8,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from helpers import documents, prepare  # noqa: E402
 
 if __name__ == '__main__':
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--source', help='local documents instead of the hub: a file, folder or glob of .txt '
                                          "(one document per file), .json/.jsonl or .parquet files (a 'text' field)")
     parser.add_argument('--hub_name', default='Skylion007/openwebtext', help='Hugging Face dataset to load')

@@ -4,9 +4,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from helpers import prepare  # noqa: E402
+from helpers import encode, prepare  # noqa: E402
 
 if __name__ == '__main__':
     with prepare.output_dir('shakespeare', own='shakespeare') as out_dir:
         text_file = prepare.download(prepare.TINY_SHAKESPEARE_URL, os.path.join(out_dir, 'input.txt'))
-        prepare.gpt2_from_file(text_file, out_dir, val_fraction=0.1)
+        encode.gpt2_from_file(text_file, out_dir, val_fraction=0.1)

@@ -1,8 +1,5 @@
 """TinyStories in GPT-2 BPE: each story's tiktoken encode_ordinary tokens, then <|endoftext|> (50256); uint16.
-
-    python data/tinystories/prepare.py                        # Hugging Face roneneldan/TinyStories
-    python data/tinystories/prepare.py --train_file TinyStoriesV2-GPT4-train.txt --val_file TinyStoriesV2-GPT4-valid.txt
-"""
+From the Hugging Face hub (roneneldan/TinyStories) or local files (--train_file, --val_file). See readme.md."""
 import os
 import sys
 
@@ -10,6 +7,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from helpers import prepare, stories  # noqa: E402
 
 if __name__ == '__main__':
-    args = stories.story_arguments(__doc__.split('\n\n')[0], own='tinystories').parse_args()
+    args = stories.story_arguments(__doc__, own='tinystories').parse_args()
     with prepare.output_dir(args.name, args.force, own='tinystories') as out_dir:
         stories.gpt2_from_stories(stories.story_sources(args), out_dir)

@@ -1,9 +1,5 @@
 """TinyStories at character level: each story followed by the separator symbol '␃' (meta['separator']).
-
-    python data/tinystories_char/prepare.py                   # Hugging Face roneneldan/TinyStories
-    python data/tinystories_char/prepare.py --train_file TinyStoriesV2-GPT4-train.txt \
-                                            --val_file TinyStoriesV2-GPT4-valid.txt
-"""
+From the Hugging Face hub (roneneldan/TinyStories) or local files (--train_file, --val_file). See readme.md."""
 import os
 import sys
 
@@ -11,7 +7,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from helpers import prepare, stories  # noqa: E402
 
 if __name__ == '__main__':
-    parser = stories.story_arguments(__doc__.split('\n\n')[0], own='tinystories_char')
+    parser = stories.story_arguments(__doc__, own='tinystories_char')
     parser.add_argument('--separator', default=stories.STORY_SEPARATOR, help='the character written after each story')
     args = parser.parse_args()
     with prepare.output_dir(args.name, args.force, own='tinystories_char') as out_dir:
