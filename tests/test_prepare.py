@@ -211,15 +211,15 @@ def test_read_text_splits_characters_across_chunks_and_names_the_offset_of_inval
     text, path = 'a中é😀\n' * 50 + cjk_text(5), tmp_path / 't.txt'
     path.write_bytes(text.encode('utf-8'))
     for chunk in range(1, 9):
-        assert ''.join(prepare.read_text(str(path), chunk_bytes=chunk)) == text
+        assert ''.join(encode.read_text(str(path), chunk_bytes=chunk)) == text
     good = ('héllo 中文 😀 ' * 20).encode('utf-8')
     for bad in (b'\xff', b'\xe4\xb8', b'\xc0\xaf', b'\xed\xa0\x80'):
         path.write_bytes(good + bad + b'tail')
         for chunk in (1, 2, 3, 5, 64, 1 << 20):
             with pytest.raises(UserError) as e:
-                ''.join(prepare.read_text(str(path), chunk_bytes=chunk))
+                ''.join(encode.read_text(str(path), chunk_bytes=chunk))
             assert f"byte offset {len(good)}" in str(e.value), (bad, chunk, str(e.value))
-        replaced = ''.join(prepare.read_text(str(path), errors='replace', chunk_bytes=3))
+        replaced = ''.join(encode.read_text(str(path), errors='replace', chunk_bytes=3))
         assert replaced.startswith(good.decode()) and '\ufffd' in replaced and replaced.endswith('tail')
 
 

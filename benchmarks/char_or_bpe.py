@@ -1,7 +1,7 @@
 """Which tokenizer trains the better model in equal time: a text by character and in BPEs of several sizes, each run
 the long laptop config with its iterations scaled to take the time it takes on Shakespeare by character, compared in
 val bits per byte (a full pass). Prints a markdown table for benchmarks/README.md.
-$ python benchmarks/tokenizers.py --input=data/shakespeare_char/input.txt --name=tiny_shakespeare
+$ python benchmarks/char_or_bpe.py --input=data/shakespeare_char/input.txt --name=tiny_shakespeare
 """
 import argparse
 import concurrent.futures
