@@ -59,7 +59,7 @@ def write_chars(out_dir, seen, pieces, n_train, spread=None, **meta_extra):
     seen, in order (nanoGPT's sorted(set(text))); one lookup array maps each to its place."""
     points = np.flatnonzero(seen)
     chars = [chr(p) for p in points]   # the same str objects in itos and stoi: pickled as nanoGPT's are
-    dtype = np.uint16 if len(chars) <= 65535 else np.uint32   # and meta.pkl says 'dtype': 'uint32'
+    dtype = np.uint16 if len(chars) <= 65535 else np.uint32
     print("all the unique characters:", ''.join(chars[:300]) + (' ...' if len(chars) > 300 else ''))
     print(f"vocab size: {len(chars):,}" + (" (stored as uint32)" if dtype == np.uint32 else ''))
     lookup = np.zeros(UNICODE_SIZE, dtype=dtype)
@@ -68,7 +68,7 @@ def write_chars(out_dir, seen, pieces, n_train, spread=None, **meta_extra):
     with Output(out_dir, dtype) as out:
         for split, text in split_parts(pieces, n_train, spread):
             out.write(split, lookup[code_points(text)])
-        out.commit(dict(meta, **({'dtype': 'uint32'} if dtype == np.uint32 else {}), **meta_extra))
+        out.commit(dict(meta, **meta_extra))
 
 
 def plan_split(path, n, val_fraction, val_split):
@@ -116,7 +116,7 @@ def bpe_from_file(path, out_dir, vocab_size, val_fraction=0.1, errors='strict', 
         for split, text in split_parts(read_text(path, errors, desc='pass 3/3: encoding'), n_train, spread):
             lines = bpe.encode_batch_fast(text.splitlines(keepends=True))   # in parallel, on every core
             out.write(split, np.fromiter(itertools.chain.from_iterable(line.ids for line in lines), dtype))
-        out.commit({'vocab_size': size, 'bpe': bpe.to_str(), **({'dtype': 'uint32'} if dtype == np.uint32 else {})})
+        out.commit({'vocab_size': size, 'bpe': bpe.to_str()})
 
 
 def gpt2_tokens(docs):

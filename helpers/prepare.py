@@ -145,7 +145,8 @@ class Output:
             removes = [*removes, 'meta.pkl', 'meta.pkl.tmp']   # and one a killed prepare may have left
         else:
             written.append(open(self.path('meta.pkl.tmp'), 'wb'))
-            pickle.dump(meta, written[-1])
+            # readers take uint16 unless meta.pkl says otherwise
+            pickle.dump(dict(meta, dtype='uint32') if self.dtype == np.uint32 else meta, written[-1])
             moves.append(('meta.pkl.tmp', 'meta.pkl'))
         for f in written:   # on disk before the swap makes them the dataset
             f.flush()

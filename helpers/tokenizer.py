@@ -85,7 +85,7 @@ class TextBPETokenizer:
 
     def __init__(self, spec):
         from tokenizers import Tokenizer
-        self.spec, self.tokens = spec, Tokenizer.from_str(spec)
+        self.tokens = Tokenizer.from_str(spec)
         byte_of = {symbol: b for b, symbol in byte_symbols().items()}
         self.pieces = [b''] * self.tokens.get_vocab_size()
         for symbols, token in self.tokens.get_vocab().items():
