@@ -58,10 +58,8 @@ if real_data:
 else:
     x, y = (torch.randint(vocab_size, (batch_size, block_size), device=device) for _ in range(2))
 
-
 def get_batch():
     return data.get_batch(train_path, token_dtype, batch_size, block_size, device) if real_data else (x, y)
-
 
 # model
 model = GPT(GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout, bias=bias,
@@ -75,7 +73,6 @@ if compile:
     print("Compiling model...")
     model = torch.compile(model)
 
-
 def train_step(X, Y):
     with ctx:
         _, loss = model(X, Y)
@@ -83,7 +80,6 @@ def train_step(X, Y):
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss
-
 
 X, Y = get_batch()
 if profile:

@@ -8,12 +8,10 @@ import types
 
 from helpers import UserError
 
-
 def settable_keys(namespace):
     """The script's settings: lower-case globals holding plain values (UPPER_CASE ones are constants)."""
     return {k for k, v in namespace.items()
             if not k.startswith('_') and not k.isupper() and isinstance(v, (bool, int, float, str, type(None)))}
-
 
 def _parse(key, text, current):
     try:
@@ -26,7 +24,6 @@ def _parse(key, text, current):
         return text
     # a string setting takes the text as written: --out_dir=123 means the folder "123"
     return text if isinstance(current, str) and not isinstance(value, str) else value
-
 
 def _set(namespace, explicit, known, key, value, source):
     """Set key to value (--key=value's text parsed), of the setting's type (an int is fine for a float)."""
@@ -43,7 +40,6 @@ def _set(namespace, explicit, known, key, value, source):
                         f"{type(current).__name__} ({explicit[key] + ' sets' if key in explicit else 'default'} "
                         f"{current!r}), got {type(value).__name__} {value!r}")
     namespace[key], explicit[key] = value, source
-
 
 def configure(namespace, argv=None):
     """Apply config files and --key=value (argv, else sys.argv) to namespace; returns {key: where it was set}."""
@@ -71,22 +67,18 @@ def configure(namespace, argv=None):
                 _set(namespace, explicit, known, key, value, arg)
     return explicit
 
-
 def _require(name, value, ok, what, hint=''):
     if not ok:
         raise UserError(f"{name} must be {what}, got {value!r}{hint}")
-
 
 def require_positive(namespace, *names):
     for name in names:
         _require(name, value := namespace[name], type(value) in (int, float) and value > 0, 'a positive number')
 
-
 def require_range(namespace, low, high, *names):
     for name in names:
         value = namespace[name]
         _require(name, value, type(value) in (int, float) and low <= value < high, f'in [{low}, {high})')
-
 
 def check_model(namespace):
     """The model's shape, as train.py and bench.py take it."""
@@ -97,13 +89,11 @@ def check_model(namespace):
         raise UserError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}); "
                         f"e.g. --n_embd={n_head * max(1, round(n_embd / n_head))}")
 
-
 def check_sampling(temperature, top_k, top_p=1.0):
     _require('temperature', temperature, 0 < temperature < float('inf'), 'a positive finite number',
              '; use --top_k=1 for greedy decoding, a large temperature for nearly uniform draws')
     _require('top_k', top_k, top_k is None or isinstance(top_k, int) and top_k > 0, 'a positive integer or None')
     _require('top_p', top_p, 0 < top_p <= 1, 'in (0, 1]', '; 1.0 keeps every token, 0.9 the most likely 90%')
-
 
 def check_seed(seed):
     """torch.manual_seed takes 0 to 2**63 - 1, and the seeds derived (seed + rank) stay within."""

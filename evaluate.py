@@ -42,7 +42,6 @@ compile = False
 GPT2_DEFAULTS = dict(dataset='openwebtext', eval_iters=200, batch_size=8, seed=1337)
 WRITTEN_BY = {'written_by': 'evaluate.py'}  # in every results file: the mark of a file this script may replace
 
-
 @torch.no_grad()
 def fixed_batch_loss(model, path, token_dtype, batch_size, block_size, eval_iters, generator_seed, device, ctx,
                      byte_counts=None):
@@ -55,12 +54,10 @@ def fixed_batch_loss(model, path, token_dtype, batch_size, block_size, eval_iter
             sums += data.summed_loss(model, x, y, byte_counts)
     return sums[0].item() / (eval_iters * batch_size * block_size), data.bits_per_byte(sums.tolist())
 
-
 def full_pass_windows(n_tokens, block_size):
     """(start, length) of consecutive windows, each from an empty context as in training, the last one shorter:
     together they predict tokens 1..n_tokens-1, each once."""
     return [(start, min(block_size, n_tokens - 1 - start)) for start in range(0, n_tokens - 1, block_size)]
-
 
 @torch.no_grad()
 def full_pass_loss(model, path, token_dtype, batch_size, block_size, device, ctx, byte_counts=None):
@@ -77,12 +74,10 @@ def full_pass_loss(model, path, token_dtype, batch_size, block_size, device, ctx
         n_predicted += y.numel()
     return sums[0] / n_predicted, data.bits_per_byte(sums), n_predicted
 
-
 def positive_int(name, value):
     if type(value) is not int or value <= 0:
         raise UserError(f"{name} must be a positive integer, got {value!r}")
     return value
-
 
 def plan_splits(explicit, model, ckpt):
     """The loss evaluation's dataset, splits and batches, checked before anything runs."""
@@ -110,7 +105,6 @@ def plan_splits(explicit, model, ckpt):
     return types.SimpleNamespace(settings=settings, paths={s: data.bin_path(name, s) for s in split_names},
                                  token_dtype=data.token_dtype(meta), entry=tokenizer.tokenizer_entry(meta))
 
-
 def evaluate_splits(model, plan, where, ctx):
     """{split: {loss, perplexity, tokens}} of the planned splits, printed as they come."""
     window, rows, n_batches = (plan.settings[k] for k in ('block_size', 'batch_size', 'eval_iters'))
@@ -137,7 +131,6 @@ def evaluate_splits(model, plan, where, ctx):
               + f" ({n_predicted:,} tokens, {time.time() - t0:.1f}s)")
     return results
 
-
 def evaluate_hellaswag(model, examples, where, ctx):
     """HellaSwag's acc and acc_norm over the examples, with a progress bar and a result line."""
     print(f"evaluating {where} on HellaSwag: {len(examples):,} examples, {dtype} on {device}")
@@ -148,7 +141,6 @@ def evaluate_hellaswag(model, examples, where, ctx):
           f"{seconds:.1f}s, {count / seconds:.2f} examples/s)")
     return dict(hellaswag_acc=correct / count, hellaswag_acc_norm=correct_norm / count, hellaswag_examples=count)
 
-
 def ours(path):
     """Whether the file at path holds results this script wrote (and may replace)."""
     try:  # a results file is small: a large one (a checkpoint named by mistake) is not read through
@@ -156,7 +148,6 @@ def ours(path):
             return os.path.getsize(path) < 1 << 20 and json.load(f)['written_by'] == WRITTEN_BY['written_by']
     except (OSError, ValueError, TypeError, KeyError):  # unreadable, not JSON, not our JSON
         return False
-
 
 def main(explicit, ctx):
     if results_file:
@@ -190,7 +181,6 @@ def main(explicit, ctx):
         files.write_text(results_file, json.dumps(output, indent=2))
         print(f"wrote {results_file}")
     return output
-
 
 if __name__ == '__main__':
     explicit = configurator.configure(globals())

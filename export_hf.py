@@ -29,7 +29,6 @@ seed = 1337  # for the check's random prompts
 HF_ACTIVATION = {'gelu': 'gelu', 'gelu_tanh': 'gelu_new'}  # ours -> transformers' activation_function
 MARKER = 'export_hf.json'  # the files an export wrote: a folder with it and only those is an earlier export
 
-
 def to_hf(model, vocabulary=None):
     """A transformers GPT2LMHeadModel computing model's logits (its GELU; zero biases for bias=False);
     vocabulary, a checkpoint's tokenizer entry, names the end-of-text token."""
@@ -57,7 +56,6 @@ def to_hf(model, vocabulary=None):
                 raise RuntimeError(f"transformers' GPT-2 has a parameter {name} that this model lacks")
     return hf_model.eval()
 
-
 def hf_tokenizer(vocabulary):
     """A transformers tokenizer of the dataset's own BPE, or with one token per character: a BPE without merges."""
     from tokenizers import Tokenizer, decoders, models
@@ -67,7 +65,6 @@ def hf_tokenizer(vocabulary):
     tokens = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(vocabulary['itos'])}, merges=[]))
     tokens.decoder = decoders.Fuse()  # characters join without spaces between them
     return PreTrainedTokenizerFast(tokenizer_object=tokens, eos_token=vocabulary.get('separator'))
-
 
 def export(model, directory, vocabulary=None):
     """Write config.json, model.safetensors and, for a vocabulary of the dataset's own, the tokenizer files into
@@ -86,7 +83,6 @@ def export(model, directory, vocabulary=None):
         os.chmod(os.path.join(directory, name), 0o644)
     return hf_model
 
-
 def check_output(directory):
     """A UserError, before any work, unless directory is absent, empty or an earlier export, and writable."""
     if os.path.exists(directory) and not os.path.isdir(directory):
@@ -104,7 +100,6 @@ def check_output(directory):
                             f"({', '.join(foreign[:4])}{', ...' if len(foreign) > 4 else ''}); pass a new or empty "
                             "folder, or move those files away")
     exports.writable(directory)
-
 
 def main():
     directory = output or os.path.join(out_dir, 'hf')
@@ -140,7 +135,6 @@ def main():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # what is left of an export that failed or was stopped
     print(f"wrote {directory}")
-
 
 if __name__ == '__main__':
     configurator.configure(globals())

@@ -31,7 +31,6 @@ seed = 1337  # for the check's random prompts
 # -----------------------------------------------------------------------------
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf files stop at 2 GB: larger models keep their weights beside the file
 
-
 class AllPositionLogits(nn.Module):
     """GPT.forward with every position's logits (without targets it returns only the last one)."""
 
@@ -46,7 +45,6 @@ class AllPositionLogits(nn.Module):
             x = block(x)
         return self.model.lm_head(tf.ln_f(x))
 
-
 def model_metadata(ckpt, model, vocabulary):
     """The nanogpt.* strings stored in the .onnx file for samplers outside Python."""
     cfg, kind = model.config, vocabulary['kind'] if vocabulary else 'unknown'
@@ -59,7 +57,6 @@ def model_metadata(ckpt, model, vocabulary):
     if kind == 'bpe':
         metadata.update(bpe=vocabulary['bpe'])
     return {f'nanogpt.{k}': str(v) for k, v in metadata.items()}
-
 
 def export(model, path, opset=18, dynamo=True, metadata=None, data_name=None):
     """Write model (a GPT) to path as ONNX, weights over EXTERNAL_DATA_BYTES to data_name beside it (default:
@@ -93,11 +90,9 @@ def export(model, path, opset=18, dynamo=True, metadata=None, data_name=None):
     onnx.save(proto, path)
     return used
 
-
 def weight_files(proto):
     """The files beside an ONNX model that hold its weights."""
     return {e.value for t in proto.graph.initializer for e in t.external_data if e.key == 'location'}
-
 
 def gather_weights(proto, folder, data_name):
     """Point proto's external weights at one file, folder/data_name: the dynamo exporter's renamed, or the
@@ -114,13 +109,11 @@ def gather_weights(proto, folder, data_name):
     for name in names:
         os.remove(os.path.join(folder, name))
 
-
 def onnx_logits(path):
     """The logits function of onnxruntime running the file at path, for exports.max_logit_difference."""
     import onnxruntime as ort
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     return lambda idx: torch.from_numpy(session.run(['logits'], {'idx': idx.numpy()})[0])
-
 
 def earlier_export(path):
     """The weight files of the earlier export at path (none when path is free); a UserError, before any work,
@@ -139,7 +132,6 @@ def earlier_export(path):
     if not any(p.key == 'nanogpt.block_size' for p in proto.metadata_props):
         raise UserError(f"{path} exists and export_onnx.py did not write it; pass another --output, or move it away")
     return {name for name in weight_files(proto) if os.path.basename(name) == name}
-
 
 def write_export(model, metadata, path, earlier):
     """Export model to path, checked, in place of the earlier export (whose weight files are earlier)."""
@@ -173,7 +165,6 @@ def write_export(model, metadata, path, earlier):
             os.remove(os.path.join(folder, name))
     print(f"wrote {path}" + (f" and its weights, {data}" if os.path.exists(data) else ""))
 
-
 def main():
     path = output or os.path.join(out_dir, 'model.onnx')
     earlier = earlier_export(path)
@@ -184,7 +175,6 @@ def main():
     # one export of path at a time: the clean-up at the end of one would delete the other's new weights
     with files.lock(f"{path}.lock", f"another export_onnx.py (pid {{pid}}) is writing {path}; wait for it to end"):
         write_export(model, model_metadata(ckpt, model, vocabulary), path, earlier)
-
 
 if __name__ == '__main__':
     configurator.configure(globals())

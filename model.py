@@ -15,7 +15,6 @@ HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 
 # transformers keeps GPT-2's original Conv1D layers, whose weights are the transpose of nn.Linear's
 CONV1D_WEIGHTS = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
 
-
 class LayerNorm(nn.Module):
     """LayerNorm whose bias can be switched off (nn.LayerNorm cannot do that in all PyTorch versions)."""
 
@@ -26,7 +25,6 @@ class LayerNorm(nn.Module):
 
     def forward(self, x):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
-
 
 class CausalSelfAttention(nn.Module):
 
@@ -58,7 +56,6 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y))
 
-
 class MLP(nn.Module):
 
     def __init__(self, config):
@@ -70,7 +67,6 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
-
 
 class Block(nn.Module):
 
@@ -85,7 +81,6 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), kv_cache, layer)
         return x + self.mlp(self.ln_2(x))
 
-
 @dataclass
 class GPTConfig:
     block_size: int = 1024
@@ -98,7 +93,6 @@ class GPTConfig:
     # 'gelu' is the exact GELU nanoGPT trains with; OpenAI's GPT-2 weights were trained with
     # the tanh approximation, so from_pretrained sets 'gelu_tanh' to reproduce their logits.
     activation: str = 'gelu'
-
 
 class GPT(nn.Module):
 
@@ -246,7 +240,6 @@ class GPT(nn.Module):
             idx = torch.cat((idx, next_token), dim=1)
             yield next_token
 
-
 class KVCache:
     """The keys and values of the positions already seen, per layer, so that each generation step feeds the model
     only its new positions. Storage for max_length positions is allocated at the first append and written in place."""
@@ -269,7 +262,6 @@ class KVCache:
         if layer == len(self.keys) - 1:  # every layer reads length as its offset: it moves on after the last one
             self.length = end
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=1.0, generators=None):
     """One token id per row of logits (B, vocab_size), (B, 1), drawn from softmax(logits / temperature) restricted

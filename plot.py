@@ -36,7 +36,6 @@ LINES = {'loss': [('train', 'train_loss', 'train (minibatch)', dict(alpha=0.35, 
          'hellaswag': [('eval', HELLASWAG, 'HellaSwag', dict(marker='^', **EVAL_STYLE))]}
 WRITTEN_BY = {'written_by': 'plot.py'}  # a text chunk in every PNG written here: one this script may replace
 
-
 def load_run(run_dir):
     path = os.path.join(run_dir, metrics.FILE_NAME)
     if not os.path.isdir(run_dir):
@@ -56,24 +55,20 @@ def load_run(run_dir):
         raise UserError(f"{path} has no rows yet; wait for the first log line or evaluation")
     return rows
 
-
 def series(rows, kind, x_name, y_name, x_scale=1):
     """The points (xs, ys) of one line: the rows of that kind holding both values, x divided by x_scale."""
     points = [(r[x_name] / x_scale, r[y_name]) for r in rows
               if r['kind'] == kind and r[x_name] is not None and r[y_name] is not None]
     return [p[0] for p in points], [p[1] for p in points]
 
-
 def has_hellaswag(rows):
     return any(r[HELLASWAG] is not None for r in rows)
-
 
 def time_unit(runs):
     """(seconds per unit, unit name) that keeps the longest run's wall-clock time readable."""
     longest = max((r['seconds'] for _, rows in runs for r in rows if r['seconds'] is not None), default=0)
     return next((size, name) for size, name in ((3600, 'hours'), (60, 'minutes'), (1, 'seconds'))
                 if longest >= 2 * size or size == 1)
-
 
 def draw(ax, rows, lines, x_name, x_scale, color, label_prefix):
     """One run's lines, LINES' (kind, y column, label, style), in one panel; returns whether anything was drawn."""
@@ -85,7 +80,6 @@ def draw(ax, rows, lines, x_name, x_scale, color, label_prefix):
             drawn = True
     return drawn
 
-
 def pyplot():
     try:
         import matplotlib
@@ -94,7 +88,6 @@ def pyplot():
     except ImportError:
         raise UserError("plot.py needs matplotlib: pip install matplotlib")
     return plt
-
 
 def figure(runs, x_names=('iter', 'tokens'), side_by_side=True, show_minibatch=True, log_y=False, fig_title='',
            y_name='loss'):
@@ -152,7 +145,6 @@ def figure(runs, x_names=('iter', 'tokens'), side_by_side=True, show_minibatch=T
     fig.tight_layout()
     return fig
 
-
 def plot(runs, path, x_names=('iter', 'tokens'), side_by_side=True, show_minibatch=True, log_y=False, fig_title='',
          resolution=120, y_name='loss'):
     """runs: a list of (name, rows). Writes a PNG to path."""
@@ -160,7 +152,6 @@ def plot(runs, path, x_names=('iter', 'tokens'), side_by_side=True, show_minibat
     files.write_atomically(path, lambda tmp: fig.savefig(tmp, format='png', dpi=resolution, metadata=WRITTEN_BY))
     pyplot().close(fig)
     return path
-
 
 def ours(path):
     """Whether the file at path is a PNG this script wrote (and may replace)."""
@@ -170,7 +161,6 @@ def ours(path):
             return f.read(8) == b'\x89PNG\r\n\x1a\n' and mark in f.read(1 << 16)
     except OSError:  # a folder, say
         return False
-
 
 def main():
     run_dirs = [d.strip() for d in out_dirs.split(',') if d.strip()] if out_dirs else [out_dir]
@@ -193,7 +183,6 @@ def main():
     plot(runs, path, x_names, side_by_side=not overlay, show_minibatch=minibatch, log_y=logy, fig_title=title,
          resolution=dpi, y_name=y)
     print(f"wrote {os.path.abspath(path)} ({', '.join(f'{name}: {len(rows)} rows' for name, rows in runs)})")
-
 
 if __name__ == '__main__':
     configurator.configure(globals())

@@ -63,7 +63,6 @@ end_token = tok.end_token if stop_at_end else None
 prompt_texts = tokenizer.read_prompts(prompts) if prompts else [tokenizer.read_prompt(start)]
 prompt_ids = [tok.encode(text) for text in prompt_texts]
 
-
 class SampleText:
     """One sample's text as its tokens arrive, cut before end_token or a stop string; a tail that could
     begin a stop string waits, so nothing after a stop is ever printed, even when it spans tokens."""
@@ -87,7 +86,6 @@ class SampleText:
         ready, self.pending = self.pending[:len(self.pending) - hold], self.pending[len(self.pending) - hold:]
         return ready
 
-
 def sample_batch(ids, first_sample, count):
     """count samples of one prompt, numbered from first_sample: yields one piece of text per sample a step."""
     global n_tokens
@@ -102,7 +100,6 @@ def sample_batch(ids, first_sample, count):
         if all(t.done for t in texts):
             return
     yield [t.pending for t in texts]  # max_new_tokens reached: what was held back is final too
-
 
 n_tokens = 0
 t0 = time.time()

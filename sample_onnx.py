@@ -27,7 +27,6 @@ top_k = 200  # keep only the top_k most likely tokens; 1 is greedy decoding
 seed = 1337
 # -----------------------------------------------------------------------------
 
-
 class OnnxGPT:
     """An exported model and the settings stored in its metadata."""
 
@@ -53,7 +52,6 @@ class OnnxGPT:
         idx = np.asarray([ids[-self.block_size:]], dtype=np.int64)
         return self.session.run(['logits'], {'idx': idx})[0][0, -1].astype(np.float64)
 
-
 def pick_token(logits, temperature, top_k, rng):
     """Greedy for top_k == 1; otherwise a draw from softmax(logits / temperature) over the top_k."""
     if top_k == 1:
@@ -66,14 +64,12 @@ def pick_token(logits, temperature, top_k, rng):
     probs = np.exp(logits)
     return int(rng.choice(logits.size, p=probs / probs.sum()))
 
-
 def generate(model, ids, max_new_tokens, temperature, top_k, rng):
     """Yield max_new_tokens tokens continuing ids; each step runs the whole cropped context."""
     ids = list(ids)
     for _ in range(max_new_tokens):
         ids.append(pick_token(model.next_token_logits(ids), temperature, top_k, rng))
         yield ids[-1]
-
 
 def tokenizer_for(meta):
     """The model's own characters or BPE from its metadata, or GPT-2's BPE."""
@@ -86,7 +82,6 @@ def tokenizer_for(meta):
         return tokenizer.TextBPETokenizer(meta['nanogpt.bpe'])
     raise UserError("the model's vocabulary is unknown (its dataset had no meta.pkl when it was exported "
                     "and it is not a GPT-2 BPE model); prepare the dataset and export again")
-
 
 def main():
     model = OnnxGPT(onnx_path or os.path.join(out_dir, 'model.onnx'))
@@ -105,7 +100,6 @@ def main():
     elapsed = time.time() - t0
     print(f"generated {n_tokens} tokens in {elapsed:.2f}s ({n_tokens / elapsed:.1f} tokens/s, onnxruntime)",
           file=sys.stderr)
-
 
 if __name__ == '__main__':
     configurator.configure(globals())

@@ -128,12 +128,10 @@ if hellaswag:
     hellaswag_eval.require_bpe(meta is None, shown(data.data_dir(dataset)))
     hellaswag_set = hellaswag_eval.load(limit=hellaswag_examples)  # downloaded on first use
 
-
 def get_batch(split, generator):
     if split in resident_data:
         return data.get_resident_batch(resident_data[split], batch_size, block_size, generator)
     return data.get_batch(token_files[split], token_dtype, batch_size, block_size, device, generator)
-
 
 def train_batches(start):
     """Micro-batches from iteration start on, each iteration's seeded by (seed, rank, iteration): resumable exactly."""
@@ -142,7 +140,6 @@ def train_batches(start):
         generator.manual_seed(((seed * 1_000_003 + rank) * 1_000_003 + iteration) % (2 ** 63))
         for _ in range(gradient_accumulation_steps):
             yield get_batch('train', generator)
-
 
 # -----------------------------------------------------------------------------
 # model
@@ -209,7 +206,6 @@ if resume_state is not None:
 resume_state = None  # free the memory it holds
 byte_counts = data.token_bytes(tokenizer.tokenizer_entry(meta), net.config.vocab_size, device)  # for bits per byte
 
-
 @torch.no_grad()
 def estimate_loss():
     """<split>_loss and <split>_bpb (bits per byte) over fixed batches, the same each time; None if asked to stop."""
@@ -238,7 +234,6 @@ def estimate_loss():
     net.train()
     return out
 
-
 def get_lr(it):
     """Linear warmup (never 0, even at iteration 0), cosine decay, then min_lr."""
     if it < warmup_iters:
@@ -249,11 +244,9 @@ def get_lr(it):
     coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
     return min_lr + coeff * (learning_rate - min_lr)
 
-
 def diverged(what):
     return (f"{what}; nothing was saved over the checkpoints in {out_dir}. Lower --learning_rate"
             + (", or use --dtype=bfloat16 or float32" if dtype == 'float16' else ''))
-
 
 def save_checkpoint(name):
     """Rank 0 writes latest.pt (and ckpt.pt, nanoGPT's best); all ranks call it (FSDP gathers) and learn the outcome."""
@@ -276,7 +269,6 @@ def save_checkpoint(name):
             problem = str(e)
     parallel.stop_together(problem, device, after_save=True)
 
-
 def request_stop(signum, frame):
     global stop_signal
     if stop_signal is not None and signum == signal.SIGINT:
@@ -286,18 +278,15 @@ def request_stop(signum, frame):
         print(f"\n{stop_signal} received: stopping {'at the next log step' if ddp else f'after iteration {iter_num}'}, "
               "then saving a checkpoint (press Ctrl+C again to quit without saving)", flush=True)
 
-
 def run_seconds():
     """The run's time so far, over resumes ('elapsed' in the log, 'seconds' in metrics.csv)."""
     return earlier_seconds + time.time() - STARTED_AT
-
 
 def progress(it):
     """'N% done, ... left' after iteration it, from the recent iteration and evaluation times."""
     evals_left = max_iters // eval_interval - it // eval_interval
     seconds_left = (max_iters - it) * iter_seconds + evals_left * eval_seconds
     return f"{100 * (it + 1) / (max_iters + 1):.0f}% done, {metrics.duration(seconds_left)} left"
-
 
 # what the run will cost, said before its first evaluation (timed before compiling): a backward pass costs two forwards
 forward = hardware.forward_seconds(net, *get_batch('train', torch.Generator().manual_seed(seed)), ctx, device)

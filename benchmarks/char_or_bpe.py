@@ -15,7 +15,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = 'config/train_shakespeare_char_cpu_long.py'
 
-
 def run(*args):
     result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
                             env=dict(os.environ, OMP_NUM_THREADS='1'))  # one core per run, runs side by side
@@ -23,14 +22,12 @@ def run(*args):
         sys.exit(f"{' '.join(args)} failed:\n{result.stderr[-3000:]}")
     return result.stdout
 
-
 def train(dataset, out_dir, iters, *settings):
     """(wall seconds, median ms per iteration) of the long laptop config on dataset for iters iterations."""
     started = time.time()
     log = run('train.py', CONFIG, f'--dataset={dataset}', f'--out_dir={out_dir}', '--overwrite=True',
               f'--max_iters={iters}', f'--lr_decay_iters={iters}', f'--eval_interval={max(1, iters // 10)}', *settings)
     return time.time() - started, statistics.median(float(ms) for ms in re.findall(r'time ([\d.]+)ms', log))
-
 
 def measure(dataset, out_dir, iters):
     seconds, _ = train(dataset, out_dir, iters)
@@ -40,7 +37,6 @@ def measure(dataset, out_dir, iters):
     text = [s.strip() for s in sample.split('---------------')[0].splitlines() if not s.startswith('Overriding')]
     line = next((s for s in text if len(s) >= 40), max(text, key=len, default=''))  # a line of text, not a name
     return dict(dataset=dataset, iters=iters, seconds=seconds, bpb=bpb, sample=line[:80])
-
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n$')[0])
@@ -68,7 +64,6 @@ def main():
     for v, row in zip(names, rows):
         print(f"| {'characters' if v == 0 else f'BPE {v:,}'} | {row['iters']:,} | {row['seconds']:.0f} s | "
               f"{row['bpb']:.4f} | {row['sample'].replace('|', '/')} |")
-
 
 if __name__ == '__main__':
     main()

@@ -39,7 +39,6 @@ PARTS = [
      ['train.py', 'config/train_shakespeare_char.py', '--out_dir={tmp}/char', r'^step \d+: .*|^finished .*']),
 ]
 
-
 def run(args, seconds):
     """(exit status, output) of python args in the repository; past seconds a Ctrl+C (pytest then writes the
     results it has), a kill if it lingers, and (None, output). Stopped itself, it stops the part too."""
@@ -60,7 +59,6 @@ def run(args, seconds):
         proc.wait()
         raise
 
-
 def test_rows(junit_path):
     """(test, result, figure) for each test case of a junit XML file."""
     rows = []
@@ -74,7 +72,6 @@ def test_rows(junit_path):
         figures = [f"{p.get('name')}: {p.get('value')}" for p in case.iter('property')]
         rows.append((name, result, '; '.join(figures) or f"{float(case.get('time', 0)):.1f} s"))
     return rows
-
 
 def run_part(command, seconds, tmp):
     """(result, figure) of one part given seconds."""
@@ -95,7 +92,6 @@ def run_part(command, seconds, tmp):
     if status != 0 or failed:
         return f"failed: {', '.join(failed) or output.strip()[-300:]}", figure
     return 'passed', figure
-
 
 def main(minutes, tmp):
     deadline, rows = time.time() + 60 * minutes, []
@@ -118,7 +114,6 @@ def main(minutes, tmp):
         for part, result, figure, seconds in rows:
             print(f"| {part} | {result} | {figure} | {seconds:.0f} |")
     return 0 if all(not r.startswith('failed') for _, r, _, _ in rows) else 1
-
 
 if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__)

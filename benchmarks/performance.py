@@ -28,11 +28,9 @@ CPU_RUNS = (("nanoGPT's CPU recipe (the reference)", CPU_RECIPE, 'nanogpt-cpu-re
 GPU_RUNS = (('shakespeare_char, 5000 iterations', 'config/train_shakespeare_char.py', 'shakespeare-char'),)
 MADE_HERE = 'made_by_performance.txt'  # in each run folder this script made: the ones it may replace
 
-
 def made_here(folder):
     """Whether this script may replace the run in folder: it made it, or it is empty."""
     return os.path.isdir(folder) and (not os.listdir(folder) or os.path.isfile(os.path.join(folder, MADE_HERE)))
-
 
 def machine():
     cpu = platform.processor() or platform.machine()
@@ -41,7 +39,6 @@ def machine():
                    cpu)
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ''
     return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
-
 
 def run(command, out_dir=None):
     """Run `python <command>` in the repo root; (its stdout, wall seconds). Stops on failure."""
@@ -52,12 +49,10 @@ def run(command, out_dir=None):
         sys.exit(f"python {command} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return proc.stdout, time.time() - start
 
-
 def bench_row(label, command):
     out, _ = run(command)
     ms, tokens, mfu = re.search(r'time per iteration: ([\d.]+)ms, tokens/s: ([\d,]+), MFU: (\S+)', out).groups()
     return f"| {label} | `python {command}` | {ms} | {tokens} | {mfu.rstrip(',')} |"
-
 
 def train_row(label, command, out_dir):
     files.write_text(os.path.join(out_dir, MADE_HERE),
@@ -66,7 +61,6 @@ def train_row(label, command, out_dir):
     step, val = re.findall(r'^step (\d+): train loss [\d.]+, val loss ([\d.]+)', out, re.M)[-1]
     return seconds, float(val), (f"| {label} (`{os.path.basename(out_dir)}`) | `python train.py {command}` | "
                                  f"{seconds:.0f} s | {val} (step {step}) |")
-
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -107,7 +101,6 @@ def main():
         out, _ = run('benchmarks/sampling.py' + ('' if cuda else ' --device=cpu'))
         print('\n'.join(line for line in out.splitlines() if line.startswith(('|', 'device'))))
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
-
 
 if __name__ == '__main__':
     main()

@@ -21,7 +21,6 @@ WORDS = ("once upon a time there was little girl boy named who loved to play wit
          "in on at it was is").split() + ['Lily', 'Tom', 'Zoë', 'café', 'don’t', '“yes”', '—', '…']
 BINS = ['train.bin', 'val.bin']
 
-
 def write_corpus(path, size_bytes, seed):
     """About size_bytes of stories (a few paragraphs of short sentences each), drawn from a pool in random order."""
     if os.path.exists(path):
@@ -37,12 +36,10 @@ def write_corpus(path, size_bytes, seed):
             f.write(b''.join(pool[i] for i in rng.integers(0, len(pool), 1000)))
     return path
 
-
 def corpus(workdir, kind, size_mb, seed):
     """A train file of size_mb MiB and a validation file of 1/128 of that (64 KiB at least)."""
     return [write_corpus(os.path.join(workdir, f'{kind}_{size_mb}mb_{split}.txt'), size, seed + i)
             for i, (split, size) in enumerate((('train', size_mb << 20), ('valid', max(size_mb << 13, 1 << 16))))]
-
 
 def reference_char(path, out_dir):
     """nanoGPT's data/shakespeare_char/prepare.py: the whole text in memory and a list of ints per split."""
@@ -51,7 +48,6 @@ def reference_char(path, out_dir):
     stoi, n = {ch: i for i, ch in enumerate(sorted(set(data)))}, int(len(data) * 0.9)
     for name, part in (('train.bin', slice(None, n)), ('val.bin', slice(n, None))):
         np.array([stoi[c] for c in data[part]], dtype=np.uint16).tofile(os.path.join(out_dir, name))
-
 
 def reference_bpe(train_path, val_path, out_dir):
     """The plain BPE method: the whole file in memory, one encode_ordinary call per story."""
@@ -66,7 +62,6 @@ def reference_bpe(train_path, val_path, out_dir):
             ids.append(enc.eot_token)
         np.array(ids, dtype=np.uint16).tofile(os.path.join(out_dir, f'{split}.bin'))
 
-
 def measure(*args):
     """Run `python args` in the repo root: (wall seconds, CPU seconds, peak RSS in MiB) of that process.
     This process stays small, because a child started by fork+exec reports at least its parent's peak RSS."""
@@ -78,7 +73,6 @@ def measure(*args):
         sys.exit(f"python {' '.join(args)} failed:\n{output.decode(errors='replace')[-3000:]}")
     return time.perf_counter() - start, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
-
 def run(script, inputs, ref_dir=None):
     """A table row for data/<script>/prepare.py, its output compared with the reference's in ref_dir, if given."""
     out_dir = os.path.join(DATA_ROOT, f'_bench_{script}')
@@ -87,7 +81,6 @@ def run(script, inputs, ref_dir=None):
         ref_dir, out_dir, BINS, shallow=False)[0] == BINS else 'NO'
     shutil.rmtree(out_dir)
     return f'data/{script}/prepare.py', usage, same
-
 
 def table(title, unit, amount, rows):
     """rows: (method, (wall, CPU, RSS), same output as the reference); the reference comes first."""
@@ -100,7 +93,6 @@ def table(title, unit, amount, rows):
     print(f"\n{title}")
     for line in lines:
         print('| ' + ' | '.join(cell.ljust(w) for cell, w in zip(line, widths)) + ' |')
-
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument('--size_mb', type=int, default=1024, help='size of the character-level corpus (32: quick)')

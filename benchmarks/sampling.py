@@ -32,7 +32,6 @@ if min(token_counts) <= 0:
 if not set(models.split(',')) <= {'gpt2', 'shakespeare'}:
     raise UserError(f"models must be gpt2, shakespeare or gpt2,shakespeare, got {models!r}")
 
-
 def tokens_per_second(model, new_tokens, use_cache):
     idx = torch.zeros((1, 1), dtype=torch.long, device=device)
     with torch.no_grad(), ctx:
@@ -45,7 +44,6 @@ def tokens_per_second(model, new_tokens, use_cache):
             runs += 1
         hardware.sync(device)
     return runs * new_tokens / (time.time() - t0), out
-
 
 rows = []
 if 'gpt2' in models:

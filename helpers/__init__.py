@@ -9,12 +9,10 @@ SCRIPTS_ROOT = os.path.join(REPO_ROOT, 'data')   # data/<name>/prepare.py, alway
 # the datasets: beside their scripts unless NANOGPT_DATA_DIR moves them (a larger disk; the tests' own folder)
 DATA_ROOT = os.path.abspath(os.path.expanduser(os.environ.get('NANOGPT_DATA_DIR') or SCRIPTS_ROOT))
 
-
 def shown(path):
     """A path as messages write it: from the repository root when inside it (data/shakespeare_char), else whole."""
     path = os.path.abspath(path)
     return os.path.relpath(path, REPO_ROOT) if path.startswith(REPO_ROOT + os.sep) else path
-
 
 class UserError(SystemExit):
     """A one-line 'error: ...' and exit status 1, no traceback: a SystemExit, which Python prints alone."""
@@ -24,7 +22,6 @@ class UserError(SystemExit):
 
     def __str__(self):  # the message alone, for messages that quote it
         return self.code.removeprefix('error: ')
-
 
 def _in_one_line(kind, value, traceback):
     """Ctrl+C (train.py saves first) and a failed torch.compile in one line, no traceback; a closed stdout in none."""
@@ -39,13 +36,11 @@ def _in_one_line(kind, value, traceback):
     else:
         sys.__excepthook__(kind, value, traceback)
 
-
 def quit_during_start_up(signum, frame, note=''):
     """Ctrl+C or SIGTERM before a script has anything to save: one line (and the note), and exit at once, as
     raising could land inside a half-done import and print a traceback from there."""
     print(f"{signal.Signals(signum).name} during start-up: no checkpoint was written" + (f"; {note}" if note else ''),
           file=sys.stderr, flush=True)
     os._exit(128 + signum)
-
 
 sys.excepthook = _in_one_line

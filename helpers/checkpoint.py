@@ -24,7 +24,6 @@ TORCH_LEGACY_HEAD = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)  
 DISK_FIXES = {errno.ENOSPC: 'free some space on that disk', errno.EDQUOT: 'free some of your disk quota',
               errno.EFBIG: 'raise the file-size limit (ulimit -f)'}
 
-
 def architecture_entries(config):
     """model_args with exactly nanoGPT's keys, which its GPTConfig(**model_args) accepts, and model_args_extra
     (ignored by nanoGPT) with the newer GPTConfig fields that differ from their defaults (GPT-2's tanh GELU)."""
@@ -35,7 +34,6 @@ def architecture_entries(config):
     if extra:
         entries['model_args_extra'] = extra
     return entries
-
 
 def _write(path, write):
     """files.write_atomically, with a full disk or a file-size limit as one line saying what survived."""
@@ -52,7 +50,6 @@ def _write(path, write):
             f"the checkpoints already there ({' and '.join(kept)}) are intact: {fix}, then continue with "
             "--init_from=resume" if kept else f"nothing was saved: {fix} and train again")) from None
 
-
 def save(checkpoint, out_dir, name=CKPT_NAME):
     """Write out_dir/name atomically; returns its path."""
     path = os.path.join(out_dir, name)
@@ -61,7 +58,6 @@ def save(checkpoint, out_dir, name=CKPT_NAME):
             torch.save(checkpoint, f)
     _write(path, write)
     return path
-
 
 def mirror(out_dir, source_name, target_name):
     """Make target the same checkpoint as source: a hard link where the filesystem has them, else a copy."""
@@ -72,7 +68,6 @@ def mirror(out_dir, source_name, target_name):
         except OSError:
             shutil.copyfile(source, tmp)
     _write(os.path.join(out_dir, target_name), link)
-
 
 def _missing(out_dir, path):
     if os.path.isfile(out_dir):
@@ -89,7 +84,6 @@ def _missing(out_dir, path):
         return f"no checkpoint at {path}: {out_dir} holds a transformers model; load it with --init_from={out_dir}"
     return f"no checkpoint at {path}; train a model into '{out_dir}' first or pass the right --out_dir"
 
-
 def _damaged(out_dir, name, detail):
     """The one line for a checkpoint that does not load: what the other checkpoint beside it offers."""
     path = os.path.join(out_dir, name)
@@ -99,7 +93,6 @@ def _damaged(out_dir, name, detail):
            f"(mv {shlex.quote(path)} {shlex.quote(path + '.damaged')}) and run the same command again"
            if whole else "restore it from a backup or train again")
     return UserError(f"{path} is truncated or corrupt ({detail}); {fix}")
-
 
 def load(out_dir, name=CKPT_NAME, map_location='cpu', mmap=False):
     """A checkpoint dict, with one-line errors for missing, corrupt or unsafe files; mmap leaves the tensors
@@ -133,7 +126,6 @@ def load(out_dir, name=CKPT_NAME, map_location='cpu', mmap=False):
         raise UserError(f"{path} is not a training checkpoint: it has no {' or '.join(missing)}")
     return checkpoint
 
-
 def model_from_checkpoint(checkpoint, **overrides):
     """The checkpoint's GPT (overrides such as dropout), without nanoGPT's '_orig_mod.' prefixes and mask buffers."""
     args = {**checkpoint['model_args'], **checkpoint.get('model_args_extra', {}), **overrides}
@@ -146,7 +138,6 @@ def model_from_checkpoint(checkpoint, **overrides):
     state = {k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()}
     model.load_state_dict({k: v for k, v in state.items() if not (k.endswith('.attn.bias') and v.dim() == 4)})
     return model
-
 
 def pretrained(name, dropout=0.0):
     """GPT.from_pretrained with one-line errors: a hub name of OpenAI's GPT-2 or a transformers GPT-2 folder
@@ -171,14 +162,12 @@ def pretrained(name, dropout=0.0):
     except ValueError as e:  # from_pretrained's own checks: an activation or parameters GPT-2 lacks
         raise UserError(str(e))
 
-
 def load_model(init_from, out_dir):
     """(model, checkpoint or None) to run: out_dir's checkpoint (init_from='resume') or pretrained weights."""
     if init_from == 'resume':
         ckpt = load(out_dir, runs.sample_name(out_dir))
         return model_from_checkpoint(ckpt, dropout=0.0), ckpt
     return pretrained(init_from), None
-
 
 def capture_rng_states(device):
     """This process's random states as plain values: Python's, numpy's, torch's CPU generator and that of the
@@ -193,7 +182,6 @@ def capture_rng_states(device):
     elif device.type == 'mps':
         states['mps'] = torch.mps.get_rng_state()
     return states
-
 
 def restore_rng_states(states, device):
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in states['python']))

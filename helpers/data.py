@@ -15,13 +15,11 @@ from helpers.prepare import PROGRESS
 PLAIN_TYPES = ('dict', 'list', 'tuple', 'set', 'frozenset', 'str', 'bytes', 'int', 'float', 'bool', 'complex')
 RESIDENT_BYTES = 2 << 30  # at most this much of int32 tokens is kept in device memory
 
-
 class _PlainDataUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if module == 'builtins' and name in PLAIN_TYPES:
             return super().find_class(module, name)
         raise UserError(f"{module}.{name} is not plain data")
-
 
 def load_meta(path):
     """meta.pkl as a dict, or a UserError when it holds anything but plain data."""
@@ -38,7 +36,6 @@ def load_meta(path):
         raise UserError(f"{path} holds a {type(meta).__name__}, not a dict; {fix}")
     return meta
 
-
 def data_dir(dataset):
     """DATA_ROOT/<dataset>/, after completing the final swap of a prepare killed in its middle: every command that
     reads a dataset asks for its folder first."""
@@ -47,7 +44,6 @@ def data_dir(dataset):
     path = os.path.join(DATA_ROOT, dataset)
     files.finish_swaps(path)
     return path
-
 
 def read_meta(dataset):
     """The dataset's meta.pkl, checked, or None for datasets without one (GPT-2 BPE ones)."""
@@ -64,7 +60,6 @@ def read_meta(dataset):
         raise UserError(f"{path} has an itos that does not map ids 0..{vocab_size - 1} to characters; "
                         "re-create it with the dataset's prepare.py")
     return meta
-
 
 def checkpoint_entry(checkpoint):
     """A checkpoint's tokenizer entry: its own, or for nanoGPT's checkpoints, which lack one, that of its dataset's
@@ -88,7 +83,6 @@ def checkpoint_entry(checkpoint):
                         f"maps it to characters, is missing; prepare the dataset '{name}' again to recreate it")
     return {'kind': 'gpt2'}
 
-
 def token_dtype(meta):
     """The dtype of the .bin files: uint16 (nanoGPT's, the default) or uint32 for large vocabularies."""
     name = (meta or {}).get('dtype', 'uint16')
@@ -97,10 +91,8 @@ def token_dtype(meta):
                         "prepare scripts: re-create the dataset with its prepare.py")
     return np.dtype(name)
 
-
 def has_script(dataset):
     return os.path.isfile(os.path.join(SCRIPTS_ROOT, dataset, 'prepare.py'))
-
 
 def interrupted_prepare(dataset):
     """The command line of the dataset's resumable prepare, as its progress record keeps it while unfinished."""
@@ -110,13 +102,11 @@ def interrupted_prepare(dataset):
     except (OSError, ValueError, KeyError, TypeError):   # none, or one that cannot be read: no such advice
         return None
 
-
 def prepare_command(dataset):
     """The command that prepares the dataset; for one whose resumable prepare is unfinished, that one's."""
     fresh = (f"python data/{dataset}/prepare.py" if has_script(dataset) else
              f"python data/char/prepare.py --input your_text.txt --name {dataset} --force")
     return interrupted_prepare(dataset) or fresh
-
 
 def bin_path(dataset, split):
     """Path to <split>.bin, or a UserError naming the command that prepares it."""
@@ -138,7 +128,6 @@ def bin_path(dataset, split):
                f"prepare the dataset first: {prepare_command(dataset)}")
         raise UserError(f"{path} is missing; {how}")
     return path
-
 
 def check_split(dataset, split, dtype, block_size, vocab_size=None):
     """The number of tokens in <split>.bin, after checking that it is whole, longer than block_size and, given
@@ -165,7 +154,6 @@ def check_split(dataset, split, dtype, block_size, vocab_size=None):
                             f"files do not belong together; {again}")
     return n_tokens
 
-
 def check_fits(dataset, meta, vocab_size, block_size, vocabulary=None, splits=('train', 'val')):
     """Whether a model of vocab_size tokens and block_size context (and vocabulary, its checkpoint's tokenizer
     entry, if known) can use data/<dataset>, whose meta.pkl is meta (or None). Returns {split: number of tokens}."""
@@ -186,13 +174,11 @@ def check_fits(dataset, meta, vocab_size, block_size, vocabulary=None, splits=('
                         "dataset it was trained on, prepared again from the same text")
     return {split: check_split(dataset, split, token_dtype(meta), block_size, meta and symbols) for split in splits}
 
-
 def get_batch(path, dtype, batch_size, block_size, device, generator=None):
     """batch_size random windows of block_size tokens (x) and the same windows shifted by one (y)."""
     n_tokens = len(np.memmap(path, dtype=dtype, mode='r'))
     starts = torch.randint(n_tokens - block_size, (batch_size,), generator=generator).numpy()
     return get_windows(path, dtype, starts, block_size, device)
-
 
 def get_windows(path, dtype, starts, length, device):
     """The windows of length tokens at starts (x) and the same shifted by one (y), on device; path may be an open
@@ -204,7 +190,6 @@ def get_windows(path, dtype, starts, length, device):
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
 
-
 def fits_on_device(paths, dtype, device):
     """Whether the token files, as int32, take under 2 GiB and (on a GPU) a tenth of its memory. Only small models,
     bound by per-step overhead, gain from resident batches; they train on small data."""
@@ -212,7 +197,6 @@ def fits_on_device(paths, dtype, device):
     if torch.device(device).type == 'cuda':
         return needed < min(RESIDENT_BYTES, 0.1 * torch.cuda.get_device_properties(torch.device(device)).total_memory)
     return needed < RESIDENT_BYTES
-
 
 def load_to_device(path, dtype, device, chunk_tokens=1 << 24):
     """A whole .bin file as an int32 tensor on device, read a chunk at a time to keep host memory bounded."""
@@ -222,7 +206,6 @@ def load_to_device(path, dtype, device, chunk_tokens=1 << 24):
         tokens[start:start + len(part)] = torch.from_numpy(part.astype(np.int32))
     return tokens
 
-
 def get_resident_batch(tokens, batch_size, block_size, generator):
     """get_batch for tokens in device memory: the same CPU generator draws the same batches for the same seed; on
     a GPU the offsets go over from pinned memory, without waiting for the GPU's queued work."""
@@ -231,7 +214,6 @@ def get_resident_batch(tokens, batch_size, block_size, generator):
         ix = ix.pin_memory().to(tokens.device, non_blocking=True)
     chunk = tokens[ix.to(tokens.device) + torch.arange(block_size + 1, device=tokens.device)].long()
     return chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
-
 
 def token_bytes(entry, vocab_size, device):
     """Each token id's UTF-8 bytes under the tokenizer entry (0 past its vocabulary and for GPT-2's <|endoftext|>),
@@ -243,7 +225,6 @@ def token_bytes(entry, vocab_size, device):
         return None
     return None if lengths is None else torch.tensor(lengths + [0] * (vocab_size - len(lengths)), device=device)
 
-
 def summed_loss(model, x, y, byte_counts=None):
     """A batch's cross-entropy summed over its targets (nats) and, for bits per byte, over the targets that stand
     for text, with that text's UTF-8 bytes (byte_counts: token_bytes; zeros without)."""
@@ -253,11 +234,9 @@ def summed_loss(model, x, y, byte_counts=None):
     text_bytes = byte_counts[y.flatten()]
     return torch.stack([losses.sum(), (losses * (text_bytes > 0)).sum(), text_bytes.sum().float()])
 
-
 def bits_per_byte(sums):
     """summed_loss's sums, added over batches, as bits per byte; None without bytes."""
     return float(sums[1]) / math.log(2) / float(sums[2]) if sums[2] else None
-
 
 def eval_batch_seed(seed, split):
     """Seed of a split's fixed evaluation batches: train.py and evaluate.py score the same tokens."""

@@ -19,20 +19,17 @@ CHUNK_DOCS = 10_000   # documents per chunk: about 10M tokens of FineWeb-Edu, th
 LOCAL_BUILDERS = {'.txt': 'text', '.json': 'json', '.jsonl': 'json', '.parquet': 'parquet'}
 STREAMED_TYPES = {'.parquet': 'parquet', '.jsonl': 'json', '.json': 'json'}
 
-
 def hf_datasets():
     """The datasets library with its error log silenced: what it raises reaches the user in one line (one_line)."""
     import datasets
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     return datasets
 
-
 def one_line(error):
     """An error of datasets or pyarrow in one line: its innermost cause, which says what is wrong."""
     while error.__cause__ is not None:
         error = error.__cause__
     return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
-
 
 def load_documents(hub_name=None, data_files=None, num_proc=None, flags='--source'):
     """A DatasetDict of the hub's hub_name, or of local data_files ({split: [files]}: all .txt, a document each,
@@ -56,7 +53,6 @@ def load_documents(hub_name=None, data_files=None, num_proc=None, flags='--sourc
         raise UserError(f"could not load {hub_name} from the Hugging Face hub ({one_line(e)}); check the name and "
                         f"the connection, or download its files and pass them with {flags}")
 
-
 def local_files(source, types=LOCAL_BUILDERS):
     """The files of the given types (extensions) that --source names (a file, a glob, or a folder searched at any
     depth), sorted so that the output is deterministic."""
@@ -75,11 +71,9 @@ def local_files(source, types=LOCAL_BUILDERS):
             raise UserError(f"--source names {f}, which is not one of the types read here ({kinds})")
     return [prepare.check_input_file(f, '--source') for f in found]
 
-
 def identity(paths):
     """What local files hold, as far as a resume can tell: their paths, sizes and modification times."""
     return [[os.path.abspath(f), os.path.getsize(f), os.stat(f).st_mtime_ns] for f in paths]
-
 
 def stream(hub_name=None, config=None, paths=None):
     """(documents, identity, count): the train split of hub_name/config, or of local paths (all .parquet or all
@@ -101,7 +95,6 @@ def stream(hub_name=None, config=None, paths=None):
                         "check the name and the connection, or download its files and pass them with --source")
     count = getattr((builder.info.splits or {}).get('train'), 'num_examples', None)
     return documents, [str(f) for f in builder.config.data_files['train']], count or None
-
 
 def local_documents(paths):
     """The documents in local files: parquet footers' rows (their columns checked), .jsonl files' lines; None with
@@ -126,14 +119,12 @@ def local_documents(paths):
             return None
     return n
 
-
 def check_columns(schema, where='the source'):
     if 'text' not in schema.names:
         raise UserError(f"{where} has no 'text' column (columns: {', '.join(schema.names)}); give it one with "
                         "the documents")
     if str(schema.field('text').type) not in ('string', 'large_string', 'string_view'):
         raise UserError(f"{where} has a 'text' column of {schema.field('text').type}, not of text")
-
 
 def tables(documents, batch_size, where):
     """A Dataset's or IterableDataset's documents as pyarrow tables of batch_size rows with a 'text' column of
@@ -151,13 +142,11 @@ def tables(documents, batch_size, where):
                             "resumes after the last chunk finished")
         yield table
 
-
 def shards(documents):
     """A dataset's shards in order: a streamed source's files, which a resume passes over unread once finished; a
     Dataset (memory-mapped arrow, which it can index) is one."""
     n = getattr(documents, 'num_shards', 0)
     return [documents.shard(n, i, contiguous=True) for i in range(n)] if n else [documents]
-
 
 class ResumableOutput(prepare.Output):
     """prepare.Output whose .tmp files outlive an interruption once a chunk is saved: save() makes them durable and
@@ -213,13 +202,11 @@ class ResumableOutput(prepare.Output):
             print(f"stopped after chunk {done:,}, which {shown(self.dir)}/ keeps: run the same command again "
                   "to resume", file=sys.stderr)
 
-
 def gpt2_in_threads(pool, docs, pieces):
     """encode.gpt2_tokens of docs as uint16, cut into `pieces` runs encoded at once in the pool's threads."""
     size = max(1, -(-len(docs) // pieces))
     runs = pool.map(encode.gpt2_tokens, [docs[i:i + size] for i in range(0, len(docs), size)])
     return np.concatenate([np.zeros(0, np.uint16)] + [ids.astype(np.uint16) for ids in runs])
-
 
 def split_chunk(texts, split, first, val_every):
     """{split: documents} of a chunk whose first document is number `first` of the source; with split None,
@@ -228,7 +215,6 @@ def split_chunk(texts, split, first, val_every):
         return {split: texts}
     return {'train': [text for i, text in enumerate(texts, first) if i % val_every],
             'val': texts[-first % val_every::val_every]}
-
 
 def gpt2_from_documents(parts, out_dir, source, val_every=None, count=None, chunk_docs=CHUNK_DOCS, threads=None):
     """GPT-2 BPE (uint16, no meta.pkl) of parts, [(split, documents)]: datasets with a 'text' column whose documents

@@ -13,10 +13,8 @@ EOT = '<|endoftext|>'   # GPT-2's end of text (token GPT2_EOT)
 SPREAD_PART = 10_000   # characters: --val_split=spread draws val in parts this long, far longer than a block
 BPE_SAMPLE = 10_000_000   # characters a BPE is learned from at most (a 10th of its time on Chinese)
 
-
 def code_points(text):
     return np.frombuffer(text.encode('utf-32-le'), dtype=np.uint32)
-
 
 def mark_characters(pieces, seen):
     """Pass 1: set seen[p] for every code point p in the pieces of text; return how many characters they hold."""
@@ -25,7 +23,6 @@ def mark_characters(pieces, seen):
         seen[code_points(text)] = True
         n += len(text)
     return n
-
 
 def drawn_parts(pieces, size, fraction):
     """The text of pieces in parts of size characters, each with whether it is drawn: that fraction of the parts,
@@ -37,7 +34,6 @@ def drawn_parts(pieces, size, fraction):
             yield int((part + 1) * fraction) > int(part * fraction), text[:take]
             done += len(text[:take])
             text = text[take:]
-
 
 def split_parts(pieces, n_train, spread=None):
     """The text of pieces as (split, text): val is what follows the first n_train characters or, with
@@ -52,7 +48,6 @@ def split_parts(pieces, n_train, spread=None):
         if done + len(text) > n_train:
             yield 'val', text[max(0, n_train - done):]
         done += len(text)
-
 
 def write_chars(out_dir, seen, pieces, n_train, spread=None, **meta_extra):
     """Pass 2: the dataset of the pieces of text, split by split_parts. The vocabulary is the code points marked in
@@ -70,7 +65,6 @@ def write_chars(out_dir, seen, pieces, n_train, spread=None, **meta_extra):
             out.write(split, lookup[code_points(text)])
         out.commit(dict(meta, **meta_extra))
 
-
 def plan_split(path, n, val_fraction, val_split):
     """(n_train, spread) for split_parts: the first int(n * (1 - val_fraction)) characters are train, or with
     val_split 'spread' val is drawn in parts of SPREAD_PART characters (shorter in a short text: ten or more)."""
@@ -84,7 +78,6 @@ def plan_split(path, n, val_fraction, val_split):
     spread = (max(1, min(SPREAD_PART, int(n * val_fraction) // 10)), val_fraction) if val_split == 'spread' else None
     return n_train, spread
 
-
 def chars_from_file(path, out_dir, val_fraction=0.1, errors='strict', val_split='end'):
     """nanoGPT's shakespeare_char for any UTF-8 text: the first int(n * (1 - val_fraction)) characters are train,
     or with val_split='spread' the val parts are drawn across the text."""
@@ -93,7 +86,6 @@ def chars_from_file(path, out_dir, val_fraction=0.1, errors='strict', val_split=
     n = mark_characters(read_text(path, errors, desc='pass 1/2: vocabulary'), seen)
     n_train, spread = plan_split(path, n, val_fraction, val_split)
     write_chars(out_dir, seen, read_text(path, errors, desc='pass 2/2: encoding'), n_train, spread)
-
 
 def bpe_from_file(path, out_dir, vocab_size, val_fraction=0.1, errors='strict', val_split='end'):
     """A dataset in a byte-level BPE learned from the text's train split (at most BPE_SAMPLE characters of it, drawn
@@ -118,7 +110,6 @@ def bpe_from_file(path, out_dir, vocab_size, val_fraction=0.1, errors='strict', 
             out.write(split, np.fromiter(itertools.chain.from_iterable(line.ids for line in lines), dtype))
         out.commit({'vocab_size': size, 'bpe': bpe.to_str()})
 
-
 def gpt2_tokens(docs):
     """Each document's encode_ordinary tokens, then GPT2_EOT: one tiktoken call on the documents joined by the EOT
     text, which it cuts at (1.3x one call per document on the 2-core dev VM)."""
@@ -127,7 +118,6 @@ def gpt2_tokens(docs):
         encoding = gpt2_encoding()
         return np.array([t for doc in docs for t in encoding.encode_ordinary(doc) + [GPT2_EOT]], dtype=np.uint32)
     return gpt2_encoding().encode_to_numpy(joined, allowed_special={EOT})
-
 
 def gpt2_from_file(path, out_dir, val_fraction=0.1):
     """nanoGPT's shakespeare: the first int(n * (1 - val_fraction)) characters are train, each part encoded whole."""

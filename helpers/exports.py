@@ -7,7 +7,6 @@ import torch
 
 from helpers import UserError, checkpoint, data, files
 
-
 def load_checkpoint(out_dir):
     """out_dir's checkpoint: the model (float32, eval mode), the checkpoint without its weights, and its tokenizer
     entry (None for a nanoGPT checkpoint whose meta.pkl is gone: the weights are still of use)."""
@@ -19,13 +18,11 @@ def load_checkpoint(out_dir):
     except UserError:
         return model, ckpt, None
 
-
 def random_prompts(vocab_size, block_size, seed):
     """Token batches for the checks: full windows, a short batch, one token."""
     g = torch.Generator().manual_seed(seed)
     shapes = [(2, block_size), (3, min(block_size, 7)), (1, 1)]
     return [torch.randint(vocab_size, shape, generator=g) for shape in shapes]
-
 
 @torch.no_grad()
 def max_logit_difference(model, logits_of, prompts):
@@ -40,7 +37,6 @@ def max_logit_difference(model, logits_of, prompts):
         scale = max(scale, expected.abs().max().item())
     return worst, scale
 
-
 def writable(path):
     """A UserError unless path can be created: a folder made and removed in the nearest existing folder above
     it says so (permissions alone do not: root, read-only filesystems)."""
@@ -51,7 +47,6 @@ def writable(path):
         os.rmdir(tempfile.mkdtemp(dir=folder, prefix='.write-test-'))
     except OSError as e:
         raise UserError(f"cannot write {path} ({e.strerror}: {folder}); pass another --output")
-
 
 def replace_with(new, target):
     """Put new (a file or a folder beside target) at target as one change (files.swap): the old one goes

@@ -17,12 +17,10 @@ from helpers import UserError
 
 JOURNAL = '.swap-{}.json'  # in the folder where the change happens; hidden, as it lives for milliseconds
 
-
 def temp_path(path, pid=None):
     """Where process pid (this one by default) writes path first. The host and pid tell the file of a killed
     writer from one in progress, here or on another machine sharing the folder."""
     return f"{path}.tmp.{socket.gethostname()}.{os.getpid() if pid is None else pid}"
-
 
 def remove_orphaned_temp_files(path):
     """Delete the temporary files (or folders) of path that writers on this host left when they were killed."""
@@ -40,14 +38,12 @@ def remove_orphaned_temp_files(path):
         except OSError:  # alive, but another user's
             pass
 
-
 def remove(path):
     """Delete a file or a folder, if it is there."""
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
     elif os.path.lexists(path):
         os.remove(path)
-
 
 def sync_folder(folder):
     """Make the renames in folder durable (folders cannot be opened on Windows)."""
@@ -57,7 +53,6 @@ def sync_folder(folder):
             os.fsync(fd)
         finally:
             os.close(fd)
-
 
 def write_atomically(path, write):
     """write(tmp), fsync, rename tmp over path and fsync the folder: path is the old file or the new one, whole,
@@ -74,14 +69,12 @@ def write_atomically(path, write):
     finally:
         remove(tmp)
 
-
 def write_text(path, text):
     """write_atomically for a text file."""
     def write(tmp):
         with open(tmp, 'w', encoding='utf-8') as f:
             f.write(text)
     write_atomically(path, write)
-
 
 def _replay(journal_path):
     """Carry out a journal's change, or what is left of it: every step can be done again. Its paths are relative
@@ -102,14 +95,12 @@ def _replay(journal_path):
     sync_folder(folder)
     return change['what']
 
-
 def _locked(path):
     """path opened and locked (exclusive, waiting for the holder; where there are no locks, only opened)."""
     f = open(path, 'rb')
     if fcntl is not None:
         fcntl.flock(f, fcntl.LOCK_EX)
     return f
-
 
 def swap(folder, moves, removes=(), what='a change'):
     """Move each source over its target (a folder target is replaced whole) and delete removes, as one change:
@@ -141,7 +132,6 @@ def swap(folder, moves, removes=(), what='a change'):
     if held:
         signal.raise_signal(held[0])
 
-
 def finish_swaps(folder):
     """Complete the changes that killed processes left in folder, saying so."""
     if not os.path.isdir(folder):
@@ -161,13 +151,11 @@ def finish_swaps(folder):
             if os.path.exists(path):  # the writer, which held the lock until now, may have finished it
                 print(f"finished {_replay(path)}, which an earlier command was stopped in the middle of")
 
-
 def refuse_foreign(path, ours, script, option):
     """A UserError, before any work, when path holds something that ours(path) does not take for an earlier
     output of script: no script writes over a file it did not write."""
     if os.path.lexists(path) and not ours(path):
         raise UserError(f"{path} exists and {script} did not write it; pass another {option}, or move it away")
-
 
 def lock(path, busy):
     """Lock the file at path (made if missing) for as long as this process lives, or raise UserError(busy

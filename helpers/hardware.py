@@ -23,16 +23,13 @@ GPU_PEAK_FLOPS = [
     ('T4', 65e12, 8.1e12),
 ]
 
-
 def best_device():
     return 'cuda' if torch.cuda.is_available() else 'mps' if mps_available() else 'cpu'
-
 
 def default_dtype(device):
     """nanoGPT's choice: bf16 on CUDA where the GPU has it, else fp16 (with a gradient scaler); float32 elsewhere,
     as bf16 autocast on a CPU pays only for larger models and changes the numbers (README): --dtype=bfloat16."""
     return ('bfloat16' if gpu_has_bfloat16() else 'float16') if torch.device(device).type == 'cuda' else 'float32'
-
 
 def setup(device, dtype=None):
     """Check device and dtype (None: the device's default), allow TF32 on CUDA; (dtype, autocast context or no-op)."""
@@ -58,18 +55,15 @@ def setup(device, dtype=None):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return dtype, nullcontext() if dtype == 'float32' else torch.autocast(device_type=dev.type, dtype=DTYPES[dtype])
 
-
 def peak_flops(device, dtype):
     """Peak dense FLOP/s for dtype's matmuls (float32 on CUDA runs as TF32), or None: CPUs, unlisted GPUs."""
     name = torch.cuda.get_device_name(device) if torch.device(device).type == 'cuda' else ''
     return next((half if dtype != 'float32' else single for key, half, single in GPU_PEAK_FLOPS if key in name), None)
 
-
 def sync(device):
     """Wait for the device's queued work (for timings)."""
     if torch.device(device).type != 'cpu':
         torch.accelerator.synchronize(device)
-
 
 def forward_seconds(model, x, y, ctx, device):
     """Seconds of a forward pass without gradients or dropout, the second of two (the first warms up)."""

@@ -18,23 +18,19 @@ URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_
 FILE_NAME = 'hellaswag_val.jsonl'
 VAL_EXAMPLES = 10042
 
-
 class Example(NamedTuple):
     context: list  # GPT-2 BPE token ids
     endings: list  # four lists of token ids, each encoded from ' ' + the ending
     label: int  # the index of the right ending
 
-
 def default_path():
     return os.path.join(data.data_dir('hellaswag'), FILE_NAME)
-
 
 def require_bpe(is_bpe, what):
     """A UserError for character-level models (no published figure compares); what names the model."""
     if not is_bpe:
         raise UserError(f"{what} is character-level; HellaSwag is scored in GPT-2 BPE tokens only, as GPT-2's "
                         "published figures are: leave out --hellaswag=True")
-
 
 def parse_line(line, encoding):
     """The Example of one line of the official file, tokenized; a ValueError says what is wrong."""
@@ -52,7 +48,6 @@ def parse_line(line, encoding):
     if type(label) is not int or not 0 <= label < 4:
         raise ValueError(f"has 'label' {label!r}, not 0, 1, 2 or 3")
     return Example(encoding.encode_ordinary(ctx), [encoding.encode_ordinary(' ' + e) for e in endings], label)
-
 
 def load(path=None, limit=0):
     """The first `limit` examples (0: all) of a HellaSwag .jsonl file, tokenized; path=None: the official one."""
@@ -84,7 +79,6 @@ def load(path=None, limit=0):
                         f"pass --hellaswag_examples={len(examples)} or less, or 0 for all of them")
     return examples
 
-
 def batch(example, block_size):
     """Inputs and targets (4, T) of context + ending, padded, targets -1 but on the ending's tokens; a window
     over block_size + 1 tokens loses its first ones (GPT-2's 1024 never needs that)."""
@@ -98,7 +92,6 @@ def batch(example, block_size):
     y = torch.tensor([y + [-1] * (length - len(y)) for _, y in rows])
     return x, y
 
-
 @torch.no_grad()
 def choose(model, example, device, ctx):
     """(the ending with the lowest summed loss, the one with the lowest mean loss per token)."""
@@ -108,7 +101,6 @@ def choose(model, example, device, ctx):
     losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction='none')
     total = losses.view_as(y).sum(1)
     return total.argmin().item(), (total / (y != -1).sum(1)).argmin().item()
-
 
 def score(model, examples, device, ctx, rank=0, world_size=1, progress=False):
     """(correct, correct_norm, count) over examples rank, rank + world_size, ...: each rank's share."""
@@ -121,7 +113,6 @@ def score(model, examples, device, ctx, rank=0, world_size=1, progress=False):
         correct_norm += best_norm == example.label
     model.train(was_training)
     return correct, correct_norm, len(share)
-
 
 def acc_norm(model, examples, device, ctx, fsdp=False):
     """acc_norm as train.py's evaluations score it: the ranks' counts summed (under FSDP a rank with one example

@@ -11,7 +11,6 @@ COLUMNS = ('iter', 'kind', 'tokens', 'seconds', 'train_loss', 'val_loss', 'hella
            'lr', 'ms_per_iter', 'mfu', 'train_bpb', 'val_bpb')  # bits per byte: last, as earlier files lack them
 FILE_NAME = 'metrics.csv'
 
-
 def _parse_row(raw):
     """A row with numbers as numbers (None for empty cells); None for a damaged row (a run killed mid-write)."""
     try:
@@ -23,28 +22,23 @@ def _parse_row(raw):
         return None
     return row if row['kind'] in ('train', 'eval') else None
 
-
 def read_metrics(path):
     """The rows of a metrics.csv, in file order, as dicts keyed by COLUMNS; damaged rows are skipped."""
     with open(path, newline='', encoding='utf-8', errors='replace') as f:
         return [row for row in map(_parse_row, csv.DictReader(f)) if row is not None]
 
-
 def _cells(row):  # repr: the shortest text that reads back as the same float
     return [row['kind'] if name == 'kind' else '' if row.get(name) is None else
             str(row[name]) if isinstance(row[name], int) else repr(float(row[name])) for name in COLUMNS]
 
-
 def _rounded(value, digits):  # a clock's hundredths are noise; 6 decimals tell HellaSwag's counts apart
     return None if value is None else round(value, digits)
-
 
 def duration(seconds):
     """Seconds as the log writes them: 42s, 3m05s, 2h10m."""
     seconds = round(seconds)
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
         f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
 
 class MetricsLog:
     """Appends rows to out_dir/metrics.csv; created on rank 0 once the start iteration is known."""

@@ -2,7 +2,6 @@
 state made ready for the one built here."""
 import torch
 
-
 def build(name, model, weight_decay, learning_rate, betas, device_type):
     """'adamw', or 'muon': Muon (orthogonalized momentum) for the blocks' 2-D matrices, AdamW for the rest."""
     if name != 'muon':
@@ -18,7 +17,6 @@ def build(name, model, weight_decay, learning_rate, betas, device_type):
     return MuonWithAdamW(torch.optim.Muon(matrices, lr=learning_rate, weight_decay=weight_decay,
                                           adjust_lr_fn='match_rms_adamw'), adamw)
 
-
 def newton_schulz_float32(grad, ns_coefficients, ns_steps, eps):
     """torch.optim.Muon's orthogonalization (a quintic Newton-Schulz iteration) in float32 instead of bfloat16, for
     CPUs without bfloat16 instructions: they multiply bfloat16 matrices ~30x slower (the long laptop config took 5x
@@ -31,7 +29,6 @@ def newton_schulz_float32(grad, ns_coefficients, ns_steps, eps):
         gram = x @ x.T
         x = a * x + (b * gram + c * gram @ gram) @ x
     return x.T if tall else x
-
 
 class MuonWithAdamW:
     """Muon and AdamW over two sets of parameters, stepping together: one optimizer to the training
@@ -57,7 +54,6 @@ class MuonWithAdamW:
     def load_state_dict(self, state):
         self.muon.load_state_dict(state['muon'])
         self.adamw.load_state_dict(state['adamw'])
-
 
 def as_built(saved, own):
     """saved (a state_dict) with the implementation flags (fused, ...) of own, the optimizer's built here: nanoGPT

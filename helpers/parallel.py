@@ -19,11 +19,9 @@ CUDA_GRAPH_MODES = ('reduce-overhead', 'max-autotune')  # torch.compile modes th
 SAVE_TIMEOUT = timedelta(hours=1)
 _save_group = None
 
-
 def world():
     """(rank, local_rank, world_size) of this process: (0, 0, 1) without torchrun."""
     return int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
-
 
 def check(device_type, backend, fsdp, compile, compile_mode, gradient_accumulation_steps, optimizer='adamw'):
     """Refuse, before anything starts, what cannot work together; each in one line with the fix."""
@@ -62,7 +60,6 @@ def check(device_type, backend, fsdp, compile, compile_mode, gradient_accumulati
                         f"{micro_steps} micro-steps per process; use --compile_mode=max-autotune-no-cudagraphs or "
                         "default, or one micro-step per process (--gradient_accumulation_steps=<number of processes>)")
 
-
 def start(backend, device, resume_state=None):
     """Join the run's process group and the one that waits for rank 0's saves (gloo: no GPU memory); returns this
     process's device (cuda:LOCAL_RANK on GPUs). Resuming, every rank must have loaded the same checkpoint."""
@@ -77,7 +74,6 @@ def start(backend, device, resume_state=None):
         _same_checkpoint(resume_state, device)
     return device
 
-
 def _same_checkpoint(state, device):
     """Stop every rank, in one line naming the node, unless all loaded the same checkpoint (not so on own disks)."""
     seen = all_objects((socket.gethostname(), state['iter_num'], float(state['best_val_loss']),
@@ -87,7 +83,6 @@ def _same_checkpoint(state, device):
                   f"rank {odd} on node {seen[odd][0]} resumes from another checkpoint (after iteration "
                   f"{seen[odd][1] - 1}) than rank 0 on node {seen[0][0]} (after iteration {seen[0][1] - 1}); a run "
                   "on several nodes needs its out_dir on storage that every node sees", device)
-
 
 def wrap(model, fsdp, device):
     """The model in DDP, or sharded in place with fully_shard, one block per unit; FSDP keeps float32 parameters
@@ -102,13 +97,11 @@ def wrap(model, fsdp, device):
         fully_shard(block, mesh=mesh)
     return fully_shard(model, mesh=mesh)
 
-
 def sync_gradients(model, sync):
     """Whether the next backward pass averages gradients: under DDP at the last micro-step only. FSDP reduce-scatters
     at every one: else each rank would keep every block's whole float32 gradients, the memory FSDP is there to save."""
     if isinstance(model, DDP):
         model.require_backward_grad_sync = sync
-
 
 def any_rank(flag, device, group=None):
     """Whether flag is true on any rank (a collective: every rank calls it at the same point)."""
@@ -118,7 +111,6 @@ def any_rank(flag, device, group=None):
     dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
     return bool(value.item())
 
-
 def leave(status):
     """Wait for every rank, then exit at once: Python's shutdown, tearing down the group DDP holds, can abort."""
     if getattr(sys.modules.get('wandb'), 'run', None) is not None:  # its run ends as this one: finished or failed
@@ -127,7 +119,6 @@ def leave(status):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
-
 
 def stop_together(problem, device, after_save=False):
     """Stop every process, with one error line, when any has a problem (a message, or None): one that stopped
@@ -141,7 +132,6 @@ def stop_together(problem, device, after_save=False):
         print(f"error: {message}", file=sys.stderr)
     leave(1)
 
-
 def launch_command(argv, *extra):
     """The command that started this process (python, or torchrun), extra replacing the same settings: to paste."""
     names = tuple(arg.partition('=')[0] + '=' for arg in extra)
@@ -153,7 +143,6 @@ def launch_command(argv, *extra):
         return f"torchrun --standalone --nproc_per_node={world_size} {args}"
     return f"the same torchrun command on every machine, ending {args}"
 
-
 def all_objects(obj):
     """obj of every rank, in rank order, on every rank (small picklable values only)."""
     if not dist.is_initialized():
@@ -162,13 +151,11 @@ def all_objects(obj):
     dist.all_gather_object(gathered, obj)
     return gathered
 
-
 def _rekey(state, key):
     """An optimizer state dict with each parameter's key k as key[k]: the distributed API keys parameters by
     name, one process by their number in param-group order."""
     return {'state': {key[k]: s for k, s in state['state'].items()},
             'param_groups': [dict(g, params=[key[k] for k in g['params']]) for g in state['param_groups']]}
-
 
 def full_state(model, optimizer, fsdp):
     """Model and optimizer state dicts as one process holds them (FSDP: a collective; rank 0 gets them, on the CPU)."""
@@ -182,7 +169,6 @@ def full_state(model, optimizer, fsdp):
         return model_state, by_name
     names = [name for g in by_name['param_groups'] for name in g['params']]
     return model_state, _rekey(by_name, {name: i for i, name in enumerate(names)})
-
 
 def load_optimizer_state(model, optimizer, state, fsdp):
     """Load a state as full_state gives it into optimizer, sharding it under FSDP; False, loading nothing, when

@@ -19,7 +19,6 @@ WINDOWS_DEVICES = {'con', 'prn', 'aux', 'nul', *(f'{port}{i}' for port in ('com'
 LOCK = 'prepare.lock'   # in the dataset's folder, held by the one prepare writing there
 PROGRESS = 'progress.bin.tmp.json'   # a resumable prepare's record (helpers/documents.py), like train.bin.tmp
 
-
 def check_input_file(path, flag='--input'):
     if not os.path.isfile(path):
         why = 'is not a regular file' if os.path.exists(path) else 'does not exist'
@@ -27,7 +26,6 @@ def check_input_file(path, flag='--input'):
     if os.path.getsize(path) == 0:
         raise UserError(f"input file {path} is empty; pass a file that holds some text with {flag}")
     return path
-
 
 def name_problem(name):
     """What keeps name from being a dataset folder on Linux, macOS and Windows, or None. Letters and digits of any
@@ -44,7 +42,6 @@ def name_problem(name):
     if name.split('.')[0].lower() in WINDOWS_DEVICES:
         return "is a device name on Windows"
     return "is longer than the 255 bytes a folder name may take" if len(name.encode('utf-8')) > 255 else None
-
 
 @contextlib.contextmanager
 def output_dir(name, force=False, own=None):
@@ -82,7 +79,6 @@ def output_dir(name, force=False, own=None):
                 os.rmdir(path)
         lock.close()
 
-
 def own_text_arguments(doc):
     """The command line of data/char and data/bpe: a text file of the user's own to a dataset of a name."""
     parser = argparse.ArgumentParser(description=doc.split('\n\n')[0])
@@ -96,7 +92,6 @@ def own_text_arguments(doc):
                         help='replace bytes that are not UTF-8 with U+FFFD instead of stopping')
     return parser
 
-
 def download(url, path):
     """The file at url saved as path, unless path is there already."""
     if not os.path.exists(path):
@@ -106,7 +101,6 @@ def download(url, path):
         except OSError as e:
             raise UserError(f"could not download {url} ({e}); download it yourself and save it as {path}")
     return path
-
 
 class Output:
     """train.bin, val.bin and meta.pkl, written as <name>.tmp and moved into place by commit() in one swap. Leaving
@@ -166,7 +160,6 @@ class Output:
             f.close()
         for name in self.temporary:
             files.remove(self.path(name))
-
 
 def usable_cores():
     """The cores this process may run on (a cpuset or taskset can allow fewer than the machine has)."""

@@ -16,11 +16,9 @@ REPLACED_DIR = 'replaced'  # where --overwrite=True keeps the run it replaces un
 REPLACED_MARK = 'README.txt'  # in replaced/: what the folder is; a replaced/ without it is the user's
 RUN_FILES = (LATEST_NAME, CKPT_NAME, metrics.FILE_NAME)
 
-
 def checkpoints(folder):
     """The checkpoint files in folder, newest kind first."""
     return [n for n in (LATEST_NAME, CKPT_NAME) if os.path.isfile(os.path.join(folder, n))]
-
 
 def summary(folder, name):
     """'name after iteration N, best val loss X' (N as the log counts: iter_num is the number done), or None."""
@@ -32,17 +30,14 @@ def summary(folder, name):
     except Exception:
         return None
 
-
 def run_summary(out_dir, names):
     """The summary of the newest of out_dir's checkpoints names, or their names."""
     return summary(out_dir, names[0]) or ', '.join(names)
-
 
 def _restore_command(out_dir, names):
     replaced = os.path.join(out_dir, REPLACED_DIR)
     moved = ' '.join(shlex.quote(os.path.join(replaced, n)) for n in names)
     return f"mv {moved} {shlex.quote(out_dir)}/ && rm -r {shlex.quote(replaced)}"
-
 
 def replaced_run_note(out_dir):
     """Where the run that --overwrite=True moved out of out_dir waits, and how to put it back; '' when none does."""
@@ -53,7 +48,6 @@ def replaced_run_note(out_dir):
     held = [n for n in RUN_FILES if os.path.exists(os.path.join(replaced, n))]
     return (f"the run that was in {out_dir} ({run_summary(replaced, aside)}) is in {replaced}/, where --overwrite=True "
             f"moved it; to restore it: {_restore_command(out_dir, held)}")
-
 
 def claim_out_dir(out_dir, resuming, overwrite):
     """Lock out_dir for this training (returns the lock: keep it), after refusing in one line what it must not
@@ -84,7 +78,6 @@ def claim_out_dir(out_dir, resuming, overwrite):
         _move_aside(out_dir, run)
     return lock
 
-
 def _move_aside(out_dir, run):
     """Move out_dir's run to replaced/ as one change, until this run has saved (discard_replaced); with no run
     in out_dir, the one an earlier overwrite moved there stays."""
@@ -106,7 +99,6 @@ def _move_aside(out_dir, run):
                f'moving the run in {out_dir} to replaced/')
     print(f"the run that was here ({summary}) was moved to {replaced}/; {until}")
 
-
 def discard_replaced(out_dir):
     """Delete the run in replaced/ once out_dir holds a checkpoint of the run that replaced it."""
     replaced = os.path.join(out_dir, REPLACED_DIR)
@@ -114,18 +106,15 @@ def discard_replaced(out_dir):
         files.swap(out_dir, [], [REPLACED_DIR], f'deleting the run in {replaced}/')
         print(f"deleted the run in {replaced}/, which this one replaces")
 
-
 def resume_name(out_dir):
     """The file resume reads: latest.pt when it exists, else ckpt.pt (all nanoGPT writes)."""
     files.finish_swaps(out_dir)
     return LATEST_NAME if os.path.exists(os.path.join(out_dir, LATEST_NAME)) else CKPT_NAME
 
-
 def sample_name(out_dir):
     """The file sampling and export read: ckpt.pt (nanoGPT's), or latest.pt when only it exists."""
     files.finish_swaps(out_dir)
     return LATEST_NAME if checkpoints(out_dir) == [LATEST_NAME] else CKPT_NAME
-
 
 def continue_run(namespace, explicit, run_settings, keep=(), machine=(), fixed=None):
     """Resuming: the run's own settings (run_settings) for those left unset but the command's (keep) and the machine's;

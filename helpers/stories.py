@@ -15,7 +15,6 @@ STORY_END = re.compile(r'\n[^\S\n]*<\|endoftext\|>[^\S\n]*(?=\n)')   # TinyStori
 STORY_SEPARATOR = '\u2403'  # '␃' (SYMBOL FOR END OF TEXT), written after each story at character level
 MAX_STORY_CHARS = 1 << 26   # a longer "story" means the file is not in TinyStories' format
 
-
 def txt_stories(path, errors='strict', chunk_bytes=CHUNK_BYTES, desc=None):
     """The stories of a TinyStories*.txt file, a list per chunk read: a line holding only <|endoftext|> (spaces or
     '\\r' around it allowed) ends a story; stories are stripped, empty ones dropped."""
@@ -31,7 +30,6 @@ def txt_stories(path, errors='strict', chunk_bytes=CHUNK_BYTES, desc=None):
         yield [s for s in map(str.strip, stories) if s]
     yield [s for s in map(str.strip, STORY_END.split(rest + '\n')) if s]
 
-
 def story_text(batches, separator):
     """The text of batches (lists) of stories, each followed by the separator: a piece per batch."""
     for stories in batches:
@@ -40,7 +38,6 @@ def story_text(batches, separator):
             raise UserError(f"a story contains the separator {separator!r} (U+{ord(separator):04X}) itself; "
                             "choose another character with --separator")
         yield text
-
 
 def chars_from_stories(sources, out_dir, separator=STORY_SEPARATOR):
     """Character level from story_sources, the separator (meta['separator']) after each story, in both splits."""
@@ -52,7 +49,6 @@ def chars_from_stories(sources, out_dir, separator=STORY_SEPARATOR):
     text = (piece for split in ('train', 'val') for piece in story_text(sources[split](), separator))
     encode.write_chars(out_dir, seen, text, n['train'], separator=separator)
 
-
 def dataset_stories(dset, desc):
     """The stories of a datasets split (its 'text' column), a list per batch, as txt_stories."""
     if 'text' not in dset.column_names:
@@ -62,7 +58,6 @@ def dataset_stories(dset, desc):
         for batch in dset.iter(batch_size=8192):
             bar.update(len(batch['text']))
             yield [s for s in (text.strip() for text in batch['text'] if text) if s]
-
 
 def story_arguments(description, own):
     """The command line of data/tinystories*/prepare.py, for story_sources."""
@@ -79,7 +74,6 @@ def story_arguments(description, own):
     parser.add_argument('--replace_invalid_utf8', action='store_true',
                         help='replace bytes that are not UTF-8 with U+FFFD instead of stopping')
     return parser
-
 
 def story_sources(args):
     """{'train': f, 'val': f}, f() yielding a split's stories a list at a time, again at each call: from the hub's
@@ -108,7 +102,6 @@ def story_sources(args):
                         "give one with --train_file and --val_file")
     return {'train': lambda: dataset_stories(dsets['train'], 'train stories'),
             'val': lambda: dataset_stories(dsets['validation'], 'val stories')}
-
 
 def gpt2_from_stories(sources, out_dir):
     """GPT-2 BPE from story_sources, GPT2_EOT after each story, a batch of stories per core at a time in threads:

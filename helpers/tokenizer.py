@@ -16,7 +16,6 @@ CHUNK_BYTES = 1 << 20  # 2-3x faster (measured on the 2-core dev VM) to decode a
 UTF8_FIX = ("convert the file to UTF-8 (e.g. iconv -f GBK -t UTF-8) or pass --replace_invalid_utf8 to replace "
             "undecodable bytes with U+FFFD")
 
-
 class CharTokenizer:
     def __init__(self, itos, separator=None):
         """itos: the character of each token id; separator: the character that ends a document, if any."""
@@ -39,12 +38,10 @@ class CharTokenizer:
         """The UTF-8 bytes of each token id's text, for bits per byte."""
         return [len(c.encode('utf-8')) for c in self.itos]
 
-
 def byte_stream_decoder(token_bytes):
     """A function from one token id to the text it completes; part of a character waits for the rest."""
     utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
     return lambda token: utf8.decode(token_bytes(token))
-
 
 def gpt2_encoding():
     import tiktoken
@@ -53,7 +50,6 @@ def gpt2_encoding():
     except Exception as e:  # no network and no cache
         raise UserError(f"could not load tiktoken's GPT-2 encoding ({type(e).__name__}: {e}); connect to the "
                         "internet once, or set TIKTOKEN_CACHE_DIR to a folder holding its cached files")
-
 
 class BPETokenizer:
     end_token = GPT2_EOT
@@ -70,14 +66,12 @@ class BPETokenizer:
     def byte_lengths(self):  # <|endoftext|> stands for no text: 0 bytes
         return [0 if t == GPT2_EOT else len(self.enc.decode_single_token_bytes(t)) for t in range(BPE_VOCAB_SIZE)]
 
-
 def byte_symbols():
     """The character that stands for each byte in a byte-level BPE's vocabulary (GPT-2's alphabet): printable
     Latin-1 bytes for themselves, the others for the characters from U+0100 on, in byte order."""
     kept = [b for b in range(256) if chr(b).isprintable() and chr(b) != ' ' and b != 0xad]
     moved = [b for b in range(256) if b not in kept]
     return {**{b: chr(b) for b in kept}, **{b: chr(256 + i) for i, b in enumerate(moved)}}
-
 
 class TextBPETokenizer:
     """A byte-level BPE trained on a dataset's own text (data/bpe/prepare.py): no text is ever unknown to it."""
@@ -100,7 +94,6 @@ class TextBPETokenizer:
     def byte_lengths(self):
         return [len(piece) for piece in self.pieces]
 
-
 def learn_bpe(texts, vocab_size):
     """A byte-level BPE (GPT-2's pre-tokenizer, no special tokens) of up to vocab_size tokens learned from texts."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -110,7 +103,6 @@ def learn_bpe(texts, vocab_size):
     bpe.train_from_iterator(texts, trainers.BpeTrainer(
         vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
     return bpe
-
 
 def tokenizer_entry(meta):
     """What a checkpoint stores to name its tokenizer: a dataset's characters or own BPE (meta.pkl), or GPT-2's BPE
@@ -126,13 +118,11 @@ def tokenizer_entry(meta):
         entry['separator'] = meta['separator']
     return entry
 
-
 def from_entry(entry):
     """The tokenizer of a checkpoint's tokenizer entry (data.checkpoint_entry)."""
     if entry['kind'] == 'char':
         return CharTokenizer(entry['itos'], entry.get('separator'))
     return TextBPETokenizer(entry['bpe']) if entry['kind'] == 'bpe' else BPETokenizer()
-
 
 def for_pretrained(name, vocab_size=None):
     """The tokenizer of a transformers GPT-2 directory: the characters or own BPE export_hf.py wrote (a
@@ -164,7 +154,6 @@ def for_pretrained(name, vocab_size=None):
         eos = json.load(f).get('eos_token_id')
     return CharTokenizer(itos, itos[eos] if isinstance(eos, int) and 0 <= eos < len(itos) else None)
 
-
 def read_text(path, errors='strict', chunk_bytes=CHUNK_BYTES, desc=None, fix=UTF8_FIX):
     """A file's UTF-8 text in pieces, chunk_bytes at a time, with a progress bar where desc names one. A byte that is
     not UTF-8 is a UserError naming its offset and then fix, unless errors='replace' (U+FFFD)."""
@@ -186,7 +175,6 @@ def read_text(path, errors='strict', chunk_bytes=CHUNK_BYTES, desc=None, fix=UTF
             if not raw:
                 return
 
-
 def read_text_file(path, what):
     """A UTF-8 file's text, newlines as text mode reads them; a binary file named by mistake stops at once."""
     if not os.path.isfile(path):
@@ -200,7 +188,6 @@ def read_text_file(path, what):
         parts.append(part)
     return ''.join(parts).replace('\r\n', '\n').replace('\r', '\n')
 
-
 def read_prompt(start):
     """The prompt text: start itself, or the contents of the file named after 'FILE:'."""
     if start.startswith('FILE:'):
@@ -212,7 +199,6 @@ def read_prompt(start):
         raise UserError("the prompt is empty; pass some text with --start=... "
                         "(for GPT-2, --start='<|endoftext|>' starts from nothing)")
     return start
-
 
 def read_prompts(path):
     """The prompts of a file holding one per line (blank lines are skipped)."""

@@ -43,7 +43,6 @@ if helpers.DATA_ROOT != DATA_ROOT:
     raise RuntimeError(f"helpers was imported before tests/conftest.py set NANOGPT_DATA_DIR; its datasets are in "
                        f"{helpers.DATA_ROOT}, which the tests must not touch")
 
-
 def data_files(top):
     """{path: (size, mtime, sha256 up to 4 MiB: a user's large corpus is not read through)} under top."""
     files = {}
@@ -62,21 +61,17 @@ def data_files(top):
             files[os.path.relpath(path, os.path.dirname(top))] = (stat.st_size, stat.st_mtime_ns, digest)
     return files
 
-
 def data_changes(before, after):
     """'<path> created', 'removed' or 'changed' for every file that differs between two data_files()."""
     return [f"{path} {'created' if path not in before else 'removed' if path not in after else 'changed'}"
             for path in sorted(before.keys() | after.keys()) if before.get(path) != after.get(path)]
 
-
 DATA_BEFORE = data_files(helpers.SCRIPTS_ROOT)
 DATA_CHANGED = []
-
 
 def pytest_configure(config):
     # torch.compile's own use of torch.jit in this torch release, not the project's: a quiet summary
     config.addinivalue_line('filterwarnings', 'ignore:`torch.jit.script_method` is deprecated:DeprecationWarning')
-
 
 def pytest_sessionfinish(session):
     shutil.rmtree(TEST_ROOT, ignore_errors=True)
@@ -84,14 +79,12 @@ def pytest_sessionfinish(session):
     if DATA_CHANGED:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
-
 def pytest_terminal_summary(terminalreporter):
     if DATA_CHANGED:
         terminalreporter.section("files under the repository's data/ changed during the tests, which must never "
                                  "touch it", sep='=', red=True)
         for line in DATA_CHANGED:
             terminalreporter.write_line(line)
-
 
 def run_script(*args, cwd=REPO_ROOT, env=None, timeout=600, check=True):
     """Run `python <args>` like a user would; return the CompletedProcess with text output."""
@@ -102,7 +95,6 @@ def run_script(*args, cwd=REPO_ROOT, env=None, timeout=600, check=True):
         raise AssertionError(f"python {' '.join(args)} exited {proc.returncode}\n"
                              f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}")
     return proc
-
 
 def place_tiny_shakespeare(dataset):
     """Put tiny shakespeare where data/<dataset>/prepare.py reads it, in this session's data folder:
@@ -123,13 +115,11 @@ def place_tiny_shakespeare(dataset):
     shutil.copyfile(source, target)
     return target
 
-
 @pytest.fixture(scope='session')
 def shakespeare_char():
     """data/shakespeare_char prepared once per test session (in its data folder); returns the prepare output."""
     place_tiny_shakespeare('shakespeare_char')
     return run_script('data/shakespeare_char/prepare.py').stdout
-
 
 # -----------------------------------------------------------------------------
 # a tiny dataset and tiny model settings, and the scripts run in this process
@@ -144,7 +134,6 @@ os.environ['TORCHINDUCTOR_COMPILE_THREADS'] = '1'
 
 CORE_DATASET = '_test_core'
 CORE_WORDS = ('the', 'cat', 'sat', 'on', 'a', 'mat', 'dog', 'ran', 'far', 'away', 'and', 'then', 'slept')
-
 
 def write_char_dataset(name, text, val_fraction=0.1, meta_extra=None):
     """data/<name>/{train,val}.bin (uint16) and a nanoGPT-style meta.pkl for a character vocabulary,
@@ -165,13 +154,11 @@ def write_char_dataset(name, text, val_fraction=0.1, meta_extra=None):
         pickle.dump(meta, f)
     return folder
 
-
 def core_text(n_words=6000, seed=0):
     """Words drawn from a small list: learnable quickly, so a few iterations lower the loss."""
     import random
     rng = random.Random(seed)
     return ' '.join(rng.choice(CORE_WORDS) for _ in range(n_words)) + '\n'
-
 
 @pytest.fixture(scope='session')
 def core_dataset():
@@ -179,7 +166,6 @@ def core_dataset():
     folder = write_char_dataset(CORE_DATASET, core_text())
     yield CORE_DATASET
     shutil.rmtree(folder, ignore_errors=True)
-
 
 @pytest.fixture
 def make_dataset():
@@ -194,7 +180,6 @@ def make_dataset():
     for folder in made:
         shutil.rmtree(folder, ignore_errors=True)
 
-
 CORE_TRAIN_SETTINGS = dict(
     dataset=CORE_DATASET, device='cpu', dtype='float32', compile=False, wandb_log=False,
     n_layer=2, n_head=2, n_embd=32, block_size=32, bias=False, dropout=0.0,
@@ -202,13 +187,11 @@ CORE_TRAIN_SETTINGS = dict(
     learning_rate=1e-2, decay_lr=False, warmup_iters=0, max_iters=20, seed=1337,
 )
 
-
 def core_train_args(out_dir, **overrides):
     """train.py arguments for a tiny CPU run into out_dir; overrides replace or add settings
     (a value of None drops that setting)."""
     settings = dict(CORE_TRAIN_SETTINGS, out_dir=str(out_dir), **overrides)
     return [f'--{k}={v}' for k, v in settings.items() if v is not None]
-
 
 def run_inproc(script, *args, check=False):
     """Run `python <script> <args>` in this process, afresh in a new namespace as a new process would, without the
@@ -246,7 +229,6 @@ def run_inproc(script, *args, check=False):
                              f"{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}")
     return result
 
-
 def compiled_graphs(script, *args):
     """Run script in this process (check=True); (its result, the number of graphs torch.compile built
     for it), which tells a compiled run from one that quietly ran eagerly."""
@@ -256,7 +238,6 @@ def compiled_graphs(script, *args):
     with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # no quiet fall-back to eager either
         result = run_inproc(script, *args, check=True)
     return result, torch._dynamo.utils.counters['stats']['unique_graphs']
-
 
 def assert_user_error(result, *fragments):
     """A bad-input failure: non-zero exit, stderr's last line is one 'error: ...' line naming the
@@ -269,7 +250,6 @@ def assert_user_error(result, *fragments):
         assert fragment.lower() in last.lower(), f"{fragment!r} not in {last!r}"
     return last
 
-
 @pytest.fixture(scope='session')
 def tiny_run(core_dataset, tmp_path_factory):
     """One tiny training run (21 iterations, evaluations at 0, 10, 20): its out_dir and stdout.
@@ -278,12 +258,10 @@ def tiny_run(core_dataset, tmp_path_factory):
     proc = run_inproc('train.py', *core_train_args(out_dir), check=True)
     return types.SimpleNamespace(out_dir=out_dir, stdout=proc.stdout)
 
-
 @pytest.fixture
 def copy_run(tiny_run, tmp_path):
     """A private copy of tiny_run's out_dir."""
     return shutil.copytree(tiny_run.out_dir, tmp_path / 'out')
-
 
 class LiveProcess:
     """A script started in the background whose output is collected as it comes, so a test can
@@ -344,17 +322,14 @@ class LiveProcess:
             thread.join(timeout=30)
         return self.proc.returncode
 
-
 def checkpoint_files(out_dir):
     """The checkpoints and checkpoint temporaries in out_dir (not the other outputs, such as metrics.csv)."""
     if not os.path.isdir(out_dir):
         return []
     return sorted(n for n in os.listdir(out_dir) if n.endswith('.pt') or '.pt.tmp' in n)
 
-
 ITER_LINE = re.compile(r'^iter (\d+): loss ([\d.]+),', re.M)
 STEP_LINE = re.compile(r'^step (\d+): train loss ([\d.]+), val loss ([\d.]+)', re.M)
-
 
 def iteration_losses(stdout):
     """{iteration: loss} of train.py's log lines (the printed digits: equal losses are equal to the bit)."""
@@ -362,11 +337,9 @@ def iteration_losses(stdout):
     assert len(found) == len({i for i, _ in found}), "an iteration was logged twice"
     return {int(i): float(loss) for i, loss in found}
 
-
 def step_losses(stdout):
     """{iteration: (train loss, val loss)} of train.py's evaluations."""
     return {int(i): (float(train), float(val)) for i, train, val in STEP_LINE.findall(stdout)}
-
 
 class RunsCode:
     """Unpickling this runs a shell command that creates a marker file."""
@@ -376,7 +349,6 @@ class RunsCode:
 
     def __reduce__(self):
         return (os.system, (f'touch {self.marker}',))
-
 
 def explicit_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False):
     """Attention written out, softmax(q k^T / sqrt(head_size)) v over the keys each query may see: the
@@ -388,7 +360,6 @@ def explicit_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False):
     if attn_mask is not None:
         att = att.masked_fill(~attn_mask, float('-inf'))
     return torch.nn.functional.dropout(att.softmax(dim=-1), p=dropout_p) @ v
-
 
 @contextlib.contextmanager
 def attention(flash):
@@ -402,7 +373,6 @@ def attention(flash):
     finally:
         F.scaled_dot_product_attention = real
 
-
 @pytest.fixture
 def hf_offline(tmp_path, monkeypatch):
     """A private, offline Hugging Face cache, for scripts run in this process (datasets read its settings at
@@ -414,14 +384,12 @@ def hf_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
     return {'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'HF_HOME': str(tmp_path / 'hf_home')}
 
-
 # -----------------------------------------------------------------------------
 # train.py on 2 CPU processes over gloo: under torchrun where the processes' behaviour is tested (signals, exit
 # codes, a failing rank); else as ranks forked from this process, each kind of run once a session.
 TORCHRUN = ('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py')
 # evaluations at 0, 3 and 6 (ckpt.pt then holds the weights before iteration 6), over an odd number of batches
 TORCHRUN_SETTINGS = dict(max_iters=8, eval_interval=3, eval_iters=3, gradient_accumulation_steps=2, learning_rate=3e-3)
-
 
 def forked_ranks(*args):
     """train.py <args> on 2 ranks with the variables torchrun sets, forked from this process, where torch is
@@ -438,7 +406,6 @@ def forked_ranks(*args):
     assert codes == [0, 0], (f"train.py {' '.join(args)} on 2 ranks exited {codes}\n--- stdout ---\n"
                              f"{stdout[-4000:]}\n--- stderr ---\n{stderr[-4000:]}")
     return types.SimpleNamespace(stdout=stdout, stderr=stderr)
-
 
 def _fork_rank(variables, args, stdout, stderr):
     """The pid of a child that runs train.py as one rank would, and exits with its status (after 5 minutes, hung)."""
@@ -463,7 +430,6 @@ def _fork_rank(variables, args, stdout, stderr):
         traceback.print_exc()
     finally:
         os._exit(code)  # never back into pytest
-
 
 @pytest.fixture(scope='session')
 def parallel_run(core_dataset, tmp_path_factory):

@@ -8,7 +8,6 @@ import torch
 from conftest import core_train_args, iteration_losses, run_inproc
 from model import GPT, GPTConfig
 
-
 def loss_gradients_and_kept_bytes(checkpointing):
     """One forward and backward pass of a small GPT with dropout; (loss, gradients, bytes of the
     tensors autograd kept for the backward pass)."""
@@ -27,7 +26,6 @@ def loss_gradients_and_kept_bytes(checkpointing):
     loss.backward()
     return loss.item(), {n: p.grad for n, p in model.named_parameters()}, sum(kept.values())
 
-
 def test_same_loss_and_gradients_with_far_less_kept():
     loss, gradients, kept = loss_gradients_and_kept_bytes(False)
     loss_ac, gradients_ac, kept_ac = loss_gradients_and_kept_bytes(True)
@@ -35,7 +33,6 @@ def test_same_loss_and_gradients_with_far_less_kept():
     for name, gradient in gradients.items():
         torch.testing.assert_close(gradients_ac[name], gradient, rtol=0, atol=1e-6, msg=name)
     assert kept_ac < kept / 3, (kept_ac, kept)  # the blocks' activations are gone, the head's remain
-
 
 def test_evaluation_and_sampling_do_not_recompute(monkeypatch):
     model = GPT(GPTConfig(block_size=16, vocab_size=32, n_layer=2, n_head=2, n_embd=16))
@@ -48,7 +45,6 @@ def test_evaluation_and_sampling_do_not_recompute(monkeypatch):
     model.activation_checkpointing = False
     with torch.no_grad():
         assert torch.equal(out, model.generate(torch.zeros(1, 1, dtype=torch.long), 20, top_k=1))
-
 
 def test_train_py_with_activation_checkpointing_trains_alike(tiny_run, tmp_path):
     checkpointed = run_inproc('train.py', *core_train_args(tmp_path / 'out', activation_checkpointing=True),

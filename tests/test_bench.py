@@ -11,7 +11,6 @@ TINY = ['--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_emb
         '--batch_size=2', '--warmup_iters=2', '--bench_iters=3']
 RESULT = re.compile(r'time per iteration: ([\d.]+)ms, tokens/s: ([\d,]+), MFU: n/a')
 
-
 # the initial loss is near ln(vocabulary): shakespeare_char's 65 characters (4.17), GPT-2's padded 50304 (10.8)
 @pytest.mark.parametrize('data, low, high', [(['--real_data=True', '--dataset=shakespeare_char'], 3.5, 4.8),
                                              (['--real_data=False'], 10.0, 11.5)])
@@ -22,7 +21,6 @@ def test_bench_on_real_batches_and_random_tokens(request, data, low, high):
     match = RESULT.search(stdout)
     assert match and float(match[1]) > 0 and re.search(r'benchmark: 3 iters, last loss ([\d.]+)', stdout), stdout
     assert low < float(re.search(r'warm-up: 2 iters, last loss ([\d.]+)', stdout)[1]) < high, stdout
-
 
 @pytest.mark.parametrize('bad, fragments', [
     (['--n_embd=30', '--n_head=4'], ['n_embd (30) must be divisible by n_head (4)', '--n_embd=32']),
@@ -37,7 +35,6 @@ def test_bench_refuses_a_bad_shape_in_one_line(tmp_path, bad, fragments):
                                  *bad), *fragments)
     assert not trace_dir.exists()
 
-
 def test_bench_profile_writes_a_trace(tmp_path):
     trace_dir = tmp_path / 'bench_log'
     result = run_inproc('bench.py', *TINY, '--real_data=False', '--profile=True', f'--profile_dir={trace_dir}',
@@ -48,9 +45,7 @@ def test_bench_profile_writes_a_trace(tmp_path):
     assert os.path.getsize(trace_dir / traces[0]) > 1000
     assert result.stdout.count(' loss: ') == 15  # wait + warm-up + active steps
 
-
 SAMPLE_ROW = re.compile(r'^\| (.+?) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)x \| (yes|NO) \|$', re.M)
-
 
 def test_bench_sample_table(tiny_run):
     """GPT-2-sized rows and a trained checkpoint's rows, within its window (block_size 32) and past it."""
@@ -64,18 +59,15 @@ def test_bench_sample_table(tiny_run):
         # the printed rates and ratio are rounded to one decimal
         assert float(speedup) == pytest.approx(float(fast) / float(slow), rel=0.03, abs=0.06)
 
-
 def test_bench_sample_rejects_bad_lengths_and_models():
     for bad in ('200,lots', '0', '200,-5'):
         assert_user_error(run_inproc('benchmarks/sampling.py', f'--lengths={bad}'), 'lengths', '200,1000')
     assert_user_error(run_inproc('benchmarks/sampling.py', '--models=gpt3'), 'models', 'gpt2', "'gpt3'")
 
-
 def test_performance_refuses_a_runs_dir_that_is_a_file(tmp_path):
     (tmp_path / 'runs').write_text('not a folder')
     assert_user_error(run_inproc('benchmarks/performance.py', '--only=laptop', f'--runs_dir={tmp_path / "runs"}'),
                       'runs_dir', 'is a file')
-
 
 def test_performance_rows_parse_what_bench_and_train_print(tmp_path, shakespeare_char):
     """benchmarks/performance.py's rows, on commands small enough for a test: the figures it reads

@@ -16,11 +16,9 @@ from helpers import checkpoint, metrics, tokenizer
 # CJK, emoji (one of them joined by a zero-width joiner), combining marks: byte-level BPE never meets the unknown
 MIXED = "The cat sat. 猫坐在垫子上。🐈‍⬛ naïve cafe\u0301 — 東京タワー 😀 ñ\n"
 
-
 def mixed_text():
     words = core_text(3000).split(' ')
     return ''.join(' '.join(words[i:i + 30]) + ('\n' if i % 90 else '\n' + MIXED) for i in range(0, len(words), 30))
-
 
 def spread_split(text, fraction):
     """The train and val text of --val_split=spread for a text under a million characters: ten val parts of
@@ -29,10 +27,8 @@ def spread_split(text, fraction):
     parts = [text[i:i + size] for i in range(0, len(text), size)]
     return ''.join(p for i, p in enumerate(parts) if i % every != every - 1), ''.join(parts[every - 1::every])
 
-
 def decode_bin(path, dtype, spec):
     return tokenizer.TextBPETokenizer(spec).tokens.decode(np.fromfile(path, dtype=dtype).tolist())
-
 
 @pytest.fixture(scope='module')
 def bpe_run(tmp_path_factory):
@@ -45,11 +41,9 @@ def bpe_run(tmp_path_factory):
     run = run_inproc('train.py', *core_train_args(folder / 'out', dataset='_test_bpe'), check=True)
     return types.SimpleNamespace(source=source, out_dir=folder / 'out', meta=read_meta('_test_bpe'), stdout=run.stdout)
 
-
 def read_meta(name):
     with open(os.path.join(DATA_ROOT, name, 'meta.pkl'), 'rb') as f:
         return pickle.load(f)
-
 
 def test_prepare_is_deterministic_splits_across_the_text_and_round_trips(bpe_run):
     text, meta = bpe_run.source.read_text(encoding='utf-8'), bpe_run.meta
@@ -72,7 +66,6 @@ def test_prepare_is_deterministic_splits_across_the_text_and_round_trips(bpe_run
     from tokenizers import pre_tokenizers
     assert set(tokenizer.byte_symbols().values()) == set(pre_tokenizers.ByteLevel.alphabet())
 
-
 def test_char_prepare_spreads_val_across_the_text(tmp_path):
     source = tmp_path / 'in.txt'
     source.write_text(text := mixed_text(), encoding='utf-8')
@@ -83,7 +76,6 @@ def test_char_prepare_spreads_val_across_the_text(tmp_path):
         ids = np.fromfile(os.path.join(DATA_ROOT, '_test_spread', f'{split}.bin'), dtype=np.uint16)
         assert ''.join(itos[i] for i in ids) == expected
     assert 0.19 < len(ids) / len(text) < 0.21
-
 
 def direct_bits_per_byte(model, ids, text_bytes, excluded=()):
     """Every token after the first predicted once, from windows of block_size as evaluate.py's full pass; the loss
@@ -96,7 +88,6 @@ def direct_bits_per_byte(model, ids, text_bytes, excluded=()):
             losses = -F.log_softmax(model(x, y)[0].double(), -1).gather(-1, y[..., None])[0, :, 0]
             nll += sum(loss for loss, target in zip(losses.tolist(), y[0].tolist()) if target not in excluded)
     return nll / math.log(2) / text_bytes
-
 
 def gpt2_run(tmp_path):
     """A GPT-2 BPE dataset (no meta.pkl) of documents each ended by <|endoftext|>, with a random transformers GPT-2 of
@@ -112,7 +103,6 @@ def gpt2_run(tmp_path):
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32)).save_pretrained(tmp_path / 'gpt2')
     predicted = sum(len(doc.encode('utf-8')) for doc in docs[30:]) - len(enc.decode_single_token_bytes(ids[0]))
     return tmp_path / 'gpt2', ids, predicted
-
 
 @pytest.mark.parametrize('kind', ['char', 'bpe', 'gpt2'])
 def test_bits_per_byte_agree_with_a_direct_computation(kind, tiny_run, bpe_run, tmp_path):
@@ -145,11 +135,9 @@ def test_bits_per_byte_agree_with_a_direct_computation(kind, tiny_run, bpe_run, 
         if kind == 'char':  # one byte a character: bits per byte are the loss in bits
             assert last['val_bpb'] == pytest.approx(last['val_loss'] / math.log(2))
 
-
 def sample_text(script, *args):
     return run_inproc(script, *args, '--num_samples=1', '--max_new_tokens=24', check=True).stdout.split(
         '\n---------------')[0].split('\n')[-1]
-
 
 def test_the_bpe_travels_to_sample_hf_and_onnx(bpe_run, tmp_path):
     """A CJK prompt sampled from the checkpoint and from its transformers export gives the same text; greedy, so
@@ -168,7 +156,6 @@ def test_the_bpe_travels_to_sample_hf_and_onnx(bpe_run, tmp_path):
     run_inproc('export_onnx.py', f'--out_dir={bpe_run.out_dir}', check=True)
     assert sample_text('sample_onnx.py', f'--out_dir={bpe_run.out_dir}', f'--start={prompt}', '--top_k=1') == greedy
 
-
 def test_plot_draws_bits_per_byte_of_runs_of_any_tokenizers(tiny_run, bpe_run, tmp_path):
     import plot
     runs = [(str(d), metrics.read_metrics(os.path.join(d, 'metrics.csv'))) for d in (tiny_run.out_dir, bpe_run.out_dir)]
@@ -182,7 +169,6 @@ def test_plot_draws_bits_per_byte_of_runs_of_any_tokenizers(tiny_run, bpe_run, t
                       f'--output={out}').returncode == 0 and out.stat().st_size > 0
     assert_user_error(run_inproc('plot.py', f'--out_dir={tiny_run.out_dir}', '--y=bits', f'--output={out}'),
                       "y must be 'loss' or 'bpb'")
-
 
 @pytest.mark.parametrize('content, flags, fragments', [
     (MIXED, ['--vocab_size=255'], ['--vocab_size=255', 'use 256 or more']),

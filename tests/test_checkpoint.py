@@ -22,25 +22,20 @@ from conftest import (CORE_DATASET, TEST_ROOT, RunsCode, assert_user_error, chec
 from helpers import UserError, checkpoint, data, files, hardware, metrics, runs
 from model import GPT, GPTConfig
 
-
 def small_state(value=1.0):
     return {'model': {'w': torch.full((4, 4), value)}, 'model_args': {'n_layer': 1}, 'iter_num': int(value)}
-
 
 def disk_full(*args, **kwargs):
     raise OSError(errno.ENOSPC, 'No space left on device')
 
-
 def no_links(*args):
     raise OSError(errno.EPERM, 'links not supported')
-
 
 # ----------------------------------------------------------------------------- atomic writes
 
 def half_written(obj, f, *args, **kwargs):
     f.write(b'PK\x03\x04 half a checkpoint')  # some bytes reach the file first
     disk_full()
-
 
 @pytest.mark.parametrize('failure', ['torch.save', 'fsync', 'replace', 'mirror'])
 def test_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch, failure):
@@ -65,7 +60,6 @@ def test_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch, failu
     assert torch.save is real_save and os.listdir(tmp_path) == ['ckpt.pt']
     assert (tmp_path / 'ckpt.pt').read_bytes() == before and checkpoint.load(str(tmp_path))['iter_num'] == 1
 
-
 def test_a_save_past_a_real_file_size_limit_is_one_line_and_keeps_the_checkpoints(copy_run):
     """Writes past RLIMIT_FSIZE fail (EFBIG, SIGXFSZ ignored) as on a full disk: the kernel's error, not a fake."""
     before = {name: (copy_run / name).read_bytes() for name in ('ckpt.pt', 'latest.pt')}
@@ -82,7 +76,6 @@ def test_a_save_past_a_real_file_size_limit_is_one_line_and_keeps_the_checkpoint
     assert result.stderr.count('\n') == 1, result.stderr
     assert {name: (copy_run / name).read_bytes() for name in before} == before
     assert checkpoint_files(copy_run) == ['ckpt.pt', 'latest.pt']  # and no temporary file
-
 
 def test_a_save_killed_halfway_leaves_the_old_file_and_the_next_saves_clean_up(tmp_path):
     """A process killed (SIGKILL) halfway through writing: the old checkpoint still loads and is still the one
@@ -125,7 +118,6 @@ def test_a_save_killed_halfway_leaves_the_old_file_and_the_next_saves_clean_up(t
     assert checkpoint.load(out_dir, 'latest.pt')['iter_num'] == 4
     assert sorted(os.listdir(tmp_path)) == sorted(keep + ['ckpt.pt', 'latest.pt'])
 
-
 def test_save_writes_one_file_flushed_to_disk_before_the_rename(tmp_path, monkeypatch):
     events, real_fsync, real_replace = [], os.fsync, os.replace
     monkeypatch.setattr(os, 'fsync', lambda fd: (events.append(('fsync', os.readlink(f'/proc/self/fd/{fd}'))),
@@ -153,7 +145,6 @@ def test_save_writes_one_file_flushed_to_disk_before_the_rename(tmp_path, monkey
     monkeypatch.undo()
     assert checkpoint.load(str(tmp_path))['iter_num'] == 5
 
-
 def test_mirror_links_without_aliasing_later_writes_and_which_file_resume_and_sample_read(tmp_path, monkeypatch):
     out_dir = str(tmp_path)
     assert runs.resume_name(out_dir) == 'ckpt.pt' and runs.sample_name(out_dir) == 'ckpt.pt'
@@ -174,7 +165,6 @@ def test_mirror_links_without_aliasing_later_writes_and_which_file_resume_and_sa
     torch.save(small_state(7.0), tmp_path / 'ckpt.pt', _use_new_zipfile_serialization=False)
     assert checkpoint.load(out_dir)['iter_num'] == 7
 
-
 def mapped_file(tensor):
     """The file whose mapping holds the tensor's data, from /proc/self/maps (Linux), or None."""
     with open('/proc/self/maps') as f:
@@ -183,14 +173,12 @@ def mapped_file(tensor):
             if start <= tensor.data_ptr() < end:
                 return line.split()[-1] if line.split()[-1].startswith('/') else None
 
-
 @pytest.mark.skipif(not os.path.exists('/proc/self/maps'), reason="reads Linux's /proc/self/maps")
 def test_a_memory_mapped_load_leaves_the_tensors_in_the_file(tmp_path):
     """What every rank of a resumed torchrun does: one copy of the file's pages, shared."""
     checkpoint.save(small_state(6.0), str(tmp_path))
     assert mapped_file(checkpoint.load(str(tmp_path), mmap=True)['model']['w']) == str(tmp_path / 'ckpt.pt')
     assert mapped_file(checkpoint.load(str(tmp_path))['model']['w']) != str(tmp_path / 'ckpt.pt')
-
 
 def test_device_sync_waits_on_the_device_it_is_given(monkeypatch):
     waited = []
@@ -199,19 +187,16 @@ def test_device_sync_waits_on_the_device_it_is_given(monkeypatch):
     hardware.sync('cpu')
     assert list(map(torch.device, waited)) == [torch.device('cuda:1')]
 
-
 # ----------------------------------------------------------------------------- files that would run code, damage
 
 class CustomObject:
     pass
-
 
 def saved(obj, **kwargs):
     """obj as torch.save writes it."""
     buffer = io.BytesIO()
     torch.save(obj, buffer, **kwargs)
     return buffer.getvalue()
-
 
 MARKER = os.path.join(TEST_ROOT, 'PWNED')  # created by unpickling RunsCode(MARKER)
 DAMAGE = {'truncated': lambda good: good[:len(good) // 2], 'cut after 10 bytes': lambda good: good[:10],
@@ -243,7 +228,6 @@ UNREADABLE = {  # case: the file, its bytes (from a good ckpt.pt's), what its on
        for content in ([1, 2, 3], {'model': {}}, {'weights': torch.zeros(2)})},
 }
 
-
 @pytest.mark.parametrize('case', UNREADABLE)
 def test_a_file_that_is_no_checkpoint_is_refused_in_one_line(tiny_run, tmp_path, capfd, case):
     """Damage reported as damage, danger as danger: nothing is run, and torch says nothing (its warnings would be
@@ -259,7 +243,6 @@ def test_a_file_that_is_no_checkpoint_is_refused_in_one_line(tiny_run, tmp_path,
     assert all(word in fragments or word not in message for word in ('refused', 'run code')), message
     assert not os.path.exists(MARKER)
 
-
 def test_a_damaged_file_names_the_whole_one_beside_it(tiny_run, tmp_path):
     (tmp_path / 'ckpt.pt').write_bytes((tiny_run.out_dir / 'ckpt.pt').read_bytes())
     (tmp_path / 'latest.pt').write_bytes(b'\0' * 100)
@@ -273,14 +256,12 @@ def test_a_damaged_file_names_the_whole_one_beside_it(tiny_run, tmp_path):
     with pytest.raises(UserError, match='restore it from a backup or train again'):
         checkpoint.load(str(tmp_path), 'latest.pt.damaged')
 
-
 # ----------------------------------------------------------------------------- out_dir and --overwrite=True
 
 def run_files(folder):
     """The run's files in folder: what --overwrite=True moves aside whole."""
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())
             if p.is_file() and p.name not in ('train.lock', 'README.txt')}
-
 
 def test_overwrite_keeps_the_old_run_until_the_new_one_has_saved(copy_run, capsys):
     out, old = str(copy_run), run_files(copy_run)
@@ -315,7 +296,6 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_saved(copy_run, capsy
     runs.discard_replaced(out)
     assert not (copy_run / 'replaced').exists() and 'deleted the run in' in capsys.readouterr().out
 
-
 def test_a_log_without_a_checkpoint_is_no_run(tmp_path, core_dataset):
     """What a first run that failed at its first save leaves: the same command runs, with a log of its own."""
     out = tmp_path / 'out'
@@ -325,7 +305,6 @@ def test_a_log_without_a_checkpoint_is_no_run(tmp_path, core_dataset):
     run_inproc('train.py', *core_train_args(out, max_iters=2, eval_interval=100), check=True)
     assert [r['iter'] for r in metrics.read_metrics(str(out / 'metrics.csv'))] == [0, 0, 1, 2]
 
-
 @pytest.mark.parametrize('protocol', range(pickle.HIGHEST_PROTOCOL + 1))
 def test_nanogpt_meta_pkl_loads(tmp_path, protocol):
     """meta.pkl as nanoGPT's shakespeare_char/prepare.py writes it, in every pickle protocol, and other plain data."""
@@ -334,7 +313,6 @@ def test_nanogpt_meta_pkl_loads(tmp_path, protocol):
     for content in (meta, {'a': [1, 2.5, True, None, 'x'], 'b': (1, (2, 3)), 'c': {1: {'d': False}}}):
         (tmp_path / 'meta.pkl').write_bytes(pickle.dumps(content, protocol=protocol))
         assert data.load_meta(str(tmp_path / 'meta.pkl')) == content
-
 
 # ----------------------------------------------------------------------------- nanoGPT's checkpoints here
 
@@ -347,13 +325,11 @@ NANOGPT_CONFIG = dict(  # nanoGPT's train.py settings, with its defaults: the co
     dtype='bfloat16', compile=True,
 )
 
-
 def nanogpt_adamw(model, **kwargs):
     """nanoGPT's AdamW: two groups, the matrices decayed."""
     params = list(model.parameters())
     return torch.optim.AdamW([{'params': [p for p in params if p.dim() >= 2], 'weight_decay': 0.1},
                               {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}], lr=1e-3, **kwargs)
-
 
 def nanogpt_style_checkpoint(out_dir, compiled=True, mask_buffers=False):
     """Write out_dir/ckpt.pt the way nanoGPT's train.py does: its 7 model_args, the state dict of a
@@ -381,7 +357,6 @@ def nanogpt_style_checkpoint(out_dir, compiled=True, mask_buffers=False):
     torch.save({'model': state_dict, 'optimizer': optimizer.state_dict(), 'model_args': model_args, 'iter_num': 40,
                 'best_val_loss': torch.tensor(2.25), 'config': config}, os.path.join(out_dir, 'ckpt.pt'))
     return model
-
 
 @pytest.mark.parametrize('compiled,mask_buffers', [(True, False), (False, True)])
 def test_nanogpt_checkpoint_resumes_and_samples(core_dataset, tmp_path, compiled, mask_buffers):
@@ -411,7 +386,6 @@ def test_nanogpt_checkpoint_resumes_and_samples(core_dataset, tmp_path, compiled
     for (name, a), (_, b) in zip(original.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
 
-
 # ----------------------------------------------------------------------------- our checkpoints in nanoGPT
 
 @dataclass
@@ -424,7 +398,6 @@ class NanoGPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True
-
 
 class NanoGPTNames(nn.Module):
     """A module tree with nanoGPT's parameter names and shapes (and its tied output layer), and GPT-2 written
@@ -454,7 +427,6 @@ class NanoGPTNames(nn.Module):
             x = x + blk.mlp.c_proj(F.gelu(blk.mlp.c_fc(blk.ln_2(x))))
         return self.lm_head(t.ln_f(x))
 
-
 @pytest.mark.parametrize('name', ['ckpt.pt', 'latest.pt'])
 def test_our_checkpoint_loads_with_nanogpt_steps(tiny_run, name):
     # nanoGPT's sample.py: torch.load (weights only), GPTConfig(**model_args), strip the compile
@@ -472,7 +444,6 @@ def test_our_checkpoint_loads_with_nanogpt_steps(tiny_run, name):
     idx = torch.randint(cfg.vocab_size, (2, cfg.block_size), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(ours(idx, idx)[0], model.eval()(idx), atol=1e-5, rtol=1e-5)
-
 
 def test_model_args_are_always_nanogpts_and_newer_fields_go_beside_them(tiny_run):
     plain = checkpoint.architecture_entries(GPTConfig(block_size=32, vocab_size=17, n_layer=2, n_head=2, n_embd=32))

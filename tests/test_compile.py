@@ -7,10 +7,8 @@ import torch
 import tiny_runs
 from conftest import assert_user_error, compiled_graphs, core_text, core_train_args, iteration_losses, run_script
 
-
 def graph_breaks():
     return dict(torch._dynamo.utils.counters['graph_break'])
-
 
 def test_compiled_training_equals_eager(tiny_run, tmp_path):
     # tiny_run's shapes with activation checkpointing, as test_parallel's compiled DDP run: compiling, most of the
@@ -22,7 +20,6 @@ def test_compiled_training_equals_eager(tiny_run, tmp_path):
     assert sorted(ours) == list(range(11)) and ours[10] < ours[0] - 0.3
     # inductor fuses kernels and so rounds differently: the same losses to float32 noise
     assert all(ours[i] == pytest.approx(eager[i], abs=2e-3) for i in ours), (eager, ours)
-
 
 def test_compiled_sampling_gives_the_greedy_tokens_of_eager(core_dataset, tmp_path):
     # one layer, as compiling is most of the time; 40 steps past the prompt, over block_size (32) too: a few graphs
@@ -36,7 +33,6 @@ def test_compiled_sampling_gives_the_greedy_tokens_of_eager(core_dataset, tmp_pa
     fast, graphs = compiled_graphs('sample.py', *greedy, '--compile=True')
     assert 1 <= graphs <= 4 and not graph_breaks(), (graphs, graph_breaks())
     assert fast.stdout.split('Overriding: compile = True')[1] == plain.stdout.split("Overriding: start = 'the cat'")[1]
-
 
 def test_a_compiler_that_fails_is_one_line(tmp_path, core_dataset):
     result = run_script('train.py', *core_train_args(tmp_path / 'out', compile=True, max_iters=1), check=False,

@@ -11,7 +11,6 @@ from helpers import checkpoint
 # what a test changes to finish in seconds: the data, the number of iterations and evaluations, the batch
 SHORT = dict(max_iters=3, eval_interval=3, eval_iters=1, log_interval=1, batch_size=2)
 
-
 @pytest.mark.parametrize('config', ['config/train_shakespeare_char_cpu.py',
                                     'config/train_shakespeare_char_cpu_long.py'])
 def test_laptop_config_trains_at_its_own_shape(config, core_dataset, tmp_path):

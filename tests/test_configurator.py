@@ -8,23 +8,19 @@ import configurator
 from conftest import REPO_ROOT
 from helpers import UserError
 
-
 def defaults():
     return {
         'batch_size': 12, 'learning_rate': 6e-4, 'out_dir': 'out', 'compile': True, 'top_k': None,
         'dataset': 'openwebtext', '_private': 3, 'os': os, 'helper': defaults,
     }
 
-
 def configure(argv):
     namespace = defaults()
     return namespace, configurator.configure(namespace, argv)
 
-
 def config_file(tmp_path, text):
     (tmp_path / 'cfg.py').write_text(text)
     return str(tmp_path / 'cfg.py')
-
 
 def test_overrides_and_config_files_apply_in_order(tmp_path):
     assert configurator.settable_keys(defaults()) == {'batch_size', 'learning_rate', 'out_dir', 'compile',
@@ -43,7 +39,6 @@ def test_overrides_and_config_files_apply_in_order(tmp_path):
     assert set(explicit) == {'batch_size', 'out_dir', 'learning_rate'}
     assert configure(['--batch_size=8', cfg])[0]['batch_size'] == 64
 
-
 @pytest.mark.parametrize('text,expected', [
     ('123', '123'),  # a folder named 123, not the int 123
     ('1e3', '1e3'),
@@ -59,7 +54,6 @@ def test_strings_are_kept_as_strings(text, expected):
     ns, _ = configure([f'--out_dir={text}'])
     assert ns['out_dir'] == expected and isinstance(ns['out_dir'], str)
 
-
 @pytest.mark.parametrize('text', ["['\\n\\n', 'THE END'", "'THE END", '"THE END', '(1, 2', "{'a': 1", "['a'] x"])
 def test_a_malformed_literal_for_a_setting_of_any_type_is_refused(text):
     """top_k (None) takes any type: a list or quoted string with a typo would become a plain string."""
@@ -69,7 +63,6 @@ def test_a_malformed_literal_for_a_setting_of_any_type_is_refused(text):
     # plain text stays text there, and a string setting takes any text as written
     assert configure(['--top_k=THE END'])[0]['top_k'] == 'THE END'
     assert configure([f'--out_dir={text}'])[0]['out_dir'] == text
-
 
 @pytest.mark.parametrize('config, argv, fragments', [
     (None, ['--batchsize=3'], ["'batchsize'", "did you mean 'batch_size'"]),
@@ -100,7 +93,6 @@ def test_a_bad_argument_is_one_line_and_changes_nothing(tmp_path, config, argv, 
         assert fragment[1:] not in message if fragment.startswith('!') else fragment in message, message
     assert config or namespace == defaults()  # (a config file is applied up to its failing line)
 
-
 def train_py_defaults():
     """train.py's default settings: the lines between its '# default config values' marker and
     the configure call, run on their own."""
@@ -110,16 +102,13 @@ def train_py_defaults():
     exec('from helpers import hardware\n' + block.split('\n', 1)[1], namespace)
     return namespace
 
-
 @pytest.mark.parametrize('name', sorted(n for n in os.listdir(os.path.join(REPO_ROOT, 'config')) if n.endswith('.py')))
 def test_repository_configs_set_only_known_keys_with_the_right_types(name):
     namespace = train_py_defaults()
     assert {'batch_size', 'out_dir', 'init_from'} <= set(namespace)
     assert configurator.configure(namespace, [os.path.join(REPO_ROOT, 'config', name)])
 
-
 MODEL = dict(n_layer=2, n_head=4, n_embd=32, block_size=16, dropout=0.0)
-
 
 @pytest.mark.parametrize('check, message', [
     (lambda: configurator.require_positive({'batch_size': 0}, 'batch_size'),

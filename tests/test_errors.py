@@ -14,7 +14,6 @@ from helpers import UserError, checkpoint, data, hardware, runs
 from conftest import (CORE_DATASET, REPO_ROOT, RunsCode, assert_user_error, checkpoint_files, core_text,
                       core_train_args, run_inproc, run_script)
 
-
 def test_user_error_is_one_line_and_exit_1_through_a_real_interpreter(tmp_path):
     error = UserError('something is wrong; do this instead')
     assert isinstance(error, SystemExit) and str(error) == 'something is wrong; do this instead'
@@ -24,11 +23,9 @@ def test_user_error_is_one_line_and_exit_1_through_a_real_interpreter(tmp_path):
     assert proc.returncode == 1 and proc.stderr.count('\n') == 1 and proc.stderr.startswith('error: ')
     assert "'nonsense'" in proc.stderr and not (tmp_path / 'out').exists()
 
-
 def tree(*folders):
     """Every file (with its bytes) and folder under the folders: what must not change."""
     return {p: p.read_bytes() if p.is_file() else None for folder in folders for p in folder.rglob('*')}
-
 
 class Case:
     """What a case may use: tmp, the shared tiny run (tiny_run) or a copy of it in tmp/out (run()),
@@ -77,11 +74,9 @@ class Case:
             os.remove(self.tmp / 'hf' / 'model.safetensors')
         return self.tmp / 'hf'
 
-
 @pytest.fixture
 def case(tmp_path, make_dataset, tiny_run):
     return Case(tmp_path, make_dataset, tiny_run)
-
 
 def refused(case, script, args, fragments):
     """script refuses args in one line naming each fragment ({out}, {tmp}: case's folders; one starting with '!'
@@ -94,22 +89,18 @@ def refused(case, script, args, fragments):
     assert not [f for f in fragments if f.startswith('!') and f[1:] in line], line
     assert tree(case.tmp, case.tiny_run, *case.datasets) == before, "a file was created or changed"
 
-
 def case_id(value):
     """A table's cases named by their settings and the first fragment of the error."""
     return None if callable(value) else str(value[0]) if isinstance(value, list) else str(value)
-
 
 def truncated(path, size):
     os.truncate(path, size)
     return path
 
-
 def runs_code(path, marker):
     """The checkpoint at path, with an object in its config whose unpickling would create marker."""
     state = torch.load(path, weights_only=True)
     torch.save(dict(state, config=dict(state['config'], note=RunsCode(marker))), path)
-
 
 # -----------------------------------------------------------------------------
 # train.py on a fresh out_dir (tmp/out): nothing may be created
@@ -119,7 +110,6 @@ POSITIVE = ['batch_size', 'gradient_accumulation_steps', 'max_iters', 'eval_iter
             'eval_interval', 'log_interval']
 HALF_TOKEN = b'\x01'  # a .bin file of an odd size
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
-
 
 @pytest.mark.parametrize('settings, fragments', ids=case_id, argvalues=[
     (dict(dataset='_test_no_such'), ["unknown dataset '_test_no_such'", CORE_DATASET]),  # lists those there are
@@ -164,7 +154,6 @@ def test_train_refuses_and_creates_nothing(case, core_dataset, settings, fragmen
         settings = dict(settings, dataset=case.dataset(**settings['dataset']))
     refused(case, 'train.py', core_train_args(**{'out_dir': case.out, **settings}), fragments)
 
-
 @pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
 def test_16_bit_autocast_on_cpu_and_a_val_bin_of_block_size_plus_one_tokens(tmp_path, case, dtype):
     """Opt-ins on a CPU (float32 is its default): bf16 pays on CPUs with bf16 instructions for larger
@@ -175,37 +164,30 @@ def test_16_bit_autocast_on_cpu_and_a_val_bin_of_block_size_plus_one_tokens(tmp_
     scaler = torch.load(tmp_path / 'out' / 'latest.pt', weights_only=True)['scaler']
     assert bool(scaler) == (dtype == 'float16')  # the scaler ran, and saved its scale, for float16 only
 
-
 # -----------------------------------------------------------------------------
 # resume (or a new run) in a copy of the tiny run, and sample.py: the run, the checkpoints, the folder stay
 
 OTHER_SAME_SIZE = core_text().translate(str.maketrans('abc', 'xyz'))  # as many characters, other ones
 
-
 def only_a_damaged_ckpt(out, content):
     os.remove(out / 'latest.pt')
     (out / 'ckpt.pt').write_bytes(content((out / 'ckpt.pt').read_bytes()))
 
-
 def emptied(out):
     for name in os.listdir(out):
         os.remove(out / name)
-
 
 def beside(damaged, whole):
     """The refusal of a damaged checkpoint (cut short) beside a whole one."""
     return [f'{damaged} is truncated or corrupt', f'{whole} beside it loads', 'iter',
             f'mv {{out}}/{damaged} {{out}}/{damaged}.damaged']
 
-
 def only_replaced(out):
     """The run moved to replaced/ by --overwrite=True, before the new run saved."""
     runs.claim_out_dir(str(out), resuming=False, overwrite=True).close()
 
-
 RESTORE = ['no checkpoint', 'replaced/', 'latest.pt after iteration 20', 'where --overwrite=True moved it',
            'to restore it: mv ']
-
 
 @pytest.mark.parametrize('prepare, fragments', ids=case_id, argvalues=[
     (lambda c: dict(block_size=64), ['block_size=64', 'checkpoint has 32']),
@@ -232,9 +214,7 @@ def test_resume_refuses_and_changes_nothing(case, prepare, fragments):
     settings = prepare(case) or {}
     refused(case, 'train.py', core_train_args(**{'out_dir': case.out, 'init_from': 'resume', **settings}), fragments)
 
-
 NOT_OURS = ['ckpt.pt', 'not a checkpoint that this project or nanoGPT wrote', 'not loaded']
-
 
 def nanogpt_run_of(c, dataset):
     """A copy of the tiny run's ckpt.pt as nanoGPT writes it (no vocabulary of its own) for dataset."""
@@ -243,7 +223,6 @@ def nanogpt_run_of(c, dataset):
     state['config']['dataset'] = dataset
     checkpoint.save(state, str(c.out))
     return c.out
-
 
 @pytest.mark.parametrize('prepare, fragments', ids=case_id, argvalues=[
     (lambda c: dict(out_dir=c.tmp / 'nothing'), ['does not exist']),
@@ -300,7 +279,6 @@ def test_sample_refuses_and_writes_nothing(case, prepare, fragments):
     settings.update(prepare(case) if callable(prepare) else prepare)
     refused(case, 'sample.py', [f'--{k}={v}' for k, v in settings.items() if v is not None], fragments)
 
-
 def test_sample_uses_the_checkpoints_own_vocabulary(copy_run, make_dataset):
     """The dataset prepared again from another text: the checkpoint's own vocabulary is used (a nanoGPT
     checkpoint, which has none, is refused: test_sample_refuses_and_writes_nothing)."""
@@ -312,14 +290,12 @@ def test_sample_uses_the_checkpoints_own_vocabulary(copy_run, make_dataset):
     printed = result.stdout.split("Overriding: max_new_tokens = 20\n")[1]
     assert printed.startswith('the') and set(printed.replace('---------------', '')) <= set(core_text())
 
-
 def test_meta_without_a_vocabulary_for_sampling(case):
     name = case.dataset('no_itos')
     with open(os.path.join(data.data_dir(name), 'meta.pkl'), 'wb') as f:
         pickle.dump({'vocab_size': 13}, f)
     with pytest.raises(UserError, match='no character vocabulary'):
         data.checkpoint_entry({'config': {'dataset': name}, 'model_args': {'vocab_size': 13}})
-
 
 # -----------------------------------------------------------------------------
 # the other scripts; a file the user names is written only over an earlier output of the same script
@@ -330,13 +306,11 @@ def png_without_our_mark():
     Image.new('RGB', (4, 4)).save(image, format='png')  # as any program writes one; plot.py marks its own
     return image.getvalue()
 
-
 def past_the_vocabulary(c):
     name = c.dataset('ids')  # the run's own text and vocabulary
     with open(os.path.join(data.data_dir(name), 'val.bin'), 'ab') as f:
         f.write(np.array([19], dtype=np.uint16).tobytes())
     return name
-
 
 def with_dataset(out, dataset):
     state = checkpoint.load(str(out))
@@ -344,16 +318,13 @@ def with_dataset(out, dataset):
     torch.save(state, out / 'ckpt.pt')
     return out
 
-
 BENCH = ['--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16',
          '--batch_size=2', '--bench_iters=1', '--warmup_iters=0']
 DAMAGED_CSV, DAMAGED_ONNX = b'\x00\xff garbage\n1,2,3\n', b'\x08\x07\x12\x03onnx' + bytes(range(64))
 BENCHMARK_RUN = 'shakespeare-char' if torch.cuda.is_available() else 'laptop'  # a run folder it would replace
 
-
 def not_written(path, script, option):
     return [f'{path} exists and {script} did not write it; pass another {option}']
-
 
 @pytest.mark.parametrize('command, fragments', ids=case_id, argvalues=[
     (lambda c: ('train.py', [c.file('my_config.py', b'batch_size = 64\n'), '--batch_size=four']),
@@ -408,7 +379,6 @@ def not_written(path, script, option):
 def test_the_other_scripts_refuse_and_change_nothing(case, core_dataset, command, fragments):
     refused(case, *command(case), fragments)
 
-
 def test_performance_replaces_the_run_folders_it_made(tmp_path, monkeypatch):
     import subprocess
     fake = subprocess.CompletedProcess([], 0, stdout='step 4: train loss 2.0, val loss 2.5\n', stderr='')
@@ -418,7 +388,6 @@ def test_performance_replaces_the_run_folders_it_made(tmp_path, monkeypatch):
         run_inproc('benchmarks/performance.py', '--only=laptop', f'--runs_dir={tmp_path}', check=True)
     assert {name: os.listdir(tmp_path / name) for name in os.listdir(tmp_path)} == \
         {name: ['made_by_performance.txt'] for name in os.listdir(tmp_path)}
-
 
 # -----------------------------------------------------------------------------
 # non-finite loss: the checkpoints stay as they were (none, for a new run)

@@ -18,11 +18,9 @@ safetensors_torch = pytest.importorskip('safetensors.torch')
 
 BLOCK = 16
 
-
 def prompts(vocab_size):
     g = torch.Generator().manual_seed(7)
     return [torch.randint(vocab_size, shape, generator=g) for shape in [(2, BLOCK), (3, 5), (1, 1)]]
-
 
 @pytest.mark.parametrize('activation,hf_activation', [('gelu', 'gelu'), ('gelu_tanh', 'gelu_new')])
 @pytest.mark.parametrize('bias', [False, True])
@@ -61,7 +59,6 @@ def test_export_loads_in_transformers_and_back(tmp_path, activation, hf_activati
                 # the other GELU is far outside the tolerance: the activation setting matters and is checked
                 assert (wrong(idx).logits - expected).abs().max() > 1e-3
 
-
 def test_cli_export_verifies_itself(tmp_path):
     name = tiny_runs.make_char_dataset('hf')
     try:
@@ -74,7 +71,6 @@ def test_cli_export_verifies_itself(tmp_path):
     diffs = [float(d) for d in re.findall(r'max abs diff ([0-9.eE+-]+)', proc.stdout)]
     assert len(diffs) == 2 and max(diffs) <= 1e-5, proc.stdout
     assert (out / 'hf' / 'config.json').is_file() and (out / 'hf' / 'model.safetensors').is_file()
-
 
 def test_only_an_earlier_export_is_ever_replaced(tmp_path):
     """export_hf.json lists what an export wrote; a folder holding anything else is refused, in one line."""
@@ -92,7 +88,6 @@ def test_only_an_earlier_export_is_ever_replaced(tmp_path):
     os.remove(folder / 'export_hf.json')  # an export of an earlier version, or someone's own model
     with pytest.raises(UserError, match=r'\(config.json, generation_config.json, model.safetensors\)'):
         export_hf.check_output(str(folder))
-
 
 def test_from_pretrained_overrides_and_refusals(tmp_path):
     """Only dropout can be overridden. Beside model.safetensors, transformers never opens pytorch_model.bin;

@@ -21,17 +21,14 @@ from onnx.external_data_helper import convert_model_to_external_data  # noqa: E4
 BLOCK = 16
 TORCHSCRIPT = functools.partial(export_onnx.export, dynamo=False)  # the fallback exporter: fast
 
-
 @pytest.fixture(scope='module')
 def char_dataset():
     name = tiny_runs.make_char_dataset('onnx')
     yield name
     tiny_runs.remove_dataset(name)
 
-
 def onnx_logits(path, idx):
     return export_onnx.onnx_logits(str(path))(idx)
-
 
 def sample_text(stdout):
     """The sample printed by sample.py / sample_onnx.py: what follows the settings lines."""
@@ -40,7 +37,6 @@ def sample_text(stdout):
         lines.pop(0)
     return '\n'.join(lines)
 
-
 def checked_model(seed=0, activation='gelu', bias=False):
     """A model, a batch of full windows and their logits, large enough for a comparison to mean something."""
     model = tiny_runs.make_model(activation, bias=bias, block_size=BLOCK, seed=seed)
@@ -48,7 +44,6 @@ def checked_model(seed=0, activation='gelu', bias=False):
     expected = tiny_runs.full_logits(model, idx)
     assert expected.abs().max() > 3
     return model, idx, expected
-
 
 def test_cli_export_dynamic_shapes_and_greedy_sampling(tmp_path, char_dataset):
     model = tiny_runs.make_model('gelu', bias=False, block_size=BLOCK)
@@ -77,7 +72,6 @@ def test_cli_export_dynamic_shapes_and_greedy_sampling(tmp_path, char_dataset):
     got = sample_text(run_inproc('sample_onnx.py', f'--onnx_path={out / "model.onnx"}', *args, check=True).stdout)
     assert len(expected) == 2 + 30 and expected.startswith('ab') and got == expected
 
-
 @pytest.mark.parametrize('activation', ['gelu', 'gelu_tanh'])
 @pytest.mark.parametrize('bias', [False, True])
 def test_every_variant_matches_and_the_check_sees_a_wrong_gelu(tmp_path, activation, bias):
@@ -99,7 +93,6 @@ def test_every_variant_matches_and_the_check_sees_a_wrong_gelu(tmp_path, activat
         torch.testing.assert_close(export_onnx.AllPositionLogits(model)(idx), tiny_runs.full_logits(model, idx),
                                    rtol=0, atol=1e-5)
 
-
 def weights_beside(model, path, one_file=None, metadata=None):
     """The TorchScript export at path, its weights then moved beside it: into the file one_file, or one file a
     tensor (as the TorchScript exporter writes models over 2 GB)."""
@@ -109,12 +102,10 @@ def weights_beside(model, path, one_file=None, metadata=None):
                                    size_threshold=0)
     onnx.save(proto, path)
 
-
 def quick_export(model, path, opset, dynamo, metadata, data_name):
     """export_onnx.export's output for a model over 2 GB, in a second."""
     weights_beside(model, path, data_name, metadata)
     return 'torchscript'
-
 
 def test_weights_in_a_file_per_tensor_are_gathered_into_one(tmp_path):
     """What the TorchScript exporter writes for models over 2 GB."""
@@ -128,7 +119,6 @@ def test_weights_in_a_file_per_tensor_are_gathered_into_one(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['model.onnx', 'model.onnx.0123abcd.data']
     prompts = exports.random_prompts(len(tiny_runs.CHARS), BLOCK, 3)
     assert exports.max_logit_difference(model, export_onnx.onnx_logits(path), prompts)[0] <= 1e-4
-
 
 @pytest.mark.skipif(not hasattr(os, 'fork'), reason='forks the export to kill it')
 def test_weights_beside_the_file_are_replaced_only_whole(tmp_path, char_dataset, monkeypatch, capsys):

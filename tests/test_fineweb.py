@@ -26,7 +26,6 @@ WORDS = ('the a school lesson about cells energy history 中文 café naïve �
 scratch = test_prepare.scratch   # the fixture of unique dataset names
 PREPARES = {'fineweb_edu': [], 'openwebtext': ['--num_proc', '1']}
 
-
 def make_docs(n, seed=0, words=(5, 120)):
     """n documents of varied length, with the awkward ones real corpora hold: empty, missing (None: a row without
     text, which is skipped), only whitespace, and one holding the <|endoftext|> text, which must stay ordinary."""
@@ -37,7 +36,6 @@ def make_docs(n, seed=0, words=(5, 120)):
             docs[i] = odd
     return docs
 
-
 def expected(docs, val_every):
     """(train, val) tokens by the documented rule: rows without text are skipped, and of the documents left,
     document i is val when i is a multiple of val_every."""
@@ -45,33 +43,27 @@ def expected(docs, val_every):
     return (gpt2_tokens([doc for i, doc in enumerate(docs) if i % val_every]),
             gpt2_tokens([doc for i, doc in enumerate(docs) if i % val_every == 0]))
 
-
 def bins(name):
     return tuple(np.fromfile(os.path.join(data.data_dir(name), f'{split}.bin'), dtype=np.uint16)
                  for split in ('train', 'val'))
 
-
 def assert_bins(name, train, val, why=None):
     got_train, got_val = bins(name)
     assert np.array_equal(got_train, train) and np.array_equal(got_val, val), why
-
 
 def left(name):
     """The files in the dataset's folder but the prepare's lock, or None without one."""
     folder = data.data_dir(name)
     return sorted(set(os.listdir(folder)) - {prepare.LOCK}) if os.path.isdir(folder) else None
 
-
 def progress(name):
     with open(os.path.join(data.data_dir(name), documents.PROGRESS)) as f:
         return json.load(f)
-
 
 def write_jsonl(path, docs):
     with open(path, 'w', encoding='utf-8') as f:
         f.writelines(json.dumps({'id': i, 'text': doc}) + '\n' for i, doc in enumerate(docs))
     return str(path)
-
 
 def write_parquet(folder, docs, files=3):
     """docs in `files` parquet files (small row groups), named so that sorting keeps their order."""
@@ -85,24 +77,20 @@ def write_parquet(folder, docs, files=3):
                        os.path.join(folder, f'{k:03d}_00000.parquet'), row_group_size=37)
     return str(folder)
 
-
 def prepare_fw(*args, check=True):
     """data/fineweb_edu/prepare.py with args, in this process (use the hf_offline fixture)."""
     return run_inproc('data/fineweb_edu/prepare.py', *args, check=check)
-
 
 def in_memory(docs, shards):
     """A streamed source of shards built in memory (no files, no cache), as stream() would give."""
     from datasets import Dataset
     return Dataset.from_dict({'text': docs}).to_iterable_dataset(num_shards=shards)
 
-
 def run_in_process(name, docs, parts, val_every=None, **kwargs):
     """gpt2_from_documents on parts made of docs, whose identity for a resume is their hash (and the split)."""
     source = {'documents': hashlib.sha256(json.dumps(docs).encode()).hexdigest(), 'val_every': val_every}
     with prepare.output_dir(name) as out_dir:
         documents.gpt2_from_documents(parts, out_dir, source, val_every=val_every, **kwargs)
-
 
 # ----------------------------------------------------------------------------- exact tokens
 
@@ -118,7 +106,6 @@ def test_jsonl_and_parquet_give_exactly_the_tokens_of_one_call_per_document(tmp_
         assert f"train has {len(train):,} tokens" in out
         assert left(name) == ['train.bin', 'val.bin']   # no .tmp files, no progress record
 
-
 def test_same_bytes_whatever_the_threads_chunks_and_shards(scratch):
     docs = make_docs(250, seed=2)
     for run in (dict(threads=1, chunk_docs=1000, shards=1), dict(threads=3, chunk_docs=7, shards=4),
@@ -126,7 +113,6 @@ def test_same_bytes_whatever_the_threads_chunks_and_shards(scratch):
         name = scratch()
         run_in_process(name, docs, [(None, in_memory(docs, run.pop('shards')))], val_every=10, **run)
         assert_bins(name, *expected(docs, val_every=10), run)
-
 
 def test_openwebtext_keeps_its_split_and_order(tmp_path, scratch, hf_offline):
     """openwebtext goes through the same path: its val is datasets' train_test_split(0.0005, seed 2357), and
@@ -148,7 +134,6 @@ def test_openwebtext_keeps_its_split_and_order(tmp_path, scratch, hf_offline):
         assert f"{counts} documents" in out
         assert_bins(name, gpt2_tokens(split['train']['text']), gpt2_tokens(split['test']['text']))
 
-
 @pytest.mark.parametrize('script', PREPARES)
 def test_rows_without_text_are_skipped_and_counted_in_both_prepares(tmp_path, scratch, hf_offline, script):
     docs, name = make_docs(80, seed=11), scratch()   # document 10 is None: "text": null
@@ -161,7 +146,6 @@ def test_rows_without_text_are_skipped_and_counted_in_both_prepares(tmp_path, sc
     assert np.array_equal(np.sort(np.concatenate(bins(name))), np.sort(gpt2_tokens(docs)))   # no empty document
     if script == 'fineweb_edu':   # and the split rule numbers only documents
         assert_bins(name, *expected(docs, val_every=1000))
-
 
 # ----------------------------------------------------------------------------- interruptions
 
@@ -177,7 +161,6 @@ class Interrupt:
         if self.calls == self.at:
             raise self.error
         return self.encode(*args)
-
 
 @pytest.mark.parametrize('error', [KeyboardInterrupt(), OSError(errno.ENOSPC, 'No space left on device')])
 def test_resume_after_an_interruption_inside_a_chunk(scratch, monkeypatch, capsys, error):
@@ -207,7 +190,6 @@ def test_resume_after_an_interruption_inside_a_chunk(scratch, monkeypatch, capsy
     assert_bins(name, train, val)
     assert left(name) == ['train.bin', 'val.bin']
 
-
 def test_resume_of_fixed_splits_and_a_finished_shard(scratch, monkeypatch, capsys):
     """openwebtext's shape: a train and a val Dataset (memory-mapped, no shards). Stopped right after the train
     part's last chunk, the re-run starts with val and never reads train again."""
@@ -225,7 +207,6 @@ def test_resume_of_fixed_splits_and_a_finished_shard(scratch, monkeypatch, capsy
     assert "resuming after chunk 4: 99 documents" in capsys.readouterr().out and rerun.calls == 1
     assert_bins(name, gpt2_tokens(docs[:100]), gpt2_tokens(docs[100:]))
 
-
 @pytest.mark.parametrize('change', ['source', 'split'])
 def test_a_changed_source_or_split_starts_over(scratch, monkeypatch, capsys, change):
     docs, name = make_docs(120, seed=6), scratch()
@@ -241,7 +222,6 @@ def test_a_changed_source_or_split_starts_over(scratch, monkeypatch, capsys, cha
     assert "another source or split: starting over" in capsys.readouterr().out
     assert_bins(name, *expected(docs, val_every))
 
-
 def test_identity_of_local_files_changes_with_their_size_or_time(tmp_path):
     path = write_jsonl(tmp_path / 'a.jsonl', ['one', 'two'])
     before = documents.identity([path])
@@ -250,7 +230,6 @@ def test_identity_of_local_files_changes_with_their_size_or_time(tmp_path):
     write_jsonl(tmp_path / 'a.jsonl', ['one', 'two!'])
     os.utime(path, ns=(1, 1))
     assert before != touched != documents.identity([path]) and touched[0][0] == os.path.abspath(path)
-
 
 def start(args, env, name, chunks):
     """The prepare with args started in the background and stopped (SIGSTOP: it holds its lock and can neither
@@ -269,7 +248,6 @@ def start(args, env, name, chunks):
     proc.send_signal(signal.SIGSTOP)
     assert proc.poll() is None, "the prepare finished before it could be interrupted; use more documents"
     return proc
-
 
 def test_a_second_prepare_is_refused_and_ctrl_c_or_kill_keeps_the_chunks_for_the_rerun(tmp_path, scratch, hf_offline):
     """While a prepare runs, another of the same name is one line and leaves it alone. Ctrl+C stops the first
@@ -309,7 +287,6 @@ def test_a_second_prepare_is_refused_and_ctrl_c_or_kill_keeps_the_chunks_for_the
     assert np.array_equal(got_train[done // 2:], train[done // 2:]) and np.array_equal(got_val, val)
     assert left(name) == ['train.bin', 'val.bin']
 
-
 def test_a_dataset_whose_prepare_was_interrupted_names_that_prepare(tmp_path, scratch, hf_offline, monkeypatch):
     """Its own command, which resumes it: not data/char/prepare.py --force, which would start over."""
     name = scratch()
@@ -324,7 +301,6 @@ def test_a_dataset_whose_prepare_was_interrupted_names_that_prepare(tmp_path, sc
     assert f"train.bin is missing; its prepare was interrupted: run `{command}` again to resume" in str(e.value)
     assert data.prepare_command(name) == command and "'" in command   # the path with a space, quoted
     assert "resuming after chunk 1" in prepare_fw(*args).stdout
-
 
 # ----------------------------------------------------------------------------- bad input
 
@@ -362,7 +338,6 @@ def test_bad_input_is_one_line_and_writes_nothing_and_another_dataset_is_replace
     prepare_fw('--source', source, '--name', name, '--val_every=3', '--force')
     assert np.array_equal(bins(name)[0], expected(make_docs(30), val_every=3)[0])
 
-
 def write_bad_source(tmp_path, case):
     """A source of documents with one fault: a line that is not UTF-8 or not JSON, a parquet file cut in half
     (as a download stopped half-way leaves it) or with bytes of its data overwritten."""
@@ -380,7 +355,6 @@ def write_bad_source(tmp_path, case):
     path.write_bytes(whole[:len(whole) // 2] if case == 'half-written parquet' else
                      whole[:200] + bytes(200) + whole[400:])
     return str(path)
-
 
 @pytest.mark.parametrize('script', PREPARES)
 @pytest.mark.parametrize('case, why', [('not UTF-8', 'Invalid UTF8'), ('not JSON', 'JSON parse error'),

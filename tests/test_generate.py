@@ -15,12 +15,10 @@ from model import GPT, GPTConfig
 
 BLOCK = 16
 
-
 @pytest.fixture(scope='module')
 def tiny():
     torch.manual_seed(0)
     return GPT(GPTConfig(block_size=BLOCK, vocab_size=53, n_layer=2, n_head=2, n_embd=32, bias=True)).eval()
-
 
 def reference_generate(m, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0):
     """The plain definition: crop to the last block_size tokens, run the whole window, give
@@ -38,7 +36,6 @@ def reference_generate(m, idx, max_new_tokens, temperature=1.0, top_k=None, top_
         idx = torch.cat((idx, torch.multinomial(probs, 1)), dim=1)
     return idx
 
-
 # prompts shorter than, equal to and longer than block_size; generation that stays inside the
 # window and generation that runs far past it
 @pytest.mark.parametrize('prompt_len,new_tokens', [(1, 10), (5, 40), (BLOCK, 8), (BLOCK + 7, 12)])
@@ -53,9 +50,7 @@ def test_cache_matches_reference(tiny, prompt_len, new_tokens, temperature, top_
         got = tiny.generate(idx, new_tokens, temperature, top_k, top_p=top_p, use_cache=use_cache)
         assert torch.equal(got, expected), f"use_cache={use_cache}"
 
-
 LOG = torch.tensor([0.5, 0.3, 0.15, 0.05]).log().tolist()
-
 
 # (logit of every other token, {token: logit}, settings, {token: expected frequency})
 @pytest.mark.parametrize('rest,logits,settings,expected', [
@@ -80,12 +75,10 @@ def test_draws_follow_the_renormalised_kept_probabilities(tiny, monkeypatch, res
     observed = torch.stack([(tokens == t).float().mean() for t in expected])
     torch.testing.assert_close(observed, torch.tensor(list(expected.values())), rtol=0, atol=0.03)
 
-
 def onnx_draws(logits, temperature, top_k):
     """The tokens that sample_onnx.py's numpy sampler picks in 200 draws."""
     rng = np.random.default_rng(0)
     return {sample_onnx.pick_token(logits, temperature, top_k, rng) for _ in range(200)}
-
 
 @pytest.mark.parametrize('temperature', [1e-39, 1e-300, 5e-324])
 def test_a_tiny_temperature_is_greedy_and_keeps_ties(temperature):
@@ -100,7 +93,6 @@ def test_a_tiny_temperature_is_greedy_and_keeps_ties(temperature):
     assert onnx_draws(logits[0].double().numpy(), temperature, None) == {1, 2}
     other = np.array([0.0, 5.0, 4.0, -1.0, 3.0])  # and with no tie, it draws from the top_k only
     assert onnx_draws(other, 1.0, 1) == {1} and onnx_draws(other, 1.0, 2) == {1, 2}
-
 
 @pytest.mark.parametrize('flash', [True, False])
 @pytest.mark.parametrize('step', [1, 7, 11])
@@ -119,7 +111,6 @@ def test_cached_logits_match_full_forward(tiny, flash, step):
         with pytest.raises(ValueError, match='block_size'):
             tiny(idx[:, :1], kv_cache=cache)
 
-
 @pytest.mark.parametrize('top_k,top_p', [(1, 1.0), (7, 1.0), (None, 1.0), (None, 0.7)])
 def test_batched_rows_equal_rows_generated_alone(tiny, top_k, top_p):
     idx = torch.randint(53, (4, 6), generator=torch.Generator().manual_seed(5))
@@ -135,7 +126,6 @@ def test_batched_rows_equal_rows_generated_alone(tiny, top_k, top_p):
     if top_k != 1:  # different seeds must give different samples, or the check above proves little
         assert not torch.equal(batched[0], batched[1])
 
-
 def test_cache_memory_released(tiny, monkeypatch):
     caches = []
 
@@ -148,7 +138,6 @@ def test_cache_memory_released(tiny, monkeypatch):
     assert len(caches) == 1
     gc.collect()
     assert caches[0]() is None, "the KV cache outlived generate()"
-
 
 def test_stream_decoder_never_splits_characters():
     bpe = tokenizer.BPETokenizer()

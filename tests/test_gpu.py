@@ -23,23 +23,19 @@ needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs
 DTYPES = (['float32', 'float16'] + (['bfloat16'] if DEVICE == 'cuda' and hardware.gpu_has_bfloat16() else [])
           if DEVICE else ['float32'])
 
-
 def gpu_args(out_dir, **overrides):
     """core_train_args on the device; dtype=None: the device's default."""
     return core_train_args(out_dir, **dict(dict(device=DEVICE, dtype='float32', compile=False), **overrides))
 
-
 def close(a, b, tolerance=2e-3):
     """The same losses up to the GPU's reordered sums (and, compiled, fused kernels)."""
     return a.keys() == b.keys() and all(a[i] == pytest.approx(b[i], rel=tolerance, abs=tolerance) for i in a)
-
 
 def trained(stdout, last):
     """Every iteration logged (a nan or inf loss stops the run), each finite; those of 21 learned too."""
     losses = iteration_losses(stdout)
     return (sorted(losses) == list(range(last + 1)) and all(math.isfinite(v) for v in losses.values())
             and (last < 20 or losses[20] < losses[0] - 0.3))
-
 
 SHORT = dict(max_iters=6, eval_interval=3)  # paths that only a GPU runs: a few iterations, they must train
 RUNS = [pytest.param(dict(dtype=dtype), id=dtype) for dtype in DTYPES] + [
@@ -52,7 +48,6 @@ RUNS = [pytest.param(dict(dtype=dtype), id=dtype) for dtype in DTYPES] + [
     'activation checkpointing, eager': dict(activation_checkpointing=True, **SHORT),
     'activation checkpointing, compiled': dict(activation_checkpointing=True, compile=True, **SHORT)}.items()]
 
-
 @pytest.mark.parametrize('settings', RUNS)
 def test_a_tiny_run_on_the_device(tmp_path, core_dataset, settings):
     result, graphs = compiled_graphs('train.py', *gpu_args(tmp_path / 'out', **settings))
@@ -60,7 +55,6 @@ def test_a_tiny_run_on_the_device(tmp_path, core_dataset, settings):
     assert trained(result.stdout, settings.get('max_iters', 20)), result.stdout
     model = checkpoint.model_from_checkpoint(checkpoint.load(str(tmp_path / 'out')))
     assert all(torch.isfinite(p).all() for p in model.parameters())
-
 
 @pytest.mark.parametrize('dtype', ['float32', 'float16'])
 def test_resume_on_the_device(tmp_path, core_dataset, dtype):
@@ -77,7 +71,6 @@ def test_resume_on_the_device(tmp_path, core_dataset, dtype):
     scalers = [torch.load(tmp_path / run / 'latest.pt', weights_only=True)['scaler'] for run in 'ab']
     assert scalers[0] == scalers[1]
 
-
 @needs_cuda
 def test_device_resident_batches_are_the_batches_read_from_disk_and_train_alike(tmp_path, core_dataset):
     path, dtype = data.bin_path(core_dataset, 'train'), data.token_dtype(None)
@@ -90,7 +83,6 @@ def test_device_resident_batches_are_the_batches_read_from_disk_and_train_alike(
     off = run_inproc('train.py', *gpu_args(tmp_path / 'off', data_on_device=False), check=True).stdout
     assert 'keeping the dataset in cuda' in on and close(iteration_losses(on), iteration_losses(off))
 
-
 def small_gpt(monkeypatch):
     """In float32 proper: train.py's runs in this process allow TF32, which rounds otherwise (and may round a batch
     of another size otherwise)."""
@@ -99,17 +91,14 @@ def small_gpt(monkeypatch):
     torch.manual_seed(0)
     return GPT(GPTConfig(block_size=128, vocab_size=512, n_layer=4, n_head=4, n_embd=128)).eval().to(DEVICE)
 
-
 def prompt(batch, length, seed):
     return torch.randint(512, (batch, length), generator=torch.Generator().manual_seed(seed)).to(DEVICE)
-
 
 def test_kv_cache_on_the_device_gives_the_tokens_of_the_full_context(monkeypatch):
     model, idx = small_gpt(monkeypatch), prompt(4, 9, 1)
     with torch.no_grad():  # 150: past block_size too
         assert torch.equal(model.generate(idx, 150, top_k=1, use_cache=True),
                            model.generate(idx, 150, top_k=1, use_cache=False))
-
 
 @pytest.mark.parametrize('dtype', [d for d in DTYPES if d != 'float32'] or ['bfloat16'])
 def test_kv_cache_in_half_precision_reports_the_share_of_equal_tokens(monkeypatch, dtype, record_property):
@@ -123,7 +112,6 @@ def test_kv_cache_in_half_precision_reports_the_share_of_equal_tokens(monkeypatc
     # the first token comes from the same whole-prompt forward on both paths; later ones may part
     assert cached.shape == full.shape and torch.equal(cached[:, 0], full[:, 0])
 
-
 def test_per_sample_generators_on_the_device(monkeypatch):
     """sample.py's rule on the GPU: sample k drawn with a device generator seeded seed + k equals the same sample
     drawn alone."""
@@ -136,11 +124,9 @@ def test_per_sample_generators_on_the_device(monkeypatch):
         alone = torch.cat([model.generate(idx[:1], 40, 1.0, 50, generators=generators(k, 1)) for k in range(3)])
     assert torch.equal(batched, alone) and not torch.equal(batched[0], batched[1])
 
-
 def torchrun(*args, processes=None):
     return run_script('-m', 'torch.distributed.run', '--standalone',
                       f'--nproc_per_node={processes or torch.cuda.device_count()}', 'train.py', *args, timeout=900)
-
 
 @needs_cuda
 @pytest.mark.parametrize('fsdp', [False, True])
@@ -156,13 +142,11 @@ def test_torchrun_over_nccl_compiled_and_resumed(tmp_path, core_dataset, fsdp):
                         '--compile=False', '--max_iters=24', '--gradient_accumulation_steps=2', check=True)
     assert sorted(iteration_losses(single.stdout)) == [24]
 
-
 TORCHRUN_RUNS = {'FSDP compiled with activation checkpointing': dict(fsdp=True, compile=True,
                                                                      activation_checkpointing=True),
                  'FSDP in fp16 with grad_clip': dict(fsdp=True, dtype='float16'),
                  'FSDP in fp16 without grad_clip': dict(fsdp=True, dtype='float16', grad_clip=0.0),
                  'DDP with device-resident batches': dict(data_on_device=True)}
-
 
 @needs_cuda
 @pytest.mark.parametrize('name', TORCHRUN_RUNS)
@@ -172,7 +156,6 @@ def test_gpu_only_paths_train_under_torchrun(tmp_path, core_dataset, name):
     assert trained(result.stdout, SHORT['max_iters']), result.stdout
     assert ('keeping the dataset in cuda' in result.stdout) == ('data_on_device' in TORCHRUN_RUNS[name])
 
-
 @needs_two_gpus
 def test_two_gpus_learn_as_one_with_the_same_total_batch(tmp_path, core_dataset):
     """Other batches (each rank draws its own), the same tokens per iteration: the val loss lands alike."""
@@ -181,13 +164,11 @@ def test_two_gpus_learn_as_one_with_the_same_total_batch(tmp_path, core_dataset)
                          processes=n).stdout for n in (1, 2))
     assert float(step.search(two)[1]) == pytest.approx(float(step.search(one)[1]), abs=0.15), (one, two)
 
-
 @pytest.fixture(scope='module')
 def gpu_run(tmp_path_factory, core_dataset):
     out_dir = tmp_path_factory.mktemp('gpu_run') / 'out'
     run_inproc('train.py', *gpu_args(out_dir, dtype=None), check=True)
     return out_dir
-
 
 def test_sample_evaluate_and_export_a_checkpoint_trained_on_the_device(gpu_run, tmp_path):
     for stream in (True, False):
@@ -203,7 +184,6 @@ def test_sample_evaluate_and_export_a_checkpoint_trained_on_the_device(gpu_run, 
     pytest.importorskip('transformers')
     run_inproc('export_hf.py', f'--out_dir={gpu_run}', f'--output={tmp_path / "hf"}', check=True)
 
-
 @needs_cuda
 def test_compiled_sampling_gives_the_greedy_tokens_of_eager(gpu_run):
     greedy = [f'--out_dir={gpu_run}', '--device=cuda', '--dtype=float32', '--num_samples=2', '--max_new_tokens=40',
@@ -211,7 +191,6 @@ def test_compiled_sampling_gives_the_greedy_tokens_of_eager(gpu_run):
     eager = run_inproc('sample.py', *greedy, check=True).stdout.split("Overriding: start = 'the'")[1]
     compiled, graphs = compiled_graphs('sample.py', *greedy, '--compile=True')
     assert graphs > 0 and compiled.stdout.split('Overriding: compile = True')[1] == eager
-
 
 @needs_cuda
 def test_gpt2_124m_mfu_is_plausible(record_property):
@@ -228,7 +207,6 @@ def test_gpt2_124m_mfu_is_plausible(record_property):
     record_property('GPT-2 124M, 12 x 1024: ms/iter, MFU, peak memory', f"{ms} ms, {mfu}%, {gigabytes:.1f} GB")
     floor = 20 if re.search('H100|H200|H800', torch.cuda.get_device_name()) else 15
     assert graphs > 0 and floor < float(mfu) < 80 and gigabytes < 40, result.stdout
-
 
 @needs_cuda
 def test_hellaswag_in_training_and_compiled_evaluation(tmp_path):

@@ -20,10 +20,8 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="py
 FAILURE = """<testcase classname="tests.test_gpu" name="test_torchrun_over_nccl" time="1.5">
   <failure message="AssertionError">assert False</failure></testcase>"""
 
-
 def test_without_a_visible_gpu_the_check_is_one_line():
     assert_user_error(run_inproc('benchmarks/gpu_check.py'), 'no CUDA device is visible', 'CUDA build of torch')
-
 
 @pytest.mark.parametrize('interrupt', [False, True])
 def test_parts_run_in_order_of_value_within_the_budget(monkeypatch, capsys, tmp_path, interrupt):
@@ -57,7 +55,6 @@ def test_parts_run_in_order_of_value_within_the_budget(monkeypatch, capsys, tmp_
     assert rows[6][1] == 'skipped: 40 s of the budget left, it needs 45 s' and rows[6][3] == '0 |'
     assert rows[5][1].startswith('skipped: prepare the data first') and rows[7][1] == rows[5][1]
 
-
 def test_the_table_rows_say_what_each_test_proved(tmp_path):
     path = tmp_path / 'gpu.xml'
     path.write_text(JUNIT.format(failure=FAILURE))
@@ -65,7 +62,6 @@ def test_the_table_rows_say_what_each_test_proved(tmp_path):
         ('test_gpu::test_gpt2_124m_mfu_is_plausible', 'passed', 'GPT-2 124M, 12 x 1024: ms/iter, MFU: 98.1 ms, 44.0%'),
         ('test_gpu::test_two_gpus_learn_as_one', 'skipped: needs two or more NVIDIA GPUs', '0.0 s'),
         ('test_gpu::test_torchrun_over_nccl', 'failure', '1.5 s')]
-
 
 def test_a_part_reports_its_exit_status_and_is_stopped_at_its_budget():
     assert gpu_check.run(['-c', 'import sys; print("ran"); sys.exit(3)'], 60) == (3, 'ran\n')

@@ -42,7 +42,6 @@ EXAMPLES = [
       "and sell your bicycle to a stranger you meet outside the shop on a rainy Tuesday afternoon."], 3),
 ]
 
-
 def write_file(path, examples):
     with open(path, 'w', encoding='utf-8') as f:
         for i, (activity, ctx, endings, label) in enumerate(examples):
@@ -52,11 +51,9 @@ def write_file(path, examples):
                                     source_id=f'test~{i}')) + '\n')
     return str(path)
 
-
 @pytest.fixture(scope='module')
 def examples_file(tmp_path_factory):
     return write_file(tmp_path_factory.mktemp('hellaswag') / 'hellaswag_val.jsonl', EXAMPLES)
-
 
 def reference_choices(model, path):
     """(label, ending of lowest summed loss, ending of lowest mean loss) per example, one ending at a
@@ -80,11 +77,9 @@ def reference_choices(model, path):
         out.append((item['label'], sums.index(min(sums)), means.index(min(means))))
     return out
 
-
 def accuracies(choices):
     return (sum(label == best for label, best, _ in choices) / len(choices),
             sum(label == best for label, _, best in choices) / len(choices))
-
 
 @pytest.fixture(scope='module', params=[128, 12], ids=['whole', 'cropped'])
 def models(request, tmp_path_factory, examples_file):
@@ -99,14 +94,12 @@ def models(request, tmp_path_factory, examples_file):
     hf.save_pretrained(folder)
     return GPT.from_pretrained(folder).eval(), folder, reference_choices(hf, examples_file)
 
-
 def bpe_dataset(name, n_tokens):
     """data/<name>: random GPT-2 token ids, no meta.pkl."""
     os.makedirs(data.data_dir(name))
     for split in ('train', 'val'):
         np.random.default_rng(0).integers(0, 50257, n_tokens).astype(np.uint16).tofile(
             os.path.join(data.data_dir(name), f'{split}.bin'))
-
 
 def test_choices_and_evaluate_py_match_transformers(models, examples_file, tmp_path):
     """hellaswag.choose and score, then evaluate.py on the transformers folder and on the same weights as the
@@ -150,13 +143,11 @@ def test_choices_and_evaluate_py_match_transformers(models, examples_file, tmp_p
         (*accuracies(reference[:3]), 3)
     assert list(output['splits']) == ['val'] and output['settings']['dataset'] == name
 
-
 def test_batch_scores_only_the_ending_and_crops_from_the_left():
     example = hellaswag.Example(context=[1, 2, 3, 4], endings=[[5], [6, 7], [8, 9, 10, 11, 12, 13], [14]], label=0)
     x, y = hellaswag.batch(example, block_size=5)
     assert x.tolist() == [[1, 2, 3, 4, 0], [1, 2, 3, 4, 6], [8, 9, 10, 11, 12], [1, 2, 3, 4, 0]]
     assert y.tolist() == [[-1, -1, -1, 5, -1], [-1, -1, -1, 6, 7], [9, 10, 11, 12, 13], [-1, -1, -1, 14, -1]]
-
 
 def test_evaluate_py_refuses_a_character_model_and_a_negative_limit(tmp_path, examples_file):
     path = tiny_runs.save_checkpoint(tiny_runs.make_model(), str(tmp_path / 'out'), 'shakespeare_char')
@@ -170,7 +161,6 @@ def test_evaluate_py_refuses_a_character_model_and_a_negative_limit(tmp_path, ex
                                      f'--hellaswag_file={examples_file}', f'--results_file={tmp_path / "r.json"}'),
                           *fragments)
     assert os.listdir(tmp_path) == ['out'] and os.listdir(tmp_path / 'out') == ['ckpt.pt']
-
 
 # ----------------------------------------------------------------------------- the file
 
@@ -194,14 +184,12 @@ def test_the_official_file_is_downloaded_once_and_checked(tmp_path, monkeypatch,
         hellaswag.load()
     assert downloads == [hellaswag.URL]
 
-
 DAMAGED = {'{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 1': 'line 2 is not JSON',
            '{"ctx": "A man", "endings": ["a", "b", "c"], "label": 1}': "line 2 has no 'endings' list of 4 texts",
            '{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 4}': "line 2 has 'label' 4",
            '{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": "1"}': "line 2 has 'label' '1'",
            '{"endings": ["a", "b", "c", "d"], "label": 1}': "line 2 has no 'ctx' text",
            '[1, 2, 3]': 'line 2 is not a JSON object'}
-
 
 def test_limits_and_a_damaged_or_empty_file_are_one_line_naming_file_and_line(tmp_path, examples_file):
     assert [e.label for e in hellaswag.load(examples_file, limit=3)] == [label for *_, label in EXAMPLES[:3]]
@@ -219,7 +207,6 @@ def test_limits_and_a_damaged_or_empty_file_are_one_line_naming_file_and_line(tm
         with pytest.raises(UserError) as e:
             hellaswag.load(str(path), limit)
         assert str(e.value) == f"{path} is damaged: it holds 0 examples; use the official file ({hellaswag.URL})"
-
 
 def test_train_py_scores_at_each_evaluation_shared_by_ddp_and_fsdp_ranks(tmp_path):
     """train.py --hellaswag=True: acc_norm at each evaluation, in the log and metrics.csv, equal to

@@ -23,7 +23,6 @@ def png_size(path):
     assert head[:8] == b'\x89PNG\r\n\x1a\n' and head[12:16] == b'IHDR', f"{path} is not a PNG"
     return struct.unpack('>II', head[16:24])
 
-
 def fake_run(out_dir, n_iters=60, eval_interval=20, tokens_per_iter=512, start_loss=4.0, seconds_per_iter=None,
              hellaswag=False):
     """A metrics.csv as train.py writes it; seconds and HellaSwag scores only when asked for."""
@@ -38,7 +37,6 @@ def fake_run(out_dir, n_iters=60, eval_interval=20, tokens_per_iter=512, start_l
             log.write(it, (it + 1) * tokens_per_iter, 1e-3, train_loss=loss + 0.05 * math.sin(it),
                       ms_per_iter=12.5, mfu=None if it < 5 else 0.25,
                       seconds=None if seconds is None else seconds + seconds_per_iter)
-
 
 # ----------------------------------------------------------------------------- metrics.py
 
@@ -60,7 +58,6 @@ def test_metrics_log_writes_header_rows_and_empty_cells(tmp_path):
                            train_bpb=5.9, val_bpb=6.1)
     assert round(rows[0]['hellaswag_acc'] * 10042) == 2861
 
-
 OLD_FORMAT = """iter,kind,tokens,train_loss,val_loss,lr,ms_per_iter,mfu
 0,eval,0,4.25,4.5,0.0006,,
 0,train,4096,4.3,,0.0006,120.5,
@@ -68,7 +65,6 @@ OLD_FORMAT = """iter,kind,tokens,train_loss,val_loss,lr,ms_per_iter,mfu
 2,eval,8192,3.9,4.0,0.0007,,
 2,train,12288,3.8,,0.0007,99.0,0.125
 """
-
 
 def test_an_old_metrics_file_reads_plots_and_resumes(tmp_path):
     import plot
@@ -94,7 +90,6 @@ def test_an_old_metrics_file_reads_plots_and_resumes(tmp_path):
     with pytest.raises(UserError, match='has no rows yet'):
         plot.load_run(str(tmp_path))
 
-
 def test_metrics_log_resume_drops_rows_from_the_restart_iteration(tmp_path):
     fake_run(tmp_path, n_iters=30, eval_interval=10)
     path = str(tmp_path / 'metrics.csv')
@@ -114,7 +109,6 @@ def test_metrics_log_resume_drops_rows_from_the_restart_iteration(tmp_path):
     metrics.MetricsLog(str(tmp_path), 0).close()
     assert metrics.read_metrics(path) == []
 
-
 # ----------------------------------------------------------------------------- plot.py
 
 @pytest.fixture(scope='module')
@@ -126,7 +120,6 @@ def runs(tmp_path_factory):
                                fast=dict(seconds_per_iter=1.5, start_loss=3.0)).items():
         fake_run(top / name, **settings)
     return top
-
 
 def test_plot_writes_a_column_per_run_and_a_row_of_panels_per_measure(runs, tmp_path):
     run_inproc('plot.py', f'--out_dir={runs / "small"}', check=True)
@@ -144,7 +137,6 @@ def test_plot_writes_a_column_per_run_and_a_row_of_panels_per_measure(runs, tmp_
     scored_size = png_size(runs / 'scored' / 'loss.png')
     assert scored_size[0] == width1 and scored_size[1] > 1.4 * height1
     assert png_size(runs / 'scored' / 'loss_comparison.png')[1] > 1.4 * scored_size[1]
-
 
 def test_plot_against_wall_clock_time_and_hellaswag_beneath_the_loss(runs):
     import plot
@@ -184,7 +176,6 @@ def test_plot_against_wall_clock_time_and_hellaswag_beneath_the_loss(runs):
     assert len(axes) == 8 and [t.get_text() for t in axes[3].texts] == ['no HellaSwag scores recorded']
     plot.pyplot().close(fig)
 
-
 @pytest.mark.parametrize('args, fragments', [
     (['--out_dir={tmp}/missing'], ['missing']),
     (['--out_dir={tmp}/empty'], ['no metrics.csv']),
@@ -198,7 +189,6 @@ def test_plot_errors_are_one_line_and_write_nothing(tmp_path, args, fragments):
     assert_user_error(run_inproc('plot.py', *[arg.format(tmp=tmp_path) for arg in args]), *fragments)
     assert sorted(tmp_path.rglob('*')) == before
 
-
 # ----------------------------------------------------------------------------- evaluate.py
 
 def test_full_pass_windows_predict_every_token_but_the_first_once():
@@ -206,7 +196,6 @@ def test_full_pass_windows_predict_every_token_but_the_first_once():
         windows = evaluate.full_pass_windows(n_tokens, block_size)
         predicted = [t for start, length in windows for t in range(start + 1, start + length + 1)]
         assert predicted == list(range(1, n_tokens)) and all(1 <= length <= block_size for _, length in windows)
-
 
 def straightforward_val_loss(model, dataset_name, block_size):
     """Slide over val.bin window by window, one at a time, and average every prediction."""
@@ -219,7 +208,6 @@ def straightforward_val_loss(model, dataset_name, block_size):
         total += F.cross_entropy(logits, y, reduction='sum').item()
         count += len(y)
     return total / count, count
-
 
 def test_full_pass_matches_a_straightforward_computation(tmp_path):
     name = tiny_runs.make_char_dataset('eval')
@@ -242,7 +230,6 @@ def test_full_pass_matches_a_straightforward_computation(tmp_path):
     assert val['tokens'] == n and val['loss'] == pytest.approx(expected, rel=1e-5)
     assert val['perplexity'] == pytest.approx(math.exp(val['loss']), rel=1e-12)
 
-
 @pytest.mark.parametrize('n_tokens', [0, 1])
 def test_a_full_pass_over_a_val_bin_too_short_for_any_window(tmp_path, n_tokens):
     name = tiny_runs.make_char_dataset(f'eval_{n_tokens}_tokens')
@@ -256,11 +243,9 @@ def test_a_full_pass_over_a_val_bin_too_short_for_any_window(tmp_path, n_tokens)
     line = assert_user_error(result, f'val.bin holds {n_tokens} token', 'needs more text', 'prepare the dataset again')
     assert 'smaller' not in line and os.listdir(tmp_path) == ['ckpt.pt']  # no block_size can help
 
-
 def printed_evals(stdout):
     return {int(it): (float(tr), float(va)) for it, tr, va in
             re.findall(r'^step (\d+): train loss ([0-9.]+), val loss ([0-9.]+)', stdout, re.M)}
-
 
 def test_evaluate_reproduces_the_losses_train_py_printed_whatever_the_random_state(tiny_run, tmp_path):
     """ckpt.pt was saved at the evaluation of iteration 20: with the checkpoint's own eval_iters, batch_size
@@ -288,7 +273,6 @@ def test_evaluate_reproduces_the_losses_train_py_printed_whatever_the_random_sta
     same = evaluate.fixed_batch_loss(model, path, np.dtype(np.uint16), 4, 32, 2, 1337 * 7919 + 1, 'cpu', no_autocast)[0]
     other = evaluate.fixed_batch_loss(model, path, np.dtype(np.uint16), 4, 32, 2, 7 * 7919 + 1, 'cpu', no_autocast)[0]
     assert same == pytest.approx(splits['val']['loss'], rel=1e-6) and other != same
-
 
 def test_train_py_writes_the_metrics_log_and_resume_adds_no_duplicates(tiny_run, copy_run):
     resumed = run_inproc('train.py', *core_train_args(copy_run, init_from='resume', max_iters=30), check=True)

@@ -10,16 +10,13 @@ from model import GPT, GPTConfig
 
 VOCAB = 100
 
-
 def tiny_model(seed=0, **overrides):
     torch.manual_seed(seed)
     args = dict(block_size=64, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32, bias=True, dropout=0.0)
     return GPT(GPTConfig(**dict(args, **overrides)))
 
-
 def random_tokens(shape, seed=1, vocab=VOCAB):
     return torch.randint(vocab, shape, generator=torch.Generator().manual_seed(seed))
-
 
 @pytest.mark.parametrize('vocab_size', [65, 1000])
 def test_forward_shapes_and_an_initial_loss_close_to_uniform(vocab_size):
@@ -34,7 +31,6 @@ def test_forward_shapes_and_an_initial_loss_close_to_uniform(vocab_size):
     assert no_loss is None and last.shape == (8, 1, vocab_size)
     torch.testing.assert_close(last[:, 0], logits[:, -1], rtol=0, atol=1e-6)
 
-
 def test_token_embedding_and_output_layer_are_tied():
     model = tiny_model()
     assert model.lm_head.weight is model.transformer.wte.weight
@@ -45,7 +41,6 @@ def test_token_embedding_and_output_layer_are_tied():
     model(random_tokens((2, 8)), random_tokens((2, 8), seed=3))[1].backward()
     assert model.transformer.wte.weight.grad is model.lm_head.weight.grad
     assert sum(p is model.lm_head.weight for p in model.parameters()) == 1  # counted once among the parameters
-
 
 def test_masked_softmax_fallback_equals_flash_path_and_both_are_causal():
     model = tiny_model(seed=3).eval()
@@ -68,7 +63,6 @@ def test_masked_softmax_fallback_equals_flash_path_and_both_are_causal():
     torch.testing.assert_close(slow_loss, flash_loss, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(slow_grads, flash_grads, atol=1e-5, rtol=1e-4)
 
-
 def test_crop_block_size():
     model = tiny_model(seed=6).eval()
     idx = random_tokens((2, 16), seed=11)
@@ -87,7 +81,6 @@ def test_crop_block_size():
     with pytest.raises(ValueError, match='block_size'):
         model(random_tokens((1, 17)))
     tiny_model(block_size=16).load_state_dict(model.state_dict())  # fits a fresh model of the smaller size
-
 
 @pytest.mark.parametrize('bias', [True, False])
 def test_parameter_count_and_the_optimizer_decays_matrices_only(bias):
@@ -113,7 +106,6 @@ def test_parameter_count_and_the_optimizer_decays_matrices_only(bias):
     assert 'transformer.h.0.ln_1.weight' not in decayed and 'transformer.h.0.mlp.c_fc.bias' not in decayed
     model(random_tokens((2, 8)), random_tokens((2, 8), seed=3))[1].backward()
     optimizer.step()  # one step with the groups works
-
 
 def test_muon_orthogonalizes_in_float32_where_the_cpu_lacks_bfloat16():
     import torch.optim._muon as muon

@@ -19,12 +19,10 @@ from conftest import (STEP_LINE, LiveProcess, REPO_ROOT, assert_user_error, chec
 from helpers import checkpoint, data, metrics, runs
 import tiny_runs
 
-
 def tree(folder, skip=('train.lock', 'prepare.lock')):
     """Every file under folder, by its path there, with its bytes (locks aside): what must not be lost."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in pathlib.Path(folder).rglob('*')
             if p.is_file() and p.name not in skip}
-
 
 # ----------------------------------------------------------------------------- safe replacement
 
@@ -36,7 +34,6 @@ def ctrl_c_after(monkeypatch, owner, name):
         real(*args, **kwargs)
         raise KeyboardInterrupt
     monkeypatch.setattr(owner, name, then_interrupted)
-
 
 @pytest.mark.parametrize('stop', ['Ctrl+C', 'a failed check'])
 @pytest.mark.parametrize('script', ['export_hf.py', 'export_onnx.py'])
@@ -77,7 +74,6 @@ def test_an_export_is_replaced_only_once_the_new_one_is_whole(script, stop, tmp_
         meta = {p.key: p.value for p in onnx.load(output).metadata_props}
         assert meta['nanogpt.tokenizer'] == 'gpt2' and old['model.onnx'] != new['model.onnx']
 
-
 def test_overwrite_keeps_the_old_run_whole_until_the_new_one_saves(copy_run):
     """New runs with --overwrite=True that fail (NaN) before their first save, twice: the old run waits whole in
     replaced/; a new run that saves deletes it, and starts a log of its own."""
@@ -93,7 +89,6 @@ def test_overwrite_keeps_the_old_run_whole_until_the_new_one_saves(copy_run):
     assert not [p for p in tree(copy_run) if re.search(r'\.(tmp|old)\.', p)], "temporary files were left"
     assert [r['iter'] for r in metrics.read_metrics(str(copy_run / 'metrics.csv')) if r['kind'] == 'train'] == \
         [0, 1, 2, 3]  # a new log, not the old one's rows
-
 
 # ----------------------------------------------------------------------------- a second run, signals
 
@@ -113,7 +108,6 @@ def test_a_second_training_in_the_same_out_dir_waits_for_the_first_to_end(tmp_pa
     resumed = run_inproc('train.py', *core_train_args(out_dir, init_from='resume', max_iters=12), check=True)
     assert 'Resuming training from' in resumed.stdout
 
-
 def test_resuming_a_finished_run_changes_nothing(copy_run):
     before = tree(copy_run)
     result = run_inproc('train.py', *core_train_args(copy_run, init_from='resume'), check=True)
@@ -123,7 +117,6 @@ def test_resuming_a_finished_run_changes_nothing(copy_run):
     assert 'iter 21:' in more.stdout and 'iter 22:' in more.stdout
     assert checkpoint.load(str(copy_run), 'latest.pt')['iter_num'] == 23
 
-
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_during_start_up_is_one_line(tmp_path, core_dataset, signum):
     run = LiveProcess([sys.executable, 'train.py', *core_train_args(tmp_path / 'out')])
@@ -132,7 +125,6 @@ def test_a_signal_during_start_up_is_one_line(tmp_path, core_dataset, signum):
     assert run.finish() == 128 + signum
     assert run.stderr == f"{signal.Signals(signum).name} during start-up: no checkpoint was written\n"
     assert not (tmp_path / 'out').exists()
-
 
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_during_a_long_evaluation_saves_within_seconds(copy_run, signum):
@@ -159,7 +151,6 @@ def test_a_signal_during_a_long_evaluation_saves_within_seconds(copy_run, signum
     after = checkpoint.load(str(copy_run), 'latest.pt')
     assert after['iter_num'] == 21 and all(torch.equal(after['model'][k], v) for k, v in before['model'].items())
 
-
 def test_a_dataset_prepared_again_during_a_run_does_not_reach_it(tmp_path, make_dataset, tiny_run, monkeypatch):
     """The run keeps reading the token files it opened: the text prepared over them after its iteration 2 (other
     characters, another vocabulary) changes neither its losses (tiny_run's) nor the vocabulary its checkpoints
@@ -180,7 +171,6 @@ def test_a_dataset_prepared_again_during_a_run_does_not_reach_it(tmp_path, make_
     assert STEP_LINE.findall(stdout) == STEP_LINE.findall(tiny_run.stdout)
     assert checkpoint.load(str(tmp_path / 'out'))['tokenizer'] == {'kind': 'char', 'itos': sorted(set(core_text()))}
 
-
 # ----------------------------------------------------------------------------- the vocabulary travels
 
 def test_a_character_model_exported_to_hf_samples_with_its_own_vocabulary(tiny_run, tmp_path):
@@ -198,7 +188,6 @@ def test_a_character_model_exported_to_hf_samples_with_its_own_vocabulary(tiny_r
     from_checkpoint = run_inproc('sample.py', f'--out_dir={tiny_run.out_dir}', *settings, check=True).stdout
     assert from_hf.split('\n', 7)[-1] == from_checkpoint.split('\n', 6)[-1]  # after settings (and 'loading weights')
     assert from_hf.split('\n', 7)[-1].startswith('the')
-
 
 # -----------------------------------------------------------------------------
 # Changes of several files survive a kill at every step: each is run in a forked child that SIGKILLs
@@ -238,7 +227,6 @@ def killed_at(step, folder, action):
     assert os.WIFSIGNALED(status) or os.WEXITSTATUS(status) == 0, f"the action failed at step {step}"
     return os.WIFSIGNALED(status)
 
-
 def every_kill(folder, setup, action):
     """setup() the old state, then kill action at each step in turn; yields after each kill."""
     for step in range(1, 100):
@@ -248,14 +236,12 @@ def every_kill(folder, setup, action):
         yield step
     raise AssertionError("the action never finished")
 
-
 def script(path, *args):
     """An action: `python path args`, in the process that calls it."""
     def run():
         sys.argv = [path, *map(str, args)]
         runpy.run_path(os.path.join(REPO_ROOT, path), run_name='__main__')
     return run
-
 
 def assert_old_or_new(folder, action, backup, look):
     """folder's state now is the old one: run action whole for the new one, then, from the old state again, kill
@@ -269,7 +255,6 @@ def assert_old_or_new(folder, action, backup, look):
     kills = [(step, look() in (old, new)) for step in every_kill(folder, restore, action)]
     assert kills and all(whole for _, whole in kills), f"neither old nor new after a kill: {kills}"
     return old, new
-
 
 def test_a_swap_killed_at_any_step_is_completed_by_the_next_command(tmp_path):
     from helpers import files
@@ -295,7 +280,6 @@ def test_a_swap_killed_at_any_step_is_completed_by_the_next_command(tmp_path):
     assert kills >= 6  # the journal, three moves (the folder's two renames), the removal, the journal's removal
     assert tree(folder) == new
 
-
 def test_prepare_force_killed_at_any_step_leaves_the_old_dataset_or_the_new_one(tmp_path, make_dataset):
     name = make_dataset('killed_force', text='abc abc\n' * 300)
     folder = data.data_dir(name)
@@ -306,7 +290,6 @@ def test_prepare_force_killed_at_any_step_leaves_the_old_dataset_or_the_new_one(
     look = lambda: (data.read_meta(name), {k: v for k, v in tree(folder).items() if k in dataset})  # noqa: E731
     _, (_, new) = assert_old_or_new(folder, prepare, tmp_path / 'backup', look)
     assert set(new) == set(dataset)
-
 
 def test_export_hf_killed_at_any_step_leaves_the_old_export_or_the_new_one(tmp_path, copy_run):
     hf = tmp_path / 'exports' / 'hf'
@@ -320,7 +303,6 @@ def test_export_hf_killed_at_any_step_leaves_the_old_export_or_the_new_one(tmp_p
                       lambda: (checkpoint.pretrained(str(hf)), tree(hf))[1])
     run_inproc(*args, check=True)  # and the next export leaves nothing of the killed ones behind
     assert sorted(os.listdir(hf.parent)) == ['hf']
-
 
 def test_overwrite_killed_at_any_step_keeps_the_old_run_whole_in_one_place(tmp_path, copy_run):
     out = str(copy_run)

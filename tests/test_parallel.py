@@ -21,11 +21,9 @@ from conftest import (TORCHRUN, TORCHRUN_SETTINGS, LiveProcess, assert_user_erro
                       forked_ranks, iteration_losses, run_inproc, run_script, step_losses)
 from helpers import UserError, checkpoint, data, hardware, parallel
 
-
 # ----------------------------------------------------------------------------- checks, without processes
 
 NO_CUDA_GRAPHS = dict(compile_mode='max-autotune-no-cudagraphs')
-
 
 @pytest.mark.parametrize('settings,fragments,fix', [
     (dict(fsdp=True, compile=True, compile_mode='reduce-overhead'), ['reduce-overhead', 'FSDP', 'no-cudagraphs'],
@@ -58,7 +56,6 @@ def test_what_cannot_work_under_torchrun_is_refused_up_front(monkeypatch, settin
         assert fragment in str(refusal.value), str(refusal.value)
     parallel.check(**{**args, **fix})  # what the message asks for passes
 
-
 @pytest.mark.parametrize('torchrun_variables, settings, fragments', [
     ({}, dict(fsdp=True), ['fsdp=True shards the model across processes started by torchrun']),
     (dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='2', LOCAL_WORLD_SIZE='2'), dict(gradient_accumulation_steps=3),
@@ -73,7 +70,6 @@ def test_train_py_refuses_before_the_process_group_starts(monkeypatch, tmp_path,
     assert assert_user_error(result, *fragments).startswith('error: ' + fragments[0])
     assert not (tmp_path / 'out').exists() and 'iter 0' not in result.stdout
 
-
 @pytest.mark.parametrize('name,dtype,peak', [
     ('NVIDIA H200 NVL', 'bfloat16', 835e12), ('NVIDIA H200', 'bfloat16', 989e12),
     ('NVIDIA H800 PCIe', 'bfloat16', 756e12), ('NVIDIA H100 80GB HBM3', 'float16', 989e12),
@@ -86,12 +82,10 @@ def test_mfu_is_measured_against_the_peak_of_the_gpu_and_the_dtype(monkeypatch, 
     assert hardware.peak_flops('cuda', dtype) == peak
     assert hardware.peak_flops('cpu', dtype) is None
 
-
 def test_the_cpu_trains_in_float32_unless_asked():
     assert hardware.default_dtype('cpu') == 'float32'
     assert hardware.setup('cpu')[0] == 'float32'
     assert hardware.setup('cpu', 'bfloat16')[0] == 'bfloat16'
-
 
 # ----------------------------------------------------------------------------- device-resident batches
 
@@ -108,19 +102,16 @@ def test_resident_batches_are_the_batches_read_from_disk(core_dataset):
     assert data.fits_on_device([path], dtype, 'cpu')
     assert not data.fits_on_device([path] * (data.RESIDENT_BYTES // os.path.getsize(path)), dtype, 'cpu')
 
-
 def test_training_on_resident_batches_equals_training_from_disk(tiny_run, tmp_path):
     resident = run_inproc('train.py', *core_train_args(tmp_path / 'out', data_on_device=True), check=True).stdout
     assert 'keeping the dataset in cpu memory' in resident
     assert iteration_losses(resident) == iteration_losses(tiny_run.stdout) and len(iteration_losses(resident)) == 21
-
 
 # ----------------------------------------------------------------------------- 2 ranks over gloo
 
 def flat(steps):
     """step_losses as {(step, 0 for train or 1 for val): loss}, which pytest.approx compares."""
     return {(step, k): loss for step, losses in steps.items() for k, loss in enumerate(losses)}
-
 
 @pytest.mark.parametrize('reference, settings, tolerance', [
     # FSDP keeps float32 parameters under the same autocast as DDP (a bf16 parameter policy would make the
@@ -150,7 +141,6 @@ def test_fsdp_compiled_and_16_bit_runs_train_as_ddp(parallel_run, reference, set
     assert all(v.dtype == torch.float32 for v in state['model'].values())
     assert (state['scaler'] != {}) == (settings.get('dtype') == 'float16')
 
-
 def test_fsdp_writes_ddps_checkpoint_which_resumes_in_one_process(parallel_run, tmp_path):
     """The same full-state format, and numbers, as DDP's (a DDP checkpoint resumed under FSDP: below)."""
     ddp, fsdp = parallel_run(dropout=0.1), parallel_run(dropout=0.1, fsdp=True, activation_checkpointing=True)
@@ -166,7 +156,6 @@ def test_fsdp_writes_ddps_checkpoint_which_resumes_in_one_process(parallel_run, 
     shutil.copytree(fsdp.out_dir, tmp_path / 'out')
     single = run_inproc('train.py', *core_train_args(tmp_path / 'out', init_from='resume', max_iters=9), check=True)
     assert re.search(r'^iter 9: loss', single.stdout, re.M)
-
 
 def test_float16_resumes_exactly_with_its_scaler_and_either_optimizer(tmp_path):
     """Muon: the GradScaler through the Muon + AdamW pair, both of whose states the checkpoint keeps."""
@@ -189,7 +178,6 @@ def test_float16_resumes_exactly_with_its_scaler_and_either_optimizer(tmp_path):
         assert optimizer == 'adamw' or all(states[1]['optimizer'][name]['state'] for name in kept)
         assert states[0]['scaler']['_growth_tracker'] > 4 and states[0]['scaler'] == states[1]['scaler']  # counted on
     assert straight['muon'] != straight['adamw']  # Muon really stepped
-
 
 def test_a_ddp_run_resumes_exactly_and_evaluates_as_one_process(parallel_run, tmp_path):
     """Each rank's dropout masks continue after a resume: rank 1's state is saved too, and its masks
@@ -214,7 +202,6 @@ def test_a_ddp_run_resumes_exactly_and_evaluates_as_one_process(parallel_run, tm
     for sharded in (fsdp_steps, fsdp_eval):
         assert flat(sharded) == pytest.approx(flat({6: straight.steps[6]}), abs=1e-4), sharded
 
-
 def test_a_diverging_run_stops_every_rank_at_once(core_dataset, tmp_path):
     start = time.time()
     result = run_script(*TORCHRUN, *core_train_args(tmp_path / 'out', learning_rate=1e4, grad_clip=0.0, max_iters=1000,
@@ -227,7 +214,6 @@ def test_a_diverging_run_stops_every_rank_at_once(core_dataset, tmp_path):
     assert time.time() - start < 120  # not a collective timing out
     assert not any(name.endswith('.pt') for name in os.listdir(tmp_path / 'out'))
 
-
 def torchrun(out_dir, **overrides):
     """train.py under torchrun in a session of its own: its process group is what a terminal's Ctrl+C reaches."""
     settings = dict(n_layer=1, n_embd=16, block_size=16, batch_size=2, gradient_accumulation_steps=2,
@@ -235,14 +221,12 @@ def torchrun(out_dir, **overrides):
     return LiveProcess([sys.executable, *TORCHRUN, *core_train_args(out_dir, **dict(settings, **overrides))],
                        new_session=True)
 
-
 def children(pid):
     stats = {}
     for path in glob.glob('/proc/[0-9]*/stat'):
         with contextlib.suppress(OSError), open(path) as f:
             stats[int(path.split('/')[2])] = f.read()
     return [kid for kid, stat in stats.items() if int(stat.rsplit(')', 1)[1].split()[1]) == pid]
-
 
 def stopped(run, out_dir, signal_name):
     """Once every process of the run is gone (torchrun and both ranks): one stop line from rank 0 with the command
@@ -256,7 +240,6 @@ def stopped(run, out_dir, signal_name):
     assert run.stdout.count('saving checkpoint to') == 1 and checkpoint_files(out_dir) == ['latest.pt'], run.stdout
     assert checkpoint.load(str(out_dir), 'latest.pt')['iter_num'] == int(stops[0]) + 1
     return int(stops[0]), run.stdout, run.stderr
-
 
 def test_ctrl_c_stops_every_rank_at_a_log_step_and_sigterm_to_the_workers_lets_torchrun_exit_0(tmp_path, core_dataset):
     """The stop flag travels over the training backend, and only at log steps, where the loop waits
@@ -288,7 +271,6 @@ def test_ctrl_c_stops_every_rank_at_a_log_step_and_sigterm_to_the_workers_lets_t
     assert run.proc.returncode == 0 and 'Traceback' not in err, stdout[-2000:] + err[-3000:]
     assert sorted(iteration_losses(stdout)) == list(range(last + 1, resumed_last + 1))
 
-
 # ----------------------------------------------------------------------------- waits and checks between ranks
 
 def test_only_the_wait_for_rank_0s_save_is_long(monkeypatch):
@@ -314,7 +296,6 @@ def test_only_the_wait_for_rank_0s_save_is_long(monkeypatch):
         assert used == [None, parallel._save_group]
     finally:
         dist.destroy_process_group()
-
 
 @pytest.mark.parametrize('rank_1, refused', [((21, 1.5, 30.0), False), ((11, 1.7, 12.0), True),
                                              ((21, 1.6, 30.0), True), ((21, 1.5, None), True)])

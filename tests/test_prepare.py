@@ -24,7 +24,6 @@ from helpers import data as dataset
 
 SEP = tiny_stories.STORY_SEPARATOR
 
-
 @pytest.fixture
 def scratch():
     """A factory of unique dataset names under DATA_ROOT, all removed at the end of the test."""
@@ -37,10 +36,8 @@ def scratch():
     for name in names:
         shutil.rmtree(folder(name), ignore_errors=True)
 
-
 def prep(script, *args, check=True):
     return run_inproc(f'data/{script}/prepare.py', *args, check=check)
-
 
 def refused(result, *fragments):
     """Exit status 1, and stderr is one line 'error: ...' holding every fragment as written."""
@@ -48,31 +45,25 @@ def refused(result, *fragments):
     assert result.returncode == 1 and result.stderr.strip() == line, result.stderr
     assert all(fragment in line for fragment in fragments), (fragments, line)
 
-
 def folder(name):
     return os.path.join(DATA_ROOT, name)
-
 
 def digests(name):
     return {f: hashlib.sha256(open(os.path.join(folder(name), f), 'rb').read()).hexdigest()
             for f in sorted(os.listdir(folder(name))) if f.endswith(('.bin', '.pkl'))}
 
-
 def tokens(name, split):
     dtype = dataset.token_dtype(dataset.read_meta(name))
     return np.fromfile(os.path.join(folder(name), f'{split}.bin'), dtype=dtype)
-
 
 def decoded(name):
     """(train text, val text, meta) of a character-level dataset, decoded through meta.pkl's itos."""
     meta = dataset.load_meta(os.path.join(folder(name), 'meta.pkl'))
     return (*(''.join(meta['itos'][int(i)] for i in tokens(name, split)) for split in ('train', 'val')), meta)
 
-
 def no_outputs(name):
     path = folder(name)
     return not os.path.exists(path) or not any(f.endswith(('.bin', '.pkl', '.tmp')) for f in os.listdir(path))
-
 
 def gpt2_tokens(docs):
     """The tokens of docs computed without the code under test: each one's encode_ordinary, then 50256; rows
@@ -81,7 +72,6 @@ def gpt2_tokens(docs):
     enc = tiktoken.get_encoding('gpt2')
     return np.array([t for doc in docs if doc is not None for t in enc.encode_ordinary(doc) + [enc.eot_token]],
                     dtype=np.uint16)
-
 
 def cjk_text(n_lines=400, seed=0):
     """Text of a Chinese novel's shape: many distinct Han characters, punctuation, some Latin and emoji."""
@@ -94,13 +84,11 @@ def cjk_text(n_lines=400, seed=0):
         lines.append('\u3000\u3000' + line)
     return '\n'.join(lines) + '\n'
 
-
 STORIES = ['Once upon a time, there was a little dog.\n\nThe dog liked to run. The end.',
            'Tom said "hi" to Sue.\nSue smiled — she was happy’s friend.',
            'A story that mentions <|endoftext|> in the middle of a line stays one story.',
            'Café naïve 😀 and a\ttab.', 'Last story before the validation split.']
 VAL_STORIES = ['Lily had a red ball.', 'Ben found a big box.\n\nIt was empty.']
-
 
 def stories_txt(stories):
     """TinyStories' text format, with the variations real files have: CRLF and padded separator
@@ -110,7 +98,6 @@ def stories_txt(stories):
         out.append(('\n  ' if i % 2 else '') + story + '\n\n' * (i % 2))
         out.append(['\n<|endoftext|>\n', '\n<|endoftext|>  \r\n', '\n<|endoftext|>\n<|endoftext|>\n'][i % 3])
     return ''.join(out[:-1])
-
 
 # ----------------------------------------------------------------------------- shakespeare
 
@@ -134,7 +121,6 @@ def test_shakespeare_char_matches_nanogpt_bytes_and_numbers(shakespeare_char):
     assert digests('shakespeare_char') == first
     assert not any(f.endswith('.tmp') for f in os.listdir(folder('shakespeare_char')))
 
-
 def test_shakespeare_bpe_numbers_and_tokens():
     text = open(place_tiny_shakespeare('shakespeare'), encoding='utf-8').read()
     out = prep('shakespeare').stdout
@@ -144,7 +130,6 @@ def test_shakespeare_bpe_numbers_and_tokens():
     assert np.array_equal(tokens('shakespeare', 'train'), enc.encode_ordinary(text[:split]))
     assert np.array_equal(tokens('shakespeare', 'val'), enc.encode_ordinary(text[split:]))
     assert not os.path.exists(os.path.join(folder('shakespeare'), 'meta.pkl'))
-
 
 # ----------------------------------------------------------------------------- any text, by character
 
@@ -171,7 +156,6 @@ def test_cjk_round_trip_and_split_and_another_text_only_with_force(tmp_path, scr
     prep('char', '--input', novel, '--name', name, '--force')
     assert ''.join(decoded(name)[:2]) == novel.read_text()
 
-
 def test_write_chars_splits_at_any_character_of_any_piece(tmp_path):
     text = cjk_text(40)
     pieces = [text[i:i + 7] for i in range(0, len(text), 7)]   # the split point falls anywhere in a piece
@@ -185,7 +169,6 @@ def test_write_chars_splits_at_any_character_of_any_piece(tmp_path):
         train, val = (''.join(meta['itos'][int(i)] for i in np.fromfile(out_dir / f'{split}.bin', dtype=np.uint16))
                       for split in ('train', 'val'))
         assert (train, val) == (text[:n_train], text[n_train:]) and meta['separator'] == 'x', n_train
-
 
 def test_a_vocabulary_past_uint16_round_trips_trains_and_samples(tmp_path, scratch):
     points = [p for p in range(0x21, 0x21 + 70_500) if not 0xD800 <= p <= 0xDFFF]
@@ -204,7 +187,6 @@ def test_a_vocabulary_past_uint16_round_trips_trains_and_samples(tmp_path, scrat
     assert prompt in run_inproc('sample.py', f'--out_dir={out_dir}', '--device=cpu', '--num_samples=1',
                                 '--max_new_tokens=20', f'--start={prompt}', check=True).stdout
 
-
 # ----------------------------------------------------------------------------- reading text, names, folders
 
 def test_read_text_splits_characters_across_chunks_and_names_the_offset_of_invalid_utf8(tmp_path):
@@ -222,7 +204,6 @@ def test_read_text_splits_characters_across_chunks_and_names_the_offset_of_inval
         replaced = ''.join(encode.read_text(str(path), errors='replace', chunk_bytes=3))
         assert replaced.startswith(good.decode()) and '\ufffd' in replaced and replaced.endswith('tail')
 
-
 def test_missing_empty_bad_arguments_and_invalid_utf8(tmp_path, scratch):
     name, good = scratch('errs'), 'first line 中文\n'.encode('utf-8') * 1000
     (tmp_path / 'empty.txt').write_bytes(b'')
@@ -238,13 +219,11 @@ def test_missing_empty_bad_arguments_and_invalid_utf8(tmp_path, scratch):
     prep('char', '--input', tmp_path / 'gbk.txt', '--name', name, '--replace_invalid_utf8')
     assert '\ufffd' in dataset.read_meta(name)['stoi']
 
-
 NAMES_TAKEN = ['données', 'doupo', '斗破苍穹', 'हिन्दी', 'cafe\u0301', 'Ελληνικά', 'my_novel-2.v1', '_x', 'a' * 255]
 NAMES_REFUSED = {'': 'is empty', '.hidden': "starts with '.'", '..': "starts with '.'", '-x': "starts with '-'",
                  'a/b': "'/'", 'a\\b': "'\\\\'", 'two words': "' '", 'a:b': "':'", '\u0301x': 'starts with',
                  'con': 'device name', 'NUL.txt': 'device name', 'com1': 'device name', 'novel.': "ends with '.'",
                  'é' * 128: '255 bytes'}
-
 
 def test_names_in_any_language_and_none_a_filesystem_refuses(tmp_path, scratch):
     for name in NAMES_TAKEN:
@@ -259,7 +238,6 @@ def test_names_in_any_language_and_none_a_filesystem_refuses(tmp_path, scratch):
     text.write_text('Il était une fois des données.\n' * 50, encoding='utf-8')
     prep('char', '--input', text, '--name', name)
     assert ''.join(decoded(name)[:2]) == text.read_text(encoding='utf-8')
-
 
 def test_script_folder_names_are_no_dataset_names(tmp_path, shakespeare_char):
     """data/char holds the tool for your own text, and data/shakespeare_char's name is its script's dataset:
@@ -278,7 +256,6 @@ def test_script_folder_names_are_no_dataset_names(tmp_path, shakespeare_char):
         pass
     with prepare.output_dir('tinystories', own='tinystories') as path:
         assert path == folder('tinystories')
-
 
 def test_nanogpt_data_dir_moves_every_dataset(tmp_path, monkeypatch):
     """The shakespeare scripts read input.txt from <NANOGPT_DATA_DIR>/<name>/ and write there, data/char/prepare.py
@@ -304,7 +281,6 @@ def test_nanogpt_data_dir_moves_every_dataset(tmp_path, monkeypatch):
     refused(run_inproc('train.py', '--dataset=nope', '--device=cpu', f'--out_dir={tmp_path / "out"}'),
             f"{elsewhere / 'nope'}/", 'mine', 'shakespeare_char')
 
-
 @pytest.mark.parametrize('root', ['a file', 'a folder that cannot be written'])
 def test_a_data_dir_that_cannot_take_datasets_is_one_line(tmp_path, monkeypatch, root):
     target = tmp_path / 'notes.txt'
@@ -324,7 +300,6 @@ def test_a_data_dir_that_cannot_take_datasets_is_one_line(tmp_path, monkeypatch,
         with pytest.raises(UserError, match=f'NANOGPT_DATA_DIR={target} is a file'):
             dataset.read_meta('mine')
 
-
 def test_unknown_dataset_lists_the_prepared_and_the_preparable():
     with pytest.raises(UserError) as e:
         dataset.bin_path('_test_nope', 'train')
@@ -333,7 +308,6 @@ def test_unknown_dataset_lists_the_prepared_and_the_preparable():
     assert {'openwebtext', 'shakespeare', 'tinystories'} <= set(listed) and 'char' not in listed
     with pytest.raises(UserError, match='prepare the dataset first: python data/openwebtext/prepare.py'):
         dataset.bin_path('openwebtext', 'train')   # its script is in the repository, its folder not yet made
-
 
 def test_download_makes_the_folder_and_leaves_nothing_when_it_fails(tmp_path):
     source, target = tmp_path / 'source.txt', tmp_path / 'root' / 'shakespeare_char' / 'input.txt'
@@ -346,7 +320,6 @@ def test_download_makes_the_folder_and_leaves_nothing_when_it_fails(tmp_path):
     with pytest.raises(UserError, match='could not download'):
         prepare.download(source.as_uri(), str(missing))
     assert os.listdir(missing.parent) == []
-
 
 def test_the_data_guard_sees_files_created_removed_and_rewritten(tmp_path):
     """conftest's check of the repository's data/ at the end of every session, on a folder of its own."""
@@ -366,7 +339,6 @@ def test_the_data_guard_sees_files_created_removed_and_rewritten(tmp_path):
     assert data_changes(before, data_files(str(mine.parent))) == [
         os.path.join('data', 'mine', 'input.txt') + ' changed', os.path.join('data', 'mine', 'train.bin') + ' changed',
         os.path.join('data', 'mine', 'val.bin') + ' removed', os.path.join('data', 'new', 'train.bin') + ' created']
-
 
 # ----------------------------------------------------------------------------- writing: failures, kills, swaps
 
@@ -393,7 +365,6 @@ def test_failed_write_leaves_previous_files_untouched(tmp_path, scratch):
     with pytest.raises(KeyboardInterrupt), prepare.output_dir(name) as new_dir, prepare.Output(new_dir):
         raise KeyboardInterrupt
     assert not os.path.exists(folder(name))
-
 
 def test_a_swap_that_a_prepare_left_half_done_is_completed_by_the_next_reader(scratch, monkeypatch, capsys):
     """Stopped after train.bin moved into place, the new dataset's val.bin and meta.pkl still under .tmp names:
@@ -423,13 +394,11 @@ def test_a_swap_that_a_prepare_left_half_done_is_completed_by_the_next_reader(sc
     assert np.array_equal(np.concatenate([tokens(name, 'train'), tokens(name, 'val')]), np.arange(20) % 3)
     assert sorted(os.listdir(folder(name))) == ['meta.pkl', 'train.bin', 'val.bin']
 
-
 @pytest.fixture(scope='module')
 def big_text(tmp_path_factory):
     path = tmp_path_factory.mktemp('big') / 'big.txt'
     path.write_bytes(('The quick brown fox 狐狸 jumps.\n' * 2_500_000).encode('utf-8'))   # ~95 MB
     return path
-
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_prepare_leaves_no_finished_looking_files(big_text, scratch, sig):
@@ -448,7 +417,6 @@ def test_interrupted_prepare_leaves_no_finished_looking_files(big_text, scratch,
     if sig == signal.SIGINT:   # Ctrl-C also removes the temporary files (and the new folder); kill -9 cannot
         assert not os.path.exists(folder(name)), left
 
-
 # ----------------------------------------------------------------------------- TinyStories
 
 def story_files(tmp_path, kind, train=STORIES, val=VAL_STORIES):
@@ -460,7 +428,6 @@ def story_files(tmp_path, kind, train=STORIES, val=VAL_STORIES):
                                                                           for s in texts), encoding='utf-8')
         args += [flag, str(path)]
     return args
-
 
 @pytest.mark.parametrize('layout', ['varied', 'plain', 'plain_with_untidy_stories', 'no_newline_after_last_marker'])
 def test_txt_story_parsing_is_independent_of_chunk_size(tmp_path, layout):
@@ -479,7 +446,6 @@ def test_txt_story_parsing_is_independent_of_chunk_size(tmp_path, layout):
         joined = ''.join(tiny_stories.story_text(tiny_stories.txt_stories(str(path), chunk_bytes=chunk), SEP))
         assert joined == ''.join(s + SEP for s in stories), chunk
 
-
 def test_txt_without_story_ends_stops_before_memory_grows(tmp_path, monkeypatch):
     monkeypatch.setattr(tiny_stories, 'MAX_STORY_CHARS', 1000)
     path = tmp_path / 'novel.txt'
@@ -488,7 +454,6 @@ def test_txt_without_story_ends_stops_before_memory_grows(tmp_path, monkeypatch)
         list(tiny_stories.txt_stories(str(path), chunk_bytes=64))
     path.write_text('A short story.\n<|endoftext|>\n' * 100, encoding='utf-8')
     assert sum(map(len, tiny_stories.txt_stories(str(path), chunk_bytes=64))) == 100
-
 
 def test_tinystories_from_txt_and_jsonl(tmp_path, scratch, hf_offline):
     """Both scripts from both kinds of local files: .jsonl goes through load_dataset like the hub load, and gives
@@ -510,7 +475,6 @@ def test_tinystories_from_txt_and_jsonl(tmp_path, scratch, hf_offline):
         assert f"train has {len(gpt2_tokens(STORIES)):,} tokens" in out
     assert written['txt'] == written['jsonl']
 
-
 def test_tinystories_without_validation_text_or_offline_is_one_line(tmp_path, scratch, hf_offline):
     train_file = story_files(tmp_path, 'txt')[1]
     (tmp_path / 'valid.txt').write_text('<|endoftext|>\n\n<|endoftext|>\n')
@@ -530,14 +494,12 @@ def test_tinystories_without_validation_text_or_offline_is_one_line(tmp_path, sc
                 '--train_file and --val_file')
         assert not os.path.exists(folder(script)) and time.time() - start < 60
 
-
 def test_tinystories_separator_inside_a_story_is_an_error(tmp_path, scratch):
     files, name = story_files(tmp_path, 'txt', train=STORIES + [f'I contain {SEP} myself.']), scratch('sep')
     refused(prep('tinystories_char', *files, '--name', name, check=False), '--separator')
     prep('tinystories_char', *files, '--name', name, '--separator', '\x03')
     train, _, meta = decoded(name)
     assert meta['separator'] == '\x03' and train.count('\x03') == len(STORIES) + 1
-
 
 def test_gpt2_tokens_equal_one_call_per_document():
     plain = VAL_STORIES + ['', 'x', '\n\n  spaces  \n'] + [cjk_text(3)] * 50

@@ -19,7 +19,6 @@ SYNTAX_LINES = {'python train.py config/file.py --key=value'}
 CONTAINER_CALLS = {'sorted', 'list', 'dict', 'set', 'tuple', 'frozenset'}
 UNKNOWN = object()
 
-
 def readme_commands(text):
     """(line number, command) for each python or torchrun command: a line of a ```sh block (a trailing
     backslash continues it), or inline code that starts with one, which may wrap over lines."""
@@ -44,7 +43,6 @@ def readme_commands(text):
             commands.append((prose.count('\n', 0, code.start()) + 1, command))
     return sorted(commands)
 
-
 def words(command):
     """The command's words without environment assignments in front; a <placeholder> is one word, and '...',
     arguments left out, none."""
@@ -57,10 +55,8 @@ def words(command):
         found.pop(0)
     return [word for word in found if word not in ('...', '…')]
 
-
 def runs_a_script(command):
     return words(command)[:1] in (['python'], ['python3'], ['torchrun'])
-
 
 def script_and_arguments(command):
     """(script, its arguments), or None for `python -m ...` and the like. torchrun's own options come before
@@ -72,7 +68,6 @@ def script_and_arguments(command):
     if not rest or rest[0].startswith('-'):
         return None
     return rest[0], rest[1:]
-
 
 def setting_value(node, earlier):
     """(whether an assignment's value is of a type configurator.settable_keys takes: bool, int, float, str or
@@ -87,10 +82,8 @@ def setting_value(node, earlier):
         return False, None
     return isinstance(value, (bool, int, float, str, type(None))), value
 
-
 def calls(node, name):
     return any(isinstance(n, ast.Call) and ast.unparse(n.func).split('.')[-1] == name for n in ast.walk(node))
-
 
 def configurator_settings(tree):
     settings = {}
@@ -105,7 +98,6 @@ def configurator_settings(tree):
                     settings[name] = value
     return set(settings)
 
-
 @functools.cache
 def settings_of(script):
     """('configurator', its settings), ('argparse', its options) or ('none', set())."""
@@ -117,7 +109,6 @@ def settings_of(script):
         proc = run_inproc(script, '--help', check=True)
         return 'argparse', set(re.findall(r'(?<![\w-])--(\w[\w-]*)', proc.stdout))
     return 'none', set()
-
 
 def problems(command):
     """What is wrong with a README command, in words, or []."""
@@ -143,15 +134,12 @@ def problems(command):
             wrong.append(f"{script} takes no arguments, but is given {argument}")
     return wrong
 
-
 with open(README, encoding='utf-8') as f:
     COMMANDS = readme_commands(f.read())
-
 
 @pytest.mark.parametrize('line, command', COMMANDS, ids=[f'line {line}' for line, _ in COMMANDS])
 def test_readme_command(line, command):
     assert not problems(command), '\n'.join(f"README line {line}: {p}" for p in problems(command))
-
 
 def test_the_check_finds_what_is_wrong():
     assert COMMANDS, "found no python or torchrun command in README.md: has the README or its layout changed?"

@@ -13,7 +13,6 @@ from conftest import CORE_WORDS, REPO_ROOT, core_text, run_inproc
 SEPARATOR = '---------------'
 PROMPTS = ('the cat', 'the dog', 'a mat')
 
-
 def printed_text(stdout):
     """What sample.py printed after its set-up lines."""
     lines = stdout.split('\n')
@@ -21,18 +20,15 @@ def printed_text(stdout):
         lines.pop(0)
     return '\n'.join(lines)
 
-
 def samples_of(stdout, prompt):
     """The samples printed, in order."""
     text = printed_text(stdout)
     assert text.startswith(prompt), text[:200]
     return [s.strip('\n') for s in text.split(SEPARATOR) if s.strip()]
 
-
 def sample_args(out_dir, **settings):
     settings = dict(dict(device='cpu', num_samples=3, max_new_tokens=20, start='the', seed=7), **settings)
     return [f'--out_dir={out_dir}', *[f'--{k}={v}' for k, v in settings.items() if v is not None]]
-
 
 @pytest.fixture(scope='module')
 def sample(tiny_run):
@@ -41,7 +37,6 @@ def sample(tiny_run):
     def run(**settings):
         return run_inproc('sample.py', *sample_args(tiny_run.out_dir, **settings), check=True)
     return run
-
 
 def test_samples_of_the_trained_model_each_seeded_alike_streamed_or_batched_and_greedy(sample):
     run = sample()
@@ -58,7 +53,6 @@ def test_samples_of_the_trained_model_each_seeded_alike_streamed_or_batched_and_
     greedy = samples_of(sample(top_k=1).stdout, 'the')  # which a tiny temperature samples too
     assert samples_of(sample(temperature=1e-39, top_k=None).stdout, 'the') == greedy and len(set(greedy)) == 1
 
-
 @pytest.mark.parametrize('stream', [True, False])
 def test_stopped_samples_are_the_unstopped_ones_cut_at_the_stop(sample, stream):
     """With the real model and sampling: stopping changes where a sample ends, never what it says."""
@@ -66,7 +60,6 @@ def test_stopped_samples_are_the_unstopped_ones_cut_at_the_stop(sample, stream):
     stopped = samples_of(sample(stop="'a'", stream=stream).stdout, 'the')
     assert stopped == ['the' + s[3:].split('a')[0] for s in full]
     assert any(len(s) < len(f) for s, f in zip(stopped, full)), "no sample met the stop: the test proves little"
-
 
 def test_prompt_files_and_many_prompts_each_equal_to_the_prompt_sampled_alone(sample, tmp_path):
     prompt = tmp_path / 'prompt.txt'  # a prompt file with Windows line ends reads as text
@@ -86,12 +79,10 @@ def test_prompt_files_and_many_prompts_each_equal_to_the_prompt_sampled_alone(sa
         assert [[s.strip('\n') for s in parts[i].split(SEPARATOR) if s.strip()] for i in range(3, len(parts), 3)] \
             == alone[settings.get('top_p', 1.0)]
 
-
 def test_sample_reads_latest_when_it_is_the_only_checkpoint(copy_run):
     os.remove(copy_run / 'ckpt.pt')
     result = run_inproc('sample.py', *sample_args(copy_run, num_samples=1, max_new_tokens=2), check=True)
     assert len(samples_of(result.stdout, 'the')) == 1
-
 
 def test_a_reader_that_leaves_ends_sampling_without_a_traceback(tiny_run):
     """python sample.py | head -30: the reader goes in the middle of the samples."""
@@ -103,7 +94,6 @@ def test_a_reader_that_leaves_ends_sampling_without_a_traceback(tiny_run):
     stderr = proc.stderr.read()
     assert proc.wait(timeout=120) == 1
     assert stderr == '', stderr
-
 
 # ----------------------------------------------------------------------------- ending a sample
 
@@ -118,7 +108,6 @@ def scripted_generation(monkeypatch, tokens):
             yield torch.full((idx.size(0), 1), token, dtype=torch.long, device=idx.device)
     monkeypatch.setattr(GPT, 'generate_tokens', generate_tokens)
 
-
 def test_a_gpt2_sample_ends_at_endoftext(monkeypatch, tmp_path):
     import tiktoken
     import tiny_runs
@@ -131,9 +120,7 @@ def test_a_gpt2_sample_ends_at_endoftext(monkeypatch, tmp_path):
     assert out.split('\n---------------')[0].endswith('Say: Hello world.')
     assert '<|endoftext|>' not in out and 'More' not in out
 
-
 SCRIPT = ' cat sat on a mat\nthen'
-
 
 @pytest.mark.parametrize('stream', [True, False])
 @pytest.mark.parametrize('script,settings,expected', [

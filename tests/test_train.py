@@ -14,10 +14,8 @@ from helpers import checkpoint, metrics
 from conftest import (REPO_ROOT, LiveProcess, assert_user_error, checkpoint_files, core_text, core_train_args,
                       iteration_losses, run_inproc, step_losses)
 
-
 def leftovers(out_dir):
     return [n for n in os.listdir(out_dir) if '.tmp' in n]
-
 
 def test_tiny_run_learns_says_how_far_it_is_and_writes_checkpoints(tiny_run, core_dataset):
     stdout, steps = tiny_run.stdout, step_losses(tiny_run.stdout)
@@ -44,7 +42,6 @@ def test_tiny_run_learns_says_how_far_it_is_and_writes_checkpoints(tiny_run, cor
     assert ckpt['config']['dataset'] == core_dataset and ckpt['config']['batch_size'] == 4
     assert all(torch.isfinite(p).all() for p in checkpoint.model_from_checkpoint(ckpt).parameters())
 
-
 @pytest.mark.parametrize('resume_from, max_iters', [('latest.pt', 30), ('ckpt.pt', 21)])
 def test_resume_continues_from_the_latest_state_and_its_elapsed_time(copy_run, resume_from, max_iters):
     """From latest.pt, or from ckpt.pt alone (an out_dir as nanoGPT leaves it) at its iteration."""
@@ -64,7 +61,6 @@ def test_resume_continues_from_the_latest_state_and_its_elapsed_time(copy_run, r
     seconds = [r['seconds'] for r in metrics.read_metrics(copy_run / 'metrics.csv')]
     assert seconds == sorted(seconds) and seconds[-1] == pytest.approx(latest['elapsed_seconds'], abs=2)
 
-
 def test_ckpt_pt_is_only_written_on_improvement_without_always_save(tmp_path, core_dataset):
     """nanoGPT's rule for ckpt.pt; latest.pt is written at every evaluation regardless. With a
     learning rate of 0 the val loss never improves on the first evaluation's."""
@@ -75,14 +71,12 @@ def test_ckpt_pt_is_only_written_on_improvement_without_always_save(tmp_path, co
     assert checkpoint_files(out_dir) == ['latest.pt']
     assert checkpoint.load(str(out_dir), 'latest.pt')['iter_num'] == 7
 
-
 # -----------------------------------------------------------------------------
 # exact resume: a run stopped by a signal and resumed == the same run straight through; bit for bit
 
 EXACT = dict(dropout=0.1, gradient_accumulation_steps=2, eval_interval=3, always_save_checkpoint=False,
              learning_rate=3e-3, decay_lr=True, warmup_iters=2, lr_decay_iters=14, min_lr=3e-4)
 EXACT_LAST = 16
-
 
 @pytest.fixture(scope='module')
 def straight_run(core_dataset, tmp_path_factory):
@@ -91,7 +85,6 @@ def straight_run(core_dataset, tmp_path_factory):
     assert sorted(iteration_losses(stdout)) == list(range(EXACT_LAST + 1))
     assert len(set(iteration_losses(stdout).values())) > EXACT_LAST // 2  # dropout and the data differ per iteration
     return types.SimpleNamespace(out_dir=out_dir, losses=iteration_losses(stdout), steps=step_losses(stdout))
-
 
 def test_the_checkpoint_holds_the_rng_and_sampler_state(straight_run):
     state = checkpoint.load(str(straight_run.out_dir), 'latest.pt')
@@ -107,7 +100,6 @@ def test_the_checkpoint_holds_the_rng_and_sampler_state(straight_run):
     checkpoint.restore_rng_states(rng, 'cpu')
     assert (random.random(), np.random.rand()) == draws[:2] and torch.equal(torch.rand(3), draws[2])
     checkpoint.restore_rng_states(before, 'cpu')
-
 
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_cleanly_and_the_resume_is_exact(signum, straight_run, tmp_path):
@@ -134,7 +126,6 @@ def test_a_signal_stops_cleanly_and_the_resume_is_exact(signum, straight_run, tm
     assert {**iteration_losses(run.stdout), **iteration_losses(resumed)} == straight_run.losses
     assert {**step_losses(run.stdout), **step_losses(resumed)} == straight_run.steps
 
-
 def test_time_left_counts_the_iterations_and_evaluations_to_come(monkeypatch):
     """progress() from train.py, on its own: 100 iterations of 0.5 s and 4 evaluations of 10 s are left
     after iteration 399 of 0..499 with evaluations every 25."""
@@ -144,7 +135,6 @@ def test_time_left_counts_the_iterations_and_evaluations_to_come(monkeypatch):
     namespace.update(max_iters=499, eval_interval=25, iter_seconds=0.5, eval_seconds=10.0)
     assert namespace['progress'](399) == '80% done, 1m30s left'  # 100 x 0.5 s + evaluations at 400, 425, 450, 475
     assert metrics.duration(3725) == '1h02m' and metrics.duration(59.6) == '1m00s'
-
 
 def test_a_config_far_too_heavy_for_the_cpu_names_the_laptop_config(tmp_path, core_dataset):
     """nanoGPT's GPU config on a CPU: said before its first evaluation, which alone takes minutes."""
@@ -159,7 +149,6 @@ def test_a_config_far_too_heavy_for_the_cpu_names_the_laptop_config(tmp_path, co
     finally:
         run.kill()
 
-
 # -----------------------------------------------------------------------------
 # nanoGPT's own checkpoints, and a switch of optimizer on resume
 
@@ -168,7 +157,6 @@ NANOGPT_CONFIG_KEYS = ('out_dir', 'eval_interval', 'log_interval', 'eval_iters',
                        'gradient_accumulation_steps', 'batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd',
                        'dropout', 'bias', 'learning_rate', 'max_iters', 'weight_decay', 'beta1', 'beta2', 'grad_clip',
                        'decay_lr', 'warmup_iters', 'lr_decay_iters', 'min_lr', 'backend', 'device', 'dtype', 'compile')
-
 
 def as_nanogpt_checkpoint(state):
     """state (this project's checkpoint) as nanoGPT's train.py writes it on a CPU: its keys only, its config
@@ -184,7 +172,6 @@ def as_nanogpt_checkpoint(state):
             'optimizer': {'state': state['optimizer']['state'], 'param_groups': adamw.state_dict()['param_groups']},
             'model_args': state['model_args'], 'iter_num': state['iter_num'], 'best_val_loss': state['best_val_loss'],
             'config': dict({k: config[k] for k in NANOGPT_CONFIG_KEYS}, dtype='float16', device='cpu', compile=True)}
-
 
 @pytest.mark.parametrize('dtype', [None, 'float16'])
 def test_a_nanogpt_checkpoint_resumes_as_this_projects_own(copy_run, tmp_path, dtype):
@@ -204,7 +191,6 @@ def test_a_nanogpt_checkpoint_resumes_as_this_projects_own(copy_run, tmp_path, d
         assert "dtype='float32' for this machine (the run had 'float16'; set --dtype to choose)" in theirs
         assert "compile=False for this machine (the run had True; set --compile to choose)" in theirs
 
-
 @pytest.mark.parametrize('before, after', [('adamw', 'muon'), ('muon', 'adamw')])
 def test_resuming_with_the_other_optimizer_starts_its_state_afresh(tmp_path, core_dataset, before, after):
     out_dir = tmp_path / 'out'
@@ -217,7 +203,6 @@ def test_resuming_with_the_other_optimizer_starts_its_state_afresh(tmp_path, cor
     state = checkpoint.load(str(out_dir), 'latest.pt')
     assert state['iter_num'] == 5 and state['config']['optimizer'] == after
     assert ('muon' in state['optimizer']) == (after == 'muon')
-
 
 def test_a_negative_hellaswag_examples_is_refused(tmp_path, core_dataset):
     """0 scores every example; a negative number is no count at all."""

@@ -12,7 +12,6 @@ from model import GPT, GPTConfig
 
 CHARS = sorted(set("abcdefghijklmnopqrstuvwxyz ,.;:!?'\nABCDEFGHIJ"))
 
-
 def make_char_dataset(tag):
     """data/_test_<tag>: 6000 train and 1003 val tokens of random text over CHARS, in runs of two letters so that a
     few training steps lower the loss; returns its name."""
@@ -21,11 +20,9 @@ def make_char_dataset(tag):
     write_char_dataset(f'_test_{tag}', ''.join(CHARS[i] for i in ids), val_fraction=1003 / 7003)
     return f'_test_{tag}'
 
-
 def remove_dataset(name):
     assert name.startswith('_test_')
     shutil.rmtree(os.path.join(DATA_ROOT, name), ignore_errors=True)
-
 
 def make_model(activation='gelu', bias=True, block_size=16, n_layer=2, n_head=2, n_embd=32, seed=0,
                vocab_size=len(CHARS)):
@@ -48,7 +45,6 @@ def make_model(activation='gelu', bias=True, block_size=16, n_layer=2, n_head=2,
                 p.normal_(0.0, 1.5 / p.shape[1] ** 0.5)  # unit-ish gain per Linear
     return model.eval()
 
-
 def save_checkpoint(model, out_dir, dataset_name, iter_num=100):
     os.makedirs(out_dir, exist_ok=True)
     ckpt = {'model': model.state_dict(), 'optimizer': {}, **checkpoint.architecture_entries(model.config),
@@ -56,7 +52,6 @@ def save_checkpoint(model, out_dir, dataset_name, iter_num=100):
             'config': {'dataset': dataset_name, 'batch_size': 4, 'eval_iters': 3, 'seed': 1337}}
     torch.save(ckpt, os.path.join(out_dir, 'ckpt.pt'))
     return os.path.join(out_dir, 'ckpt.pt')
-
 
 def full_logits(model, idx):
     """Every position's logits from GPT.forward itself (targets make it return them all)."""
