@@ -43,7 +43,6 @@ configurator.require_positive(globals(), 'batch_size', 'bench_iters')
 configurator.check_seed(seed)
 torch.manual_seed(seed)
 
-# data
 vocab_size = 50304  # GPT-2's vocabulary, padded
 if real_data:
     folder = data.data_dir(dataset)
@@ -61,7 +60,6 @@ else:
 def get_batch():
     return data.get_batch(train_path, token_dtype, batch_size, block_size, device) if real_data else (x, y)
 
-# model
 model = GPT(GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout, bias=bias,
                       vocab_size=vocab_size))
 model.activation_checkpointing = activation_checkpointing
@@ -83,16 +81,12 @@ def train_step(X, Y):
 
 X, Y = get_batch()
 if profile:
-    kinds = torch.profiler.ProfilerActivity
-    activities = [kinds.CPU, kinds.CUDA] if device_type == 'cuda' else [kinds.CPU]
-    wait, warmup, active = 5, 5, 5
-    schedule = torch.profiler.schedule(wait=wait, warmup=warmup, active=active, repeat=1)
-    with torch.profiler.profile(activities=activities, schedule=schedule,
+    with torch.profiler.profile(schedule=torch.profiler.schedule(wait=5, warmup=5, active=5, repeat=1),
                                 on_trace_ready=torch.profiler.tensorboard_trace_handler(profile_dir)) as prof:
-        for k in range(wait + warmup + active):
+        for k in range(15):  # the last 5 traced
             loss = train_step(X, Y)
             X, Y = get_batch()
-            print(f"{k}/{wait + warmup + active} loss: {loss.item():.4f}")
+            print(f"{k}/15 loss: {loss.item():.4f}")
             prof.step()
     print(f"profiler trace written to {os.path.abspath(profile_dir)}")
 else:

@@ -1,6 +1,6 @@
 """
-Loss and perplexity of a model on a dataset's splits, on tokens fixed in advance so that models compare on the
-same text (with the checkpoint's settings, the defaults, train.py's evaluation batches); HellaSwag accuracy too.
+Loss, perplexity and bits per byte of a model on fixed tokens of a dataset's splits, so that models compare on the
+same text (by default train.py's evaluation batches); HellaSwag accuracy too.
 
 $ python evaluate.py --out_dir=out-shakespeare-char                   # fixed batches, train and val
 $ python evaluate.py --out_dir=out-shakespeare-char --full_pass=True  # every token of val.bin once
@@ -38,15 +38,14 @@ dtype = hardware.default_dtype(device)  # 'float32', 'bfloat16' or 'float16'
 compile = False
 # -----------------------------------------------------------------------------
 
-# for GPT-2's own weights: train.py's eval_iters and seed, the batch_size of config/eval_gpt2*.py
+# for GPT-2's own weights and what a checkpoint lacks: train.py's eval_iters and seed, config/eval_gpt2*.py's batch_size
 GPT2_DEFAULTS = dict(dataset='openwebtext', eval_iters=200, batch_size=8, seed=1337)
 WRITTEN_BY = {'written_by': 'evaluate.py'}  # in every results file: the mark of a file this script may replace
 
 @torch.no_grad()
 def fixed_batch_loss(model, path, token_dtype, batch_size, block_size, eval_iters, generator_seed, device, ctx,
                      byte_counts=None):
-    """The mean loss and bits per byte (data.summed_loss) of eval_iters batches drawn from a generator seeded
-    with generator_seed."""
+    """The mean loss and bits per byte of eval_iters batches drawn from a generator seeded with generator_seed."""
     generator, sums = torch.Generator().manual_seed(generator_seed), torch.zeros(3, device=device)
     for _ in range(eval_iters):
         x, y = data.get_batch(path, token_dtype, batch_size, block_size, device, generator)
@@ -55,8 +54,7 @@ def fixed_batch_loss(model, path, token_dtype, batch_size, block_size, eval_iter
     return sums[0].item() / (eval_iters * batch_size * block_size), data.bits_per_byte(sums.tolist())
 
 def full_pass_windows(n_tokens, block_size):
-    """(start, length) of consecutive windows, each from an empty context as in training, the last one shorter:
-    together they predict tokens 1..n_tokens-1, each once."""
+    """(start, length) of consecutive windows, the last one shorter: they predict tokens 1..n_tokens-1 once each."""
     return [(start, min(block_size, n_tokens - 1 - start)) for start in range(0, n_tokens - 1, block_size)]
 
 @torch.no_grad()
@@ -74,36 +72,32 @@ def full_pass_loss(model, path, token_dtype, batch_size, block_size, device, ctx
         n_predicted += y.numel()
     return sums[0] / n_predicted, data.bits_per_byte(sums), n_predicted
 
-def positive_int(name, value):
-    if type(value) is not int or value <= 0:
-        raise UserError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
 def plan_splits(explicit, model, ckpt):
     """The loss evaluation's dataset, splits and batches, checked before anything runs."""
-    trained = dict(ckpt.get('config') or {}) if ckpt is not None else GPT2_DEFAULTS
-    vocabulary = ckpt.get('tokenizer') if ckpt is not None else None
-    name = dataset or trained.get('dataset')
-    if not name:
+    config = {'dataset': None, **(ckpt.get('config') or {})} if ckpt is not None else {}
+    trained = {**GPT2_DEFAULTS, **config, 'block_size': model.config.block_size}  # for the settings not given
+    given = dict(dataset=dataset or None, eval_iters=eval_iters, batch_size=batch_size, block_size=block_size,
+                 seed=seed)
+    settings = {key: trained[key] if value is None else value for key, value in given.items()}
+    if not settings['dataset']:
         raise UserError("the checkpoint does not say which dataset it was trained on; pass --dataset=...")
-    setting = lambda key, value, default: value if value is not None else trained.get(key, default)
-    n_batches, rows = positive_int('eval_iters', setting('eval_iters', eval_iters, 200)), \
-        positive_int('batch_size', setting('batch_size', batch_size, 8))
-    configurator.check_seed(batch_seed := setting('seed', seed, 1337))
-    window = positive_int('block_size', block_size if block_size is not None else model.config.block_size)
-    if window > model.config.block_size:
-        raise UserError(f"block_size {window} is larger than the model's {model.config.block_size}")
+    for key in ('eval_iters', 'batch_size', 'block_size'):
+        if type(settings[key]) is not int or settings[key] <= 0:
+            raise UserError(f"{key} must be a positive integer, got {settings[key]!r}")
+    configurator.check_seed(settings['seed'])
+    if settings['block_size'] > model.config.block_size:
+        raise UserError(f"block_size {settings['block_size']} is larger than the model's {model.config.block_size}")
     split_names = [s.strip() for s in ('val' if full_pass and 'splits' not in explicit else splits).split(',')]
-    if not all(split_names):
-        raise UserError(f"splits must name splits separated by commas, e.g. --splits=val or --splits=train,val; "
-                        f"got {splits!r}")
-    meta = data.read_meta(name)
+    meta = data.read_meta(settings['dataset'])
     # a full pass takes files shorter than a window too
-    data.check_fits(name, meta, model.config.vocab_size, 1 if full_pass else window, vocabulary, split_names)
-    settings = dict(dataset=name, full_pass=full_pass, block_size=window, batch_size=rows,
-                    eval_iters=None if full_pass else n_batches, seed=None if full_pass else batch_seed)
-    return types.SimpleNamespace(settings=settings, paths={s: data.bin_path(name, s) for s in split_names},
-                                 token_dtype=data.token_dtype(meta), entry=tokenizer.tokenizer_entry(meta))
+    data.check_fits(settings['dataset'], meta, model.config.vocab_size, 1 if full_pass else settings['block_size'],
+                    (ckpt or {}).get('tokenizer'), split_names)
+    settings['full_pass'] = full_pass
+    if full_pass:
+        settings.update(eval_iters=None, seed=None)
+    paths = {s: data.bin_path(settings['dataset'], s) for s in split_names}
+    return types.SimpleNamespace(settings=settings, paths=paths, token_dtype=data.token_dtype(meta),
+                                 entry=tokenizer.tokenizer_entry(meta))
 
 def evaluate_splits(model, plan, where, ctx):
     """{split: {loss, perplexity, tokens}} of the planned splits, printed as they come."""
@@ -111,8 +105,7 @@ def evaluate_splits(model, plan, where, ctx):
     print(f"evaluating {where} on {shown(data.data_dir(plan.settings['dataset']))}, block_size {window}, "
           f"{dtype} on {device}")
     if full_pass:
-        print(f"full pass: consecutive windows of {window} tokens, {rows} per batch, every token but the first "
-              "predicted once")
+        print(f"full pass: {rows} consecutive windows of {window} tokens a batch, every token but the first once")
     else:
         print(f"fixed batches: {n_batches} batches of {rows} x {window} tokens per split, seed {plan.settings['seed']}")
     results, byte_counts = {}, data.token_bytes(plan.entry, model.config.vocab_size, device)
@@ -131,16 +124,6 @@ def evaluate_splits(model, plan, where, ctx):
               + f" ({n_predicted:,} tokens, {time.time() - t0:.1f}s)")
     return results
 
-def evaluate_hellaswag(model, examples, where, ctx):
-    """HellaSwag's acc and acc_norm over the examples, with a progress bar and a result line."""
-    print(f"evaluating {where} on HellaSwag: {len(examples):,} examples, {dtype} on {device}")
-    t0 = time.time()
-    correct, correct_norm, count = hellaswag_scoring.score(model, examples, device, ctx, progress=True)
-    seconds = time.time() - t0
-    print(f"hellaswag: acc {correct / count:.4f}, acc_norm {correct_norm / count:.4f} ({count:,} examples, "
-          f"{seconds:.1f}s, {count / seconds:.2f} examples/s)")
-    return dict(hellaswag_acc=correct / count, hellaswag_acc_norm=correct_norm / count, hellaswag_examples=count)
-
 def ours(path):
     """Whether the file at path holds results this script wrote (and may replace)."""
     try:  # a results file is small: a large one (a checkpoint named by mistake) is not read through
@@ -151,9 +134,9 @@ def ours(path):
 
 def main(explicit, ctx):
     if results_file:
-        if not os.path.isdir(os.path.dirname(os.path.abspath(results_file))) or os.path.isdir(results_file):
-            raise UserError(f"--results_file={results_file} is a folder or lies in a folder that does not exist; "
-                            "pass the path of a .json file in an existing folder")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(results_file))):  # refuse_foreign refuses a folder
+            raise UserError(f"--results_file={results_file} lies in a folder that does not exist; pass the path of "
+                            "a .json file in an existing folder")
         files.refuse_foreign(results_file, ours, 'evaluate.py', '--results_file')
     configurator.require_range(globals(), 0, math.inf, 'hellaswag_examples')  # as train.py: 0 is all of them
     model, ckpt = checkpoint.load_model(init_from, out_dir)
@@ -163,7 +146,7 @@ def main(explicit, ctx):
     plan = plan_splits(explicit, model, ckpt) if losses else None
     if hellaswag:
         is_bpe = data.checkpoint_entry(ckpt)['kind'] == 'gpt2' if ckpt is not None else \
-            isinstance(tokenizer.for_pretrained(init_from), tokenizer.BPETokenizer)
+            isinstance(tokenizer.for_pretrained(init_from, model.config.vocab_size), tokenizer.BPETokenizer)
         hellaswag_scoring.require_bpe(is_bpe, where)
         examples = hellaswag_scoring.load(hellaswag_file or None, hellaswag_examples)
     del ckpt
@@ -176,7 +159,13 @@ def main(explicit, ctx):
         output['splits'] = evaluate_splits(model, plan, where, ctx)
     if hellaswag:
         output['settings']['hellaswag_file'] = hellaswag_file or hellaswag_scoring.default_path()
-        output.update(evaluate_hellaswag(model, examples, where, ctx))
+        print(f"evaluating {where} on HellaSwag: {len(examples):,} examples, {dtype} on {device}")
+        t0 = time.time()
+        correct, correct_norm, count = hellaswag_scoring.score(model, examples, device, ctx, progress=True)
+        seconds = time.time() - t0
+        print(f"hellaswag: acc {correct / count:.4f}, acc_norm {correct_norm / count:.4f} ({count:,} examples, "
+              f"{seconds:.1f}s, {count / seconds:.2f} examples/s)")
+        output.update(hellaswag_acc=correct / count, hellaswag_acc_norm=correct_norm / count, hellaswag_examples=count)
     if results_file:
         files.write_text(results_file, json.dumps(output, indent=2))
         print(f"wrote {results_file}")

@@ -1,15 +1,10 @@
-"""
-Export a trained model (out_dir's checkpoint) as a Hugging Face transformers GPT-2 folder.
-
+"""Export out_dir's checkpoint as a Hugging Face transformers GPT-2 folder.
 $ python export_hf.py --out_dir=out-shakespeare-char          # writes out_dir/hf/
     GPT2LMHeadModel.from_pretrained('out-shakespeare-char/hf')   # in transformers
     python sample.py --init_from=out-shakespeare-char/hf          # back here
-
-The folder is built beside its place, checked against the checkpoint's logits, then swapped in.
 """
 import json
 import os
-import shutil
 import time
 
 import torch
@@ -30,8 +25,7 @@ HF_ACTIVATION = {'gelu': 'gelu', 'gelu_tanh': 'gelu_new'}  # ours -> transformer
 MARKER = 'export_hf.json'  # the files an export wrote: a folder with it and only those is an earlier export
 
 def to_hf(model, vocabulary=None):
-    """A transformers GPT2LMHeadModel computing model's logits (its GELU; zero biases for bias=False);
-    vocabulary, a checkpoint's tokenizer entry, names the end-of-text token."""
+    """A transformers GPT2LMHeadModel computing model's logits; vocabulary (a tokenizer entry) names its EOT."""
     from transformers import GPT2Config, GPT2LMHeadModel
     cfg = model.config
     eot = tokenizer.GPT2_EOT if cfg.vocab_size > tokenizer.GPT2_EOT else None
@@ -39,9 +33,8 @@ def to_hf(model, vocabulary=None):
         eot = vocabulary['itos'].index(vocabulary['separator']) if vocabulary.get('separator') else None
     hf_model = GPT2LMHeadModel(GPT2Config(
         vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-        n_head=cfg.n_head, activation_function=HF_ACTIVATION[cfg.activation], layer_norm_epsilon=1e-5,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, bos_token_id=eot,
-        eos_token_id=eot))
+        n_head=cfg.n_head, activation_function=HF_ACTIVATION[cfg.activation], layer_norm_epsilon=1e-5, resid_pdrop=0.0,
+        embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, bos_token_id=eot, eos_token_id=eot))
     ours = model.state_dict()
     with torch.no_grad():
         for name, target in hf_model.state_dict().items():
@@ -56,26 +49,21 @@ def to_hf(model, vocabulary=None):
                 raise RuntimeError(f"transformers' GPT-2 has a parameter {name} that this model lacks")
     return hf_model.eval()
 
-def hf_tokenizer(vocabulary):
-    """A transformers tokenizer of the dataset's own BPE, or with one token per character: a BPE without merges."""
+def export(model, directory, vocabulary=None):
+    """Write config.json, model.safetensors and, for a dataset's own vocabulary, its tokenizer into directory."""
     from tokenizers import Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
-    if vocabulary['kind'] == 'bpe':
-        return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(vocabulary['bpe']))
-    tokens = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(vocabulary['itos'])}, merges=[]))
-    tokens.decoder = decoders.Fuse()  # characters join without spaces between them
-    return PreTrainedTokenizerFast(tokenizer_object=tokens, eos_token=vocabulary.get('separator'))
-
-def export(model, directory, vocabulary=None):
-    """Write config.json, model.safetensors and, for a vocabulary of the dataset's own, the tokenizer files into
-    directory."""
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # the bars of tiny files are noise
     hf_model = to_hf(model, vocabulary)
-    os.makedirs(directory, exist_ok=True)
     hf_model.save_pretrained(directory, safe_serialization=True)
-    if vocabulary and vocabulary['kind'] in ('char', 'bpe'):
-        hf_tokenizer(vocabulary).save_pretrained(directory)
+    if vocabulary and vocabulary['kind'] == 'bpe':
+        PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(vocabulary['bpe'])).save_pretrained(directory)
+    elif vocabulary and vocabulary['kind'] == 'char':  # a BPE without merges: one token per character
+        tokens = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(vocabulary['itos'])}, merges=[]))
+        tokens.decoder = decoders.Fuse()  # characters join without spaces between them
+        tokens = PreTrainedTokenizerFast(tokenizer_object=tokens, eos_token=vocabulary.get('separator'))
+        tokens.save_pretrained(directory)
     written = sorted(set(os.listdir(directory)) | {MARKER})
     with open(os.path.join(directory, MARKER), 'w') as f:
         json.dump({'written_by': 'export_hf.py', 'files': written}, f, indent=1)
@@ -104,44 +92,33 @@ def check_output(directory):
 def main():
     directory = output or os.path.join(out_dir, 'hf')
     check_output(directory)
-    model, _, vocabulary = exports.load_checkpoint(out_dir)
+    model, _, vocabulary = exports.load_checkpoint(out_dir, directory)
     cfg = model.config
-    print(f"exporting {model.get_num_params() / 1e6:.2f}M parameters to {directory} ...", flush=True)
-    t0 = time.time()
-    tmp = files.temp_path(directory)
+    t0, tmp = time.time(), files.temp_path(directory)
     os.makedirs(os.path.dirname(os.path.abspath(directory)), exist_ok=True)
     files.remove_orphaned_temp_files(directory)
     try:
         export(model, tmp, vocabulary)
-        print(f"exported config.json and model.safetensors in {time.time() - t0:.1f}s: "
-              f"GPT-2 with n_layer={cfg.n_layer}, n_head={cfg.n_head}, n_embd={cfg.n_embd}, "
-              f"n_positions={cfg.block_size}, vocab_size={cfg.vocab_size}, "
-              f"activation_function='{HF_ACTIVATION[cfg.activation]}'"
+        print(f"exported config.json and model.safetensors in {time.time() - t0:.1f}s: GPT-2 with "
+              f"n_layer={cfg.n_layer}, n_head={cfg.n_head}, n_embd={cfg.n_embd}, n_positions={cfg.block_size}, "
+              f"vocab_size={cfg.vocab_size}, activation_function='{HF_ACTIVATION[cfg.activation]}'"
               + ("" if cfg.bias else " (zero biases: the model was trained with bias=False)"))
         if verify:
             from transformers import GPT2LMHeadModel
-            prompts = exports.random_prompts(cfg.vocab_size, cfg.block_size, seed)
             hf_model, back = GPT2LMHeadModel.from_pretrained(tmp), GPT.from_pretrained(tmp).eval()
-            diff_hf, scale = exports.max_logit_difference(model, lambda idx: hf_model(idx).logits, prompts)
-            print(f"transformers GPT2LMHeadModel vs checkpoint logits: max abs diff {diff_hf:.3g} "
-                  f"(largest |logit| {scale:.3g})")
-            diff_back, _ = exports.max_logit_difference(model, lambda idx: back(idx, idx)[0], prompts)
-            print(f"GPT.from_pretrained round trip vs checkpoint logits: max abs diff {diff_back:.3g}")
-            if not max(diff_hf, diff_back) <= tolerance:
-                raise UserError(f"the exported model's logits differ by {max(diff_hf, diff_back):.3g}, more than "
-                                f"tolerance {tolerance:g}, so it was not kept; please report this with your torch "
-                                "and transformers versions")
+            exports.check_logits(model, [('transformers GPT2LMHeadModel', lambda idx: hf_model(idx).logits),
+                                         ('GPT.from_pretrained round trip', lambda idx: back(idx, idx)[0])],
+                                 seed, tolerance, 'transformers')
         exports.replace_with(tmp, directory)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # what is left of an export that failed or was stopped
+        files.remove(tmp)  # what is left of an export that failed or was stopped
     print(f"wrote {directory}")
 
 if __name__ == '__main__':
     configurator.configure(globals())
     configurator.check_seed(seed)
     try:
-        import safetensors  # noqa: F401
-        import transformers  # noqa: F401
+        import safetensors, transformers  # noqa: E401, F401
     except ImportError as e:
         raise UserError(f"export_hf.py needs transformers and safetensors ({e}); pip install transformers safetensors")
     main()

@@ -46,10 +46,9 @@ def load_run(run_dir):
     rows = sorted(metrics.read_metrics(path), key=lambda r: r['iter'])
     if not rows:
         with open(path, encoding='utf-8', errors='replace') as f:
-            header, *lines = f.read().splitlines() or ['']
-        names = header.split(',')
+            names, rest = f.readline().strip().split(','), f.read().strip()
         # older versions wrote fewer columns: any header of known names holding iter is one of ours
-        if 'iter' not in names or not set(names) <= set(metrics.COLUMNS) or any(line.strip() for line in lines):
+        if 'iter' not in names or not set(names) <= set(metrics.COLUMNS) or rest:
             raise UserError(f"{path} is damaged: none of its rows can be read (its header should be "
                             f"{','.join(metrics.COLUMNS)}); plot another run, or train again")
         raise UserError(f"{path} has no rows yet; wait for the first log line or evaluation")
@@ -70,16 +69,6 @@ def time_unit(runs):
     return next((size, name) for size, name in ((3600, 'hours'), (60, 'minutes'), (1, 'seconds'))
                 if longest >= 2 * size or size == 1)
 
-def draw(ax, rows, lines, x_name, x_scale, color, label_prefix):
-    """One run's lines, LINES' (kind, y column, label, style), in one panel; returns whether anything was drawn."""
-    drawn = False
-    for kind, y_name, label, style in lines:
-        xs, ys = series(rows, kind, x_name, y_name, x_scale)
-        if xs:
-            ax.plot(xs, ys, color=color, label=label_prefix + label, **style)
-            drawn = True
-    return drawn
-
 def pyplot():
     try:
         import matplotlib
@@ -96,46 +85,42 @@ def figure(runs, x_names=('iter', 'tokens'), side_by_side=True, show_minibatch=T
     from matplotlib.ticker import EngFormatter
     quantities = [y_name] + (['hellaswag'] if any(has_hellaswag(rows) for _, rows in runs) else [])
     side_by_side = side_by_side and len(runs) > 1
+    # each panel: (the runs drawn in it, x axis, quantity)
     if side_by_side:  # a column per run; a row per x axis and quantity, HellaSwag beneath its loss
-        row_keys = [(x_name, q) for x_name in x_names for q in quantities]
-        n_columns, width, loss_height = len(runs), 5.5 * len(runs), 3.75
-        cell = lambda run, x_name, q: (row_keys.index((x_name, q)), run)
+        grid = [[([run], x_name, q) for run in runs] for x_name in x_names for q in quantities]
+        width, loss_height = 5.5 * len(runs), 3.75
     else:  # every run (or the only one) in the same panels: a column per x axis, a row per quantity
-        row_keys = [(None, q) for q in quantities]
-        n_columns, width, loss_height = len(x_names), 6 * len(x_names), 4.8
-        cell = lambda run, x_name, q: (quantities.index(q), x_names.index(x_name))
-    heights = [0.6 * loss_height if q == 'hellaswag' else loss_height for _, q in row_keys]
-    fig, axes = plt.subplots(len(row_keys), n_columns, figsize=(width, sum(heights)), sharey='row', squeeze=False,
+        grid = [[(runs, x_name, q) for x_name in x_names] for q in quantities]
+        width, loss_height = 6 * len(x_names), 4.8
+    heights = [0.6 * loss_height if row[0][2] == 'hellaswag' else loss_height for row in grid]
+    fig, axes = plt.subplots(len(grid), len(grid[0]), figsize=(width, sum(heights)), sharey='row', squeeze=False,
                              gridspec_kw=dict(height_ratios=heights))
     colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
     seconds_per_unit, time_name = time_unit(runs)
-    for i, (name, rows) in enumerate(runs):
-        color = colors[0] if side_by_side else colors[i % len(colors)]
-        prefix = '' if side_by_side or len(runs) == 1 else f"{name}: "
-        for x_name in x_names:
+    for r, (ax_row, grid_row) in enumerate(zip(axes, grid)):
+        for ax, (panel_runs, x_name, q) in zip(ax_row, grid_row):
             x_scale = seconds_per_unit if x_name == 'seconds' else 1
             x_label = f"wall-clock time ({time_name})" if x_name == 'seconds' else X_AXES[x_name]
-            for q in quantities:
-                row, column = cell(i, x_name, q)
-                ax = axes[row][column]
-                lines = [line for line in LINES[q] if show_minibatch or line[0] != 'train']
-                # an empty panel that is this run's alone says why
-                if not draw(ax, rows, lines, x_name, x_scale, color, prefix) and (side_by_side or len(runs) == 1):
-                    missing = x_label if q != 'hellaswag' or has_hellaswag(rows) else 'HellaSwag scores'
-                    ax.text(0.5, 0.5, f"no {missing} recorded", ha='center', va='center', transform=ax.transAxes)
-                ax.set_xlabel(x_label)
-                if x_name == 'tokens':
-                    ax.xaxis.set_major_formatter(EngFormatter())
-                if side_by_side and row == 0:
-                    ax.set_title(name)
-    for ax_row, (_, q) in zip(axes, row_keys):
-        for ax in ax_row:
+            for i, (name, rows) in enumerate(panel_runs):
+                for kind, column_name, label, style in LINES[q]:
+                    xs, ys = series(rows, kind, x_name, column_name, x_scale)
+                    if xs and (show_minibatch or kind != 'train'):
+                        ax.plot(xs, ys, color=colors[i % len(colors)],
+                                label=label if len(panel_runs) == 1 else f"{name}: {label}", **style)
+            if not ax.lines and len(panel_runs) == 1:  # an empty panel that is one run's alone says why
+                missing = x_label if q != 'hellaswag' or has_hellaswag(panel_runs[0][1]) else 'HellaSwag scores'
+                ax.text(0.5, 0.5, f"no {missing} recorded", ha='center', va='center', transform=ax.transAxes)
+            ax.set_xlabel(x_label)
             ax.grid(True, alpha=0.3)
-            if q != 'hellaswag' and log_y:
-                ax.set_yscale('log')
             if q == 'hellaswag':
                 ax.axhline(CHANCE, color='gray', linestyle=':', linewidth=1)
-        ax_row[0].set_ylabel({'loss': 'loss', 'bpb': 'bits per byte'}.get(q, 'HellaSwag acc_norm'))
+            elif log_y:
+                ax.set_yscale('log')
+            if x_name == 'tokens':
+                ax.xaxis.set_major_formatter(EngFormatter())
+            if side_by_side and r == 0:
+                ax.set_title(panel_runs[0][0])
+        ax_row[0].set_ylabel({'loss': 'loss', 'bpb': 'bits per byte'}.get(q, 'HellaSwag acc_norm'))  # the row's
     # one legend per run column (side by side), or one for all runs (overlay), in the top row
     for ax in (axes[0] if side_by_side else axes[0][:1]):
         if ax.get_legend_handles_labels()[0]:
@@ -144,14 +129,6 @@ def figure(runs, x_names=('iter', 'tokens'), side_by_side=True, show_minibatch=T
         fig.suptitle(fig_title or runs[0][0])
     fig.tight_layout()
     return fig
-
-def plot(runs, path, x_names=('iter', 'tokens'), side_by_side=True, show_minibatch=True, log_y=False, fig_title='',
-         resolution=120, y_name='loss'):
-    """runs: a list of (name, rows). Writes a PNG to path."""
-    fig = figure(runs, x_names, side_by_side, show_minibatch, log_y, fig_title, y_name)
-    files.write_atomically(path, lambda tmp: fig.savefig(tmp, format='png', dpi=resolution, metadata=WRITTEN_BY))
-    pyplot().close(fig)
-    return path
 
 def ours(path):
     """Whether the file at path is a PNG this script wrote (and may replace)."""
@@ -174,14 +151,14 @@ def main():
     path = output or os.path.join(run_dirs[0], 'loss.png' if len(run_dirs) == 1 else 'loss_comparison.png')
     if not path.lower().endswith('.png'):
         raise UserError(f"output must be a .png file, got '{path}'")
-    if y not in LINES or y == 'hellaswag':
+    if y not in ('loss', 'bpb'):
         raise UserError(f"y must be 'loss' or 'bpb' (bits per byte), got {y!r}")
-    if dpi <= 0:
-        raise UserError(f"dpi must be positive, got {dpi}")
+    configurator.require_positive(globals(), 'dpi')
     files.refuse_foreign(path, ours, 'plot.py', '--output')
     runs = [(os.path.basename(os.path.normpath(d)) or d, load_run(d)) for d in run_dirs]
-    plot(runs, path, x_names, side_by_side=not overlay, show_minibatch=minibatch, log_y=logy, fig_title=title,
-         resolution=dpi, y_name=y)
+    fig = figure(runs, x_names, not overlay, minibatch, logy, title, y)
+    files.write_atomically(path, lambda tmp: fig.savefig(tmp, format='png', dpi=dpi, metadata=WRITTEN_BY))
+    pyplot().close(fig)
     print(f"wrote {os.path.abspath(path)} ({', '.join(f'{name}: {len(rows)} rows' for name, rows in runs)})")
 
 if __name__ == '__main__':

@@ -4,10 +4,6 @@ Sample from a trained model, or from OpenAI's GPT-2.
 $ python sample.py --out_dir=out-shakespeare-char
 $ python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=5
 $ python sample.py --out_dir=out-shakespeare-char --prompts=prompts.txt --stop="'\\n\\n'" --top_p=0.9
-
-Sample k draws from its own generator seeded seed + k: the same text streamed, batched or among other prompts, in
-float32 proper; under TF32 (float32 on CUDA) or bf16/fp16 a batch of another shape may round otherwise, and now and
-then draw another token.
 """
 import sys
 import time
@@ -49,8 +45,6 @@ if prompts and 'start' in explicit:
     raise UserError("give the prompt with --start or the prompts with --prompts, not both")
 
 torch.manual_seed(seed)
-
-# model and tokenizer
 model, ckpt = checkpoint.load_model(init_from, out_dir)
 tok = tokenizer.from_entry(data.checkpoint_entry(ckpt)) if ckpt is not None else \
     tokenizer.for_pretrained(init_from, model.config.vocab_size)

@@ -1,8 +1,4 @@
-"""
-Generate text from a model exported with export_onnx.py with onnxruntime and numpy only, no PyTorch: the loop a
-program in another language would write. --top_k=1 gives sample.py --top_k=1's tokens; other draws use numpy's
-generator (seeded seed + sample number), so they differ from sample.py's.
-
+"""Generate text from export_onnx.py's model with onnxruntime and numpy only: the loop another language would write.
 $ python sample_onnx.py --out_dir=out-shakespeare-char                  # reads out_dir/model.onnx
 $ python sample_onnx.py --onnx_path=model.onnx --top_k=1 --start="ROMEO:"
 """
@@ -27,30 +23,31 @@ top_k = 200  # keep only the top_k most likely tokens; 1 is greedy decoding
 seed = 1337
 # -----------------------------------------------------------------------------
 
-class OnnxGPT:
-    """An exported model and the settings stored in its metadata."""
-
-    def __init__(self, path):
+def load(path):
+    """onnxruntime's session of the model export_onnx.py wrote at path, its block_size and its tokenizer."""
+    try:
         import onnxruntime as ort
-        if os.path.isdir(path):
-            raise UserError(f"{path} is a folder; pass the .onnx file that export_onnx.py wrote with --onnx_path")
-        if not os.path.isfile(path):
-            raise UserError(f"no ONNX model at {path}; export one first: "
-                            "python export_onnx.py --out_dir=<your out_dir>")
-        try:
-            self.session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
-        except Exception as e:  # onnxruntime's errors for damaged or foreign files run over many lines
-            raise UserError(f"{path} is not a readable ONNX model ({' '.join(str(e).split())[:200]}); export it "
-                            "again: python export_onnx.py --out_dir=<your out_dir>")
-        self.meta = self.session.get_modelmeta().custom_metadata_map
-        if 'nanogpt.block_size' not in self.meta:
-            raise UserError(f"{path} was not written by export_onnx.py (it has no nanogpt.* metadata)")
-        self.block_size = int(self.meta['nanogpt.block_size'])
-
-    def next_token_logits(self, ids):
-        """The last position's logits for one sequence, its context cropped to block_size."""
-        idx = np.asarray([ids[-self.block_size:]], dtype=np.int64)
-        return self.session.run(['logits'], {'idx': idx})[0][0, -1].astype(np.float64)
+    except ImportError:
+        raise UserError("sample_onnx.py needs onnxruntime: pip install onnxruntime")
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder; pass the .onnx file that export_onnx.py wrote with --onnx_path")
+    if not os.path.isfile(path):
+        raise UserError(f"no ONNX model at {path}; export one first: "
+                        "python export_onnx.py --out_dir=<your out_dir>")
+    try:
+        session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    except Exception as e:  # onnxruntime's errors for damaged or foreign files run over many lines
+        raise UserError(f"{path} is not a readable ONNX model ({' '.join(str(e).split())[:200]}); export it "
+                        "again: python export_onnx.py --out_dir=<your out_dir>")
+    meta = session.get_modelmeta().custom_metadata_map
+    if 'nanogpt.block_size' not in meta:
+        raise UserError(f"{path} was not written by export_onnx.py (it has no nanogpt.* metadata)")
+    entry = {k.removeprefix('nanogpt.'): v for k, v in meta.items()}
+    if entry.get('tokenizer') not in ('char', 'gpt2', 'bpe'):
+        raise UserError("the model's vocabulary is unknown (its dataset had no meta.pkl when it was exported "
+                        "and it is not a GPT-2 BPE model); prepare the dataset and export again")
+    entry.update(kind=entry['tokenizer'], itos=json.loads(entry.get('itos', '[]')))
+    return session, int(entry['block_size']), tokenizer.from_entry(entry)
 
 def pick_token(logits, temperature, top_k, rng):
     """Greedy for top_k == 1; otherwise a draw from softmax(logits / temperature) over the top_k."""
@@ -64,40 +61,22 @@ def pick_token(logits, temperature, top_k, rng):
     probs = np.exp(logits)
     return int(rng.choice(logits.size, p=probs / probs.sum()))
 
-def generate(model, ids, max_new_tokens, temperature, top_k, rng):
-    """Yield max_new_tokens tokens continuing ids; each step runs the whole cropped context."""
-    ids = list(ids)
-    for _ in range(max_new_tokens):
-        ids.append(pick_token(model.next_token_logits(ids), temperature, top_k, rng))
-        yield ids[-1]
-
-def tokenizer_for(meta):
-    """The model's own characters or BPE from its metadata, or GPT-2's BPE."""
-    kind = meta.get('nanogpt.tokenizer')
-    if kind == 'char':
-        return tokenizer.CharTokenizer(json.loads(meta['nanogpt.itos']), meta.get('nanogpt.separator'))
-    if kind == 'gpt2':
-        return tokenizer.BPETokenizer()
-    if kind == 'bpe':
-        return tokenizer.TextBPETokenizer(meta['nanogpt.bpe'])
-    raise UserError("the model's vocabulary is unknown (its dataset had no meta.pkl when it was exported "
-                    "and it is not a GPT-2 BPE model); prepare the dataset and export again")
-
 def main():
-    model = OnnxGPT(onnx_path or os.path.join(out_dir, 'model.onnx'))
-    vocab = tokenizer_for(model.meta)
+    session, block_size, vocab = load(onnx_path or os.path.join(out_dir, 'model.onnx'))
     prompt = tokenizer.read_prompt(start)
     start_ids = vocab.encode(prompt)
-    n_tokens, t0 = 0, time.time()
+    t0 = time.time()
     for k in range(num_samples):
-        decode_next = vocab.stream_decoder()
+        # numpy's draws (seeded seed + sample number) differ from sample.py's; --top_k=1 gives its tokens
+        ids, rng, decode_next = list(start_ids), np.random.default_rng(seed + k), vocab.stream_decoder()
         sys.stdout.write(prompt)
-        for token in generate(model, start_ids, max_new_tokens, temperature, top_k, np.random.default_rng(seed + k)):
-            sys.stdout.write(decode_next(token))
+        for _ in range(max_new_tokens):  # each step runs the whole context, cropped to block_size
+            logits = session.run(['logits'], {'idx': np.asarray([ids[-block_size:]], dtype=np.int64)})[0][0, -1]
+            ids.append(pick_token(logits.astype(np.float64), temperature, top_k, rng))
+            sys.stdout.write(decode_next(ids[-1]))
             sys.stdout.flush()
-            n_tokens += 1
         print('\n---------------')
-    elapsed = time.time() - t0
+    n_tokens, elapsed = num_samples * max_new_tokens, time.time() - t0
     print(f"generated {n_tokens} tokens in {elapsed:.2f}s ({n_tokens / elapsed:.1f} tokens/s, onnxruntime)",
           file=sys.stderr)
 
@@ -106,8 +85,4 @@ if __name__ == '__main__':
     configurator.require_positive(globals(), 'num_samples', 'max_new_tokens')
     configurator.check_sampling(temperature, top_k)
     configurator.check_seed(seed)
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        raise UserError("sample_onnx.py needs onnxruntime: pip install onnxruntime")
     main()

@@ -1,6 +1,5 @@
-"""Which tokenizer trains the better model in equal time: a text by character and in BPEs of several sizes, each run
-the long laptop config with its iterations scaled to take the time it takes on Shakespeare by character, compared in
-val bits per byte (a full pass). Prints a markdown table for benchmarks/README.md.
+"""Which tokenizer trains the better model in equal time (the long laptop config's time on shakespeare_char): a
+text by character and in BPEs of several sizes, in val bits per byte; a table for benchmarks/README.md.
 $ python benchmarks/char_or_bpe.py --input=data/shakespeare_char/input.txt --name=tiny_shakespeare
 """
 import argparse
@@ -23,7 +22,7 @@ def run(*args):
     return result.stdout
 
 def train(dataset, out_dir, iters, *settings):
-    """(wall seconds, median ms per iteration) of the long laptop config on dataset for iters iterations."""
+    """(wall seconds, median ms per iteration) of the long laptop config on dataset."""
     started = time.time()
     log = run('train.py', CONFIG, f'--dataset={dataset}', f'--out_dir={out_dir}', '--overwrite=True',
               f'--max_iters={iters}', f'--lr_decay_iters={iters}', f'--eval_interval={max(1, iters // 10)}', *settings)
@@ -46,8 +45,7 @@ def main():
     parser.add_argument('--val_split', default='end', choices=('end', 'spread'))
     parser.add_argument('--budget_iters', type=int, default=3300, help="the long config's iterations (fewer: quicker)")
     args = parser.parse_args()
-    sizes = [int(v) for v in args.vocab_sizes.split(',')]
-    names = {0: f'{args.name}_char', **{v: f'{args.name}_bpe{v}' for v in sizes}}
+    names = {0: f'{args.name}_char', **{int(v): f'{args.name}_bpe{v}' for v in args.vocab_sizes.split(',')}}
     for v, name in names.items():
         run(f'data/{"char" if v == 0 else "bpe"}/prepare.py', f'--input={args.input}', f'--name={name}', '--force',
             f'--val_split={args.val_split}', *([f'--vocab_size={v}'] if v else []))

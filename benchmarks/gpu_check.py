@@ -1,6 +1,5 @@
-"""Everything that needs an NVIDIA GPU, in one command and one table, most telling part first. Each part runs with
-what is left of --minutes (9: one cold GPU) and records its seconds; one that would not fit is skipped, and the table
-is printed even when the budget or Ctrl+C cuts the tail. Exits 1 when a part failed or no GPU is seen."""
+"""Everything that needs an NVIDIA GPU in one command and one table, most telling part first, within --minutes: a
+part that would not fit is skipped; a budget cut or Ctrl+C still prints the table; exits 1 if a part failed."""
 import argparse
 import datetime
 import os
@@ -20,12 +19,12 @@ from helpers import REPO_ROOT, UserError, data  # noqa: E402
 
 GPU = 'tests/test_gpu.py::'
 GRACE = 15  # seconds a part stopped at the budget's end gets to write what it has
-FIRST = ('mfu', 'tiny_run_in_each_dtype', 'resume_on_the_device', 'torchrun_over_nccl', 'compiled_sampling')
+FIRST = ('mfu', 'tiny_run_on_the_device', 'resume_on_the_device', 'torchrun_over_nccl', 'compiled_sampling')
 # (part, seconds it needs at the least, command): a pytest part names its tests, the others what to show
 PARTS = [
     ('GPT-2 124M compiled, default dtype: ms/iter, MFU, peak memory', 90, [f'{GPU}test_gpt2_124m_mfu_is_plausible']),
     ('tiny training in each dtype, compiled, and exact resume', 60,
-     ['tests/test_gpu.py', '-k', 'tiny_run_in_each_dtype or resume_on_the_device']),
+     ['tests/test_gpu.py', '-k', 'tiny_run_on_the_device or resume_on_the_device']),
     ('torchrun over NCCL: DDP and FSDP, compiled and resumed', 90,
      [f'{GPU}test_torchrun_over_nccl_compiled_and_resumed']),
     ('sampling with the KV cache, compiled', 40, [f'{GPU}test_compiled_sampling_gives_the_greedy_tokens_of_eager']),
@@ -40,8 +39,7 @@ PARTS = [
 ]
 
 def run(args, seconds):
-    """(exit status, output) of python args in the repository; past seconds a Ctrl+C (pytest then writes the
-    results it has), a kill if it lingers, and (None, output). Stopped itself, it stops the part too."""
+    """(exit status, output) of python args; past seconds a Ctrl+C (pytest writes what it has), then a kill: None."""
     proc = subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
@@ -67,8 +65,9 @@ def test_rows(junit_path):
             continue
         name = f"{case.get('classname', '').split('.')[-1]}::{case.get('name')}"
         outcome = next((child for child in case if child.tag in ('failure', 'error', 'skipped')), None)
-        result = 'passed' if outcome is None else outcome.tag if outcome.tag != 'skipped' else \
-            f"skipped: {outcome.get('message', '').removeprefix('Skipped: ')}"
+        result = 'passed' if outcome is None else outcome.tag
+        if result == 'skipped':
+            result = f"skipped: {outcome.get('message', '').removeprefix('Skipped: ')}"
         figures = [f"{p.get('name')}: {p.get('value')}" for p in case.iter('property')]
         rows.append((name, result, '; '.join(figures) or f"{float(case.get('time', 0)):.1f} s"))
     return rows

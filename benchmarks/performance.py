@@ -1,6 +1,5 @@
-"""The README's performance tables, measured on whatever machine runs this, in one command: bench.py's training
-iteration, train.py's time to a model (on a CPU nanoGPT's recipe against the laptop configs) and
-benchmarks/sampling.py's KV cache; --runs_dir keeps the runs for plot.py, replacing only folders this script made."""
+"""The README's performance tables on this machine: bench.py's iteration, train.py's time to a model (on a CPU
+nanoGPT's recipe against the laptop configs) and the KV cache; --runs_dir keeps the runs for plot.py."""
 import argparse
 import datetime
 import os
@@ -41,7 +40,7 @@ def machine():
     return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
 
 def run(command, out_dir=None):
-    """Run `python <command>` in the repo root; (its stdout, wall seconds). Stops on failure."""
+    """(stdout, wall seconds) of `python <command>` in the repo root; exits on a failure."""
     args = command.split() + ([f'--out_dir={out_dir}', '--overwrite=True'] if out_dir else [])
     start = time.time()
     proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True)
@@ -63,7 +62,7 @@ def train_row(label, command, out_dir):
                                  f"{seconds:.0f} s | {val} (step {step}) |")
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--only', choices=['training', 'laptop', 'sampling'], help='one group of rows')
     parser.add_argument('--runs_dir', help="keep the training runs here, one out_dir each (plot.py reads them)")
     args = parser.parse_args()

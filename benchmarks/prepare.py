@@ -1,6 +1,5 @@
-"""Benchmark of dataset preparation: the data/*/prepare.py scripts against the simple whole-file methods, each a process
-of its own on a synthetic corpus in TinyStories' format: wall time, CPU time (user + system, less disturbed by other
-jobs), peak RSS, and whether the .bin files are byte-identical to the reference's. Results: benchmarks/README.md."""
+"""Benchmark of the data/*/prepare.py scripts against the simple whole-file methods, each a process of its own on a
+synthetic TinyStories-format corpus: wall time, CPU time, peak RSS, same .bin files. Results: benchmarks/README.md."""
 import argparse
 import filecmp
 import os
@@ -75,10 +74,10 @@ def measure(*args):
 
 def run(script, inputs, ref_dir=None):
     """A table row for data/<script>/prepare.py, its output compared with the reference's in ref_dir, if given."""
-    out_dir = os.path.join(DATA_ROOT, f'_bench_{script}')
     usage = measure(f'data/{script}/prepare.py', *inputs, '--name', f'_bench_{script}', '--force')
-    same = 'n/a' if ref_dir is None else 'yes' if filecmp.cmpfiles(
-        ref_dir, out_dir, BINS, shallow=False)[0] == BINS else 'NO'
+    out_dir, same = os.path.join(DATA_ROOT, f'_bench_{script}'), 'n/a'
+    if ref_dir:
+        same = 'yes' if filecmp.cmpfiles(ref_dir, out_dir, BINS, shallow=False)[0] == BINS else 'NO'
     shutil.rmtree(out_dir)
     return f'data/{script}/prepare.py', usage, same
 

@@ -1,5 +1,4 @@
-"""What the top-level scripts share, one home each: hardware, checkpoint, runs, data, prepare, documents, stories,
-tokenizer, metrics, optim, parallel, hellaswag, exports and files; and UserError, for mistakes a user can fix."""
+"""What the top-level scripts share, one module per concern, and UserError, for the mistakes a user can fix."""
 import os
 import signal
 import sys
@@ -16,7 +15,6 @@ def shown(path):
 
 class UserError(SystemExit):
     """A one-line 'error: ...' and exit status 1, no traceback: a SystemExit, which Python prints alone."""
-
     def __init__(self, message):
         super().__init__(f"error: {message}")
 
@@ -37,8 +35,7 @@ def _in_one_line(kind, value, traceback):
         sys.__excepthook__(kind, value, traceback)
 
 def quit_during_start_up(signum, frame, note=''):
-    """Ctrl+C or SIGTERM before a script has anything to save: one line (and the note), and exit at once, as
-    raising could land inside a half-done import and print a traceback from there."""
+    """Ctrl+C or SIGTERM before there is anything to save: one line, and exit at once (raising could hit an import)."""
     print(f"{signal.Signals(signum).name} during start-up: no checkpoint was written" + (f"; {note}" if note else ''),
           file=sys.stderr, flush=True)
     os._exit(128 + signum)

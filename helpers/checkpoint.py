@@ -1,6 +1,4 @@
-"""out_dir/ckpt.pt and latest.pt in nanoGPT's format, both ways (its keys, plus tokenizer, model_args_extra, scaler
-and rng_states, which nanoGPT ignores), plain values only, so that both load them with weights_only=True; and
-GPT-2's weights, through transformers, with one-line errors."""
+"""Checkpoints in nanoGPT's format both ways (plain values: weights_only=True) and GPT-2's weights; one-line errors."""
 import errno
 import os
 import pickle
@@ -25,22 +23,18 @@ DISK_FIXES = {errno.ENOSPC: 'free some space on that disk', errno.EDQUOT: 'free 
               errno.EFBIG: 'raise the file-size limit (ulimit -f)'}
 
 def architecture_entries(config):
-    """model_args with exactly nanoGPT's keys, which its GPTConfig(**model_args) accepts, and model_args_extra
-    (ignored by nanoGPT) with the newer GPTConfig fields that differ from their defaults (GPT-2's tanh GELU)."""
+    """model_args with nanoGPT's keys alone (its GPTConfig takes them), model_args_extra with other non-defaults."""
     defaults = GPTConfig()
     entries = {'model_args': {k: getattr(config, k) for k in NANOGPT_MODEL_ARGS}}
     extra = {k: getattr(config, k) for k in GPTConfig.__dataclass_fields__
              if k not in NANOGPT_MODEL_ARGS and getattr(config, k) != getattr(defaults, k)}
-    if extra:
-        entries['model_args_extra'] = extra
-    return entries
+    return {**entries, 'model_args_extra': extra} if extra else entries
 
 def _write(path, write):
     """files.write_atomically, with a full disk or a file-size limit as one line saying what survived."""
     try:
         files.write_atomically(path, write)
-    except Exception as e:
-        cause = e
+    except Exception as cause:
         while cause is not None and not (isinstance(cause, OSError) and cause.errno):
             cause = cause.__cause__ or cause.__context__
         if cause is None:
@@ -88,15 +82,14 @@ def _damaged(out_dir, name, detail):
     """The one line for a checkpoint that does not load: what the other checkpoint beside it offers."""
     path = os.path.join(out_dir, name)
     other = CKPT_NAME if name == LATEST_NAME else LATEST_NAME
-    whole = os.path.isfile(os.path.join(out_dir, other)) and runs.summary(out_dir, other)
+    whole = runs.summary(out_dir, other)  # None unless it loads
     fix = (f"{other} beside it loads ({whole}): to use it, move the damaged file aside "
            f"(mv {shlex.quote(path)} {shlex.quote(path + '.damaged')}) and run the same command again"
            if whole else "restore it from a backup or train again")
     return UserError(f"{path} is truncated or corrupt ({detail}); {fix}")
 
 def load(out_dir, name=CKPT_NAME, map_location='cpu', mmap=False):
-    """A checkpoint dict, with one-line errors for missing, corrupt or unsafe files; mmap leaves the tensors
-    in the file's pages, shared by every process that maps them."""
+    """A checkpoint dict, with one-line errors for missing, corrupt or unsafe files; mmap shares the file's pages."""
     path = os.path.join(out_dir, name)
     if not os.path.isfile(path):
         raise UserError(_missing(out_dir, path))
@@ -140,8 +133,7 @@ def model_from_checkpoint(checkpoint, **overrides):
     return model
 
 def pretrained(name, dropout=0.0):
-    """GPT.from_pretrained with one-line errors: a hub name of OpenAI's GPT-2 or a transformers GPT-2 folder
-    (completing an export that a kill interrupted there first)."""
+    """GPT.from_pretrained (OpenAI's GPT-2 or a transformers GPT-2 folder, its interrupted export completed first)."""
     if name not in PRETRAINED:
         files.finish_swaps(os.path.dirname(os.path.abspath(name)))
         if not os.path.isdir(name):
@@ -170,8 +162,7 @@ def load_model(init_from, out_dir):
     return pretrained(init_from), None
 
 def capture_rng_states(device):
-    """This process's random states as plain values: Python's, numpy's, torch's CPU generator and that of the
-    device in use (only that one: a run on the CPU of a GPU machine must not wake the GPUs)."""
+    """This process's random states as plain values: Python's, numpy's, torch's CPU one and the device's (no other)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     states = {'python': random.getstate(), 'torch': torch.get_rng_state(),
               'numpy': {'kind': kind, 'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
@@ -184,15 +175,12 @@ def capture_rng_states(device):
     return states
 
 def restore_rng_states(states, device):
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in states['python']))
+    random.setstate(states['python'])
     n = states['numpy']
-    np.random.set_state((n['kind'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
-                         n['cached_gaussian']))
+    np.random.set_state((n['kind'], np.asarray(n['keys'], np.uint32), n['pos'], n['has_gauss'], n['cached_gaussian']))
     torch.set_rng_state(states['torch'])
-    device, cuda = torch.device(device), states.get('cuda')
-    if device.type == 'cuda' and isinstance(cuda, list):  # earlier versions saved every GPU's state
-        cuda = cuda[device.index or 0] if (device.index or 0) < len(cuda) else None
-    if device.type == 'cuda' and cuda is not None:
-        torch.cuda.set_rng_state(cuda, device)
+    device = torch.device(device)
+    if device.type == 'cuda' and isinstance(states.get('cuda'), torch.Tensor):  # not the list earlier versions saved
+        torch.cuda.set_rng_state(states['cuda'], device)
     elif device.type == 'mps' and 'mps' in states:
         torch.mps.set_rng_state(states['mps'])

@@ -1,6 +1,4 @@
-"""Reading a dataset that helpers/prepare.py wrote under DATA_ROOT: train.bin and val.bin, flat arrays of token ids
-(uint16, or uint32 where meta.pkl says so), and meta.pkl, unpickled as plain data only so that a downloaded dataset
-cannot run code; the checks that a model fits it, and batches of windows from it."""
+"""Reading datasets (meta.pkl as plain data only: a downloaded one cannot run code), model checks, batches."""
 import json
 import math
 import os
@@ -14,6 +12,7 @@ from helpers.prepare import PROGRESS
 
 PLAIN_TYPES = ('dict', 'list', 'tuple', 'set', 'frozenset', 'str', 'bytes', 'int', 'float', 'bool', 'complex')
 RESIDENT_BYTES = 2 << 30  # at most this much of int32 tokens is kept in device memory
+RECREATE = "re-create it with the dataset's prepare.py"
 
 class _PlainDataUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
@@ -23,22 +22,20 @@ class _PlainDataUnpickler(pickle.Unpickler):
 
 def load_meta(path):
     """meta.pkl as a dict, or a UserError when it holds anything but plain data."""
-    fix = "re-create it with the dataset's prepare.py"
     try:
         with open(path, 'rb') as f:
             meta = _PlainDataUnpickler(f).load()
     except UserError as e:
         raise UserError(f"{path} was refused ({e}); meta.pkl may hold only plain data "
-                        f"(dict, list, tuple, str, int, float, bool, None): {fix}")
+                        f"(dict, list, tuple, str, int, float, bool, None): {RECREATE}")
     except Exception as e:  # anything else the unpickler trips over is a damaged file
-        raise UserError(f"{path} is truncated or corrupt ({' '.join(str(e).split()) or type(e).__name__}); {fix}")
+        raise UserError(f"{path} is truncated or corrupt ({' '.join(str(e).split()) or type(e).__name__}); {RECREATE}")
     if not isinstance(meta, dict):
-        raise UserError(f"{path} holds a {type(meta).__name__}, not a dict; {fix}")
+        raise UserError(f"{path} holds a {type(meta).__name__}, not a dict; {RECREATE}")
     return meta
 
 def data_dir(dataset):
-    """DATA_ROOT/<dataset>/, after completing the final swap of a prepare killed in its middle: every command that
-    reads a dataset asks for its folder first."""
+    """DATA_ROOT/<dataset>/, after finishing the swap of a prepare killed midway: every reader asks for it first."""
     if os.path.isfile(DATA_ROOT):
         raise UserError(f"NANOGPT_DATA_DIR={DATA_ROOT} is a file; point it at the folder that holds the datasets")
     path = os.path.join(DATA_ROOT, dataset)
@@ -53,30 +50,25 @@ def read_meta(dataset):
     meta = load_meta(path)
     vocab_size, itos = meta.get('vocab_size'), meta.get('itos')
     if type(vocab_size) is not int or vocab_size <= 0:
-        raise UserError(f"{path} has no valid vocab_size (it holds {vocab_size!r}, not a positive integer); "
-                        "re-create it with the dataset's prepare.py")
+        raise UserError(f"{path} has no valid vocab_size (it holds {vocab_size!r}, not a positive integer); {RECREATE}")
     if itos is not None and not (isinstance(itos, (dict, list)) and len(itos) == vocab_size and all(
             isinstance(itos[i] if isinstance(itos, list) else itos.get(i), str) for i in range(vocab_size))):
-        raise UserError(f"{path} has an itos that does not map ids 0..{vocab_size - 1} to characters; "
-                        "re-create it with the dataset's prepare.py")
+        raise UserError(f"{path} has an itos that does not map ids 0..{vocab_size - 1} to characters; {RECREATE}")
     return meta
 
 def checkpoint_entry(checkpoint):
-    """A checkpoint's tokenizer entry: its own, or for nanoGPT's checkpoints, which lack one, that of its dataset's
-    meta.pkl, or GPT-2's BPE."""
+    """A checkpoint's tokenizer entry: its own or, for nanoGPT's (none), its dataset's meta.pkl's or GPT-2's BPE."""
     if checkpoint.get('tokenizer'):
         return checkpoint['tokenizer']
     name = (checkpoint.get('config') or {}).get('dataset')
     vocab_size, folder = checkpoint['model_args']['vocab_size'], shown(os.path.join(DATA_ROOT, str(name)))
-    if name and os.path.exists(os.path.join(data_dir(name), 'meta.pkl')):
+    if name and (meta := read_meta(name)):
         print(f"Loading meta from {os.path.join('data', name, 'meta.pkl')}...")
-        meta = read_meta(name)
         if meta['vocab_size'] != vocab_size:
             raise UserError(f"{folder}/meta.pkl has vocab_size {meta['vocab_size']} but the model was "
                             f"trained with {vocab_size}; the dataset was re-prepared since: restore its meta.pkl")
         if (entry := tokenizer.tokenizer_entry(meta)) is None:
-            raise UserError(f"{folder}/meta.pkl has no character vocabulary (itos); "
-                            "re-create it with the dataset's prepare.py")
+            raise UserError(f"{folder}/meta.pkl has no character vocabulary (itos); {RECREATE}")
         return entry
     if vocab_size < tokenizer.BPE_VOCAB_SIZE:
         raise UserError(f"the model has a {vocab_size}-symbol vocabulary but {folder}/meta.pkl, which "
@@ -87,15 +79,14 @@ def token_dtype(meta):
     """The dtype of the .bin files: uint16 (nanoGPT's, the default) or uint32 for large vocabularies."""
     name = (meta or {}).get('dtype', 'uint16')
     if name not in ('uint16', 'uint32'):
-        raise UserError(f"meta.pkl names token dtype {name!r}; only uint16 and uint32 are written by the "
-                        "prepare scripts: re-create the dataset with its prepare.py")
+        raise UserError(f"meta.pkl names token dtype {name!r}, not uint16 or uint32; {RECREATE}")
     return np.dtype(name)
 
 def has_script(dataset):
     return os.path.isfile(os.path.join(SCRIPTS_ROOT, dataset, 'prepare.py'))
 
 def interrupted_prepare(dataset):
-    """The command line of the dataset's resumable prepare, as its progress record keeps it while unfinished."""
+    """The command line of the dataset's unfinished resumable prepare, as its progress record keeps it, or None."""
     try:
         with open(os.path.join(data_dir(dataset), PROGRESS)) as f:
             return json.load(f)['command']
@@ -119,10 +110,10 @@ def bin_path(dataset, split):
         raise UserError(f"unknown dataset '{dataset}': there is no dataset {shown(folder)}/ (datasets "
                         f"here: {', '.join(known)}; to prepare your own text: python data/char/prepare.py --input "
                         "your_text.txt --name NAME, then --dataset=NAME)")
-    if not os.path.exists(path) and split not in ('train', 'val'):
-        raise UserError(f"{path} does not exist: the prepare scripts write train.bin and val.bin only; "
-                        "use --splits=val or --splits=train,val")
     if not os.path.exists(path):
+        if split not in ('train', 'val'):
+            raise UserError(f"{path} does not exist: the prepare scripts write train.bin and val.bin only; "
+                            "use --splits=val or --splits=train,val")
         resume = interrupted_prepare(dataset)
         how = (f"its prepare was interrupted: run `{resume}` again to resume" if resume else
                f"prepare the dataset first: {prepare_command(dataset)}")
@@ -130,8 +121,7 @@ def bin_path(dataset, split):
     return path
 
 def check_split(dataset, split, dtype, block_size, vocab_size=None):
-    """The number of tokens in <split>.bin, after checking that it is whole, longer than block_size and, given
-    vocab_size (datasets with meta.pkl), holds only ids below it."""
+    """The number of tokens in <split>.bin, checked: whole, longer than block_size, ids below vocab_size if given."""
     path = bin_path(dataset, split)
     size = os.path.getsize(path)
     again = f"prepare the dataset again: {prepare_command(dataset)}"
@@ -155,35 +145,33 @@ def check_split(dataset, split, dtype, block_size, vocab_size=None):
     return n_tokens
 
 def check_fits(dataset, meta, vocab_size, block_size, vocabulary=None, splits=('train', 'val')):
-    """Whether a model of vocab_size tokens and block_size context (and vocabulary, its checkpoint's tokenizer
-    entry, if known) can use data/<dataset>, whose meta.pkl is meta (or None). Returns {split: number of tokens}."""
+    """{split: tokens} of data/<dataset> (meta: its meta.pkl), checked against the model's vocab_size, block_size and
+    vocabulary (its checkpoint's tokenizer entry, if known)."""
     symbols = meta['vocab_size'] if meta else tokenizer.BPE_VOCAB_SIZE
     folder, own = shown(data_dir(dataset)), tokenizer.tokenizer_entry(meta) or {}
     if (meta and symbols != vocab_size) or vocab_size < symbols:
         held = f"a {symbols}-{'token BPE' if own.get('bpe') else 'character'} vocabulary" if meta else \
             "GPT-2 BPE tokens (no meta.pkl)"
         kind = "GPT-2's BPE" if vocab_size >= tokenizer.BPE_VOCAB_SIZE else "a vocabulary of the dataset's own"
-        raise UserError(f"{folder} holds {held} but the model has {vocab_size} tokens ({kind}); "
-                        "use a dataset of the model's vocabulary (the one it was trained on; for GPT-2's weights a "
-                        "BPE dataset such as shakespeare)")
+        raise UserError(f"{folder} holds {held} but the model has {vocab_size} tokens ({kind}); use the dataset it "
+                        "was trained on (for GPT-2's weights, a BPE one such as shakespeare)")
     if vocabulary is not None and [own.get(k) for k in ('itos', 'bpe')] != [vocabulary.get(k) for k in ('itos', 'bpe')]:
         ours = {'gpt2': 'GPT-2 BPE', 'bpe': 'a BPE of its own'}.get(vocabulary['kind']) or \
             f"a {len(vocabulary['itos'])}-character vocabulary"
         found = 'GPT-2 BPE (no meta.pkl)' if meta is None else f"another vocabulary ({meta['vocab_size']} symbols)"
-        raise UserError(f"the model was trained with {ours} but {folder} holds {found}; use the "
-                        "dataset it was trained on, prepared again from the same text")
+        raise UserError(f"the model was trained with {ours} but {folder} holds {found}; use the dataset it was trained "
+                        "on, prepared again from the same text")
     return {split: check_split(dataset, split, token_dtype(meta), block_size, meta and symbols) for split in splits}
 
 def get_batch(path, dtype, batch_size, block_size, device, generator=None):
     """batch_size random windows of block_size tokens (x) and the same windows shifted by one (y)."""
-    n_tokens = len(np.memmap(path, dtype=dtype, mode='r'))
-    starts = torch.randint(n_tokens - block_size, (batch_size,), generator=generator).numpy()
-    return get_windows(path, dtype, starts, block_size, device)
+    tokens = np.memmap(path, dtype=dtype, mode='r')  # one per batch: a long-lived memmap keeps every page it touched
+    starts = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator).numpy()
+    return get_windows(tokens, dtype, starts, block_size, device)
 
 def get_windows(path, dtype, starts, length, device):
-    """The windows of length tokens at starts (x) and the same shifted by one (y), on device; path may be an open
-    file."""
-    tokens = np.memmap(path, dtype=dtype, mode='r')  # one per batch: a long-lived memmap keeps every page it touched
+    """Windows of length tokens at starts (x) and the same shifted by one (y) on device; path: name, file or memmap."""
+    tokens = path if isinstance(path, np.memmap) else np.memmap(path, dtype=dtype, mode='r')
     chunk = torch.from_numpy(tokens[np.asarray(starts)[:, None] + np.arange(length + 1)].astype(np.int64))
     x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
     if torch.device(device).type == 'cuda':  # from pinned host memory the copy runs alongside the GPU's work
@@ -191,8 +179,7 @@ def get_windows(path, dtype, starts, length, device):
     return x.to(device), y.to(device)
 
 def fits_on_device(paths, dtype, device):
-    """Whether the token files, as int32, take under 2 GiB and (on a GPU) a tenth of its memory. Only small models,
-    bound by per-step overhead, gain from resident batches; they train on small data."""
+    """Whether the token files, as int32, take under 2 GiB and a tenth of a GPU's memory: small models gain from it."""
     needed = sum(os.path.getsize(p) // dtype.itemsize * 4 for p in paths)
     if torch.device(device).type == 'cuda':
         return needed < min(RESIDENT_BYTES, 0.1 * torch.cuda.get_device_properties(torch.device(device)).total_memory)
@@ -207,8 +194,7 @@ def load_to_device(path, dtype, device, chunk_tokens=1 << 24):
     return tokens
 
 def get_resident_batch(tokens, batch_size, block_size, generator):
-    """get_batch for tokens in device memory: the same CPU generator draws the same batches for the same seed; on
-    a GPU the offsets go over from pinned memory, without waiting for the GPU's queued work."""
+    """get_batch for tokens in device memory: the same CPU generator draws the same batches as get_batch's."""
     ix = torch.randint(len(tokens) - block_size, (batch_size, 1), generator=generator)
     if tokens.device.type == 'cuda':
         ix = ix.pin_memory().to(tokens.device, non_blocking=True)
@@ -216,8 +202,7 @@ def get_resident_batch(tokens, batch_size, block_size, generator):
     return chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
 
 def token_bytes(entry, vocab_size, device):
-    """Each token id's UTF-8 bytes under the tokenizer entry (0 past its vocabulary and for GPT-2's <|endoftext|>),
-    for bits per byte; None, and the reason printed, where the tokenizer is unknown or cannot load."""
+    """Each token id's UTF-8 bytes (0 for <|endoftext|>), for bits per byte; None where the tokenizer cannot load."""
     try:
         lengths = tokenizer.from_entry(entry).byte_lengths() if entry else None
     except UserError as e:
@@ -226,12 +211,9 @@ def token_bytes(entry, vocab_size, device):
     return None if lengths is None else torch.tensor(lengths + [0] * (vocab_size - len(lengths)), device=device)
 
 def summed_loss(model, x, y, byte_counts=None):
-    """A batch's cross-entropy summed over its targets (nats) and, for bits per byte, over the targets that stand
-    for text, with that text's UTF-8 bytes (byte_counts: token_bytes; zeros without)."""
+    """A batch's cross-entropy summed (nats), then over the targets that stand for text, and their UTF-8 bytes."""
     losses = model(x, y, reduction='none')[1].float()
-    if byte_counts is None:
-        return torch.stack([losses.sum(), losses.new_zeros(()), losses.new_zeros(())])
-    text_bytes = byte_counts[y.flatten()]
+    text_bytes = byte_counts[y.flatten()] if byte_counts is not None else torch.zeros_like(losses)
     return torch.stack([losses.sum(), (losses * (text_bytes > 0)).sum(), text_bytes.sum().float()])
 
 def bits_per_byte(sums):

@@ -1,6 +1,5 @@
-"""Collections of documents, from the Hugging Face hub or local files, and their GPT-2 BPE datasets. Large ones go
-in chunks that survive an interruption: after each chunk the .tmp files are fsynced and PROGRESS records where the
-source stands, so the same command resumes there. The output depends on the source and the split rule only."""
+"""Collections of documents, from the Hugging Face hub or local files, in GPT-2 BPE, a chunk at a time: PROGRESS
+records each chunk saved, so that the same command resumes there. The output depends on the source and split only."""
 import errno
 import glob
 import json
@@ -20,7 +19,7 @@ LOCAL_BUILDERS = {'.txt': 'text', '.json': 'json', '.jsonl': 'json', '.parquet':
 STREAMED_TYPES = {'.parquet': 'parquet', '.jsonl': 'json', '.json': 'json'}
 
 def hf_datasets():
-    """The datasets library with its error log silenced: what it raises reaches the user in one line (one_line)."""
+    """The datasets library with its error log silenced: what it raises reaches the user by one_line."""
     import datasets
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     return datasets
@@ -54,8 +53,7 @@ def load_documents(hub_name=None, data_files=None, num_proc=None, flags='--sourc
                         f"the connection, or download its files and pass them with {flags}")
 
 def local_files(source, types=LOCAL_BUILDERS):
-    """The files of the given types (extensions) that --source names (a file, a glob, or a folder searched at any
-    depth), sorted so that the output is deterministic."""
+    """The files of the given types that --source names (a file, a glob, or a folder searched at any depth), sorted."""
     if os.path.isdir(source):
         found = [f for f in glob.glob(os.path.join(source, '**', '*'), recursive=True, include_hidden=True)
                  if os.path.splitext(f)[1] in types]
@@ -76,15 +74,13 @@ def identity(paths):
     return [[os.path.abspath(f), os.path.getsize(f), os.stat(f).st_mtime_ns] for f in paths]
 
 def stream(hub_name=None, config=None, paths=None):
-    """(documents, identity, count): the train split of hub_name/config, or of local paths (all .parquet or all
-    .json/.jsonl), streamed a shard per file; what identifies it for a resume; its number of documents where that
-    is known without reading it all (the hub card, parquet footers, .jsonl lines), else None."""
+    """(documents streamed a shard per file, identity for a resume, count or None) of hub_name/config or paths."""
     load_dataset_builder = hf_datasets().load_dataset_builder
     if paths:
         builders = {STREAMED_TYPES[os.path.splitext(f)[1]] for f in paths}
         if len(builders) > 1:
             raise UserError("give files of one type, .parquet or .json/.jsonl, not both")
-        count = local_documents(paths)
+        count = local_documents(paths)   # before datasets reads them, which fails on a parquet file without rows
         builder = load_dataset_builder(builders.pop(), data_files={'train': paths})
         return builder.as_streaming_dataset(split='train'), identity(paths), count
     try:
@@ -97,18 +93,16 @@ def stream(hub_name=None, config=None, paths=None):
     return documents, [str(f) for f in builder.config.data_files['train']], count or None
 
 def local_documents(paths):
-    """The documents in local files: parquet footers' rows (their columns checked), .jsonl files' lines; None with
-    a .json file among them (an array or lines: unknown without parsing it)."""
-    import pyarrow
+    """The documents in local files, by parquet footers (their columns checked) and .jsonl lines; None with .json."""
     import pyarrow.parquet as pq
     n = 0
     for f in paths:
         if f.endswith('.parquet'):
             try:
                 footer = pq.ParquetFile(f).metadata
-            except pyarrow.ArrowException as e:
+            except (OSError, ValueError) as e:   # pyarrow's ArrowIOError and ArrowInvalid
                 raise UserError(f"{f} is not a readable parquet file ({one_line(e)})")
-            if not footer.num_rows:   # datasets cannot stream a parquet file without rows
+            if not footer.num_rows:
                 raise UserError(f"{f} holds no documents; leave it out of --source")
             check_columns(footer.schema.to_arrow_schema(), f)
             n += footer.num_rows
@@ -127,63 +121,46 @@ def check_columns(schema, where='the source'):
         raise UserError(f"{where} has a 'text' column of {schema.field('text').type}, not of text")
 
 def tables(documents, batch_size, where):
-    """A Dataset's or IterableDataset's documents as pyarrow tables of batch_size rows with a 'text' column of
-    UTF-8; failing to read them (a damaged file, a lost connection) is a UserError naming where."""
-    batches = iter(documents.with_format('arrow').iter(batch_size=batch_size))
-    while True:
-        try:
-            table = next(batches)
-            check_columns(table.schema, where)
+    """A dataset's documents as pyarrow tables of batch_size rows with a 'text' column of UTF-8."""
+    try:   # the caller's errors stay out: they are not thrown in at the yield
+        for table in documents.with_format('arrow').iter(batch_size=batch_size):
+            check_columns(table.schema, where)   # a UserError, which no `except Exception` catches
             table.column('text').validate(full=True)   # pyarrow's JSON reader lets bytes that are not UTF-8 through
-        except StopIteration:
-            return
-        except Exception as e:
-            raise UserError(f"could not read {where} ({one_line(e)}); once it can be read, the same command "
-                            "resumes after the last chunk finished")
-        yield table
-
-def shards(documents):
-    """A dataset's shards in order: a streamed source's files, which a resume passes over unread once finished; a
-    Dataset (memory-mapped arrow, which it can index) is one."""
-    n = getattr(documents, 'num_shards', 0)
-    return [documents.shard(n, i, contiguous=True) for i in range(n)] if n else [documents]
+            yield table
+    except Exception as e:
+        raise UserError(f"could not read {where} ({one_line(e)}); once it can be read, the same command "
+                        "resumes after the last chunk finished")
 
 class ResumableOutput(prepare.Output):
-    """prepare.Output whose .tmp files outlive an interruption once a chunk is saved: save() makes them durable and
-    records them, the position in the source and the command line (data.prepare_command) in PROGRESS; an
-    output of the same source cuts them back to that record and appends from there."""
+    """prepare.Output whose .tmp files outlive an interruption once save() has recorded them in PROGRESS, with the
+    position in the source and the command line; an output of the same source cuts them back to that record."""
 
     def __init__(self, out_dir, source):
-        self.dir = out_dir   # for resumable()
         source = json.loads(json.dumps(source))   # as it reads back from PROGRESS: lists, not tuples
-        self.at = self.resumable(source) or dict(source=source, chunks=0, shard=0, shard_docs=0, documents=0,
-                                                 skipped=0, docs={'train': 0, 'val': 0}, bytes={'train': 0, 'val': 0})
+        record = os.path.join(out_dir, PROGRESS)
+        try:
+            with open(record) as f:
+                self.at = json.load(f)
+        except (FileNotFoundError, ValueError):   # none, or damaged: nothing in it can be trusted
+            self.at = {}
+        if self.at.get('source') == source and all(
+                os.path.isfile(tmp := os.path.join(out_dir, f'{split}.bin.tmp')) and os.path.getsize(tmp) >= size
+                for split, size in self.at['bytes'].items()):
+            self.at.setdefault('skipped', 0)   # records of earlier versions, which kept every row
+            print(f"resuming after chunk {self.at['chunks']:,}: {self.at['documents']:,} documents and "
+                  f"{sum(self.at['bytes'].values()) // 2:,} tokens done")
+        else:
+            if os.path.exists(record):
+                print(f"{shown(out_dir)}/ holds an unfinished prepare of another source or split: starting over")
+                os.remove(record)
+            self.at = dict(source=source, chunks=0, shard=0, shard_docs=0, documents=0, skipped=0,
+                           docs={'train': 0, 'val': 0}, bytes={'train': 0, 'val': 0})
         self.at['command'] = shlex.join(['python', shown(sys.argv[0]), *sys.argv[1:]])   # as the advice names scripts
         super().__init__(out_dir, np.uint16, self.at['bytes'])
         self.temporary.append(PROGRESS)
 
-    def resumable(self, source):
-        """The record in PROGRESS if it is of this source and the .tmp files hold what it says, else None."""
-        try:
-            with open(self.path(PROGRESS)) as f:
-                at = json.load(f)
-        except FileNotFoundError:
-            return None
-        except ValueError:   # damaged: nothing in it can be trusted
-            at = {}
-        if at.get('source') == source and all(os.path.isfile(tmp := self.path(f'{split}.bin.tmp')) and
-                                              os.path.getsize(tmp) >= size for split, size in at['bytes'].items()):
-            at.setdefault('skipped', 0)   # records of earlier versions, which kept every row
-            print(f"resuming after chunk {at['chunks']:,}: {at['documents']:,} documents and "
-                  f"{sum(at['bytes'].values()) // 2:,} tokens done")
-            return at
-        print(f"{shown(self.dir)}/ holds an unfinished prepare of another source or split: starting over")
-        os.remove(self.path(PROGRESS))
-        return None
-
     def save(self, **position):
-        """Make the .tmp files durable, then record them and position in PROGRESS, atomically: the old record stays
-        true until then, since the files only grow."""
+        """Make the .tmp files durable, then record them and position in PROGRESS: until then the old record holds."""
         for f in self.bins.values():
             f.flush()
             os.fsync(f.fileno())
@@ -208,21 +185,13 @@ def gpt2_in_threads(pool, docs, pieces):
     runs = pool.map(encode.gpt2_tokens, [docs[i:i + size] for i in range(0, len(docs), size)])
     return np.concatenate([np.zeros(0, np.uint16)] + [ids.astype(np.uint16) for ids in runs])
 
-def split_chunk(texts, split, first, val_every):
-    """{split: documents} of a chunk whose first document is number `first` of the source; with split None,
-    document i is val when i is a multiple of val_every, else train."""
-    if split:
-        return {split: texts}
-    return {'train': [text for i, text in enumerate(texts, first) if i % val_every],
-            'val': texts[-first % val_every::val_every]}
-
 def gpt2_from_documents(parts, out_dir, source, val_every=None, count=None, chunk_docs=CHUNK_DOCS, threads=None):
-    """GPT-2 BPE (uint16, no meta.pkl) of parts, [(split, documents)]: datasets with a 'text' column whose documents
-    go to split ('train' or 'val') or, with split None, by split_chunk's val_every rule, counted over all parts.
-    source identifies the documents and the split rule (JSON) for a resume; count, of all parts, is for the bar."""
-    if any(next(tables(documents, 1, 'the source'), None) is None for _, documents in parts):
-        raise UserError("the source holds no documents")
-    todo = [(split, shard) for split, documents in parts for shard in shards(documents)]
+    """GPT-2 BPE (uint16) of parts, [(split or None, dataset with a 'text' column)]; with None, document i of all
+    parts is val when val_every divides i. source (JSON) identifies them for a resume; count is for the bar."""
+    todo = []
+    for split, documents in parts:   # a streamed source by its shards (files), which a resume passes over once done
+        n = getattr(documents, 'num_shards', 0)   # a Dataset (memory-mapped, indexed) is one
+        todo += [(split, documents.shard(n, i, contiguous=True)) for i in range(n)] if n else [(split, documents)]
     threads = threads or prepare.usable_cores()
     with ResumableOutput(out_dir, source) as out, ThreadPoolExecutor(threads) as pool, \
             tqdm(total=count, initial=out.at['documents'] + out.at['skipped'], unit=' documents', disable=None) as bar:
@@ -230,15 +199,17 @@ def gpt2_from_documents(parts, out_dir, source, val_every=None, count=None, chun
             split, shard = todo[out.at['shard']]
             if out.at['shard_docs']:   # read again (streamed) or indexed (a Dataset), but not encoded again
                 shard = shard.skip(out.at['shard_docs'])
-            where = f"shard {out.at['shard'] + 1} of {len(todo)} of the source"   # of local files, the k-th file
-            for table in tables(shard, chunk_docs, where):
+            for table in tables(shard, chunk_docs, f"shard {out.at['shard'] + 1} of {len(todo)} of the source"):
                 rows = table.column('text').to_pylist()
-                texts = [text for text in rows if text is not None]   # a row without text is no document
-                chunk = split_chunk(texts, split, out.at['documents'], val_every)
+                texts, first = [text for text in rows if text is not None], out.at['documents']   # None: no document
+                chunk = {split: texts}
+                if not split:   # document i of the source is val when val_every divides i
+                    chunk = {'train': [t for i, t in enumerate(texts, first) if i % val_every],
+                             'val': texts[-first % val_every::val_every]}
                 for name, docs in chunk.items():
                     out.write(name, gpt2_in_threads(pool, docs, 4 * threads))   # 4 runs a thread: lengths vary
                 out.save(chunks=out.at['chunks'] + 1, shard_docs=out.at['shard_docs'] + len(rows),
-                         documents=out.at['documents'] + len(texts), skipped=out.at['skipped'] + len(rows) - len(texts),
+                         documents=first + len(texts), skipped=out.at['skipped'] + len(rows) - len(texts),
                          docs={name: n + len(chunk.get(name, [])) for name, n in out.at['docs'].items()})
                 bar.update(len(rows))
                 bar.set_postfix_str(f"{sum(out.tokens.values()):,} tokens", refresh=False)

@@ -1,5 +1,4 @@
-"""Text to token ids, for helpers/prepare.py's Output: by character, in GPT-2's BPE or in a byte-level BPE learned
-from the text, split into train and val. Text is read in chunks, so memory stays flat whatever the input's size."""
+"""Text to train and val token ids: by character, in GPT-2's BPE or a BPE of its own; read in chunks (flat memory)."""
 import itertools
 
 import numpy as np
@@ -11,7 +10,7 @@ from helpers.tokenizer import GPT2_EOT, gpt2_encoding, learn_bpe, read_text
 UNICODE_SIZE = 0x110000     # code points: the length of the lookup arrays
 EOT = '<|endoftext|>'   # GPT-2's end of text (token GPT2_EOT)
 SPREAD_PART = 10_000   # characters: --val_split=spread draws val in parts this long, far longer than a block
-BPE_SAMPLE = 10_000_000   # characters a BPE is learned from at most (a 10th of its time on Chinese)
+BPE_SAMPLE = 10_000_000   # characters a BPE is learned from at most: more add few merges but much time
 
 def code_points(text):
     return np.frombuffer(text.encode('utf-32-le'), dtype=np.uint32)
@@ -24,34 +23,23 @@ def mark_characters(pieces, seen):
         n += len(text)
     return n
 
-def drawn_parts(pieces, size, fraction):
-    """The text of pieces in parts of size characters, each with whether it is drawn: that fraction of the parts,
-    one every 1/fraction of them, evenly across the text."""
+def drawn_parts(pieces, size, fraction=None):
+    """The pieces' text in parts of size characters, each with whether it is drawn: fraction of them, evenly spread, or
+    without a fraction every part after the first."""
     done = 0
     for text in pieces:
         while text:
             part, take = done // size, size - done % size
-            yield int((part + 1) * fraction) > int(part * fraction), text[:take]
+            yield (int((part + 1) * fraction) > int(part * fraction) if fraction else part > 0), text[:take]
             done += len(text[:take])
             text = text[take:]
 
 def split_parts(pieces, n_train, spread=None):
-    """The text of pieces as (split, text): val is what follows the first n_train characters or, with
-    spread=(size, fraction), the parts drawn_parts draws."""
-    if spread:
-        yield from ((('val' if drawn else 'train'), text) for drawn, text in drawn_parts(pieces, *spread))
-        return
-    done = 0
-    for text in pieces:
-        if done < n_train:
-            yield 'train', text[:n_train - done]
-        if done + len(text) > n_train:
-            yield 'val', text[max(0, n_train - done):]
-        done += len(text)
+    """(split, text) of pieces: val follows the first n_train characters or is drawn_parts(pieces, *spread)'s draw."""
+    return ((('val' if drawn else 'train'), text) for drawn, text in drawn_parts(pieces, *(spread or (n_train,))))
 
 def write_chars(out_dir, seen, pieces, n_train, spread=None, **meta_extra):
-    """Pass 2: the dataset of the pieces of text, split by split_parts. The vocabulary is the code points marked in
-    seen, in order (nanoGPT's sorted(set(text))); one lookup array maps each to its place."""
+    """Pass 2: the dataset of the pieces, split by split_parts; its vocabulary is seen's code points in order."""
     points = np.flatnonzero(seen)
     chars = [chr(p) for p in points]   # the same str objects in itos and stoi: pickled as nanoGPT's are
     dtype = np.uint16 if len(chars) <= 65535 else np.uint32
@@ -66,8 +54,7 @@ def write_chars(out_dir, seen, pieces, n_train, spread=None, **meta_extra):
         out.commit(dict(meta, **meta_extra))
 
 def plan_split(path, n, val_fraction, val_split):
-    """(n_train, spread) for split_parts: the first int(n * (1 - val_fraction)) characters are train, or with
-    val_split 'spread' val is drawn in parts of SPREAD_PART characters (shorter in a short text: ten or more)."""
+    """(n_train, spread) for split_parts; with val_split 'spread', val is 10+ parts of up to SPREAD_PART characters."""
     if not 0 < val_fraction < 1:
         raise UserError(f"--val_fraction={val_fraction} must lie strictly between 0 and 1, e.g. 0.1")
     n_train = int(n * (1 - val_fraction))
@@ -79,22 +66,18 @@ def plan_split(path, n, val_fraction, val_split):
     return n_train, spread
 
 def chars_from_file(path, out_dir, val_fraction=0.1, errors='strict', val_split='end'):
-    """nanoGPT's shakespeare_char for any UTF-8 text: the first int(n * (1 - val_fraction)) characters are train,
-    or with val_split='spread' the val parts are drawn across the text."""
-    check_input_file(path)
+    """nanoGPT's shakespeare_char for any UTF-8 text, split as plan_split says."""
     seen = np.zeros(UNICODE_SIZE, dtype=bool)
-    n = mark_characters(read_text(path, errors, desc='pass 1/2: vocabulary'), seen)
+    n = mark_characters(read_text(check_input_file(path), errors, desc='pass 1/2: vocabulary'), seen)
     n_train, spread = plan_split(path, n, val_fraction, val_split)
     write_chars(out_dir, seen, read_text(path, errors, desc='pass 2/2: encoding'), n_train, spread)
 
 def bpe_from_file(path, out_dir, vocab_size, val_fraction=0.1, errors='strict', val_split='end'):
-    """A dataset in a byte-level BPE learned from the text's train split (at most BPE_SAMPLE characters of it, drawn
-    across it: long texts add few merges but much time), split like chars_from_file."""
-    check_input_file(path)
+    """A dataset in a byte-level BPE learned from at most BPE_SAMPLE characters drawn across the train split."""
     if not 256 <= vocab_size < 2 ** 32:
         raise UserError(f"--vocab_size={vocab_size} cannot hold a byte-level BPE: it needs the 256 bytes and fits "
                         "uint32 token files; use 256 or more, e.g. --vocab_size=2048")
-    n = sum(map(len, read_text(path, errors, desc='pass 1/3: counting')))
+    n = sum(map(len, read_text(check_input_file(path), errors, desc='pass 1/3: counting')))
     n_train, spread = plan_split(path, n, val_fraction, val_split)
     train = (text for split, text in split_parts(read_text(path, errors, desc='pass 2/3: learning the BPE'),
                                                  n_train, spread) if split == 'train')
@@ -111,19 +94,16 @@ def bpe_from_file(path, out_dir, vocab_size, val_fraction=0.1, errors='strict', 
         out.commit({'vocab_size': size, 'bpe': bpe.to_str()})
 
 def gpt2_tokens(docs):
-    """Each document's encode_ordinary tokens, then GPT2_EOT: one tiktoken call on the documents joined by the EOT
-    text, which it cuts at (1.3x one call per document on the 2-core dev VM)."""
-    joined = EOT.join(docs + [''])
+    """Each document's encode_ordinary tokens, then GPT2_EOT: one tiktoken call for all (1.3x one per document)."""
+    encoding, joined = gpt2_encoding(), EOT.join(docs + [''])
     if joined.count(EOT) != len(docs):   # a document holds that text itself, which must stay ordinary text
-        encoding = gpt2_encoding()
         return np.array([t for doc in docs for t in encoding.encode_ordinary(doc) + [GPT2_EOT]], dtype=np.uint32)
-    return gpt2_encoding().encode_to_numpy(joined, allowed_special={EOT})
+    return encoding.encode_to_numpy(joined, allowed_special={EOT})
 
 def gpt2_from_file(path, out_dir, val_fraction=0.1):
     """nanoGPT's shakespeare: the first int(n * (1 - val_fraction)) characters are train, each part encoded whole."""
     text = ''.join(read_text(check_input_file(path), desc='reading'))
-    n_train = int(len(text) * (1 - val_fraction))
-    print(f"length of dataset in characters: {len(text):,}")
+    n_train, _ = plan_split(path, len(text), val_fraction, 'end')
     with Output(out_dir) as out:
         out.write('train', gpt2_encoding().encode_ordinary(text[:n_train]))
         out.write('val', gpt2_encoding().encode_ordinary(text[n_train:]))

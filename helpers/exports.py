@@ -1,5 +1,4 @@
-"""What export_onnx.py and export_hf.py share: loading the checkpoint, the check against PyTorch's logits, a check
-that the output can be written, and the replacement of an earlier export only once the new one is whole."""
+"""What export_onnx.py and export_hf.py share: the checkpoint, the check of the export's logits, the output."""
 import os
 import tempfile
 
@@ -7,15 +6,16 @@ import torch
 
 from helpers import UserError, checkpoint, data, files
 
-def load_checkpoint(out_dir):
-    """out_dir's checkpoint: the model (float32, eval mode), the checkpoint without its weights, and its tokenizer
-    entry (None for a nanoGPT checkpoint whose meta.pkl is gone: the weights are still of use)."""
+def load_checkpoint(out_dir, path):
+    """The model to export to path (float32), the checkpoint without weights, its tokenizer entry (or None)."""
     model, ckpt = checkpoint.load_model('resume', out_dir)
     model.float().eval()
-    ckpt = {k: v for k, v in ckpt.items() if k not in ('model', 'optimizer', 'scaler')}  # the rest is small
+    print(f"exporting {model.get_num_params() / 1e6:.2f}M parameters (block_size {model.config.block_size}, "
+          f"activation {model.config.activation}) to {path} ...", flush=True)
+    ckpt = {k: v for k, v in ckpt.items() if k not in ('model', 'optimizer', 'scaler')}
     try:
         return model, ckpt, data.checkpoint_entry(ckpt)
-    except UserError:
+    except UserError:  # a nanoGPT checkpoint whose meta.pkl is gone: the weights are still of use
         return model, ckpt, None
 
 def random_prompts(vocab_size, block_size, seed):
@@ -37,9 +37,20 @@ def max_logit_difference(model, logits_of, prompts):
         scale = max(scale, expected.abs().max().item())
     return worst, scale
 
+def check_logits(model, checks, seed, tolerance, package):
+    """Print how far each (label, logits function) of checks is from model's logits; a UserError past tolerance."""
+    prompts = random_prompts(model.config.vocab_size, model.config.block_size, seed)
+    worst = 0.0
+    for label, logits_of in checks:
+        diff, scale = max_logit_difference(model, logits_of, prompts)
+        print(f"{label} vs checkpoint logits: max abs diff {diff:.3g} (largest |logit| {scale:.3g})")
+        worst = max(worst, diff)
+    if not worst <= tolerance:
+        raise UserError(f"the exported model's logits differ by {worst:.3g}, more than tolerance {tolerance:g}, so "
+                        f"it was not kept; please report this with your torch and {package} versions")
+
 def writable(path):
-    """A UserError unless path can be created: a folder made and removed in the nearest existing folder above
-    it says so (permissions alone do not: root, read-only filesystems)."""
+    """A UserError unless path can be created: tried with a folder (permissions alone mislead: root, read-only)."""
     folder = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(folder):
         folder = os.path.dirname(folder)
@@ -48,8 +59,7 @@ def writable(path):
     except OSError as e:
         raise UserError(f"cannot write {path} ({e.strerror}: {folder}); pass another --output")
 
-def replace_with(new, target):
-    """Put new (a file or a folder beside target) at target as one change (files.swap): the old one goes
-    only once the new one is in place, and a kill in between leaves a change the next export completes."""
-    files.swap(os.path.dirname(os.path.abspath(target)), [(os.path.abspath(new), os.path.abspath(target))],
+def replace_with(new, target, removes=()):
+    """Put new (beside target) at target and delete removes (names in its folder) as one change (files.swap)."""
+    files.swap(os.path.dirname(os.path.abspath(target)), [(os.path.abspath(new), os.path.abspath(target))], removes,
                what=f'replacing {target} with a new export')

@@ -1,7 +1,7 @@
-"""Writing files so that nothing is lost: write_atomically (a file is whole or absent), swap (a change of several
-files, journaled, so that finish_swaps completes it after a kill at any step) and lock (one writer per folder)."""
+"""Writing so that nothing is lost: write_atomically (whole or absent), swap (journaled) and lock (one writer)."""
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -18,8 +18,7 @@ from helpers import UserError
 JOURNAL = '.swap-{}.json'  # in the folder where the change happens; hidden, as it lives for milliseconds
 
 def temp_path(path, pid=None):
-    """Where process pid (this one by default) writes path first. The host and pid tell the file of a killed
-    writer from one in progress, here or on another machine sharing the folder."""
+    """Where process pid (default: this one) writes path first; host and pid tell a killed writer's from a live one."""
     return f"{path}.tmp.{socket.gethostname()}.{os.getpid() if pid is None else pid}"
 
 def remove_orphaned_temp_files(path):
@@ -55,8 +54,7 @@ def sync_folder(folder):
             os.close(fd)
 
 def write_atomically(path, write):
-    """write(tmp), fsync, rename tmp over path and fsync the folder: path is the old file or the new one, whole,
-    whatever happens; on any failure the temporary file goes and the error is raised."""
+    """write(tmp), fsync, rename tmp over path: path is the old file or the new one, whole; tmp never stays."""
     folder, tmp = os.path.dirname(path) or '.', temp_path(path)
     try:
         os.makedirs(folder, exist_ok=True)
@@ -71,17 +69,12 @@ def write_atomically(path, write):
 
 def write_text(path, text):
     """write_atomically for a text file."""
-    def write(tmp):
-        with open(tmp, 'w', encoding='utf-8') as f:
-            f.write(text)
-    write_atomically(path, write)
+    write_atomically(path, lambda tmp: pathlib.Path(tmp).write_text(text, encoding='utf-8'))
 
 def _replay(journal_path):
-    """Carry out a journal's change, or what is left of it: every step can be done again. Its paths are relative
-    to its folder, which may have moved since."""
+    """Carry out a journal's change, or what is left of it (every step can be redone); its paths are relative."""
     folder = os.path.dirname(journal_path)
-    with open(journal_path, encoding='utf-8') as f:
-        change = json.load(f)
+    change = json.loads(pathlib.Path(journal_path).read_text(encoding='utf-8'))
     at = lambda p: os.path.join(folder, p)  # noqa: E731
     for source, target in change['moves']:
         if os.path.lexists(at(source)):  # not moved yet
@@ -95,22 +88,13 @@ def _replay(journal_path):
     sync_folder(folder)
     return change['what']
 
-def _locked(path):
-    """path opened and locked (exclusive, waiting for the holder; where there are no locks, only opened)."""
-    f = open(path, 'rb')
-    if fcntl is not None:
-        fcntl.flock(f, fcntl.LOCK_EX)
-    return f
-
 def swap(folder, moves, removes=(), what='a change'):
-    """Move each source over its target (a folder target is replaced whole) and delete removes, as one change:
-    the journal is written first and deleted last, so a kill at any step leaves a change that finish_swaps
-    completes, naming it with what. Paths are relative to folder, or absolute ones within it."""
-    # Ctrl+C or SIGTERM waits for the end of the change: an exception in its middle would run clean-up code
-    # (an export deleting its new folder) that a kill never runs
-    signals, held = (signal.SIGINT, signal.SIGTERM), []
-    main = threading.current_thread() is threading.main_thread()
-    handlers = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in signals} if main else {}
+    """Move each source over its target (a folder replaced whole) and delete removes, as one change, journaled so
+    that finish_swaps completes it (naming it with what) after a kill at any step. Paths lie within folder."""
+    # Ctrl+C or SIGTERM waits for the end: an exception mid-change would run clean-up code that a kill never runs
+    held = []
+    handlers = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
+                if threading.current_thread() is threading.main_thread()}
     folder = os.path.abspath(folder)
     journal = os.path.join(folder, JOURNAL.format(f"{socket.gethostname()}.{os.getpid()}"))
     tmp = temp_path(journal)
@@ -122,7 +106,8 @@ def swap(folder, moves, removes=(), what='a change'):
             json.dump(change, f)
             f.flush()
             os.fsync(f.fileno())
-        with _locked(tmp):  # held through the change: finish_swaps in another process waits for it
+            if fcntl is not None:  # held through the change: finish_swaps in another process waits for it
+                fcntl.flock(f, fcntl.LOCK_EX)
             os.replace(tmp, journal)
             sync_folder(folder)
             _replay(journal)
@@ -144,22 +129,22 @@ def finish_swaps(folder):
         if not re.fullmatch(journal, name) or '.tmp.' in name:
             continue
         try:
-            lock = _locked(path)
+            f = open(path, 'rb')
         except FileNotFoundError:  # finished meanwhile by its writer
             continue
-        with lock:
+        with f:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_EX)
             if os.path.exists(path):  # the writer, which held the lock until now, may have finished it
                 print(f"finished {_replay(path)}, which an earlier command was stopped in the middle of")
 
 def refuse_foreign(path, ours, script, option):
-    """A UserError, before any work, when path holds something that ours(path) does not take for an earlier
-    output of script: no script writes over a file it did not write."""
+    """UserError, before any work, if path holds what ours(path) does not take for script's (none writes over it)."""
     if os.path.lexists(path) and not ours(path):
         raise UserError(f"{path} exists and {script} did not write it; pass another {option}, or move it away")
 
 def lock(path, busy):
-    """Lock the file at path (made if missing) for as long as this process lives, or raise UserError(busy
-    formatted with the holder's pid) when another process holds it. Returns the open file: keep it."""
+    """Lock path (made if missing) while this process lives, or UserError(busy.format(pid=holder's)); keep the file."""
     try:
         f = open(path, 'a+')
     except OSError as e:
@@ -170,8 +155,7 @@ def lock(path, busy):
         except OSError:
             f.seek(0)
             raise UserError(busy.format(pid=f.read().strip() or '?'))
-    f.seek(0)
-    f.truncate()
+    f.truncate(0)  # 'a+' appends: the pid lands at 0
     f.write(f"{os.getpid()}\n")
     f.flush()
     return f

@@ -12,8 +12,7 @@ mps_available = torch.backends.mps.is_available
 # without including_emulation=False, GPUs that only emulate bf16 (T4, V100) would say yes
 gpu_has_bfloat16 = functools.partial(torch.cuda.is_bf16_supported, including_emulation=False)
 
-# Dense tensor-core peaks in FLOP/s from the vendors' data sheets, for MFU: (part of torch.cuda.get_device_name(),
-# 16-bit, float32: TF32 where the GPU has it, plain fp32 on V100 and T4), more specific names first.
+# dense peak FLOP/s from data sheets, for MFU: (part of the GPU's name, 16-bit, TF32 or V100/T4's fp32), specific first
 GPU_PEAK_FLOPS = [
     ('H100 PCIe', 756e12, 378e12), ('H100 NVL', 835e12, 418e12), ('H100', 989e12, 495e12), ('H200 NVL', 835e12, 418e12),
     ('H200', 989e12, 495e12), ('H800 PCIe', 756e12, 378e12), ('H800', 989e12, 495e12), ('GB200', 2500e12, 1250e12),
@@ -27,8 +26,7 @@ def best_device():
     return 'cuda' if torch.cuda.is_available() else 'mps' if mps_available() else 'cpu'
 
 def default_dtype(device):
-    """nanoGPT's choice: bf16 on CUDA where the GPU has it, else fp16 (with a gradient scaler); float32 elsewhere,
-    as bf16 autocast on a CPU pays only for larger models and changes the numbers (README): --dtype=bfloat16."""
+    """nanoGPT's on CUDA: bf16 where the GPU has it, else fp16 (with a gradient scaler); float32 elsewhere (README)."""
     return ('bfloat16' if gpu_has_bfloat16() else 'float16') if torch.device(device).type == 'cuda' else 'float32'
 
 def setup(device, dtype=None):
@@ -40,8 +38,7 @@ def setup(device, dtype=None):
     if dev.type == 'cuda' and not torch.cuda.is_available():
         raise UserError(f"device '{device}' asked for but CUDA is not available here; use --device={best_device()}")
     if dev.type == 'cuda' and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UserError(f"device '{device}' does not exist: this machine has {torch.cuda.device_count()} CUDA "
-                        "device(s)")
+        raise UserError(f"device '{device}' does not exist: there are {torch.cuda.device_count()} CUDA device(s) here")
     if dev.type == 'mps' and not mps_available():
         raise UserError(f"device 'mps' asked for but no Apple GPU is available here; use --device={best_device()}")
     if dev.type not in ('cuda', 'mps', 'cpu'):

@@ -1,6 +1,5 @@
-"""HellaSwag (Zellers et al., 2019): which of four endings does the model find likeliest? Scored as GPT-2's
-published figures are (completion style, GPT-2 BPE only; README.md): acc by the lowest summed loss over the
-ending's tokens, acc_norm by the lowest mean per token: score(model, load(), device, ctx)."""
+"""HellaSwag (Zellers et al., 2019): which of four endings does the model find likeliest? Scored as GPT-2's figures
+are (GPT-2 BPE only): acc by the lowest summed loss over the ending's tokens, acc_norm by the lowest mean per token."""
 import json
 import os
 from typing import NamedTuple
@@ -8,6 +7,7 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 from torch.nn import functional as F
+from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
 from helpers import UserError, data
@@ -15,7 +15,6 @@ from helpers.prepare import download
 from helpers.tokenizer import gpt2_encoding
 
 URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl'
-FILE_NAME = 'hellaswag_val.jsonl'
 VAL_EXAMPLES = 10042
 
 class Example(NamedTuple):
@@ -24,7 +23,7 @@ class Example(NamedTuple):
     label: int  # the index of the right ending
 
 def default_path():
-    return os.path.join(data.data_dir('hellaswag'), FILE_NAME)
+    return os.path.join(data.data_dir('hellaswag'), os.path.basename(URL))
 
 def require_bpe(is_bpe, what):
     """A UserError for character-level models (no published figure compares); what names the model."""
@@ -57,20 +56,17 @@ def load(path=None, limit=0):
     elif not os.path.isfile(path):
         raise UserError(f"HellaSwag file {path} does not exist; pass the path of hellaswag_val.jsonl ({URL})")
     fix = "delete it to download it again" if official else f"use the official file ({URL})"
+    try:
+        with open(path, encoding='utf-8') as f:
+            lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is damaged: it is not UTF-8 text; {fix}")
     encoding, examples = gpt2_encoding(), []
-    with open(path, encoding='utf-8') as f:
+    for number, line in lines[:limit or None]:
         try:
-            for number, line in enumerate(f, 1):
-                if limit and len(examples) == limit:
-                    break
-                if not line.strip():
-                    continue
-                try:
-                    examples.append(parse_line(line, encoding))
-                except ValueError as e:
-                    raise UserError(f"{path} is damaged: line {number} {e}; {fix}")
-        except UnicodeDecodeError:
-            raise UserError(f"{path} is damaged: it is not UTF-8 text; {fix}")
+            examples.append(parse_line(line, encoding))
+        except ValueError as e:
+            raise UserError(f"{path} is damaged: line {number} {e}; {fix}")
     if not examples or (official and not limit and len(examples) != VAL_EXAMPLES):
         raise UserError(f"{path} is damaged: it holds {len(examples):,} examples"
                         f"{f', not {VAL_EXAMPLES:,}' if official else ''}; {fix}")
@@ -82,15 +78,13 @@ def load(path=None, limit=0):
 def batch(example, block_size):
     """Inputs and targets (4, T) of context + ending, padded, targets -1 but on the ending's tokens; a window
     over block_size + 1 tokens loses its first ones (GPT-2's 1024 never needs that)."""
-    rows = []
+    x, y = [], []
     for ending in example.endings:
         tokens = (example.context + ending)[-(block_size + 1):]
         scored = min(len(ending), len(tokens) - 1)  # the first token of a window is never predicted
-        rows.append((tokens[:-1], [-1] * (len(tokens) - 1 - scored) + tokens[-scored:]))
-    length = max(len(x) for x, _ in rows)
-    x = torch.tensor([x + [0] * (length - len(x)) for x, _ in rows])
-    y = torch.tensor([y + [-1] * (length - len(y)) for _, y in rows])
-    return x, y
+        x.append(torch.tensor(tokens[:-1]))
+        y.append(torch.tensor([-1] * (len(tokens) - 1 - scored) + tokens[-scored:]))
+    return pad_sequence(x, batch_first=True), pad_sequence(y, batch_first=True, padding_value=-1)
 
 @torch.no_grad()
 def choose(model, example, device, ctx):
@@ -106,13 +100,10 @@ def score(model, examples, device, ctx, rank=0, world_size=1, progress=False):
     """(correct, correct_norm, count) over examples rank, rank + world_size, ...: each rank's share."""
     was_training, share = model.training, examples[rank::world_size]
     model.eval()
-    correct = correct_norm = 0
-    for example in tqdm(share, desc='hellaswag', unit=' examples', disable=None if progress else True):
-        best, best_norm = choose(model, example, device, ctx)
-        correct += best == example.label
-        correct_norm += best_norm == example.label
+    bar = tqdm(share, desc='hellaswag', unit=' examples', disable=None if progress else True)
+    picks = [(*choose(model, example, device, ctx), example.label) for example in bar]
     model.train(was_training)
-    return correct, correct_norm, len(share)
+    return sum(best == label for best, _, label in picks), sum(norm == label for _, norm, label in picks), len(share)
 
 def acc_norm(model, examples, device, ctx, fsdp=False):
     """acc_norm as train.py's evaluations score it: the ranks' counts summed (under FSDP a rank with one example

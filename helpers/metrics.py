@@ -1,6 +1,4 @@
-"""out_dir/metrics.csv, train.py's log for plot.py: a row per log line (kind 'train') and per evaluation (kind
-'eval'), tokens and seconds summed over resumes, empty cells for missing values; a resumed run first drops the
-rows from its start iteration on, so no iteration appears twice."""
+"""out_dir/metrics.csv for plot.py: a row per log line and evaluation; a resumed run first drops the rows it redoes."""
 import csv
 import math
 import os
@@ -42,7 +40,6 @@ def duration(seconds):
 
 class MetricsLog:
     """Appends rows to out_dir/metrics.csv; created on rank 0 once the start iteration is known."""
-
     def __init__(self, out_dir, start_iter):
         os.makedirs(out_dir, exist_ok=True)
         self.path = os.path.join(out_dir, FILE_NAME)

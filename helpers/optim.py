@@ -1,5 +1,4 @@
-"""The optimizers train.py and bench.py build (nanoGPT's AdamW, or Muon with AdamW), and a run's saved optimizer
-state made ready for the one built here."""
+"""The optimizers train.py and bench.py build (nanoGPT's AdamW, or Muon with AdamW); saved states made fit for them."""
 import torch
 
 def build(name, model, weight_decay, learning_rate, betas, device_type):
@@ -18,9 +17,7 @@ def build(name, model, weight_decay, learning_rate, betas, device_type):
                                           adjust_lr_fn='match_rms_adamw'), adamw)
 
 def newton_schulz_float32(grad, ns_coefficients, ns_steps, eps):
-    """torch.optim.Muon's orthogonalization (a quintic Newton-Schulz iteration) in float32 instead of bfloat16, for
-    CPUs without bfloat16 instructions: they multiply bfloat16 matrices ~30x slower (the long laptop config took 5x
-    the time on an AVX2 VM)."""
+    """torch.optim.Muon's Newton-Schulz orthogonalization in float32, for CPUs slow at bfloat16 matrix products."""
     a, b, c = ns_coefficients
     tall = grad.size(0) > grad.size(1)
     x = grad.float().T if tall else grad.float()
@@ -31,14 +28,10 @@ def newton_schulz_float32(grad, ns_coefficients, ns_steps, eps):
     return x.T if tall else x
 
 class MuonWithAdamW:
-    """Muon and AdamW over two sets of parameters, stepping together: one optimizer to the training
-    loop, the GradScaler and the checkpoints (whose 'optimizer' then holds both states)."""
+    """Muon and AdamW over two sets of parameters as one optimizer (to the loop, the GradScaler, the checkpoints)."""
     def __init__(self, muon, adamw):
         self.muon, self.adamw = muon, adamw
-
-    @property
-    def param_groups(self):
-        return self.muon.param_groups + self.adamw.param_groups
+        self.param_groups = muon.param_groups + adamw.param_groups  # the same group dicts: setting 'lr' reaches both
 
     def step(self):
         self.muon.step()

@@ -1,6 +1,4 @@
-"""One run in several processes under torchrun: DDP (a full model per process, gradients averaged) or FSDP
-(--fsdp=True: parameters, gradients and optimizer state sharded). Rank 0 logs and saves; what one rank decides
-alone (stop, fail) reaches the others where they all meet (any_rank), so that none waits for a peer that has left."""
+"""One run in several processes under torchrun (DDP or FSDP): rank 0 saves; what one rank decides reaches them all."""
 import os
 import shlex
 import socket
@@ -14,8 +12,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from helpers import UserError, optim
 
 CUDA_GRAPH_MODES = ('reduce-overhead', 'max-autotune')  # torch.compile modes that capture CUDA graphs
-# The others wait while rank 0 saves: gpt2-xl with its AdamW state is 19 GB, half an hour at 10 MB/s, three times
-# NCCL's default timeout. Only that wait (a group of its own) is this long: a rank that died stops the others sooner.
+# only the wait for rank 0's saves (a group of its own): gpt2-xl's 19 GB at 10 MB/s outlast NCCL's default timeout
 SAVE_TIMEOUT = timedelta(hours=1)
 _save_group = None
 
@@ -35,8 +32,7 @@ def check(device_type, backend, fsdp, compile, compile_mode, gradient_accumulati
         raise UserError("fsdp=True shards the model across processes started by torchrun; run torchrun --standalone "
                         "--nproc_per_node=N train.py ... --fsdp=True, or drop --fsdp")
     if torchrun and device_type == 'mps':
-        raise UserError("torchrun with device 'mps' is not supported by PyTorch's DDP; use --device=cpu, or one "
-                        "process")
+        raise UserError("torchrun with device 'mps' is not supported by PyTorch's DDP; use --device=cpu or one process")
     if backend not in ('nccl', 'gloo'):
         raise UserError(f"unknown backend '{backend}'; use nccl (GPUs) or gloo (CPUs)")
     if backend == 'nccl' and device_type != 'cuda':
@@ -61,8 +57,7 @@ def check(device_type, backend, fsdp, compile, compile_mode, gradient_accumulati
                         "default, or one micro-step per process (--gradient_accumulation_steps=<number of processes>)")
 
 def start(backend, device, resume_state=None):
-    """Join the run's process group and the one that waits for rank 0's saves (gloo: no GPU memory); returns this
-    process's device (cuda:LOCAL_RANK on GPUs). Resuming, every rank must have loaded the same checkpoint."""
+    """Join the run's process group and the gloo one that waits for rank 0's saves; returns this process's device."""
     global _save_group
     if torch.device(device).type == 'cuda':
         device = f'cuda:{world()[1]}'
@@ -85,8 +80,7 @@ def _same_checkpoint(state, device):
                   "on several nodes needs its out_dir on storage that every node sees", device)
 
 def wrap(model, fsdp, device):
-    """The model in DDP, or sharded in place with fully_shard, one block per unit; FSDP keeps float32 parameters
-    and leaves precision to the same autocast as DDP, so both compute the same numbers."""
+    """The model in DDP, or sharded in place per block (float32 parameters under DDP's autocast: the same numbers)."""
     if not fsdp:
         return DDP(model, device_ids=[torch.device(device).index] if torch.device(device).type == 'cuda' else None)
     from torch.distributed.device_mesh import init_device_mesh
@@ -98,8 +92,7 @@ def wrap(model, fsdp, device):
     return fully_shard(model, mesh=mesh)
 
 def sync_gradients(model, sync):
-    """Whether the next backward pass averages gradients: under DDP at the last micro-step only. FSDP reduce-scatters
-    at every one: else each rank would keep every block's whole float32 gradients, the memory FSDP is there to save."""
+    """Whether the next backward averages gradients under DDP; FSDP reduce-scatters at every one, to save memory."""
     if isinstance(model, DDP):
         model.require_backward_grad_sync = sync
 
@@ -121,8 +114,7 @@ def leave(status):
     os._exit(status)
 
 def stop_together(problem, device, after_save=False):
-    """Stop every process, with one error line, when any has a problem (a message, or None): one that stopped
-    alone would leave the others waiting until torchrun kills them. after_save: the wait for rank 0's save."""
+    """Stop every process, with one error line, when any has a problem (a message or None): none waits for one gone."""
     if not any_rank(problem is not None, device, _save_group if after_save else None):
         return
     message = next(p for p in all_objects(problem) if p)
@@ -152,8 +144,7 @@ def all_objects(obj):
     return gathered
 
 def _rekey(state, key):
-    """An optimizer state dict with each parameter's key k as key[k]: the distributed API keys parameters by
-    name, one process by their number in param-group order."""
+    """An optimizer state with each parameter's key k as key[k] (the distributed API keys by name, torch by number)."""
     return {'state': {key[k]: s for k, s in state['state'].items()},
             'param_groups': [dict(g, params=[key[k] for k in g['params']]) for g in state['param_groups']]}
 
@@ -165,14 +156,11 @@ def full_state(model, optimizer, fsdp):
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_state = get_model_state_dict(model, options=options)
     by_name = get_optimizer_state_dict(model, optimizer, options=options)
-    if not by_name:
-        return model_state, by_name
-    names = [name for g in by_name['param_groups'] for name in g['params']]
-    return model_state, _rekey(by_name, {name: i for i, name in enumerate(names)})
+    names = [name for g in by_name.get('param_groups', []) for name in g['params']]
+    return model_state, _rekey(by_name, {name: i for i, name in enumerate(names)}) if by_name else by_name
 
 def load_optimizer_state(model, optimizer, state, fsdp):
-    """Load a state as full_state gives it into optimizer, sharding it under FSDP; False, loading nothing, when
-    it is the other optimizer's (a run resumed with the other --optimizer), which then starts afresh."""
+    """Load full_state's optimizer state (sharded under FSDP); False, loading nothing, if it is the other's."""
     state = optim.as_built(state, optimizer.state_dict())
     if state is not None and not fsdp:
         optimizer.load_state_dict(state)
@@ -180,6 +168,5 @@ def load_optimizer_state(model, optimizer, state, fsdp):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
         name_of = {id(p): name for name, p in model.named_parameters()}
         names = [name_of[id(p)] for group in optimizer.param_groups for p in group['params']]
-        set_optimizer_state_dict(model, optimizer, optim_state_dict=_rekey(state, names),
-                                 options=StateDictOptions(full_state_dict=True))
+        set_optimizer_state_dict(model, optimizer, _rekey(state, names), options=StateDictOptions(full_state_dict=True))
     return state is not None

@@ -1,6 +1,4 @@
-"""Writing datasets, behind every data/<name>/prepare.py: the folder DATA_ROOT/<name>/, one prepare at a time, and
-its train.bin and val.bin (token ids) and meta.pkl, which move into place in one swap (helpers/files.py) once all
-are whole. Measured figures: data/*/readme.md."""
+"""Writing datasets for data/*/prepare.py: DATA_ROOT/<name>/, one prepare at a time; its files move in by one swap."""
 import argparse
 import contextlib
 import os
@@ -28,8 +26,7 @@ def check_input_file(path, flag='--input'):
     return path
 
 def name_problem(name):
-    """What keeps name from being a dataset folder on Linux, macOS and Windows, or None. Letters and digits of any
-    script count, with their combining marks (é as e + U+0301, Devanagari vowel signs)."""
+    """Why name cannot be a folder on Linux, macOS and Windows, or None; any script's letters and marks count."""
     odd = sorted({c for c in name if not (c.isalnum() or c in '_-.' or unicodedata.category(c).startswith('M'))})
     if not name:
         return "is empty"
@@ -47,8 +44,7 @@ def name_problem(name):
 def output_dir(name, force=False, own=None):
     """DATA_ROOT/<name>/ for the with-block, made if missing (removed if left empty), written by this process alone
     (LOCK); a dataset there is overwritten only by its own prepare.py (own == name) or with --force."""
-    problem = name_problem(name)
-    if problem:
+    if problem := name_problem(name):
         raise UserError(f"--name={name!r} cannot be a folder name: it {problem}; use letters, digits, '_', '-' "
                         "or '.', e.g. --name=my_novel")
     script = [d for d in os.listdir(SCRIPTS_ROOT) if d.casefold() == name.casefold()   # as macOS and Windows compare
@@ -88,8 +84,8 @@ def own_text_arguments(doc):
     parser.add_argument('--val_split', default='end', choices=('end', 'spread'),
                         help="val from the end of the text (nanoGPT's) or in parts spread across it")
     parser.add_argument('--force', action='store_true', help='overwrite data/<name>/ when it already holds a dataset')
-    parser.add_argument('--replace_invalid_utf8', action='store_true',
-                        help='replace bytes that are not UTF-8 with U+FFFD instead of stopping')
+    parser.add_argument('--replace_invalid_utf8', dest='errors', action='store_const', const='replace',
+                        default='strict', help='replace bytes that are not UTF-8 with U+FFFD instead of stopping')
     return parser
 
 def download(url, path):
@@ -102,9 +98,8 @@ def download(url, path):
             raise UserError(f"could not download {url} ({e}); download it yourself and save it as {path}")
     return path
 
-class Output:
-    """train.bin, val.bin and meta.pkl, written as <name>.tmp and moved into place by commit() in one swap. Leaving
-    the with-block before that (an error, Ctrl-C) deletes them: the dataset that was there stays as it was."""
+class Output(contextlib.AbstractContextManager):
+    """train.bin, val.bin and meta.pkl as .tmp files, which commit() moves in (one swap) and an early exit deletes."""
 
     def __init__(self, out_dir, dtype=np.uint16, kept=None):
         """kept: {split: bytes} of the .tmp files an interrupted run left, to append to (documents.ResumableOutput)."""
@@ -151,9 +146,6 @@ class Output:
         for split, n in self.tokens.items():
             print(f"{split} has {n:,} tokens")
         print(f"wrote {shown(self.dir)}/ in {time.time() - STARTED:.1f} s")
-
-    def __enter__(self):
-        return self
 
     def __exit__(self, *exc):
         for f in self.bins.values():

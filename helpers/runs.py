@@ -1,6 +1,4 @@
-"""A run's folder, out_dir: which checkpoint resume and sampling read, one training at a time (a lock), and
---overwrite=True's replaced/, which keeps the run it replaces until the new one has saved. Every reader and writer
-first completes (files.finish_swaps) a change of its files that a killed command left half done."""
+"""A run's folder, out_dir: which checkpoint to read, one training at a time, and --overwrite=True's replaced/."""
 import os
 import shlex
 import warnings
@@ -20,24 +18,19 @@ def checkpoints(folder):
     """The checkpoint files in folder, newest kind first."""
     return [n for n in (LATEST_NAME, CKPT_NAME) if os.path.isfile(os.path.join(folder, n))]
 
-def summary(folder, name):
-    """'name after iteration N, best val loss X' (N as the log counts: iter_num is the number done), or None."""
+def summary(folder, name, fallback=None):
+    """'name after iteration N, best val loss X' (N as the log counts: iter_num is the number done), or fallback."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             state = torch.load(os.path.join(folder, name), map_location='cpu', weights_only=True, mmap=True)
         return f"{name} after iteration {state['iter_num'] - 1}, best val loss {float(state['best_val_loss']):.4f}"
     except Exception:
-        return None
-
-def run_summary(out_dir, names):
-    """The summary of the newest of out_dir's checkpoints names, or their names."""
-    return summary(out_dir, names[0]) or ', '.join(names)
+        return fallback
 
 def _restore_command(out_dir, names):
-    replaced = os.path.join(out_dir, REPLACED_DIR)
-    moved = ' '.join(shlex.quote(os.path.join(replaced, n)) for n in names)
-    return f"mv {moved} {shlex.quote(out_dir)}/ && rm -r {shlex.quote(replaced)}"
+    moved = ' '.join(shlex.quote(os.path.join(out_dir, REPLACED_DIR, n)) for n in names)
+    return f"mv {moved} {shlex.quote(out_dir)}/ && rm -r {shlex.quote(os.path.join(out_dir, REPLACED_DIR))}"
 
 def replaced_run_note(out_dir):
     """Where the run that --overwrite=True moved out of out_dir waits, and how to put it back; '' when none does."""
@@ -46,20 +39,18 @@ def replaced_run_note(out_dir):
     if not aside:
         return ''
     held = [n for n in RUN_FILES if os.path.exists(os.path.join(replaced, n))]
-    return (f"the run that was in {out_dir} ({run_summary(replaced, aside)}) is in {replaced}/, where --overwrite=True "
-            f"moved it; to restore it: {_restore_command(out_dir, held)}")
+    return (f"the run that was in {out_dir} ({summary(replaced, aside[0], ', '.join(aside))}) is in {replaced}/, "
+            f"where --overwrite=True moved it; to restore it: {_restore_command(out_dir, held)}")
 
 def claim_out_dir(out_dir, resuming, overwrite):
-    """Lock out_dir for this training (returns the lock: keep it), after refusing in one line what it must not
-    write over: a file, another training's folder, and unless resuming or overwrite, a run (a checkpoint, or one
-    in replaced/; a log alone is no run). overwrite moves the run to replaced/."""
+    """Lock out_dir (keep the lock), refusing what training must not write over; overwrite moves a run to replaced/."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"out_dir '{out_dir}' is a file, not a folder; pass another --out_dir")
     files.finish_swaps(out_dir)
     run, replaced = checkpoints(out_dir), os.path.join(out_dir, REPLACED_DIR)
     if run and not resuming and not overwrite:
-        raise UserError(f"{out_dir} already holds a run ({run_summary(out_dir, run)}); continue it with "
-                        "--init_from=resume, replace it with --overwrite=True, or train into another --out_dir")
+        raise UserError(f"{out_dir} already holds a run ({summary(out_dir, run[0], ', '.join(run))}); continue it "
+                        "with --init_from=resume, replace it with --overwrite=True, or train into another --out_dir")
     if not resuming and not overwrite and (note := replaced_run_note(out_dir)):
         raise UserError(f"{out_dir} holds no checkpoint, but {note}; or replace it with --overwrite=True, or train "
                         "into another --out_dir")
@@ -79,14 +70,13 @@ def claim_out_dir(out_dir, resuming, overwrite):
     return lock
 
 def _move_aside(out_dir, run):
-    """Move out_dir's run to replaced/ as one change, until this run has saved (discard_replaced); with no run
-    in out_dir, the one an earlier overwrite moved there stays."""
+    """Move out_dir's run to replaced/ as one change, kept until this run saves; with none, an earlier one stays."""
     replaced, until = os.path.join(out_dir, REPLACED_DIR), "it is deleted once this run saves its first checkpoint"
     if not run:
         if replaced_run_note(out_dir):
             print(f"the run an earlier --overwrite=True moved to {replaced}/ stays there; {until}")
         return
-    summary = run_summary(out_dir, run)
+    moved = summary(out_dir, run[0], ', '.join(run))
     names = [n for n in RUN_FILES if os.path.exists(os.path.join(out_dir, n))]
     os.makedirs(replaced, exist_ok=True)
     with open(os.path.join(replaced, REPLACED_MARK), 'w') as f:  # it marks the folder ours even when cut short
@@ -97,7 +87,7 @@ def _move_aside(out_dir, run):
     older = [os.path.join(REPLACED_DIR, n) for n in RUN_FILES if n not in names]
     files.swap(out_dir, [(n, os.path.join(REPLACED_DIR, n)) for n in names], older,
                f'moving the run in {out_dir} to replaced/')
-    print(f"the run that was here ({summary}) was moved to {replaced}/; {until}")
+    print(f"the run that was here ({moved}) was moved to {replaced}/; {until}")
 
 def discard_replaced(out_dir):
     """Delete the run in replaced/ once out_dir holds a checkpoint of the run that replaced it."""
@@ -117,8 +107,7 @@ def sample_name(out_dir):
     return LATEST_NAME if checkpoints(out_dir) == [LATEST_NAME] else CKPT_NAME
 
 def continue_run(namespace, explicit, run_settings, keep=(), machine=(), fixed=None):
-    """Resuming: the run's own settings (run_settings) for those left unset but the command's (keep) and the machine's;
-    say which differ from the run's. fixed (the architecture) cannot differ: a UserError names those set otherwise."""
+    """Resuming: the run's settings for those unset, but keep and machine (saying which differ); fixed must match."""
     conflicts = [f"{k}={namespace[k]!r} (set by {explicit[k]}; the checkpoint has {v!r})"
                  for k, v in (fixed or {}).items() if k in explicit and namespace[k] != v]
     if conflicts:

@@ -1,7 +1,5 @@
-"""TinyStories, behind data/tinystories*/prepare.py: its stories from the hub, from its .txt files (a line holding
-only <|endoftext|> between stories) or from .json/.jsonl/.parquet files, written at character level (a separator
-after each story) or in GPT-2 BPE (<|endoftext|> after each)."""
-import itertools
+"""TinyStories, behind data/tinystories*/prepare.py: its stories from the hub, its .txt files or .json/.jsonl/.parquet
+files, at character level (a separator after each story) or in GPT-2 BPE (<|endoftext|> after each)."""
 import re
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,8 +14,7 @@ STORY_SEPARATOR = '\u2403'  # '␃' (SYMBOL FOR END OF TEXT), written after each
 MAX_STORY_CHARS = 1 << 26   # a longer "story" means the file is not in TinyStories' format
 
 def txt_stories(path, errors='strict', chunk_bytes=CHUNK_BYTES, desc=None):
-    """The stories of a TinyStories*.txt file, a list per chunk read: a line holding only <|endoftext|> (spaces or
-    '\\r' around it allowed) ends a story; stories are stripped, empty ones dropped."""
+    """A TinyStories*.txt file's non-empty stories, stripped, a list per chunk; a line of <|endoftext|> ends each."""
     rest = '\n'   # the text after the last story end; STORY_END starts at the newline before its line
     for text in read_text(path, errors, chunk_bytes, desc):
         text = rest + text
@@ -51,9 +48,7 @@ def chars_from_stories(sources, out_dir, separator=STORY_SEPARATOR):
 
 def dataset_stories(dset, desc):
     """The stories of a datasets split (its 'text' column), a list per batch, as txt_stories."""
-    if 'text' not in dset.column_names:
-        raise UserError(f"the source has no 'text' column (columns: {', '.join(dset.column_names)}); "
-                        "give it one with the stories")
+    documents.check_columns(dset.data.schema)
     with tqdm(total=len(dset), unit=' stories', desc=desc, disable=None) as bar:
         for batch in dset.iter(batch_size=8192):
             bar.update(len(batch['text']))
@@ -100,19 +95,16 @@ def story_sources(args):
     if 'validation' not in dsets:
         raise UserError(f"the source has no validation split (splits: {', '.join(dsets)}); "
                         "give one with --train_file and --val_file")
-    return {'train': lambda: dataset_stories(dsets['train'], 'train stories'),
-            'val': lambda: dataset_stories(dsets['validation'], 'val stories')}
+    return {split: lambda dset=dsets[name], split=split: dataset_stories(dset, f'{split} stories')
+            for split, name in (('train', 'train'), ('val', 'validation'))}
 
 def gpt2_from_stories(sources, out_dir):
-    """GPT-2 BPE from story_sources, GPT2_EOT after each story, a batch of stories per core at a time in threads:
-    tiktoken lets go of the GIL."""
+    """GPT-2 BPE from story_sources, EOT after each story, each batch encoded in threads (tiktoken frees the GIL)."""
     stories, cores = {'train': 0, 'val': 0}, prepare.usable_cores()
     with prepare.Output(out_dir) as out, ThreadPoolExecutor(cores) as pool:
         for split in ('train', 'val'):
-            batches = sources[split]()
-            while group := list(itertools.islice(batches, cores)):
-                for tokens in pool.map(encode.gpt2_tokens, group):
-                    out.write(split, tokens)
-                stories[split] += sum(map(len, group))
+            for batch in sources[split]():
+                out.write(split, documents.gpt2_in_threads(pool, batch, cores))
+                stories[split] += len(batch)
         print(f"{stories['train']:,} train and {stories['val']:,} val stories")
         out.commit()

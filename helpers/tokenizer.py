@@ -1,7 +1,5 @@
-"""Text <-> token ids: a character vocabulary (meta.pkl's itos), GPT-2's BPE (tiktoken) or a byte-level BPE trained
-on the dataset's own text (meta.pkl's bpe: Hugging Face tokenizers' JSON), and the prompts. Checkpoints carry their
-vocabulary (tokenizer_entry), so a dataset prepared again from another text cannot make a model misread. Free of
-PyTorch and of helpers.data, so that sample_onnx.py runs without PyTorch."""
+"""Text <-> token ids: a character vocabulary (meta.pkl's itos), GPT-2's BPE (tiktoken) or a dataset's own byte-level
+BPE (meta.pkl's bpe), and the prompts. Free of PyTorch and of helpers.data: sample_onnx.py runs without PyTorch."""
 import codecs
 import json
 import os
@@ -105,8 +103,8 @@ def learn_bpe(texts, vocab_size):
     return bpe
 
 def tokenizer_entry(meta):
-    """What a checkpoint stores to name its tokenizer: a dataset's characters or own BPE (meta.pkl), or GPT-2's BPE
-    for datasets without meta.pkl; None for a meta.pkl without either."""
+    """What a checkpoint stores of its tokenizer, so that a dataset prepared again cannot make it misread; None for a
+    meta.pkl with neither characters nor a BPE."""
     if meta is None:
         return {'kind': 'gpt2'}
     if isinstance(meta.get('bpe'), str):
@@ -124,10 +122,9 @@ def from_entry(entry):
         return CharTokenizer(entry['itos'], entry.get('separator'))
     return TextBPETokenizer(entry['bpe']) if entry['kind'] == 'bpe' else BPETokenizer()
 
-def for_pretrained(name, vocab_size=None):
-    """The tokenizer of a transformers GPT-2 directory: the characters or own BPE export_hf.py wrote (a
-    tokenizer.json without merges, or with fewer tokens than GPT-2's), else GPT-2's BPE; a UserError when the
-    model's vocab_size does not fit them."""
+def for_pretrained(name, vocab_size):
+    """The tokenizer of a transformers GPT-2 directory: the characters (a tokenizer.json without merges) or own BPE
+    (fewer tokens than GPT-2's) export_hf.py wrote, else GPT-2's BPE; a UserError where they do not fit the model."""
     path = os.path.join(name, 'tokenizer.json')
     text, spec = '', {}
     if os.path.isfile(path):
@@ -137,26 +134,28 @@ def for_pretrained(name, vocab_size=None):
             spec = json.loads(text).get('model') or {}
         except (ValueError, AttributeError) as e:
             raise UserError(f"{path} is not a tokenizer's JSON ({e}); export the model again with export_hf.py")
-    own_bpe = spec.get('merges') and len(spec.get('vocab') or ()) != BPE_VOCAB_SIZE
-    if vocab_size is not None and (own_bpe or not spec.get('merges')) and len(spec.get('vocab') or ()) > vocab_size:
-        raise UserError(f"{path} has {len(spec['vocab'])} tokens but the model in {name} only {vocab_size}; "
-                        "export the model again with export_hf.py")
-    if own_bpe:
-        return TextBPETokenizer(text)
-    if spec.get('type') != 'BPE' or spec.get('merges') or not spec.get('vocab'):
-        if vocab_size is not None and vocab_size < BPE_VOCAB_SIZE:
+    vocab = spec.get('vocab') or {}
+    chars = spec.get('type') == 'BPE' and not spec.get('merges') and vocab
+    own_bpe = spec.get('merges') and len(vocab) != BPE_VOCAB_SIZE
+    if not (chars or own_bpe):
+        if vocab_size < BPE_VOCAB_SIZE:
             raise UserError(f"the model in {name} has {vocab_size} tokens, too few for GPT-2's BPE, and no "
                             "tokenizer.json of characters beside it: export it again with export_hf.py from a "
                             "checkpoint whose dataset still has its meta.pkl")
         return BPETokenizer()
-    itos = sorted(spec['vocab'], key=spec['vocab'].get)
+    if len(vocab) > vocab_size:
+        raise UserError(f"{path} has {len(vocab)} tokens but the model in {name} only {vocab_size}; "
+                        "export the model again with export_hf.py")
+    if own_bpe:
+        return TextBPETokenizer(text)
+    itos = sorted(vocab, key=vocab.get)
     with open(os.path.join(name, 'config.json'), encoding='utf-8') as f:
         eos = json.load(f).get('eos_token_id')
     return CharTokenizer(itos, itos[eos] if isinstance(eos, int) and 0 <= eos < len(itos) else None)
 
 def read_text(path, errors='strict', chunk_bytes=CHUNK_BYTES, desc=None, fix=UTF8_FIX):
-    """A file's UTF-8 text in pieces, chunk_bytes at a time, with a progress bar where desc names one. A byte that is
-    not UTF-8 is a UserError naming its offset and then fix, unless errors='replace' (U+FFFD)."""
+    """A file's UTF-8 text, chunk_bytes at a time (a progress bar if desc); a non-UTF-8 byte is a UserError naming
+    its offset and fix, unless errors='replace'."""
     decoder, offset = codecs.getincrementaldecoder('utf-8')(errors), 0   # it keeps a character cut by a chunk's end
     with open(path, 'rb') as f, tqdm(total=os.path.getsize(path), unit='B', unit_scale=True, desc=desc,
                                      disable=None if desc else True) as bar:
@@ -190,15 +189,11 @@ def read_text_file(path, what):
 
 def read_prompt(start):
     """The prompt text: start itself, or the contents of the file named after 'FILE:'."""
-    if start.startswith('FILE:'):
-        path = start[len('FILE:'):]
-        start = read_text_file(path, 'prompt')
-        if not start:
-            raise UserError(f"prompt file '{path}' is empty; put the text to continue in it")
-    if not start:
-        raise UserError("the prompt is empty; pass some text with --start=... "
-                        "(for GPT-2, --start='<|endoftext|>' starts from nothing)")
-    return start
+    text = read_text_file(start[len('FILE:'):], 'prompt') if start.startswith('FILE:') else start
+    if not text:
+        raise UserError(f"the prompt is empty (--start={start}); pass some text, or a prompt file holding some as "
+                        "--start=FILE:path (for GPT-2, --start='<|endoftext|>' starts from nothing)")
+    return text
 
 def read_prompts(path):
     """The prompts of a file holding one per line (blank lines are skipped)."""

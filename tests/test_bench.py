@@ -1,11 +1,13 @@
-"""bench.py runs on real batches of the prepared shakespeare_char, on random tokens, and
-under the profiler (which writes a trace); benchmarks/sampling.py prints its table of tokens/s."""
+"""bench.py on real batches of shakespeare_char, on random tokens and under the profiler; benchmarks/sampling.py's
+table of tokens/s and performance.py's rows; benchmarks/gpu_check.py, the GPU tier's one command, with the GPU parts
+faked: run in order of value within the budget, the table kept through a budget cut or Ctrl+C, failures exit 1."""
 import os
 import re
 
 import pytest
 
-from conftest import REPO_ROOT, assert_user_error, run_inproc
+from benchmarks import gpu_check, performance
+from conftest import assert_user_error, run_inproc
 
 TINY = ['--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16',
         '--batch_size=2', '--warmup_iters=2', '--bench_iters=3']
@@ -22,27 +24,28 @@ def test_bench_on_real_batches_and_random_tokens(request, data, low, high):
     assert match and float(match[1]) > 0 and re.search(r'benchmark: 3 iters, last loss ([\d.]+)', stdout), stdout
     assert low < float(re.search(r'warm-up: 2 iters, last loss ([\d.]+)', stdout)[1]) < high, stdout
 
-@pytest.mark.parametrize('bad, fragments', [
-    (['--n_embd=30', '--n_head=4'], ['n_embd (30) must be divisible by n_head (4)', '--n_embd=32']),
-    (['--n_layer=0'], ['n_layer must be a positive number, got 0']),
-    (['--dropout=1.0'], ['dropout must be in [0, 1), got 1.0']),
-    (['--batch_size=-2'], ['batch_size must be a positive number, got -2']),
+PROFILE = ['bench.py', *TINY, '--real_data=False', '--profile=True', '--profile_dir={tmp}/bench_log']
+
+@pytest.mark.parametrize('args, fragments', [
+    # bench.py makes train.py's checks, before any model is built or trace written
+    (PROFILE + ['--n_embd=30', '--n_head=4'], ['n_embd (30) must be divisible by n_head (4)', '--n_embd=32']),
+    (PROFILE + ['--n_layer=0'], ['n_layer must be a positive number, got 0']),
+    (PROFILE + ['--dropout=1.0'], ['dropout must be in [0, 1), got 1.0']),
+    (PROFILE + ['--batch_size=-2'], ['batch_size must be a positive number, got -2']),
+    *[(['benchmarks/sampling.py', f'--lengths={bad}'], ['lengths', '200,1000']) for bad in ('200,lots', '0', '200,-5')],
+    (['benchmarks/sampling.py', '--models=gpt3'], ['models', 'gpt2', "'gpt3'"]),
+    (['benchmarks/performance.py', '--only=laptop', '--runs_dir={tmp}/runs'], ['runs_dir', 'is a file']),
 ])
-def test_bench_refuses_a_bad_shape_in_one_line(tmp_path, bad, fragments):
-    """The checks train.py makes, before any model is built or trace written."""
-    trace_dir = tmp_path / 'bench_log'
-    assert_user_error(run_inproc('bench.py', *TINY, '--real_data=False', '--profile=True', f'--profile_dir={trace_dir}',
-                                 *bad), *fragments)
-    assert not trace_dir.exists()
+def test_benchmarks_refuse_bad_settings_in_one_line(tmp_path, args, fragments):
+    (tmp_path / 'runs').write_text('not a folder')
+    assert_user_error(run_inproc(*[arg.format(tmp=tmp_path) for arg in args]), *fragments)
+    assert sorted(os.listdir(tmp_path)) == ['runs']  # no trace written
 
 def test_bench_profile_writes_a_trace(tmp_path):
-    trace_dir = tmp_path / 'bench_log'
-    result = run_inproc('bench.py', *TINY, '--real_data=False', '--profile=True', f'--profile_dir={trace_dir}',
-                        check=True)
-    assert f"profiler trace written to {trace_dir}" in result.stdout
-    traces = [n for n in os.listdir(trace_dir) if n.endswith('.json') or n.endswith('.json.gz')]
-    assert traces, os.listdir(trace_dir)
-    assert os.path.getsize(trace_dir / traces[0]) > 1000
+    result = run_inproc(*[arg.format(tmp=tmp_path) for arg in PROFILE], check=True)
+    assert f"profiler trace written to {tmp_path / 'bench_log'}" in result.stdout
+    traces = [n for n in os.listdir(tmp_path / 'bench_log') if n.endswith(('.json', '.json.gz'))]
+    assert traces and os.path.getsize(tmp_path / 'bench_log' / traces[0]) > 1000, traces
     assert result.stdout.count(' loss: ') == 15  # wait + warm-up + active steps
 
 SAMPLE_ROW = re.compile(r'^\| (.+?) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)x \| (yes|NO) \|$', re.M)
@@ -59,24 +62,8 @@ def test_bench_sample_table(tiny_run):
         # the printed rates and ratio are rounded to one decimal
         assert float(speedup) == pytest.approx(float(fast) / float(slow), rel=0.03, abs=0.06)
 
-def test_bench_sample_rejects_bad_lengths_and_models():
-    for bad in ('200,lots', '0', '200,-5'):
-        assert_user_error(run_inproc('benchmarks/sampling.py', f'--lengths={bad}'), 'lengths', '200,1000')
-    assert_user_error(run_inproc('benchmarks/sampling.py', '--models=gpt3'), 'models', 'gpt2', "'gpt3'")
-
-def test_performance_refuses_a_runs_dir_that_is_a_file(tmp_path):
-    (tmp_path / 'runs').write_text('not a folder')
-    assert_user_error(run_inproc('benchmarks/performance.py', '--only=laptop', f'--runs_dir={tmp_path / "runs"}'),
-                      'runs_dir', 'is a file')
-
 def test_performance_rows_parse_what_bench_and_train_print(tmp_path, shakespeare_char):
-    """benchmarks/performance.py's rows, on commands small enough for a test: the figures it reads
-    from bench.py's and train.py's output are there."""
-    import importlib.util
-    path = os.path.join(REPO_ROOT, 'benchmarks', 'performance.py')
-    spec = importlib.util.spec_from_file_location('performance', path)
-    performance = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(performance)
+    """performance.py's rows, on small commands: the figures it reads from bench.py's and train.py's output."""
     row = performance.bench_row('tiny', 'bench.py --device=cpu --dataset=shakespeare_char --n_layer=1 --n_head=2 '
                                         '--n_embd=16 --block_size=16 --batch_size=2 --warmup_iters=1 --bench_iters=2')
     assert re.fullmatch(r'\| tiny \| `python bench\.py [^`]+` \| [\d.]+ \| [\d,]+ \| n/a \|', row), row
@@ -84,3 +71,64 @@ def test_performance_rows_parse_what_bench_and_train_print(tmp_path, shakespeare
                                                       '--eval_interval=2 --eval_iters=2', tmp_path / 'out')
     assert seconds > 0 and 3.0 < val < 4.5 and '(step 4)' in row and row.startswith('| tiny (`out`) |')
     assert (tmp_path / 'out' / 'metrics.csv').exists()  # kept, for plot.py (--runs_dir)
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">
+<testcase classname="tests.test_gpu" name="test_gpt2_124m_mfu_is_plausible" time="41.2">
+  <properties><property name="GPT-2 124M, 12 x 1024: ms/iter, MFU" value="98.1 ms, 44.0%"/></properties></testcase>
+<testcase classname="tests.test_gpu" name="test_two_gpus_learn_as_one" time="0.001">
+  <skipped type="pytest.skip" message="needs two or more NVIDIA GPUs">skipped</skipped></testcase>
+{failure}</testsuite></testsuites>"""
+FAILURE = """<testcase classname="tests.test_gpu" name="test_torchrun_over_nccl" time="1.5">
+  <failure message="AssertionError">assert False</failure></testcase>"""
+
+def test_gpu_check_without_a_visible_gpu_is_one_line():
+    assert_user_error(run_inproc('benchmarks/gpu_check.py'), 'no CUDA device is visible', 'CUDA build of torch')
+
+@pytest.mark.parametrize('interrupt', [False, True])
+def test_gpu_check_parts_run_in_order_of_value_within_the_budget(monkeypatch, capsys, tmp_path, interrupt):
+    clock, calls = [0.0], []
+    def fake_run(args, seconds):
+        calls.append(seconds)
+        if interrupt and len(calls) == 2:
+            raise KeyboardInterrupt
+        clock[0] += 100  # every part takes 100 s of the 540
+        if args[:2] == ['-m', 'pytest']:
+            junit = next(a for a in args if a.startswith('--junitxml=')).split('=', 1)[1]
+            with open(junit, 'w') as f:
+                f.write(JUNIT.format(failure=FAILURE if 'torchrun' in ' '.join(args) else ''))
+        return 0, 'time per iteration: 5.00ms, tokens/s: 1,000, MFU: 40.00%'
+    monkeypatch.setattr(gpu_check, 'run', fake_run)
+    monkeypatch.setattr(gpu_check.time, 'time', lambda: clock[0])
+    monkeypatch.setattr(gpu_check.data, 'data_dir', lambda name: str(tmp_path))  # shakespeare_char not prepared
+    assert gpu_check.main(9, str(tmp_path)) == 1
+    rows = [row.split(' | ') for row in capsys.readouterr().out.split('|---|---|---|---:|\n')[1].splitlines()]
+    parts = [row[0].strip('| ') for row in rows]
+    if interrupt:
+        assert parts == [gpu_check.PARTS[0][0], '(stopped by Ctrl+C)']
+        return
+    assert parts == [part for part, _, _ in gpu_check.PARTS]  # the table lists every part, in the order of value
+    assert calls == [540, 440, 340, 240, 140]  # each part gets what is left of the budget
+    assert rows[0][1:] == ['passed', '1 passed, 1 skipped; GPT-2 124M, 12 x 1024: ms/iter, MFU: 98.1 ms, 44.0%',
+                           '100 |']
+    assert rows[2][1].startswith('failed: test_gpu::test_torchrun_over_nccl failure')
+    assert rows[6][1] == 'skipped: 40 s of the budget left, it needs 45 s' and rows[6][3] == '0 |'
+    assert rows[5][1].startswith('skipped: prepare the data first') and rows[7][1] == rows[5][1]
+
+def test_gpu_check_table_rows_say_what_each_test_proved(tmp_path):
+    (tmp_path / 'gpu.xml').write_text(JUNIT.format(failure=FAILURE))
+    assert gpu_check.test_rows(str(tmp_path / 'gpu.xml')) == [
+        ('test_gpu::test_gpt2_124m_mfu_is_plausible', 'passed', 'GPT-2 124M, 12 x 1024: ms/iter, MFU: 98.1 ms, 44.0%'),
+        ('test_gpu::test_two_gpus_learn_as_one', 'skipped: needs two or more NVIDIA GPUs', '0.0 s'),
+        ('test_gpu::test_torchrun_over_nccl', 'failure', '1.5 s')]
+
+def test_gpu_check_part_reports_its_exit_status_and_is_stopped_at_its_budget():
+    assert gpu_check.run(['-c', 'import sys; print("ran"); sys.exit(3)'], 60) == (3, 'ran\n')
+    status, output = gpu_check.run(['-c', 'import time; print("begun", flush=True); time.sleep(60)'],
+                                   gpu_check.GRACE + 1)
+    assert status is None and output.startswith('begun') and 'KeyboardInterrupt' in output
+
+def test_gpu_check_selects_only_tests_that_exist():
+    """Each name FIRST keeps out of 'the rest' is part of a GPU test's name: else that part would run nothing."""
+    with open(os.path.join(os.path.dirname(__file__), 'test_gpu.py'), encoding='utf-8') as f:
+        names = re.findall(r'^def (test_\w+)', f.read(), re.MULTILINE)
+    assert [key for key in gpu_check.FIRST if not any(key in name for name in names)] == []

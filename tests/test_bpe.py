@@ -2,7 +2,6 @@
 import json
 import math
 import os
-import pickle
 import types
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from conftest import DATA_ROOT, assert_user_error, core_text, core_train_args, run_inproc
-from helpers import checkpoint, metrics, tokenizer
+from helpers import checkpoint, data, metrics, tokenizer
 
 # CJK, emoji (one of them joined by a zero-width joiner), combining marks: byte-level BPE never meets the unknown
 MIXED = "The cat sat. 猫坐在垫子上。🐈‍⬛ naïve cafe\u0301 — 東京タワー 😀 ñ\n"
@@ -21,14 +20,10 @@ def mixed_text():
     return ''.join(' '.join(words[i:i + 30]) + ('\n' if i % 90 else '\n' + MIXED) for i in range(0, len(words), 30))
 
 def spread_split(text, fraction):
-    """The train and val text of --val_split=spread for a text under a million characters: ten val parts of
-    n * fraction / 10 characters each, one every 1/fraction parts."""
+    """(train, val) text of --val_split=spread under a million characters: 10 val parts, one every 1/fraction."""
     size, every = int(len(text) * fraction) // 10, round(1 / fraction)
     parts = [text[i:i + size] for i in range(0, len(text), size)]
     return ''.join(p for i, p in enumerate(parts) if i % every != every - 1), ''.join(parts[every - 1::every])
-
-def decode_bin(path, dtype, spec):
-    return tokenizer.TextBPETokenizer(spec).tokens.decode(np.fromfile(path, dtype=dtype).tolist())
 
 @pytest.fixture(scope='module')
 def bpe_run(tmp_path_factory):
@@ -39,13 +34,14 @@ def bpe_run(tmp_path_factory):
     run_inproc('data/bpe/prepare.py', f'--input={source}', '--name=_test_bpe', '--vocab_size=320',
                '--val_split=spread', check=True)
     run = run_inproc('train.py', *core_train_args(folder / 'out', dataset='_test_bpe'), check=True)
-    return types.SimpleNamespace(source=source, out_dir=folder / 'out', meta=read_meta('_test_bpe'), stdout=run.stdout)
+    return types.SimpleNamespace(source=source, out_dir=folder / 'out', meta=data.read_meta('_test_bpe'),
+                                 stdout=run.stdout)
 
-def read_meta(name):
-    with open(os.path.join(DATA_ROOT, name, 'meta.pkl'), 'rb') as f:
-        return pickle.load(f)
+def split_ids(name, split):
+    return np.fromfile(os.path.join(DATA_ROOT, name, f'{split}.bin'), dtype=np.uint16).tolist()
 
 def test_prepare_is_deterministic_splits_across_the_text_and_round_trips(bpe_run):
+    """The BPE dataset, and --val_split=spread of data/char too."""
     text, meta = bpe_run.source.read_text(encoding='utf-8'), bpe_run.meta
     assert meta['vocab_size'] == 320 and set(meta) == {'vocab_size', 'bpe'}
     run_inproc('data/bpe/prepare.py', f'--input={bpe_run.source}', '--name=_test_bpe_again', '--vocab_size=320',
@@ -53,10 +49,10 @@ def test_prepare_is_deterministic_splits_across_the_text_and_round_trips(bpe_run
     for name in ('train.bin', 'val.bin', 'meta.pkl'):  # the same text and settings: the same bytes
         assert (open(os.path.join(DATA_ROOT, '_test_bpe', name), 'rb').read() ==
                 open(os.path.join(DATA_ROOT, '_test_bpe_again', name), 'rb').read()), name
+    bpe = tokenizer.TextBPETokenizer(meta['bpe'])
     # --val_split=spread: val is every 10th part of the text, the rest train, each decoding to its text exactly
     for split, expected in zip(('train', 'val'), spread_split(text, 0.1)):
-        assert decode_bin(os.path.join(DATA_ROOT, '_test_bpe', f'{split}.bin'), np.uint16, meta['bpe']) == expected
-    bpe = tokenizer.TextBPETokenizer(meta['bpe'])
+        assert bpe.tokens.decode(split_ids('_test_bpe', split)) == expected
     for sample in (MIXED, "日本語のテキスト、한국어 텍스트, Ελληνικά, a\u0308\u0301 👩‍👩‍👧 \t\r\n"):
         ids = bpe.encode(sample)
         assert bpe.tokens.decode(ids) == sample
@@ -65,17 +61,12 @@ def test_prepare_is_deterministic_splits_across_the_text_and_round_trips(bpe_run
     assert len(bpe.encode(MIXED)) < len(MIXED.encode('utf-8'))  # the merges were learned from the text
     from tokenizers import pre_tokenizers
     assert set(tokenizer.byte_symbols().values()) == set(pre_tokenizers.ByteLevel.alphabet())
-
-def test_char_prepare_spreads_val_across_the_text(tmp_path):
-    source = tmp_path / 'in.txt'
-    source.write_text(text := mixed_text(), encoding='utf-8')
-    assert run_inproc('data/char/prepare.py', f'--input={source}', '--name=_test_spread', '--val_split=spread',
-                      '--val_fraction=0.2').returncode == 0
-    itos = read_meta('_test_spread')['itos']
+    run_inproc('data/char/prepare.py', f'--input={bpe_run.source}', '--name=_test_spread', '--val_split=spread',
+               '--val_fraction=0.2', check=True)
+    itos = data.read_meta('_test_spread')['itos']
     for split, expected in zip(('train', 'val'), spread_split(text, 0.2)):
-        ids = np.fromfile(os.path.join(DATA_ROOT, '_test_spread', f'{split}.bin'), dtype=np.uint16)
-        assert ''.join(itos[i] for i in ids) == expected
-    assert 0.19 < len(ids) / len(text) < 0.21
+        assert ''.join(itos[i] for i in split_ids('_test_spread', split)) == expected
+    assert 0.19 < len(split_ids('_test_spread', 'val')) / len(text) < 0.21
 
 def direct_bits_per_byte(model, ids, text_bytes, excluded=()):
     """Every token after the first predicted once, from windows of block_size as evaluate.py's full pass; the loss
@@ -114,7 +105,7 @@ def test_bits_per_byte_agree_with_a_direct_computation(kind, tiny_run, bpe_run, 
     else:
         run = tiny_run if kind == 'char' else bpe_run
         source, name = [f'--out_dir={run.out_dir}'], '_test_core' if kind == 'char' else '_test_bpe'
-        ids, meta = np.fromfile(os.path.join(DATA_ROOT, name, 'val.bin'), dtype=np.uint16).tolist(), read_meta(name)
+        ids, meta = split_ids(name, 'val'), data.read_meta(name)
         if kind == 'bpe':  # the val text, decoded whole, less the first token's bytes (a symbol a byte)
             hf = tokenizer.TextBPETokenizer(meta['bpe']).tokens
             text_bytes = len(hf.decode(ids).encode('utf-8')) - len(hf.id_to_token(ids[0]))
@@ -140,8 +131,7 @@ def sample_text(script, *args):
         '\n---------------')[0].split('\n')[-1]
 
 def test_the_bpe_travels_to_sample_hf_and_onnx(bpe_run, tmp_path):
-    """A CJK prompt sampled from the checkpoint and from its transformers export gives the same text; greedy, so
-    do transformers' own generate and the ONNX export."""
+    """A CJK prompt gives the same text from checkpoint and export; greedy, so do generate() and ONNX."""
     prompt, hf_dir = '猫坐在', tmp_path / 'hf'
     run_inproc('export_hf.py', f'--out_dir={bpe_run.out_dir}', f'--output={hf_dir}', check=True)
     sampled = {source: sample_text('sample.py', source, f'--start={prompt}', '--device=cpu', '--temperature=2.0')
@@ -159,8 +149,7 @@ def test_the_bpe_travels_to_sample_hf_and_onnx(bpe_run, tmp_path):
 def test_plot_draws_bits_per_byte_of_runs_of_any_tokenizers(tiny_run, bpe_run, tmp_path):
     import plot
     runs = [(str(d), metrics.read_metrics(os.path.join(d, 'metrics.csv'))) for d in (tiny_run.out_dir, bpe_run.out_dir)]
-    fig = plot.figure(runs, ('iter',), side_by_side=False, y_name='bpb')
-    ax = fig.axes[0]
+    ax = plot.figure(runs, ('iter',), side_by_side=False, y_name='bpb').axes[0]
     assert ax.get_ylabel() == 'bits per byte'
     val = [line for line in ax.get_lines() if line.get_label() == f'{runs[1][0]}: val (eval)'][0]
     assert list(val.get_ydata()) == [r['val_bpb'] for r in runs[1][1] if r['kind'] == 'eval']
@@ -181,9 +170,8 @@ def test_bad_input_is_one_line_and_leaves_nothing(content, flags, fragments, cor
     source = tmp_path / 'in.txt'
     source.write_bytes(content.encode('utf-8') if isinstance(content, str) else content)
     before = {n: open(os.path.join(DATA_ROOT, '_test_core', n), 'rb').read() for n in ('train.bin', 'meta.pkl')}
-    name = [f for f in flags if f.startswith('--name=')] or ['--name=_test_bad_bpe']
-    flags = [f for f in flags if not f.startswith('--name=')]
-    assert_user_error(run_inproc('data/bpe/prepare.py', f'--input={source}', *name, *flags), *fragments)
+    assert_user_error(run_inproc('data/bpe/prepare.py', f'--input={source}', '--name=_test_bad_bpe', *flags),
+                      *fragments)   # a --name in flags comes last: it counts
     assert not os.path.exists(os.path.join(DATA_ROOT, '_test_bad_bpe'))
     assert before == {n: open(os.path.join(DATA_ROOT, '_test_core', n), 'rb').read() for n in before}
     wrong = run_inproc('data/bpe/prepare.py', f'--input={source}', '--name=_test_bad_bpe', '--val_split=middle')

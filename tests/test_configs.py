@@ -1,5 +1,4 @@
-"""The laptop configs keep working: every setting they make is one of train.py's and reaches the run,
-and they train at their own shape (on the tests' tiny dataset, for a few iterations)."""
+"""The laptop configs keep working: each setting is one of train.py's, reaches the run, and trains at its shape."""
 import os
 import runpy
 
@@ -8,11 +7,9 @@ import pytest
 from conftest import REPO_ROOT, run_inproc
 from helpers import checkpoint
 
-# what a test changes to finish in seconds: the data, the number of iterations and evaluations, the batch
-SHORT = dict(max_iters=3, eval_interval=3, eval_iters=1, log_interval=1, batch_size=2)
+SHORT = dict(max_iters=3, eval_interval=3, eval_iters=1, log_interval=1, batch_size=2)  # done in seconds (and the data)
 
-@pytest.mark.parametrize('config', ['config/train_shakespeare_char_cpu.py',
-                                    'config/train_shakespeare_char_cpu_long.py'])
+@pytest.mark.parametrize('config', [f'config/train_shakespeare_char_cpu{end}.py' for end in ('', '_long')])
 def test_laptop_config_trains_at_its_own_shape(config, core_dataset, tmp_path):
     settings = {k: v for k, v in runpy.run_path(os.path.join(REPO_ROOT, config)).items() if not k.startswith('__')}
     short = dict(SHORT, dataset=core_dataset, out_dir=str(tmp_path / 'out'))
@@ -25,5 +22,5 @@ def test_laptop_config_trains_at_its_own_shape(config, core_dataset, tmp_path):
     # and each of the config's other settings is what the run used (its model too)
     assert {k: run['config'][k] for k in settings.keys() - short.keys()} == \
         {k: v for k, v in settings.items() if k not in short}
-    assert {k: run['model_args'][k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size')} == \
-        {k: settings[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size')}
+    shape = ('n_layer', 'n_head', 'n_embd', 'block_size')
+    assert {k: run['model_args'][k] for k in shape} == {k: settings[k] for k in shape}

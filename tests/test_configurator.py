@@ -1,5 +1,4 @@
-"""configurator.py: --key=value and config files applied to a namespace, and each refusal (through the scripts
-themselves: test_errors.py)."""
+"""configurator.py: --key=value and config files applied to a namespace, and each refusal."""
 import os
 
 import pytest
@@ -9,10 +8,8 @@ from conftest import REPO_ROOT
 from helpers import UserError
 
 def defaults():
-    return {
-        'batch_size': 12, 'learning_rate': 6e-4, 'out_dir': 'out', 'compile': True, 'top_k': None,
-        'dataset': 'openwebtext', '_private': 3, 'os': os, 'helper': defaults,
-    }
+    return {'batch_size': 12, 'learning_rate': 6e-4, 'out_dir': 'out', 'compile': True, 'top_k': None,
+            'dataset': 'openwebtext', '_private': 3, 'os': os, 'helper': defaults}
 
 def configure(argv):
     namespace = defaults()
@@ -39,28 +36,19 @@ def test_overrides_and_config_files_apply_in_order(tmp_path):
     assert set(explicit) == {'batch_size', 'out_dir', 'learning_rate'}
     assert configure(['--batch_size=8', cfg])[0]['batch_size'] == 64
 
-@pytest.mark.parametrize('text,expected', [
-    ('123', '123'),  # a folder named 123, not the int 123
-    ('1e3', '1e3'),
-    ('True', 'True'),
-    ('None', 'None'),
-    ('[1, 2]', '[1, 2]'),
-    ("'quoted'", 'quoted'),
-    ('out-shakespeare', 'out-shakespeare'),
-    ('a=b', 'a=b'),
-    ('', ''),
-])
-def test_strings_are_kept_as_strings(text, expected):
+@pytest.mark.parametrize('text', ['123', '1e3', 'True', 'None', '[1, 2]', "'quoted'", 'out-shakespeare', 'a=b', ''])
+def test_strings_are_kept_as_strings(text):
+    """A folder named 123, not the int 123; quotes are Python's."""
     ns, _ = configure([f'--out_dir={text}'])
-    assert ns['out_dir'] == expected and isinstance(ns['out_dir'], str)
+    assert ns['out_dir'] == text.strip("'") and isinstance(ns['out_dir'], str)
 
 @pytest.mark.parametrize('text', ["['\\n\\n', 'THE END'", "'THE END", '"THE END', '(1, 2', "{'a': 1", "['a'] x"])
 def test_a_malformed_literal_for_a_setting_of_any_type_is_refused(text):
-    """top_k (None) takes any type: a list or quoted string with a typo would become a plain string."""
+    """top_k (None) takes any type, so a typo must not make a plain string; a string setting takes it as written."""
     with pytest.raises(UserError) as info:
         configure([f'--top_k={text}'])
-    assert str(info.value).startswith(f"--top_k={text} starts like a Python value") and "--top_k=\"['" in str(info.value)
-    # plain text stays text there, and a string setting takes any text as written
+    message = str(info.value)
+    assert message.startswith(f"--top_k={text} starts like a Python value") and "--top_k=\"['" in message
     assert configure(['--top_k=THE END'])[0]['top_k'] == 'THE END'
     assert configure([f'--out_dir={text}'])[0]['out_dir'] == text
 
@@ -94,8 +82,7 @@ def test_a_bad_argument_is_one_line_and_changes_nothing(tmp_path, config, argv, 
     assert config or namespace == defaults()  # (a config file is applied up to its failing line)
 
 def train_py_defaults():
-    """train.py's default settings: the lines between its '# default config values' marker and
-    the configure call, run on their own."""
+    """train.py's default settings: its lines from '# default config values' to the configure call, run alone."""
     source = open(os.path.join(REPO_ROOT, 'train.py'), encoding='utf-8').read()
     block = source.split('# default config values')[1].split('config_keys = ')[0]
     namespace = {}
@@ -110,26 +97,23 @@ def test_repository_configs_set_only_known_keys_with_the_right_types(name):
 
 MODEL = dict(n_layer=2, n_head=4, n_embd=32, block_size=16, dropout=0.0)
 
-@pytest.mark.parametrize('check, message', [
-    (lambda: configurator.require_positive({'batch_size': 0}, 'batch_size'),
-     "batch_size must be a positive number, got 0"),
-    (lambda: configurator.require_range({'lr': -1e-3}, 0, float('inf'), 'lr'), "lr must be in [0, inf), got -0.001"),
-    (lambda: configurator.check_model(dict(MODEL, n_embd=30)),
-     "n_embd (30) must be divisible by n_head (4); e.g. --n_embd=32"),
-    (lambda: configurator.check_model(dict(MODEL, n_head=0)), "n_head must be a positive number, got 0"),
-    (lambda: configurator.check_model(dict(MODEL, dropout=1.0)), "dropout must be in [0, 1), got 1.0"),
-    (lambda: configurator.check_seed(2 ** 63), f"seed must be an integer from 0 to 2**63-1, got {2 ** 63}"),
-    (lambda: configurator.check_seed(True), "seed must be an integer from 0 to 2**63-1, got True"),
-    (lambda: configurator.check_sampling(0.0, None), "temperature must be a positive finite number, got 0.0; use "
-                                                     "--top_k=1 for greedy decoding, a large temperature for nearly "
-                                                     "uniform draws"),
-    (lambda: configurator.check_sampling(1.0, 2.5), "top_k must be a positive integer or None, got 2.5"),
-    (lambda: configurator.check_sampling(1.0, None, 0.0), "top_p must be in (0, 1], got 0.0; 1.0 keeps every token, "
-                                                          "0.9 the most likely 90%"),
+@pytest.mark.parametrize('check, args, message', [
+    ('require_positive', ({'batch_size': 0}, 'batch_size'), "batch_size must be a positive number, got 0"),
+    ('require_range', ({'lr': -1e-3}, 0, float('inf'), 'lr'), "lr must be in [0, inf), got -0.001"),
+    ('check_model', (dict(MODEL, n_embd=30),), "n_embd (30) must be divisible by n_head (4); e.g. --n_embd=32"),
+    ('check_model', (dict(MODEL, n_head=0),), "n_head must be a positive number, got 0"),
+    ('check_model', (dict(MODEL, dropout=1.0),), "dropout must be in [0, 1), got 1.0"),
+    ('check_seed', (2 ** 63,), f"seed must be an integer from 0 to 2**63-1, got {2 ** 63}"),
+    ('check_seed', (True,), "seed must be an integer from 0 to 2**63-1, got True"),
+    ('check_sampling', (0.0, None), "temperature must be a positive finite number, got 0.0; use --top_k=1 for greedy "
+                                    "decoding, a large temperature for nearly uniform draws"),
+    ('check_sampling', (1.0, 2.5), "top_k must be a positive integer or None, got 2.5"),
+    ('check_sampling', (1.0, None, 0.0), "top_p must be in (0, 1], got 0.0; 1.0 keeps every token, "
+                                         "0.9 the most likely 90%"),
 ])
-def test_each_check_refuses_in_one_line_what_no_run_can_use(check, message):
+def test_each_check_refuses_in_one_line_what_no_run_can_use(check, args, message):
     with pytest.raises(UserError) as refusal:
-        check()
+        getattr(configurator, check)(*args)
     assert str(refusal.value) == message
     configurator.check_model(MODEL)  # and a sound setting passes
     configurator.check_sampling(0.8, 5, 0.9)

@@ -5,6 +5,7 @@ import os
 import pathlib
 import pickle
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -28,8 +29,7 @@ def tree(*folders):
     return {p: p.read_bytes() if p.is_file() else None for folder in folders for p in folder.rglob('*')}
 
 class Case:
-    """What a case may use: tmp, the shared tiny run (tiny_run) or a copy of it in tmp/out (run()),
-    throw-away datasets, files and a transformers folder."""
+    """What a case may use: tmp, the tiny run or a copy in tmp/out (run()), datasets, files, a transformers folder."""
 
     def __init__(self, tmp, make_dataset, tiny_run):
         self.tmp, self.out, self.make_dataset, self.tiny_run, self.datasets = tmp, tmp / 'out', make_dataset, \
@@ -43,8 +43,7 @@ class Case:
         return self.out
 
     def dataset(self, suffix='bad', text=None, remove=None, val_tokens=None, append=None, **meta_extra):
-        """A copy of the core dataset (or one of text) with a file removed, val.bin cut to val_tokens, bytes
-        appended to train.bin, or more in meta.pkl."""
+        """The core dataset (or one of text), a file removed, val.bin cut, {file: bytes} appended, more in meta."""
         name = self.make_dataset(suffix, text=text, meta_extra=meta_extra or None)
         folder = data.data_dir(name)
         self.datasets.append(pathlib.Path(folder))
@@ -52,9 +51,9 @@ class Case:
             os.remove(os.path.join(folder, remove))
         if val_tokens is not None:
             os.truncate(os.path.join(folder, 'val.bin'), 2 * val_tokens)
-        if append:
-            with open(os.path.join(folder, 'train.bin'), 'ab') as f:
-                f.write(append)
+        for file, more in (append or {}).items():
+            with open(os.path.join(folder, file), 'ab') as f:
+                f.write(more)
         return name
 
     def file(self, name, content=b''):
@@ -63,14 +62,13 @@ class Case:
         return self.tmp / name
 
     def hf(self, vocab_size=50257, runs_code=False):
-        """A tiny transformers GPT-2 folder; runs_code: its weights in a pytorch_model.bin whose unpickling would
-        create tmp/PWNED."""
+        """A tiny transformers GPT-2 folder; runs_code: in a pytorch_model.bin whose unpickling creates tmp/PWNED."""
         from transformers import GPT2Config, GPT2LMHeadModel
         model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32, vocab_size=vocab_size,
                                            bos_token_id=None, eos_token_id=None))
         model.save_pretrained(self.tmp / 'hf')
         if runs_code:
-            torch.save(dict(model.state_dict(), note=RunsCode(self.tmp / 'PWNED')), self.tmp / 'hf' / 'pytorch_model.bin')
+            torch.save(dict(model.state_dict(), note=RunsCode(self.tmp / 'PWNED')), self.tmp / 'hf/pytorch_model.bin')
             os.remove(self.tmp / 'hf' / 'model.safetensors')
         return self.tmp / 'hf'
 
@@ -79,13 +77,12 @@ def case(tmp_path, make_dataset, tiny_run):
     return Case(tmp_path, make_dataset, tiny_run)
 
 def refused(case, script, args, fragments):
-    """script refuses args in one line naming each fragment ({out}, {tmp}: case's folders; one starting with '!'
-    must not be there), and nothing under tmp, the tiny run or the case's datasets changed."""
+    """script refuses args in one line with each fragment ({out}, {tmp} filled in; '!': absent); nothing changed."""
     before = tree(case.tmp, case.tiny_run, *case.datasets)
     result = run_inproc(script, *args)
     fragments = [f.format(out=case.out, tmp=case.tmp) for f in fragments]
     line = assert_user_error(result, *[f for f in fragments if not f.startswith('!')])
-    assert len([s for s in result.stderr.strip().splitlines() if 'it/s]' not in s]) == 1, result.stderr  # tqdm's bars aside
+    assert len([s for s in result.stderr.strip().splitlines() if 'it/s]' not in s]) == 1, result.stderr  # tqdm aside
     assert not [f for f in fragments if f.startswith('!') and f[1:] in line], line
     assert tree(case.tmp, case.tiny_run, *case.datasets) == before, "a file was created or changed"
 
@@ -102,14 +99,16 @@ def runs_code(path, marker):
     state = torch.load(path, weights_only=True)
     torch.save(dict(state, config=dict(state['config'], note=RunsCode(marker))), path)
 
-# -----------------------------------------------------------------------------
-# train.py on a fresh out_dir (tmp/out): nothing may be created
+# ----------------------------------------------------------------------------- train.py, new out_dir: nothing created
 
 BEST = f'--device={hardware.best_device()}'  # what the errors suggest: cpu here, cuda on a GPU machine
 POSITIVE = ['batch_size', 'gradient_accumulation_steps', 'max_iters', 'eval_iters', 'block_size', 'n_layer', 'n_head',
             'eval_interval', 'log_interval']
-HALF_TOKEN = b'\x01'  # a .bin file of an odd size
+HALF_TOKEN = {'train.bin': b'\x01'}  # a .bin file of an odd size
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+HF_RUNS_CODE = ['{tmp}/hf was refused', 'would run code', 'GLOBAL', 'safetensors']
+OTHER_TEXT = 'other characters: XYZ!?\n' * 200  # another vocabulary
+OTHER_SAME_SIZE = core_text().translate(str.maketrans('abc', 'xyz'))  # as many characters, other ones
 
 @pytest.mark.parametrize('settings, fragments', ids=case_id, argvalues=[
     (dict(dataset='_test_no_such'), ["unknown dataset '_test_no_such'", CORE_DATASET]),  # lists those there are
@@ -128,6 +127,7 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is availabl
     (dict(learning_rate=-1), ['learning_rate', '-1']),
     (dict(learning_rate='1e999'), ['learning_rate', 'inf']),
     (dict(warmup_iters=-5), ['warmup_iters', '-5']),
+    (dict(hellaswag_examples=-1), ['hellaswag_examples', '-1']),  # 0 scores every example
     (dict(device='tpu'), ['unknown device', 'tpu', 'cpu']),
     (dict(device='gpu0'), ['unknown device', 'gpu0']),
     pytest.param(dict(device='cuda'), ['cuda', 'not available', BEST], marks=NO_CUDA),
@@ -139,14 +139,12 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is availabl
     (dict(init_from='restart'), ["unknown init_from 'restart'", 'resume']),
     # a gpt2-like name that is no model: refused before any download is tried
     (dict(init_from='gpt2-huge', dataset=dict(remove='meta.pkl')), ['gpt2-huge', 'gpt2-medium']),
-    (lambda c: dict(init_from=c.hf(runs_code=True), dataset=c.dataset('bpe', remove='meta.pkl')),
-     ['{tmp}/hf was refused', 'would run code', 'GLOBAL', 'safetensors']),
+    (lambda c: dict(init_from=c.hf(runs_code=True), dataset=c.dataset('bpe', remove='meta.pkl')), HF_RUNS_CODE),
     (lambda c: dict(out_dir=c.file('a_file', b'not a folder')), ['a_file', 'is a file', '--out_dir']),
     (dict(out_dir='/sys/nanogpt_test_out'), ['cannot write', '/sys/nanogpt_test_out', '--out_dir']),  # even for root
     # CUDA graphs reuse the memory that holds the accumulated gradients (pytorch#169545)
-    *[(dict(compile=True, compile_mode=mode, gradient_accumulation_steps=2),
-       [mode, 'CUDA graphs', '2 micro-steps', 'max-autotune-no-cudagraphs']) for mode in ('reduce-overhead',
-                                                                                         'max-autotune')],
+    *[(dict(compile=True, compile_mode=mode, gradient_accumulation_steps=2), [mode, 'CUDA graphs', '2 micro-steps',
+       'max-autotune-no-cudagraphs']) for mode in ('reduce-overhead', 'max-autotune')],
 ])
 def test_train_refuses_and_creates_nothing(case, core_dataset, settings, fragments):
     settings = settings(case) if callable(settings) else settings
@@ -156,34 +154,25 @@ def test_train_refuses_and_creates_nothing(case, core_dataset, settings, fragmen
 
 @pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
 def test_16_bit_autocast_on_cpu_and_a_val_bin_of_block_size_plus_one_tokens(tmp_path, case, dtype):
-    """Opt-ins on a CPU (float32 is its default): bf16 pays on CPUs with bf16 instructions for larger
-    models; float16 runs its GradScaler as on a GPU. 33 tokens are enough for block_size 32."""
+    """Opt-ins on a CPU (float32 its default); float16 runs its GradScaler. 33 tokens do for block_size 32."""
     out = run_inproc('train.py', *core_train_args(tmp_path / 'out', dataset=case.dataset(val_tokens=33), dtype=dtype,
                                                   max_iters=1, eval_interval=100), check=True).stdout
     assert f"dtype='{dtype}'" in out
     scaler = torch.load(tmp_path / 'out' / 'latest.pt', weights_only=True)['scaler']
     assert bool(scaler) == (dtype == 'float16')  # the scaler ran, and saved its scale, for float16 only
 
-# -----------------------------------------------------------------------------
-# resume (or a new run) in a copy of the tiny run, and sample.py: the run, the checkpoints, the folder stay
-
-OTHER_SAME_SIZE = core_text().translate(str.maketrans('abc', 'xyz'))  # as many characters, other ones
+# ----------------------------------------------------------------------------- in a copy of the tiny run; sample.py
 
 def only_a_damaged_ckpt(out, content):
     os.remove(out / 'latest.pt')
     (out / 'ckpt.pt').write_bytes(content((out / 'ckpt.pt').read_bytes()))
-
-def emptied(out):
-    for name in os.listdir(out):
-        os.remove(out / name)
 
 def beside(damaged, whole):
     """The refusal of a damaged checkpoint (cut short) beside a whole one."""
     return [f'{damaged} is truncated or corrupt', f'{whole} beside it loads', 'iter',
             f'mv {{out}}/{damaged} {{out}}/{damaged}.damaged']
 
-def only_replaced(out):
-    """The run moved to replaced/ by --overwrite=True, before the new run saved."""
+def only_replaced(out):  # by --overwrite=True, before the new run saved
     runs.claim_out_dir(str(out), resuming=False, overwrite=True).close()
 
 RESTORE = ['no checkpoint', 'replaced/', 'latest.pt after iteration 20', 'where --overwrite=True moved it',
@@ -192,15 +181,14 @@ RESTORE = ['no checkpoint', 'replaced/', 'latest.pt after iteration 20', 'where 
 @pytest.mark.parametrize('prepare, fragments', ids=case_id, argvalues=[
     (lambda c: dict(block_size=64), ['block_size=64', 'checkpoint has 32']),
     (lambda c: dict(n_layer=3), ['n_layer=3', 'checkpoint has 2', 'new --out_dir']),
-    (lambda c: dict(dataset=c.dataset('vocab', text='other characters: XYZ!?\n' * 200)),
-     ['vocabulary', '_test_core_vocab']),
+    (lambda c: dict(dataset=c.dataset('vocab', text=OTHER_TEXT)), ['vocabulary', '_test_core_vocab']),
     # the same number of characters, other characters: only the stored vocabulary can tell
     (lambda c: dict(dataset=c.dataset('vocab', text=OTHER_SAME_SIZE)), ['19-character vocabulary', '_test_core_vocab']),
     (lambda c: only_a_damaged_ckpt(c.out, lambda b: b[:len(b) // 3]), ['ckpt.pt', 'truncated or corrupt']),
     (lambda c: only_a_damaged_ckpt(c.out, lambda b: b'\x00garbage' * 100), ['ckpt.pt', 'truncated or corrupt']),
     (lambda c: dict(out_dir=truncated(c.out / 'latest.pt', 5000).parent), beside('latest.pt', 'ckpt.pt')),
     (lambda c: runs_code(c.out / 'latest.pt', c.tmp / 'PWNED'), ['latest.pt', 'refused', 'would run code']),
-    (lambda c: emptied(c.out), ['no checkpoint', 'ckpt.pt']),
+    (lambda c: shutil.rmtree(c.out) or c.out.mkdir(), ['no checkpoint', 'ckpt.pt']),
     (lambda c: dict(out_dir=c.out / 'never_trained'), ['does not exist', '{out}/never_trained']),
     (lambda c: only_replaced(c.out), RESTORE),
     (lambda c: dict(init_from=None), ['already holds a run', 'latest.pt after iteration 20', '--init_from=resume',
@@ -216,10 +204,11 @@ def test_resume_refuses_and_changes_nothing(case, prepare, fragments):
 
 NOT_OURS = ['ckpt.pt', 'not a checkpoint that this project or nanoGPT wrote', 'not loaded']
 
-def nanogpt_run_of(c, dataset):
-    """A copy of the tiny run's ckpt.pt as nanoGPT writes it (no vocabulary of its own) for dataset."""
+def run_of(c, dataset, nanogpt=True):
+    """tmp/out/ckpt.pt: the tiny run's for dataset, as nanoGPT writes it (no vocabulary of its own) or as we do."""
     state = checkpoint.load(str(c.tiny_run), 'ckpt.pt')
-    del state['tokenizer']
+    if nanogpt:
+        del state['tokenizer']
     state['config']['dataset'] = dataset
     checkpoint.save(state, str(c.out))
     return c.out
@@ -236,13 +225,12 @@ def nanogpt_run_of(c, dataset):
     (lambda c: runs_code(c.run() / 'ckpt.pt', c.tmp / 'PWNED') or dict(out_dir=c.out), ['ckpt.pt', 'refused']),
     (lambda c: only_replaced(c.run()) or dict(out_dir=c.out), RESTORE),
     # a nanoGPT checkpoint (no vocabulary of its own) whose dataset's meta.pkl would run code, or has another size
-    (lambda c: dict(out_dir=nanogpt_run_of(c, c.dataset(itos=RunsCode(c.tmp / 'PWNED')))), ['refused', 'meta.pkl']),
-    (lambda c: dict(out_dir=nanogpt_run_of(c, c.dataset(text='other characters: XYZ!?\n' * 200))),
-     ['vocab_size', 'meta.pkl']),
-    (lambda c: dict(out_dir=c.file('hf/config.json').parent), ['no checkpoint', 'holds a transformers model',
-                                                               '--init_from={tmp}/hf']),
-    (lambda c: dict(init_from=c.hf(runs_code=True), out_dir=None),
-     ['{tmp}/hf was refused', 'would run code', 'GLOBAL', 'safetensors']),
+    (lambda c: dict(out_dir=run_of(c, c.dataset(itos=RunsCode(c.tmp / 'PWNED')))), ['refused', 'meta.pkl']),
+    (lambda c: dict(out_dir=run_of(c, c.dataset(text=OTHER_TEXT))), ['vocab_size', 'meta.pkl']),
+    (lambda c: dict(out_dir=run_of(c, c.dataset(itos=None))), ['meta.pkl has no character vocabulary']),
+    (lambda c: dict(out_dir=c.file('hf/config.json').parent),
+     ['no checkpoint', 'holds a transformers model', '--init_from={tmp}/hf']),
+    (lambda c: dict(init_from=c.hf(runs_code=True), out_dir=None), HF_RUNS_CODE),
     (lambda c: dict(init_from=truncated(c.hf() / 'model.safetensors', 1000).parent, out_dir=None),
      ['model.safetensors is truncated or corrupt']),
     (lambda c: dict(init_from=c.hf(vocab_size=19)),
@@ -267,8 +255,7 @@ def nanogpt_run_of(c, dataset):
     (dict(top_k=0), ['top_k']),
     (dict(init_from='scratch'), ["unknown init_from 'scratch'"]),
     (dict(seed=2 ** 64), ['seed', str(2 ** 64)]),
-    (dict(top_p=0), ['top_p', '(0, 1]']),
-    (dict(top_p=1.5), ['top_p', '(0, 1]']),
+    *[(dict(top_p=top_p), ['top_p', '(0, 1]']) for top_p in (0, 1.5)],
     *[(dict(stop=stop), ['stop', 'non-empty']) for stop in ("''", "['END', '']", '[]')],
     (dict(stop='5'), ['stop', '5']),
     (dict(stop="['\\n\\n', 'THE END'"), ["--stop=['\\n\\n', 'THE END' starts like", '--stop="[']),
@@ -279,26 +266,7 @@ def test_sample_refuses_and_writes_nothing(case, prepare, fragments):
     settings.update(prepare(case) if callable(prepare) else prepare)
     refused(case, 'sample.py', [f'--{k}={v}' for k, v in settings.items() if v is not None], fragments)
 
-def test_sample_uses_the_checkpoints_own_vocabulary(copy_run, make_dataset):
-    """The dataset prepared again from another text: the checkpoint's own vocabulary is used (a nanoGPT
-    checkpoint, which has none, is refused: test_sample_refuses_and_writes_nothing)."""
-    state = checkpoint.load(str(copy_run), 'ckpt.pt')
-    state['config']['dataset'] = make_dataset('vocab', text='other characters: XYZ!?\n' * 200)
-    checkpoint.save(state, str(copy_run))
-    result = run_inproc('sample.py', f'--out_dir={copy_run}', '--device=cpu', '--num_samples=2', '--start=the',
-                        '--max_new_tokens=20', check=True)
-    printed = result.stdout.split("Overriding: max_new_tokens = 20\n")[1]
-    assert printed.startswith('the') and set(printed.replace('---------------', '')) <= set(core_text())
-
-def test_meta_without_a_vocabulary_for_sampling(case):
-    name = case.dataset('no_itos')
-    with open(os.path.join(data.data_dir(name), 'meta.pkl'), 'wb') as f:
-        pickle.dump({'vocab_size': 13}, f)
-    with pytest.raises(UserError, match='no character vocabulary'):
-        data.checkpoint_entry({'config': {'dataset': name}, 'model_args': {'vocab_size': 13}})
-
-# -----------------------------------------------------------------------------
-# the other scripts; a file the user names is written only over an earlier output of the same script
+# --------------------------------------------------------- the other scripts; a file named is replaced only if theirs
 
 def png_without_our_mark():
     from PIL import Image
@@ -306,21 +274,10 @@ def png_without_our_mark():
     Image.new('RGB', (4, 4)).save(image, format='png')  # as any program writes one; plot.py marks its own
     return image.getvalue()
 
-def past_the_vocabulary(c):
-    name = c.dataset('ids')  # the run's own text and vocabulary
-    with open(os.path.join(data.data_dir(name), 'val.bin'), 'ab') as f:
-        f.write(np.array([19], dtype=np.uint16).tobytes())
-    return name
-
-def with_dataset(out, dataset):
-    state = checkpoint.load(str(out))
-    state['config']['dataset'] = dataset
-    torch.save(state, out / 'ckpt.pt')
-    return out
-
 BENCH = ['--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16',
          '--batch_size=2', '--bench_iters=1', '--warmup_iters=0']
 DAMAGED_CSV, DAMAGED_ONNX = b'\x00\xff garbage\n1,2,3\n', b'\x08\x07\x12\x03onnx' + bytes(range(64))
+ID_19 = {'val.bin': np.array([19], dtype=np.uint16).tobytes()}  # past the run's vocabulary
 BENCHMARK_RUN = 'shakespeare-char' if torch.cuda.is_available() else 'laptop'  # a run folder it would replace
 
 def not_written(path, script, option):
@@ -343,9 +300,9 @@ def not_written(path, script, option):
      ['test.bin', 'train.bin and val.bin', '--splits=val', '!prepare.py']),
     (lambda c: ('evaluate.py', [f'--out_dir={c.run()}', '--device=cpu', f'--results_file={c.tmp}/no/r.json']),
      ['results_file', 'does not exist']),
-    (lambda c: ('evaluate.py', [f'--out_dir={c.run()}', f'--dataset={past_the_vocabulary(c)}', '--device=cpu',
+    (lambda c: ('evaluate.py', [f'--out_dir={c.run()}', f"--dataset={c.dataset('ids', append=ID_19)}", '--device=cpu',
                                 '--full_pass=True']), ['val.bin', 'token id 19', 'vocab_size is 19']),
-    (lambda c: ('evaluate.py', [f"--out_dir={with_dataset(c.run(), c.dataset('vocab', text=OTHER_SAME_SIZE))}",
+    (lambda c: ('evaluate.py', [f"--out_dir={run_of(c, c.dataset('vocab', text=OTHER_SAME_SIZE), nanogpt=False)}",
                                 '--device=cpu']), ['19-character vocabulary', '_test_core_vocab']),
     (lambda c: ('evaluate.py', [f'--out_dir={c.run()}', f'--results_file={c.out}/latest.pt']),
      not_written('{out}/latest.pt', 'evaluate.py', '--results_file')),
@@ -354,7 +311,8 @@ def not_written(path, script, option):
     (lambda c: ('plot.py', [f"--out_dir={c.run(('loss.png', png_without_our_mark()))}"]),
      not_written('{out}/loss.png', 'plot.py', '--output')),
     (lambda c: ('plot.py', [f"--out_dir={c.file('metrics.csv', DAMAGED_CSV).parent}"]), ['metrics.csv', 'damaged']),
-    (lambda c: ('benchmarks/performance.py', ['--only=laptop', f"--runs_dir={c.file(f'{BENCHMARK_RUN}/notes.txt').parent.parent}"]),
+    (lambda c: ('benchmarks/performance.py', ['--only=laptop',
+                                              f"--runs_dir={c.file(f'{BENCHMARK_RUN}/n').parent.parent}"]),
      not_written('{tmp}/' + BENCHMARK_RUN, 'benchmarks/performance.py', '--runs_dir')),
     # exports write only where nothing but an earlier export of their own would be replaced
     (lambda c: ('export_hf.py', [f'--out_dir={c.run()}', f'--output={c.out}/ckpt.pt']), ['--output', 'is a file']),
@@ -367,7 +325,7 @@ def not_written(path, script, option):
      ['is a folder', '--output={tmp}/model.onnx']),
     (lambda c: ('export_onnx.py', [f'--out_dir={c.run()}', f'--output={c.out}/ckpt.pt']),
      ['ckpt.pt exists', 'export_onnx.py did not write it', '--output']),
-    (lambda c: ('export_onnx.py', [f'--out_dir={c.run()}', '--output=/sys/nanogpt_test.onnx']), ['cannot write', '/sys']),
+    (lambda c: ('export_onnx.py', [f'--out_dir={c.run()}', '--output=/sys/nanogpt.onnx']), ['cannot write', '/sys']),
     (lambda c: ('export_onnx.py', [f'--out_dir={c.run()}', '--seed=-1']), ['seed', '-1']),
     (lambda c: ('sample_onnx.py', [f"--onnx_path={c.file('model.onnx', DAMAGED_ONNX)}", '--num_samples=1']),
      ['not a readable ONNX model']),
@@ -380,7 +338,6 @@ def test_the_other_scripts_refuse_and_change_nothing(case, core_dataset, command
     refused(case, *command(case), fragments)
 
 def test_performance_replaces_the_run_folders_it_made(tmp_path, monkeypatch):
-    import subprocess
     fake = subprocess.CompletedProcess([], 0, stdout='step 4: train loss 2.0, val loss 2.5\n', stderr='')
     monkeypatch.setattr(subprocess, 'run', lambda *args, **kwargs: fake)  # no training: its folders are the point
     (tmp_path / BENCHMARK_RUN).mkdir()  # empty: nothing in it to lose
@@ -389,8 +346,7 @@ def test_performance_replaces_the_run_folders_it_made(tmp_path, monkeypatch):
     assert {name: os.listdir(tmp_path / name) for name in os.listdir(tmp_path)} == \
         {name: ['made_by_performance.txt'] for name in os.listdir(tmp_path)}
 
-# -----------------------------------------------------------------------------
-# non-finite loss: the checkpoints stay as they were (none, for a new run)
+# ----------------------------------------------------------------------------- a non-finite loss: checkpoints stay
 
 @pytest.mark.parametrize('resume, settings, fragments', ids=case_id, argvalues=[
     # resumed at iteration 21: the first update makes the weights explode, the loss of iteration 22 is NaN

@@ -1,7 +1,6 @@
-"""data/fineweb_edu/prepare.py and helpers/documents.py: GPT-2 BPE of document collections, resumable. The expected
-tokens are computed here (test_prepare.gpt2_tokens); document i is val when i is a multiple of --val_every. Scripts
-run in this process, or in their own where a test kills them or presses Ctrl+C; the resume machinery is also
-driven on datasets built in memory, where an interruption can be placed exactly."""
+"""data/fineweb_edu and data/openwebtext's prepare.py and helpers/documents.py: resumable GPT-2 BPE of documents,
+against tokens computed here; the resume is also driven on datasets in memory, to place an interruption exactly."""
+import contextlib
 import errno
 import hashlib
 import json
@@ -14,6 +13,8 @@ import sys
 import time
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO_ROOT, assert_user_error, run_inproc
@@ -21,10 +22,9 @@ from helpers import UserError, data, documents, prepare
 import test_prepare
 from test_prepare import gpt2_tokens
 
-WORDS = ('the a school lesson about cells energy history 中文 café naïve 😀 — "quoted" 1,234 and\nnew\tline'
-         .split(' '))
-scratch = test_prepare.scratch   # the fixture of unique dataset names
+WORDS = 'the a school lesson about cells energy history 中文 café naïve 😀 — "quoted" 1,234 and\nnew\tline'.split(' ')
 PREPARES = {'fineweb_edu': [], 'openwebtext': ['--num_proc', '1']}
+scratch = test_prepare.scratch   # the fixture of unique dataset names
 
 def make_docs(n, seed=0, words=(5, 120)):
     """n documents of varied length, with the awkward ones real corpora hold: empty, missing (None: a row without
@@ -37,19 +37,16 @@ def make_docs(n, seed=0, words=(5, 120)):
     return docs
 
 def expected(docs, val_every):
-    """(train, val) tokens by the documented rule: rows without text are skipped, and of the documents left,
-    document i is val when i is a multiple of val_every."""
+    """(train, val) tokens: rows without text skipped, then document i is val when i is a multiple of val_every."""
     docs = [doc for doc in docs if doc is not None]
     return (gpt2_tokens([doc for i, doc in enumerate(docs) if i % val_every]),
             gpt2_tokens([doc for i, doc in enumerate(docs) if i % val_every == 0]))
 
 def bins(name):
-    return tuple(np.fromfile(os.path.join(data.data_dir(name), f'{split}.bin'), dtype=np.uint16)
-                 for split in ('train', 'val'))
+    return [np.fromfile(os.path.join(data.data_dir(name), f'{split}.bin'), np.uint16) for split in ('train', 'val')]
 
 def assert_bins(name, train, val, why=None):
-    got_train, got_val = bins(name)
-    assert np.array_equal(got_train, train) and np.array_equal(got_val, val), why
+    assert all(map(np.array_equal, bins(name), (train, val))), why
 
 def left(name):
     """The files in the dataset's folder but the prepare's lock, or None without one."""
@@ -57,18 +54,17 @@ def left(name):
     return sorted(set(os.listdir(folder)) - {prepare.LOCK}) if os.path.isdir(folder) else None
 
 def progress(name):
-    with open(os.path.join(data.data_dir(name), documents.PROGRESS)) as f:
-        return json.load(f)
+    return json.load(open(os.path.join(data.data_dir(name), documents.PROGRESS)))
 
-def write_jsonl(path, docs):
+def write_jsonl(path, docs, row_without_text=False):
+    """docs as .jsonl rows (None: "text": null), then, if asked, a row without the field."""
+    rows = [{'id': i, 'text': doc} for i, doc in enumerate(docs)] + [{'id': len(docs)}] * row_without_text
     with open(path, 'w', encoding='utf-8') as f:
-        f.writelines(json.dumps({'id': i, 'text': doc}) + '\n' for i, doc in enumerate(docs))
+        f.writelines(json.dumps(row) + '\n' for row in rows)
     return str(path)
 
 def write_parquet(folder, docs, files=3):
     """docs in `files` parquet files (small row groups), named so that sorting keeps their order."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     os.makedirs(folder, exist_ok=True)
     cuts = np.linspace(0, len(docs), files + 1).astype(int)
     for k in range(files):
@@ -77,8 +73,7 @@ def write_parquet(folder, docs, files=3):
                        os.path.join(folder, f'{k:03d}_00000.parquet'), row_group_size=37)
     return str(folder)
 
-def prepare_fw(*args, check=True):
-    """data/fineweb_edu/prepare.py with args, in this process (use the hf_offline fixture)."""
+def prepare_fw(*args, check=True):   # with the hf_offline fixture
     return run_inproc('data/fineweb_edu/prepare.py', *args, check=check)
 
 def in_memory(docs, shards):
@@ -92,17 +87,16 @@ def run_in_process(name, docs, parts, val_every=None, **kwargs):
     with prepare.output_dir(name) as out_dir:
         documents.gpt2_from_documents(parts, out_dir, source, val_every=val_every, **kwargs)
 
-# ----------------------------------------------------------------------------- exact tokens
-
 def test_jsonl_and_parquet_give_exactly_the_tokens_of_one_call_per_document(tmp_path, scratch, hf_offline):
     docs = make_docs(300, seed=1)
     train, val = expected(docs, val_every=7)
     parquet = write_parquet(tmp_path / 'sample' / '10BT', docs)
-    for source in (write_jsonl(tmp_path / 'docs.jsonl', docs), parquet, parquet + '/*.parquet'):  # the same bytes
+    for source, skipped in ((write_jsonl(tmp_path / 'docs.jsonl', docs, True), 2), (parquet, 1),
+                            (parquet + '/*.parquet', 1)):  # the same bytes
         name = scratch()
         out = prepare_fw('--source', source, '--name', name, '--val_every=7', '--chunk_docs=40').stdout
         assert_bins(name, train, val, source)
-        assert "256 train and 43 val documents; 1 without text skipped" in out
+        assert f"256 train and 43 val documents; {skipped} without text skipped" in out
         assert f"train has {len(train):,} tokens" in out
         assert left(name) == ['train.bin', 'val.bin']   # no .tmp files, no progress record
 
@@ -115,61 +109,44 @@ def test_same_bytes_whatever_the_threads_chunks_and_shards(scratch):
         assert_bins(name, *expected(docs, val_every=10), run)
 
 def test_openwebtext_keeps_its_split_and_order(tmp_path, scratch, hf_offline):
-    """openwebtext goes through the same path: its val is datasets' train_test_split(0.0005, seed 2357), and
-    both files hold the documents in that split's order; from .jsonl, and from a folder of .txt files (a
-    document each) loaded by two processes."""
+    """Its val is datasets' train_test_split(0.0005, seed 2357) of every row, rows without text skipped after; both
+    files in that split's order; from .jsonl, and from a folder of .txt files (a document each) on two processes."""
     from datasets import Dataset
-    docs = [d or '' for d in make_docs(2100, seed=3, words=(1, 12))]
+    docs = make_docs(2100, seed=3, words=(1, 12))
     files = [(d or '').strip() or 'x' for d in make_docs(60, seed=5)]   # an empty file is refused
     os.mkdir(tmp_path / 'corpus')
     for i, doc in enumerate(files):
         (tmp_path / 'corpus' / f'{i:03d}.txt').write_text(doc, encoding='utf-8')
     for docs, source, num_proc, counts in (
-            (docs, write_jsonl(tmp_path / 'owt.jsonl', docs), '1', "2,098 train and 2 val"),
-            (files, str(tmp_path / 'corpus'), '2', "59 train and 1 val")):
+            (docs + [None], write_jsonl(tmp_path / 'owt.jsonl', docs, True), '1',
+             "2,097 train and 2 val documents; 2 without text skipped"),
+            (files, str(tmp_path / 'corpus'), '2', "59 train and 1 val documents\n")):
         split = Dataset.from_dict({'text': docs}).train_test_split(test_size=0.0005, seed=2357, shuffle=True)
         name = scratch()
         out = run_inproc('data/openwebtext/prepare.py', '--source', source, '--name', name, '--num_proc', num_proc,
                          check=True).stdout
-        assert f"{counts} documents" in out
+        assert counts in out
         assert_bins(name, gpt2_tokens(split['train']['text']), gpt2_tokens(split['test']['text']))
 
-@pytest.mark.parametrize('script', PREPARES)
-def test_rows_without_text_are_skipped_and_counted_in_both_prepares(tmp_path, scratch, hf_offline, script):
-    docs, name = make_docs(80, seed=11), scratch()   # document 10 is None: "text": null
-    source = write_jsonl(tmp_path / 'docs.jsonl', docs)
-    with open(source, 'a') as f:
-        f.write(json.dumps({'id': 80}) + '\n')   # and a row without the field
-    out = run_inproc(f'data/{script}/prepare.py', '--source', source, '--name', name, *PREPARES[script],
-                     check=True).stdout
-    assert "val documents; 2 without text skipped" in out
-    assert np.array_equal(np.sort(np.concatenate(bins(name))), np.sort(gpt2_tokens(docs)))   # no empty document
-    if script == 'fineweb_edu':   # and the split rule numbers only documents
-        assert_bins(name, *expected(docs, val_every=1000))
+ENCODE = documents.gpt2_in_threads
 
-# ----------------------------------------------------------------------------- interruptions
-
-class Interrupt:
-    """Counts the calls of documents.gpt2_in_threads, and makes call number `at` raise `error`."""
-
-    def __init__(self, monkeypatch, at=None, error=None):
-        self.calls, self.at, self.error, self.encode = 0, at, error, documents.gpt2_in_threads
-        monkeypatch.setattr(documents, 'gpt2_in_threads', self)
-
-    def __call__(self, *args):
-        self.calls += 1
-        if self.calls == self.at:
-            raise self.error
-        return self.encode(*args)
+def encodings(monkeypatch, at=None, error=None):
+    """The calls of documents.gpt2_in_threads from now on (a list that grows); call number `at` raises `error`."""
+    calls = []
+    def counted(*args):
+        calls.append(args)
+        if len(calls) == at:
+            raise error
+        return ENCODE(*args)
+    monkeypatch.setattr(documents, 'gpt2_in_threads', counted)
+    return calls
 
 @pytest.mark.parametrize('error', [KeyboardInterrupt(), OSError(errno.ENOSPC, 'No space left on device')])
 def test_resume_after_an_interruption_inside_a_chunk(scratch, monkeypatch, capsys, error):
-    """Chunk 4's train tokens are written, then its val part fails: the re-run cuts train.bin.tmp back to 3
-    chunks (whatever follows them), says so, and ends with the bytes of an uninterrupted run, without encoding
-    chunks 1-3 again."""
+    """Chunk 4's val part fails: the re-run cuts train.bin.tmp back to 3 chunks and encodes only the rest."""
     docs, name = make_docs(200, seed=4), scratch()
     source, (train, val) = in_memory(docs, shards=2), expected(docs, val_every=5)
-    Interrupt(monkeypatch, at=8, error=error)   # train and val of chunks 1-3, then chunk 4's train, then its val
+    encodings(monkeypatch, at=8, error=error)   # train and val of chunks 1-3, then chunk 4's train, then its val
     with pytest.raises(type(error) if isinstance(error, KeyboardInterrupt) else UserError) as raised:
         run_in_process(name, docs, [(None, source)], val_every=5, chunk_docs=30)
     if isinstance(error, OSError):
@@ -181,39 +158,36 @@ def test_resume_after_an_interruption_inside_a_chunk(scratch, monkeypatch, capsy
     assert os.path.getsize(tmp_train) > at['bytes']['train'] and 'train.bin' not in left(name)
     with open(tmp_train, 'ab') as f:   # and then some bytes a torn write left, more than all the tokens to come
         f.write(b'\xff' * 2 * len(train))
-    monkeypatch.undo()
-    rerun = Interrupt(monkeypatch)
+    rerun = encodings(monkeypatch)
     capsys.readouterr()
     run_in_process(name, docs, [(None, source)], val_every=5, chunk_docs=30)
     assert "resuming after chunk 3: 89 documents" in capsys.readouterr().out
-    assert rerun.calls == 2 * 5   # train and val of 90-99 (shard 0), 100-129, 130-159, 160-189, 190-199
+    assert len(rerun) == 2 * 5   # train and val of 90-99 (shard 0), 100-129, 130-159, 160-189, 190-199
     assert_bins(name, train, val)
     assert left(name) == ['train.bin', 'val.bin']
 
 def test_resume_of_fixed_splits_and_a_finished_shard(scratch, monkeypatch, capsys):
-    """openwebtext's shape: a train and a val Dataset (memory-mapped, no shards). Stopped right after the train
-    part's last chunk, the re-run starts with val and never reads train again."""
+    """openwebtext's shape (a train and a val Dataset): stopped after train, the re-run reads only val."""
     from datasets import Dataset
     docs, name = make_docs(120, seed=5), scratch()
     parts = [('train', Dataset.from_dict({'text': docs[:100]})), ('val', Dataset.from_dict({'text': docs[100:]}))]
-    Interrupt(monkeypatch, at=5, error=KeyboardInterrupt())   # 4 train chunks of 25, then the first val chunk
+    encodings(monkeypatch, at=5, error=KeyboardInterrupt())   # 4 train chunks of 25, then the first val chunk
     with pytest.raises(KeyboardInterrupt):
         run_in_process(name, docs, parts, chunk_docs=25)
     assert progress(name)['shard'] == 1 and progress(name)['shard_docs'] == 0
-    monkeypatch.undo()
-    rerun = Interrupt(monkeypatch)
+    rerun = encodings(monkeypatch)
     capsys.readouterr()
     run_in_process(name, docs, parts, chunk_docs=25)
-    assert "resuming after chunk 4: 99 documents" in capsys.readouterr().out and rerun.calls == 1
+    assert "resuming after chunk 4: 99 documents" in capsys.readouterr().out and len(rerun) == 1
     assert_bins(name, gpt2_tokens(docs[:100]), gpt2_tokens(docs[100:]))
 
 @pytest.mark.parametrize('change', ['source', 'split'])
 def test_a_changed_source_or_split_starts_over(scratch, monkeypatch, capsys, change):
     docs, name = make_docs(120, seed=6), scratch()
-    Interrupt(monkeypatch, at=3, error=KeyboardInterrupt())
+    encodings(monkeypatch, at=3, error=KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         run_in_process(name, docs, [(None, in_memory(docs, 2))], val_every=4, chunk_docs=20)
-    monkeypatch.undo()
+    encodings(monkeypatch)
     capsys.readouterr()
     val_every = 3 if change == 'split' else 4
     if change == 'source':
@@ -232,31 +206,27 @@ def test_identity_of_local_files_changes_with_their_size_or_time(tmp_path):
     assert before != touched != documents.identity([path]) and touched[0][0] == os.path.abspath(path)
 
 def start(args, env, name, chunks):
-    """The prepare with args started in the background and stopped (SIGSTOP: it holds its lock and can neither
-    finish nor go on) once its progress record names `chunks` chunks."""
+    """The prepare started in the background and stopped (SIGSTOP, holding its lock) at `chunks` chunks."""
+    env = dict(os.environ, PYTHONUNBUFFERED='1', **env)
     proc = subprocess.Popen([sys.executable, 'data/fineweb_edu/prepare.py', *args], cwd=REPO_ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED='1',
-                                                                                     **env))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline:
-        try:
+        with contextlib.suppress(FileNotFoundError, ValueError):   # not there yet, or half-written
             if progress(name)['chunks'] >= chunks:
                 break
-        except (FileNotFoundError, ValueError):
-            pass
         time.sleep(0.01)
     proc.send_signal(signal.SIGSTOP)
     assert proc.poll() is None, "the prepare finished before it could be interrupted; use more documents"
     return proc
 
 def test_a_second_prepare_is_refused_and_ctrl_c_or_kill_keeps_the_chunks_for_the_rerun(tmp_path, scratch, hf_offline):
-    """While a prepare runs, another of the same name is one line and leaves it alone. Ctrl+C stops the first
-    with its finished chunks kept; the re-run resumes there, and kill -9 at any moment keeps them too: the last
-    run resumes after the chunks the progress record names, leaves the bytes already there as they are (marked
-    here, to tell), and ends with the tokens of an uninterrupted run."""
+    """While a prepare runs, another of the same name is one line. Ctrl+C keeps the finished chunks, and the dataset
+    names the command that resumes it; so does kill -9: the last run resumes after the chunks the progress record
+    names, leaves the bytes there as they are (marked here, to tell), and ends with an uninterrupted run's tokens."""
     docs, name = make_docs(1000, seed=8, words=(20, 200)), scratch()
     train, val = expected(docs, val_every=9)
-    args = ['--source', write_parquet(tmp_path / 'big', docs, files=2), '--name', name, '--val_every=9',
+    args = ['--source', write_parquet(tmp_path / 'my docs', docs, files=2), '--name', name, '--val_every=9',
             '--chunk_docs=20']
     proc = start(args, hf_offline, name, 2)
     try:
@@ -269,6 +239,11 @@ def test_a_second_prepare_is_refused_and_ctrl_c_or_kill_keeps_the_chunks_for_the
         _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and 'run the same command again to resume' in err and 'Traceback' not in err
     assert {'train.bin.tmp', 'val.bin.tmp', documents.PROGRESS} <= set(left(name)) and 'train.bin' not in left(name)
+    command = shlex.join(['python', 'data/fineweb_edu/prepare.py', *args])   # not data/char's --force: a new start
+    with pytest.raises(UserError) as e:
+        data.bin_path(name, 'train')
+    assert f"train.bin is missing; its prepare was interrupted: run `{command}` again to resume" in str(e.value)
+    assert data.prepare_command(name) == command and "'" in command   # the path with a space, quoted
     chunks = progress(name)['chunks']
     proc = start(args, hf_offline, name, chunks + 2)
     proc.kill()
@@ -287,27 +262,8 @@ def test_a_second_prepare_is_refused_and_ctrl_c_or_kill_keeps_the_chunks_for_the
     assert np.array_equal(got_train[done // 2:], train[done // 2:]) and np.array_equal(got_val, val)
     assert left(name) == ['train.bin', 'val.bin']
 
-def test_a_dataset_whose_prepare_was_interrupted_names_that_prepare(tmp_path, scratch, hf_offline, monkeypatch):
-    """Its own command, which resumes it: not data/char/prepare.py --force, which would start over."""
-    name = scratch()
-    args = ['--source', write_jsonl(tmp_path / 'my docs.jsonl', make_docs(100)), '--name', name, '--chunk_docs=20']
-    stop = Interrupt(monkeypatch, at=3, error=KeyboardInterrupt())   # after chunk 1
-    with pytest.raises(KeyboardInterrupt):
-        prepare_fw(*args)
-    monkeypatch.setattr(documents, 'gpt2_in_threads', stop.encode)
-    command = shlex.join(['python', 'data/fineweb_edu/prepare.py', *args])
-    with pytest.raises(UserError) as e:
-        data.bin_path(name, 'train')
-    assert f"train.bin is missing; its prepare was interrupted: run `{command}` again to resume" in str(e.value)
-    assert data.prepare_command(name) == command and "'" in command   # the path with a space, quoted
-    assert "resuming after chunk 1" in prepare_fw(*args).stdout
-
-# ----------------------------------------------------------------------------- bad input
-
 def test_bad_input_is_one_line_and_writes_nothing_and_another_dataset_is_replaced_only_with_force(
         tmp_path, scratch, hf_offline):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     name, notes, no_text = scratch(), tmp_path / 'notes.txt', tmp_path / 'no_text.jsonl'
     notes.write_text('plain text\n')
     (tmp_path / 'empty.jsonl').write_bytes(b'')
@@ -339,10 +295,7 @@ def test_bad_input_is_one_line_and_writes_nothing_and_another_dataset_is_replace
     assert np.array_equal(bins(name)[0], expected(make_docs(30), val_every=3)[0])
 
 def write_bad_source(tmp_path, case):
-    """A source of documents with one fault: a line that is not UTF-8 or not JSON, a parquet file cut in half
-    (as a download stopped half-way leaves it) or with bytes of its data overwritten."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """Documents with one fault: a line not UTF-8 or not JSON, a parquet file cut in half or overwritten."""
     lines = [json.dumps({'text': doc}).encode() for doc in make_docs(60, seed=10) if doc is not None]
     path = tmp_path / ('docs.jsonl' if case in ('not UTF-8', 'not JSON') else 'docs.parquet')
     if path.suffix == '.jsonl':

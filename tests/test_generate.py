@@ -1,5 +1,5 @@
-"""KV-cache generation gives exactly the tokens of the full-context reference, and frees its memory;
-the samplers' top_k, top_p and temperature."""
+"""KV-cache generation gives exactly the full-context reference's tokens, and frees its memory; the samplers' top_k,
+top_p and temperature."""
 import gc
 import weakref
 
@@ -21,8 +21,7 @@ def tiny():
     return GPT(GPTConfig(block_size=BLOCK, vocab_size=53, n_layer=2, n_head=2, n_embd=32, bias=True)).eval()
 
 def reference_generate(m, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0):
-    """The plain definition: crop to the last block_size tokens, run the whole window, give
-    every token below the k-th largest logit probability 0, keep the nucleus, draw."""
+    """The plain definition: the whole window of the last block_size tokens, the top_k logits, the nucleus, a draw."""
     for _ in range(max_new_tokens):
         logits, _ = m(idx[:, -m.config.block_size:])
         logits = logits[:, -1, :] / temperature
@@ -36,8 +35,7 @@ def reference_generate(m, idx, max_new_tokens, temperature=1.0, top_k=None, top_
         idx = torch.cat((idx, torch.multinomial(probs, 1)), dim=1)
     return idx
 
-# prompts shorter than, equal to and longer than block_size; generation that stays inside the
-# window and generation that runs far past it
+# prompts shorter than, equal to and longer than block_size; generation inside the window and far past it
 @pytest.mark.parametrize('prompt_len,new_tokens', [(1, 10), (5, 40), (BLOCK, 8), (BLOCK + 7, 12)])
 @pytest.mark.parametrize('temperature,top_k,top_p', [(1.0, 1, 1.0), (0.8, 5, 1.0), (1.3, None, 1.0),
                                                        (1.0, None, 0.6), (1.2, 20, 0.9)])
@@ -54,8 +52,8 @@ LOG = torch.tensor([0.5, 0.3, 0.15, 0.05]).log().tolist()
 
 # (logit of every other token, {token: logit}, settings, {token: expected frequency})
 @pytest.mark.parametrize('rest,logits,settings,expected', [
-    # probabilities 0.5, 0.3, 0.15, 0.05: top_p=0.75 keeps the first two (0.5 < 0.75 before the
-    # second, 0.8 before the third), drawn 5:3; top_p=0.5 keeps the first alone
+    # probabilities 0.5, 0.3, 0.15, 0.05: top_p=0.75 keeps the first two (0.5 < 0.75 before the second, 0.8 before
+    # the third), drawn 5:3; top_p=0.5 keeps the first alone
     (-float('inf'), dict(zip([4, 17, 30, 44], LOG)), dict(top_p=0.75), {4: 0.625, 17: 0.375}),
     (-float('inf'), dict(zip([4, 17, 30, 44], LOG)), dict(top_p=0.5), {4: 1.0}),
     # the top_k only (12 is fourth), with softmax(logits / temperature) over them
@@ -82,8 +80,8 @@ def onnx_draws(logits, temperature, top_k):
 
 @pytest.mark.parametrize('temperature', [1e-39, 1e-300, 5e-324])
 def test_a_tiny_temperature_is_greedy_and_keeps_ties(temperature):
-    """Dividing first would overflow to inf and NaN; the largest logit is 0 before the division,
-    in sample_onnx.py's sampler too."""
+    """Dividing first would overflow to inf and NaN: the largest logit is 0 before the division, in sample_onnx.py's
+    sampler too."""
     logits = torch.tensor([[0.5, 3.0, 3.0, -1.0, 2.999]]).expand(2000, 5)
     torch.manual_seed(0)
     tokens = model_module.sample_next_token(logits, temperature)[:, 0]
@@ -114,7 +112,6 @@ def test_cached_logits_match_full_forward(tiny, flash, step):
 @pytest.mark.parametrize('top_k,top_p', [(1, 1.0), (7, 1.0), (None, 1.0), (None, 0.7)])
 def test_batched_rows_equal_rows_generated_alone(tiny, top_k, top_p):
     idx = torch.randint(53, (4, 6), generator=torch.Generator().manual_seed(5))
-
     def generate(rows, use_cache=True, top_k=top_k):
         generators = [torch.Generator().manual_seed(1000 + k) for k in rows]
         return tiny.generate(idx[rows], 30, 0.9, top_k, top_p=top_p, use_cache=use_cache, generators=generators)
@@ -128,20 +125,17 @@ def test_batched_rows_equal_rows_generated_alone(tiny, top_k, top_p):
 
 def test_cache_memory_released(tiny, monkeypatch):
     caches = []
-
     def tracked_cache(*args, real=model_module.KVCache):
         cache = real(*args)
         caches.append(weakref.ref(cache))
         return cache
     monkeypatch.setattr(model_module, 'KVCache', tracked_cache)
-    assert tiny.generate(torch.zeros((2, 1), dtype=torch.long), 10).shape == (2, 11)
-    assert len(caches) == 1
+    assert tiny.generate(torch.zeros((2, 1), dtype=torch.long), 10).shape == (2, 11) and len(caches) == 1
     gc.collect()
     assert caches[0]() is None, "the KV cache outlived generate()"
 
 def test_stream_decoder_never_splits_characters():
-    bpe = tokenizer.BPETokenizer()
-    text = "naïve café — 東京タワー 🙂🚀 done"
+    bpe, text = tokenizer.BPETokenizer(), "naïve café — 東京タワー 🙂🚀 done"
     ids = bpe.encode(text)
     assert any('\ufffd' in bpe.enc.decode_single_token_bytes(i).decode('utf-8', errors='replace') for i in ids), \
         "the text should hold tokens that are parts of characters"

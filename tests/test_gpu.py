@@ -1,9 +1,6 @@
-"""The GPU tier: the CUDA and Apple MPS paths, run for real wherever such a device is present. It proves what the CPU
-suite cannot: every dtype the device runs, compiled runs that really compiled (graphs counted), exact resume with the
-float16 scaler and the device's random state, device-resident batches, the KV cache, torchrun over NCCL with DDP and
-FSDP (compiled, resumed), sampling, evaluation and export of a GPU-trained checkpoint, and GPT-2 124M's MFU. Without
-such a device each test is skipped and says why; `python benchmarks/gpu_check.py` runs this tier and the GPU
-benchmarks in one command."""
+"""The GPU tier, run wherever a CUDA or Apple MPS device is present (else skipped, saying why): every dtype, compiled
+runs that really compiled, exact resume, the KV cache, torchrun over NCCL with DDP and FSDP, a GPU-trained checkpoint
+sampled, evaluated and exported, GPT-2 124M's MFU. `python benchmarks/gpu_check.py` runs it and the GPU benchmarks."""
 import math
 import os
 import re
@@ -58,8 +55,7 @@ def test_a_tiny_run_on_the_device(tmp_path, core_dataset, settings):
 
 @pytest.mark.parametrize('dtype', ['float32', 'float16'])
 def test_resume_on_the_device(tmp_path, core_dataset, dtype):
-    """Ten iterations, a resume, ten more: the losses of twenty in one go, with the device's random
-    state (dropout) and, in float16, the GradScaler's state carried over."""
+    """Ten iterations, a resume, ten more: twenty's losses, with the device's RNG and float16's GradScaler kept."""
     settings = dict(dropout=0.1, dtype=dtype)
     straight = iteration_losses(run_inproc('train.py', *gpu_args(tmp_path / 'a', **settings), check=True).stdout)
     run_inproc('train.py', *gpu_args(tmp_path / 'b', max_iters=9, **settings), check=True)
@@ -84,8 +80,7 @@ def test_device_resident_batches_are_the_batches_read_from_disk_and_train_alike(
     assert 'keeping the dataset in cuda' in on and close(iteration_losses(on), iteration_losses(off))
 
 def small_gpt(monkeypatch):
-    """In float32 proper: train.py's runs in this process allow TF32, which rounds otherwise (and may round a batch
-    of another size otherwise)."""
+    """In float32 proper: train.py's runs in this process allow TF32, which rounds otherwise."""
     if DEVICE == 'cuda':
         monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
     torch.manual_seed(0)
@@ -94,16 +89,22 @@ def small_gpt(monkeypatch):
 def prompt(batch, length, seed):
     return torch.randint(512, (batch, length), generator=torch.Generator().manual_seed(seed)).to(DEVICE)
 
-def test_kv_cache_on_the_device_gives_the_tokens_of_the_full_context(monkeypatch):
-    model, idx = small_gpt(monkeypatch), prompt(4, 9, 1)
-    with torch.no_grad():  # 150: past block_size too
+def test_kv_cache_and_per_sample_generators_on_the_device(monkeypatch):
+    """The KV cache gives the greedy tokens of the full context, past block_size (150) too; sample.py's rule: sample
+    k drawn with a device generator seeded seed + k equals the same sample drawn alone."""
+    model, idx, one = small_gpt(monkeypatch), prompt(4, 9, 1), prompt(1, 5, 3).expand(3, -1)
+    def generators(first, count):
+        return [torch.Generator(device=DEVICE).manual_seed(100 + k) for k in range(first, first + count)]
+    with torch.no_grad():
         assert torch.equal(model.generate(idx, 150, top_k=1, use_cache=True),
                            model.generate(idx, 150, top_k=1, use_cache=False))
+        batched = model.generate(one, 40, 1.0, 50, generators=generators(0, 3))
+        alone = torch.cat([model.generate(one[:1], 40, 1.0, 50, generators=generators(k, 1)) for k in range(3)])
+    assert torch.equal(batched, alone) and not torch.equal(batched[0], batched[1])
 
 @pytest.mark.parametrize('dtype', [d for d in DTYPES if d != 'float32'] or ['bfloat16'])
 def test_kv_cache_in_half_precision_reports_the_share_of_equal_tokens(monkeypatch, dtype, record_property):
-    """In bf16/fp16 the two paths round differently, so equality is not demanded: the share of
-    equal greedy tokens is reported (pytest -rA, or the junit XML property)."""
+    """The paths round differently: the share of equal greedy tokens is reported (pytest -rA, or junit XML)."""
     model, idx = small_gpt(monkeypatch), prompt(4, 9, 2)
     with torch.no_grad(), hardware.setup(DEVICE, dtype)[1]:
         cached = model.generate(idx, 100, top_k=1, use_cache=True)[:, 9:]
@@ -112,18 +113,6 @@ def test_kv_cache_in_half_precision_reports_the_share_of_equal_tokens(monkeypatc
     # the first token comes from the same whole-prompt forward on both paths; later ones may part
     assert cached.shape == full.shape and torch.equal(cached[:, 0], full[:, 0])
 
-def test_per_sample_generators_on_the_device(monkeypatch):
-    """sample.py's rule on the GPU: sample k drawn with a device generator seeded seed + k equals the same sample
-    drawn alone."""
-    model, idx = small_gpt(monkeypatch), prompt(1, 5, 3).expand(3, -1)
-
-    def generators(first, count):
-        return [torch.Generator(device=DEVICE).manual_seed(100 + k) for k in range(first, first + count)]
-    with torch.no_grad():
-        batched = model.generate(idx, 40, 1.0, 50, generators=generators(0, 3))
-        alone = torch.cat([model.generate(idx[:1], 40, 1.0, 50, generators=generators(k, 1)) for k in range(3)])
-    assert torch.equal(batched, alone) and not torch.equal(batched[0], batched[1])
-
 def torchrun(*args, processes=None):
     return run_script('-m', 'torch.distributed.run', '--standalone',
                       f'--nproc_per_node={processes or torch.cuda.device_count()}', 'train.py', *args, timeout=900)
@@ -131,8 +120,8 @@ def torchrun(*args, processes=None):
 @needs_cuda
 @pytest.mark.parametrize('fsdp', [False, True])
 def test_torchrun_over_nccl_compiled_and_resumed(tmp_path, core_dataset, fsdp):
-    """DDP and FSDP over NCCL on every GPU, compiled, then resumed under torchrun and in one process: the run learns
-    and goes on where it stopped (the in-process tests count compiled graphs; these processes are torchrun's)."""
+    """DDP and FSDP over NCCL on every GPU, compiled, resumed under torchrun and in one process (graphs: counted in
+    process above)."""
     settings = dict(backend='nccl', fsdp=fsdp, dtype=None, gradient_accumulation_steps=2 * torch.cuda.device_count())
     assert trained(torchrun(*gpu_args(tmp_path / 'out', compile=True, **settings)).stdout, 20)
     assert checkpoint.load(str(tmp_path / 'out'), 'latest.pt')['iter_num'] == 21
@@ -194,10 +183,9 @@ def test_compiled_sampling_gives_the_greedy_tokens_of_eager(gpu_run):
 
 @needs_cuda
 def test_gpt2_124m_mfu_is_plausible(record_property):
-    """GPT-2 124M, batch 12 x 1024, the GPU's default dtype, compiled, never falling back to eager. nanoGPT reports
-    about 40% on an A100; an H100's or H200's bf16 peak is about 3x an A100's for under 2x the memory bandwidth, so
-    the floor there is 20% (to check against measured runs); beyond 80% the peak is wrong. Under 40 GB of memory, as
-    nanoGPT trains it on an A100 40GB."""
+    """GPT-2 124M, batch 12 x 1024, the GPU's default dtype, compiled, never eager. nanoGPT reports about 40% on an
+    A100; an H100's or H200's bf16 peak is about 3x an A100's for under 2x the memory bandwidth: the floor there is
+    20%; beyond 80% the peak is wrong. Under 40 GB of memory, as nanoGPT trains it on an A100 40GB."""
     if hardware.peak_flops('cuda', hardware.default_dtype('cuda')) is None:
         pytest.skip(f"no peak FLOP/s is listed for {torch.cuda.get_device_name()} in helpers/hardware.py")
     torch.cuda.reset_peak_memory_stats()

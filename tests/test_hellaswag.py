@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import urllib.request
 
 import numpy as np
 import pytest
@@ -56,14 +57,11 @@ def examples_file(tmp_path_factory):
     return write_file(tmp_path_factory.mktemp('hellaswag') / 'hellaswag_val.jsonl', EXAMPLES)
 
 def reference_choices(model, path):
-    """(label, ending of lowest summed loss, ending of lowest mean loss) per example, one ending at a
-    time, unpadded, through transformers; sequences longer than the window lose their first tokens."""
+    """(label, ending of lowest summed loss, ending of lowest mean loss) per example, one ending at a time, unpadded,
+    through transformers; sequences longer than the window lose their first tokens."""
     import tiktoken
-    encoding = tiktoken.get_encoding('gpt2')
-    window = model.config.n_positions
-    out = []
-    for line in open(path, encoding='utf-8'):
-        item = json.loads(line)
+    encoding, window, out = tiktoken.get_encoding('gpt2'), model.config.n_positions, []
+    for item in map(json.loads, open(path, encoding='utf-8')):
         sums, means = [], []
         for ending in item['endings']:
             ending_tokens = encoding.encode(' ' + ending)
@@ -71,21 +69,24 @@ def reference_choices(model, path):
             with torch.no_grad():
                 logprobs = model(tokens[None, :-1]).logits[0].log_softmax(-1)
             n = min(len(ending_tokens), len(tokens) - 1)
-            nll = -logprobs[-n:].gather(1, tokens[-n:, None]).sum().item()
-            sums.append(nll)
-            means.append(nll / n)
+            sums.append(-logprobs[-n:].gather(1, tokens[-n:, None]).sum().item())
+            means.append(sums[-1] / n)
         out.append((item['label'], sums.index(min(sums)), means.index(min(means))))
     return out
 
+def correct(choices):
+    """(correct by the lowest sum, correct by the lowest mean, examples) of reference_choices."""
+    return sum(label == best for label, best, _ in choices), sum(label == best for label, _, best in choices), \
+        len(choices)
+
 def accuracies(choices):
-    return (sum(label == best for label, best, _ in choices) / len(choices),
-            sum(label == best for label, _, best in choices) / len(choices))
+    right, right_norm, count = correct(choices)
+    return right / count, right_norm / count
 
 @pytest.fixture(scope='module', params=[128, 12], ids=['whole', 'cropped'])
 def models(request, tmp_path_factory, examples_file):
-    """(our GPT loaded from a transformers folder, the folder, the reference choices) for a GPT-2-shaped model
-    with random weights large enough that the endings' losses differ clearly; with 12 positions every
-    example is cropped and some endings are longer than the window."""
+    """(our GPT from a transformers folder, the folder, reference_choices) of a GPT-2-shaped model, its random weights
+    large enough that the endings' losses differ clearly; with 12 positions some endings are longer than the window."""
     from transformers import GPT2Config, GPT2LMHeadModel
     folder = str(tmp_path_factory.mktemp('hf') / 'model')
     torch.manual_seed(0)
@@ -94,54 +95,45 @@ def models(request, tmp_path_factory, examples_file):
     hf.save_pretrained(folder)
     return GPT.from_pretrained(folder).eval(), folder, reference_choices(hf, examples_file)
 
-def bpe_dataset(name, n_tokens):
-    """data/<name>: random GPT-2 token ids, no meta.pkl."""
+@pytest.fixture
+def bpe_dataset():
+    """data/_test_hellaswag_bpe of random GPT-2 token ids (no meta.pkl), removed after the test; returns its name."""
+    name = '_test_hellaswag_bpe'
     os.makedirs(data.data_dir(name))
     for split in ('train', 'val'):
-        np.random.default_rng(0).integers(0, 50257, n_tokens).astype(np.uint16).tofile(
-            os.path.join(data.data_dir(name), f'{split}.bin'))
+        np.random.default_rng(0).integers(0, 50257, 2000).astype(np.uint16).tofile(f'{data.data_dir(name)}/{split}.bin')
+    yield name
+    tiny_runs.remove_dataset(name)
 
-def test_choices_and_evaluate_py_match_transformers(models, examples_file, tmp_path):
+def test_choices_and_evaluate_py_match_transformers(models, examples_file, tmp_path, bpe_dataset):
     """hellaswag.choose and score, then evaluate.py on the transformers folder and on the same weights as the
     checkpoint of a BPE run (the first 3 examples, with the loss on its dataset as well)."""
     model, folder, reference = models
-    examples = hellaswag.load(examples_file)
-    assert len(examples) == len(EXAMPLES)
+    examples = hellaswag.load(examples_file)   # all 7: reference holds one choice each
     assert [(e.label, *hellaswag.choose(model, e, 'cpu', NO_AUTOCAST)) for e in examples] == reference
     # the fixture can tell the two rules apart, and a scorer that always picks one ending fails
     assert any(best != best_norm for _, best, best_norm in reference)
     assert len({best for _, best, _ in reference}) > 1 and len({best for _, _, best in reference}) > 1
     model.train()  # scored in eval mode, and left in training mode as it was
-    correct, correct_norm, count = hellaswag.score(model, examples, 'cpu', NO_AUTOCAST)
-    assert model.training and count == len(EXAMPLES)
+    assert hellaswag.score(model, examples, 'cpu', NO_AUTOCAST) == correct(reference) and model.training
     model.eval()
-    acc, acc_norm = accuracies(reference)
-    assert (correct / count, correct_norm / count) == (acc, acc_norm)
     for rank in range(3):  # ranks share the examples: 7 of them, 3, 2 and 2
-        mine = reference[rank::3]
-        assert hellaswag.score(model, examples, 'cpu', NO_AUTOCAST, rank, 3) == \
-            (sum(label == best for label, best, _ in mine), sum(label == best for label, _, best in mine), len(mine))
-    results = tmp_path / 'results.json'
+        assert hellaswag.score(model, examples, 'cpu', NO_AUTOCAST, rank, 3) == correct(reference[rank::3])
+    results, (acc, acc_norm) = tmp_path / 'results.json', accuracies(reference)
     common = ('--hellaswag=True', f'--hellaswag_file={examples_file}', '--device=cpu', '--dtype=float32',
               f'--results_file={results}')
     proc = run_inproc('evaluate.py', f'--init_from={folder}', *common, check=True)
     output = json.loads(results.read_text())
-    assert (output['hellaswag_acc'], output['hellaswag_acc_norm'], output['hellaswag_examples']) == \
-        (acc, acc_norm, len(EXAMPLES))
+    assert (output['hellaswag_acc'], output['hellaswag_acc_norm'], output['hellaswag_examples']) == (acc, acc_norm, 7)
     assert 'splits' not in output  # HellaSwag alone unless the losses are asked for
     assert f"hellaswag: acc {acc:.4f}, acc_norm {acc_norm:.4f} (7 examples" in proc.stdout
-    name = '_test_hellaswag_bpe'
-    try:
-        bpe_dataset(name, 1000)
-        tiny_runs.save_checkpoint(model, str(tmp_path / 'out'), name)
-        run_inproc('evaluate.py', f'--out_dir={tmp_path / "out"}', '--splits=val', '--hellaswag_examples=3', *common,
-                   check=True)
-    finally:
-        tiny_runs.remove_dataset(name)
+    tiny_runs.save_checkpoint(model, str(tmp_path / 'out'), bpe_dataset)
+    run_inproc('evaluate.py', f'--out_dir={tmp_path / "out"}', '--splits=val', '--hellaswag_examples=3', *common,
+               check=True)
     output = json.loads(results.read_text())
     assert (output['hellaswag_acc'], output['hellaswag_acc_norm'], output['hellaswag_examples']) == \
         (*accuracies(reference[:3]), 3)
-    assert list(output['splits']) == ['val'] and output['settings']['dataset'] == name
+    assert list(output['splits']) == ['val'] and output['settings']['dataset'] == bpe_dataset
 
 def test_batch_scores_only_the_ending_and_crops_from_the_left():
     example = hellaswag.Example(context=[1, 2, 3, 4], endings=[[5], [6, 7], [8, 9, 10, 11, 12, 13], [14]], label=0)
@@ -151,9 +143,7 @@ def test_batch_scores_only_the_ending_and_crops_from_the_left():
 
 def test_evaluate_py_refuses_a_character_model_and_a_negative_limit(tmp_path, examples_file):
     path = tiny_runs.save_checkpoint(tiny_runs.make_model(), str(tmp_path / 'out'), 'shakespeare_char')
-    ckpt = torch.load(path, weights_only=True)
-    ckpt['tokenizer'] = {'kind': 'char', 'itos': tiny_runs.CHARS}
-    torch.save(ckpt, path)
+    torch.save(dict(torch.load(path, weights_only=True), tokenizer={'kind': 'char', 'itos': tiny_runs.CHARS}), path)
     for model, fragments in ((f'--out_dir={tmp_path / "out"}', ['character-level', 'GPT-2 BPE', '--hellaswag=True']),
                              ('--init_from=gpt2 --hellaswag_examples=-1',  # train.py's words
                               ['hellaswag_examples must be in [0, inf), got -1'])):
@@ -162,12 +152,30 @@ def test_evaluate_py_refuses_a_character_model_and_a_negative_limit(tmp_path, ex
                           *fragments)
     assert os.listdir(tmp_path) == ['out'] and os.listdir(tmp_path / 'out') == ['ckpt.pt']
 
-# ----------------------------------------------------------------------------- the file
+DAMAGED = {'{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 1': 'line 2 is not JSON',
+           '{"ctx": "A man", "endings": ["a", "b", "c"], "label": 1}': "line 2 has no 'endings' list of 4 texts",
+           '{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 4}': "line 2 has 'label' 4",
+           '{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": "1"}': "line 2 has 'label' '1'",
+           '{"endings": ["a", "b", "c", "d"], "label": 1}': "line 2 has no 'ctx' text",
+           '[1, 2, 3]': 'line 2 is not a JSON object'}
 
-def test_the_official_file_is_downloaded_once_and_checked(tmp_path, monkeypatch, examples_file):
-    import urllib.request
+def test_the_file_downloaded_once_limits_and_a_damaged_file_are_one_line(tmp_path, monkeypatch, examples_file):
+    assert [e.label for e in hellaswag.load(examples_file, limit=3)] == [label for *_, label in EXAMPLES[:3]]
+    assert len(hellaswag.load(examples_file, limit=0)) == len(EXAMPLES)  # 0: all of them, in both scripts
+    with pytest.raises(UserError, match='holds 7 examples, fewer than the 8 asked for; pass --hellaswag_examples=7'):
+        hellaswag.load(examples_file, limit=8)
+    path = tmp_path / 'damaged.jsonl'
+    for line, why in DAMAGED.items():
+        path.write_text(open(examples_file, encoding='utf-8').readline() + line + '\n', encoding='utf-8')
+        with pytest.raises(UserError) as e:
+            hellaswag.load(str(path))
+        assert str(e.value).startswith(f"{path} is damaged: {why}") and hellaswag.URL in str(e.value), line
+    path.write_text('\n')
+    for limit in (0, 3):  # whatever the limit
+        with pytest.raises(UserError) as e:
+            hellaswag.load(str(path), limit)
+        assert str(e.value) == f"{path} is damaged: it holds 0 examples; use the official file ({hellaswag.URL})"
     downloads = []
-
     def fake_urlretrieve(url, target):  # no network in tests: the "download" copies the test file
         downloads.append(url)
         shutil.copyfile(examples_file, target)
@@ -184,40 +192,13 @@ def test_the_official_file_is_downloaded_once_and_checked(tmp_path, monkeypatch,
         hellaswag.load()
     assert downloads == [hellaswag.URL]
 
-DAMAGED = {'{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 1': 'line 2 is not JSON',
-           '{"ctx": "A man", "endings": ["a", "b", "c"], "label": 1}': "line 2 has no 'endings' list of 4 texts",
-           '{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 4}': "line 2 has 'label' 4",
-           '{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": "1"}': "line 2 has 'label' '1'",
-           '{"endings": ["a", "b", "c", "d"], "label": 1}': "line 2 has no 'ctx' text",
-           '[1, 2, 3]': 'line 2 is not a JSON object'}
-
-def test_limits_and_a_damaged_or_empty_file_are_one_line_naming_file_and_line(tmp_path, examples_file):
-    assert [e.label for e in hellaswag.load(examples_file, limit=3)] == [label for *_, label in EXAMPLES[:3]]
-    assert len(hellaswag.load(examples_file, limit=0)) == len(EXAMPLES)  # 0: all of them, in both scripts
-    with pytest.raises(UserError, match='holds 7 examples, fewer than the 8 asked for; pass --hellaswag_examples=7'):
-        hellaswag.load(examples_file, limit=8)
-    path = tmp_path / 'damaged.jsonl'
-    for line, why in DAMAGED.items():
-        path.write_text(open(examples_file, encoding='utf-8').readline() + line + '\n', encoding='utf-8')
-        with pytest.raises(UserError) as e:
-            hellaswag.load(str(path))
-        assert str(e.value).startswith(f"{path} is damaged: {why}") and hellaswag.URL in str(e.value), line
-    path.write_text('\n')
-    for limit in (0, 3):  # whatever the limit
-        with pytest.raises(UserError) as e:
-            hellaswag.load(str(path), limit)
-        assert str(e.value) == f"{path} is damaged: it holds 0 examples; use the official file ({hellaswag.URL})"
-
-def test_train_py_scores_at_each_evaluation_shared_by_ddp_and_fsdp_ranks(tmp_path):
-    """train.py --hellaswag=True: acc_norm at each evaluation, in the log and metrics.csv, equal to
-    scoring the checkpoint saved there; DDP's and FSDP's ranks share the examples and print the
-    numbers of one process."""
-    name, out_dir = '_test_hellaswag_train', tmp_path / 'out'
+def test_train_py_scores_at_each_evaluation_shared_by_ddp_and_fsdp_ranks(tmp_path, bpe_dataset):
+    """acc_norm at each evaluation, logged, equals the checkpoint's score; DDP's and FSDP's ranks print the same."""
+    out_dir = tmp_path / 'out'
+    settings = dict(dataset=bpe_dataset, hellaswag=True, hellaswag_examples=7, max_iters=4, eval_interval=4)
     os.makedirs(data.data_dir('hellaswag'), exist_ok=True)
     write_file(hellaswag.default_path(), EXAMPLES)  # where train.py reads it (the tests' data folder)
     try:
-        bpe_dataset(name, 2000)
-        settings = dict(dataset=name, hellaswag=True, hellaswag_examples=len(EXAMPLES), max_iters=4, eval_interval=4)
         log = run_inproc('train.py', *core_train_args(out_dir, **settings), check=True).stdout
         scores = [float(x) for x in re.findall(r'^step \d+: .*, hellaswag acc_norm ([\d.]+) \(', log, re.M)]
         assert len(scores) == 2
@@ -234,5 +215,4 @@ def test_train_py_scores_at_each_evaluation_shared_by_ddp_and_fsdp_ranks(tmp_pat
             assert step.findall(shared.stdout) == step.findall(single) and len(step.findall(single)) == 1, \
                 (shared.stdout, single)
     finally:
-        shutil.rmtree(data.data_dir(name))
         shutil.rmtree(data.data_dir('hellaswag'))

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 import evaluate
 import tiny_runs
-from conftest import CORE_DATASET, DATA_ROOT, REPO_ROOT, assert_user_error, core_train_args, run_inproc
+from conftest import CORE_DATASET, DATA_ROOT, REPO_ROOT, assert_user_error, core_train_args, run_inproc, step_losses
 from helpers import UserError, checkpoint, data, metrics
 
 def png_size(path):
@@ -38,25 +38,38 @@ def fake_run(out_dir, n_iters=60, eval_interval=20, tokens_per_iter=512, start_l
                       ms_per_iter=12.5, mfu=None if it < 5 else 0.25,
                       seconds=None if seconds is None else seconds + seconds_per_iter)
 
-# ----------------------------------------------------------------------------- metrics.py
-
-def test_metrics_log_writes_header_rows_and_empty_cells(tmp_path):
+def test_metrics_log_writes_header_rows_and_empty_cells_and_a_resume_drops_rows_from_its_iteration(tmp_path):
     with contextlib.closing(metrics.MetricsLog(str(tmp_path), 0)) as log:
         log.write(0, 0, 6e-4, train_loss=4.25, val_loss=4.5, seconds=3.14159,
                   hellaswag_acc=2861 / 10042, hellaswag_acc_norm=0.3)
         log.write(0, 4096, 6e-4, train_loss=4.3, ms_per_iter=120.5, mfu=-1.0)  # train.py's "not measured"
         log.write(1, 8192, 6.5e-4, train_loss=4.1, ms_per_iter=100.0, mfu=0.123, seconds=12.0, val_loss=4.2,
                   train_bpb=5.9, val_bpb=6.1)
-    lines = (tmp_path / 'metrics.csv').read_text().splitlines()
-    assert lines[0] == ('iter,kind,tokens,seconds,train_loss,val_loss,hellaswag_acc,hellaswag_acc_norm,lr,'
-                        'ms_per_iter,mfu,train_bpb,val_bpb')
-    assert lines[1] == '0,eval,0,3.14,4.25,4.5,0.284903,0.3,0.0006,,,,'  # rounded: readable, counts still exact
-    assert lines[2] == '0,train,4096,,4.3,,,,0.0006,120.5,,,'
+    assert (tmp_path / 'metrics.csv').read_text().splitlines()[:3] == [
+        'iter,kind,tokens,seconds,train_loss,val_loss,hellaswag_acc,hellaswag_acc_norm,lr,ms_per_iter,mfu,train_bpb,'
+        'val_bpb', '0,eval,0,3.14,4.25,4.5,0.284903,0.3,0.0006,,,,',  # rounded: readable, counts still exact
+        '0,train,4096,,4.3,,,,0.0006,120.5,,,']
     rows = metrics.read_metrics(str(tmp_path / 'metrics.csv'))
     assert rows[2] == dict(iter=1, kind='eval', tokens=8192, seconds=12.0, train_loss=4.1, val_loss=4.2,
                            hellaswag_acc=None, hellaswag_acc_norm=None, lr=6.5e-4, ms_per_iter=100.0, mfu=0.123,
                            train_bpb=5.9, val_bpb=6.1)
     assert round(rows[0]['hellaswag_acc'] * 10042) == 2861
+    fake_run(tmp_path, n_iters=30, eval_interval=10)  # a run resumed from its checkpoint of iteration 20
+    path = str(tmp_path / 'metrics.csv')
+    with open(path, 'a') as f:
+        f.write('31,tra')  # a row cut off by a crash mid-write
+    with contextlib.closing(metrics.MetricsLog(str(tmp_path), 20)) as log:
+        log.write(20, 20 * 512, 1e-3, train_loss=1.5, val_loss=1.6)
+        for it in range(20, 23):
+            log.write(it, (it + 1) * 512, 1e-3, train_loss=1.4, ms_per_iter=10.0)
+    rows = metrics.read_metrics(path)
+    assert len({(r['iter'], r['kind']) for r in rows}) == len(rows)
+    assert [r['iter'] for r in rows if r['kind'] == 'eval'] == [0, 10, 20]
+    assert [r['iter'] for r in rows if r['kind'] == 'train'] == list(range(23))
+    assert [r['val_loss'] for r in rows if r['iter'] == 20 and r['kind'] == 'eval'] == [1.6]  # the new run's
+    assert os.listdir(tmp_path) == ['metrics.csv']  # no temporary file left behind
+    metrics.MetricsLog(str(tmp_path), 0).close()  # a new run from scratch in the same out_dir starts afresh
+    assert metrics.read_metrics(path) == []
 
 OLD_FORMAT = """iter,kind,tokens,train_loss,val_loss,lr,ms_per_iter,mfu
 0,eval,0,4.25,4.5,0.0006,,
@@ -85,43 +98,17 @@ def test_an_old_metrics_file_reads_plots_and_resumes(tmp_path):
     assert lines[0].split(',') == list(metrics.COLUMNS)
     assert lines[1:] == ['0,eval,0,,4.25,4.5,,,0.0006,,,,', '0,train,4096,,4.3,,,,0.0006,120.5,,,',
                          '1,train,8192,,4.1,,,,0.00065,100.0,0.123,,', '2,eval,8192,30.0,3.9,4.01,,,0.0007,,,,']
-    # and an old file with a header but no rows yet is no damage
-    (tmp_path / 'metrics.csv').write_text(OLD_FORMAT.splitlines()[0] + '\n')
+    (tmp_path / 'metrics.csv').write_text(OLD_FORMAT.splitlines()[0] + '\n')  # a header but no rows yet: no damage
     with pytest.raises(UserError, match='has no rows yet'):
         plot.load_run(str(tmp_path))
 
-def test_metrics_log_resume_drops_rows_from_the_restart_iteration(tmp_path):
-    fake_run(tmp_path, n_iters=30, eval_interval=10)
-    path = str(tmp_path / 'metrics.csv')
-    with open(path, 'a') as f:
-        f.write('31,tra')  # a row cut off by a crash mid-write
-    with contextlib.closing(metrics.MetricsLog(str(tmp_path), 20)) as log:  # resumed from the checkpoint of iter 20
-        log.write(20, 20 * 512, 1e-3, train_loss=1.5, val_loss=1.6)
-        for it in range(20, 23):
-            log.write(it, (it + 1) * 512, 1e-3, train_loss=1.4, ms_per_iter=10.0)
-    rows = metrics.read_metrics(path)
-    assert len({(r['iter'], r['kind']) for r in rows}) == len(rows)
-    assert [r['iter'] for r in rows if r['kind'] == 'eval'] == [0, 10, 20]
-    assert [r['iter'] for r in rows if r['kind'] == 'train'] == list(range(23))
-    assert [r['val_loss'] for r in rows if r['iter'] == 20 and r['kind'] == 'eval'] == [1.6]  # the new run's
-    assert os.listdir(tmp_path) == ['metrics.csv']  # no temporary file left behind
-    # a new run from scratch in the same out_dir starts the log afresh
-    metrics.MetricsLog(str(tmp_path), 0).close()
-    assert metrics.read_metrics(path) == []
-
-# ----------------------------------------------------------------------------- plot.py
-
-@pytest.fixture(scope='module')
-def runs(tmp_path_factory):
-    """Fake runs, written once: small, big, scored (with HellaSwag), slow and fast (with wall-clock time)."""
-    top = tmp_path_factory.mktemp('runs')
+def test_plot_draws_a_column_per_run_a_row_per_measure_against_iterations_tokens_or_time(tmp_path):
+    """Fake runs: small, big, scored (with HellaSwag, a row of panels beneath the loss), slow and fast (with time)."""
+    runs = tmp_path / 'runs'
     for name, settings in dict(small={}, big=dict(start_loss=3.0, tokens_per_iter=2048), scored=dict(hellaswag=True),
                                slow=dict(seconds_per_iter=6.0),  # 61 iterations: 366 s, drawn in minutes
                                fast=dict(seconds_per_iter=1.5, start_loss=3.0)).items():
-        fake_run(top / name, **settings)
-    return top
-
-def test_plot_writes_a_column_per_run_and_a_row_of_panels_per_measure(runs, tmp_path):
+        fake_run(runs / name, **settings)
     run_inproc('plot.py', f'--out_dir={runs / "small"}', check=True)
     width1, height1 = png_size(runs / 'small' / 'loss.png')
     assert 300 < height1 < width1 < 3000  # one run: the two panels in a row
@@ -131,18 +118,14 @@ def test_plot_writes_a_column_per_run_and_a_row_of_panels_per_measure(runs, tmp_
     assert height2 > 1.3 * height1 and 800 < width2 < 3000  # two runs: one column each, two panels high
     assert os.path.getsize(tmp_path / 'both.png') > 20_000  # curves, not an empty canvas
     run_inproc('plot.py', f'--out_dir={runs / "small"}', check=True)  # over its own earlier PNG
-    # HellaSwag scores add a row of panels beneath the loss
     run_inproc('plot.py', f'--out_dir={runs / "scored"}', check=True)
     run_inproc('plot.py', f'--out_dirs={runs / "scored"},{runs / "small"}', check=True)
     scored_size = png_size(runs / 'scored' / 'loss.png')
     assert scored_size[0] == width1 and scored_size[1] > 1.4 * height1
     assert png_size(runs / 'scored' / 'loss_comparison.png')[1] > 1.4 * scored_size[1]
-
-def test_plot_against_wall_clock_time_and_hellaswag_beneath_the_loss(runs):
     import plot
     slow, fast = (('slow', plot.load_run(str(runs / 'slow'))), ('fast', plot.load_run(str(runs / 'fast'))))
-    assert plot.time_unit([slow, fast]) == (60, 'minutes')
-    assert plot.time_unit([fast]) == (1, 'seconds')  # 91.5 s
+    assert plot.time_unit([slow, fast]) == (60, 'minutes') and plot.time_unit([fast]) == (1, 'seconds')  # 91.5 s
     assert plot.series(slow[1], 'eval', 'seconds', 'val_loss', 60)[0] == [0.0, 2.0, 4.0, 6.0]
     fig = plot.figure([slow, fast], x_names=('seconds',), side_by_side=False)
     (ax,) = fig.axes
@@ -157,7 +140,6 @@ def test_plot_against_wall_clock_time_and_hellaswag_beneath_the_loss(runs):
     assert result.stdout.splitlines()[-1].startswith(f"wrote {written} (slow: ")
     assert png_size(written)[0] > png_size(written)[1] > 300  # overlaid: the two panels in a row
     assert not os.path.exists(os.path.join(REPO_ROOT, 'loss_comparison.png'))
-    # HellaSwag scores add panels beneath the loss
     scored, plain = (plot.load_run(str(runs / name)) for name in ('scored', 'small'))
     assert plot.has_hellaswag(scored) and not plot.has_hellaswag(plain)
     fig = plot.figure([('plain', plain)])
@@ -170,10 +152,8 @@ def test_plot_against_wall_clock_time_and_hellaswag_beneath_the_loss(runs):
     assert list(line.get_xdata()) == [0, 20, 40, 60] and list(line.get_ydata()) == [0.26, 0.28, 0.30, 0.32]
     assert list(hellaswag_tokens.get_lines()[0].get_xdata()) == [0, 20 * 512, 40 * 512, 60 * 512]
     plot.pyplot().close(fig)
-    # side by side: the run without scores says so in its HellaSwag panels
-    fig = plot.figure([('scored', scored), ('plain', plain)])
-    axes = fig.axes  # row by row: loss and HellaSwag against iterations, then against tokens
-    assert len(axes) == 8 and [t.get_text() for t in axes[3].texts] == ['no HellaSwag scores recorded']
+    fig = plot.figure([('scored', scored), ('plain', plain)])  # row by row: against iterations, then tokens
+    assert len(fig.axes) == 8 and [t.get_text() for t in fig.axes[3].texts] == ['no HellaSwag scores recorded']
     plot.pyplot().close(fig)
 
 @pytest.mark.parametrize('args, fragments', [
@@ -189,30 +169,25 @@ def test_plot_errors_are_one_line_and_write_nothing(tmp_path, args, fragments):
     assert_user_error(run_inproc('plot.py', *[arg.format(tmp=tmp_path) for arg in args]), *fragments)
     assert sorted(tmp_path.rglob('*')) == before
 
-# ----------------------------------------------------------------------------- evaluate.py
-
-def test_full_pass_windows_predict_every_token_but_the_first_once():
-    for n_tokens, block_size in itertools.product((2, 16, 17, 18, 100, 1003), (1, 16)):
-        windows = evaluate.full_pass_windows(n_tokens, block_size)
-        predicted = [t for start, length in windows for t in range(start + 1, start + length + 1)]
-        assert predicted == list(range(1, n_tokens)) and all(1 <= length <= block_size for _, length in windows)
-
 def straightforward_val_loss(model, dataset_name, block_size):
     """Slide over val.bin window by window, one at a time, and average every prediction."""
     data = np.fromfile(os.path.join(DATA_ROOT, dataset_name, 'val.bin'), dtype=np.uint16).astype(np.int64)
     total, count = 0.0, 0
     for start in range(0, len(data) - 1, block_size):
         y = torch.from_numpy(data[start + 1:start + 1 + block_size])
-        x = torch.from_numpy(data[start:start + len(y)])
-        logits = tiny_runs.full_logits(model, x[None])[0]
+        logits = tiny_runs.full_logits(model, torch.from_numpy(data[start:start + len(y)])[None])[0]
         total += F.cross_entropy(logits, y, reduction='sum').item()
         count += len(y)
     return total / count, count
 
 def test_full_pass_matches_a_straightforward_computation(tmp_path):
-    name = tiny_runs.make_char_dataset('eval')
+    """Its windows predict every token but the first once."""
+    for n_tokens, block_size in itertools.product((2, 16, 17, 18, 100, 1003), (1, 16)):
+        windows = evaluate.full_pass_windows(n_tokens, block_size)
+        predicted = [t for start, length in windows for t in range(start + 1, start + length + 1)]
+        assert predicted == list(range(1, n_tokens)) and all(1 <= length <= block_size for _, length in windows)
     model = tiny_runs.make_model('gelu', bias=True, block_size=16)
-    try:
+    with tiny_runs.char_dataset('eval') as name:
         expected, n = straightforward_val_loss(model, name, 16)
         assert n == 1002  # val.bin holds 1003 tokens: the last window is a short one of 10
         loss, _, count = evaluate.full_pass_loss(model, data.bin_path(name, 'val'), np.dtype(np.uint16), batch_size=5,
@@ -222,8 +197,6 @@ def test_full_pass_matches_a_straightforward_computation(tmp_path):
         # float32 as above: on a CPU with bf16 instructions evaluate.py would otherwise autocast to bf16
         run_inproc('evaluate.py', f'--out_dir={tmp_path}', '--full_pass=True', '--batch_size=7', '--device=cpu',
                    '--dtype=float32', f'--results_file={tmp_path / "full.json"}', check=True)
-    finally:
-        tiny_runs.remove_dataset(name)
     result = json.loads((tmp_path / 'full.json').read_text())
     assert list(result['splits']) == ['val']  # a full pass is over val unless --splits says otherwise
     val = result['splits']['val']
@@ -232,25 +205,18 @@ def test_full_pass_matches_a_straightforward_computation(tmp_path):
 
 @pytest.mark.parametrize('n_tokens', [0, 1])
 def test_a_full_pass_over_a_val_bin_too_short_for_any_window(tmp_path, n_tokens):
-    name = tiny_runs.make_char_dataset(f'eval_{n_tokens}_tokens')
-    try:
+    with tiny_runs.char_dataset(f'eval_{n_tokens}_tokens') as name:
         os.truncate(data.bin_path(name, 'val'), 2 * n_tokens)
         tiny_runs.save_checkpoint(tiny_runs.make_model(block_size=16), str(tmp_path), name)
         result = run_inproc('evaluate.py', f'--out_dir={tmp_path}', '--full_pass=True', '--device=cpu',
                             f'--results_file={tmp_path / "r.json"}')
-    finally:
-        tiny_runs.remove_dataset(name)
     line = assert_user_error(result, f'val.bin holds {n_tokens} token', 'needs more text', 'prepare the dataset again')
     assert 'smaller' not in line and os.listdir(tmp_path) == ['ckpt.pt']  # no block_size can help
 
-def printed_evals(stdout):
-    return {int(it): (float(tr), float(va)) for it, tr, va in
-            re.findall(r'^step (\d+): train loss ([0-9.]+), val loss ([0-9.]+)', stdout, re.M)}
-
 def test_evaluate_reproduces_the_losses_train_py_printed_whatever_the_random_state(tiny_run, tmp_path):
-    """ckpt.pt was saved at the evaluation of iteration 20: with the checkpoint's own eval_iters, batch_size
-    and seed, evaluate.py scores the same batches with the same weights, whatever random state it starts in."""
-    evals = printed_evals(tiny_run.stdout)
+    """ckpt.pt is from the evaluation of iteration 20: with its eval_iters, batch_size and seed, evaluate.py scores
+    the same batches with the same weights, whatever random state it starts in."""
+    evals = step_losses(tiny_run.stdout)
     assert sorted(evals) == [0, 10, 20]
     for k, seed in enumerate((1, 2)):
         torch.manual_seed(seed)
@@ -267,11 +233,11 @@ def test_evaluate_reproduces_the_losses_train_py_printed_whatever_the_random_sta
     for numbers in splits.values():
         assert numbers['perplexity'] == pytest.approx(math.exp(numbers['loss']), rel=1e-12)
         assert numbers['tokens'] == 2 * 4 * 32  # eval_iters x batch_size x block_size
-    # the batches are those of the seed: the same seed again gives the same loss, another seed another one
+    # the batches are the seed's: the same seed again gives the same loss, another seed another one
     model = checkpoint.model_from_checkpoint(checkpoint.load(str(tiny_run.out_dir), 'ckpt.pt'))
-    path, no_autocast = data.bin_path(CORE_DATASET, 'val'), torch.autocast('cpu', enabled=False)
-    same = evaluate.fixed_batch_loss(model, path, np.dtype(np.uint16), 4, 32, 2, 1337 * 7919 + 1, 'cpu', no_autocast)[0]
-    other = evaluate.fixed_batch_loss(model, path, np.dtype(np.uint16), 4, 32, 2, 7 * 7919 + 1, 'cpu', no_autocast)[0]
+    same, other = (evaluate.fixed_batch_loss(model, data.bin_path(CORE_DATASET, 'val'), np.dtype(np.uint16), 4, 32, 2,
+                                             seed * 7919 + 1, 'cpu', torch.autocast('cpu', enabled=False))[0]
+                   for seed in (1337, 7))
     assert same == pytest.approx(splits['val']['loss'], rel=1e-6) and other != same
 
 def test_train_py_writes_the_metrics_log_and_resume_adds_no_duplicates(tiny_run, copy_run):
@@ -281,10 +247,8 @@ def test_train_py_writes_the_metrics_log_and_resume_adds_no_duplicates(tiny_run,
     evals = {r['iter']: r for r in rows if r['kind'] == 'eval'}
     trains = {r['iter']: r for r in rows if r['kind'] == 'train'}
     assert sorted(evals) == [0, 10, 20, 30] and sorted(trains) == list(range(31))
-    printed = {**printed_evals(tiny_run.stdout), **printed_evals(resumed.stdout)}
-    assert sorted(printed) == sorted(evals)
-    for it, (train_loss, val_loss) in printed.items():
-        assert (round(evals[it]['train_loss'], 4), round(evals[it]['val_loss'], 4)) == (train_loss, val_loss)
+    printed = {**step_losses(tiny_run.stdout), **step_losses(resumed.stdout)}
+    assert printed == {it: (round(row['train_loss'], 4), round(row['val_loss'], 4)) for it, row in evals.items()}
     for kind_rows in (evals, trains):
         tokens = [kind_rows[it]['tokens'] for it in sorted(kind_rows)]
         assert all(t is not None for t in tokens) and tokens == sorted(tokens) and tokens[-1] > 0

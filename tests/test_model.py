@@ -1,26 +1,28 @@
-"""model.py: shapes, weight tying, initial loss, the two attention paths, crop_block_size, parameter counting
-and the optimizer's parameter groups (parity with transformers' GPT-2: test_export_hf.py)."""
+"""model.py: shapes, tying, initial loss, both attention paths, crop_block_size, parameter counts and groups (GPT-2
+parity: test_export.py), activation checkpointing, and torch.compile on the CPU (inductor, the machine's C++)."""
 import math
 
 import pytest
 import torch
 
-from conftest import attention
+import tiny_runs
+from conftest import (assert_user_error, attention, compiled_graphs, core_text, core_train_args, iteration_losses,
+                      run_script)
 from model import GPT, GPTConfig
 
 VOCAB = 100
 
-def tiny_model(seed=0, **overrides):
+def tiny_model(seed=0, block_size=64, vocab_size=VOCAB, bias=True):
     torch.manual_seed(seed)
-    args = dict(block_size=64, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32, bias=True, dropout=0.0)
-    return GPT(GPTConfig(**dict(args, **overrides)))
+    return GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=32, bias=bias))
 
 def random_tokens(shape, seed=1, vocab=VOCAB):
     return torch.randint(vocab, shape, generator=torch.Generator().manual_seed(seed))
 
 @pytest.mark.parametrize('vocab_size', [65, 1000])
-def test_forward_shapes_and_an_initial_loss_close_to_uniform(vocab_size):
-    """An untrained model predicts nearly uniformly: cross-entropy ~ ln(vocab_size)."""
+def test_forward_shapes_an_initial_loss_close_to_uniform_and_tied_embeddings(vocab_size):
+    """Untrained, cross-entropy ~ ln(vocab_size). The output layer is the token embedding: one tensor, counted once,
+    a change through either name shows through the other, and gradients add up."""
     model = tiny_model(vocab_size=vocab_size).eval()
     idx, targets = random_tokens((8, 64), seed=4, vocab=vocab_size), random_tokens((8, 64), seed=5, vocab=vocab_size)
     with torch.no_grad():
@@ -30,17 +32,13 @@ def test_forward_shapes_and_an_initial_loss_close_to_uniform(vocab_size):
     assert abs(loss.item() - math.log(vocab_size)) < 0.05
     assert no_loss is None and last.shape == (8, 1, vocab_size)
     torch.testing.assert_close(last[:, 0], logits[:, -1], rtol=0, atol=1e-6)
-
-def test_token_embedding_and_output_layer_are_tied():
-    model = tiny_model()
     assert model.lm_head.weight is model.transformer.wte.weight
-    # one tensor: a change made through either name shows through the other, and gradients add up
     with torch.no_grad():
         model.lm_head.weight[3, 5] = 7.0
     assert model.transformer.wte.weight[3, 5].item() == 7.0
-    model(random_tokens((2, 8)), random_tokens((2, 8), seed=3))[1].backward()
+    model(idx, targets)[1].backward()
     assert model.transformer.wte.weight.grad is model.lm_head.weight.grad
-    assert sum(p is model.lm_head.weight for p in model.parameters()) == 1  # counted once among the parameters
+    assert sum(p is model.lm_head.weight for p in model.parameters()) == 1
 
 def test_masked_softmax_fallback_equals_flash_path_and_both_are_causal():
     model = tiny_model(seed=3).eval()
@@ -58,10 +56,8 @@ def test_masked_softmax_fallback_equals_flash_path_and_both_are_causal():
         torch.testing.assert_close(other[:, :8], logits[:, :8])
         assert not torch.allclose(other[:, 8:], logits[:, 8:])
         results.append((logits, loss, torch.cat([p.grad.flatten() for p in model.parameters()])))
-    (flash_logits, flash_loss, flash_grads), (slow_logits, slow_loss, slow_grads) = results
-    torch.testing.assert_close(slow_logits, flash_logits, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(slow_loss, flash_loss, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(slow_grads, flash_grads, atol=1e-5, rtol=1e-4)
+    for slow, flash, (atol, rtol) in zip(results[1], results[0], [(1e-5, 1e-5), (1e-6, 1e-6), (1e-5, 1e-4)]):
+        torch.testing.assert_close(slow, flash, atol=atol, rtol=rtol)  # logits, loss, gradients
 
 def test_crop_block_size():
     model = tiny_model(seed=6).eval()
@@ -127,3 +123,68 @@ def test_muon_orthogonalizes_in_float32_where_the_cpu_lacks_bfloat16():
         assert (muon._zeropower_via_newtonschulz is optim.newton_schulz_float32) == (not has_bf16)
     finally:
         muon._zeropower_via_newtonschulz = original
+
+def loss_gradients_and_kept_bytes(checkpointing):
+    """A small GPT with dropout, forward and back: loss, gradients, bytes autograd kept (each storage once)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, vocab_size=96, n_layer=4, n_head=4, n_embd=64, dropout=0.1))
+    model.activation_checkpointing = checkpointing
+    idx = torch.randint(96, (8, 64), generator=torch.Generator().manual_seed(1))
+    kept = {}
+    def pack(tensor):
+        kept[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+    torch.manual_seed(2)  # the dropout masks
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        _, loss = model(idx, idx)
+    loss.backward()
+    return loss.item(), {n: p.grad for n, p in model.named_parameters()}, sum(kept.values())
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients_with_far_less_kept(monkeypatch):
+    """Blocks run again in the backward pass (the same dropout masks) instead of keeping activations; evaluation and
+    sampling, without gradients, never recompute."""
+    loss, gradients, kept = loss_gradients_and_kept_bytes(False)
+    loss_ac, gradients_ac, kept_ac = loss_gradients_and_kept_bytes(True)
+    assert loss_ac == loss
+    torch.testing.assert_close(gradients_ac, gradients, rtol=0, atol=1e-6)
+    assert kept_ac < kept / 3, (kept_ac, kept)  # the blocks' activations are gone, the head's remain
+    model = GPT(GPTConfig(block_size=16, vocab_size=32, n_layer=2, n_head=2, n_embd=16))
+    model.activation_checkpointing = True
+    with monkeypatch.context() as m, torch.no_grad():
+        m.setattr(torch.utils.checkpoint, 'checkpoint', lambda *a, **k: pytest.fail('recomputed without gradients'))
+        model(torch.zeros(2, 8, dtype=torch.long), torch.zeros(2, 8, dtype=torch.long))  # an evaluation
+        out = model.generate(torch.zeros(1, 1, dtype=torch.long), 20, top_k=1)  # the KV cache still works
+    model.activation_checkpointing = False
+    with torch.no_grad():
+        assert torch.equal(out, model.generate(torch.zeros(1, 1, dtype=torch.long), 20, top_k=1))
+
+def graph_breaks():
+    return dict(torch._dynamo.utils.counters['graph_break'])
+
+def test_compiled_training_equals_eager(tiny_run, tmp_path):
+    """With activation checkpointing, as test_parallel's compiled DDP run: compiled once for both (inductor's cache)."""
+    compiled, graphs = compiled_graphs('train.py', *core_train_args(tmp_path / 'out', compile=True, max_iters=10,
+                                                                    activation_checkpointing=True))
+    assert graphs >= 2 and not graph_breaks(), (graphs, graph_breaks())  # training's and evaluation's whole model
+    eager, ours = iteration_losses(tiny_run.stdout), iteration_losses(compiled.stdout)
+    assert sorted(ours) == list(range(11)) and ours[10] < ours[0] - 0.3
+    # inductor fuses kernels and so rounds differently: the same losses to float32 noise
+    assert all(ours[i] == pytest.approx(eager[i], abs=2e-3) for i in ours), (eager, ours)
+
+def test_compiled_sampling_gives_the_greedy_tokens_of_eager(core_dataset, tmp_path):
+    """40 steps, past block_size (32): a few graphs (prompt, cached steps, cropped window), each the whole model (a
+    graph break would split it per layer, past 8 layers beyond torch's recompile limit: eager)."""
+    model = tiny_runs.make_model(n_layer=1, block_size=32, vocab_size=len(set(core_text())))
+    tiny_runs.save_checkpoint(model, str(tmp_path), core_dataset)
+    greedy = [f'--out_dir={tmp_path}', '--device=cpu', '--num_samples=2', '--max_new_tokens=40', '--top_k=1',
+              '--start=the cat']
+    plain, _ = compiled_graphs('sample.py', *greedy)
+    fast, graphs = compiled_graphs('sample.py', *greedy, '--compile=True')
+    assert 1 <= graphs <= 4 and not graph_breaks(), (graphs, graph_breaks())
+    assert fast.stdout.split('Overriding: compile = True')[1] == plain.stdout.split("Overriding: start = 'the cat'")[1]
+
+def test_a_compiler_that_fails_is_one_line(tmp_path, core_dataset):
+    result = run_script('train.py', *core_train_args(tmp_path / 'out', compile=True, max_iters=1), check=False,
+                        env={'CXX': '/nonexistent/c++', 'TORCHINDUCTOR_CACHE_DIR': str(tmp_path / 'cache')})
+    assert_user_error(result, 'torch.compile failed', '--compile=False')
+    assert 'iter 0:' not in result.stdout  # it never went on eagerly

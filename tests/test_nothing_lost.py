@@ -1,7 +1,7 @@
-"""Nothing is lost: whatever an export or --overwrite=True replaces is gone only once its replacement is whole, even
-when a kill stops it at any step; two runs never share an out_dir, a finished run stays finished, a run reads the
-dataset it started with, and checkpoints carry their vocabulary. (Bad input changes nothing: test_errors.py.)"""
+"""Nothing is lost: what an export or --overwrite=True replaces goes only once its replacement is whole, even after a
+kill at any step; signals stop cleanly; a run reads the dataset it started with; checkpoints carry their vocabulary."""
 import gc
+import itertools
 import os
 import pathlib
 import re
@@ -16,7 +16,7 @@ import torch
 
 from conftest import (STEP_LINE, LiveProcess, REPO_ROOT, assert_user_error, checkpoint_files, core_text,
                       core_train_args, iteration_losses, run_inproc)
-from helpers import checkpoint, data, metrics, runs
+from helpers import checkpoint, data, files, metrics, runs
 import tiny_runs
 
 def tree(folder, skip=('train.lock', 'prepare.lock')):
@@ -26,26 +26,19 @@ def tree(folder, skip=('train.lock', 'prepare.lock')):
 
 # ----------------------------------------------------------------------------- safe replacement
 
-def ctrl_c_after(monkeypatch, owner, name):
-    """Make owner.name do its work, then raise KeyboardInterrupt, as a Ctrl+C right after it would."""
-    real = getattr(owner, name)
-
-    def then_interrupted(*args, **kwargs):
-        real(*args, **kwargs)
-        raise KeyboardInterrupt
-    monkeypatch.setattr(owner, name, then_interrupted)
+def ctrl_c(*done):
+    """A Ctrl+C once the calls in its arguments are done."""
+    raise KeyboardInterrupt
 
 @pytest.mark.parametrize('stop', ['Ctrl+C', 'a failed check'])
 @pytest.mark.parametrize('script', ['export_hf.py', 'export_onnx.py'])
 def test_an_export_is_replaced_only_once_the_new_one_is_whole(script, stop, tmp_path, copy_run, monkeypatch):
-    """The character model's export replaced by a GPT-2 BPE model's: stopped by Ctrl+C (export_hf.py after writing
-    the weights, export_onnx.py during its check) or failing its check, every old file stays; done whole, the new
-    export is in place, with nothing temporary or of the old kind left."""
+    """A char model's export replaced by a BPE model's, stopped by Ctrl+C or a failed check: every old file stays;
+    done whole, the new export is in place, nothing temporary or of the old kind left."""
     import onnxruntime
     import transformers
     hf = script == 'export_hf.py'
     output = tmp_path / ('hf' if hf else 'model.onnx')
-
     def export(out_dir, *more, check=False):
         return run_inproc(script, f'--out_dir={out_dir}', f'--output={output}', *([] if hf else ['--dynamo=False']),
                           *more, check=check)
@@ -56,8 +49,8 @@ def test_an_export_is_replaced_only_once_the_new_one_is_whole(script, stop, tmp_
     old = tree(tmp_path)
     if stop == 'Ctrl+C':
         with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
-            ctrl_c_after(m, *((transformers.GPT2LMHeadModel, 'save_pretrained') if hf else
-                              (onnxruntime, 'InferenceSession')))
+            owner, name = (transformers.GPT2LMHeadModel, 'save_pretrained') if hf else (onnxruntime, 'InferenceSession')
+            m.setattr(owner, name, lambda *args, real=getattr(owner, name), **kwargs: ctrl_c(real(*args, **kwargs)))
             export(bpe)
     else:
         assert_user_error(export(bpe, '--tolerance=-1'), 'so it was not kept')
@@ -75,8 +68,7 @@ def test_an_export_is_replaced_only_once_the_new_one_is_whole(script, stop, tmp_
         assert meta['nanogpt.tokenizer'] == 'gpt2' and old['model.onnx'] != new['model.onnx']
 
 def test_overwrite_keeps_the_old_run_whole_until_the_new_one_saves(copy_run):
-    """New runs with --overwrite=True that fail (NaN) before their first save, twice: the old run waits whole in
-    replaced/; a new run that saves deletes it, and starts a log of its own."""
+    """Twice a run failing (NaN) before its first save: the old run waits in replaced/ until a new run saves."""
     old = tree(copy_run)
     for _ in range(2):
         assert_user_error(run_inproc('train.py', *core_train_args(
@@ -90,32 +82,7 @@ def test_overwrite_keeps_the_old_run_whole_until_the_new_one_saves(copy_run):
     assert [r['iter'] for r in metrics.read_metrics(str(copy_run / 'metrics.csv')) if r['kind'] == 'train'] == \
         [0, 1, 2, 3]  # a new log, not the old one's rows
 
-# ----------------------------------------------------------------------------- a second run, signals
-
-def test_a_second_training_in_the_same_out_dir_waits_for_the_first_to_end(tmp_path, core_dataset):
-    out_dir = tmp_path / 'out'
-    first = LiveProcess([sys.executable, 'train.py', *core_train_args(out_dir, max_iters=100000, eval_interval=5)])
-    try:
-        first.wait_for(r'^saving checkpoint', timeout=300)
-        second = run_inproc('train.py', *core_train_args(out_dir, init_from='resume'))
-        assert_user_error(second, f'another training (pid {first.pid})', str(out_dir))
-        rows = len(metrics.read_metrics(str(out_dir / 'metrics.csv')))
-        first.wait_for(r'^iter \d+:', count=len(re.findall(r'^iter \d+:', first.stdout, re.M)) + 3)
-        assert len(metrics.read_metrics(str(out_dir / 'metrics.csv'))) > rows  # the first run's log goes on
-    finally:
-        first.proc.send_signal(signal.SIGKILL)  # killed: its lock must not outlive it
-        first.finish()
-    resumed = run_inproc('train.py', *core_train_args(out_dir, init_from='resume', max_iters=12), check=True)
-    assert 'Resuming training from' in resumed.stdout
-
-def test_resuming_a_finished_run_changes_nothing(copy_run):
-    before = tree(copy_run)
-    result = run_inproc('train.py', *core_train_args(copy_run, init_from='resume'), check=True)
-    assert 'is complete' in result.stdout and '--max_iters' in result.stdout
-    assert tree(copy_run) == before
-    more = run_inproc('train.py', *core_train_args(copy_run, init_from='resume', max_iters=22), check=True)
-    assert 'iter 21:' in more.stdout and 'iter 22:' in more.stdout
-    assert checkpoint.load(str(copy_run), 'latest.pt')['iter_num'] == 23
+# ----------------------------------------------------------------------------- signals, a dataset prepared again
 
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_during_start_up_is_one_line(tmp_path, core_dataset, signum):
@@ -142,22 +109,19 @@ def test_a_signal_during_a_long_evaluation_saves_within_seconds(copy_run, signum
     run.proc.send_signal(signum)
     assert run.finish() == 0 and time.time() - sent < 20, run.stderr[-2000:]
     assert 'Traceback' not in run.stderr and 'step 21:' not in run.stdout
-    if not resume:
+    if resume:
+        assert re.search(r'^stopped by SIGINT after iteration 20; to continue:\npython train.py .*--init_from=resume$',
+                         run.stdout, re.M), run.stdout[-2000:]
+        after = checkpoint.load(str(copy_run), 'latest.pt')
+        assert after['iter_num'] == 21 and all(torch.equal(after['model'][k], v) for k, v in before['model'].items())
+    else:
         assert 'stopped by SIGTERM before the first iteration; nothing to save' in run.stdout
-        assert checkpoint_files(out) == []
-        return
-    assert re.search(r'^stopped by SIGINT after iteration 20; to continue:\npython train.py .*--init_from=resume$',
-                     run.stdout, re.M), run.stdout[-2000:]
-    after = checkpoint.load(str(copy_run), 'latest.pt')
-    assert after['iter_num'] == 21 and all(torch.equal(after['model'][k], v) for k, v in before['model'].items())
+        assert not checkpoint_files(out)
 
 def test_a_dataset_prepared_again_during_a_run_does_not_reach_it(tmp_path, make_dataset, tiny_run, monkeypatch):
-    """The run keeps reading the token files it opened: the text prepared over them after its iteration 2 (other
-    characters, another vocabulary) changes neither its losses (tiny_run's) nor the vocabulary its checkpoints
-    carry."""
+    """Another text prepared over its token files after iteration 2 changes neither its losses nor its vocabulary."""
     name, other = make_dataset('moving'), make_dataset('other', text='ZYXWVUTSRQPONMLKJIHGFEDCBA 0123456789\n' * 400)
     real, batches = data.get_batch, []
-
     def get_batch(*args, **kwargs):
         batches.append(1)
         if len(batches) == 8:  # a timing batch, 4 of the evaluation at 0, iterations 0 and 1
@@ -173,52 +137,49 @@ def test_a_dataset_prepared_again_during_a_run_does_not_reach_it(tmp_path, make_
 
 # ----------------------------------------------------------------------------- the vocabulary travels
 
-def test_a_character_model_exported_to_hf_samples_with_its_own_vocabulary(tiny_run, tmp_path):
-    pytest.importorskip('transformers')
+def test_a_character_model_samples_and_exports_with_its_own_vocabulary(copy_run, make_dataset, tmp_path):
+    """Its dataset prepared again from another text since (a nanoGPT checkpoint, with none, is refused: test_errors)."""
     from transformers import AutoTokenizer
-    assert checkpoint.load(str(tiny_run.out_dir))['tokenizer'] == {'kind': 'char', 'itos': sorted(set(core_text()))}
+    state = checkpoint.load(str(copy_run), 'ckpt.pt')
+    assert state['tokenizer'] == {'kind': 'char', 'itos': sorted(set(core_text()))}
+    state['config']['dataset'] = make_dataset('vocab', text='other characters: XYZ!?\n' * 200)
+    checkpoint.save(state, str(copy_run))
     hf_dir = tmp_path / 'hf'
-    run_inproc('export_hf.py', f'--out_dir={tiny_run.out_dir}', f'--output={hf_dir}', check=True)
+    run_inproc('export_hf.py', f'--out_dir={copy_run}', f'--output={hf_dir}', check=True)
     assert oct(os.stat(hf_dir / 'model.safetensors').st_mode & 0o777) == '0o644'
     vocab = AutoTokenizer.from_pretrained(str(hf_dir))  # what a transformers user finds
     assert vocab.decode(vocab.encode('the cat sat')) == 'the cat sat'
     assert vocab.encode('the') == [sorted(set(core_text())).index(c) for c in 'the']
     settings = ['--device=cpu', '--num_samples=2', '--max_new_tokens=30', '--top_k=1', '--start=the']
     from_hf = run_inproc('sample.py', f'--init_from={hf_dir}', *settings, check=True).stdout
-    from_checkpoint = run_inproc('sample.py', f'--out_dir={tiny_run.out_dir}', *settings, check=True).stdout
+    from_checkpoint = run_inproc('sample.py', f'--out_dir={copy_run}', *settings, check=True).stdout
     assert from_hf.split('\n', 7)[-1] == from_checkpoint.split('\n', 6)[-1]  # after settings (and 'loading weights')
     assert from_hf.split('\n', 7)[-1].startswith('the')
 
-# -----------------------------------------------------------------------------
-# Changes of several files survive a kill at every step: each is run in a forked child that SIGKILLs
-# itself (no clean-up code runs) just before its n-th rename or removal under the folder that changes,
-# for n = 1, 2, ... until it finishes unkilled; after each kill the next command must find the old
-# state or the new one, whole.
+# ----------------------------------------------------------------------------- a kill at every step
+# in a forked child that SIGKILLs itself (no clean-up runs) before its n-th rename or removal under the folder that
+# changes, n = 1, 2, ... until it finishes: the next command must find the old state or the new one, whole
 
 def killed_at(step, folder, action):
-    """Run action() in a forked child killed before its step-th rename/removal under folder: True if it
-    was killed there, False if it finished first."""
+    """Run action() in a forked child killed before its step-th rename/removal under folder: whether it was killed."""
     folder = os.path.abspath(folder)
     pid = os.fork()
     if pid == 0:
         status = 1
         try:
-            calls = [0]
-
+            calls = itertools.count(1)
             def dies_at_step(fn):
                 def call(*args, **kwargs):
-                    if any(os.path.abspath(a).startswith(folder) for a in args[:2] if isinstance(a, (str, os.PathLike))):
-                        calls[0] += 1
-                        if calls[0] == step:
-                            os.kill(os.getpid(), signal.SIGKILL)
+                    paths = [os.path.abspath(a) for a in args[:2] if isinstance(a, (str, os.PathLike))]
+                    if any(p.startswith(folder) for p in paths) and next(calls) == step:
+                        os.kill(os.getpid(), signal.SIGKILL)
                     return fn(*args, **kwargs)
                 return call
             for name in ('replace', 'rename', 'remove', 'unlink', 'rmdir'):
                 setattr(os, name, dies_at_step(getattr(os, name)))
             shutil.rmtree = dies_at_step(shutil.rmtree)
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, 1)
-            os.dup2(null, 2)
+            for fd in (1, 2):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
             action()
             status = 0
         finally:
@@ -244,8 +205,7 @@ def script(path, *args):
     return run
 
 def assert_old_or_new(folder, action, backup, look):
-    """folder's state now is the old one: run action whole for the new one, then, from the old state again, kill
-    action at every step; after each kill look() (what the next command finds) must be what it was before or after."""
+    """Run action whole, then kill it at every step from the old state again: look() must find the old or new one."""
     shutil.copytree(folder, backup)
     restore = lambda: (shutil.rmtree(folder), shutil.copytree(backup, folder))  # noqa: E731
     old = look()
@@ -256,28 +216,53 @@ def assert_old_or_new(folder, action, backup, look):
     assert kills and all(whole for _, whole in kills), f"neither old nor new after a kill: {kills}"
     return old, new
 
+def test_a_save_killed_before_its_rename_leaves_the_old_file_and_the_next_saves_clean_up(tmp_path):
+    """The old checkpoint loads and is still the one resume reads; the next saves delete the dead writer's temporary
+    files (and folders, as an export's), not a living one's, nor names that only look like orphans, nor other hosts'."""
+    out_dir, state = str(tmp_path), lambda i: {'model': {'w': torch.full((4, 4), i)}, 'model_args': {}, 'iter_num': i}
+    checkpoint.save(state(1), out_dir, 'latest.pt')
+    before = (tmp_path / 'latest.pt').read_bytes()
+    assert killed_at(1, tmp_path, lambda: checkpoint.save(state(2), out_dir, 'latest.pt'))
+    assert (tmp_path / 'latest.pt').read_bytes() == before and runs.resume_name(out_dir) == 'latest.pt'
+    assert checkpoint.load(out_dir, 'latest.pt')['iter_num'] == 1
+    temp = lambda pid, name='ckpt.pt': os.path.basename(files.temp_path(str(tmp_path / name), pid))  # noqa: E731
+    [left] = set(os.listdir(tmp_path)) - {'latest.pt'}
+    pid = int(left.rsplit('.', 1)[1])
+    assert left == temp(pid, 'latest.pt')
+    keep = [temp(os.getppid(), 'latest.pt'), temp('99999999999999999999'), temp('\u00b2'), temp(f'{pid}x'),
+            f'ckpt.pt.tmp.another-host.{pid}', f'ckpt.pt.tmp.{pid}']
+    for name in keep:
+        (tmp_path / name).write_bytes(b'x')
+    (tmp_path / temp(pid)).mkdir()
+    (tmp_path / temp(pid) / 'config.json').write_text('{}')
+    checkpoint.save(state(3), out_dir, 'latest.pt')
+    assert checkpoint.load(out_dir, 'latest.pt')['iter_num'] == 3
+    assert sorted(os.listdir(tmp_path)) == sorted(keep + ['latest.pt', temp(pid)])
+    (tmp_path / temp(pid, 'latest.pt')).write_bytes(b'orphan of a mirror')
+    checkpoint.save(state(4), out_dir)
+    checkpoint.mirror(out_dir, 'ckpt.pt', 'latest.pt')
+    assert checkpoint.load(out_dir, 'latest.pt')['iter_num'] == 4
+    assert sorted(os.listdir(tmp_path)) == sorted(keep + ['ckpt.pt', 'latest.pt'])
+
 def test_a_swap_killed_at_any_step_is_completed_by_the_next_command(tmp_path):
-    from helpers import files
     folder = tmp_path / 'f'
     old = {'a': b'old a', 'b': b'old b', 'sub/x': b'old x', 'gone': b'old gone'}
     staged = {'a.new': b'new a', 'b.new': b'new b', 'sub.new/y': b'new y'}
     new = {'a': b'new a', 'b': b'new b', 'sub/y': b'new y'}
-
     def setup():
         shutil.rmtree(folder, ignore_errors=True)
         for name, content in {**old, **staged}.items():
             os.makedirs(os.path.dirname(folder / name), exist_ok=True)
             (folder / name).write_bytes(content)
     swap = lambda: files.swap(folder, [('a.new', 'a'), ('b.new', 'b'), ('sub.new', 'sub')], removes=['gone'])  # noqa
-    kills, moved = 0, tmp_path / 'moved'
+    moved = tmp_path / 'moved'
     for step in every_kill(folder, setup, swap):
-        kills += 1
         shutil.rmtree(moved, ignore_errors=True)
         os.rename(folder, moved)  # the journal holds paths relative to its folder, wherever that is now
         files.finish_swaps(str(moved))
         os.rename(moved, folder)
         assert tree(folder) == new or (step == 1 and tree(folder) == {**old, **staged}), (step, tree(folder))
-    assert kills >= 6  # the journal, three moves (the folder's two renames), the removal, the journal's removal
+    assert step >= 6  # the journal, three moves (the folder's two renames), the removal, the journal's removal
     assert tree(folder) == new
 
 def test_prepare_force_killed_at_any_step_leaves_the_old_dataset_or_the_new_one(tmp_path, make_dataset):
@@ -286,8 +271,7 @@ def test_prepare_force_killed_at_any_step_leaves_the_old_dataset_or_the_new_one(
     (tmp_path / 'new.txt').write_text('xyz, XYZ; 0123\n' * 400)
     prepare = script('data/char/prepare.py', '--input', tmp_path / 'new.txt', '--name', name, '--force')
     dataset = ('train.bin', 'val.bin', 'meta.pkl')  # not what a killed prepare left unfinished beside them
-    # the next command's first look at the dataset, and what it then reads
-    look = lambda: (data.read_meta(name), {k: v for k, v in tree(folder).items() if k in dataset})  # noqa: E731
+    look = lambda: (data.read_meta(name), {k: v for k, v in tree(folder).items() if k in dataset})  # what it reads
     _, (_, new) = assert_old_or_new(folder, prepare, tmp_path / 'backup', look)
     assert set(new) == set(dataset)
 
@@ -298,34 +282,24 @@ def test_export_hf_killed_at_any_step_leaves_the_old_export_or_the_new_one(tmp_p
     state = checkpoint.load(str(copy_run), 'ckpt.pt')
     state['model']['lm_head.weight'] += 1.0  # another model: other weights
     checkpoint.save(state, str(copy_run))
-    # the next command that reads the export
-    assert_old_or_new(hf.parent, script(*args), tmp_path / 'backup',
-                      lambda: (checkpoint.pretrained(str(hf)), tree(hf))[1])
+    look = lambda: (checkpoint.pretrained(str(hf)), tree(hf))[1]  # noqa: E731 (what the next command reads)
+    assert_old_or_new(hf.parent, script(*args), tmp_path / 'backup', look)
     run_inproc(*args, check=True)  # and the next export leaves nothing of the killed ones behind
     assert sorted(os.listdir(hf.parent)) == ['hf']
 
 def test_overwrite_killed_at_any_step_keeps_the_old_run_whole_in_one_place(tmp_path, copy_run):
-    out = str(copy_run)
-    old = tree(out)
+    out, old = str(copy_run), tree(copy_run)
     assert {'ckpt.pt', 'latest.pt', 'metrics.csv'} <= set(old)
-    shutil.copytree(out, tmp_path / 'backup')
-    restore = lambda: (shutil.rmtree(out), shutil.copytree(tmp_path / 'backup', out))  # noqa: E731
-    new_state = checkpoint.load(out, 'latest.pt')
-    new_state['iter_num'] = 1
-
+    new_state = dict(checkpoint.load(out, 'latest.pt'), iter_num=1)
     def overwrite_then_save():
         runs.claim_out_dir(out, resuming=False, overwrite=True)
-        checkpoint.save(new_state, out, checkpoint.LATEST_NAME)
+        checkpoint.save(new_state, out, 'latest.pt')
         runs.discard_replaced(out)
-    for step in every_kill(out, restore, overwrite_then_save):
-        runs.resume_name(out)  # the next command's first look at out_dir
+    def look():  # the run the next command finds: in out_dir, or moved aside whole (and only there)
+        runs.resume_name(out)
         aside = tree(os.path.join(out, 'replaced'), skip=('README.txt',))
-        here = tree(out)
-        old_here = {k: v for k, v in here.items() if k in old}
-        if aside:  # moved aside: whole, and nothing of the old run left in out_dir
-            assert aside == old and not (old_here and here.get('latest.pt') == old['latest.pt']), step
-        elif here.get('latest.pt') == old['latest.pt']:  # not moved yet: whole in out_dir
-            assert old_here == old, step
-        else:  # the new run saved and deleted the old one
-            assert checkpoint.load(out, 'latest.pt')['iter_num'] == 1 and 'ckpt.pt' not in here, step
+        here = {k: v for k, v in tree(out).items() if not (k.startswith('replaced/') or '.tmp.' in k)}  # not temp
+        assert not (aside and here.get('latest.pt') == old['latest.pt']), "the old run is in two places"
+        return aside if aside and not here else here
+    assert_old_or_new(out, overwrite_then_save, tmp_path / 'backup', look)
     assert not os.path.exists(os.path.join(out, 'replaced'))

@@ -1,6 +1,5 @@
-"""Dataset preparation, offline: data/*/prepare.py as a user runs them (in this process; in one of its own where a
-test signals it or sets the environment) and helpers/prepare.py's pieces, driven directly where a small chunk size
-reaches the edge cases. Every dataset goes to the session's data folder, never to data/."""
+"""data/*/prepare.py, offline, as a user runs them (in a process of their own where a test signals them or sets the
+environment), and helpers/prepare.py's pieces driven directly where a small chunk size reaches the edge cases."""
 import hashlib
 import json
 import os
@@ -15,6 +14,7 @@ import uuid
 
 import numpy as np
 import pytest
+import tiktoken
 
 from conftest import (DATA_ROOT, REPO_ROOT, assert_user_error, core_train_args, data_changes, data_files,
                       place_tiny_shakespeare, run_inproc, run_script)
@@ -28,7 +28,6 @@ SEP = tiny_stories.STORY_SEPARATOR
 def scratch():
     """A factory of unique dataset names under DATA_ROOT, all removed at the end of the test."""
     names = []
-
     def make(tag='ds'):
         names.append(f'_test_{tag}_{uuid.uuid4().hex[:8]}')
         return names[-1]
@@ -44,6 +43,7 @@ def refused(result, *fragments):
     line = assert_user_error(result)
     assert result.returncode == 1 and result.stderr.strip() == line, result.stderr
     assert all(fragment in line for fragment in fragments), (fragments, line)
+    return line
 
 def folder(name):
     return os.path.join(DATA_ROOT, name)
@@ -66,9 +66,7 @@ def no_outputs(name):
     return not os.path.exists(path) or not any(f.endswith(('.bin', '.pkl', '.tmp')) for f in os.listdir(path))
 
 def gpt2_tokens(docs):
-    """The tokens of docs computed without the code under test: each one's encode_ordinary, then 50256; rows
-    without text (None) are skipped."""
-    import tiktoken
+    """docs' tokens computed without the code under test: encode_ordinary, then 50256; rows of None skipped."""
     enc = tiktoken.get_encoding('gpt2')
     return np.array([t for doc in docs if doc is not None for t in enc.encode_ordinary(doc) + [enc.eot_token]],
                     dtype=np.uint16)
@@ -91,54 +89,42 @@ STORIES = ['Once upon a time, there was a little dog.\n\nThe dog liked to run. T
 VAL_STORIES = ['Lily had a red ball.', 'Ben found a big box.\n\nIt was empty.']
 
 def stories_txt(stories):
-    """TinyStories' text format, with the variations real files have: CRLF and padded separator
-    lines, blank stories, whitespace around stories, no separator after the last story."""
+    """TinyStories' .txt with real files' quirks: CRLF, padded or doubled markers, blank and padded stories."""
     out = []
     for i, story in enumerate(stories):
         out.append(('\n  ' if i % 2 else '') + story + '\n\n' * (i % 2))
         out.append(['\n<|endoftext|>\n', '\n<|endoftext|>  \r\n', '\n<|endoftext|>\n<|endoftext|>\n'][i % 3])
     return ''.join(out[:-1])
 
-# ----------------------------------------------------------------------------- shakespeare
-
-def test_shakespeare_char_matches_nanogpt_bytes_and_numbers(shakespeare_char):
+def test_both_shakespeare_scripts_write_nanogpts_bytes_and_numbers(shakespeare_char):
     for line in ("length of dataset in characters: 1,115,394", "vocab size: 65", "train has 1,003,854 tokens",
                  "val has 111,540 tokens"):
         assert line in shakespeare_char
-    with open(os.path.join(folder('shakespeare_char'), 'input.txt'), 'r') as f:   # nanoGPT's method: all in memory
-        text = f.read()
-    chars = sorted(set(text))
-    stoi, n = {ch: i for i, ch in enumerate(chars)}, int(len(text) * 0.9)
+    text = open(os.path.join(folder('shakespeare_char'), 'input.txt'), 'r').read()   # nanoGPT's way: all in memory
+    chars, n = sorted(set(text)), int(len(text) * 0.9)
+    stoi = {ch: i for i, ch in enumerate(chars)}
     expect = {'train.bin': np.array([stoi[c] for c in text[:n]], dtype=np.uint16).tobytes(),
               'val.bin': np.array([stoi[c] for c in text[n:]], dtype=np.uint16).tobytes(),
               'meta.pkl': pickle.dumps({'vocab_size': len(chars), 'itos': dict(enumerate(chars)), 'stoi': stoi})}
     for name, data in expect.items():
-        with open(os.path.join(folder('shakespeare_char'), name), 'rb') as f:
-            assert f.read() == data, name
+        assert open(os.path.join(folder('shakespeare_char'), name), 'rb').read() == data, name
     assert set(dataset.read_meta('shakespeare_char')) == {'vocab_size', 'itos', 'stoi'}
     first = digests('shakespeare_char')   # and a second run writes the same bytes, leaving no temporary file
     prep('shakespeare_char')
     assert digests('shakespeare_char') == first
     assert not any(f.endswith('.tmp') for f in os.listdir(folder('shakespeare_char')))
-
-def test_shakespeare_bpe_numbers_and_tokens():
-    text = open(place_tiny_shakespeare('shakespeare'), encoding='utf-8').read()
-    out = prep('shakespeare').stdout
+    assert open(place_tiny_shakespeare('shakespeare'), encoding='utf-8').read() == text
+    out, enc = prep('shakespeare').stdout, tiktoken.get_encoding('gpt2')
     assert "train has 301,966 tokens" in out and "val has 36,059 tokens" in out
-    import tiktoken
-    enc, split = tiktoken.get_encoding('gpt2'), int(len(text) * 0.9)
-    assert np.array_equal(tokens('shakespeare', 'train'), enc.encode_ordinary(text[:split]))
-    assert np.array_equal(tokens('shakespeare', 'val'), enc.encode_ordinary(text[split:]))
+    assert np.array_equal(tokens('shakespeare', 'train'), enc.encode_ordinary(text[:n]))
+    assert np.array_equal(tokens('shakespeare', 'val'), enc.encode_ordinary(text[n:]))
     assert not os.path.exists(os.path.join(folder('shakespeare'), 'meta.pkl'))
 
-# ----------------------------------------------------------------------------- any text, by character
-
-def test_cjk_round_trip_and_split_and_another_text_only_with_force(tmp_path, scratch):
-    text, novel, name = cjk_text(), tmp_path / 'novel.txt', scratch('cjk')
+def test_cjk_round_trip_and_split_under_any_name_and_another_text_only_with_force(tmp_path, scratch):
+    text, novel, name = cjk_text(), tmp_path / 'novel.txt', scratch('données')
     novel.write_text(text, encoding='utf-8')
     out = prep('char', '--input', novel, '--name', name).stdout
-    train, val, meta = decoded(name)
-    n = len(text)
+    (train, val, meta), n = decoded(name), len(text)
     assert train == text[:int(n * 0.9)] and val == text[int(n * 0.9):]
     assert [meta['itos'][i] for i in range(meta['vocab_size'])] == sorted(set(text))
     assert all(meta['stoi'][ch] == i for i, ch in meta['itos'].items())
@@ -146,8 +132,6 @@ def test_cjk_round_trip_and_split_and_another_text_only_with_force(tmp_path, scr
     for line in (f"length of dataset in characters: {n:,}", f"vocab size: {len(set(text)):,}",
                  f"train has {int(n * 0.9):,} tokens"):
         assert line in out
-    ids = np.concatenate([tokens(name, 'train'), tokens(name, 'val')])
-    assert np.array_equal(ids, [meta['stoi'][ch] for ch in text])
     first = digests(name)
     refused(prep('char', '--input', novel, '--name', name, check=False), '--force')
     prep('char', '--input', novel, '--name', name, '--force')   # the same text again: the same bytes
@@ -156,7 +140,7 @@ def test_cjk_round_trip_and_split_and_another_text_only_with_force(tmp_path, scr
     prep('char', '--input', novel, '--name', name, '--force')
     assert ''.join(decoded(name)[:2]) == novel.read_text()
 
-def test_write_chars_splits_at_any_character_of_any_piece(tmp_path):
+def test_read_text_and_write_chars_split_at_any_character_and_name_the_offset_of_invalid_utf8(tmp_path):
     text = cjk_text(40)
     pieces = [text[i:i + 7] for i in range(0, len(text), 7)]   # the split point falls anywhere in a piece
     seen = np.zeros(encode.UNICODE_SIZE, dtype=bool)
@@ -169,27 +153,6 @@ def test_write_chars_splits_at_any_character_of_any_piece(tmp_path):
         train, val = (''.join(meta['itos'][int(i)] for i in np.fromfile(out_dir / f'{split}.bin', dtype=np.uint16))
                       for split in ('train', 'val'))
         assert (train, val) == (text[:n_train], text[n_train:]) and meta['separator'] == 'x', n_train
-
-def test_a_vocabulary_past_uint16_round_trips_trains_and_samples(tmp_path, scratch):
-    points = [p for p in range(0x21, 0x21 + 70_500) if not 0xD800 <= p <= 0xDFFF]
-    text = cjk_text(40) + ''.join(chr(p) for p in random.Random(1).sample(points, len(points)) * 2)
-    src, name, out_dir = tmp_path / 'wide.txt', scratch('u32'), tmp_path / 'out'
-    src.write_text(text, encoding='utf-8')
-    out = prep('char', '--input', src, '--name', name).stdout
-    meta = dataset.read_meta(name)
-    assert meta['dtype'] == 'uint32' and meta['vocab_size'] == len(set(text)) > 65_535
-    assert dataset.token_dtype(meta) == np.uint32 and "stored as uint32" in out
-    assert os.path.getsize(os.path.join(folder(name), 'train.bin')) == 4 * int(len(text) * 0.9)
-    assert ''.join(decoded(name)[:2]) == text
-    run_inproc('train.py', *core_train_args(out_dir, dataset=name, max_iters=3, eval_iters=1, eval_interval=2,
-                                            batch_size=2, block_size=16, n_layer=1, n_embd=16), check=True)
-    prompt = '介绍小医仙😀𠀀'
-    assert prompt in run_inproc('sample.py', f'--out_dir={out_dir}', '--device=cpu', '--num_samples=1',
-                                '--max_new_tokens=20', f'--start={prompt}', check=True).stdout
-
-# ----------------------------------------------------------------------------- reading text, names, folders
-
-def test_read_text_splits_characters_across_chunks_and_names_the_offset_of_invalid_utf8(tmp_path):
     text, path = 'a中é😀\n' * 50 + cjk_text(5), tmp_path / 't.txt'
     path.write_bytes(text.encode('utf-8'))
     for chunk in range(1, 9):
@@ -204,18 +167,40 @@ def test_read_text_splits_characters_across_chunks_and_names_the_offset_of_inval
         replaced = ''.join(encode.read_text(str(path), errors='replace', chunk_bytes=3))
         assert replaced.startswith(good.decode()) and '\ufffd' in replaced and replaced.endswith('tail')
 
-def test_missing_empty_bad_arguments_and_invalid_utf8(tmp_path, scratch):
+def test_a_vocabulary_past_uint16_round_trips_trains_and_samples(tmp_path, scratch):
+    points = [p for p in range(0x21, 0x21 + 70_500) if not 0xD800 <= p <= 0xDFFF]
+    text = cjk_text(40) + ''.join(chr(p) for p in random.Random(1).sample(points, len(points)) * 2)
+    src, name, out_dir = tmp_path / 'wide.txt', scratch('u32'), tmp_path / 'out'
+    src.write_text(text, encoding='utf-8')
+    out, meta = prep('char', '--input', src, '--name', name).stdout, dataset.read_meta(name)
+    assert meta['dtype'] == 'uint32' and meta['vocab_size'] == len(set(text)) > 65_535
+    assert dataset.token_dtype(meta) == np.uint32 and "stored as uint32" in out
+    assert os.path.getsize(os.path.join(folder(name), 'train.bin')) == 4 * int(len(text) * 0.9)
+    assert ''.join(decoded(name)[:2]) == text
+    run_inproc('train.py', *core_train_args(out_dir, dataset=name, max_iters=3, eval_iters=1, eval_interval=2,
+                                            batch_size=2, block_size=16, n_layer=1, n_embd=16), check=True)
+    prompt = '介绍小医仙😀𠀀'
+    assert prompt in run_inproc('sample.py', f'--out_dir={out_dir}', '--device=cpu', '--num_samples=1',
+                                '--max_new_tokens=20', f'--start={prompt}', check=True).stdout
+
+def test_bad_files_arguments_and_script_names_are_one_line_and_write_nothing(tmp_path, scratch, shakespeare_char):
+    """data/char and data/shakespeare_char name scripts: no other prepare takes such a name, even with --force."""
     name, good = scratch('errs'), 'first line 中文\n'.encode('utf-8') * 1000
     (tmp_path / 'empty.txt').write_bytes(b'')
     (tmp_path / 'ok.txt').write_text('hello world\n' * 10)
     (tmp_path / 'gbk.txt').write_bytes(good + '斗破苍穹'.encode('gbk') + b'\nmore text\n' * 100)
+    before = digests('shakespeare_char')
     for file, args, fragments in (('nope.txt', [], ['nope.txt', 'does not exist']), ('empty.txt', [], ['empty']),
                                   ('ok.txt', ['--name', '../escape'], ['--name']),
                                   ('ok.txt', ['--val_fraction=0'], ['--val_fraction']),
                                   ('ok.txt', ['--val_fraction=0.999'], ['too few']),
-                                  ('gbk.txt', [], [f"byte offset {len(good)}", '--replace_invalid_utf8'])):
+                                  ('gbk.txt', [], [f"byte offset {len(good)}", '--replace_invalid_utf8']),
+                                  *(('ok.txt', ['--name', script, '--force'], [f'--name={script} ',
+                                     f'data/{script}/prepare.py', f'--name=my_{script}'])
+                                    for script in ('char', 'shakespeare_char'))):
         refused(prep('char', '--input', tmp_path / file, '--name', name, *args, check=False), *fragments)
     assert no_outputs(name) and not os.path.exists(os.path.join(os.path.dirname(DATA_ROOT), 'escape'))
+    assert digests('shakespeare_char') == before and not os.path.exists(folder('char'))
     prep('char', '--input', tmp_path / 'gbk.txt', '--name', name, '--replace_invalid_utf8')
     assert '\ufffd' in dataset.read_meta(name)['stoi']
 
@@ -225,7 +210,7 @@ NAMES_REFUSED = {'': 'is empty', '.hidden': "starts with '.'", '..': "starts wit
                  'con': 'device name', 'NUL.txt': 'device name', 'com1': 'device name', 'novel.': "ends with '.'",
                  'é' * 128: '255 bytes'}
 
-def test_names_in_any_language_and_none_a_filesystem_refuses(tmp_path, scratch):
+def test_names_in_any_language_and_none_a_filesystem_or_a_script_refuses():
     for name in NAMES_TAKEN:
         with prepare.output_dir(name) as path:
             assert path == os.path.join(DATA_ROOT, name) and os.path.isdir(path), name
@@ -234,21 +219,6 @@ def test_names_in_any_language_and_none_a_filesystem_refuses(tmp_path, scratch):
         with pytest.raises(UserError) as e, prepare.output_dir(name):
             pass
         assert why in str(e.value) and f'--name={name!r}' in str(e.value), (name, str(e.value))
-    text, name = tmp_path / 'roman.txt', scratch('données')
-    text.write_text('Il était une fois des données.\n' * 50, encoding='utf-8')
-    prep('char', '--input', text, '--name', name)
-    assert ''.join(decoded(name)[:2]) == text.read_text(encoding='utf-8')
-
-def test_script_folder_names_are_no_dataset_names(tmp_path, shakespeare_char):
-    """data/char holds the tool for your own text, and data/shakespeare_char's name is its script's dataset:
-    no other prepare takes such a name, with --force or without, and the message offers another."""
-    text = tmp_path / 'mine.txt'
-    text.write_text('my own words\n' * 100)
-    before = digests('shakespeare_char')
-    for name in ('char', 'shakespeare_char'):
-        refused(prep('char', '--input', text, '--name', name, '--force', check=False),
-                f'--name={name} ', f'data/{name}/prepare.py', f'--name=my_{name}')
-    assert digests('shakespeare_char') == before and not os.path.exists(folder('char'))
     with pytest.raises(UserError, match='data/char/prepare.py'), prepare.output_dir('Char', force=True):
         pass   # the same folder where case does not count
     with pytest.raises(UserError, match='data/tinystories_char/prepare.py'), \
@@ -258,9 +228,8 @@ def test_script_folder_names_are_no_dataset_names(tmp_path, shakespeare_char):
         assert path == folder('tinystories')
 
 def test_nanogpt_data_dir_moves_every_dataset(tmp_path, monkeypatch):
-    """The shakespeare scripts read input.txt from <NANOGPT_DATA_DIR>/<name>/ and write there, data/char/prepare.py
-    writes --name there, and train.py looks there. helpers reads the variable once, at import: one prepare runs
-    in a process of its own, the rest here with helpers' DATA_ROOT set."""
+    """The shakespeare scripts read and write <NANOGPT_DATA_DIR>/<name>/, data/char's --name goes there, train.py
+    looks there. helpers reads it at import: one prepare runs in a process of its own, the rest here."""
     elsewhere, text = tmp_path / 'big disk', 'To be, or not to be: that is the question.\n' * 20
     (tmp_path / 'mine.txt').write_text(text)
     run_script('data/char/prepare.py', '--input', str(tmp_path / 'mine.txt'), '--name', 'mine',
@@ -274,22 +243,21 @@ def test_nanogpt_data_dir_moves_every_dataset(tmp_path, monkeypatch):
         out = prep(name).stdout
         assert f'length of dataset in characters: {len(text):,}' in out and 'downloading' not in out
         assert f'wrote {elsewhere / name}/' in out and {'train.bin', 'val.bin'} <= set(os.listdir(elsewhere / name))
-    meta = dataset.load_meta(str(elsewhere / 'shakespeare_char' / 'meta.pkl'))
-    ids = np.concatenate([np.fromfile(elsewhere / 'shakespeare_char' / f'{split}.bin', dtype=np.uint16)
-                          for split in ('train', 'val')])
-    assert ''.join(meta['itos'][int(i)] for i in ids) == text
-    refused(run_inproc('train.py', '--dataset=nope', '--device=cpu', f'--out_dir={tmp_path / "out"}'),
-            f"{elsewhere / 'nope'}/", 'mine', 'shakespeare_char')
+    assert ''.join(decoded(str(elsewhere / 'shakespeare_char'))[:2]) == text   # a full path: folder() keeps it
+    line = refused(run_inproc('train.py', '--dataset=nope', '--device=cpu', f'--out_dir={tmp_path / "out"}'),
+                   f"there is no dataset {elsewhere / 'nope'}/")   # and which are, prepared or preparable
+    listed = set(line.split('datasets here: ')[1].split(';')[0].split(', '))
+    assert {'mine', 'shakespeare_char', 'openwebtext', 'shakespeare', 'tinystories'} <= listed and 'char' not in listed
+    with pytest.raises(UserError, match='prepare the dataset first: python data/openwebtext/prepare.py'):
+        dataset.bin_path('openwebtext', 'train')   # its script is in the repository, its folder not yet made
 
-@pytest.mark.parametrize('root', ['a file', 'a folder that cannot be written'])
+@pytest.mark.parametrize('root', ['a file', '/sys'])   # /sys takes no new folders, even from root
 def test_a_data_dir_that_cannot_take_datasets_is_one_line(tmp_path, monkeypatch, root):
-    target = tmp_path / 'notes.txt'
+    target = tmp_path / 'notes.txt' if root == 'a file' else root
     if root == 'a file':
         target.write_text('my notes\n')
-    else:   # /sys refuses new folders even to root, for whom permission bits are no obstacle
-        target = '/sys'
-        if not os.path.isdir(target) or not os.access(target, os.R_OK) or os.path.exists('/sys/mine'):
-            pytest.skip('no /sys here')
+    elif not os.access(root, os.R_OK) or os.path.exists('/sys/mine'):
+        pytest.skip('no /sys here')
     monkeypatch.setattr(prepare, 'DATA_ROOT', str(target))   # what NANOGPT_DATA_DIR sets
     (tmp_path / 'mine.txt').write_text('my own words\n' * 20)
     assert_user_error(prep('char', '--input', tmp_path / 'mine.txt', '--name', 'mine', check=False),
@@ -299,15 +267,6 @@ def test_a_data_dir_that_cannot_take_datasets_is_one_line(tmp_path, monkeypatch,
         monkeypatch.setattr(dataset, 'DATA_ROOT', str(target))
         with pytest.raises(UserError, match=f'NANOGPT_DATA_DIR={target} is a file'):
             dataset.read_meta('mine')
-
-def test_unknown_dataset_lists_the_prepared_and_the_preparable():
-    with pytest.raises(UserError) as e:
-        dataset.bin_path('_test_nope', 'train')
-    assert f"there is no dataset {os.path.join(DATA_ROOT, '_test_nope')}/" in str(e.value)
-    listed = str(e.value).split('datasets here: ')[1].split(';')[0].split(', ')
-    assert {'openwebtext', 'shakespeare', 'tinystories'} <= set(listed) and 'char' not in listed
-    with pytest.raises(UserError, match='prepare the dataset first: python data/openwebtext/prepare.py'):
-        dataset.bin_path('openwebtext', 'train')   # its script is in the repository, its folder not yet made
 
 def test_download_makes_the_folder_and_leaves_nothing_when_it_fails(tmp_path):
     source, target = tmp_path / 'source.txt', tmp_path / 'root' / 'shakespeare_char' / 'input.txt'
@@ -324,68 +283,50 @@ def test_download_makes_the_folder_and_leaves_nothing_when_it_fails(tmp_path):
 def test_the_data_guard_sees_files_created_removed_and_rewritten(tmp_path):
     """conftest's check of the repository's data/ at the end of every session, on a folder of its own."""
     mine = tmp_path / 'data' / 'mine'
-    mine.mkdir(parents=True)
+    for path in (mine, mine.parent / 'new'):
+        path.mkdir(parents=True)
     for name in ('train.bin', 'val.bin', 'input.txt'):
         (mine / name).write_bytes(b'12345678')
     before = data_files(str(mine.parent))
     assert data_changes(before, data_files(str(mine.parent))) == []
     (mine / 'val.bin').unlink()
-    (mine.parent / 'new').mkdir()
     (mine.parent / 'new' / 'train.bin').write_bytes(b'')
     stat = os.stat(mine / 'train.bin')
     (mine / 'train.bin').write_bytes(b'87654321')
     os.utime(mine / 'train.bin', ns=(stat.st_atime_ns, stat.st_mtime_ns))   # only the bytes differ
     os.utime(mine / 'input.txt', ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))   # only the time
     assert data_changes(before, data_files(str(mine.parent))) == [
-        os.path.join('data', 'mine', 'input.txt') + ' changed', os.path.join('data', 'mine', 'train.bin') + ' changed',
-        os.path.join('data', 'mine', 'val.bin') + ' removed', os.path.join('data', 'new', 'train.bin') + ' created']
+        os.path.join('data', *path) for path in (('mine', 'input.txt changed'), ('mine', 'train.bin changed'),
+                                                 ('mine', 'val.bin removed'), ('new', 'train.bin created'))]
 
-# ----------------------------------------------------------------------------- writing: failures, kills, swaps
-
-def test_failed_write_leaves_previous_files_untouched(tmp_path, scratch):
-    out_dir = str(tmp_path / 'ds')
+def write_ids(out_dir, ids, meta=None, n_val=2):
     with prepare.Output(out_dir) as out:
-        out.write('train', np.arange(10))
-        out.write('val', np.arange(3))
-        out.commit({'vocab_size': 10})
-    with pytest.raises(RuntimeError), prepare.Output(out_dir) as out:
-        out.write('train', np.arange(1000))
-        raise RuntimeError('interrupted')
-    assert sorted(os.listdir(out_dir)) == ['meta.pkl', 'train.bin', 'val.bin']
-    assert np.array_equal(np.fromfile(os.path.join(out_dir, 'train.bin'), dtype=np.uint16), np.arange(10))
-    assert dataset.load_meta(os.path.join(out_dir, 'meta.pkl')) == {'vocab_size': 10}
-    with open(os.path.join(out_dir, 'meta.pkl.tmp'), 'wb') as f:   # as a killed prepare may leave it
-        f.write(b'stale')
-    with prepare.Output(out_dir) as out:   # a dataset without meta.pkl replaces one with it: the old one goes
-        out.write('train', np.arange(5))
-        out.write('val', np.arange(2))
-        out.commit()
-    assert sorted(os.listdir(out_dir)) == ['train.bin', 'val.bin']
-    name = scratch('new')
-    with pytest.raises(KeyboardInterrupt), prepare.output_dir(name) as new_dir, prepare.Output(new_dir):
-        raise KeyboardInterrupt
-    assert not os.path.exists(folder(name))
+        out.write('train', ids[:-n_val])
+        out.write('val', ids[-n_val:])
+        out.commit(meta)
 
-def test_a_swap_that_a_prepare_left_half_done_is_completed_by_the_next_reader(scratch, monkeypatch, capsys):
-    """Stopped after train.bin moved into place, the new dataset's val.bin and meta.pkl still under .tmp names:
-    the reader's first look completes the swap, and meta.pkl then describes the .bin files beside it."""
+def test_a_failed_write_keeps_the_dataset_and_a_stopped_swap_is_completed_by_the_reader(scratch, monkeypatch, capsys):
+    """A swap stopped after train.bin moved into place, the new val.bin and meta.pkl still under .tmp names: the
+    reader's first look completes it, and meta.pkl then describes the .bin files beside it."""
     name, replace, moved = scratch('swap'), os.replace, []
-
-    def prepare_ids(ids, vocab_size):
-        with prepare.Output(folder(name)) as out:
-            out.write('train', ids[:-2])
-            out.write('val', ids[-2:])
-            out.commit({'vocab_size': vocab_size})
-
     def stops_after_the_first_move(source, target):
         moved.append(target)
         if len(moved) == 3:   # the journal, then train.bin
             raise KeyboardInterrupt
         replace(source, target)
-    prepare_ids(np.arange(10), 10)
+    write_ids(folder(name), np.arange(13), {'vocab_size': 10}, n_val=3)
+    with pytest.raises(RuntimeError), prepare.Output(folder(name)) as out:
+        out.write('train', np.arange(1000))
+        raise RuntimeError('interrupted')
+    assert sorted(os.listdir(folder(name))) == ['meta.pkl', 'train.bin', 'val.bin']
+    assert np.array_equal(tokens(name, 'train'), np.arange(10)) and dataset.read_meta(name) == {'vocab_size': 10}
+    with open(os.path.join(folder(name), 'meta.pkl.tmp'), 'wb') as f:   # as a killed prepare may leave it
+        f.write(b'stale')
+    write_ids(folder(name), np.arange(7))   # a dataset without meta.pkl replaces one with it: the old one goes
+    assert sorted(os.listdir(folder(name))) == ['train.bin', 'val.bin']
     monkeypatch.setattr(os, 'replace', stops_after_the_first_move)
     with pytest.raises(KeyboardInterrupt):
-        prepare_ids(np.arange(20) % 3, 3)
+        write_ids(folder(name), np.arange(20) % 3, {'vocab_size': 3})
     monkeypatch.undo()
     assert [f for f in os.listdir(folder(name)) if f.startswith('.swap-')]   # left for the next command
     capsys.readouterr()
@@ -393,6 +334,10 @@ def test_a_swap_that_a_prepare_left_half_done_is_completed_by_the_next_reader(sc
     assert f"finished preparing data/{name}" in capsys.readouterr().out
     assert np.array_equal(np.concatenate([tokens(name, 'train'), tokens(name, 'val')]), np.arange(20) % 3)
     assert sorted(os.listdir(folder(name))) == ['meta.pkl', 'train.bin', 'val.bin']
+    new = scratch('new')   # and a new folder of a prepare that stops goes
+    with pytest.raises(KeyboardInterrupt), prepare.output_dir(new) as new_dir, prepare.Output(new_dir):
+        raise KeyboardInterrupt
+    assert not os.path.exists(folder(new))
 
 @pytest.fixture(scope='module')
 def big_text(tmp_path_factory):
@@ -405,9 +350,8 @@ def test_interrupted_prepare_leaves_no_finished_looking_files(big_text, scratch,
     name = scratch('interrupt')
     proc = subprocess.Popen([sys.executable, 'data/char/prepare.py', '--input', str(big_text), '--name', name],
                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not os.path.exists(os.path.join(folder(name), 'train.bin.tmp')) and proc.poll() is None \
-            and time.time() < deadline:
+    tmp, deadline = os.path.join(folder(name), 'train.bin.tmp'), time.time() + 120
+    while not os.path.exists(tmp) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
     assert proc.poll() is None, "prepare finished before it could be interrupted; use a larger input"
     proc.send_signal(sig)
@@ -417,15 +361,13 @@ def test_interrupted_prepare_leaves_no_finished_looking_files(big_text, scratch,
     if sig == signal.SIGINT:   # Ctrl-C also removes the temporary files (and the new folder); kill -9 cannot
         assert not os.path.exists(folder(name)), left
 
-# ----------------------------------------------------------------------------- TinyStories
-
 def story_files(tmp_path, kind, train=STORIES, val=VAL_STORIES):
     """The --train_file and --val_file arguments of stories written as TinyStories*.txt or .jsonl files."""
     args = []
     for split, flag, texts in (('train', '--train_file', train), ('valid', '--val_file', val)):
         path = tmp_path / f'TinyStories-{split}.{kind}'
-        path.write_text(stories_txt(texts) if kind == 'txt' else ''.join(json.dumps({'text': s}) + '\n'
-                                                                          for s in texts), encoding='utf-8')
+        jsonl = ''.join(json.dumps({'text': s}) + '\n' for s in texts)
+        path.write_text(stories_txt(texts) if kind == 'txt' else jsonl, encoding='utf-8')
         args += [flag, str(path)]
     return args
 
@@ -455,9 +397,9 @@ def test_txt_without_story_ends_stops_before_memory_grows(tmp_path, monkeypatch)
     path.write_text('A short story.\n<|endoftext|>\n' * 100, encoding='utf-8')
     assert sum(map(len, tiny_stories.txt_stories(str(path), chunk_bytes=64))) == 100
 
-def test_tinystories_from_txt_and_jsonl(tmp_path, scratch, hf_offline):
-    """Both scripts from both kinds of local files: .jsonl goes through load_dataset like the hub load, and gives
-    the bytes the .txt files give."""
+def test_tinystories_from_txt_and_jsonl_and_what_they_refuse(tmp_path, scratch, hf_offline):
+    """Both scripts from .txt and from .jsonl (through load_dataset, like the hub's): the same bytes; no validation
+    text, no files with the hub out of reach, and the separator inside a story are one line."""
     written = {}
     for kind in ('txt', 'jsonl'):
         char, bpe = scratch('tsc_' + kind), scratch('ts_' + kind)
@@ -474,8 +416,6 @@ def test_tinystories_from_txt_and_jsonl(tmp_path, scratch, hf_offline):
         assert not os.path.exists(os.path.join(folder(bpe), 'meta.pkl'))
         assert f"train has {len(gpt2_tokens(STORIES)):,} tokens" in out
     assert written['txt'] == written['jsonl']
-
-def test_tinystories_without_validation_text_or_offline_is_one_line(tmp_path, scratch, hf_offline):
     train_file = story_files(tmp_path, 'txt')[1]
     (tmp_path / 'valid.txt').write_text('<|endoftext|>\n\n<|endoftext|>\n')
     (tmp_path / 'valid.jsonl').write_text(json.dumps({'text': '   '}) + '\n')
@@ -493,15 +433,11 @@ def test_tinystories_without_validation_text_or_offline_is_one_line(tmp_path, sc
         refused(prep(script, check=False), 'roneneldan/TinyStories', 'OfflineModeIsEnabled',
                 '--train_file and --val_file')
         assert not os.path.exists(folder(script)) and time.time() - start < 60
-
-def test_tinystories_separator_inside_a_story_is_an_error(tmp_path, scratch):
     files, name = story_files(tmp_path, 'txt', train=STORIES + [f'I contain {SEP} myself.']), scratch('sep')
     refused(prep('tinystories_char', *files, '--name', name, check=False), '--separator')
     prep('tinystories_char', *files, '--name', name, '--separator', '\x03')
     train, _, meta = decoded(name)
     assert meta['separator'] == '\x03' and train.count('\x03') == len(STORIES) + 1
-
-def test_gpt2_tokens_equal_one_call_per_document():
     plain = VAL_STORIES + ['', 'x', '\n\n  spaces  \n'] + [cjk_text(3)] * 50
     for docs in (plain, plain + ['a doc holding the <|endoftext|> text'], []):
         assert np.array_equal(encode.gpt2_tokens(docs), gpt2_tokens(docs))

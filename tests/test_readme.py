@@ -1,7 +1,5 @@
-"""The README's commands run as written: every `python <script> ...` and `torchrun ... <script> ...` in its ```sh
-blocks and inline code names a script of this repository, every --key it passes is a setting of that script (a
-configurator script's module-level settings before configure(), read with ast; an argparse script's --help
-options; none for a script with neither), and every config file it names exists. A failure names the line."""
+"""The README's `python` and `torchrun` commands (```sh blocks and inline code) name scripts of this repository, their
+settings (a configurator script's, read with ast; an argparse script's --help) and config files that exist."""
 import ast
 import difflib
 import functools
@@ -20,8 +18,8 @@ CONTAINER_CALLS = {'sorted', 'list', 'dict', 'set', 'tuple', 'frozenset'}
 UNKNOWN = object()
 
 def readme_commands(text):
-    """(line number, command) for each python or torchrun command: a line of a ```sh block (a trailing
-    backslash continues it), or inline code that starts with one, which may wrap over lines."""
+    """(line, command) for each python or torchrun command in a ```sh block (a trailing backslash continues a line),
+    or in inline code, which may wrap over lines."""
     commands, prose, fence, pending = [], [], None, None
     for number, line in enumerate(text.splitlines(), 1):
         opening = re.match(r'\s*```\s*(\S*)', line)
@@ -37,15 +35,12 @@ def readme_commands(text):
         if pending is None and runs_a_script(command):
             commands.append((start, ' '.join(command.split())))
     prose = '\n'.join(prose)
-    for code in re.finditer(r'`([^`]+)`', prose):
-        command = ' '.join(code.group(1).split())
-        if runs_a_script(command) and command not in SYNTAX_LINES:
-            commands.append((prose.count('\n', 0, code.start()) + 1, command))
-    return sorted(commands)
+    inline = [(prose.count('\n', 0, code.start()) + 1, ' '.join(code.group(1).split()))
+              for code in re.finditer(r'`([^`]+)`', prose)]
+    return sorted(commands + [(n, c) for n, c in inline if runs_a_script(c) and c not in SYNTAX_LINES])
 
 def words(command):
-    """The command's words without environment assignments in front; a <placeholder> is one word, and '...',
-    arguments left out, none."""
+    """The command's words less environment assignments in front and '...'; a <placeholder> is one word."""
     command = re.sub(r'<[^<>]*>', 'PLACEHOLDER', command)
     try:
         found = shlex.split(command, comments=True)
@@ -59,21 +54,16 @@ def runs_a_script(command):
     return words(command)[:1] in (['python'], ['python3'], ['torchrun'])
 
 def script_and_arguments(command):
-    """(script, its arguments), or None for `python -m ...` and the like. torchrun's own options come before
-    the script and are written --key=value."""
+    """(script, its arguments), or None for `python -m ...`; torchrun's options (--key=value) come first."""
     rest = words(command)[1:]
     if words(command)[0] == 'torchrun':
         while rest and rest[0].startswith('-'):
             rest.pop(0)
-    if not rest or rest[0].startswith('-'):
-        return None
-    return rest[0], rest[1:]
+    return (rest[0], rest[1:]) if rest and not rest[0].startswith('-') else None
 
 def setting_value(node, earlier):
-    """(whether an assignment's value is of a type configurator.settable_keys takes: bool, int, float, str or
-    None; the value). Literals and arithmetic on them and on earlier settings are worked out; a call is taken
-    for a default worked out at start-up (hardware.best_device()), its value unknown, unless it builds a
-    container."""
+    """(whether the value is of a type configurator.settable_keys takes, the value): literals and arithmetic on them
+    and earlier settings worked out; a call, unless it builds a container, a default found at start-up (unknown)."""
     if isinstance(node, ast.Call):
         return ast.unparse(node.func) not in CONTAINER_CALLS, UNKNOWN
     try:
@@ -143,23 +133,21 @@ def test_readme_command(line, command):
 
 def test_the_check_finds_what_is_wrong():
     assert COMMANDS, "found no python or torchrun command in README.md: has the README or its layout changed?"
-    text = '\n'.join([
-        "```sh",
-        "python sample.py --out_dir=x --no_such_setting=1 --top_k=5    # a comment --not_a_flag",
-        "OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 train.py config/missing.py \\",
-        "    --device=cpu --max_iter=5",
-        "python nowhere.py",
-        "python data/char/prepare.py --input x.txt --nmae y --force",
-        "python data/shakespeare_char/prepare.py --name=mine",
-        "python train.py --batch_size 12",
-        "pip install --no-such-pip-flag torch",
-        "```",
-        "```",
-        "python sample.py --in_an_output_block=1",
-        "```",
-        "Inline: `python train.py config/train_shakespeare_char.py",
-        "--batch_sise=32`, `python -m pytest -q tests`, and `python train.py config/file.py --key=value`.",
-    ])
+    text = """```sh
+python sample.py --out_dir=x --no_such_setting=1 --top_k=5    # a comment --not_a_flag
+OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 train.py config/missing.py \\
+    --device=cpu --max_iter=5
+python nowhere.py
+python data/char/prepare.py --input x.txt --nmae y --force
+python data/shakespeare_char/prepare.py --name=mine
+python train.py --batch_size 12
+pip install --no-such-pip-flag torch
+```
+```
+python sample.py --in_an_output_block=1
+```
+Inline: `python train.py config/train_shakespeare_char.py
+--batch_sise=32`, `python -m pytest -q tests`, and `python train.py config/file.py --key=value`."""
     found = [(line, p) for line, command in readme_commands(text) for p in problems(command)]
     assert found == [
         (2, "sample.py has no setting --no_such_setting"),

@@ -1,5 +1,5 @@
-"""sample.py on a checkpoint trained here: text comes out, seeded per sample, from ckpt.pt or
-from latest.pt when that is all there is, with prompts given inline or from a file."""
+"""sample.py on a checkpoint trained here: text seeded per sample, from ckpt.pt (or latest.pt when that is all there
+is), prompts inline or from a file, samples ended at the separator or a stop string."""
 import functools
 import os
 import re
@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
+import tiny_runs
 from conftest import CORE_WORDS, REPO_ROOT, core_text, run_inproc
+from model import GPT
 
 SEPARATOR = '---------------'
 PROMPTS = ('the cat', 'the dog', 'a mat')
@@ -42,8 +44,7 @@ def test_samples_of_the_trained_model_each_seeded_alike_streamed_or_batched_and_
     run = sample()
     samples = samples_of(run.stdout, 'the')
     assert len(samples) == 3 and len(set(samples)) > 1  # each sample has its own seed
-    for s in samples:
-        assert s.startswith('the') and len(s) == 3 + 20 and set(s) <= set(core_text())
+    assert all(s.startswith('the') and len(s) == 3 + 20 and set(s) <= set(core_text()) for s in samples), samples
     assert re.search(r'generated 60 tokens in [\d.]+s', run.stderr)
     # a model that learned the words writes mostly words of the list, not random characters
     words = ' '.join(s.replace('\n', ' ') for s in samples).split()
@@ -92,25 +93,17 @@ def test_a_reader_that_leaves_ends_sampling_without_a_traceback(tiny_run):
         pass
     proc.stdout.close()
     stderr = proc.stderr.read()
-    assert proc.wait(timeout=120) == 1
-    assert stderr == '', stderr
-
-# ----------------------------------------------------------------------------- ending a sample
+    assert proc.wait(timeout=120) == 1 and stderr == '', stderr
 
 def scripted_generation(monkeypatch, tokens):
-    """Make GPT.generate_tokens yield these token ids, in every row, whatever the model says: the
-    tests below see exactly what sample.py prints for a given stream of tokens."""
-    import torch
-    from model import GPT
-
+    """GPT.generate_tokens yields these token ids in every row, whatever the model says."""
     def generate_tokens(self, idx, max_new_tokens, *args, **kwargs):
         for token in tokens[:max_new_tokens]:
-            yield torch.full((idx.size(0), 1), token, dtype=torch.long, device=idx.device)
+            yield idx.new_full((idx.size(0), 1), token)
     monkeypatch.setattr(GPT, 'generate_tokens', generate_tokens)
 
 def test_a_gpt2_sample_ends_at_endoftext(monkeypatch, tmp_path):
     import tiktoken
-    import tiny_runs
     tiny_runs.save_checkpoint(tiny_runs.make_model(vocab_size=50304, n_embd=16, block_size=32), str(tmp_path),
                               '_no_such_dataset')
     enc = tiktoken.get_encoding('gpt2')
@@ -135,7 +128,6 @@ SCRIPT = ' cat sat on a mat\nthen'
 ])
 def test_a_sample_ends_at_the_separator_or_a_stop_string(monkeypatch, make_dataset, tmp_path, stream, script,
                                                          settings, expected):
-    import tiny_runs
     text = 'the cat sat on a mat\nthen|a dog ran far|' * 50
     name = make_dataset('separator', text=text, meta_extra={'separator': '|'})
     tiny_runs.save_checkpoint(tiny_runs.make_model(vocab_size=len(set(text)), block_size=32), str(tmp_path), name)

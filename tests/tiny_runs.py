@@ -1,5 +1,6 @@
-"""Tiny character datasets and checkpoints in train.py's format for the export, evaluation and plotting tests
-(datasets in the session's data folder, removed by the tests that make them)."""
+"""Tiny character datasets (in the session's data folder) and checkpoints in train.py's format, for the export,
+evaluation and plotting tests."""
+import contextlib
 import os
 import shutil
 
@@ -12,13 +13,17 @@ from model import GPT, GPTConfig
 
 CHARS = sorted(set("abcdefghijklmnopqrstuvwxyz ,.;:!?'\nABCDEFGHIJ"))
 
-def make_char_dataset(tag):
-    """data/_test_<tag>: 6000 train and 1003 val tokens of random text over CHARS, in runs of two letters so that a
-    few training steps lower the loss; returns its name."""
+@contextlib.contextmanager
+def char_dataset(tag):
+    """data/_test_<tag> while in use: 6000 train and 1003 val tokens of random text over CHARS, in runs of two letters
+    so that a few training steps lower the loss."""
     ids = np.random.default_rng(0).integers(0, len(CHARS), 7003)
     ids[1::2] = ids[0::2][:len(ids[1::2])]
     write_char_dataset(f'_test_{tag}', ''.join(CHARS[i] for i in ids), val_fraction=1003 / 7003)
-    return f'_test_{tag}'
+    try:
+        yield f'_test_{tag}'
+    finally:
+        remove_dataset(f'_test_{tag}')
 
 def remove_dataset(name):
     assert name.startswith('_test_')
@@ -26,16 +31,14 @@ def remove_dataset(name):
 
 def make_model(activation='gelu', bias=True, block_size=16, n_layer=2, n_head=2, n_embd=32, seed=0,
                vocab_size=len(CHARS)):
-    """A GPT with large random weights: activations of order 1 and logits of order 10, so that
-    a wrong GELU, a missing bias or a transposed matrix shows far above the tolerances
-    (the usual 0.02-std init keeps everything near 0, where such mistakes hide)."""
+    """A GPT with large random weights: activations of order 1 and logits of order 10, so that a wrong GELU, a
+    missing bias or a transposed matrix shows far above the tolerances (0.02-std weights keep all near 0)."""
     torch.manual_seed(seed)
-    config = GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-                       n_embd=n_embd, bias=bias, activation=activation)
-    model = GPT(config)
+    model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                          bias=bias, activation=activation))
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith('ln_1.weight') or name.endswith('ln_2.weight') or name.endswith('ln_f.weight'):
+            if name.endswith(('ln_1.weight', 'ln_2.weight', 'ln_f.weight')):
                 p.uniform_(0.5, 1.5)
             elif p.dim() == 1:
                 p.normal_(0.0, 0.3)  # biases
@@ -47,14 +50,13 @@ def make_model(activation='gelu', bias=True, block_size=16, n_layer=2, n_head=2,
 
 def save_checkpoint(model, out_dir, dataset_name, iter_num=100):
     os.makedirs(out_dir, exist_ok=True)
-    ckpt = {'model': model.state_dict(), 'optimizer': {}, **checkpoint.architecture_entries(model.config),
-            'iter_num': iter_num, 'best_val_loss': 9.9,
-            'config': {'dataset': dataset_name, 'batch_size': 4, 'eval_iters': 3, 'seed': 1337}}
-    torch.save(ckpt, os.path.join(out_dir, 'ckpt.pt'))
+    torch.save({'model': model.state_dict(), 'optimizer': {}, **checkpoint.architecture_entries(model.config),
+                'iter_num': iter_num, 'best_val_loss': 9.9,
+                'config': {'dataset': dataset_name, 'batch_size': 4, 'eval_iters': 3, 'seed': 1337}},
+               os.path.join(out_dir, 'ckpt.pt'))
     return os.path.join(out_dir, 'ckpt.pt')
 
 def full_logits(model, idx):
     """Every position's logits from GPT.forward itself (targets make it return them all)."""
     with torch.no_grad():
-        logits, _ = model(idx, idx)
-    return logits
+        return model(idx, idx)[0]

@@ -1,16 +1,12 @@
 """A character-level dataset from any UTF-8 text, in any language.
 
-    python data/char/prepare.py --input novel.txt --name doupo      # then train with --dataset=doupo
-"""
+    python data/char/prepare.py --input novel.txt --name doupo      # then train with --dataset=doupo"""
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from helpers import encode, prepare  # noqa: E402
 
-if __name__ == '__main__':
-    args = prepare.own_text_arguments(__doc__).parse_args()
-    prepare.check_input_file(args.input)
-    with prepare.output_dir(args.name, args.force) as out_dir:
-        encode.chars_from_file(args.input, out_dir, args.val_fraction,
-                                'replace' if args.replace_invalid_utf8 else 'strict', args.val_split)
+args = prepare.own_text_arguments(__doc__).parse_args()
+with prepare.output_dir(args.name, args.force) as out_dir:
+    encode.chars_from_file(args.input, out_dir, args.val_fraction, args.errors, args.val_split)

@@ -1,5 +1,4 @@
-"""OpenWebText in GPT-2 BPE (uint16), from the Hugging Face hub or local files (--source): about 9B train and 4M
-val tokens, 17 GB and 8.5 MB; val is a 0.0005 share of the documents (train_test_split, seed 2357). See readme.md."""
+"""OpenWebText in GPT-2 BPE, from the Hugging Face hub or local files (--source), split as nanoGPT's. See readme.md."""
 import argparse
 import os
 import sys
@@ -7,7 +6,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from helpers import documents, prepare  # noqa: E402
 
-if __name__ == '__main__':
+if __name__ == '__main__':   # load_dataset's worker processes (spawned on macOS) import this file again
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--source', help='local documents instead of the hub: a file, folder or glob of .txt '
                                          "(one document per file), .json/.jsonl or .parquet files (a 'text' field)")
