@@ -1,9 +1,5 @@
 """Time a training iteration (forward, backward, optimizer step) after a warm-up: ms/iter, tokens/s, MFU.
-
-$ python bench.py                                   # GPT-2 124M, batch 12 x 1024, openwebtext
-$ python bench.py --device=cpu --compile=False --real_data=False --n_layer=4 --n_head=4 --n_embd=128 --block_size=64
-$ python bench.py --profile=True                    # also writes a torch.profiler trace to ./bench_log
-"""
+$ python bench.py --device=cpu --compile=False --real_data=False --n_layer=4 --n_head=4 --n_embd=128 --block_size=64"""
 import os
 import time
 
@@ -32,7 +28,7 @@ compile = True  # use PyTorch 2.0 to compile the model to be faster
 profile = False  # use the pytorch profiler, or just simple benchmarking?
 warmup_iters = 10  # untimed iterations first (compilation, allocator and kernel autotuning settle)
 bench_iters = 20  # timed iterations
-profile_dir = './bench_log'
+profile_dir = './bench_log'  # where --profile=True writes a torch.profiler trace
 # -----------------------------------------------------------------------------
 explicit = configurator.configure(globals())
 dtype, ctx = hardware.setup(device, dtype if 'dtype' in explicit else None)
@@ -57,21 +53,18 @@ if real_data:
 else:
     x, y = (torch.randint(vocab_size, (batch_size, block_size), device=device) for _ in range(2))
 
-def get_batch():
-    return data.get_batch(train_path, token_dtype, batch_size, block_size, device) if real_data else (x, y)
-
 model = GPT(GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout, bias=bias,
                       vocab_size=vocab_size))
 model.activation_checkpointing = activation_checkpointing
 model.to(device)
 optimizer = optim.build(optimizer, model, weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95),
                         device_type=device_type)
-net = model
 if compile:
     print("Compiling model...")
     model = torch.compile(model)
 
-def train_step(X, Y):
+def train_step():
+    X, Y = data.get_batch(train_path, token_dtype, batch_size, block_size, device) if real_data else (x, y)
     with ctx:
         _, loss = model(X, Y)
     loss.backward()
@@ -79,13 +72,11 @@ def train_step(X, Y):
     optimizer.zero_grad(set_to_none=True)
     return loss
 
-X, Y = get_batch()
 if profile:
     with torch.profiler.profile(schedule=torch.profiler.schedule(wait=5, warmup=5, active=5, repeat=1),
                                 on_trace_ready=torch.profiler.tensorboard_trace_handler(profile_dir)) as prof:
         for k in range(15):  # the last 5 traced
-            loss = train_step(X, Y)
-            X, Y = get_batch()
+            loss = train_step()
             print(f"{k}/15 loss: {loss.item():.4f}")
             prof.step()
     print(f"profiler trace written to {os.path.abspath(profile_dir)}")
@@ -95,13 +86,12 @@ else:
             continue
         hardware.sync(device)
         t0 = time.time()
-        for k in range(num_steps):
-            loss = train_step(X, Y)
-            X, Y = get_batch()
+        for _ in range(num_steps):
+            loss = train_step()
         hardware.sync(device)
         dt = time.time() - t0
         print(f"{stage}: {num_steps} iters, last loss {loss.item():.4f}")
-    mfu = net.estimate_mfu(batch_size, dt / bench_iters, hardware.peak_flops(device, dtype))
+    mfu = model.estimate_mfu(batch_size, dt / bench_iters, hardware.peak_flops(device, dtype))
     mfu_text = f"{mfu * 100:.2f}%" if mfu is not None else "n/a (peak FLOP/s of this device not known)"
     print(f"time per iteration: {dt / bench_iters * 1000:.2f}ms, "
           f"tokens/s: {batch_size * block_size * bench_iters / dt:,.0f}, MFU: {mfu_text}")

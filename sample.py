@@ -50,17 +50,15 @@ tok = tokenizer.from_entry(data.checkpoint_entry(ckpt)) if ckpt is not None else
     tokenizer.for_pretrained(init_from, model.config.vocab_size)
 del ckpt  # the weights now live in the model
 model.eval().to(device)
-if compile:
-    # generate() calls the model's forward directly; compile that, with shapes that vary per step
+if compile:  # generate() calls the model's forward directly: compile that, with shapes that vary per step
     model.forward = torch.compile(model.forward, dynamic=True)
 end_token = tok.end_token if stop_at_end else None
-prompt_texts = tokenizer.read_prompts(prompts) if prompts else [tokenizer.read_prompt(start)]
+prompt_texts = tokenizer.read_prompts(start, prompts)
 prompt_ids = [tok.encode(text) for text in prompt_texts]
 
 class SampleText:
     """One sample's text as its tokens arrive, cut before end_token or a stop string; a tail that could
     begin a stop string waits, so nothing after a stop is ever printed, even when it spans tokens."""
-
     def __init__(self):
         self.decode_next = tok.stream_decoder()
         self.pending = ''  # decoded, not yet handed out
@@ -95,8 +93,7 @@ def sample_batch(ids, first_sample, count):
             return
     yield [t.pending for t in texts]  # max_new_tokens reached: what was held back is final too
 
-n_tokens = 0
-t0 = time.time()
+n_tokens, t0 = 0, time.time()
 with torch.no_grad(), ctx:
     for p, (text, ids) in enumerate(zip(prompt_texts, prompt_ids)):
         if prompts:
@@ -105,15 +102,12 @@ with torch.no_grad(), ctx:
             for k in range(num_samples):
                 sys.stdout.write(text)
                 for [piece] in sample_batch(ids, k, 1):
-                    sys.stdout.write(piece)
-                    sys.stdout.flush()
+                    print(piece, end='', flush=True)
                 print('\n---------------')
         else:
-            samples = [text] * num_samples
-            for pieces in sample_batch(ids, 0, num_samples):
-                samples = [s + piece for s, piece in zip(samples, pieces)]
-            for sample in samples:
-                print(f"{sample}\n---------------")
+            steps = list(sample_batch(ids, 0, num_samples))  # each step: a piece of text per sample
+            for pieces in zip(*steps):
+                print(f"{text}{''.join(pieces)}\n---------------")
 hardware.sync(device)
 elapsed = time.time() - t0
 print(f"generated {n_tokens} tokens in {elapsed:.2f}s ({n_tokens / elapsed:.1f} tokens/s, "

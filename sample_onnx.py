@@ -32,8 +32,7 @@ def load(path):
     if os.path.isdir(path):
         raise UserError(f"{path} is a folder; pass the .onnx file that export_onnx.py wrote with --onnx_path")
     if not os.path.isfile(path):
-        raise UserError(f"no ONNX model at {path}; export one first: "
-                        "python export_onnx.py --out_dir=<your out_dir>")
+        raise UserError(f"no ONNX model at {path}; export one first: python export_onnx.py --out_dir=<your out_dir>")
     try:
         session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     except Exception as e:  # onnxruntime's errors for damaged or foreign files run over many lines
@@ -63,7 +62,7 @@ def pick_token(logits, temperature, top_k, rng):
 
 def main():
     session, block_size, vocab = load(onnx_path or os.path.join(out_dir, 'model.onnx'))
-    prompt = tokenizer.read_prompt(start)
+    [prompt] = tokenizer.read_prompts(start)
     start_ids = vocab.encode(prompt)
     t0 = time.time()
     for k in range(num_samples):
@@ -73,8 +72,7 @@ def main():
         for _ in range(max_new_tokens):  # each step runs the whole context, cropped to block_size
             logits = session.run(['logits'], {'idx': np.asarray([ids[-block_size:]], dtype=np.int64)})[0][0, -1]
             ids.append(pick_token(logits.astype(np.float64), temperature, top_k, rng))
-            sys.stdout.write(decode_next(ids[-1]))
-            sys.stdout.flush()
+            print(decode_next(ids[-1]), end='', flush=True)
         print('\n---------------')
     n_tokens, elapsed = num_samples * max_new_tokens, time.time() - t0
     print(f"generated {n_tokens} tokens in {elapsed:.2f}s ({n_tokens / elapsed:.1f} tokens/s, onnxruntime)",

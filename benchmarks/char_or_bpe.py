@@ -1,38 +1,30 @@
 """Which tokenizer trains the better model in equal time (the long laptop config's time on shakespeare_char): a
 text by character and in BPEs of several sizes, in val bits per byte; a table for benchmarks/README.md.
-$ python benchmarks/char_or_bpe.py --input=data/shakespeare_char/input.txt --name=tiny_shakespeare
-"""
+$ python benchmarks/char_or_bpe.py --input=data/shakespeare_char/input.txt --name=tiny_shakespeare"""
 import argparse
 import concurrent.futures
 import os
 import re
 import statistics
-import subprocess
 import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.performance import run  # noqa: E402
+
 CONFIG = 'config/train_shakespeare_char_cpu_long.py'
-
-def run(*args):
-    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS='1'))  # one core per run, runs side by side
-    if result.returncode:
-        sys.exit(f"{' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return result.stdout
 
 def train(dataset, out_dir, iters, *settings):
     """(wall seconds, median ms per iteration) of the long laptop config on dataset."""
-    started = time.time()
-    log = run('train.py', CONFIG, f'--dataset={dataset}', f'--out_dir={out_dir}', '--overwrite=True',
-              f'--max_iters={iters}', f'--lr_decay_iters={iters}', f'--eval_interval={max(1, iters // 10)}', *settings)
-    return time.time() - started, statistics.median(float(ms) for ms in re.findall(r'time ([\d.]+)ms', log))
+    log, seconds = run('train.py', CONFIG, f'--dataset={dataset}', f'--out_dir={out_dir}', '--overwrite=True',
+                       f'--max_iters={iters}', f'--lr_decay_iters={iters}', f'--eval_interval={max(1, iters // 10)}',
+                       *settings)
+    return seconds, statistics.median(float(ms) for ms in re.findall(r'time ([\d.]+)ms', log))
 
 def measure(dataset, out_dir, iters):
     seconds, _ = train(dataset, out_dir, iters)
-    bpb = float(re.search(r'val: .*?([\d.]+) bits per byte', run('evaluate.py', f'--out_dir={out_dir}',
-                                                                 '--full_pass=True')).group(1))
-    sample = run('sample.py', f'--out_dir={out_dir}', '--num_samples=1', '--max_new_tokens=120', '--start=\n')
+    evaluation, _ = run('evaluate.py', f'--out_dir={out_dir}', '--full_pass=True')
+    bpb = float(re.search(r'val: .*?([\d.]+) bits per byte', evaluation).group(1))
+    sample, _ = run('sample.py', f'--out_dir={out_dir}', '--num_samples=1', '--max_new_tokens=120', '--start=\n')
     text = [s.strip() for s in sample.split('---------------')[0].splitlines() if not s.startswith('Overriding')]
     line = next((s for s in text if len(s) >= 40), max(text, key=len, default=''))  # a line of text, not a name
     return dict(dataset=dataset, iters=iters, seconds=seconds, bpb=bpb, sample=line[:80])
@@ -45,6 +37,7 @@ def main():
     parser.add_argument('--val_split', default='end', choices=('end', 'spread'))
     parser.add_argument('--budget_iters', type=int, default=3300, help="the long config's iterations (fewer: quicker)")
     args = parser.parse_args()
+    os.environ['OMP_NUM_THREADS'] = '1'  # for every run: one core each, two side by side
     names = {0: f'{args.name}_char', **{int(v): f'{args.name}_bpe{v}' for v in args.vocab_sizes.split(',')}}
     for v, name in names.items():
         run(f'data/{"char" if v == 0 else "bpe"}/prepare.py', f'--input={args.input}', f'--name={name}', '--force',

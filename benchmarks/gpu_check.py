@@ -1,7 +1,6 @@
 """Everything that needs an NVIDIA GPU in one command and one table, most telling part first, within --minutes: a
 part that would not fit is skipped; a budget cut or Ctrl+C still prints the table; exits 1 if a part failed."""
 import argparse
-import datetime
 import os
 import re
 import signal
@@ -44,14 +43,14 @@ def run(args, seconds):
                             text=True, start_new_session=True)
     try:
         output = proc.communicate(timeout=max(seconds - GRACE, 1))[0]
-        return proc.returncode, output or ''
+        return proc.returncode, output
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGINT)
         try:
-            return None, proc.communicate(timeout=GRACE)[0] or ''
+            return None, proc.communicate(timeout=GRACE)[0]
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            return None, proc.communicate()[0] or ''
+            return None, proc.communicate()[0]
     except BaseException:  # Ctrl+C: no part goes on alone
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -60,9 +59,7 @@ def run(args, seconds):
 def test_rows(junit_path):
     """(test, result, figure) for each test case of a junit XML file."""
     rows = []
-    for case in ElementTree.parse(junit_path).iter('testcase'):
-        if case.get('name') is None:  # pytest's record of an interrupted session, not a test
-            continue
+    for case in ElementTree.parse(junit_path).iterfind('.//testcase[@name]'):  # not an interrupt's nameless record
         name = f"{case.get('classname', '').split('.')[-1]}::{case.get('name')}"
         outcome = next((child for child in case if child.tag in ('failure', 'error', 'skipped')), None)
         result = 'passed' if outcome is None else outcome.tag
@@ -107,8 +104,7 @@ def main(minutes, tmp):
     except KeyboardInterrupt:
         rows.append(('(stopped by Ctrl+C)', 'failed: the parts not listed did not run', '', 0))
     finally:
-        print(f"\nmachine: {machine()}; date: {datetime.date.today()}; "
-              f"{minutes - (deadline - time.time()) / 60:.1f} of {minutes:g} minutes\n")
+        print(f"\n{machine()}; {minutes - (deadline - time.time()) / 60:.1f} of {minutes:g} minutes\n")
         print("| part | result | figure | seconds |\n|---|---|---|---:|")
         for part, result, figure, seconds in rows:
             print(f"| {part} | {result} | {figure} | {seconds:.0f} |")

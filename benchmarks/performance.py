@@ -37,26 +37,25 @@ def machine():
         cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')),
                    cpu)
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ''
-    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
+    return f"machine: {cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}; date: {datetime.date.today()}"
 
-def run(command, out_dir=None):
-    """(stdout, wall seconds) of `python <command>` in the repo root; exits on a failure."""
-    args = command.split() + ([f'--out_dir={out_dir}', '--overwrite=True'] if out_dir else [])
+def run(*args):
+    """(stdout, wall seconds) of `python args` in the repo root; exits on a failure."""
     start = time.time()
     proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
-        sys.exit(f"python {command} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        sys.exit(f"python {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return proc.stdout, time.time() - start
 
 def bench_row(label, command):
-    out, _ = run(command)
+    out, _ = run(*command.split())
     ms, tokens, mfu = re.search(r'time per iteration: ([\d.]+)ms, tokens/s: ([\d,]+), MFU: (\S+)', out).groups()
     return f"| {label} | `python {command}` | {ms} | {tokens} | {mfu.rstrip(',')} |"
 
 def train_row(label, command, out_dir):
     files.write_text(os.path.join(out_dir, MADE_HERE),
                      "benchmarks/performance.py made this folder and replaces the run in it each time it runs\n")
-    out, seconds = run(f'train.py {command}', out_dir)
+    out, seconds = run('train.py', *command.split(), f'--out_dir={out_dir}', '--overwrite=True')
     step, val = re.findall(r'^step (\d+): train loss [\d.]+, val loss ([\d.]+)', out, re.M)[-1]
     return seconds, float(val), (f"| {label} (`{os.path.basename(out_dir)}`) | `python train.py {command}` | "
                                  f"{seconds:.0f} s | {val} (step {step}) |")
@@ -75,9 +74,9 @@ def main():
                                  '--runs_dir')
     if not os.path.exists(os.path.join(data.data_dir('shakespeare_char'), 'train.bin')):
         run('data/shakespeare_char/prepare.py')
-    print(f"machine: {machine()}; date: {datetime.date.today()}; load average before: {os.getloadavg()[0]:.2f}\n")
-    if args.only in (None, 'training'):
-        print("| model | command | ms/iter | tokens/s | MFU |\n|---|---|---:|---:|---:|")
+    print(f"{machine()}; load average before: {os.getloadavg()[0]:.2f}")
+    if args.only in (None, 'training'):  # each table after a blank line
+        print("\n| model | command | ms/iter | tokens/s | MFU |\n|---|---|---:|---:|---:|")
         if not cuda:
             print(bench_row('CPU recipe (4 x 128, 64 characters, batch 12)',
                             f'bench.py --device=cpu {RECIPE_MODEL} --bench_iters=100'))
@@ -85,9 +84,8 @@ def main():
                         f'bench.py {CHAR_MODEL}' + ('' if cuda else ' --warmup_iters=2 --bench_iters=3')))
         print(bench_row(f"GPT-2 124M, batch {12 if cuda else 1} x 1024", 'bench.py --real_data=False' +
                         ('' if cuda else ' --batch_size=1 --warmup_iters=1 --bench_iters=3')))
-        print()
     if args.only in (None, 'laptop'):
-        print("| run | command | wall time | final val loss |" +
+        print("\n| run | command | wall time | final val loss |" +
               ("\n|---|---|---:|---:|" if cuda else " time / recipe |\n|---|---|---:|---:|---:|"))
         with tempfile.TemporaryDirectory() as tmp:
             reference = None
@@ -95,10 +93,9 @@ def main():
                 seconds, _, row = train_row(label, command, os.path.join(args.runs_dir or tmp, name))
                 reference = reference or seconds
                 print(row if cuda else f"{row} {seconds / reference:.2f}x |")  # a CPU's time over the recipe's
-        print()
     if args.only in (None, 'sampling'):
-        out, _ = run('benchmarks/sampling.py' + ('' if cuda else ' --device=cpu'))
-        print('\n'.join(line for line in out.splitlines() if line.startswith(('|', 'device'))))
+        out, _ = run('benchmarks/sampling.py', f"--device={'cuda' if cuda else 'cpu'}")
+        print('\n' + '\n'.join(line for line in out.splitlines() if line.startswith(('|', 'device'))))
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
 if __name__ == '__main__':

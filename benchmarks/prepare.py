@@ -25,7 +25,6 @@ def write_corpus(path, size_bytes, seed):
     if os.path.exists(path):
         return path
     rng = np.random.default_rng(seed)
-
     def sentence():
         return ' '.join(rng.choice(WORDS, rng.integers(4, 14))).capitalize() + str(rng.choice(['.', '.', '!', '?']))
     pool = [('\n\n'.join(' '.join(sentence() for _ in range(rng.integers(2, 7))) for _ in range(rng.integers(1, 4)))
@@ -97,11 +96,10 @@ parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument('--size_mb', type=int, default=1024, help='size of the character-level corpus (32: quick)')
 parser.add_argument('--bpe_size_mb', type=int, default=256, help='size of the BPE corpus (8: quick)')
 parser.add_argument('--workdir', help='where the corpora go (default: a temporary folder, deleted)')
-parser.add_argument('--reference_char', nargs=2, help=argparse.SUPPRESS)  # measure()'s child: the reference alone
-parser.add_argument('--reference_bpe', nargs=3, help=argparse.SUPPRESS)
+parser.add_argument('--reference', nargs='+', help=argparse.SUPPRESS)  # measure()'s child: char or bpe, its paths
 args = parser.parse_args()
-if args.reference_char or args.reference_bpe:
-    sys.exit(reference_char(*args.reference_char) if args.reference_char else reference_bpe(*args.reference_bpe))
+if args.reference:
+    sys.exit({'char': reference_char, 'bpe': reference_bpe}[args.reference[0]](*args.reference[1:]))
 print(f"machine: {platform.platform()}, {os.cpu_count()} CPU cores, "
       f"Python {platform.python_version()}, numpy {np.__version__}")
 print("load average before: %.2f %.2f %.2f (other jobs slow wall times more than CPU times)" % os.getloadavg())
@@ -111,14 +109,14 @@ if args.workdir:
 with tempfile.TemporaryDirectory(prefix='bench_prepare_', dir=args.workdir) as ref_dir:
     workdir = args.workdir or ref_dir
     train, val = corpus(workdir, 'chars', args.size_mb, seed=10)
-    rows = [('reference: whole file, list of ints (nanoGPT)', measure(__file__, '--reference_char', train, ref_dir),
+    rows = [('reference: whole file, list of ints (nanoGPT)', measure(__file__, '--reference', 'char', train, ref_dir),
              '-'), run('char', ['--input', train], ref_dir),
             run('tinystories_char', ['--train_file', train, '--val_file', val])]
     size = os.path.getsize(train)
     table(f"character level, {size / 2**20:,.0f} MiB TinyStories-format file ({size:,} bytes)", 'MiB/s',
           size / 2**20, rows)
     train, val = corpus(workdir, 'bpe', args.bpe_size_mb, seed=20)
-    rows = [('reference: one encode_ordinary per story', measure(__file__, '--reference_bpe', train, val, ref_dir),
+    rows = [('reference: one encode_ordinary per story', measure(__file__, '--reference', 'bpe', train, val, ref_dir),
              '-'), run('tinystories', ['--train_file', train, '--val_file', val], ref_dir)]
     tokens = sum(os.path.getsize(os.path.join(ref_dir, f)) for f in BINS) // 2
     table(f"GPT-2 BPE, {(os.path.getsize(train) + os.path.getsize(val)) / 2**20:,.0f} MiB of TinyStories-format "

@@ -1,6 +1,5 @@
-"""Sampling speed with and without the KV cache, in tokens/s, and whether both paths return the same tokens, for a
-GPT-2 124M shape (random weights) and the shakespeare_char model (shakespeare_out_dir's checkpoint, else its shape)
-within and past its context window: python benchmarks/sampling.py [--models=gpt2] [--lengths=200] [--device=cuda]"""
+"""Tokens/s of sampling with and without the KV cache, and whether both give the same tokens, for a GPT-2 124M shape
+(random weights) and the shakespeare_char model (shakespeare_out_dir's, else its shape) within and past its window."""
 import os
 import sys
 import time
@@ -55,8 +54,8 @@ if 'shakespeare' in models:
         name = f"shakespeare_char ({shakespeare_out_dir})"
         m = checkpoint.model_from_checkpoint(checkpoint.load(shakespeare_out_dir), dropout=0.0)
     else:  # the config's shape
-        name, m = "shakespeare_char shape (random weights)", GPT(GPTConfig(
-            block_size=256, vocab_size=65, n_layer=6, n_head=6, n_embd=384, bias=False))
+        name = "shakespeare_char shape (random weights)"
+        m = GPT(GPTConfig(block_size=256, vocab_size=65, n_layer=6, n_head=6, n_embd=384, bias=False))
     rows.append((name, m, sorted({min(shakespeare_tokens, m.config.block_size - 1), shakespeare_tokens})))
 
 print(f"device: {device}, dtype: {dtype}, torch threads: {torch.get_num_threads()}")

@@ -19,6 +19,7 @@ from model import GPT, GPTConfig
 NANOGPT_MODEL_ARGS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout')
 PRETRAINED = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # 124M, 350M, 774M and 1558M parameters
 TORCH_LEGACY_HEAD = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)  # torch.save before 1.6
+RUNS_CODE = re.compile(r"GLOBAL \S+|reduce for \S+|Can only [^.\n]+")  # in torch.load(weights_only=True)'s refusals
 DISK_FIXES = {errno.ENOSPC: 'free some space on that disk', errno.EDQUOT: 'free some of your disk quota',
               errno.EFBIG: 'raise the file-size limit (ulimit -f)'}
 
@@ -103,13 +104,11 @@ def load(out_dir, name=CKPT_NAME, map_location='cpu', mmap=False):
             warnings.simplefilter('ignore')  # torch's notes (pickle protocols, mmap) would bury the one line
             checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        # torch wraps the unpickler's complaint in advice; keep the line that names it
-        lines = [line.strip().split('WeightsUnpickler error:')[-1].strip() for line in str(e).splitlines()]
-        unsafe = [line for line in lines if 'GLOBAL' in line or 'reduce for' in line or line.startswith('Can only')]
-        if unsafe:
+        if code := RUNS_CODE.search(str(e)):
             raise UserError(f"{path} was refused: it holds objects that would run code when loaded "
-                            f"({unsafe[0].split('. ')[0]}); only load checkpoints you trust, re-saved as plain tensors")
-        # bytes that are no pickle at all: damage, not danger
+                            f"({code.group(0)}); only load checkpoints you trust, re-saved as plain tensors")
+        # bytes that are no pickle at all: damage, not danger; torch wraps the complaint in advice, left out
+        lines = [line.strip().split('WeightsUnpickler error:')[-1].strip() for line in str(e).splitlines()]
         raise _damaged(out_dir, name, next((line for line in lines if line and not line.startswith(
             ('Weights only load failed', 'Please file an issue', 'Check the documentation'))), 'not a pickle'))
     except Exception as e:  # whatever else torch.load trips over in a damaged file
@@ -147,7 +146,7 @@ def pretrained(name, dropout=0.0):
     except SafetensorError as e:
         raise UserError(f"{name}: model.safetensors is truncated or corrupt ({e}); save or download it again")
     except pickle.UnpicklingError as e:  # torch.load(weights_only=True) stopped before running anything
-        found = re.search(r'GLOBAL (\S+)|reduce for \S+', str(e))
+        found = RUNS_CODE.search(str(e))
         raise UserError(f"{name} was refused: its pytorch_model.bin would run code when loaded"
                         f"{f' ({found.group(0)})' if found else ''}; load only models you trust, re-saved as "
                         "safetensors (model.save_pretrained(folder) writes model.safetensors)")
@@ -168,10 +167,8 @@ def capture_rng_states(device):
               'numpy': {'kind': kind, 'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
                         'has_gauss': int(has_gauss), 'cached_gaussian': float(gauss)}}
     device = torch.device(device)
-    if device.type == 'cuda':
-        states['cuda'] = torch.cuda.get_rng_state(device)
-    elif device.type == 'mps':
-        states['mps'] = torch.mps.get_rng_state()
+    if device.type in ('cuda', 'mps'):
+        states[device.type] = torch.get_device_module(device).get_rng_state(device)
     return states
 
 def restore_rng_states(states, device):
@@ -179,8 +176,8 @@ def restore_rng_states(states, device):
     n = states['numpy']
     np.random.set_state((n['kind'], np.asarray(n['keys'], np.uint32), n['pos'], n['has_gauss'], n['cached_gaussian']))
     torch.set_rng_state(states['torch'])
-    device = torch.device(device)
-    if device.type == 'cuda' and isinstance(states.get('cuda'), torch.Tensor):  # not the list earlier versions saved
-        torch.cuda.set_rng_state(states['cuda'], device)
-    elif device.type == 'mps' and 'mps' in states:
-        torch.mps.set_rng_state(states['mps'])
+    device, state = torch.device(device), states.get(torch.device(device).type)
+    if isinstance(state, list):  # earlier versions saved every GPU's state
+        state = state[device.index or 0] if (device.index or 0) < len(state) else None
+    if state is not None:
+        torch.get_device_module(device).set_rng_state(state, device)

@@ -104,9 +104,8 @@ def bin_path(dataset, split):
     folder = data_dir(dataset)
     path = os.path.join(folder, f'{split}.bin')
     if dataset == 'char' or not (os.path.isdir(folder) or has_script(dataset)):   # data/char is a tool, no dataset
-        folders = set(os.listdir(DATA_ROOT)) if os.path.isdir(DATA_ROOT) else set()
-        known = sorted(d for d in folders | set(os.listdir(SCRIPTS_ROOT))
-                       if d != 'char' and (os.path.isdir(os.path.join(DATA_ROOT, d)) or has_script(d)))
+        names = {d for root in (DATA_ROOT, SCRIPTS_ROOT) if os.path.isdir(root) for d in os.listdir(root)}
+        known = sorted(d for d in names if d != 'char' and (os.path.isdir(os.path.join(DATA_ROOT, d)) or has_script(d)))
         raise UserError(f"unknown dataset '{dataset}': there is no dataset {shown(folder)}/ (datasets "
                         f"here: {', '.join(known)}; to prepare your own text: python data/char/prepare.py --input "
                         "your_text.txt --name NAME, then --dataset=NAME)")
@@ -114,10 +113,9 @@ def bin_path(dataset, split):
         if split not in ('train', 'val'):
             raise UserError(f"{path} does not exist: the prepare scripts write train.bin and val.bin only; "
                             "use --splits=val or --splits=train,val")
-        resume = interrupted_prepare(dataset)
-        how = (f"its prepare was interrupted: run `{resume}` again to resume" if resume else
-               f"prepare the dataset first: {prepare_command(dataset)}")
-        raise UserError(f"{path} is missing; {how}")
+        if resume := interrupted_prepare(dataset):
+            raise UserError(f"{path} is missing; its prepare was interrupted: run `{resume}` again to resume")
+        raise UserError(f"{path} is missing; prepare the dataset first: {prepare_command(dataset)}")
     return path
 
 def check_split(dataset, split, dtype, block_size, vocab_size=None):
@@ -129,12 +127,10 @@ def check_split(dataset, split, dtype, block_size, vocab_size=None):
         raise UserError(f"{path} holds {size:,} bytes, not a whole number of {dtype.name} tokens: it is truncated "
                         f"or is no token file; {again}")
     n_tokens = size // dtype.itemsize
-    if n_tokens < 2:  # a window needs a token and the one after it
-        raise UserError(f"{path} holds {n_tokens} token(s), too few for any block_size: the dataset needs more text "
-                        f"(a longer input, or a larger --val_fraction for val.bin); {again}")
-    if n_tokens < block_size + 1:
-        raise UserError(f"{path} holds {n_tokens} tokens, fewer than block_size+1 = {block_size + 1}; "
-                        f"use a smaller --block_size or more text")
+    if n_tokens < block_size + 1:  # a window needs a token and the one after it: no block_size fits under 2
+        fix = (f"the dataset needs more text (a longer input, or a larger --val_fraction for val.bin); {again}"
+               if n_tokens < 2 else "use a smaller --block_size or more text")
+        raise UserError(f"{path} holds {n_tokens} tokens, fewer than block_size+1 = {block_size + 1}; {fix}")
     if vocab_size is not None:
         chunk = 1 << 26  # tokens read at a time: memory stays bounded for any file size
         largest = max(int(np.fromfile(path, dtype, count=chunk, offset=start * dtype.itemsize).max())

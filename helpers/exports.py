@@ -1,6 +1,5 @@
 """What export_onnx.py and export_hf.py share: the checkpoint, the check of the export's logits, the output."""
 import os
-import tempfile
 
 import torch
 
@@ -54,8 +53,12 @@ def writable(path):
     folder = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(folder):
         folder = os.path.dirname(folder)
+    probe = os.path.join(folder, '.write-test')
+    files.remove_orphaned_temp_files(probe)  # one that a kill left between its two steps
+    probe = files.temp_path(probe)
     try:
-        os.rmdir(tempfile.mkdtemp(dir=folder, prefix='.write-test-'))
+        os.mkdir(probe)
+        os.rmdir(probe)
     except OSError as e:
         raise UserError(f"cannot write {path} ({e.strerror}: {folder}); pass another --output")
 

@@ -14,11 +14,24 @@ CHUNK_BYTES = 1 << 20  # 2-3x faster (measured on the 2-core dev VM) to decode a
 UTF8_FIX = ("convert the file to UTF-8 (e.g. iconv -f GBK -t UTF-8) or pass --replace_invalid_utf8 to replace "
             "undecodable bytes with U+FFFD")
 
-class CharTokenizer:
+class ByteTokenizer:
+    """What every tokenizer here shares: each token id stands for bytes of UTF-8 text, its piece."""
+    end_token = None  # the token that ends a document, if any
+
+    def stream_decoder(self):
+        """A function from one token id to the text it completes; part of a character waits for the rest."""
+        utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
+        return lambda token: utf8.decode(self.pieces[token])
+
+    def byte_lengths(self):
+        """The UTF-8 bytes of each token id's text, for bits per byte."""
+        return [len(piece) for piece in self.pieces]
+
+class CharTokenizer(ByteTokenizer):
     def __init__(self, itos, separator=None):
         """itos: the character of each token id; separator: the character that ends a document, if any."""
-        self.itos = list(itos)
-        self.stoi = {c: i for i, c in enumerate(self.itos)}
+        self.stoi = {c: i for i, c in enumerate(itos)}
+        self.pieces = [c.encode('utf-8') for c in itos]
         self.end_token = self.stoi.get(separator) if separator else None
 
     def encode(self, text):
@@ -28,19 +41,6 @@ class CharTokenizer:
                             f"{' '.join(repr(c) for c in unknown)}; remove or replace them")
         return [self.stoi[c] for c in text]
 
-    def stream_decoder(self):
-        """A function from one token id to the text it completes (every id is a whole character)."""
-        return self.itos.__getitem__
-
-    def byte_lengths(self):
-        """The UTF-8 bytes of each token id's text, for bits per byte."""
-        return [len(c.encode('utf-8')) for c in self.itos]
-
-def byte_stream_decoder(token_bytes):
-    """A function from one token id to the text it completes; part of a character waits for the rest."""
-    utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
-    return lambda token: utf8.decode(token_bytes(token))
-
 def gpt2_encoding():
     import tiktoken
     try:
@@ -49,20 +49,18 @@ def gpt2_encoding():
         raise UserError(f"could not load tiktoken's GPT-2 encoding ({type(e).__name__}: {e}); connect to the "
                         "internet once, or set TIKTOKEN_CACHE_DIR to a folder holding its cached files")
 
-class BPETokenizer:
+class BPETokenizer(ByteTokenizer):
     end_token = GPT2_EOT
 
     def __init__(self):
         self.enc = gpt2_encoding()
+        self.pieces = self.enc.decode_tokens_bytes(range(BPE_VOCAB_SIZE))
 
     def encode(self, text):
         return self.enc.encode(text, allowed_special={'<|endoftext|>'})
 
-    def stream_decoder(self):
-        return byte_stream_decoder(self.enc.decode_single_token_bytes)
-
     def byte_lengths(self):  # <|endoftext|> stands for no text: 0 bytes
-        return [0 if t == GPT2_EOT else len(self.enc.decode_single_token_bytes(t)) for t in range(BPE_VOCAB_SIZE)]
+        return [0 if t == GPT2_EOT else n for t, n in enumerate(super().byte_lengths())]
 
 def byte_symbols():
     """The character that stands for each byte in a byte-level BPE's vocabulary (GPT-2's alphabet): printable
@@ -71,26 +69,16 @@ def byte_symbols():
     moved = [b for b in range(256) if b not in kept]
     return {**{b: chr(b) for b in kept}, **{b: chr(256 + i) for i, b in enumerate(moved)}}
 
-class TextBPETokenizer:
+class TextBPETokenizer(ByteTokenizer):
     """A byte-level BPE trained on a dataset's own text (data/bpe/prepare.py): no text is ever unknown to it."""
-    end_token = None
-
     def __init__(self, spec):
         from tokenizers import Tokenizer
         self.tokens = Tokenizer.from_str(spec)
-        byte_of = {symbol: b for b, symbol in byte_symbols().items()}
-        self.pieces = [b''] * self.tokens.get_vocab_size()
-        for symbols, token in self.tokens.get_vocab().items():
-            self.pieces[token] = bytes(byte_of[c] for c in symbols)
+        byte_of, vocab = {symbol: b for b, symbol in byte_symbols().items()}, self.tokens.get_vocab()
+        self.pieces = [bytes(byte_of[c] for c in symbols) for symbols in sorted(vocab, key=vocab.get)]
 
     def encode(self, text):
         return self.tokens.encode(text).ids
-
-    def stream_decoder(self):
-        return byte_stream_decoder(self.pieces.__getitem__)
-
-    def byte_lengths(self):
-        return [len(piece) for piece in self.pieces]
 
 def learn_bpe(texts, vocab_size):
     """A byte-level BPE (GPT-2's pre-tokenizer, no special tokens) of up to vocab_size tokens learned from texts."""
@@ -103,8 +91,7 @@ def learn_bpe(texts, vocab_size):
     return bpe
 
 def tokenizer_entry(meta):
-    """What a checkpoint stores of its tokenizer, so that a dataset prepared again cannot make it misread; None for a
-    meta.pkl with neither characters nor a BPE."""
+    """What a checkpoint keeps of its tokenizer, lest a re-prepared dataset misread it; None: meta.pkl has neither."""
     if meta is None:
         return {'kind': 'gpt2'}
     if isinstance(meta.get('bpe'), str):
@@ -123,8 +110,7 @@ def from_entry(entry):
     return TextBPETokenizer(entry['bpe']) if entry['kind'] == 'bpe' else BPETokenizer()
 
 def for_pretrained(name, vocab_size):
-    """The tokenizer of a transformers GPT-2 directory: the characters (a tokenizer.json without merges) or own BPE
-    (fewer tokens than GPT-2's) export_hf.py wrote, else GPT-2's BPE; a UserError where they do not fit the model."""
+    """The tokenizer of a transformers GPT-2 folder: the characters or own BPE export_hf.py wrote, else GPT-2's BPE."""
     path = os.path.join(name, 'tokenizer.json')
     text, spec = '', {}
     if os.path.isfile(path):
@@ -187,17 +173,15 @@ def read_text_file(path, what):
         parts.append(part)
     return ''.join(parts).replace('\r\n', '\n').replace('\r', '\n')
 
-def read_prompt(start):
-    """The prompt text: start itself, or the contents of the file named after 'FILE:'."""
+def read_prompts(start, path=''):
+    """The prompts: the file at path's, one a line (blank lines skipped), else start or the file named after 'FILE:'."""
+    if path:
+        prompts = [line for line in read_text_file(path, 'prompts').splitlines() if line.strip()]
+        if not prompts:
+            raise UserError(f"prompts file '{path}' holds no prompt; write one prompt per line")
+        return prompts
     text = read_text_file(start[len('FILE:'):], 'prompt') if start.startswith('FILE:') else start
     if not text:
         raise UserError(f"the prompt is empty (--start={start}); pass some text, or a prompt file holding some as "
                         "--start=FILE:path (for GPT-2, --start='<|endoftext|>' starts from nothing)")
-    return text
-
-def read_prompts(path):
-    """The prompts of a file holding one per line (blank lines are skipped)."""
-    prompts = [line for line in read_text_file(path, 'prompts').splitlines() if line.strip()]
-    if not prompts:
-        raise UserError(f"prompts file '{path}' holds no prompt; write one prompt per line")
-    return prompts
+    return [text]

@@ -77,8 +77,7 @@ def pytest_terminal_summary(terminalreporter):
     if DATA_CHANGED:
         terminalreporter.section("files under the repository's data/ changed during the tests, which must never "
                                  "touch it", sep='=', red=True)
-        for line in DATA_CHANGED:
-            terminalreporter.write_line(line)
+        terminalreporter.write_line('\n'.join(DATA_CHANGED))
 
 def exited_0(result, command):
     """Fail, with the ends of its output, unless the command exited 0."""
@@ -109,6 +108,8 @@ def shakespeare_char():
     place_tiny_shakespeare('shakespeare_char')
     return run_inproc('data/shakespeare_char/prepare.py', check=True).stdout
 
+# a shell's background job (`pytest &`) ignores Ctrl+C, and so would the scripts it starts: they must stop on it
+signal.signal(signal.SIGINT, signal.default_int_handler)
 # a core each for torch's threads spins against other jobs on a shared machine: tiny models run 50x slower
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 os.environ.setdefault('MKL_NUM_THREADS', '1')
@@ -201,8 +202,7 @@ def run_inproc(script, *args, check=False):
 
 def compiled_graphs(script, *args):
     """(run_inproc's result, the number of graphs torch.compile built): a compiled run, not a quietly eager one."""
-    import torch._dynamo
-    torch._dynamo.reset()
+    import torch._dynamo   # run_inproc resets it
     torch._dynamo.utils.counters.clear()
     with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # no quiet fall-back to eager either
         result = run_inproc(script, *args, check=True)
@@ -278,9 +278,8 @@ class LiveProcess:
 
 def checkpoint_files(out_dir):
     """The checkpoints and checkpoint temporaries in out_dir (not the other outputs, such as metrics.csv)."""
-    if not os.path.isdir(out_dir):
-        return []
-    return sorted(n for n in os.listdir(out_dir) if n.endswith('.pt') or '.pt.tmp' in n)
+    names = os.listdir(out_dir) if os.path.isdir(out_dir) else []
+    return sorted(n for n in names if n.endswith('.pt') or '.pt.tmp' in n)
 
 STEP_LINE = re.compile(r'^step (\d+): train loss ([\d.]+), val loss ([\d.]+)', re.M)
 

@@ -1,8 +1,6 @@
-"""Exports: onnxruntime gives PyTorch's logits for every position, any batch and length up to block_size, and greedy
-decoding on it writes sample.py's text; the Hugging Face folder loads in transformers and in GPT.from_pretrained with
-the checkpoint's logits, for either GELU, with or without biases; an export replaces only an earlier one."""
+"""Exports: onnxruntime and the Hugging Face folder (in transformers and GPT.from_pretrained) give the checkpoint's
+logits for every position, either GELU, with or without biases; an export replaces only an earlier one."""
 import functools
-import itertools
 import json
 import os
 import re
@@ -14,6 +12,7 @@ import export_hf
 import export_onnx
 import tiny_runs
 from conftest import RunsCode, run_inproc
+from test_nothing_lost import ctrl_c, every_kill
 from helpers import UserError, checkpoint, exports, files
 from model import GPT
 
@@ -38,10 +37,6 @@ def sample_text(stdout):
     while lines and lines[0].startswith(('Overriding:', 'Loading meta')):
         lines.pop(0)
     return '\n'.join(lines)
-
-def prompts(vocab_size):
-    g = torch.Generator().manual_seed(7)
-    return [torch.randint(vocab_size, shape, generator=g) for shape in [(2, BLOCK), (3, 5), (1, 1)]]
 
 def checked_logits(model, idx):
     """The model's logits for idx, large enough for a comparison to mean something."""
@@ -92,10 +87,6 @@ def test_every_variant_exports_and_the_checks_see_a_wrong_gelu(tmp_path, activat
     other = tiny_runs.make_model('gelu' if activation == 'gelu_tanh' else 'gelu_tanh', bias=bias, block_size=BLOCK)
     other.load_state_dict(model.state_dict())
     assert exports.max_logit_difference(other, export_onnx.onnx_logits(path), onnx_prompts)[0] > 1e-3
-    idx = torch.randint(model.config.vocab_size, (2, BLOCK), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():  # the wrapper that is exported computes GPT.forward's logits, position by position
-        torch.testing.assert_close(export_onnx.AllPositionLogits(model)(idx), tiny_runs.full_logits(model, idx),
-                                   rtol=0, atol=1e-5)
     export_hf.export(model, str(tmp_path / 'hf'))
     config = json.loads((tmp_path / 'hf' / 'config.json').read_text())
     assert config['activation_function'] == HF_GELU[activation] and config['layer_norm_epsilon'] == 1e-5
@@ -103,8 +94,7 @@ def test_every_variant_exports_and_the_checks_see_a_wrong_gelu(tmp_path, activat
         (BLOCK, len(tiny_runs.CHARS), 2, 2, 32)
     assert config['resid_pdrop'] == config['embd_pdrop'] == config['attn_pdrop'] == 0.0
     weights = safetensors_torch.load_file(str(tmp_path / 'hf' / 'model.safetensors'))
-    # Conv1D layout: (in, out), the transpose of nn.Linear's
-    assert weights['transformer.h.0.mlp.c_fc.weight'].shape == (32, 128)
+    # Conv1D layout: (in, out), the transpose of nn.Linear's (assert_close compares the shapes too)
     torch.testing.assert_close(weights['transformer.h.0.mlp.c_fc.weight'],
                                model.transformer.h[0].mlp.c_fc.weight.detach().t(), rtol=0, atol=0)
     # GPT-2 always has biases: a bias=False model gets zeros
@@ -116,7 +106,7 @@ def test_every_variant_exports_and_the_checks_see_a_wrong_gelu(tmp_path, activat
     wrong = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / 'hf'),
                                                          activation_function=HF_GELU[other.config.activation]).eval()
     with torch.no_grad():
-        for idx in prompts(model.config.vocab_size):
+        for idx in exports.random_prompts(model.config.vocab_size, BLOCK, seed=7):
             expected = checked_logits(model, idx)
             torch.testing.assert_close(hf_model(idx).logits, expected, rtol=0, atol=1e-5)
             got = tiny_runs.full_logits(back, idx)
@@ -125,18 +115,14 @@ def test_every_variant_exports_and_the_checks_see_a_wrong_gelu(tmp_path, activat
             torch.testing.assert_close(back(idx)[0][:, -1], expected[:, -1], rtol=0, atol=1e-5)  # the KV-cache path
             assert idx.size(1) == 1 or (wrong(idx).logits - expected).abs().max() > 1e-3
 
-def weights_beside(model, path, one_file=None, metadata=None):
-    """The TorchScript export at path, its weights then moved beside it: into the file one_file, or one file a
-    tensor (as the TorchScript exporter writes models over 2 GB)."""
+def weights_beside(model, path, opset=None, dynamo=None, metadata=None, data_name=None):
+    """export_onnx.export's output for a model over 2 GB, in a second: the TorchScript export, its weights then moved
+    beside it into data_name, or into one file a tensor as the TorchScript exporter writes them."""
     TORCHSCRIPT(model, path, metadata=metadata)
     proto = onnx.load(path)
-    convert_model_to_external_data(proto, all_tensors_to_one_file=bool(one_file), location=one_file,
+    convert_model_to_external_data(proto, all_tensors_to_one_file=bool(data_name), location=data_name,
                                    size_threshold=0)
     onnx.save(proto, path)
-
-def quick_export(model, path, opset, dynamo, metadata, data_name):
-    """export_onnx.export's output for a model over 2 GB, in a second."""
-    weights_beside(model, path, data_name, metadata)
     return 'torchscript'
 
 def test_weights_in_a_file_per_tensor_are_gathered_into_one(tmp_path):
@@ -170,35 +156,15 @@ def test_weights_beside_the_file_are_replaced_only_whole(tmp_path, char_dataset,
     first = sorted(os.listdir(out))
     assert len(first) == 4 and re.fullmatch(r'model\.onnx\.[0-9a-f]{8}\.data', first[2]), first
     torch.testing.assert_close(logits(), old, rtol=0, atol=1e-4)
-    monkeypatch.setattr(export_onnx, 'export', quick_export)
+    monkeypatch.setattr(export_onnx, 'export', weights_beside)
     tiny_runs.save_checkpoint(new_model, str(out), char_dataset)
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-    with monkeypatch.context() as m:  # Ctrl+C while the new export is checked
-        m.setattr(ort, 'InferenceSession', interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            export_onnx.main()
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):  # Ctrl+C while the new export is checked
+        m.setattr(ort, 'InferenceSession', ctrl_c)
+        export_onnx.main()
     assert sorted(os.listdir(out)) == first
-    for step in itertools.count(1):
-        pid = os.fork()
-        if pid == 0:  # the export, killed at its step-th change to a file
-            code, calls = 1, itertools.count(1)
-            try:
-                for name in ('replace', 'rename', 'remove', 'unlink'):
-                    def deadly(*args, real=getattr(os, name), **kwargs):
-                        return os._exit(137) if next(calls) == step else real(*args, **kwargs)
-                    setattr(os, name, deadly)
-                export_onnx.main()
-                code = 0
-            finally:
-                os._exit(code)
-        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-        assert code in (0, 137), code
-        got = logits()
-        assert [torch.allclose(got, e, rtol=0, atol=1e-4) for e in (old, new)].count(True) == 1, step
-        if code == 0:  # it ran to the end: no step left
-            break
-    assert step > 2 and torch.allclose(got, new, rtol=0, atol=1e-4)
+    for step in every_kill(out, lambda: None, export_onnx.main):  # each kill's leftovers met by the next export
+        assert [torch.allclose(logits(), e, rtol=0, atol=1e-4) for e in (old, new)].count(True) == 1, step
+    assert step >= 2 and torch.allclose(logits(), new, rtol=0, atol=1e-4)
     second = sorted(os.listdir(out))
     assert len(second) == 4 and second[2] != first[2]  # ckpt.pt, model.onnx, its weights, model.onnx.lock
     export_onnx.main()
@@ -212,7 +178,7 @@ def test_weights_beside_the_file_are_replaced_only_whole(tmp_path, char_dataset,
 def test_only_an_earlier_hf_export_is_replaced_and_from_pretrained_loads_only_what_it_trusts(tmp_path):
     """export_hf.json lists what an export wrote; a folder holding anything else is refused, in one line. Only dropout
     can be overridden. Beside model.safetensors, transformers never opens pytorch_model.bin; alone, it is refused
-    without running anything, in one line, as an unknown name is."""
+    without running anything, in one line (an unknown name: test_errors)."""
     folder = tmp_path / 'hf'
     export_hf.check_output(str(folder))  # absent
     folder.mkdir()
@@ -228,14 +194,12 @@ def test_only_an_earlier_hf_export_is_replaced_and_from_pretrained_loads_only_wh
     os.remove(folder / 'export_hf.json')  # an export of an earlier version, or someone's own model
     with pytest.raises(UserError, match=r'\(config.json, generation_config.json, model.safetensors\)'):
         export_hf.check_output(str(folder))
-    with pytest.raises(UserError, match="unknown init_from 'gpt3-not-a-model'"):
-        checkpoint.pretrained('gpt3-not-a-model')
     assert GPT.from_pretrained(str(folder), dict(dropout=0.1)).config.dropout == 0.1
     with pytest.raises(AssertionError):
         GPT.from_pretrained(str(folder), dict(n_layer=3))
     marker = tmp_path / 'PWNED'
     torch.save(dict(hf_model.state_dict(), note=RunsCode(marker)), folder / 'pytorch_model.bin')
-    idx = prompts(model.config.vocab_size)[0]
+    idx = exports.random_prompts(model.config.vocab_size, BLOCK, seed=7)[0]
     torch.testing.assert_close(tiny_runs.full_logits(GPT.from_pretrained(str(folder)), idx),
                                tiny_runs.full_logits(model, idx), rtol=0, atol=1e-5)
     os.remove(folder / 'model.safetensors')

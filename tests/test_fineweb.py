@@ -1,6 +1,5 @@
 """data/fineweb_edu and data/openwebtext's prepare.py and helpers/documents.py: resumable GPT-2 BPE of documents,
 against tokens computed here; the resume is also driven on datasets in memory, to place an interruption exactly."""
-import contextlib
 import errno
 import hashlib
 import json
@@ -8,19 +7,16 @@ import os
 import random
 import shlex
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO_ROOT, assert_user_error, run_inproc
+from conftest import assert_user_error
 from helpers import UserError, data, documents, prepare
 import test_prepare
-from test_prepare import gpt2_tokens
+from test_prepare import gpt2_tokens, prep, stopped_prepare
 
 WORDS = 'the a school lesson about cells energy history 中文 café naïve 😀 — "quoted" 1,234 and\nnew\tline'.split(' ')
 PREPARES = {'fineweb_edu': [], 'openwebtext': ['--num_proc', '1']}
@@ -59,8 +55,7 @@ def progress(name):
 def write_jsonl(path, docs, row_without_text=False):
     """docs as .jsonl rows (None: "text": null), then, if asked, a row without the field."""
     rows = [{'id': i, 'text': doc} for i, doc in enumerate(docs)] + [{'id': len(docs)}] * row_without_text
-    with open(path, 'w', encoding='utf-8') as f:
-        f.writelines(json.dumps(row) + '\n' for row in rows)
+    path.write_text(''.join(json.dumps(row) + '\n' for row in rows), encoding='utf-8')
     return str(path)
 
 def write_parquet(folder, docs, files=3):
@@ -72,9 +67,6 @@ def write_parquet(folder, docs, files=3):
         pq.write_table(pa.table({'text': part, 'score': [float(i) for i in range(len(part))]}),
                        os.path.join(folder, f'{k:03d}_00000.parquet'), row_group_size=37)
     return str(folder)
-
-def prepare_fw(*args, check=True):   # with the hf_offline fixture
-    return run_inproc('data/fineweb_edu/prepare.py', *args, check=check)
 
 def in_memory(docs, shards):
     """A streamed source of shards built in memory (no files, no cache), as stream() would give."""
@@ -94,10 +86,9 @@ def test_jsonl_and_parquet_give_exactly_the_tokens_of_one_call_per_document(tmp_
     for source, skipped in ((write_jsonl(tmp_path / 'docs.jsonl', docs, True), 2), (parquet, 1),
                             (parquet + '/*.parquet', 1)):  # the same bytes
         name = scratch()
-        out = prepare_fw('--source', source, '--name', name, '--val_every=7', '--chunk_docs=40').stdout
+        out = prep('fineweb_edu', '--source', source, '--name', name, '--val_every=7', '--chunk_docs=40').stdout
         assert_bins(name, train, val, source)
         assert f"256 train and 43 val documents; {skipped} without text skipped" in out
-        assert f"train has {len(train):,} tokens" in out
         assert left(name) == ['train.bin', 'val.bin']   # no .tmp files, no progress record
 
 def test_same_bytes_whatever_the_threads_chunks_and_shards(scratch):
@@ -123,8 +114,7 @@ def test_openwebtext_keeps_its_split_and_order(tmp_path, scratch, hf_offline):
             (files, str(tmp_path / 'corpus'), '2', "59 train and 1 val documents\n")):
         split = Dataset.from_dict({'text': docs}).train_test_split(test_size=0.0005, seed=2357, shuffle=True)
         name = scratch()
-        out = run_inproc('data/openwebtext/prepare.py', '--source', source, '--name', name, '--num_proc', num_proc,
-                         check=True).stdout
+        out = prep('openwebtext', '--source', source, '--name', name, '--num_proc', num_proc).stdout
         assert counts in out
         assert_bins(name, gpt2_tokens(split['train']['text']), gpt2_tokens(split['test']['text']))
 
@@ -205,33 +195,18 @@ def test_identity_of_local_files_changes_with_their_size_or_time(tmp_path):
     os.utime(path, ns=(1, 1))
     assert before != touched != documents.identity([path]) and touched[0][0] == os.path.abspath(path)
 
-def start(args, env, name, chunks):
-    """The prepare started in the background and stopped (SIGSTOP, holding its lock) at `chunks` chunks."""
-    env = dict(os.environ, PYTHONUNBUFFERED='1', **env)
-    proc = subprocess.Popen([sys.executable, 'data/fineweb_edu/prepare.py', *args], cwd=REPO_ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    deadline = time.time() + 120
-    while proc.poll() is None and time.time() < deadline:
-        with contextlib.suppress(FileNotFoundError, ValueError):   # not there yet, or half-written
-            if progress(name)['chunks'] >= chunks:
-                break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGSTOP)
-    assert proc.poll() is None, "the prepare finished before it could be interrupted; use more documents"
-    return proc
-
 def test_a_second_prepare_is_refused_and_ctrl_c_or_kill_keeps_the_chunks_for_the_rerun(tmp_path, scratch, hf_offline):
     """While a prepare runs, another of the same name is one line. Ctrl+C keeps the finished chunks, and the dataset
     names the command that resumes it; so does kill -9: the last run resumes after the chunks the progress record
     names, leaves the bytes there as they are (marked here, to tell), and ends with an uninterrupted run's tokens."""
-    docs, name = make_docs(1000, seed=8, words=(20, 200)), scratch()
+    docs, name = make_docs(300, seed=8, words=(20, 200)), scratch()
     train, val = expected(docs, val_every=9)
     args = ['--source', write_parquet(tmp_path / 'my docs', docs, files=2), '--name', name, '--val_every=9',
             '--chunk_docs=20']
-    proc = start(args, hf_offline, name, 2)
+    proc = stopped_prepare('fineweb_edu', 5, *args, env=hf_offline)   # 2 chunks of train and val done
     try:
-        assert_user_error(prepare_fw(*args, check=False), f'another prepare (pid {proc.pid}) is writing', f'{name}/',
-                          'wait for it')
+        assert_user_error(prep('fineweb_edu', *args, check=False), f'another prepare (pid {proc.pid}) is writing',
+                          f'{name}/', 'wait for it')
         assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGINT)
@@ -245,17 +220,18 @@ def test_a_second_prepare_is_refused_and_ctrl_c_or_kill_keeps_the_chunks_for_the
     assert f"train.bin is missing; its prepare was interrupted: run `{command}` again to resume" in str(e.value)
     assert data.prepare_command(name) == command and "'" in command   # the path with a space, quoted
     chunks = progress(name)['chunks']
-    proc = start(args, hf_offline, name, chunks + 2)
+    proc = stopped_prepare('fineweb_edu', 6, *args, env=hf_offline)   # chunk 5's train part written, not recorded
     proc.kill()
     out, _ = proc.communicate(timeout=60)
-    assert f"resuming after chunk {chunks:,}:" in out and chunks >= 2
+    assert f"resuming after chunk {chunks:,}:" in out and chunks == 2 and progress(name)['chunks'] == 4
     at = progress(name)
     done = at['bytes']['train']
+    assert os.path.getsize(os.path.join(data.data_dir(name), 'train.bin.tmp')) > done
     with open(os.path.join(data.data_dir(name), 'train.bin.tmp'), 'r+b') as f:
         assert np.array_equal(np.frombuffer(f.read(done), dtype=np.uint16), train[:done // 2])
         f.seek(0)
         f.write(b'\xff\xff' * (done // 2))   # token 65535, which no chunk writes
-    out = prepare_fw(*args).stdout
+    out = prep('fineweb_edu', *args).stdout
     assert f"resuming after chunk {at['chunks']:,}: {at['documents']:,} documents" in out
     got_train, got_val = bins(name)
     assert np.all(got_train[:done // 2] == 65535)   # not written again
@@ -285,35 +261,28 @@ def test_bad_input_is_one_line_and_writes_nothing_and_another_dataset_is_replace
             (['--source', tmp_path / 'damaged.parquet'], ['damaged.parquet', 'not a readable parquet file']),
             (['--source', tmp_path / '*.parquet'], ['damaged.parquet']),
             (['--hub_name', 'nanogpt-tests/no-such-dataset'], ['could not open nanogpt-tests/no-such-dataset'])):
-        assert_user_error(prepare_fw(*args, '--name', name, check=False), *fragments)
+        assert_user_error(prep('fineweb_edu', *args, '--name', name, check=False), *fragments)
     assert left(name) is None
     os.makedirs(data.data_dir(name))
     np.arange(10, dtype=np.uint16).tofile(os.path.join(data.data_dir(name), 'train.bin'))
     source = write_jsonl(tmp_path / 'd.jsonl', make_docs(30))
-    assert_user_error(prepare_fw('--source', source, '--name', name, check=False), '--force')
-    prepare_fw('--source', source, '--name', name, '--val_every=3', '--force')
+    assert_user_error(prep('fineweb_edu', '--source', source, '--name', name, check=False), '--force')
+    prep('fineweb_edu', '--source', source, '--name', name, '--val_every=3', '--force')
     assert np.array_equal(bins(name)[0], expected(make_docs(30), val_every=3)[0])
-
-def write_bad_source(tmp_path, case):
-    """Documents with one fault: a line not UTF-8 or not JSON, a parquet file cut in half or overwritten."""
-    lines = [json.dumps({'text': doc}).encode() for doc in make_docs(60, seed=10) if doc is not None]
-    path = tmp_path / ('docs.jsonl' if case in ('not UTF-8', 'not JSON') else 'docs.parquet')
-    if path.suffix == '.jsonl':
-        lines[30] = b'{"text": "caf\xe9"}' if case == 'not UTF-8' else b'this line is no JSON'
-        path.write_bytes(b'\n'.join(lines) + b'\n')
-        return str(path)
-    pq.write_table(pa.table({'text': [f'document {i} ' * 20 for i in range(500)]}), tmp_path / 'good.parquet',
-                   row_group_size=50)
-    whole = (tmp_path / 'good.parquet').read_bytes()
-    path.write_bytes(whole[:len(whole) // 2] if case == 'half-written parquet' else
-                     whole[:200] + bytes(200) + whole[400:])
-    return str(path)
 
 @pytest.mark.parametrize('script', PREPARES)
 @pytest.mark.parametrize('case, why', [('not UTF-8', 'Invalid UTF8'), ('not JSON', 'JSON parse error'),
                                        ('half-written parquet', 'magic bytes'), ('damaged parquet', 'snappy')])
 def test_an_unreadable_source_is_one_line_in_both_prepares(tmp_path, scratch, hf_offline, script, case, why):
-    name = scratch()
-    assert_user_error(run_inproc(f'data/{script}/prepare.py', '--source', write_bad_source(tmp_path, case), '--name',
-                                 name, *PREPARES[script]), why)
+    """Documents with one fault: a line not UTF-8 or not JSON, a parquet file cut in half or overwritten."""
+    lines = [json.dumps({'text': doc}).encode() for doc in make_docs(60, seed=10) if doc is not None]
+    lines[30] = b'{"text": "caf\xe9"}' if case == 'not UTF-8' else b'this line is no JSON'
+    (tmp_path / 'docs.jsonl').write_bytes(b'\n'.join(lines) + b'\n')
+    pq.write_table(pa.table({'text': [f'document {i} ' * 20 for i in range(500)]}), tmp_path / 'good.parquet',
+                   row_group_size=50)
+    whole = (tmp_path / 'good.parquet').read_bytes()
+    (tmp_path / 'docs.parquet').write_bytes(whole[:len(whole) // 2] if case == 'half-written parquet' else
+                                            whole[:200] + bytes(200) + whole[400:])
+    source, name = tmp_path / ('docs.jsonl' if case in ('not UTF-8', 'not JSON') else 'docs.parquet'), scratch()
+    assert_user_error(prep(script, '--source', source, '--name', name, *PREPARES[script], check=False), why)
     assert left(name) is None

@@ -2,7 +2,6 @@
 runs that really compiled, exact resume, the KV cache, torchrun over NCCL with DDP and FSDP, a GPU-trained checkpoint
 sampled, evaluated and exported, GPT-2 124M's MFU. `python benchmarks/gpu_check.py` runs it and the GPU benchmarks."""
 import math
-import os
 import re
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 from conftest import compiled_graphs, core_train_args, iteration_losses, run_inproc, run_script
 from helpers import checkpoint, data, hardware
 from model import GPT, GPTConfig
+import test_hellaswag
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'mps' if hardware.mps_available() else None
 pytestmark = pytest.mark.skipif(DEVICE is None, reason="no CUDA or Apple MPS device on this machine")
@@ -196,22 +196,13 @@ def test_gpt2_124m_mfu_is_plausible(record_property):
     floor = 20 if re.search('H100|H200|H800', torch.cuda.get_device_name()) else 15
     assert graphs > 0 and floor < float(mfu) < 80 and gigabytes < 40, result.stdout
 
+bpe_dataset = test_hellaswag.bpe_dataset   # the fixture
+
 @needs_cuda
-def test_hellaswag_in_training_and_compiled_evaluation(tmp_path):
-    """train.py --hellaswag=True and evaluate.py --hellaswag=True --compile=True, on three local examples."""
-    import numpy as np
-    from helpers import hellaswag
-    from test_hellaswag import EXAMPLES, write_file
-    name = '_test_gpu_hellaswag'
-    for folder in (name, 'hellaswag'):
-        os.makedirs(data.data_dir(folder), exist_ok=True)
-    write_file(hellaswag.default_path(), EXAMPLES[:3])
-    for split in ('train', 'val'):  # GPT-2 BPE ids: no meta.pkl
-        np.random.default_rng(0).integers(0, 50257, 4000).astype(np.uint16).tofile(
-            os.path.join(data.data_dir(name), f'{split}.bin'))
-    log = run_inproc('train.py', *gpu_args(tmp_path / 'out', dataset=name, hellaswag=True, hellaswag_examples=3,
+def test_hellaswag_in_training_and_compiled_evaluation(tmp_path, bpe_dataset):
+    log = run_inproc('train.py', *gpu_args(tmp_path / 'out', dataset=bpe_dataset, hellaswag=True, hellaswag_examples=3,
                                            max_iters=4, eval_interval=2), check=True).stdout
     assert len(re.findall(r'hellaswag acc_norm [\d.]+', log)) == 3, log
     result, graphs = compiled_graphs('evaluate.py', f'--out_dir={tmp_path / "out"}', '--device=cuda', '--compile=True',
-                                     '--hellaswag=True', f'--hellaswag_file={hellaswag.default_path()}')
+                                     '--hellaswag=True', '--hellaswag_examples=3')
     assert graphs > 0 and re.search(r'^hellaswag: acc [\d.]+, acc_norm [\d.]+ \(3 examples', result.stdout, re.M)

@@ -97,13 +97,17 @@ def models(request, tmp_path_factory, examples_file):
 
 @pytest.fixture
 def bpe_dataset():
-    """data/_test_hellaswag_bpe of random GPT-2 token ids (no meta.pkl), removed after the test; returns its name."""
+    """data/_test_hellaswag_bpe of random GPT-2 token ids (no meta.pkl), and EXAMPLES in data/hellaswag, where train.py
+    reads them; both removed after the test. Returns the dataset's name."""
     name = '_test_hellaswag_bpe'
-    os.makedirs(data.data_dir(name))
+    for folder in (name, 'hellaswag'):
+        os.makedirs(data.data_dir(folder), exist_ok=True)
     for split in ('train', 'val'):
         np.random.default_rng(0).integers(0, 50257, 2000).astype(np.uint16).tofile(f'{data.data_dir(name)}/{split}.bin')
+    write_file(hellaswag.default_path(), EXAMPLES)
     yield name
-    tiny_runs.remove_dataset(name)
+    for folder in (name, 'hellaswag'):
+        shutil.rmtree(data.data_dir(folder))
 
 def test_choices_and_evaluate_py_match_transformers(models, examples_file, tmp_path, bpe_dataset):
     """hellaswag.choose and score, then evaluate.py on the transformers folder and on the same weights as the
@@ -116,7 +120,6 @@ def test_choices_and_evaluate_py_match_transformers(models, examples_file, tmp_p
     assert len({best for _, best, _ in reference}) > 1 and len({best for _, _, best in reference}) > 1
     model.train()  # scored in eval mode, and left in training mode as it was
     assert hellaswag.score(model, examples, 'cpu', NO_AUTOCAST) == correct(reference) and model.training
-    model.eval()
     for rank in range(3):  # ranks share the examples: 7 of them, 3, 2 and 2
         assert hellaswag.score(model, examples, 'cpu', NO_AUTOCAST, rank, 3) == correct(reference[rank::3])
     results, (acc, acc_norm) = tmp_path / 'results.json', accuracies(reference)
@@ -164,17 +167,14 @@ def test_the_file_downloaded_once_limits_and_a_damaged_file_are_one_line(tmp_pat
     assert len(hellaswag.load(examples_file, limit=0)) == len(EXAMPLES)  # 0: all of them, in both scripts
     with pytest.raises(UserError, match='holds 7 examples, fewer than the 8 asked for; pass --hellaswag_examples=7'):
         hellaswag.load(examples_file, limit=8)
-    path = tmp_path / 'damaged.jsonl'
-    for line, why in DAMAGED.items():
-        path.write_text(open(examples_file, encoding='utf-8').readline() + line + '\n', encoding='utf-8')
-        with pytest.raises(UserError) as e:
-            hellaswag.load(str(path))
-        assert str(e.value).startswith(f"{path} is damaged: {why}") and hellaswag.URL in str(e.value), line
-    path.write_text('\n')
-    for limit in (0, 3):  # whatever the limit
-        with pytest.raises(UserError) as e:
-            hellaswag.load(str(path), limit)
-        assert str(e.value) == f"{path} is damaged: it holds 0 examples; use the official file ({hellaswag.URL})"
+    path, first = tmp_path / 'damaged.jsonl', open(examples_file, encoding='utf-8').readline()
+    empty = ('', f'it holds 0 examples; use the official file ({hellaswag.URL})')
+    for text, why in [(first + line, why) for line, why in DAMAGED.items()] + [empty]:
+        path.write_text(text + '\n', encoding='utf-8')
+        for limit in (0, 3):  # whatever the limit
+            with pytest.raises(UserError) as e:
+                hellaswag.load(str(path), limit)
+            assert str(e.value).startswith(f"{path} is damaged: {why}") and hellaswag.URL in str(e.value), text
     downloads = []
     def fake_urlretrieve(url, target):  # no network in tests: the "download" copies the test file
         downloads.append(url)
@@ -196,23 +196,18 @@ def test_train_py_scores_at_each_evaluation_shared_by_ddp_and_fsdp_ranks(tmp_pat
     """acc_norm at each evaluation, logged, equals the checkpoint's score; DDP's and FSDP's ranks print the same."""
     out_dir = tmp_path / 'out'
     settings = dict(dataset=bpe_dataset, hellaswag=True, hellaswag_examples=7, max_iters=4, eval_interval=4)
-    os.makedirs(data.data_dir('hellaswag'), exist_ok=True)
-    write_file(hellaswag.default_path(), EXAMPLES)  # where train.py reads it (the tests' data folder)
-    try:
-        log = run_inproc('train.py', *core_train_args(out_dir, **settings), check=True).stdout
-        scores = [float(x) for x in re.findall(r'^step \d+: .*, hellaswag acc_norm ([\d.]+) \(', log, re.M)]
-        assert len(scores) == 2
-        model = checkpoint.model_from_checkpoint(checkpoint.load(str(out_dir), 'ckpt.pt'))
-        _, correct_norm, count = hellaswag.score(model, hellaswag.load(limit=len(EXAMPLES)), 'cpu', NO_AUTOCAST)
-        assert scores[1] == round(correct_norm / count, 4)
-        logged = [r['hellaswag_acc_norm'] for r in metrics.read_metrics(out_dir / 'metrics.csv') if r['kind'] == 'eval']
-        assert logged == [pytest.approx(s, abs=5e-5) for s in scores]
-        settings.update(init_from='resume', eval_only=True)
-        single = run_inproc('train.py', *core_train_args(out_dir, **settings), check=True).stdout
-        step = re.compile(r'^step 5: .*hellaswag acc_norm [\d.]+', re.M)
-        for fsdp in (False, True):
-            shared = forked_ranks(*core_train_args(out_dir, fsdp=fsdp, gradient_accumulation_steps=2, **settings))
-            assert step.findall(shared.stdout) == step.findall(single) and len(step.findall(single)) == 1, \
-                (shared.stdout, single)
-    finally:
-        shutil.rmtree(data.data_dir('hellaswag'))
+    log = run_inproc('train.py', *core_train_args(out_dir, **settings), check=True).stdout
+    scores = [float(x) for x in re.findall(r'^step \d+: .*, hellaswag acc_norm ([\d.]+) \(', log, re.M)]
+    assert len(scores) == 2
+    model = checkpoint.model_from_checkpoint(checkpoint.load(str(out_dir), 'ckpt.pt'))
+    _, correct_norm, count = hellaswag.score(model, hellaswag.load(limit=len(EXAMPLES)), 'cpu', NO_AUTOCAST)
+    assert scores[1] == round(correct_norm / count, 4)
+    logged = [r['hellaswag_acc_norm'] for r in metrics.read_metrics(out_dir / 'metrics.csv') if r['kind'] == 'eval']
+    assert logged == [pytest.approx(s, abs=5e-5) for s in scores]
+    settings.update(init_from='resume', eval_only=True)
+    single = run_inproc('train.py', *core_train_args(out_dir, **settings), check=True).stdout
+    step = re.compile(r'^step 5: .*hellaswag acc_norm [\d.]+', re.M)
+    for fsdp in (False, True):
+        shared = forked_ranks(*core_train_args(out_dir, fsdp=fsdp, gradient_accumulation_steps=2, **settings))
+        assert step.findall(shared.stdout) == step.findall(single) and len(step.findall(single)) == 1, \
+            (shared.stdout, single)

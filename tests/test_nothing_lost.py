@@ -1,11 +1,11 @@
 """Nothing is lost: what an export or --overwrite=True replaces goes only once its replacement is whole, even after a
 kill at any step; signals stop cleanly; a run reads the dataset it started with; checkpoints carry their vocabulary."""
+import functools
 import gc
 import itertools
 import os
 import pathlib
 import re
-import runpy
 import shutil
 import signal
 import sys
@@ -14,8 +14,8 @@ import time
 import pytest
 import torch
 
-from conftest import (STEP_LINE, LiveProcess, REPO_ROOT, assert_user_error, checkpoint_files, core_text,
-                      core_train_args, iteration_losses, run_inproc)
+from conftest import (STEP_LINE, LiveProcess, assert_user_error, checkpoint_files, core_text, core_train_args,
+                      iteration_losses, run_inproc)
 from helpers import checkpoint, data, files, metrics, runs
 import tiny_runs
 
@@ -26,7 +26,7 @@ def tree(folder, skip=('train.lock', 'prepare.lock')):
 
 # ----------------------------------------------------------------------------- safe replacement
 
-def ctrl_c(*done):
+def ctrl_c(*done, **kwargs):
     """A Ctrl+C once the calls in its arguments are done."""
     raise KeyboardInterrupt
 
@@ -68,13 +68,13 @@ def test_an_export_is_replaced_only_once_the_new_one_is_whole(script, stop, tmp_
         assert meta['nanogpt.tokenizer'] == 'gpt2' and old['model.onnx'] != new['model.onnx']
 
 def test_overwrite_keeps_the_old_run_whole_until_the_new_one_saves(copy_run):
-    """Twice a run failing (NaN) before its first save: the old run waits in replaced/ until a new run saves."""
+    """A run failing (NaN) before its first save: the old run waits in replaced/ until a new run saves (a second
+    --overwrite=True before then leaves it there: test_checkpoint)."""
     old = tree(copy_run)
-    for _ in range(2):
-        assert_user_error(run_inproc('train.py', *core_train_args(
-            copy_run, overwrite=True, learning_rate=1e30, eval_interval=2, max_iters=10)), 'nan')
-        gc.collect()  # the failed run's lock, held by objects run_inproc's collections leave for the next
-        assert tree(copy_run / 'replaced').items() >= old.items()
+    assert_user_error(run_inproc('train.py', *core_train_args(
+        copy_run, overwrite=True, learning_rate=1e30, eval_interval=2, max_iters=10)), 'nan')
+    gc.collect()  # the failed run's lock, held by objects run_inproc's collections leave for the next
+    assert tree(copy_run / 'replaced').items() >= old.items()
     run_inproc('train.py', *core_train_args(copy_run, max_iters=3, eval_interval=100, overwrite=True), check=True)
     assert not (copy_run / 'replaced').exists() and not (copy_run / 'ckpt.pt').exists()
     assert checkpoint.load(str(copy_run), 'latest.pt')['iter_num'] == 4
@@ -141,7 +141,6 @@ def test_a_character_model_samples_and_exports_with_its_own_vocabulary(copy_run,
     """Its dataset prepared again from another text since (a nanoGPT checkpoint, with none, is refused: test_errors)."""
     from transformers import AutoTokenizer
     state = checkpoint.load(str(copy_run), 'ckpt.pt')
-    assert state['tokenizer'] == {'kind': 'char', 'itos': sorted(set(core_text()))}
     state['config']['dataset'] = make_dataset('vocab', text='other characters: XYZ!?\n' * 200)
     checkpoint.save(state, str(copy_run))
     hf_dir = tmp_path / 'hf'
@@ -161,7 +160,7 @@ def test_a_character_model_samples_and_exports_with_its_own_vocabulary(copy_run,
 # changes, n = 1, 2, ... until it finishes: the next command must find the old state or the new one, whole
 
 def killed_at(step, folder, action):
-    """Run action() in a forked child killed before its step-th rename/removal under folder: whether it was killed."""
+    """Run action() in a forked child killed before its step-th call of names or rmtree under folder: whether it was."""
     folder = os.path.abspath(folder)
     pid = os.fork()
     if pid == 0:
@@ -197,24 +196,19 @@ def every_kill(folder, setup, action):
         yield step
     raise AssertionError("the action never finished")
 
-def script(path, *args):
-    """An action: `python path args`, in the process that calls it."""
-    def run():
-        sys.argv = [path, *map(str, args)]
-        runpy.run_path(os.path.join(REPO_ROOT, path), run_name='__main__')
-    return run
-
 def assert_old_or_new(folder, action, backup, look):
-    """Run action whole, then kill it at every step from the old state again: look() must find the old or new one."""
+    """Run action whole, then kill it at every step from the old state again: look() must find the old or new one.
+    Returns both and {step: what look() found after the kill at that step}."""
     shutil.copytree(folder, backup)
     restore = lambda: (shutil.rmtree(folder), shutil.copytree(backup, folder))  # noqa: E731
     old = look()
     assert not killed_at(10 ** 6, folder, action)
     new = look()
     assert new != old
-    kills = [(step, look() in (old, new)) for step in every_kill(folder, restore, action)]
-    assert kills and all(whole for _, whole in kills), f"neither old nor new after a kill: {kills}"
-    return old, new
+    kills = {step: look() for step in every_kill(folder, restore, action)}
+    torn = [step for step, state in kills.items() if state not in (old, new)]
+    assert kills and not torn, f"neither old nor new after a kill at steps {torn}"
+    return old, new, kills
 
 def test_a_save_killed_before_its_rename_leaves_the_old_file_and_the_next_saves_clean_up(tmp_path):
     """The old checkpoint loads and is still the one resume reads; the next saves delete the dead writer's temporary
@@ -245,34 +239,32 @@ def test_a_save_killed_before_its_rename_leaves_the_old_file_and_the_next_saves_
     assert sorted(os.listdir(tmp_path)) == sorted(keep + ['ckpt.pt', 'latest.pt'])
 
 def test_a_swap_killed_at_any_step_is_completed_by_the_next_command(tmp_path):
-    folder = tmp_path / 'f'
-    old = {'a': b'old a', 'b': b'old b', 'sub/x': b'old x', 'gone': b'old gone'}
-    staged = {'a.new': b'new a', 'b.new': b'new b', 'sub.new/y': b'new y'}
-    new = {'a': b'new a', 'b': b'new b', 'sub/y': b'new y'}
-    def setup():
-        shutil.rmtree(folder, ignore_errors=True)
-        for name, content in {**old, **staged}.items():
-            os.makedirs(os.path.dirname(folder / name), exist_ok=True)
-            (folder / name).write_bytes(content)
+    folder, moved = tmp_path / 'f', tmp_path / 'moved'
+    for name, content in {'a': b'old a', 'b': b'old b', 'sub/x': b'old x', 'gone': b'old gone', 'a.new': b'new a',
+                          'b.new': b'new b', 'sub.new/y': b'new y'}.items():
+        os.makedirs(os.path.dirname(folder / name), exist_ok=True)
+        (folder / name).write_bytes(content)
     swap = lambda: files.swap(folder, [('a.new', 'a'), ('b.new', 'b'), ('sub.new', 'sub')], removes=['gone'])  # noqa
-    moved = tmp_path / 'moved'
-    for step in every_kill(folder, setup, swap):
-        shutil.rmtree(moved, ignore_errors=True)
+    def look():
         os.rename(folder, moved)  # the journal holds paths relative to its folder, wherever that is now
         files.finish_swaps(str(moved))
         os.rename(moved, folder)
-        assert tree(folder) == new or (step == 1 and tree(folder) == {**old, **staged}), (step, tree(folder))
-    assert step >= 6  # the journal, three moves (the folder's two renames), the removal, the journal's removal
-    assert tree(folder) == new
+        return tree(folder)
+    _, new, kills = assert_old_or_new(folder, swap, tmp_path / 'backup', look)
+    assert new == {'a': b'new a', 'b': b'new b', 'sub/y': b'new y'}
+    # finished unless killed before the journal was written; steps: the journal, three moves (the folder's two
+    # renames), the removal, the journal's removal
+    assert [step for step, state in kills.items() if state != new] == [1] and max(kills) >= 6
 
 def test_prepare_force_killed_at_any_step_leaves_the_old_dataset_or_the_new_one(tmp_path, make_dataset):
     name = make_dataset('killed_force', text='abc abc\n' * 300)
     folder = data.data_dir(name)
     (tmp_path / 'new.txt').write_text('xyz, XYZ; 0123\n' * 400)
-    prepare = script('data/char/prepare.py', '--input', tmp_path / 'new.txt', '--name', name, '--force')
+    prepare = functools.partial(run_inproc, 'data/char/prepare.py', '--input', tmp_path / 'new.txt', '--name', name,
+                                '--force', check=True)
     dataset = ('train.bin', 'val.bin', 'meta.pkl')  # not what a killed prepare left unfinished beside them
     look = lambda: (data.read_meta(name), {k: v for k, v in tree(folder).items() if k in dataset})  # what it reads
-    _, (_, new) = assert_old_or_new(folder, prepare, tmp_path / 'backup', look)
+    _, (_, new), _ = assert_old_or_new(folder, prepare, tmp_path / 'backup', look)
     assert set(new) == set(dataset)
 
 def test_export_hf_killed_at_any_step_leaves_the_old_export_or_the_new_one(tmp_path, copy_run):
@@ -283,7 +275,7 @@ def test_export_hf_killed_at_any_step_leaves_the_old_export_or_the_new_one(tmp_p
     state['model']['lm_head.weight'] += 1.0  # another model: other weights
     checkpoint.save(state, str(copy_run))
     look = lambda: (checkpoint.pretrained(str(hf)), tree(hf))[1]  # noqa: E731 (what the next command reads)
-    assert_old_or_new(hf.parent, script(*args), tmp_path / 'backup', look)
+    assert_old_or_new(hf.parent, functools.partial(run_inproc, *args, check=True), tmp_path / 'backup', look)
     run_inproc(*args, check=True)  # and the next export leaves nothing of the killed ones behind
     assert sorted(os.listdir(hf.parent)) == ['hf']
 

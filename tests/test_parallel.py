@@ -32,8 +32,6 @@ NO_CUDA_GRAPHS = dict(compile_mode='max-autotune-no-cudagraphs')
     (dict(device_type='mps', backend='gloo'), ['mps', '--device=cpu'], dict(device_type='cpu')),
     (dict(backend='mpi'), ["unknown backend 'mpi'"], dict(backend='nccl')),
     (dict(compile_mode='fast'), ["unknown compile_mode 'fast'"], dict(compile_mode='default')),
-    (dict(gradient_accumulation_steps=3), ['gradient_accumulation_steps (3)', '--gradient_accumulation_steps=2'],
-     dict(gradient_accumulation_steps=2)),
     (dict(optimizer='sgd'), ["unknown optimizer 'sgd'", 'adamw or muon'], dict(optimizer='adamw')),
     (dict(optimizer='muon', fsdp=True), ["optimizer='muon'", 'fsdp=True', '--optimizer=adamw'],
      dict(optimizer='adamw')),

@@ -23,11 +23,7 @@ def char_dataset(tag):
     try:
         yield f'_test_{tag}'
     finally:
-        remove_dataset(f'_test_{tag}')
-
-def remove_dataset(name):
-    assert name.startswith('_test_')
-    shutil.rmtree(os.path.join(DATA_ROOT, name), ignore_errors=True)
+        shutil.rmtree(os.path.join(DATA_ROOT, f'_test_{tag}'), ignore_errors=True)
 
 def make_model(activation='gelu', bias=True, block_size=16, n_layer=2, n_head=2, n_embd=32, seed=0,
                vocab_size=len(CHARS)):
