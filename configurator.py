@@ -36,8 +36,8 @@ def _set(namespace, explicit, known, key, value, source):
     value = _parse(key, value, current) if source == 'the command line' else value
     value = float(value) if isinstance(current, float) and type(value) is int else value
     if current is not None and value is not None and type(value) is not type(current):
-        raise UserError(f"{'--' + key if source == 'the command line' else source}: {key} must be a "
-                        f"{type(current).__name__} ({explicit[key] + ' sets' if key in explicit else 'default'} "
+        raise UserError(f"{'--' + key if source == 'the command line' else source}: {key} must be of "
+                        f"type {type(current).__name__} ({explicit[key] + ' sets' if key in explicit else 'default'} "
                         f"{current!r}), got {type(value).__name__} {value!r}")
     namespace[key], explicit[key] = value, source
 
@@ -70,6 +70,14 @@ def configure(namespace, argv=None):
 def _require(name, value, ok, what, hint=''):
     if not ok:
         raise UserError(f"{name} must be {what}, got {value!r}{hint}")
+
+def configure_sampling(namespace):
+    """configure(), then the checks of the settings that sample.py and sample_onnx.py share."""
+    explicit = configure(namespace)
+    require_positive(namespace, 'num_samples', 'max_new_tokens')
+    check_sampling(namespace['temperature'], namespace['top_k'], namespace.get('top_p', 1.0))
+    check_seed(namespace['seed'])
+    return explicit
 
 def require_positive(namespace, *names):
     for name in names:

@@ -1,7 +1,6 @@
 """
 Loss, perplexity and bits per byte of a model on fixed tokens of a dataset's splits, so that models compare on the
 same text (by default train.py's evaluation batches); HellaSwag accuracy too.
-
 $ python evaluate.py --out_dir=out-shakespeare-char                   # fixed batches, train and val
 $ python evaluate.py --out_dir=out-shakespeare-char --full_pass=True  # every token of val.bin once
 $ python evaluate.py --init_from=gpt2 --hellaswag=True --hellaswag_examples=500   # GPT-2 BPE models only
@@ -145,8 +144,7 @@ def main(explicit, ctx):
     losses = not hellaswag or any(k in explicit for k in ('splits', 'full_pass', 'dataset'))
     plan = plan_splits(explicit, model, ckpt) if losses else None
     if hellaswag:
-        is_bpe = data.checkpoint_entry(ckpt)['kind'] == 'gpt2' if ckpt is not None else \
-            isinstance(tokenizer.for_pretrained(init_from, model.config.vocab_size), tokenizer.BPETokenizer)
+        is_bpe = isinstance(checkpoint.tokenizer_of(init_from, model, ckpt), tokenizer.BPETokenizer)
         hellaswag_scoring.require_bpe(is_bpe, where)
         examples = hellaswag_scoring.load(hellaswag_file or None, hellaswag_examples)
     del ckpt

@@ -28,7 +28,6 @@ EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf files stop at 2 GB: larger model
 
 class AllPositionLogits(nn.Module):
     """GPT.forward with every position's logits (without targets it returns only the last one)."""
-
     def __init__(self, model):
         super().__init__()
         self.model = model.eval()

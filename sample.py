@@ -1,6 +1,5 @@
 """
 Sample from a trained model, or from OpenAI's GPT-2.
-
 $ python sample.py --out_dir=out-shakespeare-char
 $ python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=5
 $ python sample.py --out_dir=out-shakespeare-char --prompts=prompts.txt --stop="'\\n\\n'" --top_p=0.9
@@ -11,7 +10,7 @@ import time
 import torch
 
 import configurator
-from helpers import UserError, checkpoint, data, hardware, tokenizer
+from helpers import UserError, checkpoint, hardware, tokenizer
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir), a gpt2 variant (e.g. 'gpt2-xl') or a transformers GPT-2 directory
@@ -32,11 +31,8 @@ compile = False  # use PyTorch 2.0 to compile the model to be faster
 use_kv_cache = True  # feed one new position per step instead of the whole context again
 stream = True  # print text as it is generated; False generates each prompt's samples in one batch, then prints
 # -----------------------------------------------------------------------------
-explicit = configurator.configure(globals())
+explicit = configurator.configure_sampling(globals())
 dtype, ctx = hardware.setup(device, dtype if 'dtype' in explicit else None)
-configurator.require_positive(globals(), 'num_samples', 'max_new_tokens')
-configurator.check_sampling(temperature, top_k, top_p)
-configurator.check_seed(seed)
 stop_strings = [stop] if isinstance(stop, str) else list(stop) if isinstance(stop, (list, tuple)) else []
 if stop is not None and not (stop_strings and all(isinstance(s, str) and s for s in stop_strings)):
     raise UserError(f"stop must be a non-empty string or a list of them, got {stop!r}; e.g. --stop=THE END "
@@ -44,20 +40,17 @@ if stop is not None and not (stop_strings and all(isinstance(s, str) and s for s
 if prompts and 'start' in explicit:
     raise UserError("give the prompt with --start or the prompts with --prompts, not both")
 
-torch.manual_seed(seed)
 model, ckpt = checkpoint.load_model(init_from, out_dir)
-tok = tokenizer.from_entry(data.checkpoint_entry(ckpt)) if ckpt is not None else \
-    tokenizer.for_pretrained(init_from, model.config.vocab_size)
-del ckpt  # the weights now live in the model
+tok = checkpoint.tokenizer_of(init_from, model, ckpt)
+del ckpt  # its weights: a second copy of the model's
 model.eval().to(device)
 if compile:  # generate() calls the model's forward directly: compile that, with shapes that vary per step
     model.forward = torch.compile(model.forward, dynamic=True)
-end_token = tok.end_token if stop_at_end else None
 prompt_texts = tokenizer.read_prompts(start, prompts)
 prompt_ids = [tok.encode(text) for text in prompt_texts]
 
 class SampleText:
-    """One sample's text as its tokens arrive, cut before end_token or a stop string; a tail that could
+    """One sample's text as its tokens arrive, cut before the end token or a stop string; a tail that could
     begin a stop string waits, so nothing after a stop is ever printed, even when it spans tokens."""
     def __init__(self):
         self.decode_next = tok.stream_decoder()
@@ -66,7 +59,7 @@ class SampleText:
 
     def add(self, token):
         """Take the next token; return the text that is final now (to print)."""
-        if token == end_token:
+        if stop_at_end and token == tok.end_token:
             self.done = True
         else:
             self.pending += self.decode_next(token)

@@ -79,8 +79,5 @@ def main():
           file=sys.stderr)
 
 if __name__ == '__main__':
-    configurator.configure(globals())
-    configurator.require_positive(globals(), 'num_samples', 'max_new_tokens')
-    configurator.check_sampling(temperature, top_k)
-    configurator.check_seed(seed)
+    configurator.configure_sampling(globals())
     main()

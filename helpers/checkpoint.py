@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import torch
 
-from helpers import UserError, files, runs
+from helpers import UserError, data, files, runs, tokenizer
 from helpers.runs import CKPT_NAME, LATEST_NAME  # noqa: F401 (the scripts name them through checkpoint)
 from model import GPT, GPTConfig
 
@@ -159,6 +159,12 @@ def load_model(init_from, out_dir):
         ckpt = load(out_dir, runs.sample_name(out_dir))
         return model_from_checkpoint(ckpt, dropout=0.0), ckpt
     return pretrained(init_from), None
+
+def tokenizer_of(init_from, model, ckpt):
+    """The tokenizer of load_model's model: its checkpoint's vocabulary, or that of the pretrained folder."""
+    if ckpt is not None:
+        return tokenizer.from_entry(data.checkpoint_entry(ckpt))
+    return tokenizer.for_pretrained(init_from, model.config.vocab_size)
 
 def capture_rng_states(device):
     """This process's random states as plain values: Python's, numpy's, torch's CPU one and the device's (no other)."""

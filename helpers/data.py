@@ -13,6 +13,7 @@ from helpers.prepare import PROGRESS
 PLAIN_TYPES = ('dict', 'list', 'tuple', 'set', 'frozenset', 'str', 'bytes', 'int', 'float', 'bool', 'complex')
 RESIDENT_BYTES = 2 << 30  # at most this much of int32 tokens is kept in device memory
 RECREATE = "re-create it with the dataset's prepare.py"
+TOOLS = ('char', 'bpe')  # data/char and data/bpe prepare your own text: no datasets of their own
 
 class _PlainDataUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
@@ -103,9 +104,10 @@ def bin_path(dataset, split):
     """Path to <split>.bin, or a UserError naming the command that prepares it."""
     folder = data_dir(dataset)
     path = os.path.join(folder, f'{split}.bin')
-    if dataset == 'char' or not (os.path.isdir(folder) or has_script(dataset)):   # data/char is a tool, no dataset
+    if dataset in TOOLS or not (os.path.isdir(folder) or has_script(dataset)):
         names = {d for root in (DATA_ROOT, SCRIPTS_ROOT) if os.path.isdir(root) for d in os.listdir(root)}
-        known = sorted(d for d in names if d != 'char' and (os.path.isdir(os.path.join(DATA_ROOT, d)) or has_script(d)))
+        known = sorted(d for d in names if d not in TOOLS and (has_script(d) or os.path.exists(
+            os.path.join(DATA_ROOT, d, 'train.bin'))))   # not data/hellaswag, say: no dataset
         raise UserError(f"unknown dataset '{dataset}': there is no dataset {shown(folder)}/ (datasets "
                         f"here: {', '.join(known)}; to prepare your own text: python data/char/prepare.py --input "
                         "your_text.txt --name NAME, then --dataset=NAME)")

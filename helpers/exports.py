@@ -3,12 +3,12 @@ import os
 
 import torch
 
-from helpers import UserError, checkpoint, data, files
+from helpers import UserError, checkpoint, data, files, runs
 
 def load_checkpoint(out_dir, path):
     """The model to export to path (float32), the checkpoint without weights, its tokenizer entry (or None)."""
-    model, ckpt = checkpoint.load_model('resume', out_dir)
-    model.float().eval()
+    ckpt = checkpoint.load(out_dir, runs.sample_name(out_dir))
+    model = checkpoint.model_from_checkpoint(ckpt, dropout=0.0).float().eval()
     print(f"exporting {model.get_num_params() / 1e6:.2f}M parameters (block_size {model.config.block_size}, "
           f"activation {model.config.activation}) to {path} ...", flush=True)
     ckpt = {k: v for k, v in ckpt.items() if k not in ('model', 'optimizer', 'scaler')}

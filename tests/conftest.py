@@ -5,6 +5,7 @@ import functools
 import gc
 import hashlib
 import io
+import itertools
 import os
 import pickle
 import random
@@ -20,15 +21,25 @@ import threading
 import time
 import traceback
 import types
+import uuid
 
 import numpy as np
 import pytest
+import tiktoken
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get('NANOGPT_SHARED', os.path.join(os.path.dirname(REPO_ROOT), 'shared'))
 TINY_SHAKESPEARE = os.path.join(SHARED, 'data', 'tinyshakespeare', 'input.txt')
 if os.path.isdir(os.path.join(SHARED, 'tiktoken_cache')):  # else tiktoken downloads GPT-2's files itself
     os.environ.setdefault('TIKTOKEN_CACHE_DIR', os.path.join(SHARED, 'tiktoken_cache'))
+# a shell's background job (`pytest &`) ignores Ctrl+C, and so would the scripts it starts: they must stop on it
+signal.signal(signal.SIGINT, signal.default_int_handler)
+# a core each for torch's threads spins against other jobs on a shared machine: tiny models run 50x slower
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+os.environ.setdefault('MKL_NUM_THREADS', '1')
+# torch.compile's compile workers are threads of this process, which a forked rank (forked_ranks) does not have:
+# with a cold compile cache it would wait for them forever. Compiling in the calling thread has no such wait.
+os.environ['TORCHINDUCTOR_COMPILE_THREADS'] = '1'
 
 # this session's datasets, never the user's (even one they set); data/, so that messages read as a user's do
 TEST_ROOT = tempfile.mkdtemp(prefix='nanogpt-tests-')
@@ -38,6 +49,9 @@ os.environ['NANOGPT_DATA_DIR'] = DATA_ROOT
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 import helpers  # noqa: E402
+import torch  # noqa: E402  (once OMP_NUM_THREADS is set)
+from helpers import checkpoint  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 
 if helpers.DATA_ROOT != DATA_ROOT:
     raise RuntimeError(f"helpers was imported before tests/conftest.py set NANOGPT_DATA_DIR; its datasets are in "
@@ -108,15 +122,6 @@ def shakespeare_char():
     place_tiny_shakespeare('shakespeare_char')
     return run_inproc('data/shakespeare_char/prepare.py', check=True).stdout
 
-# a shell's background job (`pytest &`) ignores Ctrl+C, and so would the scripts it starts: they must stop on it
-signal.signal(signal.SIGINT, signal.default_int_handler)
-# a core each for torch's threads spins against other jobs on a shared machine: tiny models run 50x slower
-os.environ.setdefault('OMP_NUM_THREADS', '1')
-os.environ.setdefault('MKL_NUM_THREADS', '1')
-# torch.compile's compile workers are threads of this process, which a forked rank (forked_ranks) does not have:
-# with a cold compile cache it would wait for them forever. Compiling in the calling thread has no such wait.
-os.environ['TORCHINDUCTOR_COMPILE_THREADS'] = '1'
-
 CORE_DATASET = '_test_core'
 CORE_WORDS = ('the', 'cat', 'sat', 'on', 'a', 'mat', 'dog', 'ran', 'far', 'away', 'and', 'then', 'slept')
 
@@ -149,16 +154,68 @@ def core_dataset():
     shutil.rmtree(folder, ignore_errors=True)
 
 @pytest.fixture
-def make_dataset():
-    """Factory for throw-away datasets data/_test_core_<suffix>, removed after the test."""
-    made = []
-    def make(suffix, text=None, **kwargs):
-        name = f'{CORE_DATASET}_{suffix}'
-        made.append(write_char_dataset(name, core_text() if text is None else text, **kwargs))
-        return name
+def scratch():
+    """A factory of dataset names, unique (data/_test_<tag>_<8 hex digits>) or as given; removed after the test."""
+    names = []
+    def make(tag='ds', name=None):
+        names.append(name or f'_test_{tag}_{uuid.uuid4().hex[:8]}')
+        return names[-1]
     yield make
-    for folder in made:
-        shutil.rmtree(folder, ignore_errors=True)
+    for name in names:
+        shutil.rmtree(os.path.join(DATA_ROOT, name), ignore_errors=True)
+
+@pytest.fixture
+def make_dataset(scratch):
+    """Factory for throw-away character datasets data/_test_core_<suffix>, of core_text() unless text is given."""
+    def make(suffix, text=None, **kwargs):
+        name = scratch(name=f'{CORE_DATASET}_{suffix}')
+        write_char_dataset(name, core_text() if text is None else text, **kwargs)
+        return name
+    return make
+
+CHARS = sorted(set("abcdefghijklmnopqrstuvwxyz ,.;:!?'\nABCDEFGHIJ"))
+
+@pytest.fixture(scope='session')
+def char_dataset():
+    """data/_test_chars: 6000 train and 1003 val tokens of random text over CHARS, in runs of two letters so that a
+    few training steps lower the loss."""
+    ids = np.random.default_rng(0).integers(0, len(CHARS), 7003)
+    ids[1::2] = ids[0::2][:len(ids[1::2])]
+    folder = write_char_dataset('_test_chars', ''.join(CHARS[i] for i in ids), val_fraction=1003 / 7003)
+    yield '_test_chars'
+    shutil.rmtree(folder, ignore_errors=True)
+
+def make_model(activation='gelu', bias=True, block_size=16, n_layer=2, n_head=2, n_embd=32, seed=0,
+               vocab_size=len(CHARS)):
+    """A GPT with large random weights: activations of order 1 and logits of order 10, so that a wrong GELU, a
+    missing bias or a transposed matrix shows far above the tolerances (0.02-std weights keep all near 0)."""
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                          bias=bias, activation=activation))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(('ln_1.weight', 'ln_2.weight', 'ln_f.weight')):
+                p.uniform_(0.5, 1.5)
+            elif p.dim() == 1:
+                p.normal_(0.0, 0.3)  # biases
+            elif 'wte' in name or 'wpe' in name:
+                p.normal_(0.0, 1.0)
+            else:
+                p.normal_(0.0, 1.5 / p.shape[1] ** 0.5)  # unit-ish gain per Linear
+    return model.eval()
+
+def save_checkpoint(model, out_dir, dataset_name, iter_num=100):
+    os.makedirs(out_dir, exist_ok=True)
+    torch.save({'model': model.state_dict(), 'optimizer': {}, **checkpoint.architecture_entries(model.config),
+                'iter_num': iter_num, 'best_val_loss': 9.9,
+                'config': {'dataset': dataset_name, 'batch_size': 4, 'eval_iters': 3, 'seed': 1337}},
+               os.path.join(out_dir, 'ckpt.pt'))
+    return os.path.join(out_dir, 'ckpt.pt')
+
+def full_logits(model, idx):
+    """Every position's logits from GPT.forward itself (targets make it return them all)."""
+    with torch.no_grad():
+        return model(idx, idx)[0]
 
 CORE_TRAIN_SETTINGS = dict(dataset=CORE_DATASET, device='cpu', dtype='float32', compile=False, wandb_log=False,
                            n_layer=2, n_head=2, n_embd=32, block_size=32, bias=False, dropout=0.0, batch_size=4,
@@ -304,7 +361,6 @@ class RunsCode:
 
 def explicit_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False):
     """softmax(q k^T / sqrt(head_size)) v written out: the reference for scaled_dot_product_attention's kernels."""
-    import torch
     if is_causal:
         attn_mask = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril()
     att = (q @ k.transpose(-2, -1)) / k.size(-1) ** 0.5
@@ -315,8 +371,7 @@ def explicit_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False):
 @contextlib.contextmanager
 def attention(flash):
     """The model's attention as it is (flash=True), or through explicit_attention."""
-    import torch.nn.functional as F
-    real = F.scaled_dot_product_attention
+    F, real = torch.nn.functional, torch.nn.functional.scaled_dot_product_attention
     if not flash:
         F.scaled_dot_product_attention = explicit_attention
     try:
@@ -340,11 +395,14 @@ TORCHRUN = ('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
 # evaluations at 0, 3 and 6 (ckpt.pt then holds the weights before iteration 6), over an odd number of batches
 TORCHRUN_SETTINGS = dict(max_iters=8, eval_interval=3, eval_iters=3, gradient_accumulation_steps=2, learning_rate=3e-3)
 
-def forked_ranks(*args):
-    """train.py <args> on 2 ranks forked from this process with torchrun's variables; both must exit 0."""
+def free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+def forked_ranks(*args):
+    """train.py <args> on 2 ranks forked from this process with torchrun's variables; both must exit 0."""
+    port = free_port()
     logs = {rank: [os.path.join(TEST_ROOT, f'rank{rank}-{port}.{out}') for out in ('out', 'err')] for rank in '01'}
     pids = [_fork_rank(dict(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE='2', LOCAL_WORLD_SIZE='2', MASTER_ADDR='127.0.0.1',
                             MASTER_PORT=str(port)), args, *logs[rank]) for rank in '01']
@@ -386,3 +444,74 @@ def parallel_run(core_dataset, tmp_path_factory):
         return types.SimpleNamespace(out_dir=out_dir, stdout=stdout, losses=iteration_losses(stdout),
                                      steps=step_losses(stdout))
     return run
+
+def prep(script, *args, check=True):
+    return run_inproc(f'data/{script}/prepare.py', *args, check=check)
+
+def gpt2_tokens(docs):
+    """docs' tokens computed without the code under test: encode_ordinary, then 50256; rows of None skipped."""
+    enc = tiktoken.get_encoding('gpt2')
+    return np.array([t for doc in docs if doc is not None for t in enc.encode_ordinary(doc) + [enc.eot_token]],
+                    dtype=np.uint16)
+
+# data/<script>/prepare.py stopped (SIGSTOP) as it starts its Nth prepare.Output.write: signalled there, it is
+# interrupted where the test chooses, not where a race with a loaded machine has got to
+STOP_AT_WRITE = """import itertools, os, runpy, signal, sys
+from helpers import prepare
+write, writes, stop_at = prepare.Output.write, itertools.count(1), int(sys.argv[1])
+def write_or_stop(self, split, ids):
+    if next(writes) == stop_at:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    write(self, split, ids)
+prepare.Output.write = write_or_stop
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name='__main__')"""
+
+def stopped_prepare(script, at_write, *args, env=None):
+    proc = subprocess.Popen([sys.executable, '-c', STOP_AT_WRITE, str(at_write), f'data/{script}/prepare.py',
+                             *map(str, args)], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, PYTHONUNBUFFERED='1', **(env or {})))
+    assert os.WIFSTOPPED(os.waitpid(proc.pid, os.WUNTRACED)[1]), proc.communicate()
+    return proc
+
+def ctrl_c(*done, **kwargs):
+    """A Ctrl+C once the calls in its arguments are done."""
+    raise KeyboardInterrupt
+
+def killed_at(step, folder, action):
+    """Run action() in a forked child that SIGKILLs itself (no clean-up runs) before its step-th rename or removal
+    under folder: whether it was killed."""
+    folder = os.path.abspath(folder)
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            calls = itertools.count(1)
+            def dies_at_step(fn):
+                def call(*args, **kwargs):
+                    paths = [os.path.abspath(a) for a in args[:2] if isinstance(a, (str, os.PathLike))]
+                    if any(p.startswith(folder) for p in paths) and next(calls) == step:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return fn(*args, **kwargs)
+                return call
+            for name in ('replace', 'rename', 'remove', 'unlink', 'rmdir'):
+                setattr(os, name, dies_at_step(getattr(os, name)))
+            shutil.rmtree = dies_at_step(shutil.rmtree)
+            for fd in (1, 2):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+            action()
+            status = 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) or os.WEXITSTATUS(status) == 0, f"the action failed at step {step}"
+    return os.WIFSIGNALED(status)
+
+def every_kill(folder, setup, action):
+    """setup() the old state, then kill action at each step in turn; yields after each kill."""
+    for step in range(1, 100):
+        setup()
+        if not killed_at(step, folder, action):
+            return
+        yield step
+    raise AssertionError("the action never finished")

@@ -30,8 +30,6 @@ def disk_full(*args, **kwargs):
 def no_links(*args):
     raise OSError(errno.EPERM, 'links not supported')
 
-# ----------------------------------------------------------------------------- atomic writes
-
 def half_written(obj, f, *args, **kwargs):
     f.write(b'PK\x03\x04 half a checkpoint')  # some bytes reach the file first
     disk_full()
@@ -134,8 +132,6 @@ def test_device_sync_waits_on_the_device_it_is_given(monkeypatch):
     hardware.sync('cpu')
     assert list(map(torch.device, waited)) == [torch.device('cuda:1')]
 
-# ----------------------------------------------------------------------------- files that would run code, damage
-
 class CustomObject:
     pass
 
@@ -199,8 +195,6 @@ def test_a_damaged_file_names_the_whole_one_beside_it(copy_run):
     with pytest.raises(UserError, match='restore it from a backup or train again'):
         checkpoint.load(str(copy_run), 'latest.pt.damaged')
 
-# ----------------------------------------------------------------------------- out_dir and --overwrite=True
-
 def run_files(folder):
     """The run's files in folder: what --overwrite=True moves aside whole."""
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())
@@ -240,8 +234,6 @@ def test_nanogpt_meta_pkl_loads(tmp_path, protocol):
     for content in (meta, {'a': [1, 2.5, True, None, 'x'], 'b': (1, (2, 3)), 'c': {1: {'d': False}}}):
         (tmp_path / 'meta.pkl').write_bytes(pickle.dumps(content, protocol=protocol))
         assert data.load_meta(str(tmp_path / 'meta.pkl')) == content
-
-# ----------------------------------------------------------------------------- nanoGPT's checkpoints here
 
 NANOGPT_CONFIG_KEYS = ('out_dir', 'eval_interval', 'log_interval', 'eval_iters', 'eval_only', 'always_save_checkpoint',
                        'init_from', 'wandb_log', 'wandb_project', 'wandb_run_name', 'dataset',
@@ -288,8 +280,6 @@ def test_a_nanogpt_checkpoint_samples_and_resumes_as_this_projects_own(copy_run,
     if dtype is None:
         assert "dtype='float32' for this machine (the run had 'float16'; set --dtype to choose)" in theirs
         assert "compile=False for this machine (the run had True; set --compile to choose)" in theirs
-
-# ----------------------------------------------------------------------------- our checkpoints in nanoGPT
 
 NanoGPTConfig = make_dataclass('NanoGPTConfig', [  # exactly the fields of nanoGPT's GPTConfig
     ('block_size', int, 1024), ('vocab_size', int, 50304), ('n_layer', int, 12), ('n_head', int, 12),

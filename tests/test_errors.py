@@ -98,8 +98,6 @@ def runs_code(path, marker):
     state = torch.load(path, weights_only=True)
     torch.save(dict(state, config=dict(state['config'], note=RunsCode(marker))), path)
 
-# ----------------------------------------------------------------------------- train.py, new out_dir: nothing created
-
 BEST = f'--device={hardware.best_device()}'  # what the errors suggest: cpu here, cuda on a GPU machine
 POSITIVE = ['batch_size', 'gradient_accumulation_steps', 'max_iters', 'eval_iters', 'block_size', 'n_layer', 'n_head',
             'eval_interval', 'log_interval']
@@ -112,6 +110,7 @@ OTHER_SAME_SIZE = core_text().translate(str.maketrans('abc', 'xyz'))  # as many 
 @pytest.mark.parametrize('settings, fragments', ids=case_id, argvalues=[
     (dict(dataset='_test_no_such'), ["unknown dataset '_test_no_such'", CORE_DATASET]),  # lists those there are
     (dict(dataset='char'), ["unknown dataset 'char'", 'data/char/prepare.py --input', '--name']),
+    (dict(dataset='bpe'), ["unknown dataset 'bpe'", 'data/char/prepare.py --input', '--name']),
     (dict(dataset=dict(remove='val.bin')), ['val.bin', 'missing', 'prepare']),
     (dict(dataset=dict(val_tokens=32), block_size=32), ['val.bin', '32 tokens', 'block_size+1 = 33', '--block_size']),
     (dict(dataset=dict(append=HALF_TOKEN)), ['train.bin', 'not a whole number of uint16 tokens', 'prepare']),
@@ -337,8 +336,6 @@ def test_performance_replaces_the_run_folders_it_made(tmp_path, monkeypatch):
         run_inproc('benchmarks/performance.py', '--only=laptop', f'--runs_dir={tmp_path}', check=True)
     assert {name: os.listdir(tmp_path / name) for name in os.listdir(tmp_path)} == \
         {name: ['made_by_performance.txt'] for name in os.listdir(tmp_path)}
-
-# ----------------------------------------------------------------------------- a non-finite loss: checkpoints stay
 
 @pytest.mark.parametrize('resume, settings, fragments', ids=case_id, argvalues=[
     # resumed at iteration 21: the first update makes the weights explode, the loss of iteration 22 is NaN

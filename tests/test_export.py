@@ -10,9 +10,7 @@ import torch
 
 import export_hf
 import export_onnx
-import tiny_runs
-from conftest import RunsCode, run_inproc
-from test_nothing_lost import ctrl_c, every_kill
+from conftest import CHARS, RunsCode, ctrl_c, every_kill, full_logits, make_model, run_inproc, save_checkpoint
 from helpers import UserError, checkpoint, exports, files
 from model import GPT
 
@@ -26,11 +24,6 @@ BLOCK = 16
 HF_GELU = {'gelu': 'gelu', 'gelu_tanh': 'gelu_new'}  # transformers' names
 TORCHSCRIPT = functools.partial(export_onnx.export, dynamo=False)  # the fallback exporter: fast
 
-@pytest.fixture(scope='module')
-def char_dataset():
-    with tiny_runs.char_dataset('onnx') as name:
-        yield name
-
 def sample_text(stdout):
     """The sample printed by sample.py / sample_onnx.py: what follows the settings lines."""
     lines = stdout.split('\n---------------')[0].split('\n')
@@ -40,13 +33,13 @@ def sample_text(stdout):
 
 def checked_logits(model, idx):
     """The model's logits for idx, large enough for a comparison to mean something."""
-    expected = tiny_runs.full_logits(model, idx)
+    expected = full_logits(model, idx)
     assert expected.abs().max() > 3
     return expected
 
 def test_cli_exports_onnx_with_dynamic_shapes_and_greedy_sampling_and_hf(tmp_path, char_dataset):
-    model, out = tiny_runs.make_model('gelu', bias=False, block_size=BLOCK), tmp_path / 'run'
-    tiny_runs.save_checkpoint(model, str(out), char_dataset)
+    model, out = make_model('gelu', bias=False, block_size=BLOCK), tmp_path / 'run'
+    save_checkpoint(model, str(out), char_dataset)
     proc = run_inproc('export_onnx.py', f'--out_dir={out}', check=True)
     assert 'with the dynamo exporter' in proc.stdout, proc.stdout
     assert float(re.search(r'max abs diff ([0-9.eE+-]+)', proc.stdout).group(1)) <= 1e-4
@@ -54,12 +47,12 @@ def test_cli_exports_onnx_with_dynamic_shapes_and_greedy_sampling_and_hf(tmp_pat
     assert [i.shape for i in session.get_inputs()] == [['batch', 'seq']]
     logits_of, g = export_onnx.onnx_logits(str(out / 'model.onnx')), torch.Generator().manual_seed(5)
     for batch, seq in [(1, 1), (5, BLOCK), (3, 11), (1, 2)]:  # none of them the export's example (2, 8)
-        idx = torch.randint(len(tiny_runs.CHARS), (batch, seq), generator=g)
+        idx = torch.randint(len(CHARS), (batch, seq), generator=g)
         torch.testing.assert_close(logits_of(idx), checked_logits(model, idx), rtol=0, atol=1e-4)
     with pytest.raises(Exception):  # longer than block_size: refused, not silently wrong
         logits_of(torch.zeros(1, BLOCK + 1, dtype=torch.long))
     meta = session.get_modelmeta().custom_metadata_map
-    assert json.loads(meta['nanogpt.itos']) == tiny_runs.CHARS
+    assert json.loads(meta['nanogpt.itos']) == CHARS
     assert (meta['nanogpt.tokenizer'], meta['nanogpt.block_size'], meta['nanogpt.activation']) == ('char', '16', 'gelu')
     # greedy decoding: 30 new tokens run past block_size, where sample.py leaves its KV cache for
     # full windows and the onnxruntime loop starts cropping its context to the last block_size tokens
@@ -78,20 +71,20 @@ def test_cli_exports_onnx_with_dynamic_shapes_and_greedy_sampling_and_hf(tmp_pat
 def test_every_variant_exports_and_the_checks_see_a_wrong_gelu(tmp_path, activation, bias):
     """ONNX by the TorchScript exporter (the dynamo exporter's variants: the tests around); the Hugging Face folder
     loads in transformers and back in GPT.from_pretrained."""
-    model, path = tiny_runs.make_model(activation, bias=bias, block_size=BLOCK), str(tmp_path / 'model.onnx')
+    model, path = make_model(activation, bias=bias, block_size=BLOCK), str(tmp_path / 'model.onnx')
     assert TORCHSCRIPT(model, path) == 'torchscript'
     onnx_prompts = exports.random_prompts(model.config.vocab_size, BLOCK, seed=1)
     diff, scale = exports.max_logit_difference(model, export_onnx.onnx_logits(path), onnx_prompts)
     assert diff <= 1e-4 and scale > 3
     # the same weights with the other GELU are far outside the tolerance: the check has teeth
-    other = tiny_runs.make_model('gelu' if activation == 'gelu_tanh' else 'gelu_tanh', bias=bias, block_size=BLOCK)
+    other = make_model('gelu' if activation == 'gelu_tanh' else 'gelu_tanh', bias=bias, block_size=BLOCK)
     other.load_state_dict(model.state_dict())
     assert exports.max_logit_difference(other, export_onnx.onnx_logits(path), onnx_prompts)[0] > 1e-3
     export_hf.export(model, str(tmp_path / 'hf'))
     config = json.loads((tmp_path / 'hf' / 'config.json').read_text())
     assert config['activation_function'] == HF_GELU[activation] and config['layer_norm_epsilon'] == 1e-5
     assert (config['n_positions'], config['vocab_size'], config['n_layer'], config['n_head'], config['n_embd']) == \
-        (BLOCK, len(tiny_runs.CHARS), 2, 2, 32)
+        (BLOCK, len(CHARS), 2, 2, 32)
     assert config['resid_pdrop'] == config['embd_pdrop'] == config['attn_pdrop'] == 0.0
     weights = safetensors_torch.load_file(str(tmp_path / 'hf' / 'model.safetensors'))
     # Conv1D layout: (in, out), the transpose of nn.Linear's (assert_close compares the shapes too)
@@ -102,14 +95,14 @@ def test_every_variant_exports_and_the_checks_see_a_wrong_gelu(tmp_path, activat
     hf_model = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / 'hf')).eval()
     back = GPT.from_pretrained(str(tmp_path / 'hf')).eval()  # transformers' own folder, as save_pretrained writes it
     assert (back.config.block_size, back.config.vocab_size, back.config.bias, back.config.activation) == \
-        (BLOCK, len(tiny_runs.CHARS), True, activation)
+        (BLOCK, len(CHARS), True, activation)
     wrong = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / 'hf'),
                                                          activation_function=HF_GELU[other.config.activation]).eval()
     with torch.no_grad():
         for idx in exports.random_prompts(model.config.vocab_size, BLOCK, seed=7):
             expected = checked_logits(model, idx)
             torch.testing.assert_close(hf_model(idx).logits, expected, rtol=0, atol=1e-5)
-            got = tiny_runs.full_logits(back, idx)
+            got = full_logits(back, idx)
             assert got.dtype == torch.float32
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
             torch.testing.assert_close(back(idx)[0][:, -1], expected[:, -1], rtol=0, atol=1e-5)  # the KV-cache path
@@ -126,14 +119,14 @@ def weights_beside(model, path, opset=None, dynamo=None, metadata=None, data_nam
     return 'torchscript'
 
 def test_weights_in_a_file_per_tensor_are_gathered_into_one(tmp_path):
-    model, path = tiny_runs.make_model('gelu', bias=True, block_size=BLOCK), str(tmp_path / 'model.onnx')
+    model, path = make_model('gelu', bias=True, block_size=BLOCK), str(tmp_path / 'model.onnx')
     weights_beside(model, path)
     assert len(os.listdir(tmp_path)) > 10
     proto = onnx.load(path, load_external_data=False)
     export_onnx.gather_weights(proto, str(tmp_path), 'model.onnx.0123abcd.data')
     onnx.save(proto, path)
     assert sorted(os.listdir(tmp_path)) == ['model.onnx', 'model.onnx.0123abcd.data']
-    prompts = exports.random_prompts(len(tiny_runs.CHARS), BLOCK, 3)
+    prompts = exports.random_prompts(len(CHARS), BLOCK, 3)
     assert exports.max_logit_difference(model, export_onnx.onnx_logits(path), prompts)[0] <= 1e-4
 
 @pytest.mark.skipif(not hasattr(os, 'fork'), reason='forks the export to kill it')
@@ -145,19 +138,18 @@ def test_weights_beside_the_file_are_replaced_only_whole(tmp_path, char_dataset,
     monkeypatch.setattr(export_onnx, 'EXTERNAL_DATA_BYTES', 0)
     out = tmp_path / 'run'
     monkeypatch.setattr(export_onnx, 'out_dir', str(out))
-    model, new_model = tiny_runs.make_model('gelu_tanh', bias=True, seed=3), tiny_runs.make_model(bias=False, seed=1)
-    idx = torch.randint(len(tiny_runs.CHARS), (2, BLOCK), generator=torch.Generator().manual_seed(1))
+    model, new_model = make_model('gelu_tanh', bias=True, seed=3), make_model(bias=False, seed=1)
+    idx = torch.randint(len(CHARS), (2, BLOCK), generator=torch.Generator().manual_seed(1))
     old, new = checked_logits(model, idx), checked_logits(new_model, idx)
-    def logits():
-        return export_onnx.onnx_logits(str(out / 'model.onnx'))(idx)
-    tiny_runs.save_checkpoint(model, str(out), char_dataset)
+    logits = lambda: export_onnx.onnx_logits(str(out / 'model.onnx'))(idx)  # noqa: E731
+    save_checkpoint(model, str(out), char_dataset)
     export_onnx.main()
     assert 'exported with the dynamo exporter' in capsys.readouterr().out
     first = sorted(os.listdir(out))
     assert len(first) == 4 and re.fullmatch(r'model\.onnx\.[0-9a-f]{8}\.data', first[2]), first
     torch.testing.assert_close(logits(), old, rtol=0, atol=1e-4)
     monkeypatch.setattr(export_onnx, 'export', weights_beside)
-    tiny_runs.save_checkpoint(new_model, str(out), char_dataset)
+    save_checkpoint(new_model, str(out), char_dataset)
     with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):  # Ctrl+C while the new export is checked
         m.setattr(ort, 'InferenceSession', ctrl_c)
         export_onnx.main()
@@ -183,7 +175,7 @@ def test_only_an_earlier_hf_export_is_replaced_and_from_pretrained_loads_only_wh
     export_hf.check_output(str(folder))  # absent
     folder.mkdir()
     export_hf.check_output(str(folder))  # empty
-    model = tiny_runs.make_model(block_size=BLOCK)
+    model = make_model(block_size=BLOCK)
     hf_model = export_hf.export(model, str(folder))
     assert json.loads((folder / 'export_hf.json').read_text())['files'] == sorted(os.listdir(folder))
     export_hf.check_output(str(folder))  # an earlier export
@@ -200,8 +192,8 @@ def test_only_an_earlier_hf_export_is_replaced_and_from_pretrained_loads_only_wh
     marker = tmp_path / 'PWNED'
     torch.save(dict(hf_model.state_dict(), note=RunsCode(marker)), folder / 'pytorch_model.bin')
     idx = exports.random_prompts(model.config.vocab_size, BLOCK, seed=7)[0]
-    torch.testing.assert_close(tiny_runs.full_logits(GPT.from_pretrained(str(folder)), idx),
-                               tiny_runs.full_logits(model, idx), rtol=0, atol=1e-5)
+    torch.testing.assert_close(full_logits(GPT.from_pretrained(str(folder)), idx),
+                               full_logits(model, idx), rtol=0, atol=1e-5)
     os.remove(folder / 'model.safetensors')
     with pytest.raises(UserError) as info:
         checkpoint.pretrained(str(folder))

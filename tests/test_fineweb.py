@@ -13,14 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import assert_user_error
+from conftest import assert_user_error, gpt2_tokens, prep, stopped_prepare
 from helpers import UserError, data, documents, prepare
-import test_prepare
-from test_prepare import gpt2_tokens, prep, stopped_prepare
 
 WORDS = 'the a school lesson about cells energy history 中文 café naïve 😀 — "quoted" 1,234 and\nnew\tline'.split(' ')
 PREPARES = {'fineweb_edu': [], 'openwebtext': ['--num_proc', '1']}
-scratch = test_prepare.scratch   # the fixture of unique dataset names
 
 def make_docs(n, seed=0, words=(5, 120)):
     """n documents of varied length, with the awkward ones real corpora hold: empty, missing (None: a row without
@@ -118,16 +115,14 @@ def test_openwebtext_keeps_its_split_and_order(tmp_path, scratch, hf_offline):
         assert counts in out
         assert_bins(name, gpt2_tokens(split['train']['text']), gpt2_tokens(split['test']['text']))
 
-ENCODE = documents.gpt2_in_threads
-
-def encodings(monkeypatch, at=None, error=None):
+def encodings(monkeypatch, at=None, error=None, encode=documents.gpt2_in_threads):
     """The calls of documents.gpt2_in_threads from now on (a list that grows); call number `at` raises `error`."""
     calls = []
     def counted(*args):
         calls.append(args)
         if len(calls) == at:
             raise error
-        return ENCODE(*args)
+        return encode(*args)
     monkeypatch.setattr(documents, 'gpt2_in_threads', counted)
     return calls
 

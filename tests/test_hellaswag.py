@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from helpers import UserError, checkpoint, data, hellaswag, metrics
-from conftest import assert_user_error, core_train_args, forked_ranks, run_inproc
+from conftest import CHARS, assert_user_error, core_train_args, forked_ranks, make_model, run_inproc, save_checkpoint
 from model import GPT
-import tiny_runs
 
 NO_AUTOCAST = torch.autocast('cpu', enabled=False)
 
@@ -130,7 +129,7 @@ def test_choices_and_evaluate_py_match_transformers(models, examples_file, tmp_p
     assert (output['hellaswag_acc'], output['hellaswag_acc_norm'], output['hellaswag_examples']) == (acc, acc_norm, 7)
     assert 'splits' not in output  # HellaSwag alone unless the losses are asked for
     assert f"hellaswag: acc {acc:.4f}, acc_norm {acc_norm:.4f} (7 examples" in proc.stdout
-    tiny_runs.save_checkpoint(model, str(tmp_path / 'out'), bpe_dataset)
+    save_checkpoint(model, str(tmp_path / 'out'), bpe_dataset)
     run_inproc('evaluate.py', f'--out_dir={tmp_path / "out"}', '--splits=val', '--hellaswag_examples=3', *common,
                check=True)
     output = json.loads(results.read_text())
@@ -145,8 +144,8 @@ def test_batch_scores_only_the_ending_and_crops_from_the_left():
     assert y.tolist() == [[-1, -1, -1, 5, -1], [-1, -1, -1, 6, 7], [9, 10, 11, 12, 13], [-1, -1, -1, 14, -1]]
 
 def test_evaluate_py_refuses_a_character_model_and_a_negative_limit(tmp_path, examples_file):
-    path = tiny_runs.save_checkpoint(tiny_runs.make_model(), str(tmp_path / 'out'), 'shakespeare_char')
-    torch.save(dict(torch.load(path, weights_only=True), tokenizer={'kind': 'char', 'itos': tiny_runs.CHARS}), path)
+    path = save_checkpoint(make_model(), str(tmp_path / 'out'), 'shakespeare_char')
+    torch.save(dict(torch.load(path, weights_only=True), tokenizer={'kind': 'char', 'itos': CHARS}), path)
     for model, fragments in ((f'--out_dir={tmp_path / "out"}', ['character-level', 'GPT-2 BPE', '--hellaswag=True']),
                              ('--init_from=gpt2 --hellaswag_examples=-1',  # train.py's words
                               ['hellaswag_examples must be in [0, inf), got -1'])):

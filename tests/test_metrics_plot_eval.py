@@ -14,8 +14,8 @@ from torch.nn import functional as F
 
 import evaluate
 import plot
-import tiny_runs
-from conftest import CORE_DATASET, DATA_ROOT, REPO_ROOT, core_train_args, run_inproc, step_losses
+from conftest import (CORE_DATASET, DATA_ROOT, REPO_ROOT, core_train_args, full_logits, make_model, run_inproc,
+                      save_checkpoint, step_losses)
 from helpers import UserError, checkpoint, data, metrics
 
 def png_size(path):
@@ -157,28 +157,28 @@ def straightforward_val_loss(model, dataset_name, block_size):
     total, count = 0.0, 0
     for start in range(0, len(data) - 1, block_size):
         y = torch.from_numpy(data[start + 1:start + 1 + block_size])
-        logits = tiny_runs.full_logits(model, torch.from_numpy(data[start:start + len(y)])[None])[0]
+        logits = full_logits(model, torch.from_numpy(data[start:start + len(y)])[None])[0]
         total += F.cross_entropy(logits, y, reduction='sum').item()
         count += len(y)
     return total / count, count
 
-def test_full_pass_matches_a_straightforward_computation(tmp_path):
+def test_full_pass_matches_a_straightforward_computation(tmp_path, char_dataset):
     """Its windows predict every token but the first once."""
     for n_tokens, block_size in itertools.product((2, 16, 17, 18, 100, 1003), (1, 16)):
         windows = evaluate.full_pass_windows(n_tokens, block_size)
         predicted = [t for start, length in windows for t in range(start + 1, start + length + 1)]
         assert predicted == list(range(1, n_tokens)) and all(1 <= length <= block_size for _, length in windows)
-    model = tiny_runs.make_model('gelu', bias=True, block_size=16)
-    with tiny_runs.char_dataset('eval') as name:
-        expected, n = straightforward_val_loss(model, name, 16)
-        assert n == 1002  # val.bin holds 1003 tokens: the last window is a short one of 10
-        loss, _, count = evaluate.full_pass_loss(model, data.bin_path(name, 'val'), np.dtype(np.uint16), batch_size=5,
-                                              block_size=16, device='cpu', ctx=torch.autocast('cpu', enabled=False))
-        assert count == n and loss == pytest.approx(expected, rel=1e-6)
-        tiny_runs.save_checkpoint(model, str(tmp_path), name)
-        # float32 as above: on a CPU with bf16 instructions evaluate.py would otherwise autocast to bf16
-        run_inproc('evaluate.py', f'--out_dir={tmp_path}', '--full_pass=True', '--batch_size=7', '--device=cpu',
-                   '--dtype=float32', f'--results_file={tmp_path / "full.json"}', check=True)
+    model = make_model('gelu', bias=True, block_size=16)
+    expected, n = straightforward_val_loss(model, char_dataset, 16)
+    assert n == 1002  # val.bin holds 1003 tokens: the last window is a short one of 10
+    loss, _, count = evaluate.full_pass_loss(model, data.bin_path(char_dataset, 'val'), np.dtype(np.uint16),
+                                             batch_size=5, block_size=16, device='cpu',
+                                             ctx=torch.autocast('cpu', enabled=False))
+    assert count == n and loss == pytest.approx(expected, rel=1e-6)
+    save_checkpoint(model, str(tmp_path), char_dataset)
+    # float32 as above: on a CPU with bf16 instructions evaluate.py would otherwise autocast to bf16
+    run_inproc('evaluate.py', f'--out_dir={tmp_path}', '--full_pass=True', '--batch_size=7', '--device=cpu',
+               '--dtype=float32', f'--results_file={tmp_path / "full.json"}', check=True)
     result = json.loads((tmp_path / 'full.json').read_text())
     assert list(result['splits']) == ['val']  # a full pass is over val unless --splits says otherwise
     val = result['splits']['val']

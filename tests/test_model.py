@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 
-import tiny_runs
 from conftest import (assert_user_error, attention, compiled_graphs, core_text, core_train_args, iteration_losses,
-                      run_script)
+                      make_model, run_script, save_checkpoint)
 from model import GPT, GPTConfig
 
 VOCAB = 100
@@ -161,8 +160,8 @@ def test_compiled_training_equals_eager(tiny_run, tmp_path):
 def test_compiled_sampling_gives_the_greedy_tokens_of_eager(core_dataset, tmp_path):
     """40 steps, past block_size (32): a few graphs (prompt, cached steps, cropped window), each the whole model (a
     graph break would split it per layer, past 8 layers beyond torch's recompile limit: eager)."""
-    model = tiny_runs.make_model(n_layer=1, block_size=32, vocab_size=len(set(core_text())))
-    tiny_runs.save_checkpoint(model, str(tmp_path), core_dataset)
+    model = make_model(n_layer=1, block_size=32, vocab_size=len(set(core_text())))
+    save_checkpoint(model, str(tmp_path), core_dataset)
     greedy = [f'--out_dir={tmp_path}', '--device=cpu', '--num_samples=2', '--max_new_tokens=40', '--top_k=1',
               '--start=the cat']
     plain, _ = compiled_graphs('sample.py', *greedy)

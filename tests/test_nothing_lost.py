@@ -2,7 +2,6 @@
 kill at any step; signals stop cleanly; a run reads the dataset it started with; checkpoints carry their vocabulary."""
 import functools
 import gc
-import itertools
 import os
 import pathlib
 import re
@@ -14,21 +13,14 @@ import time
 import pytest
 import torch
 
-from conftest import (STEP_LINE, LiveProcess, assert_user_error, checkpoint_files, core_text, core_train_args,
-                      iteration_losses, run_inproc)
+from conftest import (STEP_LINE, LiveProcess, assert_user_error, checkpoint_files, core_text, core_train_args, ctrl_c,
+                      every_kill, iteration_losses, killed_at, make_model, run_inproc, save_checkpoint)
 from helpers import checkpoint, data, files, metrics, runs
-import tiny_runs
 
 def tree(folder, skip=('train.lock', 'prepare.lock')):
     """Every file under folder, by its path there, with its bytes (locks aside): what must not be lost."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in pathlib.Path(folder).rglob('*')
             if p.is_file() and p.name not in skip}
-
-# ----------------------------------------------------------------------------- safe replacement
-
-def ctrl_c(*done, **kwargs):
-    """A Ctrl+C once the calls in its arguments are done."""
-    raise KeyboardInterrupt
 
 @pytest.mark.parametrize('stop', ['Ctrl+C', 'a failed check'])
 @pytest.mark.parametrize('script', ['export_hf.py', 'export_onnx.py'])
@@ -45,7 +37,7 @@ def test_an_export_is_replaced_only_once_the_new_one_is_whole(script, stop, tmp_
     export(copy_run, check=True)
     assert not hf or (output / 'tokenizer.json').exists()
     bpe = tmp_path / 'bpe_run'
-    tiny_runs.save_checkpoint(tiny_runs.make_model(vocab_size=50304, n_embd=16, block_size=16), str(bpe), '_no_meta')
+    save_checkpoint(make_model(vocab_size=50304, n_embd=16, block_size=16), str(bpe), '_no_meta')
     old = tree(tmp_path)
     if stop == 'Ctrl+C':
         with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
@@ -81,8 +73,6 @@ def test_overwrite_keeps_the_old_run_whole_until_the_new_one_saves(copy_run):
     assert not [p for p in tree(copy_run) if re.search(r'\.(tmp|old)\.', p)], "temporary files were left"
     assert [r['iter'] for r in metrics.read_metrics(str(copy_run / 'metrics.csv')) if r['kind'] == 'train'] == \
         [0, 1, 2, 3]  # a new log, not the old one's rows
-
-# ----------------------------------------------------------------------------- signals, a dataset prepared again
 
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_during_start_up_is_one_line(tmp_path, core_dataset, signum):
@@ -135,8 +125,6 @@ def test_a_dataset_prepared_again_during_a_run_does_not_reach_it(tmp_path, make_
     assert STEP_LINE.findall(stdout) == STEP_LINE.findall(tiny_run.stdout)
     assert checkpoint.load(str(tmp_path / 'out'))['tokenizer'] == {'kind': 'char', 'itos': sorted(set(core_text()))}
 
-# ----------------------------------------------------------------------------- the vocabulary travels
-
 def test_a_character_model_samples_and_exports_with_its_own_vocabulary(copy_run, make_dataset, tmp_path):
     """Its dataset prepared again from another text since (a nanoGPT checkpoint, with none, is refused: test_errors)."""
     from transformers import AutoTokenizer
@@ -154,47 +142,6 @@ def test_a_character_model_samples_and_exports_with_its_own_vocabulary(copy_run,
     from_checkpoint = run_inproc('sample.py', f'--out_dir={copy_run}', *settings, check=True).stdout
     assert from_hf.split('\n', 7)[-1] == from_checkpoint.split('\n', 6)[-1]  # after settings (and 'loading weights')
     assert from_hf.split('\n', 7)[-1].startswith('the')
-
-# ----------------------------------------------------------------------------- a kill at every step
-# in a forked child that SIGKILLs itself (no clean-up runs) before its n-th rename or removal under the folder that
-# changes, n = 1, 2, ... until it finishes: the next command must find the old state or the new one, whole
-
-def killed_at(step, folder, action):
-    """Run action() in a forked child killed before its step-th call of names or rmtree under folder: whether it was."""
-    folder = os.path.abspath(folder)
-    pid = os.fork()
-    if pid == 0:
-        status = 1
-        try:
-            calls = itertools.count(1)
-            def dies_at_step(fn):
-                def call(*args, **kwargs):
-                    paths = [os.path.abspath(a) for a in args[:2] if isinstance(a, (str, os.PathLike))]
-                    if any(p.startswith(folder) for p in paths) and next(calls) == step:
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    return fn(*args, **kwargs)
-                return call
-            for name in ('replace', 'rename', 'remove', 'unlink', 'rmdir'):
-                setattr(os, name, dies_at_step(getattr(os, name)))
-            shutil.rmtree = dies_at_step(shutil.rmtree)
-            for fd in (1, 2):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
-            action()
-            status = 0
-        finally:
-            os._exit(status)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) or os.WEXITSTATUS(status) == 0, f"the action failed at step {step}"
-    return os.WIFSIGNALED(status)
-
-def every_kill(folder, setup, action):
-    """setup() the old state, then kill action at each step in turn; yields after each kill."""
-    for step in range(1, 100):
-        setup()
-        if not killed_at(step, folder, action):
-            return
-        yield step
-    raise AssertionError("the action never finished")
 
 def assert_old_or_new(folder, action, backup, look):
     """Run action whole, then kill it at every step from the old state again: look() must find the old or new one.

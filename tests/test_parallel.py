@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import (TORCHRUN, TORCHRUN_SETTINGS, LiveProcess, assert_user_error, checkpoint_files, core_train_args,
-                      forked_ranks, iteration_losses, run_inproc, run_script, step_losses)
+                      forked_ranks, free_port, iteration_losses, run_inproc, run_script, step_losses)
 from helpers import UserError, checkpoint, data, hardware, parallel
 
 NO_CUDA_GRAPHS = dict(compile_mode='max-autotune-no-cudagraphs')
@@ -241,11 +241,8 @@ def test_ctrl_c_stops_every_rank_at_a_log_step_and_sigterm_to_the_workers_lets_t
 def test_only_the_wait_for_rank_0s_save_is_long(monkeypatch):
     """Collectives keep the default timeout (the others stop soon when a rank dies); the save's group has an hour."""
     import torch.distributed as dist
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
     for name, value in dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',
-                            MASTER_PORT=str(port)).items():
+                            MASTER_PORT=str(free_port())).items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(parallel, '_save_group', None)
     used = []

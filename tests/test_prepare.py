@@ -5,38 +5,21 @@ import json
 import os
 import pickle
 import random
-import shutil
 import signal
-import subprocess
 import sys
 import time
-import uuid
 
 import numpy as np
 import pytest
 import tiktoken
 
-from conftest import (DATA_ROOT, REPO_ROOT, assert_user_error, core_train_args, data_changes, data_files,
-                      place_tiny_shakespeare, run_inproc, run_script)
+from conftest import (DATA_ROOT, assert_user_error, core_train_args, data_changes, data_files, gpt2_tokens,
+                      place_tiny_shakespeare, prep, run_inproc, run_script, stopped_prepare)
 from helpers import UserError, encode, prepare
 from helpers import stories as tiny_stories
 from helpers import data as dataset
 
 SEP = tiny_stories.STORY_SEPARATOR
-
-@pytest.fixture
-def scratch():
-    """A factory of unique dataset names under DATA_ROOT, all removed at the end of the test."""
-    names = []
-    def make(tag='ds'):
-        names.append(f'_test_{tag}_{uuid.uuid4().hex[:8]}')
-        return names[-1]
-    yield make
-    for name in names:
-        shutil.rmtree(folder(name), ignore_errors=True)
-
-def prep(script, *args, check=True):
-    return run_inproc(f'data/{script}/prepare.py', *args, check=check)
 
 def refused(result, *fragments):
     """Exit status 1, and stderr is one line 'error: ...' holding every fragment as written."""
@@ -64,12 +47,6 @@ def decoded(name):
 def no_outputs(name):
     path = folder(name)
     return not os.path.exists(path) or not any(f.endswith(('.bin', '.pkl', '.tmp')) for f in os.listdir(path))
-
-def gpt2_tokens(docs):
-    """docs' tokens computed without the code under test: encode_ordinary, then 50256; rows of None skipped."""
-    enc = tiktoken.get_encoding('gpt2')
-    return np.array([t for doc in docs if doc is not None for t in enc.encode_ordinary(doc) + [enc.eot_token]],
-                    dtype=np.uint16)
 
 def cjk_text(n_lines=400, seed=0):
     """Text of a Chinese novel's shape: many distinct Han characters, punctuation, some Latin and emoji."""
@@ -238,10 +215,12 @@ def test_nanogpt_data_dir_moves_every_dataset(tmp_path, monkeypatch):
         assert f'length of dataset in characters: {len(text):,}' in out and 'downloading' not in out
         assert f'wrote {elsewhere / name}/' in out and {'train.bin', 'val.bin'} <= set(os.listdir(elsewhere / name))
     assert ''.join(decoded(str(elsewhere / 'shakespeare_char'))[:2]) == text   # a full path: folder() keeps it
+    (elsewhere / 'notes').mkdir()   # a folder without a dataset in it
     line = refused(run_inproc('train.py', '--dataset=nope', '--device=cpu', f'--out_dir={tmp_path / "out"}'),
                    f"there is no dataset {elsewhere / 'nope'}/")   # and which are, prepared or preparable
     listed = set(line.split('datasets here: ')[1].split(';')[0].split(', '))
-    assert {'mine', 'shakespeare_char', 'openwebtext', 'shakespeare', 'tinystories'} <= listed and 'char' not in listed
+    assert {'mine', 'shakespeare_char', 'openwebtext', 'shakespeare', 'tinystories'} <= listed
+    assert not {'char', 'bpe', 'notes'} & listed   # tools and other folders are no datasets
     with pytest.raises(UserError, match='prepare the dataset first: python data/openwebtext/prepare.py'):
         dataset.bin_path('openwebtext', 'train')   # its script is in the repository, its folder not yet made
 
@@ -331,26 +310,6 @@ def test_a_failed_write_keeps_the_dataset_and_a_stopped_swap_is_completed_by_the
     with pytest.raises(KeyboardInterrupt), prepare.output_dir(new) as new_dir, prepare.Output(new_dir):
         raise KeyboardInterrupt
     assert not os.path.exists(folder(new))
-
-# data/<script>/prepare.py stopped (SIGSTOP) as it starts its Nth prepare.Output.write: signalled there, it is
-# interrupted where the test chooses, not where a race with a loaded machine has got to
-STOP_AT_WRITE = """import itertools, os, runpy, signal, sys
-from helpers import prepare
-write, writes, stop_at = prepare.Output.write, itertools.count(1), int(sys.argv[1])
-def write_or_stop(self, split, ids):
-    if next(writes) == stop_at:
-        os.kill(os.getpid(), signal.SIGSTOP)
-    write(self, split, ids)
-prepare.Output.write = write_or_stop
-sys.argv = sys.argv[2:]
-runpy.run_path(sys.argv[0], run_name='__main__')"""
-
-def stopped_prepare(script, at_write, *args, env=None):
-    proc = subprocess.Popen([sys.executable, '-c', STOP_AT_WRITE, str(at_write), f'data/{script}/prepare.py',
-                             *map(str, args)], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ, PYTHONUNBUFFERED='1', **(env or {})))
-    assert os.WIFSTOPPED(os.waitpid(proc.pid, os.WUNTRACED)[1]), proc.communicate()
-    return proc
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_prepare_leaves_no_finished_looking_files(tmp_path, scratch, sig):

@@ -72,13 +72,13 @@ def setting_value(node, earlier):
         return False, None
     return isinstance(value, (bool, int, float, str, type(None))), value
 
-def calls(node, name):
-    return any(isinstance(n, ast.Call) and ast.unparse(n.func).split('.')[-1] == name for n in ast.walk(node))
+def calls(node, *names):
+    return any(isinstance(n, ast.Call) and ast.unparse(n.func).split('.')[-1] in names for n in ast.walk(node))
 
 def configurator_settings(tree):
     settings = {}
     for node in tree.body:
-        if calls(node, 'configure'):
+        if calls(node, 'configure', 'configure_sampling'):
             break
         if isinstance(node, ast.Assign) or isinstance(node, ast.AnnAssign) and node.value is not None:
             for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
@@ -93,7 +93,7 @@ def settings_of(script):
     """('configurator', its settings), ('argparse', its options) or ('none', set())."""
     with open(os.path.join(REPO_ROOT, script), encoding='utf-8') as f:
         tree = ast.parse(f.read())
-    if calls(tree, 'configure'):
+    if calls(tree, 'configure', 'configure_sampling'):
         return 'configurator', configurator_settings(tree)
     if calls(tree, 'parse_args'):
         proc = run_inproc(script, '--help', check=True)

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-import tiny_runs
-from conftest import CORE_WORDS, REPO_ROOT, core_text, run_inproc
+from conftest import CORE_WORDS, REPO_ROOT, core_text, make_model, run_inproc, save_checkpoint
 from model import GPT
 
 SEPARATOR = '---------------'
@@ -104,7 +103,7 @@ def scripted_generation(monkeypatch, tokens):
 
 def test_a_gpt2_sample_ends_at_endoftext(monkeypatch, tmp_path):
     import tiktoken
-    tiny_runs.save_checkpoint(tiny_runs.make_model(vocab_size=50304, n_embd=16, block_size=32), str(tmp_path),
+    save_checkpoint(make_model(vocab_size=50304, n_embd=16, block_size=32), str(tmp_path),
                               '_no_such_dataset')
     enc = tiktoken.get_encoding('gpt2')
     scripted_generation(monkeypatch, enc.encode(' Hello world.') + [enc.eot_token] + enc.encode(' More text'))
@@ -130,7 +129,7 @@ def test_a_sample_ends_at_the_separator_or_a_stop_string(monkeypatch, make_datas
                                                          settings, expected):
     text = 'the cat sat on a mat\nthen|a dog ran far|' * 50
     name = make_dataset('separator', text=text, meta_extra={'separator': '|'})
-    tiny_runs.save_checkpoint(tiny_runs.make_model(vocab_size=len(set(text)), block_size=32), str(tmp_path), name)
+    save_checkpoint(make_model(vocab_size=len(set(text)), block_size=32), str(tmp_path), name)
     scripted_generation(monkeypatch, [sorted(set(text)).index(c) for c in script])
     out = run_inproc('sample.py', *sample_args(tmp_path, num_samples=2, stream=stream, **settings), check=True)
     assert samples_of(out.stdout, settings.get('start', 'the')) == [expected] * 2

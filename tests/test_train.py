@@ -79,8 +79,7 @@ def test_ckpt_pt_is_only_written_on_improvement_without_always_save(tmp_path, co
     assert checkpoint.load(str(out_dir), 'latest.pt')['iter_num'] == 7
     assert [r['iter'] for r in metrics.read_metrics(str(out_dir / 'metrics.csv'))] == [0, 0, 1, 2, 3, 3, 4, 5, 6, 6]
 
-# ---------------------------------------------------------------- exact resume: stopped and resumed == straight through
-
+# exact resume: stopped and resumed == straight through
 EXACT = dict(dropout=0.1, gradient_accumulation_steps=2, eval_interval=3, always_save_checkpoint=False,
              learning_rate=3e-3, decay_lr=True, warmup_iters=2, lr_decay_iters=14, min_lr=3e-4)
 EXACT_LAST = 16
