@@ -1,5 +1,4 @@
-"""Shared fixtures: offline copies in ../shared, tiny datasets and runs, and runners for the project's scripts.
-NANOGPT_DATA_DIR points at a temporary folder before helpers is imported; the session fails if data/ changed."""
+"""Shared fixtures and runners; datasets go to a temporary NANOGPT_DATA_DIR, and the session fails if data/ changed."""
 import contextlib
 import functools
 import gc
@@ -37,8 +36,7 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 # a core each for torch's threads spins against other jobs on a shared machine: tiny models run 50x slower
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 os.environ.setdefault('MKL_NUM_THREADS', '1')
-# torch.compile's compile workers are threads of this process, which a forked rank (forked_ranks) does not have:
-# with a cold compile cache it would wait for them forever. Compiling in the calling thread has no such wait.
+# a forked rank (forked_ranks) lacks torch.compile's worker threads: with a cold cache it would wait for them forever
 os.environ['TORCHINDUCTOR_COMPILE_THREADS'] = '1'
 
 # this session's datasets, never the user's (even one they set); data/, so that messages read as a user's do
@@ -54,8 +52,7 @@ from helpers import checkpoint  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 if helpers.DATA_ROOT != DATA_ROOT:
-    raise RuntimeError(f"helpers was imported before tests/conftest.py set NANOGPT_DATA_DIR; its datasets are in "
-                       f"{helpers.DATA_ROOT}, which the tests must not touch")
+    raise RuntimeError(f"helpers was imported before conftest.py set NANOGPT_DATA_DIR: it uses {helpers.DATA_ROOT}")
 
 def data_files(top):
     """{path: (size, mtime, sha256 up to 4 MiB: a user's large corpus is not read through)} under top."""
@@ -89,8 +86,7 @@ def pytest_sessionfinish(session):
 
 def pytest_terminal_summary(terminalreporter):
     if DATA_CHANGED:
-        terminalreporter.section("files under the repository's data/ changed during the tests, which must never "
-                                 "touch it", sep='=', red=True)
+        terminalreporter.section("the tests changed files under the repository's data/", sep='=', red=True)
         terminalreporter.write_line('\n'.join(DATA_CHANGED))
 
 def exited_0(result, command):
@@ -177,8 +173,7 @@ CHARS = sorted(set("abcdefghijklmnopqrstuvwxyz ,.;:!?'\nABCDEFGHIJ"))
 
 @pytest.fixture(scope='session')
 def char_dataset():
-    """data/_test_chars: 6000 train and 1003 val tokens of random text over CHARS, in runs of two letters so that a
-    few training steps lower the loss."""
+    """data/_test_chars: 6000 train, 1003 val tokens over CHARS, in runs of two letters (a few steps lower the loss)."""
     ids = np.random.default_rng(0).integers(0, len(CHARS), 7003)
     ids[1::2] = ids[0::2][:len(ids[1::2])]
     folder = write_char_dataset('_test_chars', ''.join(CHARS[i] for i in ids), val_fraction=1003 / 7003)
@@ -187,8 +182,7 @@ def char_dataset():
 
 def make_model(activation='gelu', bias=True, block_size=16, n_layer=2, n_head=2, n_embd=32, seed=0,
                vocab_size=len(CHARS)):
-    """A GPT with large random weights: activations of order 1 and logits of order 10, so that a wrong GELU, a
-    missing bias or a transposed matrix shows far above the tolerances (0.02-std weights keep all near 0)."""
+    """A GPT with large random weights (logits of order 10): a wrong GELU, bias or transpose shows above tolerances."""
     torch.manual_seed(seed)
     model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                           bias=bias, activation=activation))
@@ -389,8 +383,7 @@ def hf_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
     return {'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'HF_HOME': str(tmp_path / 'hf_home')}
 
-# train.py on 2 CPU processes over gloo: under torchrun where the processes' behaviour is tested (signals, exit
-# codes, a failing rank); else as ranks forked from this process, each kind of run once a session.
+# train.py on 2 CPU ranks over gloo: torchrun where signals and exit codes are tested, else forked_ranks, once a session
 TORCHRUN = ('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py')
 # evaluations at 0, 3 and 6 (ckpt.pt then holds the weights before iteration 6), over an odd number of batches
 TORCHRUN_SETTINGS = dict(max_iters=8, eval_interval=3, eval_iters=3, gradient_accumulation_steps=2, learning_rate=3e-3)
@@ -454,8 +447,7 @@ def gpt2_tokens(docs):
     return np.array([t for doc in docs if doc is not None for t in enc.encode_ordinary(doc) + [enc.eot_token]],
                     dtype=np.uint16)
 
-# data/<script>/prepare.py stopped (SIGSTOP) as it starts its Nth prepare.Output.write: signalled there, it is
-# interrupted where the test chooses, not where a race with a loaded machine has got to
+# prepare.py SIGSTOPs itself at its Nth Output.write: interrupted where the test chooses, not where a race has got to
 STOP_AT_WRITE = """import itertools, os, runpy, signal, sys
 from helpers import prepare
 write, writes, stop_at = prepare.Output.write, itertools.count(1), int(sys.argv[1])
@@ -479,8 +471,7 @@ def ctrl_c(*done, **kwargs):
     raise KeyboardInterrupt
 
 def killed_at(step, folder, action):
-    """Run action() in a forked child that SIGKILLs itself (no clean-up runs) before its step-th rename or removal
-    under folder: whether it was killed."""
+    """Whether action(), forked, reached its step-th rename or removal under folder, where it SIGKILLs itself."""
     folder = os.path.abspath(folder)
     pid = os.fork()
     if pid == 0:

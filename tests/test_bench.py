@@ -1,6 +1,5 @@
-"""bench.py on real batches of shakespeare_char, on random tokens and under the profiler; benchmarks/sampling.py's
-table of tokens/s and performance.py's rows; benchmarks/gpu_check.py, the GPU tier's one command, with the GPU parts
-faked: run in order of value within the budget, the table kept through a budget cut or Ctrl+C, failures exit 1."""
+"""bench.py on real and random batches and the profiler; benchmarks/sampling.py and performance.py's tables;
+gpu_check.py, GPU faked: checks by value within the budget, the table kept through a cut or Ctrl+C, failures exit 1."""
 import os
 import re
 

@@ -69,9 +69,8 @@ def test_prepare_is_deterministic_splits_across_the_text_and_round_trips(bpe_run
     assert 0.19 < len(split_ids('_test_spread', 'val')) / len(text) < 0.21
 
 def direct_bits_per_byte(model, ids, text_bytes, excluded=()):
-    """Every token after the first predicted once, from windows of block_size as evaluate.py's full pass; the loss
-    by log_softmax over the targets that are text (not in excluded), the bytes from the text: a computation of its
-    own."""
+    """Every token after the first predicted once, in block_size windows as evaluate.py's full pass; the loss by
+    log_softmax over the targets that are text (not in excluded), the bytes from the text: a computation apart."""
     nll, T = 0.0, model.config.block_size
     with torch.no_grad():
         for start in range(0, len(ids) - 1, T):

@@ -1,5 +1,4 @@
-"""helpers/checkpoint.py and the checkpoint files: atomic writes, which file resume and sample read, files that
-would run code, damaged files, out_dir and --overwrite, meta.pkl, and nanoGPT's checkpoints both ways."""
+"""Checkpoints: atomic saves, which file is read, unsafe or damaged files, out_dir, meta.pkl, nanoGPT's both ways."""
 import errno
 import io
 import os
@@ -248,8 +247,7 @@ def nanogpt_adamw(model, weight_decay=0.1, **kwargs):
                               {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}], **kwargs)
 
 def as_nanogpt_checkpoint(state, compiled):
-    """state as nanoGPT's train.py writes it on a CPU (its config says float16, never used there): its keys only,
-    best_val_loss a tensor (0.5), a non-fused AdamW's groups, compiled names or a flash-less torch's mask buffers."""
+    """state as nanoGPT's train.py writes it on a CPU: its keys only, compiled names or a flash-less torch's masks."""
     config, args = state['config'], state['model_args']
     adamw = nanogpt_adamw(checkpoint.model_from_checkpoint(state), config['weight_decay'], fused=False,
                           lr=config['learning_rate'], betas=(config['beta1'], config['beta2']))
@@ -262,8 +260,7 @@ def as_nanogpt_checkpoint(state, compiled):
 
 @pytest.mark.parametrize('compiled, dtype', [(True, None), (False, 'float16')])
 def test_a_nanogpt_checkpoint_samples_and_resumes_as_this_projects_own(copy_run, tmp_path, compiled, dtype):
-    """The same state in our ckpt.pt and nanoGPT's samples alike (its vocabulary from meta.pkl) and trains on to the
-    same losses: on the run's float32 (nanoGPT's float16 is not this machine's), and on float16 asked for."""
+    """Its vocabulary from meta.pkl; on the run's float32 (nanoGPT's float16 is not a CPU's), or float16 asked for."""
     os.remove(copy_run / 'latest.pt')
     theirs_dir = tmp_path / 'nanogpt'
     theirs_dir.mkdir()

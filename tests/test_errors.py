@@ -151,14 +151,11 @@ def test_train_refuses_and_creates_nothing(case, core_dataset, settings, fragmen
     refused(case, 'train.py', core_train_args(**{'out_dir': case.out, **settings}), fragments)
 
 def test_bfloat16_autocast_on_cpu_and_a_val_bin_of_block_size_plus_one_tokens(tmp_path, case):
-    """An opt-in on a CPU (float32 its default), with no GradScaler (float16's: test_parallel). 33 tokens do for
-    block_size 32."""
+    """An opt-in on a CPU, with no GradScaler (float16's: test_parallel); 33 val tokens do for block_size 32."""
     out = run_inproc('train.py', *core_train_args(tmp_path / 'out', dataset=case.dataset(val_tokens=33),
                                                   dtype='bfloat16', max_iters=1, eval_interval=100), check=True).stdout
     assert "dtype='bfloat16'" in out
     assert torch.load(tmp_path / 'out' / 'latest.pt', weights_only=True)['scaler'] == {}
-
-# ----------------------------------------------------------------------------- in a copy of the tiny run; sample.py
 
 def beside(damaged, whole):
     """The refusal of a damaged checkpoint (cut short) beside a whole one."""
@@ -256,8 +253,6 @@ def test_sample_refuses_and_writes_nothing(case, prepare, fragments):
     settings = dict(out_dir=case.tiny_run, device='cpu', num_samples=1, max_new_tokens=5)
     settings.update(prepare(case) if callable(prepare) else prepare)
     refused(case, 'sample.py', [f'--{k}={v}' for k, v in settings.items() if v is not None], fragments)
-
-# --------------------------------------------------------- the other scripts; a file named is replaced only if theirs
 
 BENCH = ['--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16',
          '--batch_size=2', '--bench_iters=1', '--warmup_iters=0']

@@ -69,8 +69,7 @@ def test_cli_exports_onnx_with_dynamic_shapes_and_greedy_sampling_and_hf(tmp_pat
 @pytest.mark.parametrize('activation', ['gelu', 'gelu_tanh'])
 @pytest.mark.parametrize('bias', [False, True])
 def test_every_variant_exports_and_the_checks_see_a_wrong_gelu(tmp_path, activation, bias):
-    """ONNX by the TorchScript exporter (the dynamo exporter's variants: the tests around); the Hugging Face folder
-    loads in transformers and back in GPT.from_pretrained."""
+    """ONNX by the TorchScript exporter (dynamo's: the tests around); the HF folder loads in transformers and GPT."""
     model, path = make_model(activation, bias=bias, block_size=BLOCK), str(tmp_path / 'model.onnx')
     assert TORCHSCRIPT(model, path) == 'torchscript'
     onnx_prompts = exports.random_prompts(model.config.vocab_size, BLOCK, seed=1)
@@ -131,10 +130,8 @@ def test_weights_in_a_file_per_tensor_are_gathered_into_one(tmp_path):
 
 @pytest.mark.skipif(not hasattr(os, 'fork'), reason='forks the export to kill it')
 def test_weights_beside_the_file_are_replaced_only_whole(tmp_path, char_dataset, monkeypatch, capsys):
-    """Weights beside the .onnx file (threshold 0), named per export: the earlier pair stays whole until the new
-    .onnx is renamed over it. The dynamo exporter's export (tanh GELU, biases), then quicker ones stopped by Ctrl+C
-    and killed before each rename and removal in turn: model.onnx always runs, as the old export or the new, and the
-    next leaves only its own files. A second export of the same file at once is refused."""
+    """Threshold 0, named per export: the old pair stays whole until the new .onnx replaces it. Stopped by Ctrl+C or
+    killed before each rename and removal, model.onnx runs, old or new; the next export leaves only its own files."""
     monkeypatch.setattr(export_onnx, 'EXTERNAL_DATA_BYTES', 0)
     out = tmp_path / 'run'
     monkeypatch.setattr(export_onnx, 'out_dir', str(out))
@@ -168,9 +165,8 @@ def test_weights_beside_the_file_are_replaced_only_whole(tmp_path, char_dataset,
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
 
 def test_only_an_earlier_hf_export_is_replaced_and_from_pretrained_loads_only_what_it_trusts(tmp_path):
-    """export_hf.json lists what an export wrote; a folder holding anything else is refused, in one line. Only dropout
-    can be overridden. Beside model.safetensors, transformers never opens pytorch_model.bin; alone, it is refused
-    without running anything, in one line (an unknown name: test_errors)."""
+    """export_hf.json lists what an export wrote; a folder holding more is refused. Only dropout can be overridden.
+    Beside model.safetensors, pytorch_model.bin is never opened; alone, it is refused unrun (bad names: test_errors)."""
     folder = tmp_path / 'hf'
     export_hf.check_output(str(folder))  # absent
     folder.mkdir()

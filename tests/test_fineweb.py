@@ -20,8 +20,7 @@ WORDS = 'the a school lesson about cells energy history 中文 café naïve 😀
 PREPARES = {'fineweb_edu': [], 'openwebtext': ['--num_proc', '1']}
 
 def make_docs(n, seed=0, words=(5, 120)):
-    """n documents of varied length, with the awkward ones real corpora hold: empty, missing (None: a row without
-    text, which is skipped), only whitespace, and one holding the <|endoftext|> text, which must stay ordinary."""
+    """n documents, with real corpora's awkward ones: empty, None (skipped), whitespace, <|endoftext|> as plain text."""
     rng = random.Random(seed)
     docs = [' '.join(rng.choice(WORDS) for _ in range(rng.randint(*words))) + f' doc{i}.' for i in range(n)]
     for i, odd in ((3, ''), (10, None), (17, ' \n '), (25, 'a doc holding <|endoftext|> in its text')):
@@ -97,8 +96,7 @@ def test_same_bytes_whatever_the_threads_chunks_and_shards(scratch):
         assert_bins(name, *expected(docs, val_every=10), run)
 
 def test_openwebtext_keeps_its_split_and_order(tmp_path, scratch, hf_offline):
-    """Its val is datasets' train_test_split(0.0005, seed 2357) of every row, rows without text skipped after; both
-    files in that split's order; from .jsonl, and from a folder of .txt files (a document each) on two processes."""
+    """Val is train_test_split(0.0005, seed 2357) of all rows, in its order; from .jsonl and .txt files, 2 processes."""
     from datasets import Dataset
     docs = make_docs(2100, seed=3, words=(1, 12))
     files = [(d or '').strip() or 'x' for d in make_docs(60, seed=5)]   # an empty file is refused
@@ -191,9 +189,8 @@ def test_identity_of_local_files_changes_with_their_size_or_time(tmp_path):
     assert before != touched != documents.identity([path]) and touched[0][0] == os.path.abspath(path)
 
 def test_a_second_prepare_is_refused_and_ctrl_c_or_kill_keeps_the_chunks_for_the_rerun(tmp_path, scratch, hf_offline):
-    """While a prepare runs, another of the same name is one line. Ctrl+C keeps the finished chunks, and the dataset
-    names the command that resumes it; so does kill -9: the last run resumes after the chunks the progress record
-    names, leaves the bytes there as they are (marked here, to tell), and ends with an uninterrupted run's tokens."""
+    """After Ctrl+C or kill -9 the dataset names the command that resumes it; the rerun keeps the bytes of the chunks
+    its progress record names (marked here, to tell) and ends with an uninterrupted run's tokens."""
     docs, name = make_docs(300, seed=8, words=(20, 200)), scratch()
     train, val = expected(docs, val_every=9)
     args = ['--source', write_parquet(tmp_path / 'my docs', docs, files=2), '--name', name, '--val_every=9',

@@ -1,5 +1,4 @@
-"""KV-cache generation gives exactly the full-context reference's tokens, and frees its memory; the samplers' top_k,
-top_p and temperature."""
+"""KV-cache generation gives the full-context reference's tokens and frees its memory; top_k, top_p, temperature."""
 import gc
 import weakref
 
@@ -80,8 +79,7 @@ def onnx_draws(logits, temperature, top_k):
 
 @pytest.mark.parametrize('temperature', [1e-39, 1e-300, 5e-324])
 def test_a_tiny_temperature_is_greedy_and_keeps_ties(temperature):
-    """Dividing first would overflow to inf and NaN: the largest logit is 0 before the division, in sample_onnx.py's
-    sampler too."""
+    """Dividing first would overflow to inf and NaN: the largest logit is 0 before it (in sample_onnx.py's too)."""
     logits = torch.tensor([[0.5, 3.0, 3.0, -1.0, 2.999]]).expand(2000, 5)
     torch.manual_seed(0)
     tokens = model_module.sample_next_token(logits, temperature)[:, 0]

@@ -16,8 +16,7 @@ from model import GPT
 
 NO_AUTOCAST = torch.autocast('cpu', enabled=False)
 
-# The official file's fields, with texts written for these tests. Endings of very different lengths
-# make the lowest sum (which favours short endings) and the lowest mean part ways.
+# the official file's fields; endings of very different lengths make the lowest sum and the lowest mean part ways
 EXAMPLES = [
     ("Roof repair", "A man is kneeling on a roof with a hammer. he",
      ["pulls the old shingles off one by one.", "sings.", "is holding a blue umbrella over a cat.",
@@ -96,8 +95,7 @@ def models(request, tmp_path_factory, examples_file):
 
 @pytest.fixture
 def bpe_dataset():
-    """data/_test_hellaswag_bpe of random GPT-2 token ids (no meta.pkl), and EXAMPLES in data/hellaswag, where train.py
-    reads them; both removed after the test. Returns the dataset's name."""
+    """The name of data/_test_hellaswag_bpe (random GPT-2 ids, no meta.pkl), with EXAMPLES in data/hellaswag."""
     name = '_test_hellaswag_bpe'
     for folder in (name, 'hellaswag'):
         os.makedirs(data.data_dir(folder), exist_ok=True)
@@ -109,8 +107,7 @@ def bpe_dataset():
         shutil.rmtree(data.data_dir(folder))
 
 def test_choices_and_evaluate_py_match_transformers(models, examples_file, tmp_path, bpe_dataset):
-    """hellaswag.choose and score, then evaluate.py on the transformers folder and on the same weights as the
-    checkpoint of a BPE run (the first 3 examples, with the loss on its dataset as well)."""
+    """hellaswag.choose and score, then evaluate.py on the transformers folder and on its weights as a BPE run's."""
     model, folder, reference = models
     examples = hellaswag.load(examples_file)   # all 7: reference holds one choice each
     assert [(e.label, *hellaswag.choose(model, e, 'cpu', NO_AUTOCAST)) for e in examples] == reference

@@ -185,8 +185,7 @@ def test_full_pass_matches_a_straightforward_computation(tmp_path, char_dataset)
     assert val['tokens'] == n and val['loss'] == pytest.approx(expected, rel=1e-5)
 
 def test_evaluate_reproduces_the_losses_train_py_printed_whatever_the_random_state(tiny_run, tmp_path):
-    """ckpt.pt is from the evaluation of iteration 20: with its eval_iters, batch_size and seed, evaluate.py scores
-    the same batches with the same weights, whatever random state it starts in."""
+    """ckpt.pt is from iteration 20's evaluation: with its eval_iters, batch_size and seed, the same batches again."""
     evals = step_losses(tiny_run.stdout)
     assert sorted(evals) == [0, 10, 20]
     for k, seed in enumerate((1, 2)):

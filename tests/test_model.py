@@ -128,8 +128,7 @@ def loss_gradients_and_kept_bytes(checkpointing):
     return loss.item(), {n: p.grad for n, p in model.named_parameters()}, sum(kept.values())
 
 def test_activation_checkpointing_gives_the_same_loss_and_gradients_with_far_less_kept(monkeypatch):
-    """Blocks run again in the backward pass (the same dropout masks) instead of keeping activations; evaluation and
-    sampling, without gradients, never recompute."""
+    """Blocks run again in backward (the same dropout masks) instead of keeping activations; never without gradients."""
     loss, gradients, kept = loss_gradients_and_kept_bytes(False)
     loss_ac, gradients_ac, kept_ac = loss_gradients_and_kept_bytes(True)
     assert loss_ac == loss

@@ -60,8 +60,7 @@ def test_an_export_is_replaced_only_once_the_new_one_is_whole(script, stop, tmp_
         assert meta['nanogpt.tokenizer'] == 'gpt2' and old['model.onnx'] != new['model.onnx']
 
 def test_overwrite_keeps_the_old_run_whole_until_the_new_one_saves(copy_run):
-    """A run failing (NaN) before its first save: the old run waits in replaced/ until a new run saves (a second
-    --overwrite=True before then leaves it there: test_checkpoint)."""
+    """A run failing (NaN) before its first save: the old run waits in replaced/ until a new run saves."""
     old = tree(copy_run)
     assert_user_error(run_inproc('train.py', *core_train_args(
         copy_run, overwrite=True, learning_rate=1e30, eval_interval=2, max_iters=10)), 'nan')
@@ -85,9 +84,8 @@ def test_a_signal_during_start_up_is_one_line(tmp_path, core_dataset, signum):
 
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_during_a_long_evaluation_saves_within_seconds(copy_run, signum):
-    """Schedulers send SIGKILL some seconds after SIGTERM: the evaluation (of a million batches) is left at once and
-    the last finished iteration saved. SIGINT: a resumed run, whose first act is an evaluation (at 21, every 7);
-    SIGTERM: a new run in its first evaluation, with nothing to save."""
+    """Schedulers SIGKILL soon after SIGTERM: the evaluation (of a million batches) is left at once. SIGINT: a resumed
+    run, in its first evaluation (at 21, every 7), saves the last iteration; SIGTERM: a new run, nothing to save."""
     resume = signum == signal.SIGINT
     out = copy_run if resume else copy_run.parent / 'new'
     before = checkpoint.load(str(copy_run), 'latest.pt')

@@ -1,6 +1,5 @@
-"""The GPU paths, run wherever the CPU runs them: the checks of device, processes and compilation, MFU's peak table,
-device-resident batches; on 2 ranks over gloo, FSDP, compiled and 16-bit runs train, save, resume and evaluate as
-DDP; under torchrun, a diverging run, Ctrl+C and SIGTERM stop every rank at once."""
+"""The GPU paths on the CPU: device, process and compile checks, MFU's peaks, resident batches; on 2 ranks over gloo,
+FSDP, compiled and 16-bit runs train, resume and evaluate as DDP; under torchrun, every rank stops at once."""
 import contextlib
 import glob
 import os
@@ -101,9 +100,8 @@ def flat(steps):
     (dict(dtype='bfloat16'), dict(dtype='bfloat16', fsdp=True), 1e-3),
     (dict(dtype='float16'), dict(dtype='float16', fsdp=True), 1e-3),
     (dict(dtype='float16', grad_clip=0.0), dict(dtype='float16', grad_clip=0.0, fsdp=True), 1e-3),
-    # compiled: DDP's whole model (test_model's compiled run's graphs, in inductor's cache), FSDP's block by block
-    # (its hooks outside the graphs), with activation checkpointing's recomputation too; 9 blocks, past torch's
-    # recompile limit of 8, share one compiled code
+    # compiled: DDP's whole model, FSDP's block by block (its hooks outside the graphs), with activation
+    # checkpointing's recomputation too; 9 blocks, past torch's recompile limit of 8, share one compiled code
     ({}, dict(compile=True, activation_checkpointing=True), 2e-3),
     ({}, dict(compile=True, fsdp=True), 2e-3),
     (dict(n_layer=9), dict(n_layer=9, compile=True, fsdp=True, activation_checkpointing=True), 2e-3),
@@ -111,8 +109,7 @@ def flat(steps):
     (dict(dropout=0.1), dict(dropout=0.1, fsdp=True, activation_checkpointing=True), 1e-4),
 ])
 def test_fsdp_compiled_and_16_bit_runs_train_as_ddp(parallel_run, reference, settings, tolerance):
-    # inherited by the forked ranks: a third compilation of one code (after training's and evaluation's) fails,
-    # where torch would go on eagerly past its limit
+    # inherited by the forked ranks: a third compilation of one code fails, where torch would go on eagerly
     with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
         ddp, run = parallel_run(**reference), parallel_run(**settings)
     assert sorted(ddp.losses) == sorted(run.losses) == list(range(9)) and run.losses[8] < run.losses[0]
@@ -123,9 +120,8 @@ def test_fsdp_compiled_and_16_bit_runs_train_as_ddp(parallel_run, reference, set
     assert (state['scaler'] != {}) == (settings.get('dtype') == 'float16')
 
 def test_fsdp_writes_ddps_checkpoint_and_either_resumes_exactly_and_evaluates_as_one(parallel_run, tmp_path):
-    """FSDP's checkpoint: DDP's format and numbers, resumed in one process. Rank 1's dropout state is saved, its masks
-    shape rank 0's losses after a resume; under FSDP, the same to rounding. Each rank scores its share of the 3
-    evaluation batches (FSDP's ranks as many forwards), as one process."""
+    """FSDP's checkpoint: DDP's format and numbers, resumed in one process; rank 1's dropout state is saved. Each rank
+    scores its share of the 3 evaluation batches (FSDP's ranks as many forwards), as one process."""
     straight, fsdp = parallel_run(dropout=0.1), parallel_run(dropout=0.1, fsdp=True, activation_checkpointing=True)
     a, b = (torch.load(run.out_dir / 'latest.pt', weights_only=True) for run in (straight, fsdp))
     assert sorted(a) == sorted(b) and list(a['model']) == list(b['model'])
@@ -201,8 +197,7 @@ def children(pid):
     return [kid for kid, stat in stats.items() if int(stat.rsplit(')', 1)[1].split()[1]) == pid]
 
 def stopped(run, out_dir, signal_name):
-    """Once all are gone: rank 0's one stop line, with the command that continues, and one checkpoint; the last
-    iteration, stdout, stderr."""
+    """Once all are gone, rank 0's one stop line and one checkpoint: the last iteration, stdout, stderr."""
     run.finish()
     with pytest.raises(ProcessLookupError):
         os.killpg(run.pid, 0)

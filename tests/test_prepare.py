@@ -1,5 +1,4 @@
-"""data/*/prepare.py, offline, as a user runs them (in a process of their own where a test signals them or sets the
-environment), and helpers/prepare.py's pieces driven directly where a small chunk size reaches the edge cases."""
+"""data/*/prepare.py offline as a user runs them; helpers/prepare.py's pieces where small chunks reach edge cases."""
 import hashlib
 import json
 import os
@@ -199,8 +198,7 @@ def test_names_in_any_language_and_none_a_filesystem_or_a_script_refuses():
         assert path == folder('tinystories')
 
 def test_nanogpt_data_dir_moves_every_dataset(tmp_path, monkeypatch):
-    """The shakespeare scripts read and write <NANOGPT_DATA_DIR>/<name>/, data/char's --name goes there, train.py
-    looks there. helpers reads it at import: one prepare runs in a process of its own, the rest here."""
+    """helpers reads NANOGPT_DATA_DIR at import: one prepare runs in a process of its own, the rest here."""
     elsewhere, text = tmp_path / 'big disk', 'To be, or not to be: that is the question.\n' * 20
     (tmp_path / 'mine.txt').write_text(text)
     run_script('data/char/prepare.py', '--input', str(tmp_path / 'mine.txt'), '--name', 'mine',
@@ -279,8 +277,7 @@ def write_ids(out_dir, ids, meta=None, n_val=2):
         out.commit(meta)
 
 def test_a_failed_write_keeps_the_dataset_and_a_stopped_swap_is_completed_by_the_reader(scratch, monkeypatch, capsys):
-    """A swap stopped after train.bin moved into place, the new val.bin and meta.pkl still under .tmp names: the
-    reader's first look completes it, and meta.pkl then describes the .bin files beside it."""
+    """Stopped after train.bin moved, val.bin and meta.pkl still under .tmp names: the reader's first look ends it."""
     name, replace, moved = scratch('swap'), os.replace, []
     def stops_after_the_first_move(source, target):
         moved.append(target)
@@ -363,8 +360,7 @@ def test_txt_without_story_ends_stops_before_memory_grows(tmp_path, monkeypatch)
     assert sum(map(len, tiny_stories.txt_stories(str(path), chunk_bytes=64))) == 100
 
 def test_tinystories_from_txt_and_jsonl_and_what_they_refuse(tmp_path, scratch, hf_offline):
-    """Both scripts from .txt and from .jsonl (through load_dataset, like the hub's): the same bytes; no validation
-    text, no files with the hub out of reach, and the separator inside a story are one line."""
+    """Both scripts write the same bytes from .txt and from .jsonl (through load_dataset, like the hub's)."""
     written = {}
     for kind in ('txt', 'jsonl'):
         char, bpe = scratch('tsc_' + kind), scratch('ts_' + kind)

@@ -107,8 +107,7 @@ def test_the_checkpoint_holds_the_rng_and_sampler_state(straight_run):
 
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_cleanly_and_the_resume_is_exact(signum, straight_run, tmp_path):
-    """Stopped in a process of its own and resumed in this one, so that nothing but the checkpoint carries state
-    across: the iterations and evaluations (the val loss behind ckpt.pt too) of the run that never stopped."""
+    """Stopped in a subprocess, resumed here (only the checkpoint carries state): the unstopped run's losses."""
     out_dir = tmp_path / 'out'
     run = LiveProcess([sys.executable, 'train.py', *core_train_args(out_dir, max_iters=100000, **EXACT)])
     run.wait_for(r'^iter 1:')
