@@ -139,14 +139,15 @@ def main():
             if verify:
                 print("checking the export with onnxruntime ...", flush=True)
                 exports.check_logits(model, [('onnxruntime', onnx_logits(tmp))], seed, tolerance, 'onnx')
-            # the earlier export's weights, and those of exports killed before their swap, go in the swap
-            stale = re.compile(re.escape(os.path.basename(path)) + r'\.[0-9a-f]{8}\.data')
-            old = (earlier | {n for n in os.listdir(folder) if stale.fullmatch(n)}) - {os.path.basename(data)}
-            exports.replace_with(tmp, path, [n for n in old if os.path.isfile(os.path.join(folder, n))])
-        except BaseException:  # the earlier export stays as it was, and this one goes (unless it is in place)
-            for name in [tmp + '.data'] + ([tmp, data] if os.path.exists(tmp) else []):
+        except BaseException:  # the earlier export stays as it was, and this one goes
+            for name in (tmp, tmp + '.data', data):
                 files.remove(name)
             raise
+        # the earlier export's weights, and those of exports killed before their swap, go in the swap: one that
+        # fails midway is finished by the next export (what it leaves before it begins, the next one deletes)
+        stale = re.compile(re.escape(os.path.basename(path)) + r'\.[0-9a-f]{8}\.data')
+        old = (earlier | {n for n in os.listdir(folder) if stale.fullmatch(n)}) - {os.path.basename(data)}
+        exports.replace_with(tmp, path, [n for n in old if os.path.isfile(os.path.join(folder, n))])
     print(f"wrote {path}" + (f" and its weights, {data}" if os.path.exists(data) else ""))
 
 if __name__ == '__main__':

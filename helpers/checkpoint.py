@@ -182,7 +182,8 @@ def restore_rng_states(states, device):
     n = states['numpy']
     np.random.set_state((n['kind'], np.asarray(n['keys'], np.uint32), n['pos'], n['has_gauss'], n['cached_gaussian']))
     torch.set_rng_state(states['torch'])
-    device, state = torch.device(device), states.get(torch.device(device).type)
+    device = torch.device(device)
+    state = states.get(device.type)
     if isinstance(state, list):  # earlier versions saved every GPU's state
         state = state[device.index or 0] if (device.index or 0) < len(state) else None
     if state is not None:

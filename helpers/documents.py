@@ -94,13 +94,14 @@ def stream(hub_name=None, config=None, paths=None):
 
 def local_documents(paths):
     """The documents in local files, by parquet footers (their columns checked) and .jsonl lines; None with .json."""
+    import pyarrow
     import pyarrow.parquet as pq
     n = 0
     for f in paths:
         if f.endswith('.parquet'):
             try:
                 footer = pq.ParquetFile(f).metadata
-            except (OSError, ValueError) as e:   # pyarrow's ArrowIOError and ArrowInvalid
+            except (OSError, pyarrow.ArrowException) as e:
                 raise UserError(f"{f} is not a readable parquet file ({one_line(e)})")
             if not footer.num_rows:
                 raise UserError(f"{f} holds no documents; leave it out of --source")
@@ -188,6 +189,8 @@ def gpt2_in_threads(pool, docs, pieces):
 def gpt2_from_documents(parts, out_dir, source, val_every=None, count=None, chunk_docs=CHUNK_DOCS, threads=None):
     """GPT-2 BPE (uint16) of parts, [(split or None, dataset with a 'text' column)]; with None, document i of all
     parts is val when val_every divides i. source (JSON) identifies them for a resume; count is for the bar."""
+    if any(next(tables(documents, 1, 'the source'), None) is None for _, documents in parts):
+        raise UserError("the source holds no documents")   # found before hours of encoding the other parts
     todo = []
     for split, documents in parts:   # a streamed source by its shards (files), which a resume passes over once done
         n = getattr(documents, 'num_shards', 0)   # a Dataset (memory-mapped, indexed) is one
@@ -201,7 +204,8 @@ def gpt2_from_documents(parts, out_dir, source, val_every=None, count=None, chun
                 shard = shard.skip(out.at['shard_docs'])
             for table in tables(shard, chunk_docs, f"shard {out.at['shard'] + 1} of {len(todo)} of the source"):
                 rows = table.column('text').to_pylist()
-                texts, first = [text for text in rows if text is not None], out.at['documents']   # None: no document
+                texts = [text for text in rows if text is not None]   # a row without text holds no document
+                first = out.at['documents']   # the number of the chunk's first document in the source
                 chunk = {split: texts}
                 if not split:   # document i of the source is val when val_every divides i
                     chunk = {'train': [t for i, t in enumerate(texts, first) if i % val_every],

@@ -23,20 +23,28 @@ def mark_characters(pieces, seen):
         n += len(text)
     return n
 
-def drawn_parts(pieces, size, fraction=None):
-    """The pieces' text in parts of size characters, each with whether it is drawn: fraction of them, evenly spread, or
-    without a fraction every part after the first."""
+def drawn_parts(pieces, size, fraction):
+    """The pieces' text in parts of size characters, each with whether it is drawn: fraction of them, evenly spread."""
     done = 0
     for text in pieces:
         while text:
             part, take = done // size, size - done % size
-            yield (int((part + 1) * fraction) > int(part * fraction) if fraction else part > 0), text[:take]
+            yield int((part + 1) * fraction) > int(part * fraction), text[:take]
             done += len(text[:take])
             text = text[take:]
 
 def split_parts(pieces, n_train, spread=None):
     """(split, text) of pieces: val follows the first n_train characters or is drawn_parts(pieces, *spread)'s draw."""
-    return ((('val' if drawn else 'train'), text) for drawn, text in drawn_parts(pieces, *(spread or (n_train,))))
+    if spread:
+        yield from ((('val' if drawn else 'train'), text) for drawn, text in drawn_parts(pieces, *spread))
+        return
+    done = 0
+    for text in pieces:
+        if done < n_train:
+            yield 'train', text[:n_train - done]
+        if done + len(text) > n_train:
+            yield 'val', text[max(0, n_train - done):]
+        done += len(text)
 
 def write_chars(out_dir, seen, pieces, n_train, spread=None, **meta_extra):
     """Pass 2: the dataset of the pieces, split by split_parts; its vocabulary is seen's code points in order."""

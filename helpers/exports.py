@@ -1,4 +1,5 @@
 """What export_onnx.py and export_hf.py share: the checkpoint, the check of the export's logits, the output."""
+import contextlib
 import os
 
 import torch
@@ -54,7 +55,8 @@ def writable(path):
     while not os.path.exists(folder):
         folder = os.path.dirname(folder)
     probe = os.path.join(folder, '.write-test')
-    files.remove_orphaned_temp_files(probe)  # one that a kill left between its two steps
+    with contextlib.suppress(OSError):  # a folder one may write to but not list holds no probe to find
+        files.remove_orphaned_temp_files(probe)  # one that a kill left between its two steps
     probe = files.temp_path(probe)
     try:
         os.mkdir(probe)

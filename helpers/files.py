@@ -92,9 +92,9 @@ def swap(folder, moves, removes=(), what='a change'):
     """Move each source over its target (a folder replaced whole) and delete removes, as one change, journaled so
     that finish_swaps completes it (naming it with what) after a kill at any step. Paths lie within folder."""
     # Ctrl+C or SIGTERM waits for the end: an exception mid-change would run clean-up code that a kill never runs
-    held = []
-    handlers = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
-                if threading.current_thread() is threading.main_thread()}
+    held, main = [], threading.current_thread() is threading.main_thread()   # only there can handlers be set
+    handlers = {s: signal.signal(s, lambda signum, frame: held.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
     folder = os.path.abspath(folder)
     journal = os.path.join(folder, JOURNAL.format(f"{socket.gethostname()}.{os.getpid()}"))
     tmp = temp_path(journal)

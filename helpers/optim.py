@@ -31,7 +31,10 @@ class MuonWithAdamW:
     """Muon and AdamW over two sets of parameters as one optimizer (to the loop, the GradScaler, the checkpoints)."""
     def __init__(self, muon, adamw):
         self.muon, self.adamw = muon, adamw
-        self.param_groups = muon.param_groups + adamw.param_groups  # the same group dicts: setting 'lr' reaches both
+
+    @property
+    def param_groups(self):  # read anew: load_state_dict gives each optimizer new group dicts
+        return self.muon.param_groups + self.adamw.param_groups
 
     def step(self):
         self.muon.step()

@@ -157,7 +157,7 @@ def full_state(model, optimizer, fsdp):
     model_state = get_model_state_dict(model, options=options)
     by_name = get_optimizer_state_dict(model, optimizer, options=options)
     names = [name for g in by_name.get('param_groups', []) for name in g['params']]
-    return model_state, _rekey(by_name, {name: i for i, name in enumerate(names)}) if by_name else by_name
+    return model_state, (_rekey(by_name, {name: i for i, name in enumerate(names)}) if by_name else by_name)
 
 def load_optimizer_state(model, optimizer, state, fsdp):
     """Load full_state's optimizer state (sharded under FSDP); False, loading nothing, if it is the other's."""

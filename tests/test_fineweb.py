@@ -95,6 +95,13 @@ def test_same_bytes_whatever_the_threads_chunks_and_shards(scratch):
         run_in_process(name, docs, [(None, in_memory(docs, run.pop('shards')))], val_every=10, **run)
         assert_bins(name, *expected(docs, val_every=10), run)
 
+def test_a_part_without_documents_is_refused_before_any_is_encoded(scratch):
+    from datasets import Dataset
+    name, docs = scratch(), make_docs(20)
+    with pytest.raises(UserError, match='^the source holds no documents'):
+        run_in_process(name, docs, [('train', in_memory(docs, 1)), ('val', Dataset.from_dict({'text': []}))])
+    assert left(name) is None
+
 def test_openwebtext_keeps_its_split_and_order(tmp_path, scratch, hf_offline):
     """Val is train_test_split(0.0005, seed 2357) of all rows, in its order; from .jsonl and .txt files, 2 processes."""
     from datasets import Dataset

@@ -94,7 +94,7 @@ def test_parameter_count_and_the_optimizer_decays_matrices_only(bias):
     model(random_tokens((2, 8)), random_tokens((2, 8), seed=3))[1].backward()
     optimizer.step()  # one step with the groups works
 
-def test_muon_orthogonalizes_in_float32_where_the_cpu_lacks_bfloat16(monkeypatch):
+def test_muon_orthogonalizes_in_float32_where_the_cpu_lacks_bfloat16_and_takes_each_lr(monkeypatch):
     import torch.optim._muon as muon
     from helpers import optim
     torch.manual_seed(0)
@@ -107,7 +107,11 @@ def test_muon_orthogonalizes_in_float32_where_the_cpu_lacks_bfloat16(monkeypatch
         singular = torch.linalg.svdvals(ours)
         assert singular.min() > 0.5 and singular.max() < 1.5  # Muon's nearly orthogonal update
     monkeypatch.setattr(muon, '_zeropower_via_newtonschulz', muon._zeropower_via_newtonschulz)   # restored after
-    optim.build('muon', tiny_model(), 0.1, 1e-3, (0.9, 0.95), 'cpu')
+    both = optim.build('muon', tiny_model(), 0.1, 1e-3, (0.9, 0.95), 'cpu')
+    both.load_state_dict(both.state_dict())  # as a resume does: each optimizer gets new group dicts
+    for group in both.param_groups:  # as train.py sets the learning rate of each iteration
+        group['lr'] = 0.123
+    assert {g['lr'] for o in (both.muon, both.adamw) for g in o.param_groups} == {0.123}
     has_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     assert (muon._zeropower_via_newtonschulz is optim.newton_schulz_float32) == (not has_bf16)
 
