@@ -197,3 +197,10 @@ def test_only_an_earlier_hf_export_is_replaced_and_from_pretrained_loads_only_wh
                                "posix.system); load only models you trust, re-saved as safetensors "
                                "(model.save_pretrained(folder) writes model.safetensors)")
     assert not marker.exists()
+
+def test_an_output_folder_one_may_write_to_but_not_list_is_written(tmp_path, monkeypatch):
+    def unlistable(path):
+        raise PermissionError(13, 'Permission denied', os.path.dirname(path))
+    monkeypatch.setattr(files, 'remove_orphaned_temp_files', unlistable)   # os.listdir there, for a non-root user
+    exports.writable(str(tmp_path / 'model.onnx'))   # the probe alone decides
+    assert os.listdir(tmp_path) == []
