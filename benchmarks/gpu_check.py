@@ -73,7 +73,8 @@ def run_part(command, seconds, tmp):
     """(result, figure) of one part given seconds."""
     if command[0].startswith('tests/'):
         junit = os.path.join(tmp, f'part{len(os.listdir(tmp))}.xml')  # a killed part leaves no earlier part's
-        status, output = run(['-m', 'pytest', '-q', f'--junitxml={junit}', *command], seconds)
+        # -n0: in one process (not pytest.ini's two), so that no other test shares the GPU with a timed one
+        status, output = run(['-m', 'pytest', '-q', '-n0', f'--junitxml={junit}', *command], seconds)
         tests = test_rows(junit) if os.path.exists(junit) else []
         failed = [f"{name} {result}" for name, result, _ in tests if result in ('failure', 'error')]
         passed, skipped = (sum(r.startswith(kind) for _, r, _ in tests) for kind in ('passed', 'skipped'))

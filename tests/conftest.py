@@ -36,8 +36,6 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 # a core each for torch's threads spins against other jobs on a shared machine: tiny models run 50x slower
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 os.environ.setdefault('MKL_NUM_THREADS', '1')
-# a forked rank (forked_ranks) lacks torch.compile's worker threads: with a cold cache it would wait for them forever
-os.environ['TORCHINDUCTOR_COMPILE_THREADS'] = '1'
 
 # this session's datasets, never the user's (even one they set); data/, so that messages read as a user's do
 TEST_ROOT = tempfile.mkdtemp(prefix='nanogpt-tests-')
@@ -415,6 +413,10 @@ def _fork_rank(variables, args, stdout, stderr):
         os.environ.update(variables)
         if 'torch._dynamo' in sys.modules:  # compiled afresh, as in a new process
             sys.modules['torch._dynamo'].reset()
+        # the fork has none of this process's compile threads: a kernel handed to them would wait forever
+        os.environ['TORCHINDUCTOR_COMPILE_THREADS'] = '1'
+        if 'torch._inductor.config' in sys.modules:
+            sys.modules['torch._inductor.config'].compile_threads = 1
         for fd, path in ((1, stdout), (2, stderr)):
             os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT), fd)
         sys.stdout, sys.stderr = (open(fd, 'w', buffering=1, closefd=False) for fd in (1, 2))
