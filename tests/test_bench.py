@@ -92,6 +92,7 @@ def test_gpu_check_parts_run_in_order_of_value_within_the_budget(monkeypatch, ca
             raise KeyboardInterrupt
         clock[0] += 100  # every part takes 100 s of the 540
         if args[:2] == ['-m', 'pytest']:
+            assert '-n0' in args  # in one process: no other test shares the GPU with a timed one
             junit = next(a for a in args if a.startswith('--junitxml=')).split('=', 1)[1]
             with open(junit, 'w') as f:
                 f.write(JUNIT.format(failure=FAILURE if 'torchrun' in ' '.join(args) else ''))
